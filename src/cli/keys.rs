@@ -1,0 +1,273 @@
+//! `keygate keys ...`.
+
+use super::output::{print_json, print_table, Failure};
+use crate::clock;
+use crate::keys::model::ApiKey;
+use crate::manage::{KeyInput, Manager, SECRET_WARNING};
+use crate::store::KeyQuery;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+/// The key fields create, import and edit accept.
+#[derive(Debug, Args, Default)]
+pub struct KeyArgs {
+    /// Display name (1-100 characters; required to create).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// The account or user the key belongs to.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Role id ("" removes the role).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// A permission of the key's own, beyond its role's (repeatable; `module.*` and `*` allowed).
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    /// Requests per minute (0 falls back to the plan or the default).
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Plan name from [plans] ("" removes it).
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Allowed client address or CIDR (repeatable; one "" clears the list).
+    #[arg(long = "allow-ip")]
+    pub allow_ips: Vec<String>,
+    /// live or test.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Days until the key expires, 1-365 (0 removes the expiry).
+    #[arg(long)]
+    pub expires_in_days: Option<u32>,
+    /// Metadata entry NAME=VALUE (repeatable), forwarded as X-Keygate-Meta-Name.
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
+}
+
+impl KeyArgs {
+    fn into_input(self) -> Result<KeyInput, String> {
+        let metadata = if self.meta.is_empty() {
+            None
+        } else {
+            let mut m = BTreeMap::new();
+            for entry in &self.meta {
+                let (k, v) = entry.split_once('=').ok_or_else(|| format!("--meta `{entry}` must be NAME=VALUE"))?;
+                m.insert(k.to_string(), v.to_string());
+            }
+            Some(m)
+        };
+        Ok(KeyInput {
+            name: self.name,
+            description: self.description,
+            owner: self.owner,
+            role: self.role,
+            permissions: (!self.permissions.is_empty()).then_some(self.permissions),
+            rate_limit: self.rate_limit,
+            plan: self.plan,
+            allowed_ips: (!self.allow_ips.is_empty()).then_some(self.allow_ips),
+            env: self.env,
+            expires_in_days: self.expires_in_days,
+            metadata,
+            enabled: None,
+        })
+    }
+}
+
+/// `keygate keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its secret (shown once).
+    Create {
+        #[command(flatten)]
+        fields: KeyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register an existing token of any format (`--token -` reads it from stdin).
+    Import {
+        #[arg(long)]
+        token: String,
+        #[command(flatten)]
+        fields: KeyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (masked).
+    List {
+        /// Substring of name, description, owner, key prefix, role or id.
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change fields of a key.
+    Edit {
+        id: String,
+        #[command(flatten)]
+        fields: KeyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a disabled key work again.
+    Enable {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse every request with this key (401 key_disabled).
+    Disable {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a key for good.
+    Delete {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a key a new secret; the old one keeps working for the grace period.
+    Rotate {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn read_token(arg: String) -> Result<String, Failure> {
+    if arg != "-" {
+        return Ok(arg);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| usage(format!("cannot read the token from stdin: {e}")))?;
+    Ok(line.trim().to_string())
+}
+
+fn usage(message: String) -> Failure {
+    Failure { message, code: "invalid_request", json: false, exit: 2 }
+}
+
+fn print_secret(m: &Manager<'_>, key: &ApiKey, secret: &str, json: bool) {
+    if json {
+        let mut data = m.key_json(key);
+        data["apiKey"] = secret.into();
+        print_json(data, json!({ "warning": SECRET_WARNING }));
+    } else {
+        print_key(m, key);
+        println!("apiKey:      {secret}");
+        println!("\n{SECRET_WARNING}");
+    }
+}
+
+fn print_key(m: &Manager<'_>, key: &ApiKey) {
+    let v = m.key_json(key);
+    let text = |f: &str| match &v[f] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) if s.is_empty() => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for field in ["keyId", "name", "description", "owner", "role", "permissions", "plan", "rateLimit", "allowedIps", "env", "status", "expiresAt", "createdAt", "lastUsed", "usageCount", "metadata", "keyPrefix"] {
+        println!("{:<12} {}", format!("{field}:"), text(field));
+    }
+}
+
+/// Runs a `keys` subcommand.
+pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
+    match command {
+        KeysCommand::Create { fields, json } => {
+            let input = fields.into_input().map_err(usage)?;
+            let (key, secret) = m.create_key(input, None).await.map_err(|e| Failure::manage(e, json))?;
+            print_secret(m, &key, &secret, json);
+        }
+        KeysCommand::Import { token, fields, json } => {
+            let token = read_token(token)?;
+            let input = fields.into_input().map_err(usage)?;
+            let (key, _) = m.create_key(input, Some(token)).await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                print_json(m.key_json(&key), json!({}));
+            } else {
+                print_key(m, &key);
+            }
+        }
+        KeysCommand::List { search, json } => {
+            let page = m.list_keys(&KeyQuery { search, offset: 0, limit: 0 }).await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                print_json(page.keys.iter().map(|k| m.key_json(k)).collect(), json!({ "total": page.total }));
+            } else {
+                let rows: Vec<Vec<String>> = page
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.key_id.clone(),
+                            k.key_prefix.clone(),
+                            k.name.clone(),
+                            k.role.clone().unwrap_or_else(|| "-".into()),
+                            k.owner.clone(),
+                            m.config.limit_for(k.rate_limit, k.plan.as_deref()).to_string(),
+                            k.env.as_str().into(),
+                            m.key_json(k)["status"].as_str().unwrap_or("").to_string(),
+                            k.last_used.map(clock::rfc3339).unwrap_or_else(|| "never".into()),
+                        ]
+                    })
+                    .collect();
+                print_table(&["KEY ID", "KEY", "NAME", "ROLE", "OWNER", "RPM", "ENV", "STATUS", "LAST USED"], &rows);
+                println!("{} key(s)", page.total);
+            }
+        }
+        KeysCommand::Show { id, json } => {
+            let key = m.get_key(&id).await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                print_json(m.key_json(&key), json!({}));
+            } else {
+                print_key(m, &key);
+            }
+        }
+        KeysCommand::Edit { id, fields, json } => {
+            let input = fields.into_input().map_err(usage)?;
+            let key = m.edit_key(&id, input).await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                print_json(m.key_json(&key), json!({}));
+            } else {
+                print_key(m, &key);
+            }
+        }
+        KeysCommand::Enable { id, json } => toggle(m, &id, true, json).await?,
+        KeysCommand::Disable { id, json } => toggle(m, &id, false, json).await?,
+        KeysCommand::Delete { id, json } => {
+            m.delete_key(&id).await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                print_json(json!({ "keyId": id, "revoked": true }), json!({}));
+            } else {
+                println!("deleted {id}");
+            }
+        }
+        KeysCommand::Rotate { id, grace_seconds, json } => {
+            let (key, secret) = m.rotate_key(&id, grace_seconds).await.map_err(|e| Failure::manage(e, json))?;
+            print_secret(m, &key, &secret, json);
+        }
+    }
+    Ok(())
+}
+
+async fn toggle(m: &Manager<'_>, id: &str, enabled: bool, json: bool) -> Result<(), Failure> {
+    let key = m.set_enabled(id, enabled).await.map_err(|e| Failure::manage(e, json))?;
+    if json {
+        print_json(m.key_json(&key), json!({}));
+    } else {
+        println!("{} {id}", if enabled { "enabled" } else { "disabled" });
+    }
+    Ok(())
+}

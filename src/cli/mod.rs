@@ -1,0 +1,102 @@
+//! The command line (DESIGN.md section 8). Every command opens the
+//! configured store directly, so none needs a running gateway; a running
+//! gateway sees the changes through the store's change feed.
+
+mod keys;
+mod output;
+mod roles;
+mod serve;
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::manage::Manager;
+use crate::state::seed_roles;
+use crate::store::{self, SharedStore};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub use output::Failure;
+
+/// `keygate [--config FILE] <command>`.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "An API-key gateway: a reverse proxy that enforces API keys, permissions and rate limits")]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default command).
+    Serve,
+    /// Run the gateway with a built-in example backend and print a fresh key to try it with.
+    Demo,
+    /// Check the config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Manage roles.
+    Roles {
+        #[command(subcommand)]
+        command: roles::RolesCommand,
+    },
+}
+
+/// `keygate config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config and exit non-zero, naming file, line and field, if it is wrong.
+    Check,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve::serve(&cli.config, false).await,
+        Command::Demo => serve::serve(&cli.config, true).await,
+        Command::Config { command: ConfigCommand::Check } => check_config(&cli.config),
+        Command::Keys { command } => match open(&cli.config).await {
+            Ok((config, store)) => keys::run(&Manager { store: store.as_ref(), config: &config }, command).await,
+            Err(f) => Err(f),
+        },
+        Command::Roles { command } => match open(&cli.config).await {
+            Ok((config, store)) => roles::run(&Manager { store: store.as_ref(), config: &config }, command).await,
+            Err(f) => Err(f),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.report(),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> Result<(), Failure> {
+    let config = Config::load(path).map_err(Failure::config)?;
+    println!(
+        "{}: ok ({} upstream(s), {} module(s), {} route(s), {} role(s))",
+        path.display(),
+        config.upstreams.len(),
+        config.catalogue.modules().len(),
+        config.routes.routes().len(),
+        config.roles.len()
+    );
+    Ok(())
+}
+
+/// Loads the config, opens its store and seeds the config's roles.
+async fn open(path: &std::path::Path) -> Result<(Config, SharedStore), Failure> {
+    let config = Config::load(path).map_err(Failure::config)?;
+    let store = store::open(&config.store).await.map_err(Failure::store)?;
+    seed_roles(store.as_ref(), &config.roles).await.map_err(Failure::store)?;
+    Ok((config, store))
+}

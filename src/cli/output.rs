@@ -1,0 +1,76 @@
+//! How commands report: plain text for people, or with `--json` the same
+//! envelope as the admin API.
+
+use crate::config::ConfigError;
+use crate::manage::ManageError;
+use crate::store::StoreError;
+use serde_json::{json, Value};
+use std::process::ExitCode;
+
+/// A failed command: its message, its error code, and whether to print JSON.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: &'static str,
+    pub json: bool,
+    pub exit: u8,
+}
+
+impl Failure {
+    /// A bad config file (exit 2).
+    pub fn config(e: ConfigError) -> Failure {
+        Failure { message: e.to_string(), code: "invalid_config", json: false, exit: 2 }
+    }
+
+    /// A store that cannot be opened or reached (exit 1).
+    pub fn store(e: StoreError) -> Failure {
+        Failure { message: e.to_string(), code: "store_unavailable", json: false, exit: 1 }
+    }
+
+    /// A refused operation (exit 1).
+    pub fn manage(e: ManageError, json: bool) -> Failure {
+        let code = match &e {
+            ManageError::Invalid { .. } => "invalid_request",
+            ManageError::NotFound(_) => "not_found",
+            ManageError::Conflict(_) => "conflict",
+            ManageError::RoleInUse { .. } => "role_in_use",
+            ManageError::Store(_) => "store_unavailable",
+        };
+        Failure { message: e.to_string(), code, json, exit: 1 }
+    }
+
+    /// Prints the failure and gives the exit code.
+    pub fn report(self) -> ExitCode {
+        if self.json {
+            println!("{}", json!({ "success": false, "error": self.message, "code": self.code }));
+        } else {
+            eprintln!("error: {}", self.message);
+        }
+        ExitCode::from(self.exit)
+    }
+}
+
+/// Prints `{"success": true, "data": ..., "meta": ...}`.
+pub fn print_json(data: Value, meta: Value) {
+    println!("{}", json!({ "success": true, "data": data, "meta": meta }));
+}
+
+/// Prints rows as aligned columns.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0))).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}

@@ -1,0 +1,101 @@
+//! `keygate roles ...`.
+
+use super::output::{print_json, print_table, Failure};
+use crate::manage::{role_json, Manager, RoleInput};
+use clap::Subcommand;
+use serde_json::json;
+
+/// `keygate roles` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// Create a role.
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// A declared permission, `module.*` or `*` (repeatable, at least one).
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List roles.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one role.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a role; every key using it is affected at once.
+    Edit {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Replaces the role's permissions (repeatable).
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a role no key uses.
+    Delete {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_role(role: &crate::keys::model::Role, json: bool) {
+    if json {
+        print_json(role_json(role), json!({}));
+    } else {
+        println!("id:          {}\nname:        {}\ndescription: {}\npermissions: {}", role.id, role.name, role.description, role.permissions.join(", "));
+    }
+}
+
+/// Runs a `roles` subcommand.
+pub async fn run(m: &Manager<'_>, command: RolesCommand) -> Result<(), Failure> {
+    match command {
+        RolesCommand::Create { id, name, description, permissions, json } => {
+            let input = RoleInput { id: Some(id), name, description, permissions: Some(permissions) };
+            let role = m.create_role(input).await.map_err(|e| Failure::manage(e, json))?;
+            print_role(&role, json);
+        }
+        RolesCommand::List { json } => {
+            let roles = m.list_roles().await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                print_json(roles.iter().map(role_json).collect(), json!({ "total": roles.len() }));
+            } else {
+                let rows: Vec<Vec<String>> = roles.iter().map(|r| vec![r.id.clone(), r.name.clone(), r.description.clone(), r.permissions.join(",")]).collect();
+                print_table(&["ID", "NAME", "DESCRIPTION", "PERMISSIONS"], &rows);
+            }
+        }
+        RolesCommand::Show { id, json } => {
+            let role = m.get_role(&id).await.map_err(|e| Failure::manage(e, json))?;
+            print_role(&role, json);
+        }
+        RolesCommand::Edit { id, name, description, permissions, json } => {
+            let input = RoleInput { id: None, name, description, permissions: (!permissions.is_empty()).then_some(permissions) };
+            let role = m.edit_role(&id, input).await.map_err(|e| Failure::manage(e, json))?;
+            print_role(&role, json);
+        }
+        RolesCommand::Delete { id, json } => {
+            m.delete_role(&id).await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                print_json(json!({ "id": id, "deleted": true }), json!({}));
+            } else {
+                println!("deleted role {id}");
+            }
+        }
+    }
+    Ok(())
+}

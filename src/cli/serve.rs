@@ -1,0 +1,163 @@
+//! `keygate serve` and `keygate demo`.
+
+use super::output::Failure;
+use crate::config::Config;
+use crate::manage::{KeyInput, Manager};
+use crate::pipeline::{self, ConnInfo};
+use crate::server::{self, Limits};
+use crate::state::App;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Limits of the admin listener: operators and scrapers, few connections.
+const ADMIN_LIMITS: Limits = Limits {
+    header_read_timeout: std::time::Duration::from_secs(10),
+    max_header_bytes: 16 * 1024,
+    max_headers: 100,
+    idle_timeout: std::time::Duration::from_secs(60),
+    max_connections: 256,
+};
+
+fn io_failure(what: String, e: std::io::Error) -> Failure {
+    Failure { message: format!("{what}: {e}"), code: "io_error", json: false, exit: 1 }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Failure> {
+    TcpListener::bind(addr).await.map_err(|e| io_failure(format!("cannot listen on {addr} ({what})"), e))
+}
+
+/// Where a person on this machine reaches a listener bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        _ => addr,
+    }
+}
+
+/// Runs the gateway until SIGINT or SIGTERM; SIGHUP reloads the config.
+pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
+    let config = Config::load(path).map_err(Failure::config)?;
+    let backend = if demo { Some(start_demo_backend(&config).await?) } else { None };
+    let app = App::new(config, path.to_path_buf()).await.map_err(|e| Failure { message: e.to_string(), code: "start_failed", json: false, exit: 1 })?;
+    let rt = app.runtime.load_full();
+    let cfg = &rt.config;
+    let data = bind(cfg.server.listen, "server.listen").await?;
+    let admin = bind(cfg.admin.listen, "admin.listen").await?;
+    let data_addr = data.local_addr().map_err(|e| io_failure("data listener".into(), e))?;
+    let admin_addr = admin.local_addr().map_err(|e| io_failure("admin listener".into(), e))?;
+    let scheme = if cfg.server.tls.is_some() { "https" } else { "http" };
+    tracing::info!(data = %data_addr, admin = %admin_addr, tls = cfg.server.tls.is_some(), "keygate listening");
+    if let Some(backend) = backend {
+        print_demo_banner(&app, cfg, reachable(data_addr), scheme, reachable(admin_addr), backend).await?;
+    }
+    app.spawn_background();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(handle_signals(Arc::clone(&app), stop_tx));
+    let tls = cfg.server.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.server_config)));
+    let data_app = Arc::clone(&app);
+    let data_task = tokio::spawn(server::serve(
+        data,
+        tls,
+        Limits::from_server(&cfg.server),
+        move |req, conn: ConnInfo| pipeline::handle(Arc::clone(&data_app), req, conn),
+        stop_rx.clone(),
+        Some(app.metrics.open_connections.clone()),
+    ));
+    let admin_app = Arc::clone(&app);
+    let admin_task = tokio::spawn(server::serve(
+        admin,
+        None,
+        ADMIN_LIMITS,
+        move |req, _conn: ConnInfo| crate::admin::handle(Arc::clone(&admin_app), req),
+        stop_rx,
+        None,
+    ));
+    drop(rt);
+    let _ = tokio::join!(data_task, admin_task);
+    app.flush_usage().await;
+    tracing::info!("keygate stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn handle_signals(app: Arc<App>, stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match app.reload().await {
+                Ok(()) => tracing::info!("config reloaded"),
+                Err(e) => tracing::error!("config reload refused, keeping the running config:\n{e}"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: draining connections");
+    let _ = stop.send(true);
+}
+
+#[cfg(not(unix))]
+async fn handle_signals(_app: Arc<App>, stop: watch::Sender<bool>) {
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop.send(true);
+}
+
+/// Starts the example backend on the first upstream's address.
+async fn start_demo_backend(config: &Config) -> Result<SocketAddr, Failure> {
+    let upstream = config.upstreams.first().ok_or_else(|| Failure {
+        message: "the demo needs an [[upstreams]] entry to stand in for".into(),
+        code: "invalid_config",
+        json: false,
+        exit: 2,
+    })?;
+    let port = upstream.origin.port_u16().unwrap_or(80);
+    let addr: SocketAddr = match upstream.origin.host() {
+        "localhost" => SocketAddr::from(([127, 0, 0, 1], port)),
+        host => host.parse().map(|ip| SocketAddr::new(ip, port)).map_err(|_| Failure {
+            message: format!("the demo backend must run on this machine, but upstream `{}` is {}", upstream.name, upstream.origin),
+            code: "invalid_config",
+            json: false,
+            exit: 2,
+        })?,
+    };
+    let listener = bind(addr, "demo backend").await?;
+    tokio::spawn(crate::demo::serve_backend(listener));
+    Ok(addr)
+}
+
+async fn print_demo_banner(app: &App, cfg: &Config, data: SocketAddr, scheme: &str, admin: SocketAddr, backend: SocketAddr) -> Result<(), Failure> {
+    let m = Manager { store: app.store.as_ref(), config: cfg };
+    let role = cfg.roles.iter().find(|r| r.permissions.iter().any(|p| p == "*")).map(|r| r.id.clone());
+    let input = KeyInput {
+        name: Some("demo key".into()),
+        description: Some("created by `keygate demo`".into()),
+        owner: Some("demo".into()),
+        permissions: role.is_none().then(|| vec!["*".to_string()]),
+        role,
+        ..KeyInput::default()
+    };
+    let (_, secret) = m.create_key(input, None).await.map_err(|e| Failure::manage(e, false))?;
+    let base = format!("{scheme}://{data}");
+    println!(
+        "\nkeygate demo is running\n\
+         \x20 gateway:  {base}\n\
+         \x20 backend:  http://{backend}  (built-in example email-marketing API)\n\
+         \x20 metrics:  http://{admin}/metrics\n\
+         \x20 your key: {secret}   (shown once; manage keys with `keygate keys list`)\n\n\
+         try:\n\
+         \x20 curl -H 'Authorization: Bearer {secret}' {base}/api/lists\n\
+         \x20 curl -H 'X-API-Key: {secret}' {base}/whoami\n\
+         \x20 curl '{base}/api/lists?api_token={secret}'\n\
+         \x20 curl -i {base}/api/lists          # 401 missing_key\n\
+         stop with Ctrl-C\n"
+    );
+    Ok(())
+}

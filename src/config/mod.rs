@@ -1,0 +1,268 @@
+//! Configuration: `raw` is the file as serde reads it, `validate` turns it
+//! into the typed [`Config`] below, refusing anything wrong with a message
+//! that names the file, line and field. The running gateway keeps its
+//! `Config` inside one `ArcSwap` (see [`crate::state`]), so a reload is atomic
+//! and a bad file keeps the old config.
+
+mod duration;
+mod raw;
+mod validate;
+
+pub use duration::parse_duration;
+
+use crate::keys::model::Env;
+use crate::policy::permissions::Catalogue;
+use crate::policy::routes::RouteTable;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where `keygate` looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "gateway.toml";
+/// Default data listener.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default admin listener: loopback only, so nothing is exposed by accident.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+/// Environment variable holding the admin API bearer token.
+pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "KEYGATE_ADMIN_TOKEN";
+/// Default SQLite file.
+pub const DEFAULT_SQLITE_PATH: &str = "keygate.db";
+/// Requests per minute of a key with neither its own limit nor a plan.
+pub const DEFAULT_PER_MINUTE: u32 = 60;
+/// Prefix of generated tokens.
+pub const DEFAULT_BRAND: &str = "kg";
+/// Largest request head (request line plus headers) a client may send.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most header fields one request may carry.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Largest request body forwarded (1 GiB); bodies are streamed, never buffered.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Time a client has to send a whole request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause allowed between two chunks of a request body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no request in flight and no traffic is closed after this.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Open client connections a node accepts at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Time the upstream has to answer with a response head (else 504).
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time to open a TCP connection to the upstream (else 502).
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Safety-net lifetime of a cached key; changes are pushed or polled sooner.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Lifetime of a cached "no such key" answer.
+pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
+/// How often the SQLite change sequence is polled.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often `lastUsed` and usage counts are written to the store.
+pub const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from (relative paths inside it are resolved
+    /// against that file's folder).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub rate_limit: RateLimitConfig,
+    pub keys: KeysConfig,
+    /// Plan name -> requests per minute.
+    pub plans: BTreeMap<String, NonZeroU32>,
+    pub upstreams: Vec<Upstream>,
+    pub catalogue: Catalogue,
+    pub routes: RouteTable,
+    pub roles: Vec<RoleSeed>,
+}
+
+/// `[server]`.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub environment: Env,
+    pub trusted_proxies: Vec<IpNet>,
+    pub tls: Option<TlsSettings>,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Loaded TLS material; loading at validation is how an unreadable file is
+/// refused at start rather than at the first handshake.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_env: String,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub poll_interval: Duration,
+}
+
+/// Which store holds keys and roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sqlite { path: PathBuf },
+    Redis { url: String },
+}
+
+/// `[rate_limit]`.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub default_per_minute: NonZeroU32,
+    pub algorithm: Algorithm,
+    pub backend: LimiterBackend,
+    pub ietf_headers: bool,
+    pub on_redis_error: RedisErrorPolicy,
+    pub nodes_hint: NonZeroU32,
+}
+
+/// How a minute's quota is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Resets on the minute.
+    FixedWindow,
+    /// Weighted two-window counter: no double burst at the boundary.
+    SlidingWindow,
+}
+
+/// Where counters live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimiterBackend {
+    Local,
+    Redis { url: String },
+}
+
+/// What the limiter does when Redis cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisErrorPolicy {
+    /// Each node enforces limit / `nodes_hint` on its own.
+    Local,
+    Deny,
+    Allow,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub brand: String,
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub usage_flush_interval: Duration,
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// `scheme://authority`, no path.
+    pub origin: http::uri::Authority,
+    pub scheme: http::uri::Scheme,
+    /// Path prefix prepended to every forwarded path ("" for none).
+    pub base_path: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// A role from `[[roles]]`, created in the store when absent.
+#[derive(Debug, Clone)]
+pub struct RoleSeed {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<String>,
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a config file was refused: every problem found, each with its place.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            write!(f, ": {}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![ConfigProblem {
+                line: None,
+                field: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate::validate(path, text)
+    }
+
+    /// The upstream a route forwards to.
+    pub fn upstream(&self, index: usize) -> Option<&Upstream> {
+        self.upstreams.get(index)
+    }
+
+    /// Requests per minute for a key with these settings.
+    pub fn limit_for(&self, own: Option<u32>, plan: Option<&str>) -> u32 {
+        own.filter(|n| *n > 0)
+            .or_else(|| plan.and_then(|p| self.plans.get(p)).map(|n| n.get()))
+            .unwrap_or(self.rate_limit.default_per_minute.get())
+    }
+}

@@ -1,0 +1,153 @@
+//! The config file exactly as written: serde structs that refuse unknown
+//! fields. Values that need checking are kept as `Spanned` so a validation
+//! error can name the line they sit on. `validate.rs` turns these into the
+//! typed [`crate::config::Config`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+    #[serde(default)]
+    pub keys: RawKeys,
+    #[serde(default)]
+    pub plans: BTreeMap<String, Spanned<i64>>,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub modules: Vec<RawModule>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub roles: Vec<RawRole>,
+}
+
+/// `[server]`: the data listener.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub environment: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub tls: Option<RawTls>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub body_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+/// `[server.tls]`: PEM files for rustls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `[admin]`: the operator listener.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+    pub token_env: Option<String>,
+}
+
+/// `[store]`: where keys and roles live.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub backend: Option<Spanned<String>>,
+    pub path: Option<String>,
+    pub url: Option<Spanned<String>>,
+    pub poll_interval: Option<Spanned<String>>,
+}
+
+/// `[rate_limit]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub default_per_minute: Option<Spanned<i64>>,
+    pub algorithm: Option<Spanned<String>>,
+    pub backend: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub ietf_headers: Option<bool>,
+    pub on_redis_error: Option<Spanned<String>>,
+    pub nodes_hint: Option<Spanned<i64>>,
+}
+
+/// `[keys]`: token format and cache tuning.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    pub brand: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
+    pub negative_cache_ttl: Option<Spanned<String>>,
+    pub usage_flush_interval: Option<Spanned<String>>,
+}
+
+/// `[[upstreams]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+}
+
+/// `[[modules]]`: one entry of the permission catalogue.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModule {
+    pub id: Spanned<String>,
+    pub name: String,
+    #[serde(default)]
+    pub permissions: Vec<RawPermission>,
+}
+
+/// One permission inside a module.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPermission {
+    pub id: Spanned<String>,
+    pub label: String,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    pub permission: Option<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    pub public: bool,
+    pub on_redis_error: Option<Spanned<String>>,
+}
+
+/// `[[roles]]`: seeded into the store when absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub id: Spanned<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub permissions: Vec<Spanned<String>>,
+}

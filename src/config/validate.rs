@@ -1,0 +1,389 @@
+//! Turns a [`RawConfig`] into a typed [`Config`], collecting every problem
+//! with the line and field it belongs to.
+
+use super::raw::*;
+use super::*;
+use crate::policy::permissions::{Module, Permission};
+use crate::policy::routes::{Route, RouteTable};
+use std::collections::HashSet;
+use toml::Spanned;
+
+/// Collects problems while walking the raw config.
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Checker<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    }
+
+    fn problem<T>(&mut self, at: Option<&Spanned<T>>, field: impl Into<String>, msg: impl Into<String>) {
+        let line = at.map(|s| self.line_of(s.span().start));
+        self.problems.push(ConfigProblem { line, field: field.into(), message: msg.into() });
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.problem(Some(s), field, "must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.problem(Some(s), field, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive(&mut self, v: &Option<Spanned<i64>>, field: &str, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) if *s.get_ref() > 0 => *s.get_ref() as u64,
+            Some(s) => {
+                self.problem(Some(s), field, "must be a whole number greater than zero");
+                default
+            }
+        }
+    }
+
+    fn socket(&mut self, v: &Option<Spanned<String>>, field: &str, default: &str) -> SocketAddr {
+        let fallback = || default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        match v {
+            None => fallback(),
+            Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
+                self.problem(Some(s), field, format!("`{}` is not an address like 127.0.0.1:8080", s.get_ref()));
+                fallback()
+            }),
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, v: &Option<Spanned<String>>, field: &str, options: &[(&str, T)], default: T) -> T {
+        let Some(s) = v else { return default };
+        if let Some((_, t)) = options.iter().find(|(name, _)| *name == s.get_ref().as_str()) {
+            return *t;
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.problem(Some(s), field, format!("`{}` is not one of {}", s.get_ref(), names.join(", ")));
+        default
+    }
+}
+
+/// Resolves `p` against the folder of the config file.
+fn relative_to(config: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match config.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+        ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![ConfigProblem { line, field: field_of_parse_error(e.message()), message: e.message().trim().to_string() }],
+        }
+    })?;
+    let mut c = Checker { text, problems: Vec::new() };
+
+    let server = server(&mut c, path, &raw.server);
+    let admin = AdminConfig {
+        listen: c.socket(&raw.admin.listen, "admin.listen", DEFAULT_ADMIN_LISTEN),
+        token_env: raw.admin.token_env.clone().unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_ENV.into()),
+    };
+    let store = store(&mut c, path, &raw.store);
+    let rate_limit = rate_limit(&mut c, &raw.rate_limit, &store);
+    let keys = keys(&mut c, &raw.keys);
+    let mut plans = BTreeMap::new();
+    for (name, n) in &raw.plans {
+        match u32::try_from(*n.get_ref()).ok().and_then(NonZeroU32::new) {
+            Some(v) => {
+                plans.insert(name.clone(), v);
+            }
+            None => c.problem(Some(n), format!("plans.{name}"), "must be a whole number of requests per minute, 1 or more"),
+        }
+    }
+    let upstreams = upstreams(&mut c, &raw.upstreams);
+    let catalogue = catalogue(&mut c, &raw.modules);
+    let routes = routes(&mut c, &raw.routes, &upstreams, &catalogue);
+    let roles = roles(&mut c, &raw.roles, &catalogue);
+
+    if !c.problems.is_empty() {
+        return Err(ConfigError { file: path.to_path_buf(), problems: c.problems });
+    }
+    Ok(Config { source: path.to_path_buf(), server, admin, store, rate_limit, keys, plans, upstreams, catalogue, routes, roles })
+}
+
+/// Pulls the field name out of serde's "unknown field `x`" style messages.
+fn field_of_parse_error(msg: &str) -> String {
+    msg.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "(syntax)".into())
+}
+
+fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
+    let environment = c.choice(&raw.environment, "server.environment", &[("live", Env::Live), ("test", Env::Test)], Env::Live);
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in raw.trusted_proxies.iter().enumerate() {
+        match crate::policy::ip::parse_cidr(p.get_ref()) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(e) => c.problem(Some(p), format!("server.trusted_proxies[{i}]"), e),
+        }
+    }
+    let tls = raw.tls.as_ref().and_then(|t| {
+        let cert_path = relative_to(path, t.cert.get_ref());
+        let key_path = relative_to(path, t.key.get_ref());
+        match crate::server::tls::load_server_config(&cert_path, &key_path) {
+            Ok(server_config) => Some(TlsSettings { cert_path, key_path, server_config }),
+            Err(crate::server::tls::TlsError::Cert(e)) => {
+                c.problem(Some(&t.cert), "server.tls.cert", e);
+                None
+            }
+            Err(crate::server::tls::TlsError::Key(e)) => {
+                c.problem(Some(&t.key), "server.tls.key", e);
+                None
+            }
+        }
+    });
+    let max_header_bytes = c.positive(&raw.max_header_bytes, "server.max_header_bytes", DEFAULT_MAX_HEADER_BYTES as u64) as usize;
+    if max_header_bytes < 8192 {
+        c.problem(raw.max_header_bytes.as_ref(), "server.max_header_bytes", "must be at least 8192");
+    }
+    ServerConfig {
+        listen: c.socket(&raw.listen, "server.listen", DEFAULT_LISTEN),
+        environment,
+        trusted_proxies,
+        tls,
+        max_header_bytes: max_header_bytes.max(8192),
+        max_headers: c.positive(&raw.max_headers, "server.max_headers", DEFAULT_MAX_HEADERS as u64) as usize,
+        max_body_bytes: c.positive(&raw.max_body_bytes, "server.max_body_bytes", DEFAULT_MAX_BODY_BYTES),
+        header_read_timeout: c.duration(&raw.header_read_timeout, "server.header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT),
+        body_read_timeout: c.duration(&raw.body_read_timeout, "server.body_read_timeout", DEFAULT_BODY_READ_TIMEOUT),
+        idle_timeout: c.duration(&raw.idle_timeout, "server.idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        max_connections: c.positive(&raw.max_connections, "server.max_connections", DEFAULT_MAX_CONNECTIONS as u64) as usize,
+    }
+}
+
+fn store(c: &mut Checker, path: &Path, raw: &RawStore) -> StoreConfig {
+    let is_redis = c.choice(&raw.backend, "store.backend", &[("sqlite", false), ("redis", true)], false);
+    let backend = if is_redis {
+        match &raw.url {
+            Some(u) => {
+                if !(u.get_ref().starts_with("redis://") || u.get_ref().starts_with("rediss://")) {
+                    c.problem(Some(u), "store.url", "must start with redis:// or rediss://");
+                }
+                StoreBackend::Redis { url: u.get_ref().clone() }
+            }
+            None => {
+                c.problem(raw.backend.as_ref(), "store.url", "backend \"redis\" needs store.url");
+                StoreBackend::Redis { url: String::new() }
+            }
+        }
+    } else {
+        StoreBackend::Sqlite { path: relative_to(path, raw.path.as_deref().unwrap_or(DEFAULT_SQLITE_PATH)) }
+    };
+    StoreConfig { backend, poll_interval: c.duration(&raw.poll_interval, "store.poll_interval", DEFAULT_POLL_INTERVAL) }
+}
+
+fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateLimitConfig {
+    let default_per_minute = match &raw.default_per_minute {
+        None => NonZeroU32::new(DEFAULT_PER_MINUTE),
+        Some(n) => u32::try_from(*n.get_ref()).ok().and_then(NonZeroU32::new).or_else(|| {
+            c.problem(Some(n), "rate_limit.default_per_minute", "must be a whole number, 1 or more");
+            None
+        }),
+    }
+    .unwrap_or(NonZeroU32::MIN);
+    let algorithm = c.choice(
+        &raw.algorithm,
+        "rate_limit.algorithm",
+        &[("fixed_window", Algorithm::FixedWindow), ("sliding_window", Algorithm::SlidingWindow)],
+        Algorithm::FixedWindow,
+    );
+    let use_redis = c.choice(&raw.backend, "rate_limit.backend", &[("local", false), ("redis", true)], false);
+    let backend = if use_redis {
+        let url = match (&raw.url, &store.backend) {
+            (Some(u), _) => u.get_ref().clone(),
+            (None, StoreBackend::Redis { url }) => url.clone(),
+            (None, StoreBackend::Sqlite { .. }) => {
+                c.problem(raw.backend.as_ref(), "rate_limit.url", "backend \"redis\" needs rate_limit.url (or a redis store)");
+                String::new()
+            }
+        };
+        LimiterBackend::Redis { url }
+    } else {
+        LimiterBackend::Local
+    };
+    let on_redis_error = redis_policy(c, &raw.on_redis_error, "rate_limit.on_redis_error").unwrap_or(RedisErrorPolicy::Local);
+    let nodes_hint = c.positive(&raw.nodes_hint, "rate_limit.nodes_hint", 1);
+    RateLimitConfig {
+        default_per_minute,
+        algorithm,
+        backend,
+        ietf_headers: raw.ietf_headers.unwrap_or(true),
+        on_redis_error,
+        nodes_hint: u32::try_from(nodes_hint).ok().and_then(NonZeroU32::new).unwrap_or(NonZeroU32::MIN),
+    }
+}
+
+fn redis_policy(c: &mut Checker, v: &Option<Spanned<String>>, field: &str) -> Option<RedisErrorPolicy> {
+    v.as_ref()?;
+    let options = [("local", RedisErrorPolicy::Local), ("deny", RedisErrorPolicy::Deny), ("allow", RedisErrorPolicy::Allow)];
+    Some(c.choice(v, field, &options, RedisErrorPolicy::Local))
+}
+
+fn keys(c: &mut Checker, raw: &RawKeys) -> KeysConfig {
+    let brand = match &raw.brand {
+        None => DEFAULT_BRAND.to_string(),
+        Some(b) => {
+            let ok = !b.get_ref().is_empty() && b.get_ref().len() <= 16 && b.get_ref().chars().all(|ch| ch.is_ascii_alphanumeric());
+            if !ok {
+                c.problem(Some(b), "keys.brand", "must be 1-16 ASCII letters or digits");
+            }
+            b.get_ref().clone()
+        }
+    };
+    KeysConfig {
+        brand,
+        cache_ttl: c.duration(&raw.cache_ttl, "keys.cache_ttl", DEFAULT_CACHE_TTL),
+        negative_cache_ttl: c.duration(&raw.negative_cache_ttl, "keys.negative_cache_ttl", DEFAULT_NEGATIVE_CACHE_TTL),
+        usage_flush_interval: c.duration(&raw.usage_flush_interval, "keys.usage_flush_interval", DEFAULT_USAGE_FLUSH_INTERVAL),
+    }
+}
+
+fn upstreams(c: &mut Checker, raw: &[RawUpstream]) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, u) in raw.iter().enumerate() {
+        let field = format!("upstreams[{i}]");
+        if !seen.insert(u.name.get_ref().clone()) {
+            c.problem(Some(&u.name), format!("{field}.name"), format!("upstream `{}` is declared twice", u.name.get_ref()));
+        }
+        let uri: http::Uri = match u.url.get_ref().parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                c.problem(Some(&u.url), format!("{field}.url"), format!("not a URL: {e}"));
+                continue;
+            }
+        };
+        let (Some(scheme), Some(origin)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+            c.problem(Some(&u.url), format!("{field}.url"), "must be absolute, like http://127.0.0.1:9000");
+            continue;
+        };
+        if scheme != http::uri::Scheme::HTTP {
+            c.problem(Some(&u.url), format!("{field}.url"), "only http:// upstreams are supported");
+        }
+        if uri.query().is_some() {
+            c.problem(Some(&u.url), format!("{field}.url"), "must not carry a query string");
+        }
+        out.push(Upstream {
+            name: u.name.get_ref().clone(),
+            origin,
+            scheme,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            timeout: c.duration(&u.timeout, &format!("{field}.timeout"), DEFAULT_UPSTREAM_TIMEOUT),
+            connect_timeout: c.duration(&u.connect_timeout, &format!("{field}.connect_timeout"), DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
+        });
+    }
+    out
+}
+
+fn catalogue(c: &mut Checker, raw: &[RawModule]) -> Catalogue {
+    let mut modules = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, m) in raw.iter().enumerate() {
+        let id = m.id.get_ref();
+        if !valid_ident(id) {
+            c.problem(Some(&m.id), format!("modules[{i}].id"), "use lowercase letters, digits, '_' or '-'");
+        }
+        if !seen.insert(id.clone()) {
+            c.problem(Some(&m.id), format!("modules[{i}].id"), format!("module `{id}` is declared twice"));
+        }
+        let mut permissions = Vec::new();
+        for (j, p) in m.permissions.iter().enumerate() {
+            let pid = p.id.get_ref();
+            let field = format!("modules[{i}].permissions[{j}].id");
+            match pid.strip_prefix(&format!("{id}.")) {
+                Some(action) if valid_ident(action) => {}
+                _ => c.problem(Some(&p.id), &field, format!("`{pid}` must look like `{id}.<action>` (lowercase letters, digits, '_' or '-')")),
+            }
+            if !seen.insert(pid.clone()) {
+                c.problem(Some(&p.id), &field, format!("permission `{pid}` is declared twice"));
+            }
+            permissions.push(Permission { id: pid.clone(), label: p.label.clone() });
+        }
+        modules.push(Module { id: id.clone(), name: m.name.clone(), permissions });
+    }
+    Catalogue::new(modules)
+}
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
+}
+
+fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], catalogue: &Catalogue) -> RouteTable {
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let field = format!("routes[{i}]");
+        let upstream = match &r.upstream {
+            None if upstreams.is_empty() => {
+                c.problem(Some(&r.pattern), format!("{field}.upstream"), "no [[upstreams]] declared to forward to");
+                0
+            }
+            None => 0,
+            Some(name) => upstreams.iter().position(|u| &u.name == name.get_ref()).unwrap_or_else(|| {
+                c.problem(Some(name), format!("{field}.upstream"), format!("no upstream named `{}`", name.get_ref()));
+                0
+            }),
+        };
+        if let Some(p) = &r.permission {
+            if !catalogue.is_declared(p.get_ref()) {
+                c.problem(Some(p), format!("{field}.permission"), format!("permission `{}` is not declared in [[modules]]", p.get_ref()));
+            }
+        }
+        if r.public && r.permission.is_some() {
+            c.problem(Some(&r.pattern), format!("{field}.public"), "a public route cannot also require a permission");
+        }
+        let on_redis_error = redis_policy(c, &r.on_redis_error, &format!("{field}.on_redis_error"));
+        match Route::new(r.pattern.get_ref(), r.permission.as_ref().map(|p| p.get_ref().clone()), upstream, r.public, on_redis_error) {
+            Ok(route) => out.push(route),
+            Err(e) => c.problem(Some(&r.pattern), format!("{field}.match"), e),
+        }
+    }
+    RouteTable::new(out)
+}
+
+fn roles(c: &mut Checker, raw: &[RawRole], catalogue: &Catalogue) -> Vec<RoleSeed> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, r) in raw.iter().enumerate() {
+        let id = r.id.get_ref();
+        if let Err(e) = crate::keys::model::validate_role_id(id) {
+            c.problem(Some(&r.id), format!("roles[{i}].id"), e);
+        }
+        if !seen.insert(id.clone()) {
+            c.problem(Some(&r.id), format!("roles[{i}].id"), format!("role `{id}` is declared twice"));
+        }
+        for (j, p) in r.permissions.iter().enumerate() {
+            if let Err(e) = catalogue.check_grant(p.get_ref()) {
+                c.problem(Some(p), format!("roles[{i}].permissions[{j}]"), e);
+            }
+        }
+        out.push(RoleSeed {
+            id: id.clone(),
+            name: r.name.clone().unwrap_or_else(|| id.clone()),
+            description: r.description.clone().unwrap_or_default(),
+            permissions: r.permissions.iter().map(|p| p.get_ref().clone()).collect(),
+        });
+    }
+    out
+}

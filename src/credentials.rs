@@ -1,0 +1,219 @@
+//! Finding the API key in a request, and removing it before the request is
+//! forwarded. Looked for, in order: `Authorization: Bearer`, `X-API-Key`,
+//! `Authorization: Basic` (the password is the key), `?api_token=`.
+
+use base64::Engine;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+/// Name of the query parameter that may carry the key.
+pub const QUERY_PARAM: &str = "api_token";
+/// Name of the header that may carry the key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Where the token was found (for logs and metrics; never the token itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Bearer,
+    ApiKeyHeader,
+    Basic,
+    Query,
+}
+
+/// A presented token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub token: String,
+    pub source: Source,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+/// Why no usable credential could be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("the request carries two different API keys")]
+    Ambiguous,
+}
+
+fn decode_basic(value: &str) -> Result<String, CredentialError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| CredentialError::Malformed("the Basic credentials are not valid base64"))?;
+    let text = String::from_utf8(bytes).map_err(|_| CredentialError::Malformed("the Basic credentials are not UTF-8"))?;
+    match text.split_once(':') {
+        Some((_, password)) if !password.is_empty() => Ok(password.to_string()),
+        _ => Err(CredentialError::Malformed("Basic credentials must be user:key with the API key as password")),
+    }
+}
+
+/// Splits `Scheme rest` case-insensitively on the scheme.
+fn scheme<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    let (s, rest) = value.split_once(' ')?;
+    s.eq_ignore_ascii_case(name).then(|| rest.trim())
+}
+
+/// Every `api_token` value in a query string.
+fn query_tokens(query: &str) -> Vec<String> {
+    form_pairs(query).filter(|(k, _)| k == QUERY_PARAM).map(|(_, v)| v).collect()
+}
+
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_component(k), decode_component(v))
+    })
+}
+
+fn decode_component(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(h), Some(l)) => (*h as char).to_digit(16).zip((*l as char).to_digit(16)),
+            _ => None,
+        };
+        match (bytes[i], escaped) {
+            (_, Some((h, l))) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, None) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The query string without any `api_token` parameter (`None` if nothing is left).
+pub fn strip_query(query: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| decode_component(p.split_once('=').map_or(p, |(k, _)| k)) != QUERY_PARAM)
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// Reads the credential. `Ok(None)` means none was presented.
+pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credential>, CredentialError> {
+    let mut found: Vec<Credential> = Vec::new();
+    let mut bearer = Vec::new();
+    let mut basic = Vec::new();
+    for value in headers.get_all(AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| CredentialError::Malformed("the Authorization header is not ASCII"))?;
+        if let Some(token) = scheme(value, "Bearer") {
+            if token.is_empty() {
+                return Err(CredentialError::Malformed("the Bearer token is empty"));
+            }
+            bearer.push(token.to_string());
+        } else if let Some(encoded) = scheme(value, "Basic") {
+            basic.push(decode_basic(encoded)?);
+        } else {
+            return Err(CredentialError::Malformed("the Authorization header must use the Bearer or Basic scheme"));
+        }
+    }
+    found.extend(bearer.into_iter().map(|token| Credential { token, source: Source::Bearer }));
+    for value in headers.get_all(API_KEY_HEADER) {
+        let token = value.to_str().map_err(|_| CredentialError::Malformed("the X-API-Key header is not ASCII"))?.trim();
+        if token.is_empty() {
+            return Err(CredentialError::Malformed("the X-API-Key header is empty"));
+        }
+        found.push(Credential { token: token.to_string(), source: Source::ApiKeyHeader });
+    }
+    found.extend(basic.into_iter().map(|token| Credential { token, source: Source::Basic }));
+    if let Some(q) = query {
+        found.extend(query_tokens(q).into_iter().map(|token| Credential { token, source: Source::Query }));
+    }
+    let mut iter = found.into_iter();
+    let Some(first) = iter.next() else { return Ok(None) };
+    if iter.any(|other| other.token != first.token) {
+        return Err(CredentialError::Ambiguous);
+    }
+    Ok(Some(first))
+}
+
+/// Removes every header that can carry a key (the query is stripped by the caller).
+pub fn strip_headers(headers: &mut HeaderMap) {
+    headers.remove(AUTHORIZATION);
+    headers.remove(API_KEY_HEADER);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn basic(user_pass: &str) -> String {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(user_pass))
+    }
+
+    #[test]
+    fn each_place() {
+        let c = extract(&headers(&[("authorization", "Bearer tok1")]), None).unwrap().unwrap();
+        assert_eq!((c.token.as_str(), c.source), ("tok1", Source::Bearer));
+        let c = extract(&headers(&[("authorization", "bearer tok1")]), None).unwrap().unwrap();
+        assert_eq!(c.token, "tok1");
+        let c = extract(&headers(&[("x-api-key", "tok2")]), None).unwrap().unwrap();
+        assert_eq!((c.token.as_str(), c.source), ("tok2", Source::ApiKeyHeader));
+        let c = extract(&headers(&[("authorization", &basic("mail2many:tok3"))]), None).unwrap().unwrap();
+        assert_eq!((c.token.as_str(), c.source), ("tok3", Source::Basic));
+        let c = extract(&HeaderMap::new(), Some("a=1&api_token=tok4")).unwrap().unwrap();
+        assert_eq!((c.token.as_str(), c.source), ("tok4", Source::Query));
+        assert_eq!(extract(&HeaderMap::new(), Some("a=1")), Ok(None));
+    }
+
+    #[test]
+    fn same_token_twice_is_fine_two_are_not() {
+        let h = headers(&[("authorization", "Bearer tok"), ("x-api-key", "tok")]);
+        assert_eq!(extract(&h, Some("api_token=tok")).unwrap().unwrap().source, Source::Bearer);
+        let h = headers(&[("authorization", "Bearer tok"), ("x-api-key", "other")]);
+        assert_eq!(extract(&h, None), Err(CredentialError::Ambiguous));
+        assert_eq!(extract(&headers(&[("x-api-key", "a")]), Some("api_token=b")), Err(CredentialError::Ambiguous));
+    }
+
+    #[test]
+    fn malformed() {
+        assert!(matches!(extract(&headers(&[("authorization", "Basic !!!")]), None), Err(CredentialError::Malformed(_))));
+        assert!(matches!(extract(&headers(&[("authorization", &basic("nopassword"))]), None), Err(CredentialError::Malformed(_))));
+        assert!(matches!(extract(&headers(&[("authorization", "Bearer ")]), None), Err(CredentialError::Malformed(_))));
+        assert!(matches!(extract(&headers(&[("authorization", "Digest x=1")]), None), Err(CredentialError::Malformed(_))));
+    }
+
+    #[test]
+    fn query_stripping() {
+        assert_eq!(strip_query("api_token=x"), None);
+        assert_eq!(strip_query("a=1&api_token=x&b=2"), Some("a=1&b=2".into()));
+        assert_eq!(strip_query("a=1&api%5Ftoken=x"), Some("a=1".into()));
+        assert_eq!(strip_query("api_tokens=1"), Some("api_tokens=1".into()));
+        assert_eq!(decode_component("a%2Bb+c"), "a+b c");
+        assert_eq!(decode_component("100%"), "100%");
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = Credential { token: "secret-token".into(), source: Source::Bearer };
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,155 @@
+//! Every way the data plane refuses a request, and the one place that turns
+//! a refusal into the contract's JSON response.
+
+use crate::body::{full, Body};
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// A refusal of the data plane (DESIGN.md section 4).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no API key was presented")]
+    MissingKey,
+    #[error("the API key is not valid")]
+    InvalidKey,
+    #[error("the API key is disabled")]
+    KeyDisabled,
+    #[error("the API key has expired")]
+    KeyExpired,
+    #[error("the API key belongs to another environment")]
+    WrongEnvironment,
+    #[error("the request carries two different API keys")]
+    AmbiguousCredentials,
+    #[error("requests from this IP address are not allowed for this API key")]
+    IpBlocked,
+    #[error("the API key lacks the permission this route needs")]
+    InsufficientPermissions { required: String },
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: u64 },
+    #[error("the request body is larger than this gateway accepts")]
+    PayloadTooLarge,
+    #[error("the upstream could not be reached")]
+    UpstreamUnavailable,
+    #[error("the key store is unavailable")]
+    StoreUnavailable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    /// The HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) => StatusCode::BAD_REQUEST,
+            MissingKey | InvalidKey | KeyDisabled | KeyExpired | WrongEnvironment | AmbiguousCredentials => StatusCode::UNAUTHORIZED,
+            IpBlocked | InsufficientPermissions { .. } => StatusCode::FORBIDDEN,
+            NoRoute => StatusCode::NOT_FOUND,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable `code` of the JSON body.
+    pub fn code(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            MissingKey => "missing_key",
+            InvalidKey => "invalid_key",
+            KeyDisabled => "key_disabled",
+            KeyExpired => "key_expired",
+            WrongEnvironment => "wrong_environment",
+            AmbiguousCredentials => "ambiguous_credentials",
+            IpBlocked => "ip_blocked",
+            InsufficientPermissions { .. } => "insufficient_permissions",
+            NoRoute => "no_route",
+            RateLimited { .. } => "rate_limited",
+            PayloadTooLarge => "payload_too_large",
+            UpstreamUnavailable => "upstream_unavailable",
+            StoreUnavailable => "store_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The `outcome` label of `keygate_requests_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self.status().as_u16() {
+            401 => "unauthenticated",
+            403 => "forbidden",
+            429 => "rate_limited",
+            500..=599 => "gateway_error",
+            _ => "rejected",
+        }
+    }
+
+    /// `{"success": false, "error": ..., "code": ...}` plus the extras some codes carry.
+    pub fn to_response(&self) -> Response<Body> {
+        let mut body = serde_json::json!({ "success": false, "error": self.to_string(), "code": self.code() });
+        match self {
+            GatewayError::InsufficientPermissions { required } => body["required"] = required.clone().into(),
+            GatewayError::RateLimited { retry_after } => body["retryAfter"] = (*retry_after).into(),
+            _ => {}
+        }
+        let mut resp = json_response(self.status(), &body);
+        match self {
+            GatewayError::MissingKey => {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            GatewayError::RateLimited { retry_after } => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A JSON response with the right content type.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_status_and_message() {
+        let all = [
+            GatewayError::BadRequest("x".into()),
+            GatewayError::MissingKey,
+            GatewayError::InvalidKey,
+            GatewayError::KeyDisabled,
+            GatewayError::KeyExpired,
+            GatewayError::WrongEnvironment,
+            GatewayError::AmbiguousCredentials,
+            GatewayError::IpBlocked,
+            GatewayError::InsufficientPermissions { required: "lists.view".into() },
+            GatewayError::NoRoute,
+            GatewayError::RateLimited { retry_after: 7 },
+            GatewayError::PayloadTooLarge,
+            GatewayError::UpstreamUnavailable,
+            GatewayError::StoreUnavailable,
+            GatewayError::UpstreamTimeout,
+        ];
+        for e in all {
+            let r = e.to_response();
+            assert_eq!(r.status(), e.status());
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        }
+        let r = GatewayError::MissingKey.to_response();
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let r = GatewayError::RateLimited { retry_after: 7 }.to_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+    }
+}

@@ -1,0 +1,158 @@
+//! The data model shared by every store, the CLI and the admin API.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A key's environment: `test` keys only work on a `test` gateway and the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Env {
+    Live,
+    Test,
+}
+
+impl Env {
+    /// The spelling used in tokens, headers and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Env::Live => "live",
+            Env::Test => "test",
+        }
+    }
+
+    /// Parses `live` or `test`.
+    pub fn parse(s: &str) -> Option<Env> {
+        match s {
+            "live" => Some(Env::Live),
+            "test" => Some(Env::Test),
+            _ => None,
+        }
+    }
+}
+
+/// A key as stored: everything but the secret, which is never kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key_id: String,
+    pub name: String,
+    pub description: String,
+    pub owner: String,
+    pub role: Option<String>,
+    pub permissions: Vec<String>,
+    pub plan: Option<String>,
+    /// Requests per minute of this key alone; `None` falls back to the plan.
+    pub rate_limit: Option<u32>,
+    pub allowed_ips: Vec<IpNet>,
+    pub env: Env,
+    pub enabled: bool,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub last_used: Option<i64>,
+    pub usage_count: u64,
+    pub metadata: BTreeMap<String, String>,
+    /// Masked display form of the current secret.
+    pub key_prefix: String,
+}
+
+/// What a token lookup finds: the key and, for a secret replaced by a
+/// rotation, the moment it stops working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLookup {
+    pub key: ApiKey,
+    pub secret_expires_at: Option<i64>,
+}
+
+/// Whether a resolved key may be used right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Usable,
+    /// The secret presented was replaced by a rotation and its grace ran out.
+    SecretRetired,
+    Disabled,
+    Expired,
+    WrongEnvironment,
+}
+
+impl KeyLookup {
+    /// Checks, in the contract's order: secret, status, expiry, environment.
+    pub fn state(&self, now: i64, gateway_env: Env) -> KeyState {
+        if self.secret_expires_at.is_some_and(|t| t <= now) {
+            KeyState::SecretRetired
+        } else if !self.key.enabled {
+            KeyState::Disabled
+        } else if self.key.expires_at.is_some_and(|t| t <= now) {
+            KeyState::Expired
+        } else if self.key.env != gateway_env {
+            KeyState::WrongEnvironment
+        } else {
+            KeyState::Usable
+        }
+    }
+}
+
+/// A named set of permissions that keys refer to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<String>,
+}
+
+/// Longest key name, as the reference platforms allow.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest description, owner or metadata value.
+pub const MAX_TEXT_CHARS: usize = 500;
+
+/// Role ids appear in URLs and headers: keep them plain.
+pub fn validate_role_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("role id `{id}` must be 1-64 lowercase letters, digits, '_' or '-'"))
+    }
+}
+
+/// Free text that is forwarded in headers must carry no control characters.
+pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.chars().count() > max {
+        return Err(format!("{field} must be at most {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Metadata names become `X-Keygate-Meta-<Name>` headers.
+pub fn validate_metadata(key: &str, value: &str) -> Result<(), String> {
+    let ok = !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        return Err(format!("metadata name `{key}` must be 1-64 letters, digits, '_' or '-'"));
+    }
+    validate_text(&format!("metadata `{key}`"), value, MAX_TEXT_CHARS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_ids() {
+        assert!(validate_role_id("read-only").is_ok());
+        assert!(validate_role_id("Read Only").is_err());
+        assert!(validate_role_id("").is_err());
+    }
+
+    #[test]
+    fn metadata_names() {
+        assert!(validate_metadata("default_optin_mailing", "42").is_ok());
+        assert!(validate_metadata("bad name", "x").is_err());
+        assert!(validate_metadata("ok", "line\nbreak").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! keygate: an API-key gateway. A reverse proxy that finds the API key in
+//! each request, resolves it through a local cache backed by a store,
+//! checks status, expiry, environment, IP allowlist, route permission and a
+//! per-key rate limit, then forwards the request or refuses it with the
+//! contract's JSON error. Start reading at [`pipeline`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod credentials;
+pub mod demo;
+pub mod error;
+pub mod keys;
+pub mod manage;
+pub mod metrics;
+pub mod pipeline;
+pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
+pub mod server;
+pub mod state;
+pub mod store;

@@ -1,0 +1,355 @@
+//! Key and role management: the one implementation of every operation,
+//! used by the CLI and the admin API alike. Validates input against the
+//! config (declared permissions, plans, CIDRs) and names the bad field.
+
+use crate::clock;
+use crate::config::Config;
+use crate::keys::model::{self, ApiKey, Env, Role};
+use crate::keys::token::{self, TokenHash};
+use crate::store::{KeyPage, KeyQuery, Store, StoreError};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Longest expiry a key may be given, in days.
+pub const MAX_EXPIRY_DAYS: u32 = 365;
+/// Longest grace a rotated-out secret may keep working.
+pub const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+/// Shown with every newly revealed secret.
+pub const SECRET_WARNING: &str = "This API key will only be shown once. Please store it securely.";
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("role `{role}` is used by {keys} key(s): reassign or delete them first")]
+    RoleInUse { role: String, keys: u64 },
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ManageError {
+    ManageError::Invalid { field: field.into(), message: message.into() }
+}
+
+fn from_store(e: StoreError, what: &str) -> ManageError {
+    match e {
+        StoreError::NotFound => ManageError::NotFound(what.into()),
+        StoreError::Conflict(m) => ManageError::Conflict(m),
+        StoreError::RoleInUse { keys } => ManageError::RoleInUse { role: what.into(), keys },
+        other => ManageError::Store(other),
+    }
+}
+
+/// Fields of a key that create and edit accept; `None` leaves a field as it is.
+/// Empty strings clear optional fields (role, plan); a rate limit or expiry of 0 removes it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyInput {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub role: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub rate_limit: Option<u32>,
+    pub plan: Option<String>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub env: Option<String>,
+    pub expires_in_days: Option<u32>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub enabled: Option<bool>,
+}
+
+/// Fields of a role that create and edit accept.
+#[derive(Debug, Clone, Default)]
+pub struct RoleInput {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub permissions: Option<Vec<String>>,
+}
+
+/// Operations over one store, checked against one config.
+pub struct Manager<'a> {
+    pub store: &'a dyn Store,
+    pub config: &'a Config,
+}
+
+impl Manager<'_> {
+    async fn apply(&self, key: &mut ApiKey, input: KeyInput) -> Result<(), ManageError> {
+        if let Some(name) = input.name {
+            let name = name.trim().to_string();
+            if name.is_empty() {
+                return Err(invalid("name", "is required"));
+            }
+            model::validate_text("name", &name, model::MAX_NAME_CHARS).map_err(|m| invalid("name", m))?;
+            key.name = name;
+        }
+        if let Some(d) = input.description {
+            model::validate_text("description", &d, model::MAX_TEXT_CHARS).map_err(|m| invalid("description", m))?;
+            key.description = d;
+        }
+        if let Some(o) = input.owner {
+            model::validate_text("owner", &o, model::MAX_TEXT_CHARS).map_err(|m| invalid("owner", m))?;
+            key.owner = o;
+        }
+        if let Some(role) = input.role {
+            key.role = if role.is_empty() {
+                None
+            } else {
+                match self.store.get_role(&role).await.map_err(ManageError::Store)? {
+                    Some(_) => Some(role),
+                    None => return Err(invalid("role", format!("no role `{role}` exists"))),
+                }
+            };
+        }
+        if let Some(perms) = input.permissions {
+            for p in &perms {
+                self.config.catalogue.check_grant(p).map_err(|m| invalid("permissions", m))?;
+            }
+            key.permissions = dedup(perms);
+        }
+        if let Some(n) = input.rate_limit {
+            key.rate_limit = (n > 0).then_some(n);
+        }
+        if let Some(plan) = input.plan {
+            key.plan = if plan.is_empty() {
+                None
+            } else if self.config.plans.contains_key(&plan) {
+                Some(plan)
+            } else {
+                let known: Vec<&String> = self.config.plans.keys().collect();
+                return Err(invalid("plan", format!("no plan `{plan}` in the config (known: {known:?})")));
+            };
+        }
+        if let Some(ips) = input.allowed_ips {
+            let mut nets = Vec::new();
+            for ip in ips.iter().flat_map(|s| s.split([',', '\n'])).map(str::trim).filter(|s| !s.is_empty()) {
+                nets.push(crate::policy::ip::parse_cidr(ip).map_err(|m| invalid("allowedIps", m))?);
+            }
+            key.allowed_ips = nets;
+        }
+        if let Some(env) = input.env {
+            key.env = Env::parse(&env).ok_or_else(|| invalid("env", "must be \"live\" or \"test\""))?;
+        }
+        if let Some(days) = input.expires_in_days {
+            if days > MAX_EXPIRY_DAYS {
+                return Err(invalid("expirationDays", format!("must be between 1 and {MAX_EXPIRY_DAYS}")));
+            }
+            key.expires_at = (days > 0).then(|| clock::now_unix() + i64::from(days) * 86_400);
+        }
+        if let Some(meta) = input.metadata {
+            for (k, v) in &meta {
+                model::validate_metadata(k, v).map_err(|m| invalid("metadata", m))?;
+            }
+            key.metadata = meta;
+        }
+        if let Some(enabled) = input.enabled {
+            key.enabled = enabled;
+        }
+        Ok(())
+    }
+
+    /// Creates a key; with `import`, the given token becomes its secret.
+    /// Returns the key and the secret, which is shown once and never stored.
+    pub async fn create_key(&self, input: KeyInput, import: Option<String>) -> Result<(ApiKey, String), ManageError> {
+        if input.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+            return Err(invalid("name", "is required"));
+        }
+        let env = match input.env.as_deref() {
+            Some(e) => Env::parse(e).ok_or_else(|| invalid("env", "must be \"live\" or \"test\""))?,
+            None => self.config.server.environment,
+        };
+        let brand = &self.config.keys.brand;
+        let secret = match import {
+            Some(t) => {
+                token::validate_import(&t).map_err(|m| invalid("token", m))?;
+                t
+            }
+            None => token::generate(brand, env),
+        };
+        let mut key = ApiKey {
+            key_id: token::new_key_id(),
+            name: String::new(),
+            description: String::new(),
+            owner: String::new(),
+            role: None,
+            permissions: Vec::new(),
+            plan: None,
+            rate_limit: None,
+            allowed_ips: Vec::new(),
+            env,
+            enabled: true,
+            expires_at: None,
+            created_at: clock::now_unix(),
+            last_used: None,
+            usage_count: 0,
+            metadata: BTreeMap::new(),
+            key_prefix: token::mask(&secret, brand),
+        };
+        self.apply(&mut key, input).await?;
+        self.store.insert_key(&key, &TokenHash::of(&secret)).await.map_err(|e| from_store(e, &key.key_id))?;
+        Ok((key, secret))
+    }
+
+    /// A page of keys.
+    pub async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, ManageError> {
+        self.store.list_keys(query).await.map_err(ManageError::Store)
+    }
+
+    /// One key by id.
+    pub async fn get_key(&self, key_id: &str) -> Result<ApiKey, ManageError> {
+        self.store.get_key(key_id).await.map_err(ManageError::Store)?.ok_or_else(|| ManageError::NotFound(format!("key `{key_id}`")))
+    }
+
+    /// Changes the given fields of a key.
+    pub async fn edit_key(&self, key_id: &str, input: KeyInput) -> Result<ApiKey, ManageError> {
+        let mut key = self.get_key(key_id).await?;
+        self.apply(&mut key, input).await?;
+        self.store.update_key(&key).await.map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
+        Ok(key)
+    }
+
+    /// Enables or disables a key.
+    pub async fn set_enabled(&self, key_id: &str, enabled: bool) -> Result<ApiKey, ManageError> {
+        self.edit_key(key_id, KeyInput { enabled: Some(enabled), ..KeyInput::default() }).await
+    }
+
+    /// Deletes a key: it stops working on every node.
+    pub async fn delete_key(&self, key_id: &str) -> Result<(), ManageError> {
+        self.store.delete_key(key_id).await.map_err(|e| from_store(e, &format!("key `{key_id}`")))
+    }
+
+    /// Gives a key a new secret; the old one works for `grace_seconds` more.
+    pub async fn rotate_key(&self, key_id: &str, grace_seconds: u64) -> Result<(ApiKey, String), ManageError> {
+        if grace_seconds > MAX_GRACE_SECONDS {
+            return Err(invalid("graceSeconds", format!("must be at most {MAX_GRACE_SECONDS}")));
+        }
+        let mut key = self.get_key(key_id).await?;
+        let brand = &self.config.keys.brand;
+        let secret = token::generate(brand, key.env);
+        key.key_prefix = token::mask(&secret, brand);
+        let until = clock::now_unix() + grace_seconds as i64;
+        self.store
+            .rotate_secret(key_id, &TokenHash::of(&secret), &key.key_prefix, until)
+            .await
+            .map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
+        Ok((key, secret))
+    }
+
+    fn check_role_permissions(&self, perms: &[String]) -> Result<(), ManageError> {
+        for p in perms {
+            self.config.catalogue.check_grant(p).map_err(|m| invalid("permissions", m))?;
+        }
+        Ok(())
+    }
+
+    /// Creates a role.
+    pub async fn create_role(&self, input: RoleInput) -> Result<Role, ManageError> {
+        let id = input.id.unwrap_or_default();
+        model::validate_role_id(&id).map_err(|m| invalid("id", m))?;
+        let permissions = dedup(input.permissions.unwrap_or_default());
+        if permissions.is_empty() {
+            return Err(invalid("permissions", "a role needs at least one permission"));
+        }
+        self.check_role_permissions(&permissions)?;
+        let name = input.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| id.clone());
+        model::validate_text("name", &name, model::MAX_NAME_CHARS).map_err(|m| invalid("name", m))?;
+        let description = input.description.unwrap_or_default();
+        model::validate_text("description", &description, model::MAX_TEXT_CHARS).map_err(|m| invalid("description", m))?;
+        let role = Role { id, name, description, permissions };
+        self.store.insert_role(&role).await.map_err(|e| from_store(e, &role.id))?;
+        Ok(role)
+    }
+
+    /// Every role.
+    pub async fn list_roles(&self) -> Result<Vec<Role>, ManageError> {
+        self.store.list_roles().await.map_err(ManageError::Store)
+    }
+
+    /// One role by id.
+    pub async fn get_role(&self, id: &str) -> Result<Role, ManageError> {
+        self.store.get_role(id).await.map_err(ManageError::Store)?.ok_or_else(|| ManageError::NotFound(format!("role `{id}`")))
+    }
+
+    /// Changes the given fields of a role; every node sees it at once.
+    pub async fn edit_role(&self, id: &str, input: RoleInput) -> Result<Role, ManageError> {
+        let mut role = self.get_role(id).await?;
+        if let Some(name) = input.name {
+            model::validate_text("name", &name, model::MAX_NAME_CHARS).map_err(|m| invalid("name", m))?;
+            role.name = name;
+        }
+        if let Some(d) = input.description {
+            model::validate_text("description", &d, model::MAX_TEXT_CHARS).map_err(|m| invalid("description", m))?;
+            role.description = d;
+        }
+        if let Some(perms) = input.permissions {
+            let perms = dedup(perms);
+            if perms.is_empty() {
+                return Err(invalid("permissions", "a role needs at least one permission"));
+            }
+            self.check_role_permissions(&perms)?;
+            role.permissions = perms;
+        }
+        self.store.update_role(&role).await.map_err(|e| from_store(e, &format!("role `{id}`")))?;
+        Ok(role)
+    }
+
+    /// Deletes a role that no key uses.
+    pub async fn delete_role(&self, id: &str) -> Result<(), ManageError> {
+        self.store.delete_role(id).await.map_err(|e| match e {
+            StoreError::RoleInUse { keys } => ManageError::RoleInUse { role: id.into(), keys },
+            other => from_store(other, &format!("role `{id}`")),
+        })
+    }
+
+    /// The JSON form of a key (camelCase, masked, never a secret or hash).
+    pub fn key_json(&self, key: &ApiKey) -> Value {
+        let now = clock::now_unix();
+        let status = if !key.enabled {
+            "disabled"
+        } else if key.expires_at.is_some_and(|t| t <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        json!({
+            "keyId": key.key_id,
+            "name": key.name,
+            "description": key.description,
+            "owner": key.owner,
+            "role": key.role,
+            "permissions": key.permissions,
+            "plan": key.plan,
+            "rateLimit": self.config.limit_for(key.rate_limit, key.plan.as_deref()),
+            "allowedIps": key.allowed_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "env": key.env.as_str(),
+            "enabled": key.enabled,
+            "status": status,
+            "expiresAt": key.expires_at.map(clock::rfc3339),
+            "createdAt": clock::rfc3339(key.created_at),
+            "lastUsed": key.last_used.map(clock::rfc3339),
+            "usageCount": key.usage_count,
+            "metadata": key.metadata,
+            "keyPrefix": key.key_prefix,
+        })
+    }
+}
+
+/// The JSON form of a role.
+pub fn role_json(role: &Role) -> Value {
+    json!({ "id": role.id, "name": role.name, "description": role.description, "permissions": role.permissions })
+}
+
+fn dedup(items: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}

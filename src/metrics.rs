@@ -1,0 +1,93 @@
+//! Prometheus metrics. Labels never carry a token or a key id: routes are
+//! the configured patterns, so every label set is bounded.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Every metric keygate exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub gateway_latency: Histogram,
+    pub upstream_latency: HistogramVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_invalidations: IntCounterVec,
+    pub store_errors: IntCounterVec,
+    pub ratelimit_decisions: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub revocation_lag: Histogram,
+    pub open_connections: IntGauge,
+    pub usage_flushes: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("keygate_requests_total", "Requests by route pattern, status and outcome"),
+            &["route", "status", "outcome"],
+        )?;
+        let gateway_latency = Histogram::with_opts(
+            HistogramOpts::new("keygate_gateway_latency_seconds", "Time keygate adds to a request (everything but the upstream)")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new("keygate_upstream_latency_seconds", "Time from forwarding to the upstream's response head")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream"],
+        )?;
+        let cache_hits = IntCounter::new("keygate_cache_hits_total", "Key lookups answered by the local cache")?;
+        let cache_misses = IntCounter::new("keygate_cache_misses_total", "Key lookups that went to the store")?;
+        let cache_invalidations =
+            IntCounterVec::new(Opts::new("keygate_cache_invalidations_total", "Cache entries dropped after a change"), &["kind"])?;
+        let store_errors = IntCounterVec::new(Opts::new("keygate_store_errors_total", "Failed store calls"), &["operation"])?;
+        let ratelimit_decisions =
+            IntCounterVec::new(Opts::new("keygate_ratelimit_decisions_total", "Rate-limit decisions"), &["decision"])?;
+        let config_reloads = IntCounterVec::new(Opts::new("keygate_config_reloads_total", "Config reloads"), &["result"])?;
+        let revocation_lag = Histogram::with_opts(
+            HistogramOpts::new("keygate_revocation_lag_seconds", "Time from a key or role change in the store to this node's cache dropping it")
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )?;
+        let open_connections = IntGauge::new("keygate_open_connections", "Client connections open on the data listener")?;
+        let usage_flushes = IntCounterVec::new(Opts::new("keygate_usage_flushes_total", "Batched usage writes"), &["result"])?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(gateway_latency.clone()))?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(cache_hits.clone()))?;
+        registry.register(Box::new(cache_misses.clone()))?;
+        registry.register(Box::new(cache_invalidations.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(ratelimit_decisions.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(revocation_lag.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(usage_flushes.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            gateway_latency,
+            upstream_latency,
+            cache_hits,
+            cache_misses,
+            cache_invalidations,
+            store_errors,
+            ratelimit_decisions,
+            config_reloads,
+            revocation_lag,
+            open_connections,
+            usage_flushes,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

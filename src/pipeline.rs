@@ -1,0 +1,281 @@
+//! The request path, top to bottom. Each step is a small function in the
+//! module of its concern; this file only puts them in the contract's order
+//! (DESIGN.md section 1) and turns the outcome into a response.
+//!
+//! 1. accept (in `server`)  2. normalise the path  3. match a route
+//! 4. extract the credential  5. resolve the key  6. status, expiry, env
+//! 7. IP allowlist  8. permission  9. rate limit  10. forward
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::credentials::{self, CredentialError};
+use crate::error::{json_response, GatewayError};
+use crate::keys::cache::Origin;
+use crate::keys::model::{ApiKey, KeyLookup, KeyState};
+use crate::keys::token::{self, Shape, TokenHash};
+use crate::policy::routes::Route;
+use crate::policy::{ip, path};
+use crate::proxy::{self, body::GuardedBody, headers};
+use crate::ratelimit::Decision;
+use crate::state::{App, Runtime};
+use crate::clock;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Served by keygate itself on the data listener.
+pub const WHOAMI_PATH: &str = "/whoami";
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// What the access log and metrics learn while a request goes through.
+#[derive(Default)]
+struct Trace {
+    route: Option<String>,
+    key_id: Option<String>,
+    decision: Option<Decision>,
+    upstream_time: Option<Duration>,
+    /// Set when the request was answered without a key (public route) or
+    /// by keygate itself (`/whoami`): the `outcome` label.
+    served_as: Option<&'static str>,
+}
+
+/// Handles one request from start to response.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let started = Instant::now();
+    let rt = app.runtime.load_full();
+    let method = req.method().clone();
+    let mut trace = Trace::default();
+    let result = run(&app, &rt, req, conn, &mut trace).await;
+    let outcome = match &result {
+        Ok(_) => trace.served_as.unwrap_or("forwarded"),
+        Err(e) => e.outcome(),
+    };
+    let mut resp = result.unwrap_or_else(|e| e.to_response());
+    if let Some(d) = &trace.decision {
+        let rl = &rt.config.rate_limit;
+        d.write_headers(resp.headers_mut(), clock::now_unix(), rl.algorithm, rl.ietf_headers);
+    }
+    record(&app, &method, &resp, &trace, outcome, started.elapsed());
+    resp
+}
+
+async fn run(app: &App, rt: &Runtime, req: Request<Incoming>, conn: ConnInfo, trace: &mut Trace) -> Result<Response<Body>, GatewayError> {
+    let cfg = &rt.config;
+    // 2. normalise
+    let path = path::normalise(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    let client_ip = ip::client_ip(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies);
+    if path == WHOAMI_PATH && (req.method() == Method::GET || req.method() == Method::HEAD) {
+        trace.route = Some(WHOAMI_PATH.into());
+        trace.served_as = Some("whoami");
+        let key = authorise(app, cfg, &req, client_ip, None, trace).await?;
+        return Ok(whoami(app, cfg, &key.key, trace.decision.as_ref()));
+    }
+    // 3. route
+    let route = cfg.routes.find(req.method(), &path).ok_or(GatewayError::NoRoute)?;
+    trace.route = Some(route.pattern.clone());
+    check_declared_length(&req, cfg)?;
+    if route.public {
+        trace.served_as = Some("public");
+        return forward(rt, route, req, &path, conn, None, trace).await;
+    }
+    // 4-9. authenticate and authorise
+    let key = authorise(app, cfg, &req, client_ip, route.permission.as_deref(), trace).await?;
+    // 10. forward
+    forward(rt, route, req, &path, conn, Some(&key.key), trace).await
+}
+
+/// Steps 4 to 9: the key, its state, its IP allowlist, its permission, its quota.
+async fn authorise(
+    app: &App,
+    cfg: &Config,
+    req: &Request<Incoming>,
+    client_ip: IpAddr,
+    permission: Option<&str>,
+    trace: &mut Trace,
+) -> Result<Arc<KeyLookup>, GatewayError> {
+    // 4. credential
+    let credential = credentials::extract(req.headers(), req.uri().query())
+        .map_err(|e| match e {
+            CredentialError::Malformed(m) => GatewayError::BadRequest(m.into()),
+            CredentialError::Ambiguous => GatewayError::AmbiguousCredentials,
+        })?
+        .ok_or(GatewayError::MissingKey)?;
+    // 5. resolve
+    let found = resolve(app, cfg, &credential.token).await?;
+    let key = &found.key;
+    // 6. status, expiry, environment
+    let now_ms = clock::now_ms();
+    let now = now_ms / 1000;
+    match found.state(now, cfg.server.environment) {
+        KeyState::Usable => {}
+        KeyState::SecretRetired => return Err(GatewayError::InvalidKey),
+        KeyState::Disabled => return Err(GatewayError::KeyDisabled),
+        KeyState::Expired => return Err(GatewayError::KeyExpired),
+        KeyState::WrongEnvironment => return Err(GatewayError::WrongEnvironment),
+    }
+    trace.key_id = Some(key.key_id.clone());
+    let limit = cfg.limit_for(key.rate_limit, key.plan.as_deref());
+    let algorithm = cfg.rate_limit.algorithm;
+    // 7. IP allowlist
+    if !ip::allowed(client_ip, &key.allowed_ips) {
+        trace.decision = Some(app.limiter.peek(algorithm, &key.key_id, limit, now_ms));
+        return Err(GatewayError::IpBlocked);
+    }
+    // 8. permission
+    if let Some(required) = permission {
+        if !app.roles.permits(key, required) {
+            trace.decision = Some(app.limiter.peek(algorithm, &key.key_id, limit, now_ms));
+            return Err(GatewayError::InsufficientPermissions { required: required.to_string() });
+        }
+    }
+    // 9. rate limit
+    let decision = app.limiter.check(algorithm, &key.key_id, limit, now_ms);
+    trace.decision = Some(decision);
+    if !decision.allowed {
+        app.metrics.ratelimit_decisions.with_label_values(&["denied"]).inc();
+        return Err(GatewayError::RateLimited { retry_after: decision.retry_after });
+    }
+    app.metrics.ratelimit_decisions.with_label_values(&["allowed"]).inc();
+    app.usage.record(&key.key_id, now);
+    Ok(found)
+}
+
+/// Step 5: token shape, then cache, then store.
+async fn resolve(app: &App, cfg: &Config, token: &str) -> Result<Arc<KeyLookup>, GatewayError> {
+    match token::shape(token, &cfg.keys.brand) {
+        Shape::Malformed | Shape::BadChecksum => return Err(GatewayError::InvalidKey),
+        Shape::Generated | Shape::Foreign => {}
+    }
+    let hash = TokenHash::of(token);
+    match app.cache.resolve(&hash, app.store.as_ref()).await {
+        Ok((found, origin)) => {
+            match origin {
+                Origin::Cache => app.metrics.cache_hits.inc(),
+                Origin::Store => app.metrics.cache_misses.inc(),
+                Origin::Stale => {
+                    app.metrics.cache_misses.inc();
+                    app.metrics.store_errors.with_label_values(&["key_by_hash"]).inc();
+                }
+            }
+            found.ok_or(GatewayError::InvalidKey)
+        }
+        Err(e) => {
+            app.metrics.cache_misses.inc();
+            app.note_store_error("key_by_hash", &e);
+            Err(GatewayError::StoreUnavailable)
+        }
+    }
+}
+
+/// Refuses up front a body whose declared length is over the cap.
+fn check_declared_length(req: &Request<Incoming>, cfg: &Config) -> Result<(), GatewayError> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > cfg.server.max_body_bytes => Err(GatewayError::PayloadTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// Step 10: rewrite the request for the upstream and send it.
+async fn forward(
+    rt: &Runtime,
+    route: &Route,
+    req: Request<Incoming>,
+    path: &str,
+    conn: ConnInfo,
+    key: Option<&ApiKey>,
+    trace: &mut Trace,
+) -> Result<Response<Body>, GatewayError> {
+    let cfg = &rt.config;
+    let upstream = cfg.upstream(route.upstream).ok_or(GatewayError::UpstreamUnavailable)?;
+    let (mut parts, body) = req.into_parts();
+    let query = match key {
+        Some(_) => parts.uri.query().and_then(credentials::strip_query),
+        None => parts.uri.query().map(str::to_string),
+    };
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    parts.uri = proxy::upstream_uri(upstream, path, query.as_deref())?;
+    parts.version = http::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    headers::remove_hop_by_hop(headers);
+    headers::remove_identity_headers(headers);
+    headers.remove(header::HOST);
+    headers::set_forwarded(headers, conn.peer.ip(), conn.tls, host.as_ref());
+    if let Some(key) = key {
+        credentials::strip_headers(headers);
+        add_identity(headers, key);
+    }
+    let body = GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed();
+    let started = Instant::now();
+    let result = rt.forwarder.send(route.upstream, upstream, Request::from_parts(parts, body)).await;
+    trace.upstream_time = Some(started.elapsed());
+    let mut resp = result?;
+    headers::remove_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+/// `X-Keygate-*` identity headers for the upstream.
+fn add_identity(headers: &mut http::HeaderMap, key: &ApiKey) {
+    if let Ok(v) = HeaderValue::from_str(&key.key_id) {
+        headers.insert("x-keygate-key-id", v);
+    }
+    if let Some(v) = headers::text_value(&key.owner) {
+        headers.insert("x-keygate-owner", v);
+    }
+    if let Some(v) = key.role.as_deref().and_then(headers::text_value) {
+        headers.insert("x-keygate-role", v);
+    }
+    headers.insert("x-keygate-env", HeaderValue::from_static(key.env.as_str()));
+    for (name, value) in &key.metadata {
+        if let (Some(n), Some(v)) = (headers::metadata_header_name(name), headers::text_value(value)) {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// `GET /whoami`: what the presented key is and may do.
+fn whoami(app: &App, cfg: &Config, key: &ApiKey, decision: Option<&Decision>) -> Response<Body> {
+    let data = serde_json::json!({
+        "keyId": key.key_id,
+        "name": key.name,
+        "owner": key.owner,
+        "role": key.role,
+        "permissions": app.roles.effective_permissions(key),
+        "env": key.env.as_str(),
+        "rateLimit": cfg.limit_for(key.rate_limit, key.plan.as_deref()),
+        "remaining": decision.map(|d| d.remaining),
+        "allowedIps": key.allowed_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "expiresAt": key.expires_at.map(clock::rfc3339),
+    });
+    json_response(StatusCode::OK, &serde_json::json!({ "success": true, "data": data }))
+}
+
+/// Metrics and the access log line (key id, never the token).
+fn record(app: &App, method: &Method, resp: &Response<Body>, trace: &Trace, outcome: &str, elapsed: Duration) {
+    let status = resp.status();
+    let route = trace.route.as_deref().unwrap_or("(none)");
+    app.metrics.requests.with_label_values(&[route, status.as_str(), outcome]).inc();
+    let own = elapsed.saturating_sub(trace.upstream_time.unwrap_or_default());
+    app.metrics.gateway_latency.observe(own.as_secs_f64());
+    if let Some(t) = trace.upstream_time {
+        app.metrics.upstream_latency.with_label_values(&["all"]).observe(t.as_secs_f64());
+    }
+    tracing::info!(
+        target: "keygate::access",
+        method = %method,
+        route,
+        status = status.as_u16(),
+        outcome,
+        key_id = trace.key_id.as_deref().unwrap_or("-"),
+        latency_us = elapsed.as_micros() as u64,
+    );
+}

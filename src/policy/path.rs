@@ -1,0 +1,150 @@
+//! Path normalisation, done before route matching so that no spelling of a
+//! path reaches the upstream without the permission its route needs.
+//!
+//! Percent-encoded unreserved characters are decoded, `.`/`..` segments are
+//! resolved, repeated slashes collapse. A path that climbs above the root,
+//! or carries an encoded `/` or `\` or NUL, is refused: no upstream could be
+//! relied on to read it the way the route table did.
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path climbs above the root")]
+    EscapesRoot,
+    #[error("the path contains an encoded slash, backslash or NUL")]
+    ForbiddenEncoding,
+    #[error("the path contains a malformed percent-escape")]
+    BadEscape,
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Decodes unreserved escapes in one segment and upper-cases the others.
+fn normalise_segment(seg: &str, out: &mut String) -> Result<(), PathError> {
+    let bytes = seg.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(hi), Some(lo)) = (bytes.get(i + 1).and_then(|h| hex_val(*h)), bytes.get(i + 2).and_then(|l| hex_val(*l))) else {
+                return Err(PathError::BadEscape);
+            };
+            let decoded = hi * 16 + lo;
+            match decoded {
+                b'/' | b'\\' | 0 => return Err(PathError::ForbiddenEncoding),
+                d if is_unreserved(d) => out.push(d as char),
+                d => {
+                    out.push('%');
+                    out.push(char::from(b"0123456789ABCDEF"[(d >> 4) as usize]));
+                    out.push(char::from(b"0123456789ABCDEF"[(d & 15) as usize]));
+                }
+            }
+            i += 3;
+        } else {
+            if b == b'\\' || b == 0 {
+                return Err(PathError::ForbiddenEncoding);
+            }
+            // `seg` is a &str, so multi-byte characters arrive whole.
+            let ch_len = seg[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&seg[i..i + ch_len]);
+            i += ch_len;
+        }
+    }
+    Ok(())
+}
+
+/// Returns the normalised form of `path` (no query), keeping a trailing slash.
+pub fn normalise(path: &str) -> Result<String, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut segments: Vec<String> = Vec::new();
+    let mut decoded = String::with_capacity(path.len());
+    let raw_segments: Vec<&str> = path[1..].split('/').collect();
+    let last = raw_segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, raw) in raw_segments.iter().enumerate() {
+        decoded.clear();
+        normalise_segment(raw, &mut decoded)?;
+        match decoded.as_str() {
+            "" => trailing_slash = i == last && !segments.is_empty(),
+            "." => trailing_slash = i == last && !segments.is_empty(),
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::EscapesRoot);
+                }
+                trailing_slash = i == last && !segments.is_empty();
+            }
+            s => {
+                segments.push(s.to_string());
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_are_unchanged() {
+        assert_eq!(normalise("/"), Ok("/".into()));
+        assert_eq!(normalise("/api/lists"), Ok("/api/lists".into()));
+        assert_eq!(normalise("/api/lists/"), Ok("/api/lists/".into()));
+    }
+
+    #[test]
+    fn dots_and_slashes() {
+        assert_eq!(normalise("/api//lists"), Ok("/api/lists".into()));
+        assert_eq!(normalise("/api/./lists"), Ok("/api/lists".into()));
+        assert_eq!(normalise("/api/stats/../lists"), Ok("/api/lists".into()));
+        assert_eq!(normalise("/api/lists/."), Ok("/api/lists/".into()));
+        assert_eq!(normalise("/a/b/.."), Ok("/a/".into()));
+        assert_eq!(normalise("/.."), Err(PathError::EscapesRoot));
+        assert_eq!(normalise("/api/../../etc/passwd"), Err(PathError::EscapesRoot));
+    }
+
+    #[test]
+    fn percent_encoding() {
+        assert_eq!(normalise("/api/%6cists"), Ok("/api/lists".into()));
+        assert_eq!(normalise("/api/stats/%2e%2e/lists"), Ok("/api/lists".into()));
+        assert_eq!(normalise("/api/%2E%2E/%2e%2e/x"), Err(PathError::EscapesRoot));
+        assert_eq!(normalise("/api/a%20b"), Ok("/api/a%20b".into()));
+        assert_eq!(normalise("/api/a%3ab"), Ok("/api/a%3Ab".into()));
+        assert_eq!(normalise("/api/a%2Fb"), Err(PathError::ForbiddenEncoding));
+        assert_eq!(normalise("/api/a%2fb"), Err(PathError::ForbiddenEncoding));
+        assert_eq!(normalise("/api/a%00b"), Err(PathError::ForbiddenEncoding));
+        assert_eq!(normalise("/api/a%5Cb"), Err(PathError::ForbiddenEncoding));
+        assert_eq!(normalise("/api/a%zzb"), Err(PathError::BadEscape));
+        assert_eq!(normalise("/api/a%2"), Err(PathError::BadEscape));
+    }
+
+    #[test]
+    fn relative_is_refused() {
+        assert_eq!(normalise("api"), Err(PathError::NotAbsolute));
+        assert_eq!(normalise("*"), Err(PathError::NotAbsolute));
+    }
+}

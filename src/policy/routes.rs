@@ -1,0 +1,184 @@
+//! The route table: `METHOD /path/{param}/*` patterns mapped to the
+//! permission they need and the upstream they forward to. Anything that
+//! matches no route is refused (deny by default).
+
+use crate::config::RedisErrorPolicy;
+use http::Method;
+
+/// One segment of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `{name}`: any one non-empty segment.
+    Param,
+    /// A trailing `*`: zero or more segments.
+    Rest,
+}
+
+/// One `[[routes]]` entry, compiled.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The pattern as written (`POST /api/lists`): the `route` metrics label.
+    pub pattern: String,
+    /// `None` matches every method.
+    method: Option<Method>,
+    segments: Vec<Segment>,
+    pub permission: Option<String>,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub public: bool,
+    /// Overrides `rate_limit.on_redis_error` for this route.
+    pub on_redis_error: Option<RedisErrorPolicy>,
+}
+
+impl Route {
+    /// Compiles a pattern like `GET /api/lists/{id}` or `* /api/public/*`.
+    pub fn new(
+        pattern: &str,
+        permission: Option<String>,
+        upstream: usize,
+        public: bool,
+        on_redis_error: Option<RedisErrorPolicy>,
+    ) -> Result<Route, String> {
+        let mut parts = pattern.split_whitespace();
+        let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("`{pattern}` must be `METHOD /path`, e.g. `GET /api/lists/{{id}}`"));
+        };
+        let method = match method {
+            "*" | "ANY" => None,
+            m => Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("`{m}` is not an HTTP method"))?),
+        };
+        if !path.starts_with('/') {
+            return Err(format!("path `{path}` must start with '/'"));
+        }
+        let raw: Vec<&str> = path[1..].split('/').filter(|s| !s.is_empty()).collect();
+        let mut segments = Vec::with_capacity(raw.len());
+        for (i, s) in raw.iter().enumerate() {
+            let seg = if *s == "*" {
+                if i + 1 != raw.len() {
+                    return Err(format!("`*` may only end a pattern, in `{path}`"));
+                }
+                Segment::Rest
+            } else if s.starts_with('{') && s.ends_with('}') && s.len() > 2 {
+                Segment::Param
+            } else if s.contains(['{', '}', '*', '%']) || *s == "." || *s == ".." {
+                return Err(format!("segment `{s}` of `{path}` is neither a literal, a {{param}} nor a trailing *"));
+            } else {
+                Segment::Literal((*s).to_string())
+            };
+            segments.push(seg);
+        }
+        Ok(Route { pattern: pattern.split_whitespace().collect::<Vec<_>>().join(" "), method, segments, permission, upstream, public, on_redis_error })
+    }
+
+    fn method_matches(&self, m: &Method) -> bool {
+        match &self.method {
+            None => true,
+            Some(own) => own == m || (*own == Method::GET && *m == Method::HEAD),
+        }
+    }
+
+    /// How specific a match is: literal beats `{param}` beats `*`, segment by segment.
+    fn rank(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let mut rank = Vec::with_capacity(self.segments.len() + 1);
+        let mut i = 0;
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => {
+                    rank.push(0);
+                    return Some(rank);
+                }
+                Segment::Literal(l) => {
+                    if path.get(i)? != l {
+                        return None;
+                    }
+                    rank.push(2);
+                }
+                Segment::Param => {
+                    path.get(i)?;
+                    rank.push(1);
+                }
+            }
+            i += 1;
+        }
+        (i == path.len()).then_some(rank)
+    }
+}
+
+/// All routes, searched most-specific first.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// A table over compiled routes (file order breaks ties).
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        RouteTable { routes }
+    }
+
+    /// Every route, in file order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route for a normalised path, or `None` (404 `no_route`).
+    pub fn find(&self, method: &Method, path: &str) -> Option<&Route> {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut best: Option<(Vec<u8>, &Route)> = None;
+        for route in &self.routes {
+            if !route.method_matches(method) {
+                continue;
+            }
+            if let Some(rank) = route.rank(&segments) {
+                if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                    best = Some((rank, route));
+                }
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(patterns: &[&str]) -> RouteTable {
+        RouteTable::new(patterns.iter().map(|p| Route::new(p, Some(p.to_string()), 0, false, None).unwrap()).collect())
+    }
+
+    fn found(t: &RouteTable, m: Method, p: &str) -> Option<String> {
+        t.find(&m, p).map(|r| r.pattern.clone())
+    }
+
+    #[test]
+    fn literal_param_rest() {
+        let t = table(&["GET /api/lists", "GET /api/lists/{id}", "GET /api/lists/groups", "* /static/*"]);
+        assert_eq!(found(&t, Method::GET, "/api/lists"), Some("GET /api/lists".into()));
+        assert_eq!(found(&t, Method::GET, "/api/lists/"), Some("GET /api/lists".into()));
+        assert_eq!(found(&t, Method::GET, "/api/lists/42"), Some("GET /api/lists/{id}".into()));
+        assert_eq!(found(&t, Method::GET, "/api/lists/groups"), Some("GET /api/lists/groups".into()));
+        assert_eq!(found(&t, Method::HEAD, "/api/lists"), Some("GET /api/lists".into()));
+        assert_eq!(found(&t, Method::POST, "/static/a/b.css"), Some("* /static/*".into()));
+        assert_eq!(found(&t, Method::GET, "/static"), Some("* /static/*".into()));
+    }
+
+    #[test]
+    fn deny_by_default() {
+        let t = table(&["GET /api/lists/{id}"]);
+        assert_eq!(found(&t, Method::POST, "/api/lists/1"), None);
+        assert_eq!(found(&t, Method::GET, "/api/lists/1/extra"), None);
+        assert_eq!(found(&t, Method::GET, "/api/lists"), None);
+        assert_eq!(found(&t, Method::GET, "/"), None);
+    }
+
+    #[test]
+    fn bad_patterns() {
+        assert!(Route::new("/api", None, 0, false, None).is_err());
+        assert!(Route::new("GET api", None, 0, false, None).is_err());
+        assert!(Route::new("GET /a/*/b", None, 0, false, None).is_err());
+        assert!(Route::new("GET /a/{x", None, 0, false, None).is_err());
+        assert!(Route::new("G@T /a", None, 0, false, None).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Header rewriting for forwarded requests and returned responses.
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue};
+use std::net::IpAddr;
+
+/// Prefix of the identity headers only keygate may set.
+pub const IDENTITY_PREFIX: &str = "x-keygate-";
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the classic list).
+const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+
+/// Removes hop-by-hop headers, including every header `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes every client-sent `X-Keygate-*` header.
+pub fn remove_identity_headers(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with(IDENTITY_PREFIX)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&HeaderValue>) {
+    let peer = peer.to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
+        _ => peer,
+    };
+    // Several XFF lines from the client collapse into the first one plus us:
+    // only the right-most entries are ever believed.
+    headers.remove("x-forwarded-for");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    match host {
+        Some(h) => {
+            headers.insert("x-forwarded-host", h.clone());
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+}
+
+/// `default_optin_mailing` -> `x-keygate-meta-default-optin-mailing`.
+pub fn metadata_header_name(key: &str) -> Option<HeaderName> {
+    let name = format!("{IDENTITY_PREFIX}meta-{}", key.to_ascii_lowercase().replace('_', "-"));
+    HeaderName::from_bytes(name.as_bytes()).ok()
+}
+
+/// A header value from free text (UTF-8 goes through as obs-text bytes).
+pub fn text_value(s: &str) -> Option<HeaderValue> {
+    HeaderValue::from_bytes(s.as_bytes()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn identity_headers_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("x-keygate-key-id", HeaderValue::from_static("forged"));
+        h.insert("X-Keygate-Meta-Plan", HeaderValue::from_static("forged"));
+        h.insert("x-keygatex", HeaderValue::from_static("kept"));
+        remove_identity_headers(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true, Some(&HeaderValue::from_static("api.example.com")));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn metadata_names() {
+        assert_eq!(metadata_header_name("default_optin_mailing").unwrap().as_str(), "x-keygate-meta-default-optin-mailing");
+    }
+}

@@ -1,0 +1,39 @@
+//! TLS for the data listener, with rustls. Certificates are loaded when the
+//! config is validated, so an unreadable file stops the start (or reload)
+//! with the field named, not the first handshake.
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which file failed, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}")]
+    Cert(String),
+    #[error("{0}")]
+    Key(String),
+}
+
+/// Builds a server config (HTTP/2 and HTTP/1.1 offered by ALPN).
+pub fn load_server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let cert_pem = std::fs::read(cert_path).map_err(|e| TlsError::Cert(format!("cannot read {}: {e}", cert_path.display())))?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Cert(format!("{} is not a PEM certificate chain: {e}", cert_path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert(format!("{} holds no PEM certificate", cert_path.display())));
+    }
+    let key_pem = std::fs::read(key_path).map_err(|e| TlsError::Key(format!("cannot read {}: {e}", key_path.display())))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| TlsError::Key(format!("{} is not a PEM private key: {e}", key_path.display())))?
+        .ok_or_else(|| TlsError::Key(format!("{} holds no PEM private key", key_path.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Cert(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Key(format!("the key does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,202 @@
+//! The running gateway's state. What comes from the config file lives in
+//! one [`Runtime`] snapshot behind an `ArcSwap`: a reload swaps it whole, and
+//! a bad file keeps the old one. What must outlive a reload (store, caches,
+//! rate-limit counters, metrics) lives beside it in [`App`].
+
+use crate::config::{Config, ConfigError, RoleSeed};
+use crate::keys::cache::KeyCache;
+use crate::keys::model::Role;
+use crate::keys::roles::RoleSet;
+use crate::keys::usage::UsageRecorder;
+use crate::metrics::Metrics;
+use crate::proxy::Forwarder;
+use crate::ratelimit::local::LocalLimiter;
+use crate::store::{self, ChangeTarget, SharedStore, Store, StoreError};
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything derived from one config file.
+pub struct Runtime {
+    pub config: Config,
+    pub forwarder: Forwarder,
+}
+
+impl Runtime {
+    /// Builds the runtime for a validated config.
+    pub fn new(config: Config) -> Runtime {
+        let forwarder = Forwarder::new(&config.upstreams);
+        Runtime { config, forwarder }
+    }
+}
+
+/// The gateway: current config snapshot plus long-lived state.
+pub struct App {
+    pub runtime: ArcSwap<Runtime>,
+    pub config_path: PathBuf,
+    pub store: SharedStore,
+    pub cache: KeyCache,
+    pub roles: RoleSet,
+    pub limiter: LocalLimiter,
+    pub usage: UsageRecorder,
+    pub metrics: Metrics,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Creates the config's `[[roles]]` that the store does not have yet.
+pub async fn seed_roles(store: &dyn Store, seeds: &[RoleSeed]) -> Result<(), StoreError> {
+    for seed in seeds {
+        let role = Role { id: seed.id.clone(), name: seed.name.clone(), description: seed.description.clone(), permissions: seed.permissions.clone() };
+        if store.insert_role_if_absent(&role).await? {
+            tracing::info!(role = %role.id, "created role from config");
+        }
+    }
+    Ok(())
+}
+
+impl App {
+    /// Opens the store, seeds roles and loads them.
+    pub async fn new(config: Config, config_path: PathBuf) -> Result<Arc<App>, StartError> {
+        let store = store::open(&config.store).await?;
+        seed_roles(store.as_ref(), &config.roles).await?;
+        let roles = RoleSet::load(store.as_ref()).await?;
+        let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl);
+        Ok(Arc::new(App {
+            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            config_path,
+            store,
+            cache,
+            roles,
+            limiter: LocalLimiter::default(),
+            usage: UsageRecorder::default(),
+            metrics: Metrics::new()?,
+        }))
+    }
+
+    /// Re-reads the config file; on any problem the running config stays.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        let result = Config::load(&self.config_path);
+        let config = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                return Err(e);
+            }
+        };
+        let old = self.runtime.load();
+        if config.server.listen != old.config.server.listen || config.admin.listen != old.config.admin.listen {
+            tracing::warn!("listen addresses changed in the config: they take effect at the next restart");
+        }
+        if let Err(e) = seed_roles(self.store.as_ref(), &config.roles).await {
+            tracing::warn!(error = %e, "could not seed roles after reload");
+        }
+        self.runtime.store(Arc::new(Runtime::new(config)));
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        Ok(())
+    }
+
+    /// Starts the background tasks: change feed, usage flush, limiter sweep.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let app = Arc::clone(self);
+        tokio::spawn(async move { app.follow_changes().await });
+        let app = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let every = app.runtime.load().config.keys.usage_flush_interval;
+                tokio::time::sleep(every).await;
+                app.flush_usage().await;
+            }
+        });
+        let app = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                app.limiter.sweep(crate::clock::now_ms());
+            }
+        });
+    }
+
+    /// Writes pending usage counts (also called at shutdown).
+    pub async fn flush_usage(&self) {
+        match self.usage.flush(self.store.as_ref()).await {
+            Ok(0) => {}
+            Ok(_) => self.metrics.usage_flushes.with_label_values(&["ok"]).inc(),
+            Err(e) => {
+                self.metrics.usage_flushes.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, "usage flush failed; counts kept for the next try");
+            }
+        }
+    }
+
+    /// Polls the store's change feed and drops what changed from the caches.
+    async fn follow_changes(&self) {
+        let mut cursor: Option<u64> = None;
+        loop {
+            let every = self.runtime.load().config.store.poll_interval;
+            tokio::time::sleep(every).await;
+            let Some(seq) = cursor else {
+                match self.store.change_cursor().await {
+                    Ok(seq) => cursor = Some(seq),
+                    Err(e) => self.note_store_error("change_cursor", &e),
+                }
+                continue;
+            };
+            match self.store.changes_since(seq).await {
+                Ok(batch) => {
+                    if batch.gap {
+                        tracing::warn!("change feed has a gap: flushing every cache");
+                        self.cache.clear();
+                        self.metrics.cache_invalidations.with_label_values(&["flush"]).inc();
+                        if let Err(e) = self.roles.reload(self.store.as_ref()).await {
+                            self.note_store_error("list_roles", &e);
+                        }
+                    }
+                    self.apply_changes(&batch.changes).await;
+                    cursor = Some(batch.latest);
+                }
+                Err(e) => self.note_store_error("changes_since", &e),
+            }
+        }
+    }
+
+    async fn apply_changes(&self, changes: &[store::Change]) {
+        let mut roles_changed = false;
+        let now_ms = store::now_unix_ms();
+        for change in changes {
+            match &change.target {
+                ChangeTarget::Key(id) => {
+                    self.cache.invalidate_key(id);
+                    self.metrics.cache_invalidations.with_label_values(&["key"]).inc();
+                }
+                ChangeTarget::Role(_) => roles_changed = true,
+            }
+            self.metrics.revocation_lag.observe(((now_ms - change.at_ms).max(0) as f64) / 1000.0);
+        }
+        if roles_changed {
+            self.metrics.cache_invalidations.with_label_values(&["role"]).inc();
+            if let Err(e) = self.roles.reload(self.store.as_ref()).await {
+                self.note_store_error("list_roles", &e);
+            }
+        }
+    }
+
+    /// Counts and logs a failed store call.
+    pub fn note_store_error(&self, operation: &str, e: &StoreError) {
+        self.metrics.store_errors.with_label_values(&[operation]).inc();
+        tracing::warn!(operation, error = %e, "store call failed");
+    }
+}

@@ -1,0 +1,136 @@
+//! Where keys and roles live. One [`Store`] trait, implemented by the
+//! embedded SQLite store (and, for many nodes, by Redis), so the request
+//! path, the CLI and the admin API never care which one runs.
+
+pub mod sqlite;
+
+use crate::keys::model::{ApiKey, KeyLookup, Role};
+use crate::keys::token::TokenHash;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+pub use crate::clock::{now_ms as now_unix_ms, now_unix};
+
+/// Why a store call failed. `Unavailable` is the only one the request path
+/// sees: it must never be taken for "unknown key".
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    #[error("role is used by {keys} key(s)")]
+    RoleInUse { keys: u64 },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What a change-feed entry touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeTarget {
+    /// A key was created, edited, rotated or deleted.
+    Key(String),
+    /// A role was created, edited or deleted.
+    Role(String),
+}
+
+/// One entry of the change feed that invalidates every node's cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub target: ChangeTarget,
+    /// When the change was committed (Unix milliseconds): the start of the
+    /// revocation lag this node measures.
+    pub at_ms: i64,
+}
+
+/// Changes after a sequence number, and the newest number seen.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeBatch {
+    pub latest: u64,
+    pub changes: Vec<Change>,
+    /// The feed no longer holds everything since the asked number: flush all.
+    pub gap: bool,
+}
+
+/// Requests one key made since the last flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub key_id: String,
+    pub count: u64,
+    /// Unix seconds of the latest request.
+    pub last_used: i64,
+    /// Unix minute (seconds / 60) the requests fell in.
+    pub minute: i64,
+}
+
+/// A page of keys and how many matched in all.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPage {
+    pub keys: Vec<ApiKey>,
+    pub total: u64,
+}
+
+/// Which keys a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct KeyQuery {
+    /// Case-insensitive substring over name, description, owner, keyPrefix, role, keyId.
+    pub search: Option<String>,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// Requests per bucket for one key, for "usage at a glance".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageSummary {
+    pub last_hour: u64,
+    pub last_day: u64,
+}
+
+/// Storage of keys, roles, the change feed and usage counts.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The key holding this secret, if any.
+    async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError>;
+    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError>;
+    /// Stores a new key with its secret's hash; `Conflict` if either exists.
+    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError>;
+    /// Replaces every field of an existing key (not its secrets).
+    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// Removes a key and its secrets; `NotFound` if absent.
+    async fn delete_key(&self, key_id: &str) -> Result<(), StoreError>;
+    /// Adds a new secret; older ones stop working at `old_valid_until` (Unix seconds).
+    async fn rotate_secret(&self, key_id: &str, hash: &TokenHash, key_prefix: &str, old_valid_until: i64) -> Result<(), StoreError>;
+    async fn list_roles(&self) -> Result<Vec<Role>, StoreError>;
+    async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError>;
+    /// Creates a role; `Conflict` if the id exists.
+    async fn insert_role(&self, role: &Role) -> Result<(), StoreError>;
+    /// Creates a role only when its id is free; says whether it did.
+    async fn insert_role_if_absent(&self, role: &Role) -> Result<bool, StoreError>;
+    async fn update_role(&self, role: &Role) -> Result<(), StoreError>;
+    /// Deletes a role no key uses: `RoleInUse` otherwise.
+    async fn delete_role(&self, id: &str) -> Result<(), StoreError>;
+    /// The newest change-feed sequence number (0 for none).
+    async fn change_cursor(&self) -> Result<u64, StoreError>;
+    /// Changes after `seq`.
+    async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError>;
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
+    async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError>;
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A shared handle to whichever store the config names.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store the config names.
+pub async fn open(config: &crate::config::StoreConfig) -> Result<SharedStore, StoreError> {
+    match &config.backend {
+        crate::config::StoreBackend::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
+        crate::config::StoreBackend::Redis { .. } => Err(StoreError::Unavailable(
+            "the redis store is not built yet: use store.backend = \"sqlite\"".into(),
+        )),
+    }
+}

@@ -1,0 +1,461 @@
+//! The embedded default store: one SQLite file, shared safely by the
+//! gateway and CLI processes (WAL mode, busy timeout). Every mutation also
+//! appends to a `changes` table in the same transaction; gateways poll that
+//! sequence, which is how a CLI change reaches a running gateway.
+
+use super::*;
+use crate::keys::model::Env;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::Mutex;
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS roles (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    permissions TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '',
+    role TEXT REFERENCES roles(id),
+    permissions TEXT NOT NULL DEFAULT '[]',
+    plan TEXT,
+    rate_limit INTEGER,
+    allowed_ips TEXT NOT NULL DEFAULT '[]',
+    env TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    expires_at INTEGER,
+    created_at INTEGER NOT NULL,
+    last_used INTEGER,
+    usage_count INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    key_prefix TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_role ON keys(role);
+CREATE TABLE IF NOT EXISTS secrets (
+    token_hash BLOB PRIMARY KEY,
+    key_id TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE,
+    expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS secrets_key ON secrets(key_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage_minutes (
+    key_id TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (key_id, minute)
+);
+";
+
+/// Changes older than this are trimmed; a gateway further behind flushes its cache.
+const CHANGE_RETENTION_SECS: i64 = 24 * 3600;
+/// Per-minute usage rows kept for the console's charts.
+const USAGE_RETENTION_SECS: i64 = 8 * 24 * 3600;
+
+const KEY_COLUMNS: &str = "k.key_id, k.name, k.description, k.owner, k.role, k.permissions, k.plan, k.rate_limit, \
+     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix";
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn key_from_row(row: &Row) -> rusqlite::Result<ApiKey> {
+    let env: String = row.get(9)?;
+    Ok(ApiKey {
+        key_id: row.get(0)?,
+        name: row.get(1)?,
+        description: row.get(2)?,
+        owner: row.get(3)?,
+        role: row.get(4)?,
+        permissions: from_json(&row.get::<_, String>(5)?)?,
+        plan: row.get(6)?,
+        rate_limit: row.get(7)?,
+        allowed_ips: from_json(&row.get::<_, String>(8)?)?,
+        env: Env::parse(&env).unwrap_or(Env::Live),
+        enabled: row.get(10)?,
+        expires_at: row.get(11)?,
+        created_at: row.get(12)?,
+        last_used: row.get(13)?,
+        usage_count: row.get::<_, i64>(14)? as u64,
+        metadata: from_json(&row.get::<_, String>(15)?)?,
+        key_prefix: row.get(16)?,
+    })
+}
+
+fn role_from_row(row: &Row) -> rusqlite::Result<Role> {
+    Ok(Role { id: row.get(0)?, name: row.get(1)?, description: row.get(2)?, permissions: from_json(&row.get::<_, String>(3)?)? })
+}
+
+fn log_change(tx: &Connection, kind: &str, id: &str) -> rusqlite::Result<()> {
+    tx.execute("INSERT INTO changes (kind, id, at_ms) VALUES (?1, ?2, ?3)", params![kind, id, now_unix_ms()])?;
+    Ok(())
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` on the connection off the async threads.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| unavailable("sqlite connection poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    fn write_key(tx: &Connection, key: &ApiKey, insert: bool) -> Result<usize, StoreError> {
+        let sql = if insert {
+            "INSERT INTO keys (key_id, name, description, owner, role, permissions, plan, rate_limit, allowed_ips, env, enabled, \
+             expires_at, created_at, last_used, usage_count, metadata, key_prefix) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        } else {
+            "UPDATE keys SET name = ?2, description = ?3, owner = ?4, role = ?5, permissions = ?6, plan = ?7, rate_limit = ?8, \
+             allowed_ips = ?9, env = ?10, enabled = ?11, expires_at = ?12, created_at = ?13, last_used = ?14, usage_count = ?15, \
+             metadata = ?16, key_prefix = ?17 WHERE key_id = ?1"
+        };
+        tx.execute(
+            sql,
+            params![
+                key.key_id,
+                key.name,
+                key.description,
+                key.owner,
+                key.role,
+                json(&key.permissions)?,
+                key.plan,
+                key.rate_limit,
+                json(&key.allowed_ips)?,
+                key.env.as_str(),
+                key.enabled,
+                key.expires_at,
+                key.created_at,
+                key.last_used,
+                key.usage_count as i64,
+                json(&key.metadata)?,
+                key.key_prefix,
+            ],
+        )
+        .map_err(|e| if is_constraint(&e) { StoreError::Conflict(constraint_message(key)) } else { unavailable(e) })
+    }
+}
+
+fn constraint_message(key: &ApiKey) -> String {
+    match &key.role {
+        Some(role) => format!("key `{}` already exists, its token is already in use, or role `{role}` does not exist", key.key_id),
+        None => format!("key `{}` already exists or its token is already in use", key.key_id),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError> {
+        let hash = *hash;
+        self.with(move |c| {
+            let sql = format!("SELECT {KEY_COLUMNS}, s.expires_at FROM secrets s JOIN keys k ON k.key_id = s.key_id WHERE s.token_hash = ?1");
+            c.query_row(&sql, params![&hash.0[..]], |row| Ok(KeyLookup { key: key_from_row(row)?, secret_expires_at: row.get(17)? }))
+                .optional()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            c.query_row(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_id = ?1"), params![key_id], key_from_row)
+                .optional()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
+        let q = query.clone();
+        self.with(move |c| {
+            let pattern = format!("%{}%", q.search.unwrap_or_default().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+            let filter = "FROM keys k WHERE (?1 = '%%' OR k.name LIKE ?1 ESCAPE '\\' OR k.description LIKE ?1 ESCAPE '\\' \
+                 OR k.owner LIKE ?1 ESCAPE '\\' OR k.key_prefix LIKE ?1 ESCAPE '\\' OR IFNULL(k.role, '') LIKE ?1 ESCAPE '\\' \
+                 OR k.key_id LIKE ?1 ESCAPE '\\')";
+            let total: i64 = c.query_row(&format!("SELECT COUNT(*) {filter}"), params![pattern], |r| r.get(0)).map_err(unavailable)?;
+            let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
+            let mut stmt = c
+                .prepare(&format!("SELECT {KEY_COLUMNS} {filter} ORDER BY k.created_at DESC, k.key_id LIMIT ?2 OFFSET ?3"))
+                .map_err(unavailable)?;
+            let keys = stmt
+                .query_map(params![pattern, limit, q.offset as i64], key_from_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(unavailable)?;
+            Ok(KeyPage { keys, total: total as u64 })
+        })
+        .await
+    }
+
+    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
+        let (key, hash) = (key.clone(), *hash);
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            Self::write_key(&tx, &key, true)?;
+            tx.execute("INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)", params![&hash.0[..], key.key_id])
+                .map_err(|e| if is_constraint(&e) { StoreError::Conflict("that token is already in use".into()) } else { unavailable(e) })?;
+            log_change(&tx, "key", &key.key_id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            if Self::write_key(&tx, &key, false)? == 0 {
+                return Err(StoreError::NotFound);
+            }
+            log_change(&tx, "key", &key.key_id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            if tx.execute("DELETE FROM keys WHERE key_id = ?1", params![key_id]).map_err(unavailable)? == 0 {
+                return Err(StoreError::NotFound);
+            }
+            tx.execute("DELETE FROM usage_minutes WHERE key_id = ?1", params![key_id]).map_err(unavailable)?;
+            log_change(&tx, "key", &key_id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn rotate_secret(&self, key_id: &str, hash: &TokenHash, key_prefix: &str, old_valid_until: i64) -> Result<(), StoreError> {
+        let (key_id, hash, prefix) = (key_id.to_string(), *hash, key_prefix.to_string());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let n = tx.execute("UPDATE keys SET key_prefix = ?2 WHERE key_id = ?1", params![key_id, prefix]).map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            tx.execute(
+                "UPDATE secrets SET expires_at = MIN(IFNULL(expires_at, ?2), ?2) WHERE key_id = ?1",
+                params![key_id, old_valid_until],
+            )
+            .map_err(unavailable)?;
+            tx.execute("DELETE FROM secrets WHERE key_id = ?1 AND expires_at <= ?2", params![key_id, now_unix()]).map_err(unavailable)?;
+            tx.execute("INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)", params![&hash.0[..], key_id])
+                .map_err(|e| if is_constraint(&e) { StoreError::Conflict("that token is already in use".into()) } else { unavailable(e) })?;
+            log_change(&tx, "key", &key_id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, name, description, permissions FROM roles ORDER BY id").map_err(unavailable)?;
+            let roles = stmt.query_map([], role_from_row).and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>()).map_err(unavailable)?;
+            Ok(roles)
+        })
+        .await
+    }
+
+    async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.query_row("SELECT id, name, description, permissions FROM roles WHERE id = ?1", params![id], role_from_row)
+                .optional()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn insert_role(&self, role: &Role) -> Result<(), StoreError> {
+        if self.insert_role_if_absent(role).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!("role `{}` already exists", role.id)))
+        }
+    }
+
+    async fn insert_role_if_absent(&self, role: &Role) -> Result<bool, StoreError> {
+        let role = role.clone();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let n = tx
+                .execute(
+                    "INSERT OR IGNORE INTO roles (id, name, description, permissions) VALUES (?1, ?2, ?3, ?4)",
+                    params![role.id, role.name, role.description, json(&role.permissions)?],
+                )
+                .map_err(unavailable)?;
+            if n > 0 {
+                log_change(&tx, "role", &role.id).map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn update_role(&self, role: &Role) -> Result<(), StoreError> {
+        let role = role.clone();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let n = tx
+                .execute(
+                    "UPDATE roles SET name = ?2, description = ?3, permissions = ?4 WHERE id = ?1",
+                    params![role.id, role.name, role.description, json(&role.permissions)?],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            log_change(&tx, "role", &role.id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let users: i64 = tx.query_row("SELECT COUNT(*) FROM keys WHERE role = ?1", params![id], |r| r.get(0)).map_err(unavailable)?;
+            if users > 0 {
+                return Err(StoreError::RoleInUse { keys: users as u64 });
+            }
+            if tx.execute("DELETE FROM roles WHERE id = ?1", params![id]).map_err(unavailable)? == 0 {
+                return Err(StoreError::NotFound);
+            }
+            log_change(&tx, "role", &id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn change_cursor(&self) -> Result<u64, StoreError> {
+        self.with(|c| c.query_row("SELECT IFNULL(MAX(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(unavailable))
+            .await
+    }
+
+    async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
+        self.with(move |c| {
+            let oldest: Option<i64> = c.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0)).map_err(unavailable)?;
+            let mut stmt = c.prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 10000").map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![seq as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                })
+                .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(unavailable)?;
+            let mut batch = ChangeBatch { latest: seq, changes: Vec::with_capacity(rows.len()), gap: false };
+            // Rows after `seq` were trimmed if the oldest kept one is beyond seq + 1.
+            batch.gap = seq > 0 && oldest.is_some_and(|o| o as u64 > seq + 1);
+            for (s, kind, id, at_ms) in rows {
+                batch.latest = s as u64;
+                let target = if kind == "role" { ChangeTarget::Role(id) } else { ChangeTarget::Key(id) };
+                batch.changes.push(Change { target, at_ms });
+            }
+            if batch.changes.len() >= 10000 {
+                batch.gap = true;
+            }
+            Ok(batch)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        let batch = batch.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            for d in &batch {
+                tx.execute(
+                    "UPDATE keys SET usage_count = usage_count + ?2, last_used = MAX(IFNULL(last_used, 0), ?3) WHERE key_id = ?1",
+                    params![d.key_id, d.count as i64, d.last_used],
+                )
+                .map_err(unavailable)?;
+                tx.execute(
+                    "INSERT INTO usage_minutes (key_id, minute, count) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (key_id, minute) DO UPDATE SET count = count + excluded.count",
+                    params![d.key_id, d.minute, d.count as i64],
+                )
+                .map_err(unavailable)?;
+            }
+            let now = now_unix();
+            tx.execute("DELETE FROM usage_minutes WHERE minute < ?1", params![(now - USAGE_RETENTION_SECS) / 60]).map_err(unavailable)?;
+            tx.execute(
+                "DELETE FROM changes WHERE at_ms < ?1 AND seq < (SELECT MAX(seq) FROM changes)",
+                params![(now - CHANGE_RETENTION_SECS) * 1000],
+            )
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            let minute = now / 60;
+            let sum = |since: i64| -> Result<u64, StoreError> {
+                c.query_row(
+                    "SELECT IFNULL(SUM(count), 0) FROM usage_minutes WHERE key_id = ?1 AND minute > ?2",
+                    params![key_id, since],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+                .map_err(unavailable)
+            };
+            Ok(UsageSummary { last_hour: sum(minute - 60)?, last_day: sum(minute - 24 * 60)? })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+}
