@@ -1,0 +1,269 @@
+//! Shared test harness: a real upstream (a small hyper server), the real
+//! `keygate` binary started on loopback ports with a config written for the
+//! test, and helpers to drive its CLI.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The path of the binary under test.
+pub fn keygate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_keygate")
+}
+
+/// Admin token the harness exports to every gateway it starts.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The modules, routes and roles most tests use; `{upstream}` is filled in.
+pub const CATALOGUE: &str = r#"
+[plans]
+free = 3
+pro = 100
+
+[[upstreams]]
+name = "backend"
+url = "{upstream}"
+timeout = "2s"
+connect_timeout = "1s"
+
+[[modules]]
+id = "lists"
+name = "List Management"
+permissions = [ { id = "lists.create", label = "Add New List" },
+                { id = "lists.view", label = "View List" } ]
+
+[[modules]]
+id = "contacts"
+name = "Contact Management"
+permissions = [ { id = "contacts.view", label = "View Contacts" },
+                { id = "contacts.create", label = "Add Contact" } ]
+
+[[modules]]
+id = "broadcasts"
+name = "Broadcasts"
+permissions = [ { id = "broadcasts.send", label = "Send" } ]
+
+[[routes]]
+match = "POST /api/lists"
+permission = "lists.create"
+
+[[routes]]
+match = "GET /api/lists"
+permission = "lists.view"
+
+[[routes]]
+match = "GET /api/lists/{id}"
+permission = "lists.view"
+
+[[routes]]
+match = "* /api/contacts/*"
+permission = "contacts.view"
+
+[[routes]]
+match = "POST /api/upload"
+permission = "contacts.create"
+
+[[routes]]
+match = "POST /api/broadcasts/{id}/send"
+permission = "broadcasts.send"
+
+[[routes]]
+match = "GET /api/slow/{ms}"
+
+[[routes]]
+match = "GET /api/ping"
+public = true
+
+[[roles]]
+id = "read-only"
+permissions = ["lists.view", "contacts.view"]
+
+[[roles]]
+id = "full-access"
+permissions = ["*"]
+"#;
+
+/// A temporary folder with a config file in it.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub data_port: u16,
+    pub admin_port: u16,
+}
+
+impl Setup {
+    /// Writes a config: `[server]` and `[rate_limit]` extras go in their
+    /// tables, then the shared catalogue pointing at `upstream`.
+    pub fn new(upstream: &str, server_extra: &str, rate_limit_extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let (data_port, admin_port) = (free_port(), free_port());
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{data_port}\"\n{server_extra}\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
+             [store]\npath = \"keygate.db\"\npoll_interval = \"50ms\"\n\n\
+             [rate_limit]\n{rate_limit_extra}\n\n{}",
+            CATALOGUE.replace("{upstream}", upstream)
+        );
+        Setup::with_text(dir, &text, data_port, admin_port)
+    }
+
+    /// A config with exactly this text.
+    pub fn with_text(dir: tempfile::TempDir, text: &str, data_port: u16, admin_port: u16) -> Setup {
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, text).unwrap();
+        Setup { dir, config, data_port, admin_port }
+    }
+
+    /// Runs `keygate --config <file> args...` to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(keygate_bin()).arg("--config").arg(&self.config).args(args).output().unwrap()
+    }
+
+    /// Runs a CLI command with `--json` and returns its parsed envelope's `data`,
+    /// failing the test if it did not succeed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "keygate {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+        assert_eq!(v["success"], true, "{v}");
+        v["data"].clone()
+    }
+
+    /// Creates a key with the CLI and returns (keyId, secret).
+    pub fn create_key(&self, args: &[&str]) -> (String, String) {
+        let mut all = vec!["keys", "create"];
+        all.extend_from_slice(args);
+        let data = self.cli_json(&all);
+        (data["keyId"].as_str().unwrap().to_string(), data["apiKey"].as_str().unwrap().to_string())
+    }
+
+    /// Starts the gateway and waits until it answers.
+    pub fn start(&self) -> Gateway {
+        Gateway::start(&self.config, self.data_port, self.admin_port, self.dir.path())
+    }
+
+    /// `http://127.0.0.1:<data port>` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.data_port)
+    }
+
+    /// `http://127.0.0.1:<admin port>` + path.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+}
+
+/// A running `keygate serve`, killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Gateway {
+    fn start(config: &Path, data_port: u16, admin_port: u16, dir: &Path) -> Gateway {
+        let log = dir.join(format!("gateway-{}.log", free_port()));
+        let child = Command::new(keygate_bin())
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("KEYGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut gw = Gateway {
+            child,
+            data: SocketAddr::from(([127, 0, 0, 1], data_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            log,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("keygate exited early ({status}):\n{}", self.log_text());
+            }
+            if std::net::TcpStream::connect(self.data).is_ok() && std::net::TcpStream::connect(self.admin).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("keygate did not start listening:\n{}", self.log_text());
+    }
+
+    /// What the gateway logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (SIGHUP reloads).
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+
+    /// Stops with SIGTERM and waits for the process to end.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(25);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that neither pools across tests nor follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+/// Polls `f` until it returns true or `within` passes; returns the time it took.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// Parses a JSON body.
+pub async fn json_of(resp: reqwest::Response) -> serde_json::Value {
+    let text = resp.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
