@@ -41,6 +41,9 @@ pub struct App {
     pub limiter: LocalLimiter,
     pub usage: UsageRecorder,
     pub metrics: Metrics,
+    /// The change-feed position read before the first request, so no change
+    /// made after the cache started filling can be missed.
+    start_cursor: u64,
 }
 
 /// Why the gateway could not start.
@@ -72,6 +75,7 @@ impl App {
     pub async fn new(config: Config, config_path: PathBuf) -> Result<Arc<App>, StartError> {
         let store = store::open(&config.store).await?;
         seed_roles(store.as_ref(), &config.roles).await?;
+        let start_cursor = store.change_cursor().await?;
         let roles = RoleSet::load(store.as_ref()).await?;
         let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl);
         Ok(Arc::new(App {
@@ -83,6 +87,7 @@ impl App {
             limiter: LocalLimiter::default(),
             usage: UsageRecorder::default(),
             metrics: Metrics::new()?,
+            start_cursor,
         }))
     }
 
@@ -144,18 +149,11 @@ impl App {
 
     /// Polls the store's change feed and drops what changed from the caches.
     async fn follow_changes(&self) {
-        let mut cursor: Option<u64> = None;
+        let mut cursor = self.start_cursor;
         loop {
             let every = self.runtime.load().config.store.poll_interval;
             tokio::time::sleep(every).await;
-            let Some(seq) = cursor else {
-                match self.store.change_cursor().await {
-                    Ok(seq) => cursor = Some(seq),
-                    Err(e) => self.note_store_error("change_cursor", &e),
-                }
-                continue;
-            };
-            match self.store.changes_since(seq).await {
+            match self.store.changes_since(cursor).await {
                 Ok(batch) => {
                     if batch.gap {
                         tracing::warn!("change feed has a gap: flushing every cache");
@@ -166,7 +164,7 @@ impl App {
                         }
                     }
                     self.apply_changes(&batch.changes).await;
-                    cursor = Some(batch.latest);
+                    cursor = batch.latest;
                 }
                 Err(e) => self.note_store_error("changes_since", &e),
             }
