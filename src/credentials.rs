@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn malformed() {
         assert!(matches!(extract(&headers(&[("authorization", "Basic !!!")]), None), Err(CredentialError::Malformed(_))));
-        assert!(matches!(extract(&headers(&[("authorization", &basic("nopassword"))]), None), Err(CredentialError::Malformed(_))));
+        assert!(matches!(
+            extract(&headers(&[("authorization", &basic("nopassword"))]), None),
+            Err(CredentialError::Malformed(_))
+        ));
         assert!(matches!(extract(&headers(&[("authorization", "Bearer ")]), None), Err(CredentialError::Malformed(_))));
         assert!(matches!(extract(&headers(&[("authorization", "Digest x=1")]), None), Err(CredentialError::Malformed(_))));
     }

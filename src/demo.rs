@@ -26,9 +26,12 @@ async fn answer(req: Request<Incoming>) -> Response<Body> {
         .filter(|(n, _)| n.as_str().starts_with("x-keygate-"))
         .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
         .collect();
-    let body = http_body_util::Limited::new(req.into_body(), MAX_DEMO_BODY).collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body =
+        http_body_util::Limited::new(req.into_body(), MAX_DEMO_BODY).collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
     let data = match (method.as_str(), path.as_str()) {
-        ("GET", "/api/lists") => json!([{ "id": 1, "name": "Newsletter", "subscribers": 1204 }, { "id": 2, "name": "Product updates", "subscribers": 311 }]),
+        ("GET", "/api/lists") => {
+            json!([{ "id": 1, "name": "Newsletter", "subscribers": 1204 }, { "id": 2, "name": "Product updates", "subscribers": 311 }])
+        }
         ("GET", "/api/stats") => json!({ "sent": 18211, "opens": 7123, "clicks": 1312 }),
         _ => json!({ "received": { "method": method, "path": path, "query": query, "bodyBytes": body } }),
     };

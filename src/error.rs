@@ -45,7 +45,9 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BadRequest(_) => StatusCode::BAD_REQUEST,
-            MissingKey | InvalidKey | KeyDisabled | KeyExpired | WrongEnvironment | AmbiguousCredentials => StatusCode::UNAUTHORIZED,
+            MissingKey | InvalidKey | KeyDisabled | KeyExpired | WrongEnvironment | AmbiguousCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
             IpBlocked | InsufficientPermissions { .. } => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

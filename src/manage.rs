@@ -202,7 +202,11 @@ impl Manager<'_> {
 
     /// One key by id.
     pub async fn get_key(&self, key_id: &str) -> Result<ApiKey, ManageError> {
-        self.store.get_key(key_id).await.map_err(ManageError::Store)?.ok_or_else(|| ManageError::NotFound(format!("key `{key_id}`")))
+        self.store
+            .get_key(key_id)
+            .await
+            .map_err(ManageError::Store)?
+            .ok_or_else(|| ManageError::NotFound(format!("key `{key_id}`")))
     }
 
     /// Changes the given fields of a key.

@@ -1,7 +1,9 @@
 //! Prometheus metrics. Labels never carry a token or a key id: routes are
 //! the configured patterns, so every label set is bounded.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric keygate exports.
 pub struct Metrics {
@@ -20,7 +22,8 @@ pub struct Metrics {
     pub usage_flushes: IntCounterVec,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 impl Metrics {
     /// Registers every metric in a fresh registry.
@@ -41,15 +44,20 @@ impl Metrics {
         )?;
         let cache_hits = IntCounter::new("keygate_cache_hits_total", "Key lookups answered by the local cache")?;
         let cache_misses = IntCounter::new("keygate_cache_misses_total", "Key lookups that went to the store")?;
-        let cache_invalidations =
-            IntCounterVec::new(Opts::new("keygate_cache_invalidations_total", "Cache entries dropped after a change"), &["kind"])?;
+        let cache_invalidations = IntCounterVec::new(
+            Opts::new("keygate_cache_invalidations_total", "Cache entries dropped after a change"),
+            &["kind"],
+        )?;
         let store_errors = IntCounterVec::new(Opts::new("keygate_store_errors_total", "Failed store calls"), &["operation"])?;
         let ratelimit_decisions =
             IntCounterVec::new(Opts::new("keygate_ratelimit_decisions_total", "Rate-limit decisions"), &["decision"])?;
         let config_reloads = IntCounterVec::new(Opts::new("keygate_config_reloads_total", "Config reloads"), &["result"])?;
         let revocation_lag = Histogram::with_opts(
-            HistogramOpts::new("keygate_revocation_lag_seconds", "Time from a key or role change in the store to this node's cache dropping it")
-                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "keygate_revocation_lag_seconds",
+                "Time from a key or role change in the store to this node's cache dropping it",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         )?;
         let open_connections = IntGauge::new("keygate_open_connections", "Client connections open on the data listener")?;
         let usage_flushes = IntCounterVec::new(Opts::new("keygate_usage_flushes_total", "Batched usage writes"), &["result"])?;

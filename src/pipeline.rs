@@ -7,6 +7,7 @@
 //! 7. IP allowlist  8. permission  9. rate limit  10. forward
 
 use crate::body::Body;
+use crate::clock;
 use crate::config::Config;
 use crate::credentials::{self, CredentialError};
 use crate::error::{json_response, GatewayError};
@@ -18,7 +19,6 @@ use crate::policy::{ip, path};
 use crate::proxy::{self, body::GuardedBody, headers};
 use crate::ratelimit::Decision;
 use crate::state::{App, Runtime};
-use crate::clock;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -68,7 +68,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Re
     resp
 }
 
-async fn run(app: &App, rt: &Runtime, req: Request<Incoming>, conn: ConnInfo, trace: &mut Trace) -> Result<Response<Body>, GatewayError> {
+async fn run(
+    app: &App,
+    rt: &Runtime,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    trace: &mut Trace,
+) -> Result<Response<Body>, GatewayError> {
     let cfg = &rt.config;
     // 2. normalise
     let path = path::normalise(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
@@ -202,7 +208,11 @@ async fn forward(
         Some(_) => parts.uri.query().and_then(credentials::strip_query),
         None => parts.uri.query().map(str::to_string),
     };
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     parts.uri = proxy::upstream_uri(upstream, path, query.as_deref())?;
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;

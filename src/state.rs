@@ -62,7 +62,12 @@ pub enum StartError {
 /// Creates the config's `[[roles]]` that the store does not have yet.
 pub async fn seed_roles(store: &dyn Store, seeds: &[RoleSeed]) -> Result<(), StoreError> {
     for seed in seeds {
-        let role = Role { id: seed.id.clone(), name: seed.name.clone(), description: seed.description.clone(), permissions: seed.permissions.clone() };
+        let role = Role {
+            id: seed.id.clone(),
+            name: seed.name.clone(),
+            description: seed.description.clone(),
+            permissions: seed.permissions.clone(),
+        };
         if store.insert_role_if_absent(&role).await? {
             tracing::info!(role = %role.id, "created role from config");
         }

@@ -23,7 +23,8 @@ fn assert_error(v: &serde_json::Value, code: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_in_all_four_places_are_accepted_and_stripped() {
     let (_up, s) = setup("", "").await;
-    let (key_id, token) = s.create_key(&["--name", "four ways", "--role", "read-only", "--owner", "acct-42", "--meta", "default_optin_mailing=77"]);
+    let (key_id, token) =
+        s.create_key(&["--name", "four ways", "--role", "read-only", "--owner", "acct-42", "--meta", "default_optin_mailing=77"]);
     let _gw = s.start();
     let c = client();
     let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("mail2many:{token}")));
@@ -220,11 +221,12 @@ async fn sliding_window_is_selectable() {
     let (_, token) = s.create_key(&["--name", "slide", "--role", "read-only", "--rate-limit", "2"]);
     let _gw = s.start();
     let c = client();
-    let statuses: Vec<u16> = futures_util::future::join_all((0..4).map(|_| c.get(s.url("/api/lists")).bearer_auth(&token).send()))
-        .await
-        .into_iter()
-        .map(|r| r.unwrap().status().as_u16())
-        .collect();
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..4).map(|_| c.get(s.url("/api/lists")).bearer_auth(&token).send()))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
 }
@@ -250,7 +252,20 @@ async fn permissions_combine_role_key_and_wildcards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whoami_reports_the_key() {
     let (_up, s) = setup("", "").await;
-    let (key_id, token) = s.create_key(&["--name", "me", "--owner", "acct-1", "--role", "read-only", "--permission", "broadcasts.send", "--allow-ip", "127.0.0.0/8", "--rate-limit", "9"]);
+    let (key_id, token) = s.create_key(&[
+        "--name",
+        "me",
+        "--owner",
+        "acct-1",
+        "--role",
+        "read-only",
+        "--permission",
+        "broadcasts.send",
+        "--allow-ip",
+        "127.0.0.0/8",
+        "--rate-limit",
+        "9",
+    ]);
     let _gw = s.start();
     let resp = client().get(s.url("/whoami")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -321,7 +336,10 @@ async fn metrics_and_health_on_the_admin_listener() {
     assert_eq!(c.get(s.admin_url("/readyz")).send().await.unwrap().status(), 200);
     let text = c.get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#"keygate_requests_total{outcome="forwarded",route="GET /api/lists",status="200"} 2"#), "{text}");
-    assert!(text.contains(r#"keygate_requests_total{outcome="unauthenticated",route="GET /api/lists",status="401"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"keygate_requests_total{outcome="unauthenticated",route="GET /api/lists",status="401"} 1"#),
+        "{text}"
+    );
     assert!(text.contains("keygate_cache_hits_total 1"), "{text}");
     assert!(text.contains("keygate_cache_misses_total 1"), "{text}");
     assert!(text.contains("keygate_gateway_latency_seconds_bucket"));

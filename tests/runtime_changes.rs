@@ -85,7 +85,10 @@ async fn rotation_keeps_the_old_secret_for_the_grace_period() {
     assert_eq!(data["keyId"], id.as_str());
     assert!(eventually(WITHIN, || async { status(&url, &new).await == 200 }).await.is_some());
     assert_eq!(status(&url, &old).await, 200, "old secret must work during the grace period");
-    assert!(eventually(Duration::from_secs(4), || async { status(&url, &old).await == 401 }).await.is_some(), "old secret still works");
+    assert!(
+        eventually(Duration::from_secs(4), || async { status(&url, &old).await == 401 }).await.is_some(),
+        "old secret still works"
+    );
     assert_eq!(status(&url, &new).await, 200);
 }
 
@@ -96,7 +99,9 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_config() {
     let (_, token) = s.create_key(&["--name", "reload", "--role", "read-only"]);
     let gw = s.start();
     let url = s.url("/api/lists");
-    let limit = || async { client().get(&url).bearer_auth(&token).send().await.unwrap().headers()["x-ratelimit-limit"].to_str().unwrap().to_string() };
+    let limit = || async {
+        client().get(&url).bearer_auth(&token).send().await.unwrap().headers()["x-ratelimit-limit"].to_str().unwrap().to_string()
+    };
     assert_eq!(limit().await, "5");
 
     let good = std::fs::read_to_string(&s.config).unwrap().replace("default_per_minute = 5", "default_per_minute = 6");
@@ -118,7 +123,9 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_config() {
 async fn usage_is_recorded_in_batches_and_survives_restart() {
     let up = upstream::start().await;
     let s = Setup::new(&up.url(), "", "");
-    let text = std::fs::read_to_string(&s.config).unwrap().replace("[rate_limit]", "[keys]\nusage_flush_interval = \"200ms\"\n\n[rate_limit]");
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("[rate_limit]", "[keys]\nusage_flush_interval = \"200ms\"\n\n[rate_limit]");
     std::fs::write(&s.config, text).unwrap();
     let (id, token) = s.create_key(&["--name", "counted", "--role", "read-only"]);
     let gw = s.start();

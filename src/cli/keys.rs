@@ -178,7 +178,25 @@ fn print_key(m: &Manager<'_>, key: &ApiKey) {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    for field in ["keyId", "name", "description", "owner", "role", "permissions", "plan", "rateLimit", "allowedIps", "env", "status", "expiresAt", "createdAt", "lastUsed", "usageCount", "metadata", "keyPrefix"] {
+    for field in [
+        "keyId",
+        "name",
+        "description",
+        "owner",
+        "role",
+        "permissions",
+        "plan",
+        "rateLimit",
+        "allowedIps",
+        "env",
+        "status",
+        "expiresAt",
+        "createdAt",
+        "lastUsed",
+        "usageCount",
+        "metadata",
+        "keyPrefix",
+    ] {
         println!("{:<12} {}", format!("{field}:"), text(field));
     }
 }

@@ -19,7 +19,11 @@ pub use output::Failure;
 
 /// `keygate [--config FILE] <command>`.
 #[derive(Debug, Parser)]
-#[command(name = "keygate", version, about = "An API-key gateway: a reverse proxy that enforces API keys, permissions and rate limits")]
+#[command(
+    name = "keygate",
+    version,
+    about = "An API-key gateway: a reverse proxy that enforces API keys, permissions and rate limits"
+)]
 pub struct Cli {
     /// Config file.
     #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG_PATH)]

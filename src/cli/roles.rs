@@ -58,7 +58,13 @@ fn print_role(role: &crate::keys::model::Role, json: bool) {
     if json {
         print_json(role_json(role), json!({}));
     } else {
-        println!("id:          {}\nname:        {}\ndescription: {}\npermissions: {}", role.id, role.name, role.description, role.permissions.join(", "));
+        println!(
+            "id:          {}\nname:        {}\ndescription: {}\npermissions: {}",
+            role.id,
+            role.name,
+            role.description,
+            role.permissions.join(", ")
+        );
     }
 }
 
@@ -75,7 +81,10 @@ pub async fn run(m: &Manager<'_>, command: RolesCommand) -> Result<(), Failure> 
             if json {
                 print_json(roles.iter().map(role_json).collect(), json!({ "total": roles.len() }));
             } else {
-                let rows: Vec<Vec<String>> = roles.iter().map(|r| vec![r.id.clone(), r.name.clone(), r.description.clone(), r.permissions.join(",")]).collect();
+                let rows: Vec<Vec<String>> = roles
+                    .iter()
+                    .map(|r| vec![r.id.clone(), r.name.clone(), r.description.clone(), r.permissions.join(",")])
+                    .collect();
                 print_table(&["ID", "NAME", "DESCRIPTION", "PERMISSIONS"], &rows);
             }
         }

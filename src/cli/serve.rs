@@ -41,7 +41,12 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     let config = Config::load(path).map_err(Failure::config)?;
     let backend = if demo { Some(start_demo_backend(&config).await?) } else { None };
-    let app = App::new(config, path.to_path_buf()).await.map_err(|e| Failure { message: e.to_string(), code: "start_failed", json: false, exit: 1 })?;
+    let app = App::new(config, path.to_path_buf()).await.map_err(|e| Failure {
+        message: e.to_string(),
+        code: "start_failed",
+        json: false,
+        exit: 1,
+    })?;
     let rt = app.runtime.load_full();
     let cfg = &rt.config;
     let data = bind(cfg.server.listen, "server.listen").await?;
@@ -86,7 +91,9 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
 #[cfg(unix)]
 async fn handle_signals(app: Arc<App>, stop: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -122,7 +129,10 @@ async fn start_demo_backend(config: &Config) -> Result<SocketAddr, Failure> {
     let addr: SocketAddr = match upstream.origin.host() {
         "localhost" => SocketAddr::from(([127, 0, 0, 1], port)),
         host => host.parse().map(|ip| SocketAddr::new(ip, port)).map_err(|_| Failure {
-            message: format!("the demo backend must run on this machine, but upstream `{}` is {}", upstream.name, upstream.origin),
+            message: format!(
+                "the demo backend must run on this machine, but upstream `{}` is {}",
+                upstream.name, upstream.origin
+            ),
             code: "invalid_config",
             json: false,
             exit: 2,
@@ -133,7 +143,14 @@ async fn start_demo_backend(config: &Config) -> Result<SocketAddr, Failure> {
     Ok(addr)
 }
 
-async fn print_demo_banner(app: &App, cfg: &Config, data: SocketAddr, scheme: &str, admin: SocketAddr, backend: SocketAddr) -> Result<(), Failure> {
+async fn print_demo_banner(
+    app: &App,
+    cfg: &Config,
+    data: SocketAddr,
+    scheme: &str,
+    admin: SocketAddr,
+    backend: SocketAddr,
+) -> Result<(), Failure> {
     let m = Manager { store: app.store.as_ref(), config: cfg };
     let role = cfg.roles.iter().find(|r| r.permissions.iter().any(|p| p == "*")).map(|r| r.id.clone());
     let input = KeyInput {

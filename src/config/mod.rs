@@ -240,11 +240,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
-            problems: vec![ConfigProblem {
-                line: None,
-                field: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }],
+            problems: vec![ConfigProblem { line: None, field: "(file)".into(), message: format!("cannot read: {e}") }],
         })?;
         Self::parse(path, &text)
     }

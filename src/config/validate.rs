@@ -92,7 +92,11 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
         ConfigError {
             file: path.to_path_buf(),
-            problems: vec![ConfigProblem { line, field: field_of_parse_error(e.message()), message: e.message().trim().to_string() }],
+            problems: vec![ConfigProblem {
+                line,
+                field: field_of_parse_error(e.message()),
+                message: e.message().trim().to_string(),
+            }],
         }
     })?;
     let mut c = Checker { text, problems: Vec::new() };
@@ -245,7 +249,8 @@ fn keys(c: &mut Checker, raw: &RawKeys) -> KeysConfig {
     let brand = match &raw.brand {
         None => DEFAULT_BRAND.to_string(),
         Some(b) => {
-            let ok = !b.get_ref().is_empty() && b.get_ref().len() <= 16 && b.get_ref().chars().all(|ch| ch.is_ascii_alphanumeric());
+            let ok =
+                !b.get_ref().is_empty() && b.get_ref().len() <= 16 && b.get_ref().chars().all(|ch| ch.is_ascii_alphanumeric());
             if !ok {
                 c.problem(Some(b), "keys.brand", "must be 1-16 ASCII letters or digits");
             }
@@ -291,7 +296,11 @@ fn upstreams(c: &mut Checker, raw: &[RawUpstream]) -> Vec<Upstream> {
             scheme,
             base_path: uri.path().trim_end_matches('/').to_string(),
             timeout: c.duration(&u.timeout, &format!("{field}.timeout"), DEFAULT_UPSTREAM_TIMEOUT),
-            connect_timeout: c.duration(&u.connect_timeout, &format!("{field}.connect_timeout"), DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
+            connect_timeout: c.duration(
+                &u.connect_timeout,
+                &format!("{field}.connect_timeout"),
+                DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            ),
         });
     }
     out
@@ -314,7 +323,11 @@ fn catalogue(c: &mut Checker, raw: &[RawModule]) -> Catalogue {
             let field = format!("modules[{i}].permissions[{j}].id");
             match pid.strip_prefix(&format!("{id}.")) {
                 Some(action) if valid_ident(action) => {}
-                _ => c.problem(Some(&p.id), &field, format!("`{pid}` must look like `{id}.<action>` (lowercase letters, digits, '_' or '-')")),
+                _ => c.problem(
+                    Some(&p.id),
+                    &field,
+                    format!("`{pid}` must look like `{id}.<action>` (lowercase letters, digits, '_' or '-')"),
+                ),
             }
             if !seen.insert(pid.clone()) {
                 c.problem(Some(&p.id), &field, format!("permission `{pid}` is declared twice"));
@@ -347,14 +360,24 @@ fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], catalogue: 
         };
         if let Some(p) = &r.permission {
             if !catalogue.is_declared(p.get_ref()) {
-                c.problem(Some(p), format!("{field}.permission"), format!("permission `{}` is not declared in [[modules]]", p.get_ref()));
+                c.problem(
+                    Some(p),
+                    format!("{field}.permission"),
+                    format!("permission `{}` is not declared in [[modules]]", p.get_ref()),
+                );
             }
         }
         if r.public && r.permission.is_some() {
             c.problem(Some(&r.pattern), format!("{field}.public"), "a public route cannot also require a permission");
         }
         let on_redis_error = redis_policy(c, &r.on_redis_error, &format!("{field}.on_redis_error"));
-        match Route::new(r.pattern.get_ref(), r.permission.as_ref().map(|p| p.get_ref().clone()), upstream, r.public, on_redis_error) {
+        match Route::new(
+            r.pattern.get_ref(),
+            r.permission.as_ref().map(|p| p.get_ref().clone()),
+            upstream,
+            r.public,
+            on_redis_error,
+        ) {
             Ok(route) => out.push(route),
             Err(e) => c.problem(Some(&r.pattern), format!("{field}.match"), e),
         }

@@ -34,7 +34,8 @@ impl RoleSet {
 
     /// The key's own permissions plus its role's: what it may do.
     pub fn effective_permissions(&self, key: &ApiKey) -> Vec<String> {
-        let mut out: Vec<String> = key.role.as_deref().and_then(|r| self.get(r)).map(|r| r.permissions.clone()).unwrap_or_default();
+        let mut out: Vec<String> =
+            key.role.as_deref().and_then(|r| self.get(r)).map(|r| r.permissions.clone()).unwrap_or_default();
         for p in &key.permissions {
             if !out.contains(p) {
                 out.push(p.clone());

@@ -39,7 +39,8 @@ fn normalise_segment(seg: &str, out: &mut String) -> Result<(), PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (Some(hi), Some(lo)) = (bytes.get(i + 1).and_then(|h| hex_val(*h)), bytes.get(i + 2).and_then(|l| hex_val(*l))) else {
+            let (Some(hi), Some(lo)) = (bytes.get(i + 1).and_then(|h| hex_val(*h)), bytes.get(i + 2).and_then(|l| hex_val(*l)))
+            else {
                 return Err(PathError::BadEscape);
             };
             let decoded = hi * 16 + lo;

@@ -68,7 +68,15 @@ impl Route {
             };
             segments.push(seg);
         }
-        Ok(Route { pattern: pattern.split_whitespace().collect::<Vec<_>>().join(" "), method, segments, permission, upstream, public, on_redis_error })
+        Ok(Route {
+            pattern: pattern.split_whitespace().collect::<Vec<_>>().join(" "),
+            method,
+            segments,
+            permission,
+            upstream,
+            public,
+            on_redis_error,
+        })
     }
 
     fn method_matches(&self, m: &Method) -> bool {

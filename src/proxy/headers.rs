@@ -8,7 +8,8 @@ use std::net::IpAddr;
 pub const IDENTITY_PREFIX: &str = "x-keygate-";
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1 and the classic list).
-const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
 
 /// Removes hop-by-hop headers, including every header `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {

@@ -108,8 +108,14 @@ pub async fn serve<H, F>(
 }
 
 /// Serves one connection until it ends, goes idle, or shutdown is asked.
-async fn drive<I, H, F>(io: I, activity: Arc<Activity>, limits: Limits, handler: H, info: ConnInfo, mut shutdown: watch::Receiver<bool>)
-where
+async fn drive<I, H, F>(
+    io: I,
+    activity: Arc<Activity>,
+    limits: Limits,
+    handler: H,
+    info: ConnInfo,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,

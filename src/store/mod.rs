@@ -102,7 +102,13 @@ pub trait Store: Send + Sync {
     /// Removes a key and its secrets; `NotFound` if absent.
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError>;
     /// Adds a new secret; older ones stop working at `old_valid_until` (Unix seconds).
-    async fn rotate_secret(&self, key_id: &str, hash: &TokenHash, key_prefix: &str, old_valid_until: i64) -> Result<(), StoreError>;
+    async fn rotate_secret(
+        &self,
+        key_id: &str,
+        hash: &TokenHash,
+        key_prefix: &str,
+        old_valid_until: i64,
+    ) -> Result<(), StoreError>;
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError>;
     async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError>;
     /// Creates a role; `Conflict` if the id exists.
@@ -129,8 +135,8 @@ pub type SharedStore = Arc<dyn Store>;
 pub async fn open(config: &crate::config::StoreConfig) -> Result<SharedStore, StoreError> {
     match &config.backend {
         crate::config::StoreBackend::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
-        crate::config::StoreBackend::Redis { .. } => Err(StoreError::Unavailable(
-            "the redis store is not built yet: use store.backend = \"sqlite\"".into(),
-        )),
+        crate::config::StoreBackend::Redis { .. } => {
+            Err(StoreError::Unavailable("the redis store is not built yet: use store.backend = \"sqlite\"".into()))
+        }
     }
 }

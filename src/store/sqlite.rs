@@ -184,7 +184,9 @@ impl SqliteStore {
 
 fn constraint_message(key: &ApiKey) -> String {
     match &key.role {
-        Some(role) => format!("key `{}` already exists, its token is already in use, or role `{role}` does not exist", key.key_id),
+        Some(role) => {
+            format!("key `{}` already exists, its token is already in use, or role `{role}` does not exist", key.key_id)
+        }
         None => format!("key `{}` already exists or its token is already in use", key.key_id),
     }
 }
@@ -194,10 +196,14 @@ impl Store for SqliteStore {
     async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError> {
         let hash = *hash;
         self.with(move |c| {
-            let sql = format!("SELECT {KEY_COLUMNS}, s.expires_at FROM secrets s JOIN keys k ON k.key_id = s.key_id WHERE s.token_hash = ?1");
-            c.query_row(&sql, params![&hash.0[..]], |row| Ok(KeyLookup { key: key_from_row(row)?, secret_expires_at: row.get(17)? }))
-                .optional()
-                .map_err(unavailable)
+            let sql = format!(
+                "SELECT {KEY_COLUMNS}, s.expires_at FROM secrets s JOIN keys k ON k.key_id = s.key_id WHERE s.token_hash = ?1"
+            );
+            c.query_row(&sql, params![&hash.0[..]], |row| {
+                Ok(KeyLookup { key: key_from_row(row)?, secret_expires_at: row.get(17)? })
+            })
+            .optional()
+            .map_err(unavailable)
         })
         .await
     }
@@ -215,11 +221,13 @@ impl Store for SqliteStore {
     async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
         let q = query.clone();
         self.with(move |c| {
-            let pattern = format!("%{}%", q.search.unwrap_or_default().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+            let pattern =
+                format!("%{}%", q.search.unwrap_or_default().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
             let filter = "FROM keys k WHERE (?1 = '%%' OR k.name LIKE ?1 ESCAPE '\\' OR k.description LIKE ?1 ESCAPE '\\' \
                  OR k.owner LIKE ?1 ESCAPE '\\' OR k.key_prefix LIKE ?1 ESCAPE '\\' OR IFNULL(k.role, '') LIKE ?1 ESCAPE '\\' \
                  OR k.key_id LIKE ?1 ESCAPE '\\')";
-            let total: i64 = c.query_row(&format!("SELECT COUNT(*) {filter}"), params![pattern], |r| r.get(0)).map_err(unavailable)?;
+            let total: i64 =
+                c.query_row(&format!("SELECT COUNT(*) {filter}"), params![pattern], |r| r.get(0)).map_err(unavailable)?;
             let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
             let mut stmt = c
                 .prepare(&format!("SELECT {KEY_COLUMNS} {filter} ORDER BY k.created_at DESC, k.key_id LIMIT ?2 OFFSET ?3"))
@@ -238,8 +246,17 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
             Self::write_key(&tx, &key, true)?;
-            tx.execute("INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)", params![&hash.0[..], key.key_id])
-                .map_err(|e| if is_constraint(&e) { StoreError::Conflict("that token is already in use".into()) } else { unavailable(e) })?;
+            tx.execute(
+                "INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)",
+                params![&hash.0[..], key.key_id],
+            )
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    StoreError::Conflict("that token is already in use".into())
+                } else {
+                    unavailable(e)
+                }
+            })?;
             log_change(&tx, "key", &key.key_id).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
@@ -273,11 +290,18 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn rotate_secret(&self, key_id: &str, hash: &TokenHash, key_prefix: &str, old_valid_until: i64) -> Result<(), StoreError> {
+    async fn rotate_secret(
+        &self,
+        key_id: &str,
+        hash: &TokenHash,
+        key_prefix: &str,
+        old_valid_until: i64,
+    ) -> Result<(), StoreError> {
         let (key_id, hash, prefix) = (key_id.to_string(), *hash, key_prefix.to_string());
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
-            let n = tx.execute("UPDATE keys SET key_prefix = ?2 WHERE key_id = ?1", params![key_id, prefix]).map_err(unavailable)?;
+            let n =
+                tx.execute("UPDATE keys SET key_prefix = ?2 WHERE key_id = ?1", params![key_id, prefix]).map_err(unavailable)?;
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
@@ -286,9 +310,19 @@ impl Store for SqliteStore {
                 params![key_id, old_valid_until],
             )
             .map_err(unavailable)?;
-            tx.execute("DELETE FROM secrets WHERE key_id = ?1 AND expires_at <= ?2", params![key_id, now_unix()]).map_err(unavailable)?;
-            tx.execute("INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)", params![&hash.0[..], key_id])
-                .map_err(|e| if is_constraint(&e) { StoreError::Conflict("that token is already in use".into()) } else { unavailable(e) })?;
+            tx.execute("DELETE FROM secrets WHERE key_id = ?1 AND expires_at <= ?2", params![key_id, now_unix()])
+                .map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)",
+                params![&hash.0[..], key_id],
+            )
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    StoreError::Conflict("that token is already in use".into())
+                } else {
+                    unavailable(e)
+                }
+            })?;
             log_change(&tx, "key", &key_id).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
@@ -298,7 +332,8 @@ impl Store for SqliteStore {
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT id, name, description, permissions FROM roles ORDER BY id").map_err(unavailable)?;
-            let roles = stmt.query_map([], role_from_row).and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>()).map_err(unavailable)?;
+            let roles =
+                stmt.query_map([], role_from_row).and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>()).map_err(unavailable)?;
             Ok(roles)
         })
         .await
@@ -364,7 +399,8 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
-            let users: i64 = tx.query_row("SELECT COUNT(*) FROM keys WHERE role = ?1", params![id], |r| r.get(0)).map_err(unavailable)?;
+            let users: i64 =
+                tx.query_row("SELECT COUNT(*) FROM keys WHERE role = ?1", params![id], |r| r.get(0)).map_err(unavailable)?;
             if users > 0 {
                 return Err(StoreError::RoleInUse { keys: users as u64 });
             }
@@ -378,14 +414,20 @@ impl Store for SqliteStore {
     }
 
     async fn change_cursor(&self) -> Result<u64, StoreError> {
-        self.with(|c| c.query_row("SELECT IFNULL(MAX(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(unavailable))
-            .await
+        self.with(|c| {
+            c.query_row("SELECT IFNULL(MAX(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(unavailable)
+        })
+        .await
     }
 
     async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
         self.with(move |c| {
             let oldest: Option<i64> = c.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0)).map_err(unavailable)?;
-            let mut stmt = c.prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 10000").map_err(unavailable)?;
+            let mut stmt = c
+                .prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 10000")
+                .map_err(unavailable)?;
             let rows = stmt
                 .query_map(params![seq as i64], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
@@ -426,12 +468,13 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?;
             }
             let now = now_unix();
-            tx.execute("DELETE FROM usage_minutes WHERE minute < ?1", params![(now - USAGE_RETENTION_SECS) / 60]).map_err(unavailable)?;
+            tx.execute("DELETE FROM usage_minutes WHERE minute < ?1", params![(now - USAGE_RETENTION_SECS) / 60])
+                .map_err(unavailable)?;
             tx.execute(
                 "DELETE FROM changes WHERE at_ms < ?1 AND seq < (SELECT MAX(seq) FROM changes)",
                 params![(now - CHANGE_RETENTION_SECS) * 1000],
             )
-                .map_err(unavailable)?;
+            .map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
         .await

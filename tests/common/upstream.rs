@@ -34,7 +34,8 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .headers()
         .keys()
         .map(|k| {
-            let values: Vec<String> = req.headers().get_all(k).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+            let values: Vec<String> =
+                req.headers().get_all(k).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
             (k.to_string(), values.join(", ").into())
         })
         .collect();

@@ -1,0 +1,94 @@
+//! `keygate config check` refuses bad files, naming file, line and field.
+
+mod common;
+
+use common::*;
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::with_text(dir, text, free_port(), free_port());
+    let out = s.cli(&["config", "check"]);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn base() -> String {
+    CATALOGUE.replace("{upstream}", "http://127.0.0.1:9000")
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let out = std::process::Command::new(keygate_bin())
+        .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"), "config", "check"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn a_good_file_passes() {
+    let (ok, out) = check(&base());
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn unknown_fields_are_named_with_their_line() {
+    let (ok, out) = check(&format!("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n{}", base()));
+    assert!(!ok);
+    assert!(out.contains("gateway.toml:3"), "{out}");
+    assert!(out.contains("lisen"), "{out}");
+}
+
+#[test]
+fn undeclared_permissions_are_refused() {
+    let text = base().replace("permission = \"lists.create\"", "permission = \"lists.fly\"");
+    let line = text.lines().position(|l| l.contains("lists.fly")).unwrap() + 1;
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    assert!(out.contains(&format!("gateway.toml:{line}: routes[0].permission")), "{out}");
+    assert!(out.contains("lists.fly"), "{out}");
+    let (ok, out) = check(&base().replace("permissions = [\"*\"]", "permissions = [\"nope.*\"]"));
+    assert!(!ok);
+    assert!(out.contains("roles[1].permissions[0]"), "{out}");
+}
+
+#[test]
+fn bad_cidrs_missing_upstreams_and_bad_values_are_refused() {
+    let (ok, out) = check(&format!("[server]\ntrusted_proxies = [\"10.0.0.0/99\"]\n{}", base()));
+    assert!(!ok);
+    assert!(out.contains("gateway.toml:2: server.trusted_proxies[0]"), "{out}");
+    let (ok, out) = check(&format!("{}\n[[routes]]\nmatch = \"GET /x\"\nupstream = \"ghost\"\n", base()));
+    assert!(!ok);
+    assert!(out.contains("upstream") && out.contains("ghost"), "{out}");
+    let (ok, out) = check(&format!("[rate_limit]\nalgorithm = \"leaky\"\ndefault_per_minute = 0\n{}", base()));
+    assert!(!ok);
+    assert!(
+        out.contains("rate_limit.algorithm") && out.contains("rate_limit.default_per_minute"),
+        "both problems are listed: {out}"
+    );
+    let (ok, out) = check(&base().replace("match = \"GET /api/ping\"", "match = \"GET api/ping\""));
+    assert!(!ok);
+    assert!(out.contains(".match"), "{out}");
+    let (ok, out) = check("this is not toml");
+    assert!(!ok);
+    assert!(out.contains("gateway.toml:1"), "{out}");
+}
+
+#[test]
+fn unreadable_tls_files_are_refused() {
+    let (ok, out) =
+        check(&format!("[server]\ntls = {{ cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }}\n{}", base()));
+    assert!(!ok);
+    assert!(out.contains("gateway.toml:2: server.tls.cert"), "{out}");
+    assert!(out.contains("/nonexistent/cert.pem"), "{out}");
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = std::process::Command::new(keygate_bin())
+        .args(["--config", "/nonexistent/gateway.toml", "config", "check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gateway.toml"));
+}
