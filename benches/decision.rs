@@ -1,1 +1,128 @@
-fn main() {}
+//! Criterion benchmarks of the per-request decision, without network: each
+//! step alone, then steps 2-9 together for a cached key. Run with
+//! `cargo bench --bench decision`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method, Request};
+use keygate::config::{Algorithm, Config};
+use keygate::keys::token::TokenHash;
+use keygate::manage::{KeyInput, Manager};
+use keygate::pipeline::{authorise, Trace};
+use keygate::policy::{ip, path, permissions};
+use keygate::proxy::headers;
+use keygate::ratelimit::local::LocalLimiter;
+use keygate::state::App;
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+const CONFIG: &str = include_str!("../gateway.toml");
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    app: Arc<App>,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    let config = Config::load(&path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (app, token) = rt.block_on(async {
+        let app = App::new(config, path).await.unwrap();
+        let runtime = app.runtime.load_full();
+        let m = Manager { store: app.store.as_ref(), config: &runtime.config };
+        let input = KeyInput {
+            name: Some("bench".into()),
+            role: Some("contact-sync".into()),
+            rate_limit: Some(u32::MAX),
+            allowed_ips: Some(vec!["127.0.0.0/8".into(), "10.0.0.0/8".into()]),
+            ..KeyInput::default()
+        };
+        let (_, token) = m.create_key(input, None).await.unwrap();
+        (app, token)
+    });
+    Fixture { rt, app, token, _dir: dir }
+}
+
+fn request(token: &str) -> Request<()> {
+    Request::builder()
+        .method(Method::GET)
+        .uri("/api//contacts/./42?page=1")
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json")
+        .header("user-agent", "bench/1.0")
+        .body(())
+        .unwrap()
+}
+
+fn steps(c: &mut Criterion) {
+    let f = fixture();
+    let req = request(&f.token);
+    let runtime = f.app.runtime.load_full();
+    let cfg = &runtime.config;
+    let peer: IpAddr = "127.0.0.1".parse().unwrap();
+
+    c.bench_function("credential_parse", |b| {
+        b.iter(|| keygate::credentials::extract(black_box(req.headers()), black_box(req.uri().query())).unwrap())
+    });
+    c.bench_function("token_shape_and_hash", |b| {
+        b.iter(|| {
+            let shape = keygate::keys::token::shape(black_box(&f.token), "kg");
+            (shape, TokenHash::of(black_box(&f.token)))
+        })
+    });
+    let hash = TokenHash::of(&f.token);
+    f.rt.block_on(f.app.cache.resolve(&hash, f.app.store.as_ref())).unwrap();
+    c.bench_function("cache_hit", |b| {
+        b.iter(|| f.rt.block_on(f.app.cache.resolve(black_box(&hash), f.app.store.as_ref())).unwrap())
+    });
+    let allow: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.0/8".parse().unwrap()];
+    c.bench_function("ip_check", |b| {
+        b.iter(|| {
+            let client = ip::client_ip(black_box(peer), req.headers(), &cfg.server.trusted_proxies);
+            ip::allowed(client, black_box(&allow))
+        })
+    });
+    c.bench_function("normalise_and_route", |b| {
+        b.iter(|| {
+            let p = path::normalise(black_box(req.uri().path())).unwrap();
+            cfg.routes.find(&Method::GET, &p).map(|r| r.permission.is_some())
+        })
+    });
+    let grants = ["lists.view".to_string(), "contacts.*".to_string(), "broadcasts.view".to_string()];
+    c.bench_function("permission_check", |b| b.iter(|| permissions::permits(grants.iter(), black_box("contacts.view"))));
+    let limiter = LocalLimiter::default();
+    c.bench_function("limiter_decision", |b| {
+        b.iter(|| limiter.check(Algorithm::FixedWindow, black_box("key_0123456789abcdef"), u32::MAX, keygate::clock::now_ms()))
+    });
+    c.bench_function("header_rewrite", |b| {
+        b.iter_batched(
+            || req.headers().clone(),
+            |mut h: HeaderMap| {
+                headers::remove_hop_by_hop(&mut h);
+                headers::remove_identity_headers(&mut h);
+                keygate::credentials::strip_headers(&mut h);
+                headers::set_forwarded(&mut h, peer, false, Some(&HeaderValue::from_static("api.example.com")));
+                h.insert("x-keygate-key-id", HeaderValue::from_static("key_0123456789abcdef"));
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("whole_decision", |b| {
+        b.iter(|| {
+            let p = path::normalise(req.uri().path()).unwrap();
+            let route = cfg.routes.find(req.method(), &p).unwrap();
+            let client = ip::client_ip(peer, req.headers(), &cfg.server.trusted_proxies);
+            let mut trace = Trace::default();
+            f.rt.block_on(authorise(&f.app, cfg, black_box(&req), client, route.permission.as_deref(), &mut trace)).unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, steps);
+criterion_main!(benches);

@@ -38,10 +38,11 @@ pub struct ConnInfo {
 
 /// What the access log and metrics learn while a request goes through.
 #[derive(Default)]
-struct Trace {
+pub struct Trace {
     route: Option<String>,
     key_id: Option<String>,
-    decision: Option<Decision>,
+    /// The rate-limit state to report in `X-RateLimit-*` headers.
+    pub decision: Option<Decision>,
     upstream_time: Option<Duration>,
     /// Set when the request was answered without a key (public route) or
     /// by keygate itself (`/whoami`): the `outcome` label.
@@ -99,11 +100,12 @@ async fn run(
     forward(rt, route, req, &path, conn, Some(&key.key), trace).await
 }
 
-/// Steps 4 to 9: the key, its state, its IP allowlist, its permission, its quota.
-async fn authorise(
+/// Steps 4 to 9: the key, its state, its IP allowlist, its permission, its
+/// quota. Public so the benchmarks can time the whole decision without a socket.
+pub async fn authorise<B>(
     app: &App,
     cfg: &Config,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     client_ip: IpAddr,
     permission: Option<&str>,
     trace: &mut Trace,
@@ -183,7 +185,7 @@ async fn resolve(app: &App, cfg: &Config, token: &str) -> Result<Arc<KeyLookup>,
 }
 
 /// Refuses up front a body whose declared length is over the cap.
-fn check_declared_length(req: &Request<Incoming>, cfg: &Config) -> Result<(), GatewayError> {
+fn check_declared_length<B>(req: &Request<B>, cfg: &Config) -> Result<(), GatewayError> {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(n) if n > cfg.server.max_body_bytes => Err(GatewayError::PayloadTooLarge),
