@@ -4,6 +4,12 @@
 use std::time::Duration;
 
 /// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"` or `"30"` (seconds).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(keygate::config::parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert!(keygate::config::parse_duration("soon").is_err());
+/// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

@@ -105,6 +105,13 @@ pub fn new_key_id() -> String {
 }
 
 /// Classifies a presented token without touching the store.
+///
+/// ```
+/// use keygate::keys::{model::Env, token};
+/// let t = token::generate("kg", Env::Live);
+/// assert_eq!(token::shape(&t, "kg"), token::Shape::Generated);
+/// assert_eq!(token::shape("abc123.legacy-format-token", "kg"), token::Shape::Foreign);
+/// ```
 pub fn shape(token: &str, brand: &str) -> Shape {
     if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Shape::Malformed;
