@@ -43,7 +43,8 @@ pub struct Trace {
     key_id: Option<String>,
     /// The rate-limit state to report in `X-RateLimit-*` headers.
     pub decision: Option<Decision>,
-    upstream_time: Option<Duration>,
+    /// Which upstream answered, and how long it took to.
+    upstream_time: Option<(usize, Duration)>,
     /// Set when the request was answered without a key (public route) or
     /// by keygate itself (`/whoami`): the `outcome` label.
     served_as: Option<&'static str>,
@@ -65,7 +66,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Re
         let rl = &rt.config.rate_limit;
         d.write_headers(resp.headers_mut(), clock::now_unix(), rl.algorithm, rl.ietf_headers);
     }
-    record(&app, &method, &resp, &trace, outcome, started.elapsed());
+    record(&app, &rt.config, &method, &resp, &trace, outcome, started.elapsed());
     resp
 }
 
@@ -221,6 +222,8 @@ async fn forward(
     headers::remove_hop_by_hop(headers);
     headers::remove_identity_headers(headers);
     headers.remove(header::HOST);
+    // `Expect: 100-continue` was answered here when the body was first read.
+    headers.remove(header::EXPECT);
     headers::set_forwarded(headers, conn.peer.ip(), conn.tls, host.as_ref());
     if let Some(key) = key {
         credentials::strip_headers(headers);
@@ -229,7 +232,7 @@ async fn forward(
     let body = GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed();
     let started = Instant::now();
     let result = rt.forwarder.send(route.upstream, upstream, Request::from_parts(parts, body)).await;
-    trace.upstream_time = Some(started.elapsed());
+    trace.upstream_time = Some((route.upstream, started.elapsed()));
     let mut resp = result?;
     headers::remove_hop_by_hop(resp.headers_mut());
     Ok(resp)
@@ -272,14 +275,15 @@ fn whoami(app: &App, cfg: &Config, key: &ApiKey, decision: Option<&Decision>) ->
 }
 
 /// Metrics and the access log line (key id, never the token).
-fn record(app: &App, method: &Method, resp: &Response<Body>, trace: &Trace, outcome: &str, elapsed: Duration) {
+fn record(app: &App, cfg: &Config, method: &Method, resp: &Response<Body>, trace: &Trace, outcome: &str, elapsed: Duration) {
     let status = resp.status();
     let route = trace.route.as_deref().unwrap_or("(none)");
     app.metrics.requests.with_label_values(&[route, status.as_str(), outcome]).inc();
-    let own = elapsed.saturating_sub(trace.upstream_time.unwrap_or_default());
-    app.metrics.gateway_latency.observe(own.as_secs_f64());
-    if let Some(t) = trace.upstream_time {
-        app.metrics.upstream_latency.with_label_values(&["all"]).observe(t.as_secs_f64());
+    let upstream_time = trace.upstream_time.map(|(_, t)| t).unwrap_or_default();
+    app.metrics.gateway_latency.observe(elapsed.saturating_sub(upstream_time).as_secs_f64());
+    if let Some((index, t)) = trace.upstream_time {
+        let name = cfg.upstream(index).map_or("unknown", |u| u.name.as_str());
+        app.metrics.upstream_latency.with_label_values(&[name]).observe(t.as_secs_f64());
     }
     tracing::info!(
         target: "keygate::access",

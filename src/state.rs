@@ -82,7 +82,7 @@ impl App {
         seed_roles(store.as_ref(), &config.roles).await?;
         let start_cursor = store.change_cursor().await?;
         let roles = RoleSet::load(store.as_ref()).await?;
-        let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl);
+        let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl, config.store.timeout);
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             config_path,

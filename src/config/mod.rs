@@ -60,6 +60,8 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
 /// How often the SQLite change sequence is polled.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest a key lookup may take on the request path before 503.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often `lastUsed` and usage counts are written to the store.
 pub const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -128,6 +130,8 @@ pub struct AdminConfig {
 pub struct StoreConfig {
     pub backend: StoreBackend,
     pub poll_interval: Duration,
+    /// Longest a key lookup may take on the request path (then 503).
+    pub timeout: Duration,
 }
 
 /// Which store holds keys and roles.

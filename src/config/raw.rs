@@ -75,6 +75,7 @@ pub struct RawStore {
     pub path: Option<String>,
     pub url: Option<Spanned<String>>,
     pub poll_interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `[rate_limit]`.

@@ -195,7 +195,11 @@ fn store(c: &mut Checker, path: &Path, raw: &RawStore) -> StoreConfig {
     } else {
         StoreBackend::Sqlite { path: relative_to(path, raw.path.as_deref().unwrap_or(DEFAULT_SQLITE_PATH)) }
     };
-    StoreConfig { backend, poll_interval: c.duration(&raw.poll_interval, "store.poll_interval", DEFAULT_POLL_INTERVAL) }
+    StoreConfig {
+        backend,
+        poll_interval: c.duration(&raw.poll_interval, "store.poll_interval", DEFAULT_POLL_INTERVAL),
+        timeout: c.duration(&raw.timeout, "store.timeout", DEFAULT_STORE_TIMEOUT),
+    }
 }
 
 fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateLimitConfig {

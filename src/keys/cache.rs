@@ -40,12 +40,21 @@ pub struct KeyCache {
     generation: AtomicU64,
     ttl: Duration,
     negative_ttl: Duration,
+    /// Longest a store lookup may take before the request gets 503.
+    lookup_timeout: Duration,
 }
 
 impl KeyCache {
     /// An empty cache.
-    pub fn new(ttl: Duration, negative_ttl: Duration) -> KeyCache {
-        KeyCache { entries: DashMap::new(), inflight: DashMap::new(), generation: AtomicU64::new(0), ttl, negative_ttl }
+    pub fn new(ttl: Duration, negative_ttl: Duration, lookup_timeout: Duration) -> KeyCache {
+        KeyCache {
+            entries: DashMap::new(),
+            inflight: DashMap::new(),
+            generation: AtomicU64::new(0),
+            ttl,
+            negative_ttl,
+            lookup_timeout,
+        }
     }
 
     /// Resolves a token hash: cache first, then the store.
@@ -63,7 +72,13 @@ impl KeyCache {
         };
         let generation = self.generation.load(Ordering::Acquire);
         let fetch: Fetch = self.inflight.entry(*hash).or_default().clone();
-        let result = fetch.get_or_init(|| async { store.key_by_hash(hash).await.map(|o| o.map(Arc::new)) }).await.clone();
+        let lookup = async {
+            match tokio::time::timeout(self.lookup_timeout, store.key_by_hash(hash)).await {
+                Ok(found) => found.map(|o| o.map(Arc::new)),
+                Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.lookup_timeout))),
+            }
+        };
+        let result = fetch.get_or_init(|| lookup).await.clone();
         self.inflight.remove_if(hash, |_, v| Arc::ptr_eq(v, &fetch));
         match result {
             Ok(found) => {
@@ -102,5 +117,203 @@ impl KeyCache {
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::model::{ApiKey, Env, Role};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::*;
+    use async_trait::async_trait;
+    use std::sync::atomic::AtomicBool;
+
+    /// The real SQLite store with a lookup counter, a switch that makes it
+    /// fail, and an optional delay: enough to watch the cache's behaviour.
+    struct Instrumented {
+        inner: SqliteStore,
+        lookups: AtomicU64,
+        failing: AtomicBool,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl Store for Instrumented {
+        async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("switched off".into()));
+            }
+            self.inner.key_by_hash(hash).await
+        }
+        async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+            self.inner.get_key(id).await
+        }
+        async fn list_keys(&self, q: &KeyQuery) -> Result<KeyPage, StoreError> {
+            self.inner.list_keys(q).await
+        }
+        async fn insert_key(&self, k: &ApiKey, h: &TokenHash) -> Result<(), StoreError> {
+            self.inner.insert_key(k, h).await
+        }
+        async fn update_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+            self.inner.update_key(k).await
+        }
+        async fn delete_key(&self, id: &str) -> Result<(), StoreError> {
+            self.inner.delete_key(id).await
+        }
+        async fn rotate_secret(&self, id: &str, h: &TokenHash, p: &str, until: i64) -> Result<(), StoreError> {
+            self.inner.rotate_secret(id, h, p, until).await
+        }
+        async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
+            self.inner.list_roles().await
+        }
+        async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
+            self.inner.get_role(id).await
+        }
+        async fn insert_role(&self, r: &Role) -> Result<(), StoreError> {
+            self.inner.insert_role(r).await
+        }
+        async fn insert_role_if_absent(&self, r: &Role) -> Result<bool, StoreError> {
+            self.inner.insert_role_if_absent(r).await
+        }
+        async fn update_role(&self, r: &Role) -> Result<(), StoreError> {
+            self.inner.update_role(r).await
+        }
+        async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
+            self.inner.delete_role(id).await
+        }
+        async fn change_cursor(&self) -> Result<u64, StoreError> {
+            self.inner.change_cursor().await
+        }
+        async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
+            self.inner.changes_since(seq).await
+        }
+        async fn record_usage(&self, b: &[UsageDelta]) -> Result<(), StoreError> {
+            self.inner.record_usage(b).await
+        }
+        async fn usage_summary(&self, id: &str, now: i64) -> Result<UsageSummary, StoreError> {
+            self.inner.usage_summary(id, now).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+    }
+
+    fn key(id: &str) -> ApiKey {
+        ApiKey {
+            key_id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            owner: String::new(),
+            role: None,
+            permissions: vec![],
+            plan: None,
+            rate_limit: None,
+            allowed_ips: vec![],
+            env: Env::Live,
+            enabled: true,
+            expires_at: None,
+            created_at: 0,
+            last_used: None,
+            usage_count: 0,
+            metadata: Default::default(),
+            key_prefix: String::new(),
+        }
+    }
+
+    async fn store(delay: Duration) -> (tempfile::TempDir, Arc<Instrumented>) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        inner.insert_key(&key("key_a"), &TokenHash::of("token-a")).await.unwrap();
+        let s = Instrumented { inner, lookups: AtomicU64::new(0), failing: AtomicBool::new(false), delay };
+        (dir, Arc::new(s))
+    }
+
+    fn lookups(s: &Instrumented) -> u64 {
+        s.lookups.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn hits_skip_the_store() {
+        let (_d, s) = store(Duration::ZERO).await;
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_secs(1));
+        let h = TokenHash::of("token-a");
+        assert_eq!(cache.resolve(&h, s.as_ref()).await.unwrap().1, Origin::Store);
+        for _ in 0..10 {
+            let (found, origin) = cache.resolve(&h, s.as_ref()).await.unwrap();
+            assert_eq!((found.unwrap().key.key_id.as_str(), origin), ("key_a", Origin::Cache));
+        }
+        assert_eq!(lookups(&s), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_tokens_are_cached_negatively_until_a_key_changes() {
+        let (_d, s) = store(Duration::ZERO).await;
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_secs(1));
+        let h = TokenHash::of("token-b");
+        for _ in 0..5 {
+            assert!(cache.resolve(&h, s.as_ref()).await.unwrap().0.is_none());
+        }
+        assert_eq!(lookups(&s), 1);
+        s.inner.insert_key(&key("key_b"), &h).await.unwrap();
+        cache.invalidate_key("key_b");
+        assert!(cache.resolve(&h, s.as_ref()).await.unwrap().0.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_make_one_store_call() {
+        let (_d, s) = store(Duration::from_millis(100)).await;
+        let cache = Arc::new(KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_secs(1)));
+        let h = TokenHash::of("token-a");
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, s) = (Arc::clone(&cache), Arc::clone(&s));
+                tokio::spawn(async move { cache.resolve(&h, s.as_ref()).await.unwrap().0.is_some() })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(lookups(&s), 1);
+    }
+
+    #[tokio::test]
+    async fn store_errors_are_never_cached_and_stale_keys_keep_working() {
+        let (_d, s) = store(Duration::ZERO).await;
+        let cache = KeyCache::new(Duration::from_millis(20), Duration::from_secs(60), Duration::from_secs(1));
+        let (known, unknown) = (TokenHash::of("token-a"), TokenHash::of("token-x"));
+        cache.resolve(&known, s.as_ref()).await.unwrap();
+        s.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Expired entry + store down: the stale key answers.
+        assert_eq!(cache.resolve(&known, s.as_ref()).await.unwrap().1, Origin::Stale);
+        // Unknown token + store down: an error, not "unknown key", and not remembered.
+        assert!(cache.resolve(&unknown, s.as_ref()).await.is_err());
+        assert!(cache.resolve(&unknown, s.as_ref()).await.is_err());
+        s.failing.store(false, Ordering::SeqCst);
+        assert!(cache.resolve(&unknown, s.as_ref()).await.unwrap().0.is_none());
+        assert_eq!(cache.resolve(&known, s.as_ref()).await.unwrap().1, Origin::Store);
+    }
+
+    #[tokio::test]
+    async fn slow_stores_time_out() {
+        let (_d, s) = store(Duration::from_millis(500)).await;
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_millis(50));
+        let err = cache.resolve(&TokenHash::of("token-a"), s.as_ref()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)));
+    }
+
+    #[tokio::test]
+    async fn invalidation_drops_every_entry_of_the_key() {
+        let (_d, s) = store(Duration::ZERO).await;
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_secs(1));
+        let h = TokenHash::of("token-a");
+        cache.resolve(&h, s.as_ref()).await.unwrap();
+        cache.resolve(&TokenHash::of("nope"), s.as_ref()).await.unwrap();
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.invalidate_key("key_a"), 2);
+        assert!(cache.is_empty());
     }
 }
