@@ -115,6 +115,13 @@ fn log_change(tx: &Connection, kind: &str, id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Stores a secret's hash for a key; `Conflict` if any key already has it.
+fn add_secret(tx: &Connection, hash: &TokenHash, key_id: &str) -> Result<(), StoreError> {
+    tx.execute("INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)", params![&hash.0[..], key_id])
+        .map(|_| ())
+        .map_err(|e| if is_constraint(&e) { StoreError::Conflict("that token is already in use".into()) } else { unavailable(e) })
+}
+
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
@@ -246,17 +253,7 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
             Self::write_key(&tx, &key, true)?;
-            tx.execute(
-                "INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)",
-                params![&hash.0[..], key.key_id],
-            )
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    StoreError::Conflict("that token is already in use".into())
-                } else {
-                    unavailable(e)
-                }
-            })?;
+            add_secret(&tx, &hash, &key.key_id)?;
             log_change(&tx, "key", &key.key_id).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
@@ -312,17 +309,7 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
             tx.execute("DELETE FROM secrets WHERE key_id = ?1 AND expires_at <= ?2", params![key_id, now_unix()])
                 .map_err(unavailable)?;
-            tx.execute(
-                "INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)",
-                params![&hash.0[..], key_id],
-            )
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    StoreError::Conflict("that token is already in use".into())
-                } else {
-                    unavailable(e)
-                }
-            })?;
+            add_secret(&tx, &hash, &key_id)?;
             log_change(&tx, "key", &key_id).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
