@@ -20,6 +20,10 @@ pub struct Metrics {
     pub revocation_lag: Histogram,
     pub open_connections: IntGauge,
     pub usage_flushes: IntCounterVec,
+    pub redis_calls: IntCounterVec,
+    pub ratelimit_fallbacks: IntCounterVec,
+    pub lease_size: Histogram,
+    pub subscription_losses: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -61,6 +65,29 @@ impl Metrics {
         )?;
         let open_connections = IntGauge::new("keygate_open_connections", "Client connections open on the data listener")?;
         let usage_flushes = IntCounterVec::new(Opts::new("keygate_usage_flushes_total", "Batched usage writes"), &["result"])?;
+        let redis_calls = IntCounterVec::new(
+            Opts::new(
+                "keygate_redis_calls_total",
+                "Redis calls by operation and result (ok, refused, error, timeout, breaker_open)",
+            ),
+            &["op", "result"],
+        )?;
+        let ratelimit_fallbacks = IntCounterVec::new(
+            Opts::new("keygate_ratelimit_fallback_total", "Rate-limit decisions made by the on_redis_error policy"),
+            &["policy"],
+        )?;
+        let lease_size = Histogram::with_opts(
+            HistogramOpts::new("keygate_ratelimit_lease_size", "Requests granted per Redis lease")
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0]),
+        )?;
+        let subscription_losses = IntCounter::new(
+            "keygate_change_subscription_losses_total",
+            "Lost change-feed subscriptions (each flushes the caches)",
+        )?;
+        registry.register(Box::new(redis_calls.clone()))?;
+        registry.register(Box::new(ratelimit_fallbacks.clone()))?;
+        registry.register(Box::new(lease_size.clone()))?;
+        registry.register(Box::new(subscription_losses.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(gateway_latency.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
@@ -87,6 +114,10 @@ impl Metrics {
             revocation_lag,
             open_connections,
             usage_flushes,
+            redis_calls,
+            ratelimit_fallbacks,
+            lease_size,
+            subscription_losses,
         })
     }
 

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Everything derived from one config file.
 pub struct Runtime {
@@ -44,6 +45,10 @@ pub struct App {
     /// The change-feed position read before the first request, so no change
     /// made after the cache started filling can be missed.
     start_cursor: u64,
+    /// Pub/sub source of change events (Redis store), if any.
+    events: Option<::redis::Client>,
+    /// Wakes the change follower at once when an event arrives.
+    wake: Notify,
 }
 
 /// Why the gateway could not start.
@@ -78,7 +83,8 @@ pub async fn seed_roles(store: &dyn Store, seeds: &[RoleSeed]) -> Result<(), Sto
 impl App {
     /// Opens the store, seeds roles and loads them.
     pub async fn new(config: Config, config_path: PathBuf) -> Result<Arc<App>, StartError> {
-        let store = store::open(&config.store).await?;
+        let metrics = Metrics::new()?;
+        let store::Opened { store, events } = store::open(&config.store, &metrics).await?;
         seed_roles(store.as_ref(), &config.roles).await?;
         let start_cursor = store.change_cursor().await?;
         let roles = RoleSet::load(store.as_ref()).await?;
@@ -91,8 +97,10 @@ impl App {
             roles,
             limiter: LocalLimiter::default(),
             usage: UsageRecorder::default(),
-            metrics: Metrics::new()?,
+            metrics,
             start_cursor,
+            events,
+            wake: Notify::new(),
         }))
     }
 
@@ -122,6 +130,10 @@ impl App {
     pub fn spawn_background(self: &Arc<Self>) {
         let app = Arc::clone(self);
         tokio::spawn(async move { app.follow_changes().await });
+        if let Some(client) = self.events.clone() {
+            let app = Arc::clone(self);
+            tokio::spawn(async move { app.listen_for_changes(client).await });
+        }
         let app = Arc::clone(self);
         tokio::spawn(async move {
             loop {
@@ -152,27 +164,72 @@ impl App {
         }
     }
 
-    /// Polls the store's change feed and drops what changed from the caches.
+    /// Reads the store's change feed, every `poll_interval` or at once when
+    /// an event says there is news, and drops what changed from the caches.
+    /// Both paths read the same feed from the same cursor, so each change is
+    /// applied exactly once and a lost event is caught by the next poll.
     async fn follow_changes(&self) {
         let mut cursor = self.start_cursor;
         loop {
             let every = self.runtime.load().config.store.poll_interval;
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.wake.notified() => {}
+            }
             match self.store.changes_since(cursor).await {
                 Ok(batch) => {
                     if batch.gap {
                         tracing::warn!("change feed has a gap: flushing every cache");
-                        self.cache.clear();
-                        self.metrics.cache_invalidations.with_label_values(&["flush"]).inc();
-                        if let Err(e) = self.roles.reload(self.store.as_ref()).await {
-                            self.note_store_error("list_roles", &e);
-                        }
+                        self.flush_caches().await;
                     }
                     self.apply_changes(&batch.changes).await;
                     cursor = batch.latest;
                 }
                 Err(e) => self.note_store_error("changes_since", &e),
             }
+        }
+    }
+
+    /// Subscribes to the store's change events; each one wakes the follower.
+    /// After a lost subscription every cache is flushed, since events may
+    /// have been missed while it was down.
+    async fn listen_for_changes(&self, client: ::redis::Client) {
+        use futures_util::StreamExt;
+        let mut first = true;
+        loop {
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(store::redis::EVENTS_CHANNEL).await?;
+                Ok::<_, ::redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+                Ok(Ok(pubsub)) => {
+                    if !first {
+                        tracing::warn!("change subscription restored: flushing every cache");
+                        self.flush_caches().await;
+                    }
+                    first = false;
+                    self.wake.notify_one();
+                    let mut messages = pubsub.into_on_message();
+                    while messages.next().await.is_some() {
+                        self.wake.notify_one();
+                    }
+                    self.metrics.subscription_losses.inc();
+                    tracing::warn!("change subscription lost; reconnecting");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to change events yet"),
+                Err(_) => tracing::debug!("subscribing to change events timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Drops every cached key and reloads roles.
+    async fn flush_caches(&self) {
+        self.cache.clear();
+        self.metrics.cache_invalidations.with_label_values(&["flush"]).inc();
+        if let Err(e) = self.roles.reload(self.store.as_ref()).await {
+            self.note_store_error("list_roles", &e);
         }
     }
 

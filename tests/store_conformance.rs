@@ -1,11 +1,17 @@
 //! One conformance suite for every `Store` implementation. The Redis store
 //! will run the same `conformance` function against a real redis-server.
 
+mod common;
+
 use keygate::keys::model::{ApiKey, Env, Role};
 use keygate::keys::token::TokenHash;
+use keygate::store::redis::RedisStore;
+use keygate::store::redis_conn::RedisHandle;
 use keygate::store::sqlite::SqliteStore;
 use keygate::store::{ChangeTarget, KeyQuery, Store, StoreError, UsageDelta};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 fn key(id: &str, name: &str, role: Option<&str>) -> ApiKey {
     ApiKey {
@@ -122,6 +128,14 @@ async fn conformance(store: &dyn Store) {
     assert_eq!(feed.latest, store.change_cursor().await.unwrap());
     assert!(store.changes_since(feed.latest).await.unwrap().changes.is_empty());
     assert!(feed.changes.iter().all(|c| c.at_ms > 1_700_000_000_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms() {
+    let Some(server) = common::redis::RedisServer::start() else { return };
+    let calls = prometheus::IntCounterVec::new(prometheus::Opts::new("calls", "calls"), &["op", "result"]).unwrap();
+    let handle = RedisHandle::connect(&server.url(), false, Duration::from_secs(1), calls).await.unwrap();
+    conformance(&RedisStore::new(Arc::new(handle))).await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ mod serve;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::manage::Manager;
 use crate::state::seed_roles;
-use crate::store::{self, SharedStore};
+use crate::store::{self, SharedStore, StoreError};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,7 +100,8 @@ fn check_config(path: &std::path::Path) -> Result<(), Failure> {
 /// Loads the config, opens its store and seeds the config's roles.
 async fn open(path: &std::path::Path) -> Result<(Config, SharedStore), Failure> {
     let config = Config::load(path).map_err(Failure::config)?;
-    let store = store::open(&config.store).await.map_err(Failure::store)?;
+    let metrics = crate::metrics::Metrics::new().map_err(|e| Failure::store(StoreError::Unavailable(e.to_string())))?;
+    let store = store::open(&config.store, &metrics).await.map_err(Failure::store)?.store;
     seed_roles(store.as_ref(), &config.roles).await.map_err(Failure::store)?;
     Ok((config, store))
 }

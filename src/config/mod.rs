@@ -60,8 +60,12 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
 /// How often the SQLite change sequence is polled.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest a key lookup may take on the request path before 503.
+/// Longest a key lookup may take on the request path before 503 (SQLite).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for Redis, where a slow answer means a sick server.
+pub const DEFAULT_REDIS_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+/// Longest a rate-limit call to Redis may take before the fallback applies.
+pub const DEFAULT_REDIS_LIMITER_TIMEOUT: Duration = Duration::from_millis(50);
 /// How often `lastUsed` and usage counts are written to the store.
 pub const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -138,7 +142,15 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Sqlite { path: PathBuf },
-    Redis { url: String },
+    Redis(RedisTarget),
+}
+
+/// A Redis deployment: one server, or a cluster reached through seed URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// `redis://host:port/db`; for a cluster, seeds separated by commas.
+    pub url: String,
+    pub cluster: bool,
 }
 
 /// `[rate_limit]`.
@@ -150,6 +162,8 @@ pub struct RateLimitConfig {
     pub ietf_headers: bool,
     pub on_redis_error: RedisErrorPolicy,
     pub nodes_hint: NonZeroU32,
+    /// Longest a limiter call to Redis may take before the fallback applies.
+    pub redis_timeout: Duration,
 }
 
 /// How a minute's quota is counted.
@@ -165,7 +179,7 @@ pub enum Algorithm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimiterBackend {
     Local,
-    Redis { url: String },
+    Redis(RedisTarget),
 }
 
 /// What the limiter does when Redis cannot be asked.

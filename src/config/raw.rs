@@ -74,6 +74,8 @@ pub struct RawStore {
     pub backend: Option<Spanned<String>>,
     pub path: Option<String>,
     pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cluster: bool,
     pub poll_interval: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
 }
@@ -86,9 +88,11 @@ pub struct RawRateLimit {
     pub algorithm: Option<Spanned<String>>,
     pub backend: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
+    pub cluster: Option<bool>,
     pub ietf_headers: Option<bool>,
     pub on_redis_error: Option<Spanned<String>>,
     pub nodes_hint: Option<Spanned<i64>>,
+    pub redis_timeout: Option<Spanned<String>>,
 }
 
 /// `[keys]`: token format and cache tuning.

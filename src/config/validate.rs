@@ -181,25 +181,40 @@ fn store(c: &mut Checker, path: &Path, raw: &RawStore) -> StoreConfig {
     let is_redis = c.choice(&raw.backend, "store.backend", &[("sqlite", false), ("redis", true)], false);
     let backend = if is_redis {
         match &raw.url {
-            Some(u) => {
-                if !(u.get_ref().starts_with("redis://") || u.get_ref().starts_with("rediss://")) {
-                    c.problem(Some(u), "store.url", "must start with redis:// or rediss://");
-                }
-                StoreBackend::Redis { url: u.get_ref().clone() }
-            }
+            Some(u) => StoreBackend::Redis(redis_target(c, u, "store.url", raw.cluster)),
             None => {
                 c.problem(raw.backend.as_ref(), "store.url", "backend \"redis\" needs store.url");
-                StoreBackend::Redis { url: String::new() }
+                StoreBackend::Redis(RedisTarget { url: String::new(), cluster: false })
             }
         }
     } else {
         StoreBackend::Sqlite { path: relative_to(path, raw.path.as_deref().unwrap_or(DEFAULT_SQLITE_PATH)) }
     };
+    let default_timeout = if is_redis { DEFAULT_REDIS_STORE_TIMEOUT } else { DEFAULT_STORE_TIMEOUT };
     StoreConfig {
         backend,
         poll_interval: c.duration(&raw.poll_interval, "store.poll_interval", DEFAULT_POLL_INTERVAL),
-        timeout: c.duration(&raw.timeout, "store.timeout", DEFAULT_STORE_TIMEOUT),
+        timeout: c.duration(&raw.timeout, "store.timeout", default_timeout),
     }
+}
+
+/// Checks `redis://` seed URLs.
+fn redis_target(c: &mut Checker, url: &Spanned<String>, field: &str, cluster: bool) -> RedisTarget {
+    let seeds = crate::store::redis_conn::seeds(url.get_ref());
+    if seeds.is_empty() {
+        c.problem(Some(url), field, "is empty");
+    }
+    if seeds.len() > 1 && !cluster {
+        c.problem(Some(url), field, "several URLs are only allowed with cluster = true");
+    }
+    for seed in &seeds {
+        if seed.starts_with("rediss://") {
+            c.problem(Some(url), field, "TLS to Redis (rediss://) is not supported yet; use redis:// on a private network");
+        } else if !seed.starts_with("redis://") || ::redis::parse_redis_url(seed).is_none() {
+            c.problem(Some(url), field, format!("`{seed}` is not a redis:// URL"));
+        }
+    }
+    RedisTarget { url: url.get_ref().clone(), cluster }
 }
 
 fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateLimitConfig {
@@ -219,15 +234,15 @@ fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateL
     );
     let use_redis = c.choice(&raw.backend, "rate_limit.backend", &[("local", false), ("redis", true)], false);
     let backend = if use_redis {
-        let url = match (&raw.url, &store.backend) {
-            (Some(u), _) => u.get_ref().clone(),
-            (None, StoreBackend::Redis { url }) => url.clone(),
+        let target = match (&raw.url, &store.backend) {
+            (Some(u), _) => redis_target(c, u, "rate_limit.url", raw.cluster.unwrap_or(false)),
+            (None, StoreBackend::Redis(target)) => target.clone(),
             (None, StoreBackend::Sqlite { .. }) => {
                 c.problem(raw.backend.as_ref(), "rate_limit.url", "backend \"redis\" needs rate_limit.url (or a redis store)");
-                String::new()
+                RedisTarget { url: String::new(), cluster: false }
             }
         };
-        LimiterBackend::Redis { url }
+        LimiterBackend::Redis(target)
     } else {
         LimiterBackend::Local
     };
@@ -240,6 +255,7 @@ fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateL
         ietf_headers: raw.ietf_headers.unwrap_or(true),
         on_redis_error,
         nodes_hint: u32::try_from(nodes_hint).ok().and_then(NonZeroU32::new).unwrap_or(NonZeroU32::MIN),
+        redis_timeout: c.duration(&raw.redis_timeout, "rate_limit.redis_timeout", DEFAULT_REDIS_LIMITER_TIMEOUT),
     }
 }
 

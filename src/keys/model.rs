@@ -32,7 +32,7 @@ impl Env {
 }
 
 /// A key as stored: everything but the secret, which is never kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub key_id: String,
     pub name: String,
@@ -49,7 +49,9 @@ pub struct ApiKey {
     /// Unix seconds.
     pub expires_at: Option<i64>,
     pub created_at: i64,
+    #[serde(default)]
     pub last_used: Option<i64>,
+    #[serde(default)]
     pub usage_count: u64,
     pub metadata: BTreeMap<String, String>,
     /// Masked display form of the current secret.

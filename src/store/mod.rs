@@ -2,6 +2,9 @@
 //! embedded SQLite store (and, for many nodes, by Redis), so the request
 //! path, the CLI and the admin API never care which one runs.
 
+pub mod redis;
+pub mod redis_conn;
+mod redis_scripts;
 pub mod sqlite;
 
 use crate::keys::model::{ApiKey, KeyLookup, Role};
@@ -131,12 +134,26 @@ pub trait Store: Send + Sync {
 /// A shared handle to whichever store the config names.
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the store the config names.
-pub async fn open(config: &crate::config::StoreConfig) -> Result<SharedStore, StoreError> {
+/// An opened store, and where to hear about its changes as they happen.
+pub struct Opened {
+    pub store: SharedStore,
+    /// Pub/sub source of the change feed (Redis); `None` means poll only.
+    pub events: Option<::redis::Client>,
+}
+
+/// Opens the store the config names; `metrics` counts its Redis calls.
+pub async fn open(config: &crate::config::StoreConfig, metrics: &crate::metrics::Metrics) -> Result<Opened, StoreError> {
     match &config.backend {
-        crate::config::StoreBackend::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
-        crate::config::StoreBackend::Redis { .. } => {
-            Err(StoreError::Unavailable("the redis store is not built yet: use store.backend = \"sqlite\"".into()))
+        crate::config::StoreBackend::Sqlite { path } => {
+            Ok(Opened { store: Arc::new(sqlite::SqliteStore::open(path)?), events: None })
+        }
+        crate::config::StoreBackend::Redis(target) => {
+            let handle =
+                redis_conn::RedisHandle::connect(&target.url, target.cluster, config.timeout, metrics.redis_calls.clone())
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let events = Some(handle.pubsub_client.clone());
+            Ok(Opened { store: Arc::new(redis::RedisStore::new(Arc::new(handle))), events })
         }
     }
 }

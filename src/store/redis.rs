@@ -1,0 +1,321 @@
+//! The Redis store: keys and roles in Redis (standalone or Cluster), shared
+//! by any number of gateway nodes. Every mutation is one Lua script (see
+//! `redis_scripts`) that also appends to the change feed and publishes it on
+//! `{kg}:events`, which every node subscribes to.
+
+use super::redis_conn::{RedisFailure, RedisHandle};
+use super::redis_scripts as scripts;
+use super::*;
+use ::redis::Script;
+use std::collections::HashMap;
+
+/// Every store key starts with this (one hash tag: one cluster slot).
+pub const PREFIX: &str = "{kg}:";
+/// The pub/sub channel of the change feed.
+pub const EVENTS_CHANNEL: &str = "{kg}:events";
+/// Routing key passed to every script.
+const ROUTE: &str = "{kg}:seq";
+/// Keys fetched per MGET when listing.
+const LIST_CHUNK: usize = 500;
+
+/// Redis-backed [`Store`].
+pub struct RedisStore {
+    redis: Arc<RedisHandle>,
+}
+
+fn to_store_error(e: RedisFailure) -> StoreError {
+    match e {
+        RedisFailure::Refused(msg) => {
+            let (kind, rest) = msg.split_once(' ').unwrap_or((msg.as_str(), ""));
+            match kind {
+                "notfound" => StoreError::NotFound,
+                "roleinuse" => StoreError::RoleInUse { keys: rest.trim().parse().unwrap_or(1) },
+                "conflict" => StoreError::Conflict(rest.to_string()),
+                _ => StoreError::Unavailable(msg),
+            }
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn key_json(key: &ApiKey) -> Result<String, StoreError> {
+    let mut stored = key.clone();
+    // Usage lives in its own hash, written in batches.
+    stored.usage_count = 0;
+    stored.last_used = None;
+    serde_json::to_string(&stored).map_err(corrupt)
+}
+
+fn parse_key(json: &str, count: &str, last: &str) -> Result<ApiKey, StoreError> {
+    let mut key: ApiKey = serde_json::from_str(json).map_err(corrupt)?;
+    key.usage_count = count.parse().unwrap_or(0);
+    key.last_used = last.parse().ok();
+    Ok(key)
+}
+
+impl RedisStore {
+    /// A store over an existing connection handle.
+    pub fn new(redis: Arc<RedisHandle>) -> RedisStore {
+        RedisStore { redis }
+    }
+
+    async fn invoke<T: ::redis::FromRedisValue + Send + 'static>(
+        &self,
+        op: &'static str,
+        script: &'static Script,
+        args: Vec<String>,
+    ) -> Result<T, StoreError> {
+        self.redis
+            .run(op, |mut c| async move {
+                let mut inv = script.key(ROUTE);
+                for a in &args {
+                    inv.arg(a);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await
+            .map_err(to_store_error)
+    }
+
+    async fn query<T: ::redis::FromRedisValue + Send + 'static>(
+        &self,
+        op: &'static str,
+        cmd: ::redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.redis.run(op, |mut c| async move { cmd.query_async(&mut c).await }).await.map_err(to_store_error)
+    }
+
+    /// Keys by id, in the given order, with their usage (missing ones skipped).
+    async fn keys_by_id(&self, ids: &[String]) -> Result<Vec<ApiKey>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LIST_CHUNK) {
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("MGET").arg(chunk.iter().map(|id| format!("{PREFIX}key:{id}")).collect::<Vec<_>>());
+            for id in chunk {
+                pipe.cmd("HMGET").arg(format!("{PREFIX}usage:{id}")).arg("count").arg("last");
+            }
+            let (jsons, usage): (Vec<Option<String>>, Vec<(Option<String>, Option<String>)>) = self
+                .redis
+                .run("list_keys", |mut c| async move {
+                    let mut values: Vec<::redis::Value> = pipe.query_async(&mut c).await?;
+                    let usage = values.split_off(1);
+                    let jsons: Vec<Option<String>> = ::redis::from_redis_value(values.remove(0))?;
+                    let usage = usage.into_iter().map(::redis::from_redis_value).collect::<Result<Vec<_>, _>>()?;
+                    Ok((jsons, usage))
+                })
+                .await
+                .map_err(to_store_error)?;
+            for (json, (count, last)) in jsons.into_iter().zip(usage) {
+                if let Some(json) = json {
+                    out.push(parse_key(&json, count.as_deref().unwrap_or("0"), last.as_deref().unwrap_or(""))?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn matches(key: &ApiKey, needle: &str) -> bool {
+    let hay = [&key.name, &key.description, &key.owner, &key.key_prefix, &key.key_id];
+    hay.iter().any(|h| h.to_lowercase().contains(needle))
+        || key.role.as_deref().is_some_and(|r| r.to_lowercase().contains(needle))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError> {
+        let found: Option<(String, String, String, String)> =
+            self.invoke("key_by_hash", &scripts::LOOKUP, vec![hash.to_hex()]).await?;
+        let Some((json, exp, count, last)) = found else { return Ok(None) };
+        Ok(Some(KeyLookup { key: parse_key(&json, &count, &last)?, secret_expires_at: exp.parse().ok() }))
+    }
+
+    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.keys_by_id(&[key_id.to_string()]).await?.pop())
+    }
+
+    async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
+        let limit = if query.limit == 0 { u64::MAX } else { query.limit };
+        let needle = query.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+        let Some(needle) = needle else {
+            let total: u64 = self.query("list_keys", ::redis::cmd("ZCARD").arg(format!("{PREFIX}keys")).to_owned()).await?;
+            let stop = query.offset.saturating_add(limit).saturating_sub(1).min(i64::MAX as u64) as i64;
+            let ids: Vec<String> = self
+                .query("list_keys", ::redis::cmd("ZREVRANGE").arg(format!("{PREFIX}keys")).arg(query.offset).arg(stop).to_owned())
+                .await?;
+            return Ok(KeyPage { keys: self.keys_by_id(&ids).await?, total });
+        };
+        let ids: Vec<String> =
+            self.query("list_keys", ::redis::cmd("ZREVRANGE").arg(format!("{PREFIX}keys")).arg(0).arg(-1).to_owned()).await?;
+        let all: Vec<ApiKey> = self.keys_by_id(&ids).await?.into_iter().filter(|k| matches(k, &needle)).collect();
+        let total = all.len() as u64;
+        let keys = all.into_iter().skip(query.offset as usize).take(limit.min(usize::MAX as u64) as usize).collect();
+        Ok(KeyPage { keys, total })
+    }
+
+    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
+        let args = vec![
+            key.key_id.clone(),
+            key_json(key)?,
+            hash.to_hex(),
+            key.role.clone().unwrap_or_default(),
+            key.created_at.to_string(),
+            now_unix_ms().to_string(),
+        ];
+        self.invoke::<i64>("insert_key", &scripts::INSERT_KEY, args).await.map(|_| ())
+    }
+
+    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let args = vec![key.key_id.clone(), key_json(key)?, key.role.clone().unwrap_or_default(), now_unix_ms().to_string()];
+        self.invoke::<i64>("update_key", &scripts::UPDATE_KEY, args).await.map(|_| ())
+    }
+
+    async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
+        let args = vec![key_id.to_string(), now_unix_ms().to_string()];
+        self.invoke::<i64>("delete_key", &scripts::DELETE_KEY, args).await.map(|_| ())
+    }
+
+    async fn rotate_secret(
+        &self,
+        key_id: &str,
+        hash: &TokenHash,
+        key_prefix: &str,
+        old_valid_until: i64,
+    ) -> Result<(), StoreError> {
+        let mut key = self.get_key(key_id).await?.ok_or(StoreError::NotFound)?;
+        key.key_prefix = key_prefix.to_string();
+        let args = vec![
+            key_id.to_string(),
+            key_json(&key)?,
+            hash.to_hex(),
+            old_valid_until.to_string(),
+            now_unix().to_string(),
+            now_unix_ms().to_string(),
+        ];
+        self.invoke::<i64>("rotate_secret", &scripts::ROTATE_SECRET, args).await.map(|_| ())
+    }
+
+    async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
+        let mut ids: Vec<String> =
+            self.query("list_roles", ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}roles")).to_owned()).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        ids.sort();
+        let keys: Vec<String> = ids.iter().map(|id| format!("{PREFIX}role:{id}")).collect();
+        let jsons: Vec<Option<String>> = self.query("list_roles", ::redis::cmd("MGET").arg(keys).to_owned()).await?;
+        jsons.into_iter().flatten().map(|j| serde_json::from_str(&j).map_err(corrupt)).collect()
+    }
+
+    async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
+        let json: Option<String> =
+            self.query("get_role", ::redis::cmd("GET").arg(format!("{PREFIX}role:{id}")).to_owned()).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(corrupt)).transpose()
+    }
+
+    async fn insert_role(&self, role: &Role) -> Result<(), StoreError> {
+        let args = vec![role.id.clone(), serde_json::to_string(role).map_err(corrupt)?, "0".into(), now_unix_ms().to_string()];
+        self.invoke::<i64>("insert_role", &scripts::INSERT_ROLE, args).await.map(|_| ())
+    }
+
+    async fn insert_role_if_absent(&self, role: &Role) -> Result<bool, StoreError> {
+        let args = vec![role.id.clone(), serde_json::to_string(role).map_err(corrupt)?, "1".into(), now_unix_ms().to_string()];
+        self.invoke::<i64>("insert_role", &scripts::INSERT_ROLE, args).await.map(|n| n == 1)
+    }
+
+    async fn update_role(&self, role: &Role) -> Result<(), StoreError> {
+        let args = vec![role.id.clone(), serde_json::to_string(role).map_err(corrupt)?, now_unix_ms().to_string()];
+        self.invoke::<i64>("update_role", &scripts::UPDATE_ROLE, args).await.map(|_| ())
+    }
+
+    async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
+        self.invoke::<i64>("delete_role", &scripts::DELETE_ROLE, vec![id.to_string(), now_unix_ms().to_string()])
+            .await
+            .map(|_| ())
+    }
+
+    async fn change_cursor(&self) -> Result<u64, StoreError> {
+        let seq: Option<u64> = self.query("change_cursor", ::redis::cmd("GET").arg(ROUTE).to_owned()).await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
+        let key = format!("{PREFIX}changes");
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
+        pipe.cmd("ZRANGEBYSCORE").arg(&key).arg(format!("({seq}")).arg("+inf").arg("LIMIT").arg(0).arg(10_000);
+        let (oldest, entries): (Vec<(String, u64)>, Vec<String>) = self
+            .redis
+            .run("changes_since", |mut c| async move { pipe.query_async(&mut c).await })
+            .await
+            .map_err(to_store_error)?;
+        let mut batch = ChangeBatch { latest: seq, changes: Vec::with_capacity(entries.len()), gap: false };
+        batch.gap = seq > 0 && oldest.first().is_some_and(|(_, s)| *s > seq + 1);
+        for entry in &entries {
+            let Some(change) = parse_event(entry) else { continue };
+            batch.latest = batch.latest.max(change.0);
+            batch.changes.push(change.1);
+        }
+        batch.gap |= entries.len() >= 10_000;
+        Ok(batch)
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        let mut args = Vec::with_capacity(batch.len() * 5);
+        for d in batch {
+            args.extend([
+                d.key_id.clone(),
+                d.count.to_string(),
+                d.last_used.to_string(),
+                d.minute.to_string(),
+                (d.minute / 1440).to_string(),
+            ]);
+        }
+        self.invoke::<i64>("record_usage", &scripts::RECORD_USAGE, args).await.map(|_| ())
+    }
+
+    async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError> {
+        let minute = now / 60;
+        let day = minute / 1440;
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGETALL").arg(format!("{PREFIX}usage_min:{key_id}:{day}"));
+        pipe.cmd("HGETALL").arg(format!("{PREFIX}usage_min:{key_id}:{}", day - 1));
+        let (today, yesterday): (HashMap<i64, u64>, HashMap<i64, u64>) = self
+            .redis
+            .run("usage_summary", |mut c| async move { pipe.query_async(&mut c).await })
+            .await
+            .map_err(to_store_error)?;
+        let mut summary = UsageSummary::default();
+        for (m, n) in today.into_iter().chain(yesterday) {
+            if m > minute - 60 {
+                summary.last_hour += n;
+            }
+            if m > minute - 1440 {
+                summary.last_day += n;
+            }
+        }
+        Ok(summary)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<String>("ping", ::redis::cmd("PING")).await.map(|_| ())
+    }
+}
+
+/// Parses a change-feed entry `seq|kind|id|at_ms`.
+pub fn parse_event(entry: &str) -> Option<(u64, Change)> {
+    let mut parts = entry.splitn(4, '|');
+    let seq = parts.next()?.parse().ok()?;
+    let kind = parts.next()?;
+    let id = parts.next()?.to_string();
+    let at_ms = parts.next()?.parse().ok()?;
+    let target = match kind {
+        "role" => ChangeTarget::Role(id),
+        _ => ChangeTarget::Key(id),
+    };
+    Some((seq, Change { target, at_ms }))
+}

@@ -1,0 +1,187 @@
+//! One Redis connection handle shared by the Redis store and the Redis rate
+//! limiter: standalone (redis-rs's connection manager, which reconnects by
+//! itself) or Redis Cluster, multiplexed either way, never a connection per
+//! request. Every call has a tight timeout and goes through a circuit
+//! breaker, so a dead or slow Redis costs a request microseconds, not seconds.
+
+use prometheus::IntCounterVec;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Consecutive failures that open the breaker.
+pub const BREAKER_THRESHOLD: u32 = 3;
+/// How long an open breaker fails calls at once before letting one through.
+pub const BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+
+/// Error code with which keygate's Lua scripts refuse an operation
+/// (`redis.error_reply("KG conflict ...")`): an answer, not a fault.
+pub const REFUSAL_CODE: &str = "KG";
+
+/// Either kind of connection; both multiplex many requests on few sockets.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Why a Redis call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RedisFailure {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis circuit breaker is open after repeated failures")]
+    BreakerOpen,
+    #[error("redis: {0}")]
+    Redis(String),
+    /// A script refused the operation (conflict, not found, ...): Redis itself is fine.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Fails fast after repeated errors; lets one call through after a cooldown.
+#[derive(Default)]
+pub struct Breaker {
+    failures: AtomicU32,
+    open_until_ms: AtomicI64,
+}
+
+impl Breaker {
+    fn allow(&self) -> bool {
+        crate::clock::now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= BREAKER_THRESHOLD {
+            self.open_until_ms.store(crate::clock::now_ms() + BREAKER_COOLDOWN.as_millis() as i64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether calls are currently failing fast.
+    pub fn is_open(&self) -> bool {
+        !self.allow()
+    }
+}
+
+/// The connection plus its timeout, breaker and call counter.
+pub struct RedisHandle {
+    conn: Conn,
+    /// A client for dedicated pub/sub connections (one of the seeds for a cluster).
+    pub pubsub_client: redis::Client,
+    timeout: Duration,
+    breaker: Breaker,
+    calls: IntCounterVec,
+}
+
+/// `redis://a:1,redis://b:2` -> the seed URLs.
+pub fn seeds(url: &str) -> Vec<String> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+impl RedisHandle {
+    /// Connects to a standalone Redis, or to a cluster when `cluster` is set
+    /// (then `url` may list several seeds separated by commas).
+    /// `calls` counts calls by operation and result.
+    pub async fn connect(url: &str, cluster: bool, timeout: Duration, calls: IntCounterVec) -> Result<RedisHandle, RedisFailure> {
+        let seeds = seeds(url);
+        let first = seeds.first().ok_or_else(|| RedisFailure::Redis("no redis URL given".into()))?;
+        let pubsub_client = redis::Client::open(first.as_str()).map_err(|e| RedisFailure::Redis(e.to_string()))?;
+        let connect_timeout = timeout.max(Duration::from_secs(1));
+        let conn = if cluster {
+            let client = redis::cluster::ClusterClient::builder(seeds.clone())
+                .connection_timeout(connect_timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()
+                .map_err(|e| RedisFailure::Redis(e.to_string()))?;
+            let c = tokio::time::timeout(connect_timeout * 3, client.get_async_connection())
+                .await
+                .map_err(|_| RedisFailure::Timeout(connect_timeout * 3))?
+                .map_err(|e| RedisFailure::Redis(e.to_string()))?;
+            Conn::Cluster(c)
+        } else {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            let c = ConnectionManager::new_lazy_with_config(pubsub_client.clone(), config)
+                .map_err(|e| RedisFailure::Redis(e.to_string()))?;
+            Conn::Single(c)
+        };
+        Ok(RedisHandle { conn, pubsub_client, timeout, breaker: Breaker::default(), calls })
+    }
+
+    /// Runs one operation with the timeout and breaker; `op` names it in metrics.
+    pub async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, RedisFailure>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.breaker.allow() {
+            self.calls.with_label_values(&[op, "breaker_open"]).inc();
+            return Err(RedisFailure::BreakerOpen);
+        }
+        let result = tokio::time::timeout(self.timeout, f(self.conn.clone())).await;
+        match result {
+            Ok(Ok(v)) => {
+                self.breaker.succeeded();
+                self.calls.with_label_values(&[op, "ok"]).inc();
+                Ok(v)
+            }
+            Ok(Err(e)) if e.code() == Some(REFUSAL_CODE) => {
+                self.breaker.succeeded();
+                self.calls.with_label_values(&[op, "refused"]).inc();
+                Err(RedisFailure::Refused(e.detail().unwrap_or("refused").to_string()))
+            }
+            Ok(Err(e)) => {
+                self.breaker.failed();
+                self.calls.with_label_values(&[op, "error"]).inc();
+                Err(RedisFailure::Redis(e.to_string()))
+            }
+            Err(_) => {
+                self.breaker.failed();
+                self.calls.with_label_values(&[op, "timeout"]).inc();
+                Err(RedisFailure::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// Whether the breaker is failing calls fast right now.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+}

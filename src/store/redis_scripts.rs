@@ -1,0 +1,195 @@
+//! The Lua scripts that make every Redis store mutation atomic: the record,
+//! its indexes and its change-feed entry (plus the pub/sub message that
+//! invalidates every node's cache) commit together. Every store key shares
+//! the `{kg}` hash tag, so in a Redis Cluster all of them live in one slot
+//! and multi-key scripts are allowed; rate-limit counters use per-key tags
+//! instead and spread over the cluster.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Helpers every mutating script starts with. `feed` bumps the sequence,
+/// records the change and publishes it.
+const PRELUDE: &str = r#"
+local P = '{kg}:'
+local function feed(kind, id, at)
+  local seq = redis.call('INCR', P .. 'seq')
+  local entry = seq .. '|' .. kind .. '|' .. id .. '|' .. at
+  redis.call('ZADD', P .. 'changes', seq, entry)
+  redis.call('PUBLISH', P .. 'events', entry)
+  if seq % 1000 == 0 then
+    redis.call('ZREMRANGEBYRANK', P .. 'changes', 0, -100001)
+  end
+  return seq
+end
+local function refuse(msg) return redis.error_reply('KG ' .. msg) end
+local function role_of(json)
+  local r = cjson.decode(json)['role']
+  if type(r) == 'string' then return r end
+  return ''
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// ARGV: key_id, json, token hash (hex), role ('' for none), created_at, at_ms.
+pub static INSERT_KEY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id, json, hash, role, created, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('EXISTS', P .. 'key:' .. id) == 1 then return refuse('conflict key `' .. id .. '` already exists') end
+if redis.call('EXISTS', P .. 'secret:' .. hash) == 1 then return refuse('conflict that token is already in use') end
+if role ~= '' and redis.call('EXISTS', P .. 'role:' .. role) == 0 then return refuse('conflict role `' .. role .. '` does not exist') end
+redis.call('SET', P .. 'key:' .. id, json)
+redis.call('SET', P .. 'secret:' .. hash, id .. '|')
+redis.call('SADD', P .. 'secrets:' .. id, hash)
+redis.call('ZADD', P .. 'keys', created, id)
+if role ~= '' then redis.call('SADD', P .. 'role_users:' .. role, id) end
+return feed('key', id, at)
+"#,
+    )
+});
+
+/// ARGV: key_id, json, role ('' for none), at_ms.
+pub static UPDATE_KEY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id, json, role, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local old = redis.call('GET', P .. 'key:' .. id)
+if not old then return refuse('notfound') end
+if role ~= '' and redis.call('EXISTS', P .. 'role:' .. role) == 0 then return refuse('conflict role `' .. role .. '` does not exist') end
+local old_role = role_of(old)
+if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
+if role ~= '' then redis.call('SADD', P .. 'role_users:' .. role, id) end
+redis.call('SET', P .. 'key:' .. id, json)
+return feed('key', id, at)
+"#,
+    )
+});
+
+/// ARGV: key_id, at_ms.
+pub static DELETE_KEY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id, at = ARGV[1], ARGV[2]
+local old = redis.call('GET', P .. 'key:' .. id)
+if not old then return refuse('notfound') end
+for _, h in ipairs(redis.call('SMEMBERS', P .. 'secrets:' .. id)) do redis.call('DEL', P .. 'secret:' .. h) end
+local old_role = role_of(old)
+if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
+redis.call('DEL', P .. 'secrets:' .. id, P .. 'key:' .. id, P .. 'usage:' .. id)
+redis.call('ZREM', P .. 'keys', id)
+return feed('key', id, at)
+"#,
+    )
+});
+
+/// ARGV: key_id, new json (with the new prefix), new hash, old_valid_until, now, at_ms.
+pub static ROTATE_SECRET: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id, json, hash, untl, now, at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+if redis.call('EXISTS', P .. 'key:' .. id) == 0 then return refuse('notfound') end
+if redis.call('EXISTS', P .. 'secret:' .. hash) == 1 then return refuse('conflict that token is already in use') end
+for _, h in ipairs(redis.call('SMEMBERS', P .. 'secrets:' .. id)) do
+  local v = redis.call('GET', P .. 'secret:' .. h)
+  local exp = untl
+  if v then
+    local e = tonumber(string.match(v, '|(%d*)$') or '')
+    if e and e < exp then exp = e end
+  end
+  if not v or exp <= now then
+    redis.call('DEL', P .. 'secret:' .. h)
+    redis.call('SREM', P .. 'secrets:' .. id, h)
+  else
+    redis.call('SET', P .. 'secret:' .. h, id .. '|' .. exp)
+    redis.call('EXPIREAT', P .. 'secret:' .. h, exp + 60)
+  end
+end
+redis.call('SET', P .. 'secret:' .. hash, id .. '|')
+redis.call('SADD', P .. 'secrets:' .. id, hash)
+redis.call('SET', P .. 'key:' .. id, json)
+return feed('key', id, at)
+"#,
+    )
+});
+
+/// ARGV: token hash. Returns {json, secret expiry or '', usage count, last used}.
+pub static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local v = redis.call('GET', P .. 'secret:' .. ARGV[1])
+if not v then return false end
+local id, exp = string.match(v, '^(.*)|(%d*)$')
+if not id then return false end
+local json = redis.call('GET', P .. 'key:' .. id)
+if not json then return false end
+local u = redis.call('HMGET', P .. 'usage:' .. id, 'count', 'last')
+return {json, exp, u[1] or '0', u[2] or ''}
+"#,
+    )
+});
+
+/// ARGV: role id, json, only_if_absent ('1' or '0'), at_ms. Returns 1 created, 0 existed.
+pub static INSERT_ROLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id, json, quiet, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('EXISTS', P .. 'role:' .. id) == 1 then
+  if quiet == '1' then return 0 end
+  return refuse('conflict role `' .. id .. '` already exists')
+end
+redis.call('SET', P .. 'role:' .. id, json)
+redis.call('SADD', P .. 'roles', id)
+feed('role', id, at)
+return 1
+"#,
+    )
+});
+
+/// ARGV: role id, json, at_ms.
+pub static UPDATE_ROLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', P .. 'role:' .. ARGV[1]) == 0 then return refuse('notfound') end
+redis.call('SET', P .. 'role:' .. ARGV[1], ARGV[2])
+return feed('role', ARGV[1], ARGV[3])
+"#,
+    )
+});
+
+/// ARGV: role id, at_ms.
+pub static DELETE_ROLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local users = redis.call('SCARD', P .. 'role_users:' .. ARGV[1])
+if users > 0 then return refuse('roleinuse ' .. users) end
+if redis.call('DEL', P .. 'role:' .. ARGV[1]) == 0 then return refuse('notfound') end
+redis.call('SREM', P .. 'roles', ARGV[1])
+return feed('role', ARGV[1], ARGV[2])
+"#,
+    )
+});
+
+/// ARGV: repeated (key_id, count, last_used, minute, day). Counts for deleted keys are dropped.
+pub static RECORD_USAGE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+for i = 1, #ARGV, 5 do
+  local id, n, last, minute, day = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  if redis.call('EXISTS', P .. 'key:' .. id) == 1 then
+    local u = P .. 'usage:' .. id
+    redis.call('HINCRBY', u, 'count', n)
+    local prev = tonumber(redis.call('HGET', u, 'last') or '0')
+    if last > prev then redis.call('HSET', u, 'last', last) end
+    local m = P .. 'usage_min:' .. id .. ':' .. day
+    redis.call('HINCRBY', m, minute, n)
+    redis.call('EXPIRE', m, 8 * 86400)
+  end
+end
+return 1
+"#,
+    )
+});
