@@ -18,6 +18,9 @@ const ROUTE: &str = "{kg}:seq";
 /// Keys fetched per MGET when listing.
 const LIST_CHUNK: usize = 500;
 
+/// A key's usage hash: `count` and `last`, either possibly absent.
+type UsageFields = (Option<String>, Option<String>);
+
 /// Redis-backed [`Store`].
 pub struct RedisStore {
     redis: Arc<RedisHandle>,
@@ -98,7 +101,7 @@ impl RedisStore {
             for id in chunk {
                 pipe.cmd("HMGET").arg(format!("{PREFIX}usage:{id}")).arg("count").arg("last");
             }
-            let (jsons, usage): (Vec<Option<String>>, Vec<(Option<String>, Option<String>)>) = self
+            let (jsons, usage): (Vec<Option<String>>, Vec<UsageFields>) = self
                 .redis
                 .run("list_keys", |mut c| async move {
                     let mut values: Vec<::redis::Value> = pipe.query_async(&mut c).await?;
