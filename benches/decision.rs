@@ -119,7 +119,7 @@ fn steps(c: &mut Criterion) {
             let route = cfg.routes.find(req.method(), &p).unwrap();
             let client = ip::client_ip(peer, req.headers(), &cfg.server.trusted_proxies);
             let mut trace = Trace::default();
-            f.rt.block_on(authorise(&f.app, cfg, black_box(&req), client, route.permission.as_deref(), &mut trace)).unwrap()
+            f.rt.block_on(authorise(&f.app, cfg, black_box(&req), client, Some(route), &mut trace)).unwrap()
         })
     });
 }

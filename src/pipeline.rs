@@ -96,7 +96,7 @@ async fn run(
         return forward(rt, route, req, &path, conn, None, trace).await;
     }
     // 4-9. authenticate and authorise
-    let key = authorise(app, cfg, &req, client_ip, route.permission.as_deref(), trace).await?;
+    let key = authorise(app, cfg, &req, client_ip, Some(route), trace).await?;
     // 10. forward
     forward(rt, route, req, &path, conn, Some(&key.key), trace).await
 }
@@ -108,9 +108,11 @@ pub async fn authorise<B>(
     cfg: &Config,
     req: &Request<B>,
     client_ip: IpAddr,
-    permission: Option<&str>,
+    route: Option<&Route>,
     trace: &mut Trace,
 ) -> Result<Arc<KeyLookup>, GatewayError> {
+    let permission = route.and_then(|r| r.permission.as_deref());
+    let on_redis_error = route.and_then(|r| r.on_redis_error).unwrap_or(cfg.rate_limit.on_redis_error);
     // 4. credential
     let credential = credentials::extract(req.headers(), req.uri().query())
         .map_err(|e| match e {
@@ -147,7 +149,7 @@ pub async fn authorise<B>(
         }
     }
     // 9. rate limit
-    let decision = app.limiter.check(algorithm, &key.key_id, limit, now_ms);
+    let decision = app.limiter.check(algorithm, &key.key_id, limit, now_ms, on_redis_error, &app.metrics).await;
     trace.decision = Some(decision);
     if !decision.allowed {
         app.metrics.ratelimit_decisions.with_label_values(&["denied"]).inc();

@@ -10,7 +10,9 @@ use crate::keys::roles::RoleSet;
 use crate::keys::usage::UsageRecorder;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
-use crate::ratelimit::local::LocalLimiter;
+use crate::config::LimiterBackend;
+use crate::ratelimit::{local::LocalLimiter, redis::RedisLimiter, Limiter};
+use crate::store::redis_conn::RedisHandle;
 use crate::store::{self, ChangeTarget, SharedStore, Store, StoreError};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -39,7 +41,7 @@ pub struct App {
     pub store: SharedStore,
     pub cache: KeyCache,
     pub roles: RoleSet,
-    pub limiter: LocalLimiter,
+    pub limiter: Limiter,
     pub usage: UsageRecorder,
     pub metrics: Metrics,
     /// The change-feed position read before the first request, so no change
@@ -88,6 +90,16 @@ impl App {
         seed_roles(store.as_ref(), &config.roles).await?;
         let start_cursor = store.change_cursor().await?;
         let roles = RoleSet::load(store.as_ref()).await?;
+        let limiter = match &config.rate_limit.backend {
+            LimiterBackend::Local => Limiter::Local(LocalLimiter::default()),
+            LimiterBackend::Redis(target) => {
+                let rl = &config.rate_limit;
+                let handle = RedisHandle::connect(&target.url, target.cluster, rl.redis_timeout, metrics.redis_calls.clone())
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("rate-limit redis: {e}")))?;
+                Limiter::Redis(RedisLimiter::new(Arc::new(handle), rl.nodes_hint.get()))
+            }
+        };
         let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl, config.store.timeout);
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
@@ -95,7 +107,7 @@ impl App {
             store,
             cache,
             roles,
-            limiter: LocalLimiter::default(),
+            limiter,
             usage: UsageRecorder::default(),
             metrics,
             start_cursor,
@@ -144,10 +156,10 @@ impl App {
         });
         let app = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                app.limiter.sweep(crate::clock::now_ms());
+                app.limiter.sweep(crate::clock::now_ms()).await;
             }
         });
     }

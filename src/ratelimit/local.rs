@@ -2,11 +2,9 @@
 //! fallback when Redis cannot be asked. Each key has a small window record
 //! in a sharded map; nothing is shared by every request.
 
-use super::{Decision, WINDOW_SECS};
+use super::{Decision, WINDOW_MS};
 use crate::config::Algorithm;
 use dashmap::DashMap;
-
-const WINDOW_MS: i64 = WINDOW_SECS * 1000;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Window {
@@ -95,25 +93,7 @@ fn evaluate(algorithm: Algorithm, w: &mut Window, limit: u32, now_ms: i64, consu
         let after = used + u32::from(consume);
         return Decision { allowed: true, limit, remaining: limit.saturating_sub(after), reset_at, retry_after: 0 };
     }
-    let retry_ms = match algorithm {
-        Algorithm::FixedWindow => window_end_ms - now_ms,
-        Algorithm::SlidingWindow => sliding_retry_ms(w, limit, elapsed),
-    };
-    Decision { allowed: false, limit, remaining: 0, reset_at, retry_after: ((retry_ms + 999) / 1000).max(1) as u64 }
-}
-
-/// Milliseconds until the sliding estimate drops below `limit`.
-fn sliding_retry_ms(w: &Window, limit: u32, elapsed: i64) -> i64 {
-    let (limit, current, previous) = (limit as i64, w.current as i64, w.previous as i64);
-    if current < limit && previous > 0 {
-        // previous * (W - t) / W < limit - current  =>  t > W - W * (limit - current) / previous
-        let t = WINDOW_MS - WINDOW_MS * (limit - current) / previous;
-        return (t - elapsed + 1).max(1);
-    }
-    // The current window alone is full: wait for it to end, then for its
-    // weight to fall below the limit in the next one.
-    let into_next = if current > 0 { WINDOW_MS - WINDOW_MS * limit / current } else { 0 };
-    (WINDOW_MS - elapsed) + into_next.max(0) + 1
+    Decision::refused(algorithm, limit, w.current, w.previous, now_ms)
 }
 
 #[cfg(test)]

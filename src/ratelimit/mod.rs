@@ -2,12 +2,57 @@
 //! (shared by every node) will sit behind the same [`Decision`].
 
 pub mod local;
+pub mod redis;
 
-use crate::config::Algorithm;
+use crate::config::{Algorithm, RedisErrorPolicy};
+use crate::metrics::Metrics;
 use http::{HeaderMap, HeaderValue};
 
 /// Length of a rate-limit window.
 pub const WINDOW_SECS: i64 = 60;
+/// The same in milliseconds.
+pub const WINDOW_MS: i64 = WINDOW_SECS * 1000;
+
+/// The limiter a node runs: counters on this node, or shared through Redis.
+pub enum Limiter {
+    Local(local::LocalLimiter),
+    Redis(redis::RedisLimiter),
+}
+
+impl Limiter {
+    /// Counts one request if it fits within `limit` requests per minute.
+    /// `on_error` applies when Redis cannot be asked.
+    pub async fn check(
+        &self,
+        algorithm: Algorithm,
+        key_id: &str,
+        limit: u32,
+        now_ms: i64,
+        on_error: RedisErrorPolicy,
+        metrics: &Metrics,
+    ) -> Decision {
+        match self {
+            Limiter::Local(l) => l.check(algorithm, key_id, limit, now_ms),
+            Limiter::Redis(r) => r.check(algorithm, key_id, limit, now_ms, on_error, metrics).await,
+        }
+    }
+
+    /// What a check would say, without counting and without a network call.
+    pub fn peek(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64) -> Decision {
+        match self {
+            Limiter::Local(l) => l.peek(algorithm, key_id, limit, now_ms),
+            Limiter::Redis(r) => r.peek(algorithm, key_id, limit, now_ms),
+        }
+    }
+
+    /// Housekeeping: forget old windows, give back idle leases.
+    pub async fn sweep(&self, now_ms: i64) {
+        match self {
+            Limiter::Local(l) => l.sweep(now_ms),
+            Limiter::Redis(r) => r.sweep(now_ms).await,
+        }
+    }
+}
 
 /// The outcome of one check, and what the `X-RateLimit-*` headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +67,23 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A refusal, with the time until a request could pass.
+    pub fn refused(algorithm: Algorithm, limit: u32, current: u32, previous: u32, now_ms: i64) -> Decision {
+        let index = now_ms.div_euclid(WINDOW_MS);
+        let elapsed = now_ms - index * WINDOW_MS;
+        let retry_ms = match algorithm {
+            Algorithm::FixedWindow => WINDOW_MS - elapsed,
+            Algorithm::SlidingWindow => sliding_retry_ms(limit, current, previous, elapsed),
+        };
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_at: ((index + 1) * WINDOW_MS).div_euclid(1000),
+            retry_after: ((retry_ms + 999) / 1000).max(1) as u64,
+        }
+    }
+
     /// Adds `X-RateLimit-*` and, when asked, the IETF draft's
     /// `RateLimit-Policy` and `RateLimit` headers.
     pub fn write_headers(&self, headers: &mut HeaderMap, now: i64, algorithm: Algorithm, ietf: bool) {
@@ -42,4 +104,18 @@ impl Decision {
             }
         }
     }
+}
+
+/// Milliseconds until the sliding estimate drops below `limit`.
+fn sliding_retry_ms(limit: u32, current: u32, previous: u32, elapsed: i64) -> i64 {
+    let (limit, current, previous) = (limit as i64, current as i64, previous as i64);
+    if current < limit && previous > 0 {
+        // previous * (W - t) / W < limit - current  =>  t > W - W * (limit - current) / previous
+        let t = WINDOW_MS - WINDOW_MS * (limit - current) / previous;
+        return (t - elapsed + 1).max(1);
+    }
+    // The current window alone is full: wait for it to end, then for its
+    // weight to fall below the limit in the next one.
+    let into_next = if current > 0 { WINDOW_MS - WINDOW_MS * limit / current } else { 0 };
+    (WINDOW_MS - elapsed) + into_next.max(0) + 1
 }

@@ -1,0 +1,292 @@
+//! The limiter shared by every node through Redis, exact however many nodes
+//! there are: Redis grants quota atomically (a Lua script) and never more
+//! than the limit per window, so no window admits more than the limit.
+//!
+//! Busy keys do not cost a round trip per request: a node takes quota in
+//! batches (leases) sized to the key's recent rate on that node, spends
+//! them locally, and gives back what it did not use when the key goes idle
+//! or the window ends. A key seen once a second costs one call per request;
+//! one seen 10,000 times a second costs about one call per 100 ms.
+
+use super::local::LocalLimiter;
+use super::{Decision, WINDOW_MS};
+use crate::config::{Algorithm, RedisErrorPolicy};
+use crate::metrics::Metrics;
+use crate::store::redis_conn::{RedisFailure, RedisHandle};
+use dashmap::DashMap;
+use redis::Script;
+use std::sync::{Arc, LazyLock};
+use tokio::sync::Mutex;
+
+/// A lease aims to last this long at the key's recent rate.
+pub const LEASE_HORIZON_MS: i64 = 100;
+/// The largest lease ever taken.
+pub const MAX_LEASE: u32 = 5_000;
+/// A lease unused for this long is given back.
+pub const LEASE_IDLE_MS: i64 = 1_000;
+/// After Redis says a sliding window is full, ask again no sooner than this.
+const SLIDING_RECHECK_MS: i64 = 250;
+
+/// KEYS: current window counter, previous window counter.
+/// ARGV: limit, wanted, "s" for sliding, ms elapsed in the window, window ms.
+/// Returns {granted, remaining after the grant, current count, previous count}.
+static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local limit, want, sliding, elapsed, w = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == 's', tonumber(ARGV[4]), tonumber(ARGV[5])
+local curr = tonumber(redis.call('GET', KEYS[1]) or '0')
+local prev = 0
+local carried = 0
+if sliding then
+  prev = tonumber(redis.call('GET', KEYS[2]) or '0')
+  carried = math.ceil(prev * (w - elapsed) / w)
+end
+local avail = limit - carried - curr
+if avail < 0 then avail = 0 end
+local grant = math.min(want, avail)
+if grant > 0 then
+  curr = redis.call('INCRBY', KEYS[1], grant)
+  redis.call('PEXPIRE', KEYS[1], w * 2 + 5000)
+end
+return {grant, avail - grant, curr, prev}
+"#,
+    )
+});
+
+/// KEYS: a window counter. ARGV: unused quota to give back.
+static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = tonumber(ARGV[1])
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if v >= n and n > 0 then return redis.call('DECRBY', KEYS[1], n) end
+return v
+"#,
+    )
+});
+
+fn counter_key(key_id: &str, window: i64) -> String {
+    format!("kg:rl:{{{key_id}}}:{window}")
+}
+
+/// What this node holds for one key.
+#[derive(Default)]
+struct Lease {
+    window: i64,
+    /// Quota taken from Redis and not yet spent.
+    left: u32,
+    /// Redis's count of what is still free in the window (at the last call).
+    redis_left: u32,
+    /// Redis's counts at the last call, for `Retry-After`.
+    current: u32,
+    previous: u32,
+    /// Redis said the window is full: refuse locally until then.
+    full_until_ms: i64,
+    /// Requests this node saw in the current and the previous second.
+    second: i64,
+    this_second: u32,
+    last_second: u32,
+    last_used_ms: i64,
+}
+
+impl Lease {
+    fn note_request(&mut self, now_ms: i64) {
+        let second = now_ms / 1000;
+        if second != self.second {
+            self.last_second = if second == self.second + 1 { self.this_second } else { 0 };
+            self.this_second = 0;
+            self.second = second;
+        }
+        self.this_second += 1;
+        self.last_used_ms = now_ms;
+    }
+
+    /// How much to ask for: enough for the horizon at the recent rate.
+    fn wanted(&self, limit: u32, nodes: u32) -> u32 {
+        let rate = self.last_second.max(self.this_second) as i64;
+        let by_rate = (rate * LEASE_HORIZON_MS / 1000) as u32;
+        // Never hoard more than a share of the limit: others may need it.
+        let share = (limit / nodes.max(1) / 4).max(1);
+        by_rate.clamp(1, MAX_LEASE).min(share)
+    }
+
+    fn allowed(&mut self, limit: u32, window: i64) -> Decision {
+        self.left -= 1;
+        Decision {
+            allowed: true,
+            limit,
+            remaining: self.redis_left.saturating_add(self.left).min(limit),
+            reset_at: ((window + 1) * WINDOW_MS) / 1000,
+            retry_after: 0,
+        }
+    }
+}
+
+/// The distributed limiter.
+pub struct RedisLimiter {
+    redis: Arc<RedisHandle>,
+    leases: DashMap<String, Arc<Mutex<Lease>>>,
+    /// Used when Redis cannot be asked and the policy is `local`.
+    fallback: LocalLimiter,
+    nodes_hint: u32,
+}
+
+impl RedisLimiter {
+    /// A limiter over a Redis connection.
+    pub fn new(redis: Arc<RedisHandle>, nodes_hint: u32) -> RedisLimiter {
+        RedisLimiter { redis, leases: DashMap::new(), fallback: LocalLimiter::default(), nodes_hint }
+    }
+
+    fn lease(&self, key_id: &str) -> Arc<Mutex<Lease>> {
+        if let Some(l) = self.leases.get(key_id) {
+            return Arc::clone(&l);
+        }
+        Arc::clone(&self.leases.entry(key_id.to_string()).or_default())
+    }
+
+    /// Counts one request against the key's limit across every node.
+    pub async fn check(
+        &self,
+        algorithm: Algorithm,
+        key_id: &str,
+        limit: u32,
+        now_ms: i64,
+        on_error: RedisErrorPolicy,
+        metrics: &Metrics,
+    ) -> Decision {
+        let window = now_ms.div_euclid(WINDOW_MS);
+        let lease = self.lease(key_id);
+        let mut l = lease.lock().await;
+        if l.window != window {
+            let (old_window, unused) = (l.window, l.left);
+            *l = Lease { second: l.second, this_second: l.this_second, last_second: l.last_second, window, ..Lease::default() };
+            if unused > 0 && old_window + 1 == window && algorithm == Algorithm::SlidingWindow {
+                // Unused quota of the previous window still weighs on a sliding estimate.
+                self.give_back(key_id, old_window, unused).await;
+            }
+        }
+        l.note_request(now_ms);
+        if l.left > 0 {
+            return l.allowed(limit, window);
+        }
+        if now_ms < l.full_until_ms {
+            return Decision::refused(algorithm, limit, l.current, l.previous, now_ms);
+        }
+        let want = l.wanted(limit, self.nodes_hint);
+        match self.take(algorithm, key_id, window, limit, want, now_ms).await {
+            Ok((granted, redis_left, current, previous)) => {
+                metrics.lease_size.observe(f64::from(granted));
+                l.redis_left = redis_left;
+                l.current = current;
+                l.previous = previous;
+                if granted == 0 {
+                    l.full_until_ms = match algorithm {
+                        Algorithm::FixedWindow => (window + 1) * WINDOW_MS,
+                        Algorithm::SlidingWindow => now_ms + SLIDING_RECHECK_MS,
+                    };
+                    return Decision::refused(algorithm, limit, current, previous, now_ms);
+                }
+                l.left = granted;
+                l.allowed(limit, window)
+            }
+            Err(e) => {
+                drop(l);
+                tracing::debug!(error = %e, "rate limiter cannot reach redis; applying on_redis_error");
+                self.fallback(algorithm, key_id, limit, now_ms, on_error, metrics)
+            }
+        }
+    }
+
+    /// What a check would say, from this node's view, without a Redis call.
+    pub fn peek(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64) -> Decision {
+        let window = now_ms.div_euclid(WINDOW_MS);
+        let reset_at = ((window + 1) * WINDOW_MS) / 1000;
+        let fresh = Decision { allowed: true, limit, remaining: limit, reset_at, retry_after: 0 };
+        let Some(lease) = self.leases.get(key_id).map(|l| Arc::clone(&l)) else { return fresh };
+        let Ok(l) = lease.try_lock() else { return fresh };
+        if l.window != window {
+            return fresh;
+        }
+        if l.left == 0 && now_ms < l.full_until_ms {
+            return Decision { retry_after: 0, ..Decision::refused(algorithm, limit, l.current, l.previous, now_ms) };
+        }
+        Decision { remaining: l.redis_left.saturating_add(l.left).min(limit), ..fresh }
+    }
+
+    fn fallback(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64, policy: RedisErrorPolicy, metrics: &Metrics) -> Decision {
+        let reset_at = ((now_ms.div_euclid(WINDOW_MS) + 1) * WINDOW_MS) / 1000;
+        match policy {
+            RedisErrorPolicy::Local => {
+                metrics.ratelimit_fallbacks.with_label_values(&["local"]).inc();
+                let share = (limit / self.nodes_hint.max(1)).max(1);
+                Decision { limit, ..self.fallback.check(algorithm, key_id, share, now_ms) }
+            }
+            RedisErrorPolicy::Allow => {
+                metrics.ratelimit_fallbacks.with_label_values(&["allow"]).inc();
+                Decision { allowed: true, limit, remaining: limit, reset_at, retry_after: 0 }
+            }
+            RedisErrorPolicy::Deny => {
+                metrics.ratelimit_fallbacks.with_label_values(&["deny"]).inc();
+                Decision { allowed: false, limit, remaining: 0, reset_at, retry_after: 1 }
+            }
+        }
+    }
+
+    async fn take(
+        &self,
+        algorithm: Algorithm,
+        key_id: &str,
+        window: i64,
+        limit: u32,
+        want: u32,
+        now_ms: i64,
+    ) -> Result<(u32, u32, u32, u32), RedisFailure> {
+        let (current_key, previous_key) = (counter_key(key_id, window), counter_key(key_id, window - 1));
+        let sliding = if algorithm == Algorithm::SlidingWindow { "s" } else { "f" };
+        let elapsed = now_ms - window * WINDOW_MS;
+        self.redis
+            .run("ratelimit_take", |mut c| async move {
+                TAKE.key(current_key)
+                    .key(previous_key)
+                    .arg(limit)
+                    .arg(want)
+                    .arg(sliding)
+                    .arg(elapsed)
+                    .arg(WINDOW_MS)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn give_back(&self, key_id: &str, window: i64, unused: u32) {
+        let key = counter_key(key_id, window);
+        let result = self
+            .redis
+            .run("ratelimit_return", |mut c| async move { GIVE_BACK.key(key).arg(unused).invoke_async::<i64>(&mut c).await })
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "could not give back unused quota; it expires with its window");
+        }
+    }
+
+    /// Gives back the quota of leases idle for a while and forgets old ones.
+    pub async fn sweep(&self, now_ms: i64) {
+        let window = now_ms.div_euclid(WINDOW_MS);
+        let ids: Vec<String> = self.leases.iter().map(|e| e.key().clone()).collect();
+        for id in ids {
+            let Some(lease) = self.leases.get(&id).map(|l| Arc::clone(&l)) else { continue };
+            let Ok(mut l) = lease.try_lock() else { continue };
+            if l.left > 0 && l.window == window && now_ms - l.last_used_ms > LEASE_IDLE_MS {
+                let unused = std::mem::take(&mut l.left);
+                l.redis_left += unused;
+                self.give_back(&id, window, unused).await;
+            }
+            if l.window + 1 < window {
+                drop(l);
+                self.leases.remove_if(&id, |_, v| Arc::strong_count(v) <= 2);
+            }
+        }
+        self.fallback.sweep(now_ms);
+    }
+}
