@@ -3,6 +3,7 @@
 //! a bad file keeps the old one. What must outlive a reload (store, caches,
 //! rate-limit counters, metrics) lives beside it in [`App`].
 
+use crate::config::LimiterBackend;
 use crate::config::{Config, ConfigError, RoleSeed};
 use crate::keys::cache::KeyCache;
 use crate::keys::model::Role;
@@ -10,7 +11,6 @@ use crate::keys::roles::RoleSet;
 use crate::keys::usage::UsageRecorder;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
-use crate::config::LimiterBackend;
 use crate::ratelimit::{local::LocalLimiter, redis::RedisLimiter, Limiter};
 use crate::store::redis_conn::RedisHandle;
 use crate::store::{self, ChangeTarget, SharedStore, Store, StoreError};

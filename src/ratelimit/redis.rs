@@ -213,7 +213,15 @@ impl RedisLimiter {
         Decision { remaining: l.redis_left.saturating_add(l.left).min(limit), ..fresh }
     }
 
-    fn fallback(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64, policy: RedisErrorPolicy, metrics: &Metrics) -> Decision {
+    fn fallback(
+        &self,
+        algorithm: Algorithm,
+        key_id: &str,
+        limit: u32,
+        now_ms: i64,
+        policy: RedisErrorPolicy,
+        metrics: &Metrics,
+    ) -> Decision {
         let reset_at = ((now_ms.div_euclid(WINDOW_MS) + 1) * WINDOW_MS) / 1000;
         match policy {
             RedisErrorPolicy::Local => {

@@ -117,6 +117,30 @@ impl Setup {
         Setup::with_text(dir, &text, data_port, admin_port)
     }
 
+    /// A config whose keys, roles and rate-limit counters live in Redis.
+    pub fn redis(upstream: &str, redis_url: &str, rate_limit_extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let (data_port, admin_port) = (free_port(), free_port());
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{data_port}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
+             [store]\nbackend = \"redis\"\nurl = \"{redis_url}\"\npoll_interval = \"1s\"\n\n\
+             [rate_limit]\nbackend = \"redis\"\n{rate_limit_extra}\n\n{}",
+            CATALOGUE.replace("{upstream}", upstream)
+        );
+        Setup::with_text(dir, &text, data_port, admin_port)
+    }
+
+    /// Another node with the same config on its own ports.
+    pub fn another_node(&self) -> Setup {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let (data_port, admin_port) = (free_port(), free_port());
+        let text = text
+            .replace(&format!("127.0.0.1:{}", self.data_port), &format!("127.0.0.1:{data_port}"))
+            .replace(&format!("127.0.0.1:{}", self.admin_port), &format!("127.0.0.1:{admin_port}"));
+        Setup::with_text(tempfile::tempdir().unwrap(), &text, data_port, admin_port)
+    }
+
     /// A config with exactly this text.
     pub fn with_text(dir: tempfile::TempDir, text: &str, data_port: u16, admin_port: u16) -> Setup {
         let config = dir.path().join("gateway.toml");
