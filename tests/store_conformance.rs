@@ -1,134 +1,16 @@
-//! One conformance suite for every `Store` implementation. The Redis store
-//! will run the same `conformance` function against a real redis-server.
+//! The shared conformance suite (`common/conformance.rs`) against SQLite and
+//! a real redis-server; `redis_cluster.rs` runs it against a 3-master cluster.
 
 mod common;
 
-use keygate::keys::model::{ApiKey, Env, Role};
+use common::conformance::{conformance, key};
 use keygate::keys::token::TokenHash;
 use keygate::store::redis::RedisStore;
 use keygate::store::redis_conn::RedisHandle;
 use keygate::store::sqlite::SqliteStore;
-use keygate::store::{ChangeTarget, KeyQuery, Store, StoreError, UsageDelta};
-use std::collections::BTreeMap;
+use keygate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn key(id: &str, name: &str, role: Option<&str>) -> ApiKey {
-    ApiKey {
-        key_id: id.into(),
-        name: name.into(),
-        description: format!("{name} description"),
-        owner: "owner@example.com".into(),
-        role: role.map(str::to_string),
-        permissions: vec!["lists.view".into()],
-        plan: Some("pro".into()),
-        rate_limit: Some(42),
-        allowed_ips: vec!["10.0.0.0/8".parse().unwrap()],
-        env: Env::Live,
-        enabled: true,
-        expires_at: Some(2_000_000_000),
-        created_at: 1_700_000_000,
-        last_used: None,
-        usage_count: 0,
-        metadata: BTreeMap::from([("default_optin_mailing".to_string(), "7".to_string())]),
-        key_prefix: "kg_live_abcd****".into(),
-    }
-}
-
-/// The behaviour every store must have.
-async fn conformance(store: &dyn Store) {
-    store.ping().await.unwrap();
-    let start = store.change_cursor().await.unwrap();
-
-    // Roles.
-    let role =
-        Role { id: "reader".into(), name: "Reader".into(), description: "reads".into(), permissions: vec!["lists.view".into()] };
-    store.insert_role(&role).await.unwrap();
-    assert!(matches!(store.insert_role(&role).await, Err(StoreError::Conflict(_))));
-    assert!(!store.insert_role_if_absent(&role).await.unwrap());
-    assert_eq!(store.get_role("reader").await.unwrap(), Some(role.clone()));
-    let mut edited = role.clone();
-    edited.permissions = vec!["lists.*".into()];
-    store.update_role(&edited).await.unwrap();
-    assert_eq!(store.get_role("reader").await.unwrap().unwrap().permissions, vec!["lists.*".to_string()]);
-    assert_eq!(store.update_role(&Role { id: "ghost".into(), ..role.clone() }).await, Err(StoreError::NotFound));
-
-    // Keys.
-    let a = key("key_a", "Alpha integration", Some("reader"));
-    let b = key("key_b", "Beta sync", None);
-    let (ha, hb) = (TokenHash::of("token-a"), TokenHash::of("token-b"));
-    store.insert_key(&a, &ha).await.unwrap();
-    store.insert_key(&b, &hb).await.unwrap();
-    assert!(matches!(store.insert_key(&key("key_c", "dup token", None), &ha).await, Err(StoreError::Conflict(_))));
-    assert!(matches!(store.insert_key(&a, &TokenHash::of("other")).await, Err(StoreError::Conflict(_))));
-    let found = store.key_by_hash(&ha).await.unwrap().unwrap();
-    assert_eq!(found.key, a);
-    assert_eq!(found.secret_expires_at, None);
-    assert_eq!(store.key_by_hash(&TokenHash::of("nope")).await.unwrap(), None);
-    assert_eq!(store.get_key("key_b").await.unwrap(), Some(b.clone()));
-
-    // Listing, search and paging.
-    let page = store.list_keys(&KeyQuery { search: None, offset: 0, limit: 0 }).await.unwrap();
-    assert_eq!(page.total, 2);
-    let page = store.list_keys(&KeyQuery { search: Some("beta".into()), offset: 0, limit: 10 }).await.unwrap();
-    assert_eq!((page.total, page.keys.len()), (1, 1));
-    assert_eq!(page.keys[0].key_id, "key_b");
-    let page = store.list_keys(&KeyQuery { search: Some("reader".into()), offset: 0, limit: 10 }).await.unwrap();
-    assert_eq!(page.keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), vec!["key_a"], "search covers the role");
-    let page = store.list_keys(&KeyQuery { search: Some("%".into()), offset: 0, limit: 10 }).await.unwrap();
-    assert_eq!(page.total, 0, "search is literal");
-    let page = store.list_keys(&KeyQuery { search: None, offset: 1, limit: 1 }).await.unwrap();
-    assert_eq!((page.total, page.keys.len()), (2, 1));
-
-    // Role in use.
-    assert_eq!(store.delete_role("reader").await, Err(StoreError::RoleInUse { keys: 1 }));
-
-    // Update and delete.
-    let mut a2 = a.clone();
-    a2.enabled = false;
-    a2.role = None;
-    store.update_key(&a2).await.unwrap();
-    assert_eq!(store.key_by_hash(&ha).await.unwrap().unwrap().key, a2);
-    assert_eq!(store.update_key(&key("key_zz", "ghost", None)).await, Err(StoreError::NotFound));
-    store.delete_role("reader").await.unwrap();
-    assert_eq!(store.delete_role("reader").await, Err(StoreError::NotFound));
-
-    // Rotation: the old secret gets an end, the new one none.
-    let hn = TokenHash::of("token-b-new");
-    store.rotate_secret("key_b", &hn, "kg_live_wxyz****", 2_100_000_000).await.unwrap();
-    assert_eq!(store.key_by_hash(&hb).await.unwrap().unwrap().secret_expires_at, Some(2_100_000_000));
-    let new = store.key_by_hash(&hn).await.unwrap().unwrap();
-    assert_eq!((new.secret_expires_at, new.key.key_prefix.as_str()), (None, "kg_live_wxyz****"));
-    assert_eq!(store.rotate_secret("key_zz", &TokenHash::of("x"), "p", 0).await, Err(StoreError::NotFound));
-
-    // Usage in batches.
-    let now = keygate::clock::now_unix();
-    let batch = vec![
-        UsageDelta { key_id: "key_b".into(), count: 5, last_used: now - 30, minute: (now - 30) / 60 },
-        UsageDelta { key_id: "key_b".into(), count: 2, last_used: now, minute: now / 60 },
-    ];
-    store.record_usage(&batch).await.unwrap();
-    let b_now = store.get_key("key_b").await.unwrap().unwrap();
-    assert_eq!((b_now.usage_count, b_now.last_used), (7, Some(now)));
-    let summary = store.usage_summary("key_b", now).await.unwrap();
-    assert_eq!((summary.last_hour, summary.last_day), (7, 7));
-
-    store.delete_key("key_b").await.unwrap();
-    assert_eq!(store.key_by_hash(&hn).await.unwrap(), None);
-    assert_eq!(store.key_by_hash(&hb).await.unwrap(), None);
-    assert_eq!(store.delete_key("key_b").await, Err(StoreError::NotFound));
-
-    // The change feed saw every mutation, in order.
-    let feed = store.changes_since(start).await.unwrap();
-    assert!(!feed.gap);
-    let targets: Vec<ChangeTarget> = feed.changes.iter().map(|c| c.target.clone()).collect();
-    assert_eq!(targets.first(), Some(&ChangeTarget::Role("reader".into())));
-    assert!(targets.contains(&ChangeTarget::Key("key_a".into())));
-    assert_eq!(targets.last(), Some(&ChangeTarget::Key("key_b".into())));
-    assert_eq!(feed.latest, store.change_cursor().await.unwrap());
-    assert!(store.changes_since(feed.latest).await.unwrap().changes.is_empty());
-    assert!(feed.changes.iter().all(|c| c.at_ms > 1_700_000_000_000));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_conforms() {

@@ -3,6 +3,7 @@
 //! test, and helpers to drive its CLI.
 #![allow(dead_code)]
 
+pub mod conformance;
 pub mod redis;
 pub mod upstream;
 
