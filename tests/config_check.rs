@@ -26,6 +26,31 @@ fn the_shipped_example_is_valid() {
 }
 
 #[test]
+fn the_multi_node_example_is_valid() {
+    let out = std::process::Command::new(keygate_bin())
+        .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/redis-node.toml"), "config", "check"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn redis_settings_are_checked() {
+    let (ok, out) = check(&format!("[store]\nbackend = \"redis\"\n{}", base()));
+    assert!(!ok);
+    assert!(out.contains("store.url"), "{out}");
+    let (ok, out) = check(&format!("[store]\nbackend = \"redis\"\nurl = \"redis://a:1,redis://b:2\"\n{}", base()));
+    assert!(!ok);
+    assert!(out.contains("cluster = true"), "{out}");
+    let (ok, out) = check(&format!("[rate_limit]\nbackend = \"redis\"\non_redis_error = \"maybe\"\n{}", base()));
+    assert!(!ok);
+    assert!(out.contains("rate_limit.url") && out.contains("rate_limit.on_redis_error"), "{out}");
+    let (ok, out) = check(&base().replace("match = \"GET /api/ping\"", "match = \"GET /api/ping\"\non_redis_error = \"sometimes\""));
+    assert!(!ok);
+    assert!(out.contains("on_redis_error"), "{out}");
+}
+
+#[test]
 fn a_good_file_passes() {
     let (ok, out) = check(&base());
     assert!(ok, "{out}");
