@@ -34,7 +34,7 @@ fn fixture() -> Fixture {
     let (app, token) = rt.block_on(async {
         let app = App::new(config, path).await.unwrap();
         let runtime = app.runtime.load_full();
-        let m = Manager { store: app.store.as_ref(), config: &runtime.config };
+        let m = Manager { store: app.store.as_ref(), config: &runtime.config, actor: "bench".into() };
         let input = KeyInput {
             name: Some("bench".into()),
             role: Some("contact-sync".into()),

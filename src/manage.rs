@@ -6,7 +6,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::keys::model::{self, ApiKey, Env, Role};
 use crate::keys::token::{self, TokenHash};
-use crate::store::{KeyPage, KeyQuery, Store, StoreError};
+use crate::store::{AuditEntry, AuditPage, KeyPage, KeyQuery, Store, StoreError, UsageSummary};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -72,13 +72,43 @@ pub struct RoleInput {
     pub permissions: Option<Vec<String>>,
 }
 
-/// Operations over one store, checked against one config.
+/// Operations over one store, checked against one config; every change is
+/// written to the audit log under `actor`.
 pub struct Manager<'a> {
     pub store: &'a dyn Store,
     pub config: &'a Config,
+    /// Who makes the changes: `cli (<user>)` or `admin-api (<address>)`.
+    pub actor: String,
 }
 
 impl Manager<'_> {
+    /// Records a change. The change itself has happened: a failure to audit
+    /// it is logged loudly rather than reported as a failed operation.
+    async fn audit(&self, action: &str, target: &str, before: Option<Value>, after: Option<Value>) {
+        let entry = AuditEntry {
+            at_ms: clock::now_ms(),
+            actor: self.actor.clone(),
+            action: action.into(),
+            target: target.into(),
+            before,
+            after,
+        };
+        if let Err(e) = self.store.append_audit(&entry).await {
+            tracing::error!(action, target, error = %e, "could not write the audit log entry");
+        }
+    }
+
+    /// The audit log, newest first, optionally for one key or role.
+    pub async fn audit_log(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, ManageError> {
+        self.store.list_audit(target, offset, limit).await.map_err(ManageError::Store)
+    }
+
+    /// Requests of a key over the last hour and day.
+    pub async fn usage(&self, key_id: &str) -> Result<UsageSummary, ManageError> {
+        self.get_key(key_id).await?;
+        self.store.usage_summary(key_id, clock::now_unix()).await.map_err(ManageError::Store)
+    }
+
     async fn apply(&self, key: &mut ApiKey, input: KeyInput) -> Result<(), ManageError> {
         if let Some(name) = input.name {
             let name = name.trim().to_string();
@@ -164,6 +194,7 @@ impl Manager<'_> {
             None => self.config.server.environment,
         };
         let brand = &self.config.keys.brand;
+        let imported = import.is_some();
         let secret = match import {
             Some(t) => {
                 token::validate_import(&t).map_err(|m| invalid("token", m))?;
@@ -192,6 +223,8 @@ impl Manager<'_> {
         };
         self.apply(&mut key, input).await?;
         self.store.insert_key(&key, &TokenHash::of(&secret)).await.map_err(|e| from_store(e, &key.key_id))?;
+        let action = if imported { "key.import" } else { "key.create" };
+        self.audit(action, &key.key_id, None, Some(self.key_json(&key))).await;
         Ok((key, secret))
     }
 
@@ -211,20 +244,30 @@ impl Manager<'_> {
 
     /// Changes the given fields of a key.
     pub async fn edit_key(&self, key_id: &str, input: KeyInput) -> Result<ApiKey, ManageError> {
+        self.change_key(key_id, input, "key.edit").await
+    }
+
+    async fn change_key(&self, key_id: &str, input: KeyInput, action: &str) -> Result<ApiKey, ManageError> {
         let mut key = self.get_key(key_id).await?;
+        let before = self.key_json(&key);
         self.apply(&mut key, input).await?;
         self.store.update_key(&key).await.map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
+        self.audit(action, key_id, Some(before), Some(self.key_json(&key))).await;
         Ok(key)
     }
 
     /// Enables or disables a key.
     pub async fn set_enabled(&self, key_id: &str, enabled: bool) -> Result<ApiKey, ManageError> {
-        self.edit_key(key_id, KeyInput { enabled: Some(enabled), ..KeyInput::default() }).await
+        let action = if enabled { "key.enable" } else { "key.disable" };
+        self.change_key(key_id, KeyInput { enabled: Some(enabled), ..KeyInput::default() }, action).await
     }
 
     /// Deletes a key: it stops working on every node.
     pub async fn delete_key(&self, key_id: &str) -> Result<(), ManageError> {
-        self.store.delete_key(key_id).await.map_err(|e| from_store(e, &format!("key `{key_id}`")))
+        let before = self.get_key(key_id).await?;
+        self.store.delete_key(key_id).await.map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
+        self.audit("key.delete", key_id, Some(self.key_json(&before)), None).await;
+        Ok(())
     }
 
     /// Gives a key a new secret; the old one works for `grace_seconds` more.
@@ -233,6 +276,7 @@ impl Manager<'_> {
             return Err(invalid("graceSeconds", format!("must be at most {MAX_GRACE_SECONDS}")));
         }
         let mut key = self.get_key(key_id).await?;
+        let before = self.key_json(&key);
         let brand = &self.config.keys.brand;
         let secret = token::generate(brand, key.env);
         key.key_prefix = token::mask(&secret, brand);
@@ -241,6 +285,9 @@ impl Manager<'_> {
             .rotate_secret(key_id, &TokenHash::of(&secret), &key.key_prefix, until)
             .await
             .map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
+        let mut after = self.key_json(&key);
+        after["previousSecretValidUntil"] = clock::rfc3339(until).into();
+        self.audit("key.rotate", key_id, Some(before), Some(after)).await;
         Ok((key, secret))
     }
 
@@ -266,6 +313,7 @@ impl Manager<'_> {
         model::validate_text("description", &description, model::MAX_TEXT_CHARS).map_err(|m| invalid("description", m))?;
         let role = Role { id, name, description, permissions };
         self.store.insert_role(&role).await.map_err(|e| from_store(e, &role.id))?;
+        self.audit("role.create", &role.id, None, Some(role_json(&role))).await;
         Ok(role)
     }
 
@@ -282,6 +330,7 @@ impl Manager<'_> {
     /// Changes the given fields of a role; every node sees it at once.
     pub async fn edit_role(&self, id: &str, input: RoleInput) -> Result<Role, ManageError> {
         let mut role = self.get_role(id).await?;
+        let before = role_json(&role);
         if let Some(name) = input.name {
             model::validate_text("name", &name, model::MAX_NAME_CHARS).map_err(|m| invalid("name", m))?;
             role.name = name;
@@ -299,15 +348,19 @@ impl Manager<'_> {
             role.permissions = perms;
         }
         self.store.update_role(&role).await.map_err(|e| from_store(e, &format!("role `{id}`")))?;
+        self.audit("role.edit", id, Some(before), Some(role_json(&role))).await;
         Ok(role)
     }
 
     /// Deletes a role that no key uses.
     pub async fn delete_role(&self, id: &str) -> Result<(), ManageError> {
+        let before = self.get_role(id).await?;
         self.store.delete_role(id).await.map_err(|e| match e {
             StoreError::RoleInUse { keys } => ManageError::RoleInUse { role: id.into(), keys },
             other => from_store(other, &format!("role `{id}`")),
-        })
+        })?;
+        self.audit("role.delete", id, Some(role_json(&before)), None).await;
+        Ok(())
     }
 
     /// The JSON form of a key (camelCase, masked, never a secret or hash).

@@ -45,7 +45,8 @@ fn redis_settings_are_checked() {
     let (ok, out) = check(&format!("[rate_limit]\nbackend = \"redis\"\non_redis_error = \"maybe\"\n{}", base()));
     assert!(!ok);
     assert!(out.contains("rate_limit.url") && out.contains("rate_limit.on_redis_error"), "{out}");
-    let (ok, out) = check(&base().replace("match = \"GET /api/ping\"", "match = \"GET /api/ping\"\non_redis_error = \"sometimes\""));
+    let (ok, out) =
+        check(&base().replace("match = \"GET /api/ping\"", "match = \"GET /api/ping\"\non_redis_error = \"sometimes\""));
     assert!(!ok);
     assert!(out.contains("on_redis_error"), "{out}");
 }

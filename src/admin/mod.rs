@@ -1,11 +1,19 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` open to scrapers
-//! and probes; everything else needs the admin bearer token.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and
+//! `/openapi.json` open to scrapers, probes and tooling; the admin REST API
+//! (DESIGN.md section 9) behind the admin bearer token.
+
+mod api;
+mod input;
+pub mod routes;
 
 use crate::body::Body;
 use crate::error::json_response;
+use crate::manage::Manager;
 use crate::state::App;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use routes::Endpoint;
 use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -50,33 +58,65 @@ fn authorised(req: &Request<Incoming>, token_env: &str) -> Result<(), Box<Respon
     }
 }
 
+/// The OpenAPI 3 document of this API (kept true by `tests/admin_api.rs`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+/// Largest admin request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// Handles one admin request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/metrics") => {
+    let query = req.uri().query().unwrap_or("").to_string();
+    let (endpoint, id) = match routes::resolve(req.method().as_str(), &path) {
+        Ok(found) => found,
+        Err(routes::Miss::MethodNotAllowed) => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {path}", req.method()),
+            )
+        }
+        Err(routes::Miss::NotFound) => {
+            return error(StatusCode::NOT_FOUND, "not_found", format!("no admin endpoint {} {path}", req.method()))
+        }
+    };
+    match endpoint {
+        Endpoint::Metrics => {
             let mut resp = Response::new(crate::body::full(app.metrics.render()));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             return resp;
         }
-        (&Method::GET, "/healthz") => return ok(StatusCode::OK, json!({ "status": "ok" }), json!({})),
-        (&Method::GET, "/readyz") => {
+        Endpoint::Healthz => return ok(StatusCode::OK, json!({ "status": "ok" }), json!({})),
+        Endpoint::Readyz => {
             return match app.store.ping().await {
                 Ok(()) => ok(StatusCode::OK, json!({ "status": "ready" }), json!({})),
                 Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
             };
         }
+        Endpoint::OpenApi => {
+            let mut resp = Response::new(crate::body::full(OPENAPI));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return resp;
+        }
         _ => {}
     }
-    let token_env = app.runtime.load().config.admin.token_env.clone();
-    if let Err(resp) = authorised(&req, &token_env) {
+    let rt = app.runtime.load_full();
+    if let Err(resp) = authorised(&req, &rt.config.admin.token_env) {
         return *resp;
     }
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/modules") => {
-            let modules = serde_json::to_value(app.runtime.load().config.catalogue.modules()).unwrap_or_default();
-            ok(StatusCode::OK, modules, json!({}))
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("admin request bodies are limited to {MAX_BODY_BYTES} bytes"),
+            )
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", format!("no admin endpoint {} {path}", req.method())),
+    };
+    let manager = Manager { store: app.store.as_ref(), config: &rt.config, actor: format!("admin-api ({})", peer.ip()) };
+    match api::run(&manager, endpoint, id, &query, &body).await {
+        Ok(resp) => resp,
+        Err(e) => api::refusal(e),
     }
 }

@@ -247,10 +247,15 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
         }
         KeysCommand::Show { id, json } => {
             let key = m.get_key(&id).await.map_err(|e| Failure::manage(e, json))?;
+            let history = m.audit_log(Some(&id), 0, 10).await.map_err(|e| Failure::manage(e, json))?;
             if json {
-                print_json(m.key_json(&key), json!({}));
+                print_json(m.key_json(&key), json!({ "history": history.entries }));
             } else {
                 print_key(m, &key);
+                println!("\nhistory (newest first; `keygate audit-log --target {id}` for all):");
+                for e in &history.entries {
+                    println!("  {}  {:<12} {}", clock::rfc3339(e.at_ms / 1000), e.action, e.actor);
+                }
             }
         }
         KeysCommand::Edit { id, fields, json } => {

@@ -54,6 +54,18 @@ pub enum Command {
         #[command(subcommand)]
         command: roles::RolesCommand,
     },
+    /// Show the audit log of management changes, newest first.
+    AuditLog {
+        /// Only entries about this key or role id.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        page: u64,
+        #[arg(long, default_value_t = 50)]
+        per_page: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `keygate config ...`.
@@ -70,11 +82,22 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo => serve::serve(&cli.config, true).await,
         Command::Config { command: ConfigCommand::Check } => check_config(&cli.config),
         Command::Keys { command } => match open(&cli.config).await {
-            Ok((config, store)) => keys::run(&Manager { store: store.as_ref(), config: &config }, command).await,
+            Ok((config, store)) => {
+                keys::run(&Manager { store: store.as_ref(), config: &config, actor: cli_actor() }, command).await
+            }
             Err(f) => Err(f),
         },
         Command::Roles { command } => match open(&cli.config).await {
-            Ok((config, store)) => roles::run(&Manager { store: store.as_ref(), config: &config }, command).await,
+            Ok((config, store)) => {
+                roles::run(&Manager { store: store.as_ref(), config: &config, actor: cli_actor() }, command).await
+            }
+            Err(f) => Err(f),
+        },
+        Command::AuditLog { target, page, per_page, json } => match open(&cli.config).await {
+            Ok((config, store)) => {
+                let m = Manager { store: store.as_ref(), config: &config, actor: cli_actor() };
+                audit_log(&m, target.as_deref(), page.max(1), per_page.max(1), json).await
+            }
             Err(f) => Err(f),
         },
     };
@@ -82,6 +105,29 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.report(),
     }
+}
+
+async fn audit_log(m: &Manager<'_>, target: Option<&str>, page: u64, per_page: u64, json: bool) -> Result<(), Failure> {
+    let result = m.audit_log(target, (page - 1) * per_page, per_page).await.map_err(|e| Failure::manage(e, json))?;
+    if json {
+        let data = serde_json::to_value(&result.entries).unwrap_or_default();
+        output::print_json(data, serde_json::json!({ "total": result.total, "page": page, "perPage": per_page }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = result
+        .entries
+        .iter()
+        .map(|e| vec![crate::clock::rfc3339(e.at_ms / 1000), e.actor.clone(), e.action.clone(), e.target.clone()])
+        .collect();
+    output::print_table(&["WHEN", "WHO", "WHAT", "TARGET"], &rows);
+    println!("{} entr{} in all", result.total, if result.total == 1 { "y" } else { "ies" });
+    Ok(())
+}
+
+/// How CLI changes are signed in the audit log.
+fn cli_actor() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    format!("cli ({user})")
 }
 
 fn check_config(path: &std::path::Path) -> Result<(), Failure> {

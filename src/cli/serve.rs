@@ -77,7 +77,7 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
         admin,
         None,
         ADMIN_LIMITS,
-        move |req, _conn: ConnInfo| crate::admin::handle(Arc::clone(&admin_app), req),
+        move |req, conn: ConnInfo| crate::admin::handle(Arc::clone(&admin_app), req, conn.peer),
         stop_rx,
         None,
     ));
@@ -151,7 +151,7 @@ async fn print_demo_banner(
     admin: SocketAddr,
     backend: SocketAddr,
 ) -> Result<(), Failure> {
-    let m = Manager { store: app.store.as_ref(), config: cfg };
+    let m = Manager { store: app.store.as_ref(), config: cfg, actor: "demo".into() };
     let role = cfg.roles.iter().find(|r| r.permissions.iter().any(|p| p == "*")).map(|r| r.id.clone());
     let input = KeyInput {
         name: Some("demo key".into()),

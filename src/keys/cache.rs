@@ -199,6 +199,12 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             self.inner.ping().await
         }
+        async fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+            self.inner.append_audit(e).await
+        }
+        async fn list_audit(&self, t: Option<&str>, o: u64, l: u64) -> Result<AuditPage, StoreError> {
+            self.inner.list_audit(t, o, l).await
+        }
     }
 
     fn key(id: &str) -> ApiKey {

@@ -91,6 +91,29 @@ pub struct UsageSummary {
     pub last_day: u64,
 }
 
+/// One management change: who did what to which key or role, and when.
+/// `before`/`after` are the JSON forms shown by the admin API: never a secret.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// `admin-api (<address>)` or `cli (<user>)`.
+    pub actor: String,
+    /// `key.create`, `key.edit`, `key.rotate`, `role.delete`, ...
+    pub action: String,
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// A page of the audit log and how many entries matched in all.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub total: u64,
+}
+
 /// Storage of keys, roles, the change feed and usage counts.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -129,6 +152,10 @@ pub trait Store: Send + Sync {
     async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Appends one management change to the audit log.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Audit entries, newest first, optionally only those about one target.
+    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError>;
 }
 
 /// A shared handle to whichever store the config names.

@@ -15,6 +15,9 @@ pub const PREFIX: &str = "{kg}:";
 pub const EVENTS_CHANNEL: &str = "{kg}:events";
 /// Routing key passed to every script.
 const ROUTE: &str = "{kg}:seq";
+/// The audit log (newest first), and how many entries it keeps.
+const AUDIT_LOG: &str = "{kg}:audit";
+const AUDIT_KEEP: i64 = 100_000;
 /// Keys fetched per MGET when listing.
 const LIST_CHUNK: usize = 500;
 
@@ -306,6 +309,31 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.query::<String>("ping", ::redis::cmd("PING")).await.map(|_| ())
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry).map_err(corrupt)?;
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("LPUSH").arg(AUDIT_LOG).arg(&json).ignore();
+        pipe.cmd("LTRIM").arg(AUDIT_LOG).arg(0).arg(AUDIT_KEEP - 1).ignore();
+        pipe.cmd("LPUSH").arg(format!("{PREFIX}audit:{}", entry.target)).arg(&json).ignore();
+        pipe.cmd("LTRIM").arg(format!("{PREFIX}audit:{}", entry.target)).arg(0).arg(AUDIT_KEEP - 1).ignore();
+        self.redis.run("append_audit", |mut c| async move { pipe.query_async::<()>(&mut c).await }).await.map_err(to_store_error)
+    }
+
+    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError> {
+        let list = match target {
+            Some(t) => format!("{PREFIX}audit:{t}"),
+            None => AUDIT_LOG.to_string(),
+        };
+        let stop = if limit == 0 { -1 } else { offset.saturating_add(limit).saturating_sub(1).min(i64::MAX as u64) as i64 };
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("LLEN").arg(&list);
+        pipe.cmd("LRANGE").arg(&list).arg(offset).arg(stop);
+        let (total, rows): (u64, Vec<String>) =
+            self.redis.run("list_audit", |mut c| async move { pipe.query_async(&mut c).await }).await.map_err(to_store_error)?;
+        let entries = rows.iter().map(|j| serde_json::from_str(j).map_err(corrupt)).collect::<Result<_, _>>()?;
+        Ok(AuditPage { entries, total })
     }
 }
 

@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS changes (
     id TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_target ON audit(target);
 CREATE TABLE IF NOT EXISTS usage_minutes (
     key_id TEXT NOT NULL,
     minute INTEGER NOT NULL,
@@ -487,5 +493,35 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let (target, json) = (entry.target.clone(), json(entry)?);
+        self.with(move |c| {
+            c.execute("INSERT INTO audit (target, entry) VALUES (?1, ?2)", params![target, json]).map(|_| ()).map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError> {
+        let target = target.map(str::to_string);
+        self.with(move |c| {
+            let filter = "FROM audit WHERE (?1 IS NULL OR target = ?1)";
+            let total: i64 =
+                c.query_row(&format!("SELECT COUNT(*) {filter}"), params![target], |r| r.get(0)).map_err(unavailable)?;
+            let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+            let mut stmt =
+                c.prepare(&format!("SELECT entry {filter} ORDER BY id DESC LIMIT ?2 OFFSET ?3")).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![target, limit, offset as i64], |r| r.get::<_, String>(0))
+                .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(unavailable)?;
+            let entries = rows
+                .iter()
+                .map(|j| serde_json::from_str(j).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            Ok(AuditPage { entries, total: total as u64 })
+        })
+        .await
     }
 }

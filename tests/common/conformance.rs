@@ -111,6 +111,28 @@ pub async fn conformance(store: &dyn Store) {
     assert_eq!(store.key_by_hash(&hb).await.unwrap(), None);
     assert_eq!(store.delete_key("key_b").await, Err(StoreError::NotFound));
 
+    // The audit log, newest first, filterable by target.
+    use keygate::store::AuditEntry;
+    for (i, target) in ["key_a", "reader", "key_a"].iter().enumerate() {
+        let entry = AuditEntry {
+            at_ms: 1_700_000_000_000 + i as i64,
+            actor: "cli (test)".into(),
+            action: format!("action.{i}"),
+            target: target.to_string(),
+            before: None,
+            after: Some(serde_json::json!({ "n": i })),
+        };
+        store.append_audit(&entry).await.unwrap();
+    }
+    let all = store.list_audit(None, 0, 0).await.unwrap();
+    assert_eq!(all.total, 3);
+    assert_eq!(all.entries[0].action, "action.2");
+    let page = store.list_audit(None, 1, 1).await.unwrap();
+    assert_eq!((page.total, page.entries.len(), page.entries[0].action.as_str()), (3, 1, "action.1"));
+    let mine = store.list_audit(Some("key_a"), 0, 10).await.unwrap();
+    assert_eq!(mine.total, 2);
+    assert!(mine.entries.iter().all(|e| e.target == "key_a"));
+
     // The change feed saw every mutation, in order.
     let feed = store.changes_since(start).await.unwrap();
     assert!(!feed.gap);

@@ -1,0 +1,173 @@
+//! Admin API handlers: each turns a request into one `Manager` call (the
+//! same code the CLI runs) and its result into the JSON envelope.
+
+use super::input;
+use super::routes::Endpoint;
+use super::{error, ok};
+use crate::body::Body;
+use crate::manage::{role_json, ManageError, Manager, SECRET_WARNING};
+use crate::store::KeyQuery;
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+/// Entries a list answers with unless `per_page` says otherwise.
+pub const DEFAULT_PER_PAGE: u64 = 20;
+/// The most `per_page` may ask for.
+pub const MAX_PER_PAGE: u64 = 200;
+
+/// Maps a refused operation to its status, code and (for bad input) field.
+pub fn refusal(e: ManageError) -> Response<Body> {
+    let (status, code) = match &e {
+        ManageError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+        ManageError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        ManageError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        ManageError::RoleInUse { .. } => (StatusCode::CONFLICT, "role_in_use"),
+        ManageError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    };
+    let mut resp = error(status, code, e.to_string());
+    if let ManageError::Invalid { field, .. } = &e {
+        let body = json!({ "success": false, "error": e.to_string(), "code": code, "field": field });
+        resp = crate::error::json_response(status, &body);
+    }
+    resp
+}
+
+/// `page` (from 1) and `per_page` of a query string.
+fn paging(query: &str) -> Result<(u64, u64), ManageError> {
+    let number = |name: &str, default: u64, max: u64| -> Result<u64, ManageError> {
+        match query_param(query, name) {
+            None => Ok(default),
+            Some(v) => v.parse::<u64>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| ManageError::Invalid {
+                field: name.into(),
+                message: format!("must be a whole number from 1 to {max}"),
+            }),
+        }
+    };
+    Ok((number("page", 1, u64::from(u32::MAX))?, number("per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)?))
+}
+
+/// One query parameter, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').filter_map(|p| p.split_once('=').or(Some((p, "")))).find(|(k, _)| *k == name).map(|(_, v)| {
+        let v = v.replace('+', " ");
+        let bytes = v.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex =
+                bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+fn page_meta(total: u64, page: u64, per_page: u64) -> Value {
+    json!({ "total": total, "page": page, "perPage": per_page })
+}
+
+fn with_secret(m: &Manager<'_>, key: &crate::keys::model::ApiKey, secret: &str) -> Value {
+    let mut data = m.key_json(key);
+    data["apiKey"] = secret.into();
+    data
+}
+
+/// Runs one authorised endpoint.
+pub async fn run(
+    m: &Manager<'_>,
+    endpoint: Endpoint,
+    id: Option<String>,
+    query: &str,
+    body: &[u8],
+) -> Result<Response<Body>, ManageError> {
+    let id = id.unwrap_or_default();
+    let resp = match endpoint {
+        Endpoint::ListKeys => {
+            let (page, per_page) = paging(query)?;
+            let search = query_param(query, "search").filter(|s| !s.is_empty());
+            let result = m.list_keys(&KeyQuery { search, offset: (page - 1) * per_page, limit: per_page }).await?;
+            let data = result.keys.iter().map(|k| m.key_json(k)).collect();
+            ok(StatusCode::OK, data, page_meta(result.total, page, per_page))
+        }
+        Endpoint::CreateKey => {
+            let (key, secret) = m.create_key(input::key_input(body)?, None).await?;
+            ok(StatusCode::CREATED, with_secret(m, &key, &secret), json!({ "warning": SECRET_WARNING }))
+        }
+        Endpoint::GetKey => ok(StatusCode::OK, m.key_json(&m.get_key(&id).await?), json!({})),
+        Endpoint::EditKey => {
+            let mut input = input::key_input(body)?;
+            if input.env.is_some() {
+                return Err(ManageError::Invalid {
+                    field: "env".into(),
+                    message: "cannot change: the secret names its environment".into(),
+                });
+            }
+            input.env = None;
+            ok(StatusCode::OK, m.key_json(&m.edit_key(&id, input).await?), json!({}))
+        }
+        Endpoint::EnableKey | Endpoint::DisableKey => {
+            input::object(body, &[])?;
+            let key = m.set_enabled(&id, endpoint == Endpoint::EnableKey).await?;
+            ok(StatusCode::OK, m.key_json(&key), json!({}))
+        }
+        Endpoint::RotateKey => {
+            let grace = input::grace_seconds(body)?;
+            let (key, secret) = m.rotate_key(&id, grace).await?;
+            let mut data = with_secret(m, &key, &secret);
+            data["previousSecretValidUntil"] = crate::clock::rfc3339(crate::clock::now_unix() + grace as i64).into();
+            ok(StatusCode::OK, data, json!({ "warning": SECRET_WARNING }))
+        }
+        Endpoint::DeleteKey => {
+            m.delete_key(&id).await?;
+            ok(StatusCode::OK, json!({ "keyId": id, "revoked": true }), json!({}))
+        }
+        Endpoint::KeyUsage => {
+            let key = m.get_key(&id).await?;
+            let usage = m.usage(&id).await?;
+            let data = json!({
+                "keyId": id,
+                "lastHour": usage.last_hour,
+                "lastDay": usage.last_day,
+                "total": key.usage_count,
+                "lastUsed": key.last_used.map(crate::clock::rfc3339),
+            });
+            ok(StatusCode::OK, data, json!({}))
+        }
+        Endpoint::ListRoles => {
+            let roles = m.list_roles().await?;
+            ok(StatusCode::OK, roles.iter().map(role_json).collect(), json!({ "total": roles.len() }))
+        }
+        Endpoint::CreateRole => {
+            ok(StatusCode::CREATED, role_json(&m.create_role(input::role_input(body, true)?).await?), json!({}))
+        }
+        Endpoint::GetRole => ok(StatusCode::OK, role_json(&m.get_role(&id).await?), json!({})),
+        Endpoint::EditRole => ok(StatusCode::OK, role_json(&m.edit_role(&id, input::role_input(body, false)?).await?), json!({})),
+        Endpoint::DeleteRole => {
+            m.delete_role(&id).await?;
+            ok(StatusCode::OK, json!({ "id": id, "deleted": true }), json!({}))
+        }
+        Endpoint::Modules => {
+            ok(StatusCode::OK, serde_json::to_value(m.config.catalogue.modules()).unwrap_or_default(), json!({}))
+        }
+        Endpoint::AuditLog => {
+            let (page, per_page) = paging(query)?;
+            let target = query_param(query, "target").filter(|s| !s.is_empty());
+            let result = m.audit_log(target.as_deref(), (page - 1) * per_page, per_page).await?;
+            let data = serde_json::to_value(&result.entries).unwrap_or_default();
+            ok(StatusCode::OK, data, page_meta(result.total, page, per_page))
+        }
+        Endpoint::OpenApi | Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz => {
+            error(StatusCode::NOT_FOUND, "not_found", "served elsewhere")
+        }
+    };
+    Ok(resp)
+}

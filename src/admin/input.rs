@@ -1,0 +1,172 @@
+//! Reading admin API request bodies: JSON objects with the camelCase fields
+//! of DESIGN.md section 2. Every problem names the field it is about.
+
+use crate::manage::{KeyInput, ManageError, RoleInput, MAX_EXPIRY_DAYS};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+fn invalid(field: &str, message: impl Into<String>) -> ManageError {
+    ManageError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// Parses a body into a JSON object, refusing fields not in `allowed`.
+pub fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ManageError> {
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(body).map_err(|e| invalid("body", format!("is not valid JSON: {e}")))?
+    };
+    let Value::Object(map) = value else { return Err(invalid("body", "must be a JSON object")) };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(invalid(unknown, format!("is not a known field (known: {})", allowed.join(", "))));
+    }
+    Ok(map)
+}
+
+/// Absent: `None`; `null`: `Some(None)`; a string: `Some(Some(s))`.
+fn string(map: &Map<String, Value>, field: &str) -> Result<Option<Option<String>>, ManageError> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
+        Some(_) => Err(invalid(field, "must be a string")),
+    }
+}
+
+fn strings(map: &Map<String, Value>, field: &str) -> Result<Option<Vec<String>>, ManageError> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(Vec::new())),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| invalid(field, "must be an array of strings")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(invalid(field, "must be an array of strings")),
+    }
+}
+
+fn whole(map: &Map<String, Value>, field: &str, min: u64, max: u64) -> Result<Option<Option<u64>>, ManageError> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(v) => match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(Some(Some(n))),
+            _ => Err(invalid(field, format!("must be a whole number from {min} to {max}"))),
+        },
+    }
+}
+
+/// Key fields of `POST /api-keys` and `PATCH /api-keys/{id}`.
+pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
+    const FIELDS: &[&str] = &[
+        "name",
+        "description",
+        "owner",
+        "role",
+        "permissions",
+        "rateLimit",
+        "plan",
+        "allowedIps",
+        "env",
+        "expirationDays",
+        "metadata",
+        "enabled",
+    ];
+    let map = object(body, FIELDS)?;
+    let required_text = |field: &str| -> Result<Option<String>, ManageError> {
+        match string(&map, field)? {
+            Some(None) => Err(invalid(field, "must be a string, not null")),
+            other => Ok(other.flatten()),
+        }
+    };
+    let metadata = match map.get("metadata") {
+        None => None,
+        Some(Value::Null) => Some(BTreeMap::new()),
+        Some(Value::Object(m)) => Some(
+            m.iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    Value::Number(n) => Ok((k.clone(), n.to_string())),
+                    _ => Err(invalid("metadata", format!("`{k}` must be a string"))),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(_) => return Err(invalid("metadata", "must be an object of strings")),
+    };
+    let enabled = match map.get("enabled") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(invalid("enabled", "must be true or false")),
+    };
+    Ok(KeyInput {
+        name: required_text("name")?,
+        description: required_text("description")?,
+        owner: required_text("owner")?,
+        role: string(&map, "role")?.map(Option::unwrap_or_default),
+        permissions: strings(&map, "permissions")?,
+        rate_limit: whole(&map, "rateLimit", 1, u64::from(u32::MAX))?.map(|n| n.unwrap_or(0) as u32),
+        plan: string(&map, "plan")?.map(Option::unwrap_or_default),
+        allowed_ips: strings(&map, "allowedIps")?,
+        env: required_text("env")?,
+        expires_in_days: whole(&map, "expirationDays", 1, u64::from(MAX_EXPIRY_DAYS))?.map(|n| n.unwrap_or(0) as u32),
+        metadata,
+        enabled,
+    })
+}
+
+/// Role fields of `POST /api-roles` and `PATCH /api-roles/{id}`.
+pub fn role_input(body: &[u8], with_id: bool) -> Result<RoleInput, ManageError> {
+    let fields: &[&str] =
+        if with_id { &["id", "name", "description", "permissions"] } else { &["name", "description", "permissions"] };
+    let map = object(body, fields)?;
+    Ok(RoleInput {
+        id: string(&map, "id")?.flatten(),
+        name: string(&map, "name")?.flatten(),
+        description: string(&map, "description")?.map(Option::unwrap_or_default),
+        permissions: strings(&map, "permissions")?,
+    })
+}
+
+/// `graceSeconds` (or `grace_seconds`) of a rotation.
+pub fn grace_seconds(body: &[u8]) -> Result<u64, ManageError> {
+    let map = object(body, &["graceSeconds", "grace_seconds"])?;
+    let field = if map.contains_key("graceSeconds") { "graceSeconds" } else { "grace_seconds" };
+    Ok(whole(&map, field, 0, crate::manage::MAX_GRACE_SECONDS)?.flatten().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_fields() {
+        let k = key_input(
+            br#"{"name":"n","rateLimit":5,"role":null,"allowedIps":["10.0.0.0/8"],"expirationDays":30,"metadata":{"a":"1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(k.name.as_deref(), Some("n"));
+        assert_eq!(k.rate_limit, Some(5));
+        assert_eq!(k.role.as_deref(), Some(""));
+        assert_eq!(k.expires_in_days, Some(30));
+        let k = key_input(br#"{"rateLimit":null,"expirationDays":null}"#).unwrap();
+        assert_eq!((k.rate_limit, k.expires_in_days), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |body: &[u8]| match key_input(body) {
+            Err(ManageError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(br#"{"name":"n","colour":"red"}"#), "colour");
+        assert_eq!(field(br#"{"name":5}"#), "name");
+        assert_eq!(field(br#"{"expirationDays":366}"#), "expirationDays");
+        assert_eq!(field(br#"{"expirationDays":0}"#), "expirationDays");
+        assert_eq!(field(br#"{"rateLimit":-1}"#), "rateLimit");
+        assert_eq!(field(br#"{"permissions":"lists.view"}"#), "permissions");
+        assert_eq!(field(br#"{"enabled":"yes"}"#), "enabled");
+        assert_eq!(field(b"[1]"), "body");
+        assert_eq!(field(b"{nope"), "body");
+    }
+}

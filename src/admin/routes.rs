@@ -1,0 +1,109 @@
+//! The admin API's route table: the one list the dispatcher, the OpenAPI
+//! document's test and the docs all follow.
+
+/// Every admin endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ListKeys,
+    CreateKey,
+    GetKey,
+    EditKey,
+    EnableKey,
+    DisableKey,
+    RotateKey,
+    DeleteKey,
+    KeyUsage,
+    ListRoles,
+    CreateRole,
+    GetRole,
+    EditRole,
+    DeleteRole,
+    Modules,
+    AuditLog,
+    OpenApi,
+    Metrics,
+    Healthz,
+    Readyz,
+}
+
+impl Endpoint {
+    /// Open to scrapers, probes and tooling: no admin token needed.
+    pub fn is_public(self) -> bool {
+        matches!(self, Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz | Endpoint::OpenApi)
+    }
+}
+
+/// Method, path pattern (`{id}` is one segment) and endpoint.
+pub const ROUTES: &[(&str, &str, Endpoint)] = &[
+    ("GET", "/api-keys", Endpoint::ListKeys),
+    ("POST", "/api-keys", Endpoint::CreateKey),
+    ("GET", "/api-keys/{id}", Endpoint::GetKey),
+    ("PATCH", "/api-keys/{id}", Endpoint::EditKey),
+    ("DELETE", "/api-keys/{id}", Endpoint::DeleteKey),
+    ("POST", "/api-keys/{id}/enable", Endpoint::EnableKey),
+    ("POST", "/api-keys/{id}/disable", Endpoint::DisableKey),
+    ("POST", "/api-keys/{id}/rotate", Endpoint::RotateKey),
+    ("GET", "/api-keys/{id}/usage", Endpoint::KeyUsage),
+    ("GET", "/api-roles", Endpoint::ListRoles),
+    ("POST", "/api-roles", Endpoint::CreateRole),
+    ("GET", "/api-roles/{id}", Endpoint::GetRole),
+    ("PATCH", "/api-roles/{id}", Endpoint::EditRole),
+    ("DELETE", "/api-roles/{id}", Endpoint::DeleteRole),
+    ("GET", "/modules", Endpoint::Modules),
+    ("GET", "/audit-log", Endpoint::AuditLog),
+    ("GET", "/openapi.json", Endpoint::OpenApi),
+    ("GET", "/metrics", Endpoint::Metrics),
+    ("GET", "/healthz", Endpoint::Healthz),
+    ("GET", "/readyz", Endpoint::Readyz),
+];
+
+/// Why no endpoint was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    NotFound,
+    /// The path exists with other methods.
+    MethodNotAllowed,
+}
+
+fn matches(pattern: &str, path: &str) -> Option<Option<String>> {
+    let (mut ps, mut xs) = (pattern.split('/'), path.split('/'));
+    let mut id = None;
+    loop {
+        match (ps.next(), xs.next()) {
+            (None, None) => return Some(id),
+            (Some("{id}"), Some(x)) if !x.is_empty() => id = Some(x.to_string()),
+            (Some(p), Some(x)) if p == x => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The endpoint for a request, and its `{id}` if the pattern has one.
+pub fn resolve(method: &str, path: &str) -> Result<(Endpoint, Option<String>), Miss> {
+    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let mut path_known = false;
+    for (m, pattern, endpoint) in ROUTES {
+        if let Some(id) = matches(pattern, path) {
+            if *m == method || (*m == "GET" && method == "HEAD") {
+                return Ok((*endpoint, id));
+            }
+            path_known = true;
+        }
+    }
+    Err(if path_known { Miss::MethodNotAllowed } else { Miss::NotFound })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves() {
+        assert_eq!(resolve("GET", "/api-keys"), Ok((Endpoint::ListKeys, None)));
+        assert_eq!(resolve("GET", "/api-keys/"), Ok((Endpoint::ListKeys, None)));
+        assert_eq!(resolve("POST", "/api-keys/key_1/rotate"), Ok((Endpoint::RotateKey, Some("key_1".into()))));
+        assert_eq!(resolve("PUT", "/api-keys/key_1"), Err(Miss::MethodNotAllowed));
+        assert_eq!(resolve("GET", "/api-keys/key_1/nope"), Err(Miss::NotFound));
+        assert_eq!(resolve("GET", "/nope"), Err(Miss::NotFound));
+    }
+}

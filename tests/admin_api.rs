@@ -1,0 +1,265 @@
+//! The admin REST API (DESIGN.md section 9) driven as an integration would,
+//! on both stores: create a key, use it on the data port, edit, disable,
+//! rotate, delete; roles; validation; the audit log; never a secret shown
+//! twice. The OpenAPI document is checked against the route table.
+
+mod common;
+
+use common::redis::RedisServer;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+struct Admin {
+    base: String,
+    c: reqwest::Client,
+    /// Every body the API returned, to check no secret leaks.
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl Admin {
+    fn new(s: &Setup) -> Admin {
+        Admin { base: s.admin_url(""), c: client(), seen: Default::default() }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.c.request(method, format!("{}{path}", self.base)).bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
+        let text = resp.text().await.unwrap();
+        self.seen.lock().unwrap().push(text.clone());
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}")))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+async fn data_status(s: &Setup, token: &str) -> (u16, reqwest::header::HeaderMap) {
+    let resp = client().get(s.url("/api/lists")).bearer_auth(token).send().await.unwrap();
+    (resp.status().as_u16(), resp.headers().clone())
+}
+
+/// The whole journey of an integration, on whichever store `s` names.
+async fn journey(s: &Setup) {
+    let _gw = s.start();
+    let api = Admin::new(s);
+    let c = client();
+
+    // Authentication of the admin API itself.
+    let resp = c.get(s.admin_url("/api-keys")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(json_of(resp).await["code"], "unauthorized");
+    assert_eq!(c.get(s.admin_url("/api-keys")).bearer_auth("wrong-token-wrong-token").send().await.unwrap().status(), 401);
+    assert_eq!(c.get(s.admin_url("/healthz")).send().await.unwrap().status(), 200);
+
+    // Create; the secret is shown once.
+    let (status, v) = api
+        .post("/api-keys", json!({ "name": "Zapier", "role": "read-only", "owner": "ops@example.com", "expirationDays": 30, "metadata": { "default_optin_mailing": "12" } }))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert!(v["meta"]["warning"].as_str().unwrap().contains("only be shown once"));
+    let id = v["data"]["keyId"].as_str().unwrap().to_string();
+    let secret = v["data"]["apiKey"].as_str().unwrap().to_string();
+    assert_eq!(v["data"]["keyPrefix"].as_str().unwrap(), format!("{}****", &secret[..12]));
+    assert_eq!(v["data"]["rateLimit"], 60);
+    assert!(v["data"]["expiresAt"].is_string());
+
+    // Use it on the data port.
+    let (status, headers) = data_status(s, &secret).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-ratelimit-limit"], "60");
+
+    // Edit the rate limit and see the header change.
+    let (status, v) = api.patch(&format!("/api-keys/{id}"), json!({ "rateLimit": 500, "description": "CRM sync" })).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["rateLimit"], 500);
+    assert_eq!(v["data"]["owner"], "ops@example.com");
+    let seen =
+        eventually(Duration::from_secs(2), || async { data_status(s, &secret).await.1["x-ratelimit-limit"] == "500" }).await;
+    assert!(seen.is_some(), "the new rate limit did not reach the gateway");
+
+    // List, search, paging: masked, with meta.total.
+    for i in 0..3 {
+        assert_eq!(api.post("/api-keys", json!({ "name": format!("filler {i}"), "owner": "someone-else" })).await.0, 201);
+    }
+    let (_, v) = api.get("/api-keys?per_page=2&page=1").await;
+    assert_eq!(v["meta"]["total"], 4);
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    let (_, v) = api.get("/api-keys?per_page=2&page=2").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    for needle in ["zapier", "crm", "ops%40example", "read-only", &secret[..10]] {
+        let (_, v) = api.get(&format!("/api-keys?search={needle}")).await;
+        assert_eq!(v["meta"]["total"], 1, "search {needle}: {v}");
+        assert_eq!(v["data"][0]["keyId"], id.as_str());
+    }
+    assert_eq!(api.get("/api-keys?per_page=0").await.0, 400);
+    let (status, v) = api.get(&format!("/api-keys/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(v["data"].get("apiKey").is_none());
+
+    // Disable, enable.
+    assert_eq!(api.post(&format!("/api-keys/{id}/disable"), json!({})).await.0, 200);
+    assert!(eventually(Duration::from_secs(2), || async { data_status(s, &secret).await.0 == 401 }).await.is_some());
+    let (status, v) = api.post(&format!("/api-keys/{id}/enable"), json!({})).await;
+    assert_eq!((status, v["data"]["status"].as_str()), (200, Some("active")));
+    assert!(eventually(Duration::from_secs(2), || async { data_status(s, &secret).await.0 == 200 }).await.is_some());
+
+    // Rotate with a grace period.
+    let (status, v) = api.post(&format!("/api-keys/{id}/rotate"), json!({ "graceSeconds": 2 })).await;
+    assert_eq!(status, 200, "{v}");
+    let new_secret = v["data"]["apiKey"].as_str().unwrap().to_string();
+    assert_ne!(new_secret, secret);
+    assert!(eventually(Duration::from_secs(2), || async { data_status(s, &new_secret).await.0 == 200 }).await.is_some());
+    assert_eq!(data_status(s, &secret).await.0, 200, "the old secret works during the grace period");
+    assert!(
+        eventually(Duration::from_secs(5), || async { data_status(s, &secret).await.0 == 401 }).await.is_some(),
+        "old secret kept working"
+    );
+
+    // Roles: create, edit with effect on the data plane, role in use, delete.
+    let (status, v) =
+        api.post("/api-roles", json!({ "id": "stats-only", "name": "Stats only", "permissions": ["contacts.view"] })).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(api.post("/api-roles", json!({ "id": "stats-only", "permissions": ["lists.view"] })).await.0, 409);
+    assert_eq!(api.patch(&format!("/api-keys/{id}"), json!({ "role": "stats-only" })).await.0, 200);
+    assert!(eventually(Duration::from_secs(2), || async { data_status(s, &new_secret).await.0 == 403 }).await.is_some());
+    let (status, v) = api.patch("/api-roles/stats-only", json!({ "permissions": ["lists.*"] })).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        eventually(Duration::from_secs(2), || async { data_status(s, &new_secret).await.0 == 200 }).await.is_some(),
+        "role edit not seen"
+    );
+    let (status, v) = api.delete("/api-roles/stats-only").await;
+    assert_eq!((status, v["code"].as_str()), (409, Some("role_in_use")), "{v}");
+    let (_, v) = api.get("/api-roles").await;
+    assert!(v["data"].as_array().unwrap().iter().any(|r| r["id"] == "stats-only"));
+    assert_eq!(api.get("/api-roles/nope").await.0, 404);
+    let (_, v) = api.get("/modules").await;
+    assert_eq!(v["data"][0]["permissions"][0]["label"], "Add New List");
+
+    // Validation names the field, and creates nothing.
+    let long = "x".repeat(101);
+    for (body, field) in [
+        (json!({ "name": "a", "role": "ghost" }), "role"),
+        (json!({ "name": "a", "permissions": ["lists.fly"] }), "permissions"),
+        (json!({ "name": "a", "allowedIps": ["10.0.0.0/33"] }), "allowedIps"),
+        (json!({ "name": long }), "name"),
+        (json!({ "description": "no name" }), "name"),
+        (json!({ "name": "a", "expirationDays": 0 }), "expirationDays"),
+        (json!({ "name": "a", "expirationDays": 366 }), "expirationDays"),
+        (json!({ "name": "a", "plan": "platinum" }), "plan"),
+        (json!({ "name": "a", "colour": "red" }), "colour"),
+        (json!({ "name": "a", "rateLimit": "fast" }), "rateLimit"),
+    ] {
+        let (status, v) = api.post("/api-keys", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["code"], "invalid_request");
+        assert_eq!(v["field"], field, "{body}: {v}");
+    }
+    let resp = c.post(s.admin_url("/api-keys")).bearer_auth(ADMIN_TOKEN).body("{not json").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(api.get("/api-keys").await.1["meta"]["total"], 4);
+    assert_eq!(api.post("/api-roles", json!({ "id": "bad", "permissions": ["nope.*"] })).await.0, 400);
+    assert_eq!(api.patch("/api-keys/key_doesnotexist", json!({ "rateLimit": 5 })).await.0, 404);
+    assert_eq!(api.call(reqwest::Method::PUT, "/api-keys", None).await.0, 405);
+
+    // Delete.
+    let (status, v) = api.delete(&format!("/api-keys/{id}")).await;
+    assert_eq!((status, v["data"].clone()), (200, json!({ "keyId": id, "revoked": true })));
+    assert!(eventually(Duration::from_secs(2), || async { data_status(s, &new_secret).await.0 == 401 }).await.is_some());
+    assert_eq!(api.delete(&format!("/api-keys/{id}")).await.0, 404);
+    assert_eq!(api.delete("/api-roles/stats-only").await.0, 200);
+
+    // The audit log tells the story, newest first, without secrets.
+    let (_, v) = api.get(&format!("/audit-log?target={id}")).await;
+    let actions: Vec<&str> = v["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["key.delete", "key.edit", "key.rotate", "key.enable", "key.disable", "key.edit", "key.create"], "{v}");
+    let edit = &v["data"][5];
+    assert_eq!(edit["before"]["rateLimit"], 60);
+    assert_eq!(edit["after"]["rateLimit"], 500);
+    assert!(edit["actor"].as_str().unwrap().starts_with("admin-api (127.0.0.1)"));
+    let (_, v) = api.get("/audit-log?per_page=1").await;
+    assert!(v["meta"]["total"].as_u64().unwrap() >= 12);
+    assert_eq!(v["data"][0]["action"], "role.delete");
+    // The CLI sees the same log.
+    let cli = s.cli_json(&["audit-log", "--target", &id]);
+    assert_eq!(cli.as_array().unwrap().len(), 7);
+
+    // No response but the two that revealed them ever held a secret or its hash.
+    use sha2::Digest;
+    let seen = api.seen.lock().unwrap();
+    for s in [&secret, &new_secret] {
+        let hash = hex::encode(sha2::Sha256::digest(s.as_bytes()));
+        let holders = seen.iter().filter(|b| b.contains(s.as_str())).count();
+        assert_eq!(holders, 1, "a secret appeared in {holders} responses");
+        assert!(!seen.iter().any(|b| b.contains(&hash)), "a secret's hash appeared in a response");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_on_sqlite() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    journey(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_on_redis() {
+    let Some(redis) = RedisServer::start() else { return };
+    let up = upstream::start().await;
+    let s = Setup::redis(&up.url(), &redis.url(), "");
+    journey(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_the_routes() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let _gw = s.start();
+    let resp = client().get(s.admin_url("/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc = json_of(resp).await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "patch", "put", "delete"] {
+            if let Some(op) = item.get(method) {
+                documented.insert((method.to_uppercase(), path.clone()));
+                assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} has no responses");
+                for r in op["responses"].as_object().unwrap().values() {
+                    if let Some(reference) = r.pointer("/content/application~1json/schema/$ref").and_then(Value::as_str) {
+                        let name = reference.rsplit('/').next().unwrap();
+                        assert!(doc["components"]["schemas"].get(name).is_some(), "{reference} is not defined");
+                    }
+                }
+            }
+        }
+    }
+    let served: std::collections::BTreeSet<(String, String)> =
+        keygate::admin::routes::ROUTES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(documented, served, "the OpenAPI document and the route table disagree");
+    // The documented key fields are exactly what the API returns.
+    let key_fields: std::collections::BTreeSet<String> =
+        doc["components"]["schemas"]["ApiKey"]["properties"].as_object().unwrap().keys().cloned().collect();
+    let api = Admin::new(&s);
+    let (_, v) = api.post("/api-keys", json!({ "name": "shape" })).await;
+    let mut returned: std::collections::BTreeSet<String> = v["data"].as_object().unwrap().keys().cloned().collect();
+    returned.remove("apiKey");
+    assert_eq!(key_fields, returned);
+}

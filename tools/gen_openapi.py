@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Writes src/admin/openapi.json, the OpenAPI 3 document of the admin API.
+
+Run after changing the admin API: `python3 tools/gen_openapi.py`.
+tests/admin_api.rs checks that the document and the route table agree.
+"""
+import json, pathlib
+
+def ref(name): return {"$ref": f"#/components/schemas/{name}"}
+
+def envelope(data, meta=None):
+    return {"type": "object", "required": ["success", "data"], "properties": {
+        "success": {"type": "boolean", "const": True}, "data": data,
+        "meta": meta or {"type": "object"}}}
+
+def ok(desc, data, meta=None, status="200"):
+    return {status: {"description": desc, "content": {"application/json": {"schema": envelope(data, meta)}}}}
+
+def errors(*codes):
+    names = {"400": "Invalid input; `field` names the offending field", "401": "Missing or wrong admin token",
+             "404": "No such key or role", "409": "Conflict (`conflict` or `role_in_use`)", "503": "The store is unavailable"}
+    return {c: {"description": names[c], "content": {"application/json": {"schema": ref("Error")}}} for c in codes}
+
+def body(schema): return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+paging = [{"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+          {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}}]
+list_meta = {"type": "object", "properties": {"total": {"type": "integer"}, "page": {"type": "integer"}, "perPage": {"type": "integer"}}}
+secret_meta = {"type": "object", "properties": {"warning": {"type": "string"}}}
+auth = [{"adminToken": []}]
+
+paths = {
+  "/api-keys": {
+    "get": {"summary": "List keys (masked)", "security": auth, "parameters": [{"name": "search", "in": "query", "schema": {"type": "string"}, "description": "Substring of name, description, owner, keyPrefix, role or keyId"}] + paging,
+            "responses": {**ok("A page of keys", {"type": "array", "items": ref("ApiKey")}, list_meta), **errors("400", "401", "503")}},
+    "post": {"summary": "Create a key; its secret (apiKey) is shown once", "security": auth, "requestBody": body(ref("KeyInput")),
+             "responses": {**ok("The key and its secret", ref("ApiKeyWithSecret"), secret_meta, "201"), **errors("400", "401", "409", "503")}}},
+  "/api-keys/{id}": {
+    "parameters": id_param,
+    "get": {"summary": "One key", "security": auth, "responses": {**ok("The key", ref("ApiKey")), **errors("401", "404", "503")}},
+    "patch": {"summary": "Edit any field but the secret and env", "security": auth, "requestBody": body(ref("KeyInput")),
+              "responses": {**ok("The edited key", ref("ApiKey")), **errors("400", "401", "404", "503")}},
+    "delete": {"summary": "Delete (revoke) a key", "security": auth,
+               "responses": {**ok("Revoked", {"type": "object", "properties": {"keyId": {"type": "string"}, "revoked": {"type": "boolean"}}}), **errors("401", "404", "503")}}},
+  "/api-keys/{id}/enable": {"parameters": id_param, "post": {"summary": "Enable a key", "security": auth, "responses": {**ok("The key", ref("ApiKey")), **errors("401", "404", "503")}}},
+  "/api-keys/{id}/disable": {"parameters": id_param, "post": {"summary": "Disable a key (401 key_disabled on every node)", "security": auth, "responses": {**ok("The key", ref("ApiKey")), **errors("401", "404", "503")}}},
+  "/api-keys/{id}/rotate": {"parameters": id_param, "post": {
+      "summary": "New secret; the old one stays valid for graceSeconds", "security": auth,
+      "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {"graceSeconds": {"type": "integer", "minimum": 0, "maximum": 2592000}}}}}},
+      "responses": {**ok("The key and its new secret", ref("ApiKeyWithSecret"), secret_meta), **errors("400", "401", "404", "503")}}},
+  "/api-keys/{id}/usage": {"parameters": id_param, "get": {"summary": "Requests over the last hour and day", "security": auth,
+      "responses": {**ok("Usage", ref("Usage")), **errors("401", "404", "503")}}},
+  "/api-roles": {
+    "get": {"summary": "List roles", "security": auth, "responses": {**ok("Every role", {"type": "array", "items": ref("Role")}), **errors("401", "503")}},
+    "post": {"summary": "Create a role", "security": auth, "requestBody": body(ref("RoleInput")),
+             "responses": {**ok("The role", ref("Role"), None, "201"), **errors("400", "401", "409", "503")}}},
+  "/api-roles/{id}": {
+    "parameters": id_param,
+    "get": {"summary": "One role", "security": auth, "responses": {**ok("The role", ref("Role")), **errors("401", "404", "503")}},
+    "patch": {"summary": "Edit a role (takes effect on every node)", "security": auth, "requestBody": body(ref("RoleInput")),
+              "responses": {**ok("The role", ref("Role")), **errors("400", "401", "404", "503")}},
+    "delete": {"summary": "Delete a role no key uses", "security": auth,
+               "responses": {**ok("Deleted", {"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}}}), **errors("401", "404", "409", "503")}}},
+  "/modules": {"get": {"summary": "The permission catalogue", "security": auth, "responses": {**ok("Modules", {"type": "array", "items": ref("Module")}), **errors("401")}}},
+  "/audit-log": {"get": {"summary": "Management changes, newest first", "security": auth,
+      "parameters": [{"name": "target", "in": "query", "schema": {"type": "string"}, "description": "Only entries about this key or role id"}] + paging,
+      "responses": {**ok("A page of entries", {"type": "array", "items": ref("AuditEntry")}, list_meta), **errors("400", "401", "503")}}},
+  "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+  "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+  "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": ok("Alive", {"type": "object"})}},
+  "/readyz": {"get": {"summary": "Readiness: the store answers", "security": [], "responses": {**ok("Ready", {"type": "object"}), **errors("503")}}},
+}
+
+nullable_str = {"type": ["string", "null"]}
+key_props = {
+  "keyId": {"type": "string"}, "name": {"type": "string", "minLength": 1, "maxLength": 100}, "description": {"type": "string"},
+  "owner": {"type": "string"}, "role": nullable_str, "permissions": {"type": "array", "items": {"type": "string"}},
+  "plan": nullable_str, "rateLimit": {"type": "integer", "description": "Effective requests per minute (own, else plan, else default)"},
+  "allowedIps": {"type": "array", "items": {"type": "string"}}, "env": {"type": "string", "enum": ["live", "test"]},
+  "enabled": {"type": "boolean"}, "status": {"type": "string", "enum": ["active", "disabled", "expired"]},
+  "expiresAt": nullable_str, "createdAt": {"type": "string"}, "lastUsed": nullable_str, "usageCount": {"type": "integer"},
+  "metadata": {"type": "object", "additionalProperties": {"type": "string"}}, "keyPrefix": {"type": "string", "description": "Masked form, never the secret"},
+}
+schemas = {
+  "ApiKey": {"type": "object", "additionalProperties": False, "properties": key_props, "required": list(key_props)},
+  "ApiKeyWithSecret": {"type": "object", "properties": {**key_props, "apiKey": {"type": "string", "description": "The secret: shown only here"},
+                        "previousSecretValidUntil": {"type": "string"}}, "required": list(key_props) + ["apiKey"]},
+  "KeyInput": {"type": "object", "additionalProperties": False, "properties": {
+      "name": {"type": "string", "minLength": 1, "maxLength": 100}, "description": {"type": "string"}, "owner": {"type": "string"},
+      "role": nullable_str, "permissions": {"type": ["array", "null"], "items": {"type": "string"}},
+      "rateLimit": {"type": ["integer", "null"], "minimum": 1}, "plan": nullable_str,
+      "allowedIps": {"type": ["array", "null"], "items": {"type": "string"}}, "env": {"type": "string", "enum": ["live", "test"], "description": "Create only"},
+      "expirationDays": {"type": ["integer", "null"], "minimum": 1, "maximum": 365},
+      "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}}, "enabled": {"type": "boolean"}}},
+  "Role": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
+           "permissions": {"type": "array", "items": {"type": "string"}}}, "required": ["id", "name", "description", "permissions"]},
+  "RoleInput": {"type": "object", "additionalProperties": False, "properties": {"id": {"type": "string", "description": "Create only"},
+           "name": {"type": "string"}, "description": {"type": "string"}, "permissions": {"type": "array", "items": {"type": "string"}}}},
+  "Module": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+           "permissions": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "string"}, "label": {"type": "string"}}}}}},
+  "Usage": {"type": "object", "properties": {"keyId": {"type": "string"}, "lastHour": {"type": "integer"}, "lastDay": {"type": "integer"},
+           "total": {"type": "integer"}, "lastUsed": nullable_str}},
+  "AuditEntry": {"type": "object", "properties": {"atMs": {"type": "integer"}, "actor": {"type": "string"}, "action": {"type": "string"},
+           "target": {"type": "string"}, "before": {"type": ["object", "null"]}, "after": {"type": ["object", "null"]}}},
+  "Error": {"type": "object", "required": ["success", "error", "code"], "properties": {"success": {"type": "boolean", "const": False},
+           "error": {"type": "string"}, "code": {"type": "string"}, "field": {"type": "string"}}},
+}
+doc = {"openapi": "3.1.0",
+       "info": {"title": "keygate admin API", "version": "1", "description": "Key and role management on the admin listener. Every route but /metrics, /healthz, /readyz and /openapi.json needs `Authorization: Bearer <admin token>`."},
+       "security": auth, "paths": paths,
+       "components": {"securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}, "schemas": schemas}}
+out = pathlib.Path(__file__).resolve().parent.parent / "src" / "admin" / "openapi.json"
+out.write_text(json.dumps(doc, indent=2) + "\n")
+print(f"wrote {out}")
