@@ -1,8 +1,10 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and
 //! `/openapi.json` open to scrapers, probes and tooling; the admin REST API
-//! (DESIGN.md section 9) behind the admin bearer token.
+//! (DESIGN.md section 9) behind the admin bearer token, and the web console
+//! (static files, open; it signs in with the token).
 
 mod api;
+mod console;
 mod input;
 pub mod routes;
 
@@ -66,6 +68,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Handles one admin request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if let Some(resp) = console::serve(req.method(), &path) {
+        return resp;
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     let (endpoint, id) = match routes::resolve(req.method().as_str(), &path) {
         Ok(found) => found,

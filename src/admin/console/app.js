@@ -1,0 +1,419 @@
+// keygate console: a thin client of the admin REST API. It keeps no state
+// the server does not confirm: after every change it reloads from the API.
+// The admin token lives in this tab's sessionStorage only (never a URL or
+// localStorage) and is sent as a Bearer header.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const TOKEN_KEY = "keygate.adminToken";
+const state = { page: 1, perPage: 25, search: "", total: 0, roles: [], modules: [], plans: {}, editing: null, roleEditing: null };
+
+// ---- API -----------------------------------------------------------------
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    return { ok: false, status: 0, json: { error: "The gateway cannot be reached.", code: "network" } };
+  }
+  let json = {};
+  try { json = await resp.json(); } catch (e) { json = { error: `Unexpected answer (${resp.status})` }; }
+  if (resp.status === 401 && path !== "/modules") signOut("Your session has ended: sign in again.");
+  return { ok: resp.ok, status: resp.status, json };
+}
+
+// ---- helpers ---------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== false && v !== null && v !== undefined) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function relative(iso) {
+  if (!iso) return "never";
+  const secs = Math.round((Date.now() - Date.parse(iso)) / 1000);
+  const abs = Math.abs(secs);
+  const [n, unit] = abs < 60 ? [abs, "s"] : abs < 3600 ? [Math.round(abs / 60), "min"] : abs < 86400 ? [Math.round(abs / 3600), "h"] : [Math.round(abs / 86400), "d"];
+  return secs >= 0 ? `${n} ${unit} ago` : `in ${n} ${unit}`;
+}
+
+function notice(text) { $("#notice").textContent = text; }
+
+function clearErrors(form) {
+  form.querySelectorAll(".error").forEach((p) => { p.textContent = ""; });
+  form.querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid"));
+}
+
+// Shows an API error next to the field it names, or on the form.
+function showError(form, json, prefix = "") {
+  const field = json.field;
+  const target = field && form.querySelector(`#err-${prefix}${field}`);
+  if (target) {
+    target.textContent = json.error;
+    const input = form.querySelector(`[aria-describedby~="err-${prefix}${field}"]`);
+    if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
+  } else {
+    form.querySelector(`#err-${prefix}form`).textContent = json.error || "Something went wrong.";
+  }
+}
+
+async function confirmDialog(title, text, okLabel) {
+  const d = $("#confirm-dialog");
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  $("#confirm-ok").textContent = okLabel;
+  d.returnValue = "";
+  d.showModal();
+  return new Promise((resolve) => d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true }));
+}
+
+function showSecret(secret) {
+  $("#secret-value").value = secret;
+  $("#copy-status").textContent = "";
+  $("#secret-dialog").showModal();
+  $("#secret-value").select();
+}
+
+// ---- sign-in -----------------------------------------------------------------
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("#app").hidden = true;
+  $("#signout").hidden = true;
+  $("#signin").hidden = false;
+  $("#token-error").textContent = message || "";
+  $("#token").value = "";
+  $("#token").focus();
+}
+
+async function signIn(token) {
+  sessionStorage.setItem(TOKEN_KEY, token);
+  const r = await api("GET", "/modules");
+  if (!r.ok) { signOut(r.json.error || "The token was refused."); return; }
+  state.modules = r.json.data;
+  state.plans = (r.json.meta && r.json.meta.plans) || {};
+  $("#signin").hidden = true;
+  $("#app").hidden = false;
+  $("#signout").hidden = false;
+  await loadRoles();
+  await loadKeys();
+}
+
+// ---- tabs --------------------------------------------------------------------
+
+function selectTab(name) {
+  for (const t of ["keys", "roles"]) {
+    const on = t === name;
+    const tab = $(`#tab-${t}`);
+    tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+    $(`#panel-${t}`).hidden = !on;
+  }
+  notice("");
+  if (name === "roles") loadRoles(); else loadKeys();
+}
+
+// ---- keys --------------------------------------------------------------------
+
+async function loadKeys() {
+  const q = new URLSearchParams({ page: state.page, per_page: state.perPage });
+  if (state.search) q.set("search", state.search);
+  const r = await api("GET", `/api-keys?${q}`);
+  if (!r.ok) { notice(r.json.error); return; }
+  state.total = r.json.meta.total;
+  const pages = Math.max(1, Math.ceil(state.total / state.perPage));
+  if (state.page > pages) { state.page = pages; return loadKeys(); }
+  const body = $("#keys-table tbody");
+  body.replaceChildren(...r.json.data.map(keyRow));
+  if (!r.json.data.length) body.append(el("tr", {}, el("td", { colspan: 11, text: state.search ? "No key matches." : "No keys yet." })));
+  $("#page-info").textContent = `Page ${state.page} of ${pages} (${state.total} key${state.total === 1 ? "" : "s"})`;
+  $("#prev").disabled = state.page <= 1;
+  $("#next").disabled = state.page >= pages;
+  r.json.data.forEach(loadUsage);
+}
+
+function keyRow(k) {
+  const toggle = el("button", {
+    type: "button", role: "switch", class: `switch ${k.enabled ? "on" : ""}`, "aria-checked": String(k.enabled),
+    "aria-label": `${k.enabled ? "Disable" : "Enable"} ${k.name}`, text: k.status,
+    onclick: () => setEnabled(k, !k.enabled),
+  });
+  return el("tr", { "data-key": k.keyId },
+    el("td", { "data-label": "API Key" }, el("code", { text: k.keyPrefix })),
+    el("td", { "data-label": "Name" }, el("div", {}, el("strong", { text: k.name }), el("div", { class: "muted", text: k.description }))),
+    el("td", { "data-label": "Role", text: k.role || "—" }),
+    el("td", { "data-label": "Owner", text: k.owner || "—" }),
+    el("td", { "data-label": "Allowed IPs", text: k.allowedIps.length ? k.allowedIps.join(", ") : "any" }),
+    el("td", { "data-label": "Rate limit", text: `${k.rateLimit}/min` }),
+    el("td", { "data-label": "Usage", class: "usage", text: "…" }),
+    el("td", { "data-label": "Last used", text: relative(k.lastUsed), title: k.lastUsed || "" }),
+    el("td", { "data-label": "Expires", text: k.expiresAt ? relative(k.expiresAt) : "never", title: k.expiresAt || "" }),
+    el("td", { "data-label": "Status" }, toggle),
+    el("td", { "data-label": "Actions", class: "row-actions" },
+      el("button", { type: "button", text: "Edit", "aria-label": `Edit ${k.name}`, onclick: () => openKeyDialog(k) }),
+      el("button", { type: "button", text: "Rotate", "aria-label": `Rotate ${k.name}`, onclick: () => rotateKey(k) }),
+      el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${k.name}`, onclick: () => deleteKey(k) })),
+  );
+}
+
+async function loadUsage(k) {
+  const r = await api("GET", `/api-keys/${encodeURIComponent(k.keyId)}/usage`);
+  const cell = document.querySelector(`tr[data-key="${CSS.escape(k.keyId)}"] .usage`);
+  if (!cell || !r.ok) return;
+  const { lastHour, lastDay } = r.json.data;
+  const bar = el("span", { class: "bar", "aria-hidden": "true" });
+  bar.style.width = `${lastDay ? Math.max(4, Math.round((lastHour / lastDay) * 100)) : 0}%`;
+  const label = `${lastHour} in the last hour, ${lastDay} in the last 24 hours`;
+  cell.replaceChildren(el("div", { title: label }, el("span", { text: `${lastHour} / 1 h · ${lastDay} / 24 h` }), el("span", { class: "bar-track", "aria-hidden": "true" }, bar)));
+}
+
+async function setEnabled(k, enabled) {
+  const r = await api("POST", `/api-keys/${encodeURIComponent(k.keyId)}/${enabled ? "enable" : "disable"}`, {});
+  notice(r.ok ? `${k.name} ${enabled ? "enabled" : "disabled"}.` : r.json.error);
+  await loadKeys();
+}
+
+async function rotateKey(k) {
+  if (!(await confirmDialog("Rotate this key?", `${k.name} gets a new secret; the current one stops working at once.`, "Rotate"))) return;
+  const r = await api("POST", `/api-keys/${encodeURIComponent(k.keyId)}/rotate`, { graceSeconds: 0 });
+  if (!r.ok) { notice(r.json.error); return; }
+  await loadKeys();
+  showSecret(r.json.data.apiKey);
+}
+
+async function deleteKey(k) {
+  if (!(await confirmDialog("Delete this key?", `${k.name} (${k.keyPrefix}) is revoked immediately on every gateway node. This cannot be undone.`, "Delete"))) return;
+  const r = await api("DELETE", `/api-keys/${encodeURIComponent(k.keyId)}`);
+  notice(r.ok ? `${k.name} deleted.` : r.json.error);
+  await loadKeys();
+}
+
+function permissionChecks(container, selected, name) {
+  container.replaceChildren(...state.modules.map((m) => el("div", { class: "module-group" },
+    el("strong", { text: m.name }),
+    ...m.permissions.map((p) => el("label", { class: "inline" },
+      el("input", { type: "checkbox", name, value: p.id, checked: selected.includes(p.id) }), ` ${p.label}`)))));
+}
+
+function openKeyDialog(k) {
+  state.editing = k || null;
+  const form = $("#key-form");
+  form.reset();
+  clearErrors(form);
+  $("#key-dialog-title").textContent = k ? `Edit ${k.name}` : "Create an API Key";
+  $("#key-submit").textContent = k ? "Update" : "Create";
+  $("#k-role").replaceChildren(el("option", { value: "", text: "— no role —" }), ...state.roles.map((r) => el("option", { value: r.id, text: r.name })));
+  $("#k-plan").replaceChildren(el("option", { value: "", text: "— no plan —" }), ...Object.entries(state.plans).map(([p, n]) => el("option", { value: p, text: `${p} (${n}/min)` })));
+  permissionChecks($("#k-permissions"), k ? k.permissions : [], "permission");
+  $("#k-env").disabled = Boolean(k);
+  if (k) {
+    $("#k-name").value = k.name;
+    $("#k-description").value = k.description;
+    $("#k-owner").value = k.owner;
+    $("#k-role").value = k.role || "";
+    $("#k-plan").value = k.plan || "";
+    $("#k-env").value = k.env;
+    $("#k-meta").value = Object.entries(k.metadata).map(([a, b]) => `${a}=${b}`).join("\n");
+    $("#k-ips").value = k.allowedIps.join("\n");
+  }
+  $("#k-ip-toggle").checked = Boolean(k && k.allowedIps.length);
+  syncIpToggle();
+  $("#key-dialog").showModal();
+  $("#k-name").focus();
+}
+
+function syncIpToggle() {
+  const on = $("#k-ip-toggle").checked;
+  $("#k-ips").hidden = !on;
+  $("#k-ips-label").hidden = !on;
+}
+
+function keyBody() {
+  const k = state.editing;
+  const num = (v) => (v.trim() === "" ? null : Number(v));
+  const metadata = {};
+  for (const line of $("#k-meta").value.split("\n").map((l) => l.trim()).filter(Boolean)) {
+    const i = line.indexOf("=");
+    metadata[i < 0 ? line : line.slice(0, i)] = i < 0 ? "" : line.slice(i + 1);
+  }
+  const body = {
+    name: $("#k-name").value.trim(),
+    description: $("#k-description").value,
+    owner: $("#k-owner").value,
+    role: $("#k-role").value || null,
+    plan: $("#k-plan").value || null,
+    rateLimit: num($("#k-rate").value),
+    permissions: [...document.querySelectorAll("#k-permissions input:checked")].map((i) => i.value),
+    allowedIps: $("#k-ip-toggle").checked ? $("#k-ips").value.split("\n").map((l) => l.trim()).filter(Boolean) : [],
+    metadata,
+  };
+  const days = num($("#k-expiry").value);
+  if (!k) {
+    body.env = $("#k-env").value;
+    if (days !== null) body.expirationDays = days;
+    if (body.rateLimit === null) delete body.rateLimit;
+  } else {
+    if (days !== null) body.expirationDays = days;
+    if (body.rateLimit === null && k.rateLimit && $("#k-rate").value === "") delete body.rateLimit;
+  }
+  return body;
+}
+
+async function submitKey(event) {
+  event.preventDefault();
+  const form = $("#key-form");
+  clearErrors(form);
+  if (!$("#k-name").value.trim()) { showError(form, { field: "name", error: "name: is required" }); return; }
+  const k = state.editing;
+  const r = k ? await api("PATCH", `/api-keys/${encodeURIComponent(k.keyId)}`, keyBody()) : await api("POST", "/api-keys", keyBody());
+  if (!r.ok) { showError(form, r.json); return; }
+  $("#key-dialog").close();
+  notice(k ? `${r.json.data.name} updated.` : `${r.json.data.name} created.`);
+  await loadKeys();
+  if (!k) showSecret(r.json.data.apiKey);
+}
+
+// ---- roles -------------------------------------------------------------------
+
+async function loadRoles() {
+  const r = await api("GET", "/api-roles");
+  if (!r.ok) { $("#roles-error").textContent = r.json.error; return; }
+  state.roles = r.json.data;
+  $("#roles-list").replaceChildren(...state.roles.map(roleItem));
+}
+
+function labelOf(id) {
+  if (id === "*") return "Every permission of every module";
+  for (const m of state.modules) {
+    if (id === `${m.id}.*`) return `All of ${m.name}`;
+    const p = m.permissions.find((x) => x.id === id);
+    if (p) return `${p.label} (${m.name})`;
+  }
+  return id;
+}
+
+function roleItem(role) {
+  return el("li", { class: "role", "data-role": role.id },
+    el("div", { class: "role-head" },
+      el("div", {}, el("strong", { text: role.name }), el("code", { class: "muted", text: ` ${role.id}` }), el("div", { class: "muted", text: role.description })),
+      el("div", { class: "row-actions" },
+        el("button", { type: "button", text: "Edit", "aria-label": `Edit role ${role.name}`, onclick: () => openRoleDialog(role) }),
+        el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete role ${role.name}`, onclick: () => deleteRole(role) }))),
+    el("details", {}, el("summary", { text: `Click to expand (${role.permissions.length} permission${role.permissions.length === 1 ? "" : "s"})` }),
+      el("ul", {}, ...role.permissions.map((p) => el("li", { text: labelOf(p) })))));
+}
+
+async function deleteRole(role) {
+  $("#roles-error").textContent = "";
+  if (!(await confirmDialog("Delete this role?", `${role.name} will be removed.`, "Delete"))) return;
+  const r = await api("DELETE", `/api-roles/${encodeURIComponent(role.id)}`);
+  if (!r.ok) $("#roles-error").textContent = r.json.error; else notice(`${role.name} deleted.`);
+  await loadRoles();
+}
+
+function expand(grants) {
+  const out = new Set();
+  for (const m of state.modules) for (const p of m.permissions) {
+    if (grants.includes("*") || grants.includes(`${m.id}.*`) || grants.includes(p.id)) out.add(p.id);
+  }
+  return out;
+}
+
+function compress(selected) {
+  const all = state.modules.every((m) => m.permissions.every((p) => selected.has(p.id)));
+  if (all) return ["*"];
+  const out = [];
+  for (const m of state.modules) {
+    if (m.permissions.length && m.permissions.every((p) => selected.has(p.id))) out.push(`${m.id}.*`);
+    else m.permissions.filter((p) => selected.has(p.id)).forEach((p) => out.push(p.id));
+  }
+  return out;
+}
+
+function showModule(index) {
+  const m = state.modules[index];
+  const sel = state.roleEditing.selected;
+  document.querySelectorAll("#r-modules button").forEach((b, i) => b.setAttribute("aria-selected", String(i === index)));
+  const boxes = m.permissions.map((p) => el("label", { class: "inline" },
+    el("input", { type: "checkbox", value: p.id, checked: sel.has(p.id), onchange: (e) => { e.target.checked ? sel.add(p.id) : sel.delete(p.id); syncCheckAll(m); } }), ` ${p.label}`));
+  $("#r-perms").replaceChildren(...boxes);
+  $("#r-check-all").onchange = (e) => { m.permissions.forEach((p) => (e.target.checked ? sel.add(p.id) : sel.delete(p.id))); showModule(index); };
+  syncCheckAll(m);
+}
+
+function syncCheckAll(m) {
+  $("#r-check-all").checked = m.permissions.length > 0 && m.permissions.every((p) => state.roleEditing.selected.has(p.id));
+}
+
+function openRoleDialog(role) {
+  const form = $("#role-form");
+  form.reset();
+  clearErrors(form);
+  state.roleEditing = { role: role || null, selected: expand(role ? role.permissions : []) };
+  $("#role-dialog-title").textContent = role ? `Edit ${role.name}` : "Add API Role";
+  $("#r-id").disabled = Boolean(role);
+  if (role) { $("#r-id").value = role.id; $("#r-name").value = role.name; $("#r-description").value = role.description; }
+  $("#r-modules").replaceChildren(...state.modules.map((m, i) => el("button", { type: "button", role: "option", text: m.name, onclick: () => showModule(i) })));
+  if (state.modules.length) showModule(0);
+  $("#role-dialog").showModal();
+  (role ? $("#r-name") : $("#r-id")).focus();
+}
+
+async function submitRole(event) {
+  event.preventDefault();
+  const form = $("#role-form");
+  clearErrors(form);
+  const editing = state.roleEditing.role;
+  const body = { name: $("#r-name").value.trim(), description: $("#r-description").value, permissions: compress(state.roleEditing.selected) };
+  if (!editing) body.id = $("#r-id").value.trim();
+  const r = editing ? await api("PATCH", `/api-roles/${encodeURIComponent(editing.id)}`, body) : await api("POST", "/api-roles", body);
+  if (!r.ok) { showError(form, r.json, "r-"); return; }
+  $("#role-dialog").close();
+  notice(`${r.json.data.name} saved.`);
+  await loadRoles();
+}
+
+// ---- wiring ------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#signin-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("#token").value.trim()); });
+  $("#signout").addEventListener("click", () => signOut("Signed out."));
+  $("#tab-keys").addEventListener("click", () => selectTab("keys"));
+  $("#tab-roles").addEventListener("click", () => selectTab("roles"));
+  $(".tabs").addEventListener("keydown", (e) => {
+    if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
+    const next = $("#tab-keys").getAttribute("aria-selected") === "true" ? "roles" : "keys";
+    selectTab(next);
+    $(`#tab-${next}`).focus();
+  });
+  $("#create-key").addEventListener("click", () => openKeyDialog(null));
+  $("#create-role").addEventListener("click", () => openRoleDialog(null));
+  $("#key-form").addEventListener("submit", submitKey);
+  $("#role-form").addEventListener("submit", submitRole);
+  document.querySelectorAll("dialog .cancel").forEach((b) => b.addEventListener("click", () => b.closest("dialog").close()));
+  $("#k-ip-toggle").addEventListener("change", syncIpToggle);
+  $("#per-page").addEventListener("change", (e) => { state.perPage = Number(e.target.value); state.page = 1; loadKeys(); });
+  let timer;
+  $("#search").addEventListener("input", (e) => { clearTimeout(timer); timer = setTimeout(() => { state.search = e.target.value.trim(); state.page = 1; loadKeys(); }, 250); });
+  $("#prev").addEventListener("click", () => { state.page -= 1; loadKeys(); });
+  $("#next").addEventListener("click", () => { state.page += 1; loadKeys(); });
+  $("#copy-secret").addEventListener("click", async () => {
+    const v = $("#secret-value");
+    v.select();
+    try { await navigator.clipboard.writeText(v.value); $("#copy-status").textContent = "Copied."; } catch (e) {
+      $("#copy-status").textContent = document.execCommand("copy") ? "Copied." : "Select the key and copy it by hand.";
+    }
+  });
+  $("#secret-dialog").addEventListener("close", () => { $("#secret-value").value = ""; });
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) signIn(token); else signOut("");
+});

@@ -1,0 +1,169 @@
+// End-to-end test of the keygate web console in headless Chromium, driven by
+// playwright-core. Started by tests/console.rs, which runs the gateway and
+// passes its addresses in the environment. Exits non-zero on any failure.
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+
+const ADMIN = process.env.ADMIN_URL;
+const DATA = process.env.DATA_URL;
+const TOKEN = process.env.ADMIN_TOKEN;
+const SHOTS = process.env.SHOT_DIR;
+mkdirSync(SHOTS, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+
+async function dataStatus(token) {
+  const r = await fetch(`${DATA}/api/lists`, { headers: { Authorization: `Bearer ${token}` } });
+  return r.status;
+}
+
+async function eventually(what, fn, ms = 3000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await fn()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for: ${what}`);
+}
+
+const step = (name) => console.log(`- ${name}`);
+
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+
+  step("sign in: a wrong token is refused, the right one opens the console");
+  await page.goto(`${ADMIN}/console/`);
+  await page.getByLabel("Admin token", { exact: true }).fill("wrong-token-wrong-token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("#token-error").filter({ hasText: /token/i }).waitFor();
+  await page.getByLabel("Admin token", { exact: true }).fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("tab", { name: "API Keys" }).waitFor();
+  assert.equal(await page.evaluate(() => localStorage.length), 0, "nothing in localStorage");
+  assert.ok(!page.url().includes(TOKEN), "the token is not in the URL");
+
+  step("create a key in the dialog; the secret is shown once");
+  await page.getByRole("button", { name: "Create an API Key" }).click();
+  const dialog = page.getByRole("dialog", { name: "Create an API Key" });
+  await dialog.getByLabel("Name (required)", { exact: true }).fill("E2E integration");
+  await dialog.getByLabel("Description", { exact: true }).fill("created by the browser test");
+  await dialog.getByLabel("Owner", { exact: true }).fill("e2e@example.com");
+  await dialog.getByLabel("API Role", { exact: true }).selectOption("read-only");
+  await dialog.getByLabel("Restrict to allowed IPs", { exact: true }).check();
+  await dialog.getByLabel("Allowed IPs (one address or CIDR per line)", { exact: true }).fill("10.0.0.0/33");
+  await dialog.getByRole("button", { name: "Create" }).click();
+  step("an API error appears next to the field it names");
+  await page.locator("#err-allowedIps").filter({ hasText: "allowedIps" }).waitFor();
+  assert.equal(await dialog.getByLabel("Allowed IPs (one address or CIDR per line)", { exact: true }).getAttribute("aria-invalid"), "true");
+  await dialog.getByLabel("Allowed IPs (one address or CIDR per line)", { exact: true }).fill("127.0.0.0/8\n::1/128");
+  await dialog.getByRole("button", { name: "Create" }).click();
+  const secretDialog = page.getByRole("dialog", { name: "Your new API key" });
+  await secretDialog.waitFor();
+  assert.match(await secretDialog.textContent(), /only be shown once/);
+  const secret = await secretDialog.getByLabel("API key", { exact: true }).inputValue();
+  assert.match(secret, /^kg_live_[0-9A-Za-z]{40}$/);
+  await secretDialog.getByRole("button", { name: "Copy" }).click();
+  await secretDialog.getByRole("button", { name: "I have stored it" }).click();
+  const row = page.locator("tr", { hasText: "E2E integration" });
+  await row.waitFor();
+  assert.ok(!(await page.content()).includes(secret), "the secret is gone from the page");
+  assert.match(await row.textContent(), /127\.0\.0\.0\/8/);
+
+  step("the key works on the data port");
+  assert.equal(await dataStatus(secret), 200);
+
+  step("search and page size");
+  await page.getByLabel("Search", { exact: true }).fill("e2e@example");
+  await eventually("search narrows the table", async () => (await page.locator("#keys-table tbody tr").count()) === 1);
+  await page.getByLabel("Search", { exact: true }).fill("");
+  await page.getByLabel("Entries per page", { exact: true }).selectOption("10");
+
+  step("usage at a glance");
+  await eventually("usage column filled", async () => /1 h/.test(await row.locator(".usage").textContent()));
+
+  step("disable in the console, refused on the data port");
+  await row.getByRole("switch", { name: "Disable E2E integration" }).click();
+  await row.getByRole("switch", { name: "Enable E2E integration" }).waitFor();
+  await eventually("401 on the data port", async () => (await dataStatus(secret)) === 401);
+  await page.reload();
+  await page.locator("tr", { hasText: "E2E integration" }).getByRole("switch", { name: "Enable E2E integration" }).waitFor();
+
+  step("edit: change the rate limit");
+  await page.locator("tr", { hasText: "E2E integration" }).getByRole("button", { name: "Edit E2E integration" }).click();
+  const edit = page.getByRole("dialog", { name: "Edit E2E integration" });
+  await edit.getByLabel("Rate limit (requests per minute)", { exact: true }).fill("321");
+  await edit.getByRole("button", { name: "Update" }).click();
+  await page.locator("tr", { hasText: "E2E integration" }).filter({ hasText: "321/min" }).waitFor();
+  await page.screenshot({ path: `${SHOTS}/console-keys.png`, fullPage: true });
+
+  step("the create dialog is keyboard reachable and closes with Escape");
+  await page.getByRole("button", { name: "Create an API Key" }).focus();
+  await page.keyboard.press("Enter");
+  await page.getByRole("dialog", { name: "Create an API Key" }).waitFor();
+  assert.equal(await page.evaluate(() => document.activeElement.id), "k-name");
+  await page.keyboard.press("Escape");
+  await page.getByRole("dialog", { name: "Create an API Key" }).waitFor({ state: "hidden" });
+
+  step("roles: create with the two-panel editor");
+  await page.getByRole("tab", { name: "API Roles" }).click();
+  await page.getByRole("button", { name: "Add API Role" }).click();
+  const roleDialog = page.getByRole("dialog", { name: "Add API Role" });
+  await roleDialog.getByLabel("Role id", { exact: true }).fill("e2e-role");
+  await roleDialog.getByLabel("Role name", { exact: true }).fill("E2E Role");
+  await roleDialog.getByLabel("Description", { exact: true }).fill("lists and contact viewing");
+  await roleDialog.getByRole("option", { name: "List Management" }).click();
+  await roleDialog.getByLabel("Check all", { exact: true }).check();
+  await roleDialog.getByRole("option", { name: "Contact Management" }).click();
+  await roleDialog.getByLabel("View Contacts", { exact: true }).check();
+  await roleDialog.getByRole("button", { name: "Save" }).click();
+  const roleItem = page.locator("li.role", { hasText: "E2E Role" });
+  await roleItem.waitFor();
+  await roleItem.getByText(/Click to expand/).click();
+  assert.match(await roleItem.textContent(), /All of List Management/);
+  assert.match(await roleItem.textContent(), /View Contacts/);
+  await page.locator("li.role", { hasText: "Read Only" }).or(page.locator("li.role", { hasText: "read-only" })).first().getByText(/Click to expand/).click();
+  await page.screenshot({ path: `${SHOTS}/console-roles.png`, fullPage: true });
+
+  step("deleting a role in use is refused with the API's message");
+  await page.locator('li.role[data-role="read-only"]').getByRole("button", { name: /Delete role/ }).click();
+  await page.getByRole("dialog", { name: "Delete this role?" }).getByRole("button", { name: "Delete" }).click();
+  await page.locator("#roles-error").filter({ hasText: /used by 1 key/ }).waitFor();
+  await page.locator('li.role[data-role="read-only"]').waitFor();
+
+  step("delete the new role");
+  await roleItem.getByRole("button", { name: "Delete role E2E Role" }).click();
+  await page.getByRole("dialog", { name: "Delete this role?" }).getByRole("button", { name: "Delete" }).click();
+  await roleItem.waitFor({ state: "detached" });
+  const roles = await (await fetch(`${ADMIN}/api-roles`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
+  assert.ok(!roles.data.some((r) => r.id === "e2e-role"), "the server agrees the role is gone");
+
+  step("a narrow (390 px) screen");
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  const small = await phone.newPage();
+  await small.goto(`${ADMIN}/console/`);
+  await small.getByLabel("Admin token", { exact: true }).fill(TOKEN);
+  await small.getByRole("button", { name: "Sign in" }).click();
+  await small.locator("tr", { hasText: "E2E integration" }).waitFor();
+  const overflow = await small.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the page scrolls sideways by ${overflow}px at 390px`);
+  await small.screenshot({ path: `${SHOTS}/console-keys-narrow.png`, fullPage: false });
+
+  step("delete the key with confirmation");
+  await page.getByRole("tab", { name: "API Keys" }).click();
+  await page.locator("tr", { hasText: "E2E integration" }).getByRole("button", { name: "Delete E2E integration" }).click();
+  await page.getByRole("dialog", { name: "Delete this key?" }).getByRole("button", { name: "Delete" }).click();
+  await page.locator("tr", { hasText: "E2E integration" }).waitFor({ state: "detached" });
+
+  assert.deepEqual(errors, [], "no script errors on the page");
+  console.log("console e2e: all steps passed");
+} finally {
+  await browser.close();
+}
