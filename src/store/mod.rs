@@ -78,7 +78,7 @@ pub struct KeyPage {
 /// Which keys a listing wants.
 #[derive(Debug, Clone, Default)]
 pub struct KeyQuery {
-    /// Case-insensitive substring over name, description, owner, keyPrefix, role, keyId.
+    /// Case-insensitive substring over name, description, owner, keyPrefix, role, keyId, allowed IPs.
     pub search: Option<String>,
     pub offset: u64,
     pub limit: u64,

@@ -238,7 +238,7 @@ impl Store for SqliteStore {
                 format!("%{}%", q.search.unwrap_or_default().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
             let filter = "FROM keys k WHERE (?1 = '%%' OR k.name LIKE ?1 ESCAPE '\\' OR k.description LIKE ?1 ESCAPE '\\' \
                  OR k.owner LIKE ?1 ESCAPE '\\' OR k.key_prefix LIKE ?1 ESCAPE '\\' OR IFNULL(k.role, '') LIKE ?1 ESCAPE '\\' \
-                 OR k.key_id LIKE ?1 ESCAPE '\\')";
+                 OR k.key_id LIKE ?1 ESCAPE '\\' OR k.allowed_ips LIKE ?1 ESCAPE '\\')";
             let total: i64 =
                 c.query_row(&format!("SELECT COUNT(*) {filter}"), params![pattern], |r| r.get(0)).map_err(unavailable)?;
             let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };

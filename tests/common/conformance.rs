@@ -68,6 +68,8 @@ pub async fn conformance(store: &dyn Store) {
     assert_eq!(page.keys[0].key_id, "key_b");
     let page = store.list_keys(&KeyQuery { search: Some("reader".into()), offset: 0, limit: 10 }).await.unwrap();
     assert_eq!(page.keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), vec!["key_a"], "search covers the role");
+    let page = store.list_keys(&KeyQuery { search: Some("10.0.0.0/8".into()), offset: 0, limit: 10 }).await.unwrap();
+    assert_eq!(page.total, 2, "search covers allowed IPs");
     let page = store.list_keys(&KeyQuery { search: Some("%".into()), offset: 0, limit: 10 }).await.unwrap();
     assert_eq!(page.total, 0, "search is literal");
     let page = store.list_keys(&KeyQuery { search: None, offset: 1, limit: 1 }).await.unwrap();
