@@ -129,6 +129,7 @@ fn matches(key: &ApiKey, needle: &str) -> bool {
     let hay = [&key.name, &key.description, &key.owner, &key.key_prefix, &key.key_id];
     hay.iter().any(|h| h.to_lowercase().contains(needle))
         || key.role.as_deref().is_some_and(|r| r.to_lowercase().contains(needle))
+        || key.allowed_ips.iter().any(|net| net.to_string().contains(needle))
 }
 
 #[async_trait]
