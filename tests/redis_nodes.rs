@@ -96,7 +96,7 @@ async fn revocation_reaches_every_node_fast() {
 async fn redis_down_slow_and_back() {
     let Some(mut redis) = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]) else { return };
     let up = upstream::start().await;
-    let s = Setup::redis(&up.url(), &redis.url(), "on_redis_error = \"local\"\nnodes_hint = 2");
+    let s = Setup::redis(&up.url(), &redis.url(), "on_redis_error = \"local\"\nnodes_hint = 2\nredis_timeout = \"250ms\"");
     let text = std::fs::read_to_string(&s.config).unwrap().replace(
         "[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"",
         "[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"\non_redis_error = \"deny\"",
@@ -130,7 +130,11 @@ async fn redis_down_slow_and_back() {
     redis.restart();
     let back = eventually(Duration::from_secs(10), || async { get(&lists, &unknown_yet).await == 200 }).await;
     assert!(back.is_some(), "the gateway did not recover after redis came back:\n{}", gw.log_text());
-    assert_eq!(c.post(&send).bearer_auth(&token).send().await.unwrap().status(), 200);
+    // The fail-closed route passes again once the limiter reaches Redis.
+    let send_ok = || async { client().post(&send).bearer_auth(&token).send().await.unwrap().status() == 200 };
+    let limiter_back = eventually(Duration::from_secs(10), send_ok).await;
+    assert!(limiter_back.is_some(), "the limiter did not recover after redis came back");
+    eprintln!("recovered: store after {back:?}, limiter {limiter_back:?} later");
     assert_eq!(c.get(s.admin_url("/readyz")).send().await.unwrap().status(), 200);
 
     // A slow redis (DEBUG SLEEP) must not make requests hang.

@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Load benchmark: keygate against the upstream direct and against nginx doing
+the same job, side by side in one run, on loopback.
+
+    python3 benches/load/run.py [--rounds 3] [--duration 10] [--connections 64]
+
+Configurations (all in front of the same upstream, an nginx returning a small
+JSON body):
+  direct        the upstream itself
+  nginx         nginx as the gateway: a map of keys, an IP allow rule, a
+                per-key limit_req, credential stripping, identity headers,
+                keep-alive upstream (its config is generated below)
+  keygate       SQLite store, local limiter, every check on, cached key
+  keygate-redis Redis store and Redis limiter (a redis-server of its own)
+  keygate-tls   keygate over TLS (HTTP/1.1), SQLite, local limiter
+
+Throughput: wrk, closed loop, limits set effectively infinite, every non-2xx
+counted. Rounds are interleaved (A B C ... A B C ...) and each figure is the
+median of the rounds. CPU per request: utime+stime of the gateway's
+processes from /proc, divided by the requests served. Latency: oha, open
+loop with latency correction (no coordinated omission), at 50% of the
+slowest configuration's median throughput, the same rate for every one.
+Gateways get the same number of workers (nginx worker_processes = keygate's
+tokio worker threads).
+
+Installs nginx and wrk from Debian's packages and oha with cargo when missing.
+Writes benches/load/results.md.
+"""
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / "target" / "bench-tools"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def ensure_tools():
+    missing = [p for p in ("nginx", "wrk") if not shutil.which(p) and not Path(f"/usr/sbin/{p}").exists()]
+    if missing:
+        print(f"installing {missing} from Debian's packages", file=sys.stderr)
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", *missing], check=True, capture_output=True)
+    oha = shutil.which("oha") or (TOOLS / "bin" / "oha")
+    if not Path(oha).exists():
+        print("installing oha with cargo (once)", file=sys.stderr)
+        subprocess.run(["cargo", "install", "--locked", "--root", str(TOOLS), "oha"], check=True)
+    return str(oha)
+
+
+def nginx_bin():
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, IndexError):
+            pass
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+class Proc:
+    def __init__(self, cmd, port, env=None, cwd=None, include_children=False):
+        self.p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.include_children = include_children
+        wait_port(port)
+
+    def pids(self):
+        return [self.p.pid] + (children(self.p.pid) if self.include_children else [])
+
+    def stop(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.p.pid, signal.SIGKILL)
+
+
+def nginx_conf(work, listen, body, workers):
+    conf = f"""
+worker_processes {workers};
+pid {work}/nginx-{listen}.pid;
+error_log {work}/nginx-{listen}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/cb-{listen};
+  proxy_temp_path {work}/pt-{listen};
+  fastcgi_temp_path {work}/ft-{listen};
+  uwsgi_temp_path {work}/ut-{listen};
+  scgi_temp_path {work}/st-{listen};
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+    path = Path(work) / f"nginx-{listen}.conf"
+    path.write_text(conf)
+    return path
+
+
+def upstream_body(port):
+    return f"""server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; return 200 '{{"success":true,"data":[1,2,3]}}'; }} }}"""
+
+
+def gateway_nginx_body(port, upstream_port, token):
+    # The same job as keygate: find the key, refuse unknown ones, check the
+    # client IP, limit per key, strip the credential, add identity headers.
+    return f"""
+  map $http_authorization $key_id {{ "Bearer {token}" "key_bench"; default ""; }}
+  limit_req_zone $key_id zone=perkey:10m rate=100000000r/s;
+  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /api/ {{
+      allow 127.0.0.0/8; deny all;
+      if ($key_id = "") {{ return 401 '{{"success":false,"error":"the API key is not valid","code":"invalid_key"}}'; }}
+      limit_req zone=perkey burst=100000000 nodelay;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "";
+      proxy_set_header X-Keygate-Key-Id $key_id;
+      proxy_set_header X-Keygate-Env live;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_pass http://backend;
+    }}
+  }}
+"""
+
+
+def keygate_conf(work, name, port, admin, upstream_port, extra_server="", store='[store]\npath = "keygate.db"', rate="backend = \"local\""):
+    text = f"""
+[server]
+listen = "127.0.0.1:{port}"
+{extra_server}
+[admin]
+listen = "127.0.0.1:{admin}"
+{store}
+[rate_limit]
+default_per_minute = 1000000000
+{rate}
+[[upstreams]]
+name = "backend"
+url = "http://127.0.0.1:{upstream_port}"
+[[modules]]
+id = "lists"
+name = "List Management"
+permissions = [ {{ id = "lists.view", label = "View List" }} ]
+[[routes]]
+match = "GET /api/lists"
+permission = "lists.view"
+[[roles]]
+id = "reader"
+permissions = ["lists.view"]
+"""
+    d = Path(work) / name
+    d.mkdir(exist_ok=True)
+    (d / "gateway.toml").write_text(text)
+    return d / "gateway.toml"
+
+
+def wrk(url, token, duration, conns, threads, insecure=False):
+    out = sh("wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-H", f"Authorization: Bearer {token}", url).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = int(bad.group(1)) if bad else 0
+    if errors:
+        non2xx += sum(int(g) for g in errors.groups())
+    return rps, total, non2xx
+
+
+def oha(oha_bin, url, token, rate, duration, conns):
+    out = sh(oha_bin, "--no-tui", "--json", "-z", f"{duration}s", "-c", str(conns), "-q", str(rate), "--latency-correction",
+             "--insecure", "-H", f"Authorization: Bearer {token}", url).stdout
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    status = data.get("statusCodeDistribution", {})
+    non2xx = sum(v for k, v in status.items() if not k.startswith("2"))
+    return pct["p50"] * 1000, pct["p99"] * 1000, pct["p99.9"] * 1000, non2xx
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+    oha_bin = ensure_tools()
+    print("building keygate (release)", file=sys.stderr)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "keygate"], cwd=ROOT, check=True)
+    keygate = str(ROOT / "target" / "release" / "keygate")
+    work = tempfile.mkdtemp(prefix="keygate-load-")
+    procs = []
+    try:
+        up_port = free_port()
+        procs.append(Proc([nginx_bin(), "-c", str(nginx_conf(work, up_port, upstream_body(up_port), args.workers)), "-g", "daemon off;"], up_port))
+        redis_port = free_port()
+        procs.append(Proc(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], redis_port))
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem",
+           "-days", "2", "-subj", "/CN=localhost")
+        env = dict(os.environ, KEYGATE_LOG="warn", TOKIO_WORKER_THREADS=str(args.workers))
+        configs = {}
+        token = None
+        specs = [
+            ("keygate", "", '[store]\npath = "keygate.db"', 'backend = "local"'),
+            ("keygate-redis", "", f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"', 'backend = "redis"'),
+            ("keygate-tls", f'tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}', '[store]\npath = "keygate.db"', 'backend = "local"'),
+        ]
+        for name, extra, store, rate in specs:
+            port, admin = free_port(), free_port()
+            conf = keygate_conf(work, name, port, admin, up_port, extra, store, rate)
+            if token is None:
+                token = json.loads(sh(keygate, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
+            else:
+                sh(keygate, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader")
+            procs.append(Proc([keygate, "--config", str(conf), "serve"], port, env=env))
+            scheme = "https" if "tls" in name else "http"
+            configs[name] = (f"{scheme}://127.0.0.1:{port}/api/lists", procs[-1])
+        ng_port = free_port()
+        ng = Proc([nginx_bin(), "-c", str(nginx_conf(work, ng_port, gateway_nginx_body(ng_port, up_port, token), args.workers)), "-g", "daemon off;"], ng_port, include_children=True)
+        procs.append(ng)
+        configs = {"direct": (f"http://127.0.0.1:{up_port}/api/lists", None), "nginx": (f"http://127.0.0.1:{ng_port}/api/lists", ng), **configs}
+
+        # Warm up every configuration (caches, pools, TLS sessions).
+        for url, _ in configs.values():
+            wrk(url, token, 2, args.connections, args.workers)
+
+        results = {name: {"rps": [], "cpu": [], "non2xx": 0} for name in configs}
+        for r in range(args.rounds):
+            for name, (url, proc) in configs.items():
+                before = cpu_ticks(proc.pids()) if proc else 0
+                rps, total, non2xx = wrk(url, token, args.duration, args.connections, args.workers)
+                after = cpu_ticks(proc.pids()) if proc else 0
+                results[name]["rps"].append(rps)
+                results[name]["non2xx"] += non2xx
+                if proc and total:
+                    results[name]["cpu"].append((after - before) / CLK_TCK * 1e6 / total)
+                print(f"round {r + 1} {name}: {rps:.0f} req/s, {non2xx} non-2xx", file=sys.stderr)
+
+        med = {n: statistics.median(v["rps"]) for n, v in results.items()}
+        gateways = [n for n in configs if n != "direct"]
+        rate = int(min(med[n] for n in gateways) * 0.5)
+        lat = {}
+        if not args.skip_latency:
+            for r in range(args.rounds):
+                for name, (url, _) in configs.items():
+                    p = oha(oha_bin, url, token, rate, args.duration, args.connections)
+                    lat.setdefault(name, []).append(p)
+                    print(f"latency round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)
+
+        lines = [
+            f"Machine: {os.cpu_count()} cores, {sh('uname', '-sr').stdout.strip()}; {args.rounds} interleaved rounds of {args.duration}s, "
+            f"wrk -t{args.workers} -c{args.connections}; gateway workers: {args.workers}; open-loop rate {rate} req/s (50% of the slowest gateway).",
+            "",
+            "| configuration | throughput (req/s, median) | vs nginx | vs direct | non-2xx | CPU µs/request | p50 ms | p99 ms | p99.9 ms | non-2xx at fixed rate |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name in configs:
+            cpu = f"{statistics.median(results[name]['cpu']):.1f}" if results[name]["cpu"] else "-"
+            if name in lat:
+                p50, p99, p999 = (statistics.median(x[i] for x in lat[name]) for i in range(3))
+                bad = sum(x[3] for x in lat[name])
+                lcols = f"{p50:.3f} | {p99:.3f} | {p999:.3f} | {bad}"
+            else:
+                lcols = "- | - | - | -"
+            lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {med[name] / med['direct']:.2f} | {results[name]['non2xx']} | {cpu} | {lcols} |")
+        table = "\n".join(lines)
+        print(table)
+        (ROOT / "benches" / "load" / "results.md").write_text(table + "\n")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
