@@ -90,7 +90,7 @@ fn steps(c: &mut Criterion) {
     c.bench_function("normalise_and_route", |b| {
         b.iter(|| {
             let p = path::normalise(black_box(req.uri().path())).unwrap();
-            cfg.routes.find(&Method::GET, &p).map(|r| r.permission.is_some())
+            cfg.routes.find(&Method::GET, &p).map(|(_, r)| r.permission.is_some())
         })
     });
     let grants = ["lists.view".to_string(), "contacts.*".to_string(), "broadcasts.view".to_string()];
@@ -116,7 +116,7 @@ fn steps(c: &mut Criterion) {
     c.bench_function("whole_decision", |b| {
         b.iter(|| {
             let p = path::normalise(req.uri().path()).unwrap();
-            let route = cfg.routes.find(req.method(), &p).unwrap();
+            let (_, route) = cfg.routes.find(req.method(), &p).unwrap();
             let client = ip::client_ip(peer, req.headers(), &cfg.server.trusted_proxies);
             let mut trace = Trace::default();
             f.rt.block_on(authorise(&f.app, cfg, black_box(&req), client, Some(route), &mut trace)).unwrap()

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub cache_invalidations: IntCounterVec,
     pub store_errors: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
+    /// The two children of `ratelimit_decisions`, resolved once.
+    pub ratelimit_allowed: IntCounter,
+    pub ratelimit_denied: IntCounter,
     pub config_reloads: IntCounterVec,
     pub revocation_lag: Histogram,
     pub open_connections: IntGauge,
@@ -109,6 +112,8 @@ impl Metrics {
             cache_misses,
             cache_invalidations,
             store_errors,
+            ratelimit_allowed: ratelimit_decisions.with_label_values(&["allowed"]),
+            ratelimit_denied: ratelimit_decisions.with_label_values(&["denied"]),
             ratelimit_decisions,
             config_reloads,
             revocation_lag,

@@ -36,10 +36,19 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// Which route answered, as cheap to record as an index.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Hash)]
+enum RouteLabel {
+    #[default]
+    None,
+    Whoami,
+    Route(usize),
+}
+
 /// What the access log and metrics learn while a request goes through.
 #[derive(Default)]
 pub struct Trace {
-    route: Option<String>,
+    route: RouteLabel,
     key_id: Option<String>,
     /// The rate-limit state to report in `X-RateLimit-*` headers.
     pub decision: Option<Decision>,
@@ -66,7 +75,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Re
         let rl = &rt.config.rate_limit;
         d.write_headers(resp.headers_mut(), clock::now_unix(), rl.algorithm, rl.ietf_headers);
     }
-    record(&app, &rt.config, &method, &resp, &trace, outcome, started.elapsed());
+    record(&app, &rt, &method, &resp, &trace, outcome, started.elapsed());
     resp
 }
 
@@ -82,14 +91,14 @@ async fn run(
     let path = path::normalise(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let client_ip = ip::client_ip(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies);
     if path == WHOAMI_PATH && (req.method() == Method::GET || req.method() == Method::HEAD) {
-        trace.route = Some(WHOAMI_PATH.into());
+        trace.route = RouteLabel::Whoami;
         trace.served_as = Some("whoami");
         let key = authorise(app, cfg, &req, client_ip, None, trace).await?;
         return Ok(whoami(app, cfg, &key.key, trace.decision.as_ref()));
     }
     // 3. route
-    let route = cfg.routes.find(req.method(), &path).ok_or(GatewayError::NoRoute)?;
-    trace.route = Some(route.pattern.clone());
+    let (index, route) = cfg.routes.find(req.method(), &path).ok_or(GatewayError::NoRoute)?;
+    trace.route = RouteLabel::Route(index);
     check_declared_length(&req, cfg)?;
     if route.public {
         trace.served_as = Some("public");
@@ -152,10 +161,10 @@ pub async fn authorise<B>(
     let decision = app.limiter.check(algorithm, &key.key_id, limit, now_ms, on_redis_error, &app.metrics).await;
     trace.decision = Some(decision);
     if !decision.allowed {
-        app.metrics.ratelimit_decisions.with_label_values(&["denied"]).inc();
+        app.metrics.ratelimit_denied.inc();
         return Err(GatewayError::RateLimited { retry_after: decision.retry_after });
     }
-    app.metrics.ratelimit_decisions.with_label_values(&["allowed"]).inc();
+    app.metrics.ratelimit_allowed.inc();
     app.usage.record(&key.key_id, now);
     Ok(found)
 }
@@ -277,15 +286,26 @@ fn whoami(app: &App, cfg: &Config, key: &ApiKey, decision: Option<&Decision>) ->
 }
 
 /// Metrics and the access log line (key id, never the token).
-fn record(app: &App, cfg: &Config, method: &Method, resp: &Response<Body>, trace: &Trace, outcome: &str, elapsed: Duration) {
+fn record(
+    app: &App,
+    rt: &Runtime,
+    method: &Method,
+    resp: &Response<Body>,
+    trace: &Trace,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
     let status = resp.status();
-    let route = trace.route.as_deref().unwrap_or("(none)");
-    app.metrics.requests.with_label_values(&[route, status.as_str(), outcome]).inc();
+    let route = match trace.route {
+        RouteLabel::None => "(none)",
+        RouteLabel::Whoami => WHOAMI_PATH,
+        RouteLabel::Route(i) => rt.config.routes.routes().get(i).map_or("(none)", |r| r.pattern.as_str()),
+    };
+    rt.count_request(&app.metrics, (trace.route_index(), status.as_u16(), outcome), route);
     let upstream_time = trace.upstream_time.map(|(_, t)| t).unwrap_or_default();
     app.metrics.gateway_latency.observe(elapsed.saturating_sub(upstream_time).as_secs_f64());
     if let Some((index, t)) = trace.upstream_time {
-        let name = cfg.upstream(index).map_or("unknown", |u| u.name.as_str());
-        app.metrics.upstream_latency.with_label_values(&[name]).observe(t.as_secs_f64());
+        rt.observe_upstream(index, t);
     }
     tracing::info!(
         target: "keygate::access",
@@ -296,4 +316,15 @@ fn record(app: &App, cfg: &Config, method: &Method, resp: &Response<Body>, trace
         key_id = trace.key_id.as_deref().unwrap_or("-"),
         latency_us = elapsed.as_micros() as u64,
     );
+}
+
+impl Trace {
+    /// A small number per route label, for the metrics cache.
+    fn route_index(&self) -> usize {
+        match self.route {
+            RouteLabel::None => usize::MAX,
+            RouteLabel::Whoami => usize::MAX - 1,
+            RouteLabel::Route(i) => i,
+        }
+    }
 }

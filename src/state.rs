@@ -15,6 +15,8 @@ use crate::ratelimit::{local::LocalLimiter, redis::RedisLimiter, Limiter};
 use crate::store::redis_conn::RedisHandle;
 use crate::store::{self, ChangeTarget, SharedStore, Store, StoreError};
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use prometheus::{Histogram, IntCounter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +26,39 @@ use tokio::sync::Notify;
 pub struct Runtime {
     pub config: Config,
     pub forwarder: Forwarder,
+    /// `keygate_requests_total` children by (route index, status, outcome),
+    /// so the hot path does not hash label strings under the registry's lock.
+    request_counters: DashMap<(usize, u16, &'static str), IntCounter>,
+    /// Upstream latency histograms by upstream index.
+    upstream_histograms: Vec<Histogram>,
 }
 
 impl Runtime {
     /// Builds the runtime for a validated config.
-    pub fn new(config: Config) -> Runtime {
+    pub fn new(config: Config, metrics: &Metrics) -> Runtime {
         let forwarder = Forwarder::new(&config.upstreams);
-        Runtime { config, forwarder }
+        let upstream_histograms =
+            config.upstreams.iter().map(|u| metrics.upstream_latency.with_label_values(&[u.name.as_str()])).collect();
+        Runtime { config, forwarder, request_counters: DashMap::new(), upstream_histograms }
+    }
+
+    /// Counts one request; `route` is the label for a key seen the first time.
+    pub fn count_request(&self, metrics: &Metrics, key: (usize, u16, &'static str), route: &str) {
+        if let Some(c) = self.request_counters.get(&key) {
+            c.inc();
+            return;
+        }
+        let status = key.1.to_string();
+        let counter = metrics.requests.with_label_values(&[route, status.as_str(), key.2]);
+        counter.inc();
+        self.request_counters.insert(key, counter);
+    }
+
+    /// Records how long upstream `index` took to answer.
+    pub fn observe_upstream(&self, index: usize, took: Duration) {
+        if let Some(h) = self.upstream_histograms.get(index) {
+            h.observe(took.as_secs_f64());
+        }
     }
 }
 
@@ -102,7 +130,7 @@ impl App {
         };
         let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl, config.store.timeout);
         Ok(Arc::new(App {
-            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            runtime: ArcSwap::from_pointee(Runtime::new(config, &metrics)),
             config_path,
             store,
             cache,
@@ -133,7 +161,7 @@ impl App {
         if let Err(e) = seed_roles(self.store.as_ref(), &config.roles).await {
             tracing::warn!(error = %e, "could not seed roles after reload");
         }
-        self.runtime.store(Arc::new(Runtime::new(config)));
+        self.runtime.store(Arc::new(Runtime::new(config, &self.metrics)));
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         Ok(())
     }

@@ -219,11 +219,15 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
     args = ap.parse_args()
     oha_bin = ensure_tools()
-    print("building keygate (release)", file=sys.stderr)
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "keygate"], cwd=ROOT, check=True)
-    keygate = str(ROOT / "target" / "release" / "keygate")
+    if args.keygate:
+        keygate = args.keygate
+    else:
+        print("building keygate (release)", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "keygate"], cwd=ROOT, check=True)
+        keygate = str(ROOT / "target" / "release" / "keygate")
     work = tempfile.mkdtemp(prefix="keygate-load-")
     procs = []
     try:

@@ -4,6 +4,7 @@
 
 use crate::config::RedisErrorPolicy;
 use http::Method;
+use std::collections::HashMap;
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,30 +87,39 @@ impl Route {
         }
     }
 
-    /// How specific a match is: literal beats `{param}` beats `*`, segment by segment.
-    fn rank(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let mut rank = Vec::with_capacity(self.segments.len() + 1);
-        let mut i = 0;
-        for seg in &self.segments {
+    /// How specific a match is: literal beats `{param}` beats `*`, segment
+    /// by segment, packed two bits a segment from the top so that integer
+    /// order is the lexicographic order of the segment kinds.
+    fn rank(&self, path: &[&str]) -> Option<u64> {
+        let mut rank = 0u64;
+        let code = |i: usize, c: u64| if i < 31 { c << (62 - 2 * i) } else { 0 };
+        for (i, seg) in self.segments.iter().enumerate() {
             match seg {
-                Segment::Rest => {
-                    rank.push(0);
-                    return Some(rank);
-                }
+                Segment::Rest => return Some(rank | code(i, 1)),
                 Segment::Literal(l) => {
                     if path.get(i)? != l {
                         return None;
                     }
-                    rank.push(2);
+                    rank |= code(i, 3);
                 }
                 Segment::Param => {
                     path.get(i)?;
-                    rank.push(1);
+                    rank |= code(i, 2);
                 }
             }
-            i += 1;
         }
-        (i == path.len()).then_some(rank)
+        (self.segments.len() == path.len()).then_some(rank)
+    }
+
+    /// The path of an all-literal pattern (`None` when it has a parameter or `*`).
+    fn literal_path(&self) -> Option<String> {
+        let mut out = String::new();
+        for seg in &self.segments {
+            let Segment::Literal(l) = seg else { return None };
+            out.push('/');
+            out.push_str(l);
+        }
+        Some(if out.is_empty() { "/".into() } else { out })
     }
 }
 
@@ -117,12 +127,20 @@ impl Route {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// All-literal patterns by path: the common case, found without a scan.
+    literal: HashMap<String, Vec<usize>>,
 }
 
 impl RouteTable {
     /// A table over compiled routes (file order breaks ties).
     pub fn new(routes: Vec<Route>) -> RouteTable {
-        RouteTable { routes }
+        let mut literal: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(p) = r.literal_path() {
+                literal.entry(p).or_default().push(i);
+            }
+        }
+        RouteTable { routes, literal }
     }
 
     /// Every route, in file order.
@@ -130,21 +148,29 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The route for a normalised path, or `None` (404 `no_route`).
-    pub fn find(&self, method: &Method, path: &str) -> Option<&Route> {
+    /// The route (and its index) for a normalised path, or `None` (404 `no_route`).
+    pub fn find(&self, method: &Method, path: &str) -> Option<(usize, &Route)> {
+        // An all-literal match outranks every pattern with a parameter or `*`.
+        let trimmed = path.trim_end_matches('/');
+        let key = if trimmed.is_empty() { "/" } else { trimmed };
+        if let Some(ids) = self.literal.get(key) {
+            if let Some(&i) = ids.iter().find(|&&i| self.routes[i].method_matches(method)) {
+                return Some((i, &self.routes[i]));
+            }
+        }
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let mut best: Option<(Vec<u8>, &Route)> = None;
-        for route in &self.routes {
+        let mut best: Option<(u64, usize)> = None;
+        for (i, route) in self.routes.iter().enumerate() {
             if !route.method_matches(method) {
                 continue;
             }
             if let Some(rank) = route.rank(&segments) {
-                if best.as_ref().is_none_or(|(r, _)| rank > *r) {
-                    best = Some((rank, route));
+                if best.is_none_or(|(r, _)| rank > r) {
+                    best = Some((rank, i));
                 }
             }
         }
-        best.map(|(_, r)| r)
+        best.map(|(_, i)| (i, &self.routes[i]))
     }
 }
 
@@ -157,7 +183,7 @@ mod tests {
     }
 
     fn found(t: &RouteTable, m: Method, p: &str) -> Option<String> {
-        t.find(&m, p).map(|r| r.pattern.clone())
+        t.find(&m, p).map(|(_, r)| r.pattern.clone())
     }
 
     #[test]
@@ -170,6 +196,15 @@ mod tests {
         assert_eq!(found(&t, Method::HEAD, "/api/lists"), Some("GET /api/lists".into()));
         assert_eq!(found(&t, Method::POST, "/static/a/b.css"), Some("* /static/*".into()));
         assert_eq!(found(&t, Method::GET, "/static"), Some("* /static/*".into()));
+    }
+
+    #[test]
+    fn specificity_beats_file_order() {
+        let t = table(&["GET /api/*", "GET /api/{x}/y", "GET /api/lists/{id}", "GET /{a}/{b}/{c}"]);
+        assert_eq!(found(&t, Method::GET, "/api/lists/1"), Some("GET /api/lists/{id}".into()));
+        assert_eq!(found(&t, Method::GET, "/api/q/y"), Some("GET /api/{x}/y".into()));
+        assert_eq!(found(&t, Method::GET, "/api/q/z"), Some("GET /api/*".into()));
+        assert_eq!(found(&t, Method::GET, "/x/q/z"), Some("GET /{a}/{b}/{c}".into()));
     }
 
     #[test]
