@@ -34,6 +34,8 @@ pub const WHOAMI_PATH: &str = "/whoami";
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The worker thread serving the connection (picks its upstream pool).
+    pub worker: usize,
 }
 
 /// Which route answered, as cheap to record as an index.
@@ -242,7 +244,7 @@ async fn forward(
     }
     let body = GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed();
     let started = Instant::now();
-    let result = rt.forwarder.send(route.upstream, upstream, Request::from_parts(parts, body)).await;
+    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, Request::from_parts(parts, body)).await;
     trace.upstream_time = Some((route.upstream, started.elapsed()));
     let mut resp = result?;
     headers::remove_hop_by_hop(resp.headers_mut());

@@ -36,7 +36,7 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for a validated config.
     pub fn new(config: Config, metrics: &Metrics) -> Runtime {
-        let forwarder = Forwarder::new(&config.upstreams);
+        let forwarder = Forwarder::new(&config.upstreams, config.server.workers);
         let upstream_histograms =
             config.upstreams.iter().map(|u| metrics.upstream_latency.with_label_values(&[u.name.as_str()])).collect();
         Runtime { config, forwarder, request_counters: DashMap::new(), upstream_histograms }

@@ -90,9 +90,14 @@ def children(pid):
 
 class Proc:
     def __init__(self, cmd, port, env=None, cwd=None, include_children=False):
-        self.p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.log = tempfile.NamedTemporaryFile(prefix="keygate-load-", suffix=".log", delete=False)
+        self.p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
         self.include_children = include_children
-        wait_port(port)
+        try:
+            wait_port(port)
+        except SystemExit:
+            self.stop()
+            raise SystemExit(f"{' '.join(map(str, cmd))} did not start:\n{Path(self.log.name).read_text()}")
 
     def pids(self):
         return [self.p.pid] + (children(self.p.pid) if self.include_children else [])
@@ -138,6 +143,7 @@ def gateway_nginx_body(port, upstream_port, token):
     # The same job as keygate: find the key, refuse unknown ones, check the
     # client IP, limit per key, strip the credential, add identity headers.
     return f"""
+  map_hash_bucket_size 128;
   map $http_authorization $key_id {{ "Bearer {token}" "key_bench"; default ""; }}
   limit_req_zone $key_id zone=perkey:10m rate=100000000r/s;
   upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}

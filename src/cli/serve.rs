@@ -63,15 +63,32 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(handle_signals(Arc::clone(&app), stop_tx));
     let tls = cfg.server.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.server_config)));
-    let data_app = Arc::clone(&app);
-    let data_task = tokio::spawn(server::serve(
-        data,
-        tls,
-        Limits::from_server(&cfg.server),
-        move |req, conn: ConnInfo| pipeline::handle(Arc::clone(&data_app), req, conn),
-        stop_rx.clone(),
-        Some(app.metrics.open_connections.clone()),
-    ));
+    // Thread per core: each worker runs its own single-threaded event loop and
+    // keeps a connection (and the upstream connections it uses) to itself,
+    // so a request never wakes another thread. The main runtime accepts and
+    // hands connections out in turn; it also runs the admin listener and the
+    // background tasks.
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for worker in 0..cfg.server.workers {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        senders.push(tx);
+        let (app, tls, stop, limits) = (Arc::clone(&app), tls.clone(), stop_rx.clone(), Limits::from_server(&cfg.server));
+        let gauge = Some(app.metrics.open_connections.clone());
+        let thread = std::thread::Builder::new().name(format!("keygate-worker-{worker}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(worker, error = %e, "cannot start a worker runtime");
+                    return;
+                }
+            };
+            let handler = move |req, conn: ConnInfo| pipeline::handle(Arc::clone(&app), req, conn);
+            runtime.block_on(server::serve_worker(rx, tls, limits, handler, stop, gauge, worker));
+        });
+        workers.push(thread.map_err(|e| io_failure("cannot start a worker thread".into(), e))?);
+    }
+    let data_task = tokio::spawn(server::dispatch(data, senders, cfg.server.max_connections, stop_rx.clone()));
     let admin_app = Arc::clone(&app);
     let admin_task = tokio::spawn(server::serve(
         admin,
@@ -81,8 +98,14 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
         stop_rx,
         None,
     ));
-    drop(rt);
     let _ = tokio::join!(data_task, admin_task);
+    let _ = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await;
+    drop(rt);
     app.flush_usage().await;
     tracing::info!("keygate stopped");
     Ok(())

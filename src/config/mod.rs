@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Threads serving the data listener, each with its own event loop.
+    pub workers: usize,
 }
 
 /// Loaded TLS material; loading at validation is how an unreadable file is

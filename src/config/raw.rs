@@ -49,6 +49,7 @@ pub struct RawServer {
     pub body_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub workers: Option<Spanned<i64>>,
 }
 
 /// `[server.tls]`: PEM files for rustls.

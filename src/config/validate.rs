@@ -174,7 +174,13 @@ fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
         body_read_timeout: c.duration(&raw.body_read_timeout, "server.body_read_timeout", DEFAULT_BODY_READ_TIMEOUT),
         idle_timeout: c.duration(&raw.idle_timeout, "server.idle_timeout", DEFAULT_IDLE_TIMEOUT),
         max_connections: c.positive(&raw.max_connections, "server.max_connections", DEFAULT_MAX_CONNECTIONS as u64) as usize,
+        workers: c.positive(&raw.workers, "server.workers", default_workers() as u64).min(1024) as usize,
     }
+}
+
+/// One worker per core.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn store(c: &mut Checker, path: &Path, raw: &RawStore) -> StoreConfig {

@@ -20,15 +20,21 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
 
-/// One pooled client per upstream (each with its own connect timeout).
+/// Pooled clients, one per upstream (each with its own connect timeout) for
+/// each worker thread: a worker only ever uses connections whose tasks run
+/// on its own thread, so forwarding never wakes another thread.
 pub struct Forwarder {
-    clients: Vec<Client<HttpConnector, Body>>,
+    clients: Vec<Vec<Client<HttpConnector, Body>>>,
 }
 
 impl Forwarder {
-    /// Builds a client for each configured upstream.
-    pub fn new(upstreams: &[Upstream]) -> Forwarder {
-        let clients = upstreams
+    /// Builds the clients of `workers` worker threads.
+    pub fn new(upstreams: &[Upstream], workers: usize) -> Forwarder {
+        Forwarder { clients: (0..workers.max(1)).map(|_| Self::clients(upstreams)).collect() }
+    }
+
+    fn clients(upstreams: &[Upstream]) -> Vec<Client<HttpConnector, Body>> {
+        upstreams
             .iter()
             .map(|u| {
                 let mut connector = HttpConnector::new();
@@ -42,14 +48,14 @@ impl Forwarder {
                     .timer(TokioTimer::new())
                     .build(connector)
             })
-            .collect();
-        Forwarder { clients }
+            .collect()
     }
 
-    /// Sends `req` (already rewritten) to upstream `index` and waits for the
-    /// response head, at most `upstream.timeout`.
-    pub async fn send(&self, index: usize, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
-        let client = self.clients.get(index).ok_or(GatewayError::UpstreamUnavailable)?;
+    /// Sends `req` (already rewritten) to upstream `index` from worker
+    /// `worker` and waits for the response head, at most `upstream.timeout`.
+    pub async fn send(&self, worker: usize, index: usize, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let per_worker = self.clients.get(worker).or_else(|| self.clients.first());
+        let client = per_worker.and_then(|c| c.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
         match tokio::time::timeout(upstream.timeout, client.request(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {

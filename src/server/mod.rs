@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// How long open connections get to finish after a shutdown signal.
@@ -49,19 +49,19 @@ impl Limits {
     }
 }
 
-/// Serves `handler` on `listener` until `shutdown` turns true, then drains.
-pub async fn serve<H, F>(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    limits: Limits,
-    handler: H,
-    mut shutdown: watch::Receiver<bool>,
-    open_gauge: Option<prometheus::IntGauge>,
-) where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+/// An accepted connection on its way to a worker, with its slot under
+/// `max_connections` (freed when the connection ends).
+pub struct Accepted {
+    stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Accepts on `listener` and hands connections to `workers` in turn, until
+/// `shutdown`; then waits (at most [`DRAIN_TIMEOUT`]) for them to finish.
+pub async fn dispatch(listener: TcpListener, workers: Vec<mpsc::UnboundedSender<Accepted>>, max_connections: usize, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut next = 0usize;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -80,12 +80,46 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let Ok(stream) = stream.into_std() else { continue };
+        if workers.is_empty() {
+            break;
+        }
+        next = (next + 1) % workers.len();
+        if workers[next].send(Accepted { stream, peer, permit }).is_err() {
+            tracing::error!(worker = next, "a worker has stopped");
+        }
+    }
+    drop(workers);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!("some connections were still open after the drain timeout");
+    }
+}
+
+/// Serves the connections handed to one worker until its channel closes,
+/// then lets the open ones finish (each also hears `shutdown`).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_worker<H, F>(
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    handler: H,
+    shutdown: watch::Receiver<bool>,
+    open_gauge: Option<prometheus::IntGauge>,
+    worker: usize,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut connections = tokio::task::JoinSet::new();
+    while let Some(Accepted { stream, peer, permit }) = incoming.recv().await {
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
         let (handler, tls, shutdown, gauge) = (handler.clone(), tls.clone(), shutdown.clone(), open_gauge.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Some(g) = &gauge {
                 g.inc();
             }
-            let info = ConnInfo { peer, tls: tls.is_some() };
+            let info = ConnInfo { peer, tls: tls.is_some(), worker };
             let activity = Arc::new(Activity::default());
             match tls {
                 None => drive(Tracked::new(stream, Arc::clone(&activity)), activity, limits, handler, info, shutdown).await,
@@ -100,11 +134,29 @@ pub async fn serve<H, F>(
             }
             drop(permit);
         });
+        // Reap finished connections as we go, so the set stays small.
+        while connections.try_join_next().is_some() {}
     }
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all)).await.is_err() {
-        tracing::warn!("some connections were still open after the drain timeout");
-    }
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
+}
+
+/// Serves `handler` on `listener` on the current runtime (one worker) until
+/// `shutdown` turns true, then drains. The admin listener runs this way.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    handler: H,
+    shutdown: watch::Receiver<bool>,
+    open_gauge: Option<prometheus::IntGauge>,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = tokio::spawn(serve_worker(rx, tls, limits, handler, shutdown.clone(), open_gauge, 0));
+    dispatch(listener, vec![tx], limits.max_connections, shutdown).await;
+    let _ = worker.await;
 }
 
 /// Serves one connection until it ends, goes idle, or shutdown is asked.
