@@ -209,12 +209,12 @@ def wrk(url, token, duration, conns, threads, insecure=False):
 
 
 def oha(oha_bin, url, token, rate, duration, conns):
-    out = sh(oha_bin, "--no-tui", "--json", "-z", f"{duration}s", "-c", str(conns), "-q", str(rate), "--latency-correction",
+    out = sh(oha_bin, "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns), "-q", str(rate), "--latency-correction",
              "--insecure", "-H", f"Authorization: Bearer {token}", url).stdout
     data = json.loads(out)
     pct = data["latencyPercentiles"]
     status = data.get("statusCodeDistribution", {})
-    non2xx = sum(v for k, v in status.items() if not k.startswith("2"))
+    non2xx = sum(v for k, v in status.items() if not k.startswith("2")) + sum(data.get("errorDistribution", {}).values())
     return pct["p50"] * 1000, pct["p99"] * 1000, pct["p99.9"] * 1000, non2xx
 
 

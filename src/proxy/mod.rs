@@ -53,7 +53,13 @@ impl Forwarder {
 
     /// Sends `req` (already rewritten) to upstream `index` from worker
     /// `worker` and waits for the response head, at most `upstream.timeout`.
-    pub async fn send(&self, worker: usize, index: usize, upstream: &Upstream, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+    pub async fn send(
+        &self,
+        worker: usize,
+        index: usize,
+        upstream: &Upstream,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
         let per_worker = self.clients.get(worker).or_else(|| self.clients.first());
         let client = per_worker.and_then(|c| c.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
         match tokio::time::timeout(upstream.timeout, client.request(req)).await {

@@ -59,7 +59,12 @@ pub struct Accepted {
 
 /// Accepts on `listener` and hands connections to `workers` in turn, until
 /// `shutdown`; then waits (at most [`DRAIN_TIMEOUT`]) for them to finish.
-pub async fn dispatch(listener: TcpListener, workers: Vec<mpsc::UnboundedSender<Accepted>>, max_connections: usize, mut shutdown: watch::Receiver<bool>) {
+pub async fn dispatch(
+    listener: TcpListener,
+    workers: Vec<mpsc::UnboundedSender<Accepted>>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut next = 0usize;
     loop {
