@@ -97,10 +97,10 @@ async fn redis_down_slow_and_back() {
     let Some(mut redis) = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]) else { return };
     let up = upstream::start().await;
     let s = Setup::redis(&up.url(), &redis.url(), "on_redis_error = \"local\"\nnodes_hint = 2\nredis_timeout = \"250ms\"");
-    let text = std::fs::read_to_string(&s.config).unwrap().replace(
-        "[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"",
-        "[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"\non_redis_error = \"deny\"",
-    );
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"", "[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"\non_redis_error = \"deny\"")
+        .replace("[[routes]]\nmatch = \"GET /api/slow/{ms}\"", "[[routes]]\nmatch = \"GET /api/slow/{ms}\"\non_redis_error = \"allow\"");
     std::fs::write(&s.config, text).unwrap();
     let (_, token) = s.create_key(&["--name", "survivor", "--role", "full-access", "--rate-limit", "20"]);
     let (_, unknown_yet) = s.create_key(&["--name", "never used", "--role", "read-only"]);
@@ -121,6 +121,10 @@ async fn redis_down_slow_and_back() {
     // A route that fails closed.
     let resp = c.post(&send).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 429);
+    // A route that fails open: no limit at all while Redis is away.
+    let slow = s.url("/api/slow/0");
+    let statuses: Vec<u16> = futures_util::future::join_all((0..25).map(|_| get(&slow, &token))).await;
+    assert!(statuses.iter().all(|s| *s == 200), "allow must admit everything: {statuses:?}");
     // A key not cached: 503, never "unknown key".
     let resp = c.get(&lists).bearer_auth(&unknown_yet).send().await.unwrap();
     assert_eq!(resp.status(), 503);
@@ -149,5 +153,6 @@ async fn redis_down_slow_and_back() {
     let text = c.get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("keygate_ratelimit_fallback_total{policy=\"local\"}"), "{text}");
     assert!(text.contains("keygate_ratelimit_fallback_total{policy=\"deny\"}"), "{text}");
+    assert!(text.contains("keygate_ratelimit_fallback_total{policy=\"allow\"} 25"), "{text}");
     assert!(text.contains("keygate_change_subscription_losses_total 1"), "{text}");
 }
