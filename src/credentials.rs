@@ -9,7 +9,7 @@ use http::HeaderMap;
 /// Name of the query parameter that may carry the key.
 pub const QUERY_PARAM: &str = "api_token";
 /// Name of the header that may carry the key.
-pub const API_KEY_HEADER: &str = "x-api-key";
+pub const API_KEY_HEADER: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
 /// Where the token was found (for logs and metrics; never the token itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +127,7 @@ pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Creden
         }
     }
     found.extend(bearer.into_iter().map(|token| Credential { token, source: Source::Bearer }));
-    for value in headers.get_all(API_KEY_HEADER) {
+    for value in headers.get_all(&API_KEY_HEADER) {
         let token = value.to_str().map_err(|_| CredentialError::Malformed("the X-API-Key header is not ASCII"))?.trim();
         if token.is_empty() {
             return Err(CredentialError::Malformed("the X-API-Key header is empty"));
@@ -149,7 +149,7 @@ pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Creden
 /// Removes every header that can carry a key (the query is stripped by the caller).
 pub fn strip_headers(headers: &mut HeaderMap) {
     headers.remove(AUTHORIZATION);
-    headers.remove(API_KEY_HEADER);
+    headers.remove(&API_KEY_HEADER);
 }
 
 #[cfg(test)]

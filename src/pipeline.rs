@@ -242,7 +242,12 @@ async fn forward(
         credentials::strip_headers(headers);
         add_identity(headers, key);
     }
-    let body = GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed();
+    // A request without a body (most GETs) needs no size or pause guard.
+    let body = if http_body::Body::is_end_stream(&body) {
+        crate::body::empty()
+    } else {
+        GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed()
+    };
     let started = Instant::now();
     let result = rt.forwarder.send(conn.worker, route.upstream, upstream, Request::from_parts(parts, body)).await;
     trace.upstream_time = Some((route.upstream, started.elapsed()));
@@ -254,15 +259,15 @@ async fn forward(
 /// `X-Keygate-*` identity headers for the upstream.
 fn add_identity(headers: &mut http::HeaderMap, key: &ApiKey) {
     if let Ok(v) = HeaderValue::from_str(&key.key_id) {
-        headers.insert("x-keygate-key-id", v);
+        headers.insert(headers::X_KEYGATE_KEY_ID, v);
     }
     if let Some(v) = headers::text_value(&key.owner) {
-        headers.insert("x-keygate-owner", v);
+        headers.insert(headers::X_KEYGATE_OWNER, v);
     }
     if let Some(v) = key.role.as_deref().and_then(headers::text_value) {
-        headers.insert("x-keygate-role", v);
+        headers.insert(headers::X_KEYGATE_ROLE, v);
     }
-    headers.insert("x-keygate-env", HeaderValue::from_static(key.env.as_str()));
+    headers.insert(headers::X_KEYGATE_ENV, HeaderValue::from_static(key.env.as_str()));
     for (name, value) in &key.metadata {
         if let (Some(n), Some(v)) = (headers::metadata_header_name(name), headers::text_value(value)) {
             headers.insert(n, v);

@@ -99,8 +99,14 @@ async fn redis_down_slow_and_back() {
     let s = Setup::redis(&up.url(), &redis.url(), "on_redis_error = \"local\"\nnodes_hint = 2\nredis_timeout = \"250ms\"");
     let text = std::fs::read_to_string(&s.config)
         .unwrap()
-        .replace("[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"", "[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"\non_redis_error = \"deny\"")
-        .replace("[[routes]]\nmatch = \"GET /api/slow/{ms}\"", "[[routes]]\nmatch = \"GET /api/slow/{ms}\"\non_redis_error = \"allow\"");
+        .replace(
+            "[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"",
+            "[[routes]]\nmatch = \"POST /api/broadcasts/{id}/send\"\non_redis_error = \"deny\"",
+        )
+        .replace(
+            "[[routes]]\nmatch = \"GET /api/slow/{ms}\"",
+            "[[routes]]\nmatch = \"GET /api/slow/{ms}\"\non_redis_error = \"allow\"",
+        );
     std::fs::write(&s.config, text).unwrap();
     let (_, token) = s.create_key(&["--name", "survivor", "--role", "full-access", "--rate-limit", "20"]);
     let (_, unknown_yet) = s.create_key(&["--name", "never used", "--role", "read-only"]);

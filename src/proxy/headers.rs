@@ -7,9 +7,26 @@ use std::net::IpAddr;
 /// Prefix of the identity headers only keygate may set.
 pub const IDENTITY_PREFIX: &str = "x-keygate-";
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the classic list).
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the classic list). Names
+/// are built once: parsing a name on every request shows in the profile.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Identity headers keygate adds to forwarded requests.
+pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+pub const X_KEYGATE_OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
+pub const X_KEYGATE_ROLE: HeaderName = HeaderName::from_static("x-keygate-role");
+pub const X_KEYGATE_ENV: HeaderName = HeaderName::from_static("x-keygate-env");
 
 /// Removes hop-by-hop headers, including every header `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -23,7 +40,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -39,23 +56,23 @@ pub fn remove_identity_headers(headers: &mut HeaderMap) {
 /// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&HeaderValue>) {
     let peer = peer.to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
         _ => peer,
     };
     // Several XFF lines from the client collapse into the first one plus us:
     // only the right-most entries are ever believed.
-    headers.remove("x-forwarded-for");
+    headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     match host {
         Some(h) => {
-            headers.insert("x-forwarded-host", h.clone());
+            headers.insert(X_FORWARDED_HOST, h.clone());
         }
         None => {
-            headers.remove("x-forwarded-host");
+            headers.remove(&X_FORWARDED_HOST);
         }
     }
 }

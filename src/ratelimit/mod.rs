@@ -6,7 +6,13 @@ pub mod redis;
 
 use crate::config::{Algorithm, RedisErrorPolicy};
 use crate::metrics::Metrics;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Length of a rate-limit window.
 pub const WINDOW_SECS: i64 = 60;
@@ -87,9 +93,9 @@ impl Decision {
     /// Adds `X-RateLimit-*` and, when asked, the IETF draft's
     /// `RateLimit-Policy` and `RateLimit` headers.
     pub fn write_headers(&self, headers: &mut HeaderMap, now: i64, algorithm: Algorithm, ietf: bool) {
-        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset_at));
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(self.reset_at));
         if ietf {
             let reset_in = (self.reset_at - now).clamp(0, WINDOW_SECS);
             let name = match algorithm {
@@ -97,10 +103,10 @@ impl Decision {
                 Algorithm::SlidingWindow => "sliding",
             };
             if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={};w={WINDOW_SECS}", self.limit)) {
-                headers.insert("ratelimit-policy", v);
+                headers.insert(RATELIMIT_POLICY, v);
             }
             if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={reset_in}", self.remaining)) {
-                headers.insert("ratelimit", v);
+                headers.insert(RATELIMIT, v);
             }
         }
     }
