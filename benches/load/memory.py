@@ -16,7 +16,7 @@ import http.client
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, Proc, free_port, nginx_bin, nginx_conf, upstream_body, keygate_conf, ensure_tools  # noqa: E402
+from run import ROOT, Proc, free_port, nginx_bin, nginx_conf, upstream_body, keygate_conf, ensure_tools, publish, stop_all  # noqa: E402
 
 
 def rss_kib(pid):
@@ -129,13 +129,9 @@ def main():
             "",
             "wrk during the soak: " + " ".join(l.strip() for l in out.splitlines() if "Requests/sec" in l or "requests in" in l),
         ]
-        table = "\n".join(lines)
-        print(table)
-        (ROOT / "benches" / "load" / "memory.md").write_text(table + "\n")
+        publish("\n".join(lines), "memory.md")
     finally:
-        for p in reversed(procs):
-            p.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,19 @@ def ensure_tools():
     return str(oha)
 
 
+def publish(table, filename):
+    """Prints a result table and writes it next to this script."""
+    print(table)
+    (ROOT / "benches" / "load" / filename).write_text(table + "\n")
+
+
+def stop_all(procs, work):
+    """Stops every started process, newest first, and removes the work folder."""
+    for p in reversed(procs):
+        p.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def nginx_bin():
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -309,13 +322,9 @@ def main():
             else:
                 lcols = "- | - | - | -"
             lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {med[name] / med['direct']:.2f} | {results[name]['non2xx']} | {cpu} | {lcols} |")
-        table = "\n".join(lines)
-        print(table)
-        (ROOT / "benches" / "load" / "results.md").write_text(table + "\n")
+        publish("\n".join(lines), "results.md")
     finally:
-        for p in reversed(procs):
-            p.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
 
 
 if __name__ == "__main__":
