@@ -2,6 +2,8 @@
 //! used by the CLI and the admin API alike. Validates input against the
 //! config (declared permissions, plans, CIDRs) and names the bad field.
 
+mod apply;
+
 use crate::clock;
 use crate::config::Config;
 use crate::keys::model::{self, ApiKey, Env, Role};
@@ -14,6 +16,7 @@ use std::collections::BTreeMap;
 pub const MAX_EXPIRY_DAYS: u32 = 365;
 /// Longest grace a rotated-out secret may keep working.
 pub const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+
 /// Shown with every newly revealed secret.
 pub const SECRET_WARNING: &str = "This API key will only be shown once. Please store it securely.";
 
@@ -107,80 +110,6 @@ impl Manager<'_> {
     pub async fn usage(&self, key_id: &str) -> Result<UsageSummary, ManageError> {
         self.get_key(key_id).await?;
         self.store.usage_summary(key_id, clock::now_unix()).await.map_err(ManageError::Store)
-    }
-
-    async fn apply(&self, key: &mut ApiKey, input: KeyInput) -> Result<(), ManageError> {
-        if let Some(name) = input.name {
-            let name = name.trim().to_string();
-            if name.is_empty() {
-                return Err(invalid("name", "is required"));
-            }
-            model::validate_text("name", &name, model::MAX_NAME_CHARS).map_err(|m| invalid("name", m))?;
-            key.name = name;
-        }
-        if let Some(d) = input.description {
-            model::validate_text("description", &d, model::MAX_TEXT_CHARS).map_err(|m| invalid("description", m))?;
-            key.description = d;
-        }
-        if let Some(o) = input.owner {
-            model::validate_text("owner", &o, model::MAX_TEXT_CHARS).map_err(|m| invalid("owner", m))?;
-            key.owner = o;
-        }
-        if let Some(role) = input.role {
-            key.role = if role.is_empty() {
-                None
-            } else {
-                match self.store.get_role(&role).await.map_err(ManageError::Store)? {
-                    Some(_) => Some(role),
-                    None => return Err(invalid("role", format!("no role `{role}` exists"))),
-                }
-            };
-        }
-        if let Some(perms) = input.permissions {
-            for p in &perms {
-                self.config.catalogue.check_grant(p).map_err(|m| invalid("permissions", m))?;
-            }
-            key.permissions = dedup(perms);
-        }
-        if let Some(n) = input.rate_limit {
-            key.rate_limit = (n > 0).then_some(n);
-        }
-        if let Some(plan) = input.plan {
-            key.plan = if plan.is_empty() {
-                None
-            } else if self.config.plans.contains_key(&plan) {
-                Some(plan)
-            } else {
-                let known: Vec<&String> = self.config.plans.keys().collect();
-                return Err(invalid("plan", format!("no plan `{plan}` in the config (known: {known:?})")));
-            };
-        }
-        if let Some(ips) = input.allowed_ips {
-            let mut nets = Vec::new();
-            for ip in ips.iter().flat_map(|s| s.split([',', '\n'])).map(str::trim).filter(|s| !s.is_empty()) {
-                nets.push(crate::policy::ip::parse_cidr(ip).map_err(|m| invalid("allowedIps", m))?);
-            }
-            key.allowed_ips = nets;
-        }
-        if let Some(env) = input.env {
-            key.env = Env::parse(&env).ok_or_else(|| invalid("env", "must be \"live\" or \"test\""))?;
-        }
-        if let Some(days) = input.expires_in_days {
-            if days > MAX_EXPIRY_DAYS {
-                return Err(invalid("expirationDays", format!("must be between 1 and {MAX_EXPIRY_DAYS}")));
-            }
-            key.expires_at = (days > 0).then(|| clock::now_unix() + i64::from(days) * 86_400);
-        }
-        if let Some(meta) = input.metadata {
-            for (k, v) in &meta {
-                model::validate_metadata(k, v).map_err(|m| invalid("metadata", m))?;
-            }
-            key.metadata = meta;
-        }
-        if let Some(enabled) = input.enabled {
-            key.enabled = enabled;
-        }
-        Ok(())
     }
 
     /// Creates a key; with `import`, the given token becomes its secret.

@@ -1,0 +1,114 @@
+//! Validation of the permission catalogue, the routes that name its
+//! permissions, and the roles seeded from the config.
+
+use super::super::raw::{RawModule, RawRole, RawRoute};
+use super::super::{Catalogue, RoleSeed, Upstream};
+use super::{redis_policy, Checker};
+use crate::policy::permissions::{Module, Permission};
+use crate::policy::routes::{Route, RouteTable};
+use std::collections::HashSet;
+
+pub(super) fn catalogue(c: &mut Checker, raw: &[RawModule]) -> Catalogue {
+    let mut modules = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, m) in raw.iter().enumerate() {
+        let id = m.id.get_ref();
+        if !valid_ident(id) {
+            c.problem(Some(&m.id), format!("modules[{i}].id"), "use lowercase letters, digits, '_' or '-'");
+        }
+        if !seen.insert(id.clone()) {
+            c.problem(Some(&m.id), format!("modules[{i}].id"), format!("module `{id}` is declared twice"));
+        }
+        let mut permissions = Vec::new();
+        for (j, p) in m.permissions.iter().enumerate() {
+            let pid = p.id.get_ref();
+            let field = format!("modules[{i}].permissions[{j}].id");
+            match pid.strip_prefix(&format!("{id}.")) {
+                Some(action) if valid_ident(action) => {}
+                _ => c.problem(
+                    Some(&p.id),
+                    &field,
+                    format!("`{pid}` must look like `{id}.<action>` (lowercase letters, digits, '_' or '-')"),
+                ),
+            }
+            if !seen.insert(pid.clone()) {
+                c.problem(Some(&p.id), &field, format!("permission `{pid}` is declared twice"));
+            }
+            permissions.push(Permission { id: pid.clone(), label: p.label.clone() });
+        }
+        modules.push(Module { id: id.clone(), name: m.name.clone(), permissions });
+    }
+    Catalogue::new(modules)
+}
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
+}
+
+pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], catalogue: &Catalogue) -> RouteTable {
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let field = format!("routes[{i}]");
+        let upstream = match &r.upstream {
+            None if upstreams.is_empty() => {
+                c.problem(Some(&r.pattern), format!("{field}.upstream"), "no [[upstreams]] declared to forward to");
+                0
+            }
+            None => 0,
+            Some(name) => upstreams.iter().position(|u| &u.name == name.get_ref()).unwrap_or_else(|| {
+                c.problem(Some(name), format!("{field}.upstream"), format!("no upstream named `{}`", name.get_ref()));
+                0
+            }),
+        };
+        if let Some(p) = &r.permission {
+            if !catalogue.is_declared(p.get_ref()) {
+                c.problem(
+                    Some(p),
+                    format!("{field}.permission"),
+                    format!("permission `{}` is not declared in [[modules]]", p.get_ref()),
+                );
+            }
+        }
+        if r.public && r.permission.is_some() {
+            c.problem(Some(&r.pattern), format!("{field}.public"), "a public route cannot also require a permission");
+        }
+        let on_redis_error = redis_policy(c, &r.on_redis_error, &format!("{field}.on_redis_error"));
+        match Route::new(
+            r.pattern.get_ref(),
+            r.permission.as_ref().map(|p| p.get_ref().clone()),
+            upstream,
+            r.public,
+            on_redis_error,
+        ) {
+            Ok(route) => out.push(route),
+            Err(e) => c.problem(Some(&r.pattern), format!("{field}.match"), e),
+        }
+    }
+    RouteTable::new(out)
+}
+
+pub(super) fn roles(c: &mut Checker, raw: &[RawRole], catalogue: &Catalogue) -> Vec<RoleSeed> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, r) in raw.iter().enumerate() {
+        let id = r.id.get_ref();
+        if let Err(e) = crate::keys::model::validate_role_id(id) {
+            c.problem(Some(&r.id), format!("roles[{i}].id"), e);
+        }
+        if !seen.insert(id.clone()) {
+            c.problem(Some(&r.id), format!("roles[{i}].id"), format!("role `{id}` is declared twice"));
+        }
+        for (j, p) in r.permissions.iter().enumerate() {
+            if let Err(e) = catalogue.check_grant(p.get_ref()) {
+                c.problem(Some(p), format!("roles[{i}].permissions[{j}]"), e);
+            }
+        }
+        out.push(RoleSeed {
+            id: id.clone(),
+            name: r.name.clone().unwrap_or_else(|| id.clone()),
+            description: r.description.clone().unwrap_or_default(),
+            permissions: r.permissions.iter().map(|p| p.get_ref().clone()).collect(),
+        });
+    }
+    out
+}

@@ -1,0 +1,167 @@
+//! The SQLite store's schema and the mapping between rows and the model.
+
+use super::super::*;
+use crate::keys::model::Env;
+use rusqlite::{params, Connection, Row};
+
+pub(super) const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS roles (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    permissions TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '',
+    role TEXT REFERENCES roles(id),
+    permissions TEXT NOT NULL DEFAULT '[]',
+    plan TEXT,
+    rate_limit INTEGER,
+    allowed_ips TEXT NOT NULL DEFAULT '[]',
+    env TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    expires_at INTEGER,
+    created_at INTEGER NOT NULL,
+    last_used INTEGER,
+    usage_count INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    key_prefix TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_role ON keys(role);
+CREATE TABLE IF NOT EXISTS secrets (
+    token_hash BLOB PRIMARY KEY,
+    key_id TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE,
+    expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS secrets_key ON secrets(key_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_target ON audit(target);
+CREATE TABLE IF NOT EXISTS usage_minutes (
+    key_id TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (key_id, minute)
+);
+";
+
+/// Changes older than this are trimmed; a gateway further behind flushes its cache.
+pub(super) const CHANGE_RETENTION_SECS: i64 = 24 * 3600;
+/// Per-minute usage rows kept for the console's charts.
+pub(super) const USAGE_RETENTION_SECS: i64 = 8 * 24 * 3600;
+
+pub(super) const KEY_COLUMNS: &str = "k.key_id, k.name, k.description, k.owner, k.role, k.permissions, k.plan, k.rate_limit, \
+     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix";
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(super) fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+pub(super) fn key_from_row(row: &Row) -> rusqlite::Result<ApiKey> {
+    let env: String = row.get(9)?;
+    Ok(ApiKey {
+        key_id: row.get(0)?,
+        name: row.get(1)?,
+        description: row.get(2)?,
+        owner: row.get(3)?,
+        role: row.get(4)?,
+        permissions: from_json(&row.get::<_, String>(5)?)?,
+        plan: row.get(6)?,
+        rate_limit: row.get(7)?,
+        allowed_ips: from_json(&row.get::<_, String>(8)?)?,
+        env: Env::parse(&env).unwrap_or(Env::Live),
+        enabled: row.get(10)?,
+        expires_at: row.get(11)?,
+        created_at: row.get(12)?,
+        last_used: row.get(13)?,
+        usage_count: row.get::<_, i64>(14)? as u64,
+        metadata: from_json(&row.get::<_, String>(15)?)?,
+        key_prefix: row.get(16)?,
+    })
+}
+
+pub(super) fn role_from_row(row: &Row) -> rusqlite::Result<Role> {
+    Ok(Role { id: row.get(0)?, name: row.get(1)?, description: row.get(2)?, permissions: from_json(&row.get::<_, String>(3)?)? })
+}
+
+pub(super) fn log_change(tx: &Connection, kind: &str, id: &str) -> rusqlite::Result<()> {
+    tx.execute("INSERT INTO changes (kind, id, at_ms) VALUES (?1, ?2, ?3)", params![kind, id, now_unix_ms()])?;
+    Ok(())
+}
+
+/// Stores a secret's hash for a key; `Conflict` if any key already has it.
+pub(super) fn add_secret(tx: &Connection, hash: &TokenHash, key_id: &str) -> Result<(), StoreError> {
+    tx.execute("INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?1, ?2, NULL)", params![&hash.0[..], key_id])
+        .map(|_| ())
+        .map_err(|e| if is_constraint(&e) { StoreError::Conflict("that token is already in use".into()) } else { unavailable(e) })
+}
+
+pub(super) fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+pub(super) fn write_key(tx: &Connection, key: &ApiKey, insert: bool) -> Result<usize, StoreError> {
+    let sql = if insert {
+        "INSERT INTO keys (key_id, name, description, owner, role, permissions, plan, rate_limit, allowed_ips, env, enabled, \
+         expires_at, created_at, last_used, usage_count, metadata, key_prefix) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+    } else {
+        "UPDATE keys SET name = ?2, description = ?3, owner = ?4, role = ?5, permissions = ?6, plan = ?7, rate_limit = ?8, \
+         allowed_ips = ?9, env = ?10, enabled = ?11, expires_at = ?12, created_at = ?13, last_used = ?14, usage_count = ?15, \
+         metadata = ?16, key_prefix = ?17 WHERE key_id = ?1"
+    };
+    tx.execute(
+        sql,
+        params![
+            key.key_id,
+            key.name,
+            key.description,
+            key.owner,
+            key.role,
+            json(&key.permissions)?,
+            key.plan,
+            key.rate_limit,
+            json(&key.allowed_ips)?,
+            key.env.as_str(),
+            key.enabled,
+            key.expires_at,
+            key.created_at,
+            key.last_used,
+            key.usage_count as i64,
+            json(&key.metadata)?,
+            key.key_prefix,
+        ],
+    )
+    .map_err(|e| if is_constraint(&e) { StoreError::Conflict(constraint_message(key)) } else { unavailable(e) })
+}
+
+pub(super) fn constraint_message(key: &ApiKey) -> String {
+    match &key.role {
+        Some(role) => {
+            format!("key `{}` already exists, its token is already in use, or role `{role}` does not exist", key.key_id)
+        }
+        None => format!("key `{}` already exists or its token is already in use", key.key_id),
+    }
+}
