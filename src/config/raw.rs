@@ -1,6 +1,6 @@
 //! The config file exactly as written: serde structs that refuse unknown
 //! fields. Values that need checking are kept as `Spanned` so a validation
-//! error can name the line they sit on. `validate.rs` turns these into the
+//! error can name the line they sit on. `validate/` turns these into the
 //! typed [`crate::config::Config`].
 
 use serde::Deserialize;
