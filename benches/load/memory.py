@@ -11,12 +11,12 @@ upstream is an nginx returning a small JSON body. During the soak wrk sends
 requests with hot keys (a Lua script cycles through them) and RSS is sampled
 every few seconds. Writes benches/load/memory.md.
 """
-import argparse, hashlib, json, os, shutil, signal, sqlite3, statistics, subprocess, sys, tempfile, threading, time
+import argparse, hashlib, os, sqlite3, subprocess, sys, tempfile, threading, time
 import http.client
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, Proc, free_port, nginx_bin, nginx_conf, upstream_body, keygate_conf, ensure_tools, publish, stop_all  # noqa: E402
+from run import Proc, free_port, keygate_conf, ensure_tools, keygate_binary, start_upstream, publish, stop_all  # noqa: E402
 
 
 def rss_kib(pid):
@@ -76,15 +76,15 @@ def main():
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--hot", type=int, default=100_000)
     ap.add_argument("--soak", type=int, default=60, help="seconds of load after warm-up (600 for the 10-minute soak)")
+    ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
     args = ap.parse_args()
     ensure_tools()
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "keygate"], cwd=ROOT, check=True)
-    keygate = str(ROOT / "target" / "release" / "keygate")
+    keygate = keygate_binary(args.keygate)
     work = tempfile.mkdtemp(prefix="keygate-mem-")
     procs = []
     try:
-        up = free_port()
-        procs.append(Proc([nginx_bin(), "-c", str(nginx_conf(work, up, upstream_body(up), 1)), "-g", "daemon off;"], up))
+        up, upstream = start_upstream(work, 1)
+        procs.append(upstream)
         port, admin = free_port(), free_port()
         conf = keygate_conf(work, "mem", port, admin, up)
         subprocess.run([keygate, "--config", str(conf), "keys", "list"], check=True, capture_output=True)

@@ -68,6 +68,21 @@ def ensure_tools():
     return str(oha)
 
 
+def keygate_binary(given=None):
+    """The keygate to measure: `given`, or a fresh release build."""
+    if given:
+        return given
+    print("building keygate (release)", file=sys.stderr)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "keygate"], cwd=ROOT, check=True)
+    return str(ROOT / "target" / "release" / "keygate")
+
+
+def start_upstream(work, workers):
+    """The upstream every configuration forwards to: an nginx returning a small JSON body."""
+    port = free_port()
+    return port, Proc([nginx_bin(), "-c", str(nginx_conf(work, port, upstream_body(port), workers)), "-g", "daemon off;"], port)
+
+
 def publish(table, filename):
     """Prints a result table and writes it next to this script."""
     print(table)
@@ -241,17 +256,12 @@ def main():
     ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
     args = ap.parse_args()
     oha_bin = ensure_tools()
-    if args.keygate:
-        keygate = args.keygate
-    else:
-        print("building keygate (release)", file=sys.stderr)
-        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "keygate"], cwd=ROOT, check=True)
-        keygate = str(ROOT / "target" / "release" / "keygate")
+    keygate = keygate_binary(args.keygate)
     work = tempfile.mkdtemp(prefix="keygate-load-")
     procs = []
     try:
-        up_port = free_port()
-        procs.append(Proc([nginx_bin(), "-c", str(nginx_conf(work, up_port, upstream_body(up_port), args.workers)), "-g", "daemon off;"], up_port))
+        up_port, upstream = start_upstream(work, args.workers)
+        procs.append(upstream)
         redis_port = free_port()
         procs.append(Proc(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], redis_port))
         sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem",

@@ -103,7 +103,6 @@ pub async fn dispatch(
 
 /// Serves the connections handed to one worker until its channel closes,
 /// then lets the open ones finish (each also hears `shutdown`).
-#[allow(clippy::too_many_arguments)]
 pub async fn serve_worker<H, F>(
     mut incoming: mpsc::UnboundedReceiver<Accepted>,
     tls: Option<TlsAcceptor>,
