@@ -7,16 +7,6 @@ use common::redis::RedisServer;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// Waits until at least `margin` remains in the current rate-limit minute,
-/// so a burst is not split across two windows.
-async fn away_from_window_edge(margin: Duration) {
-    let now_ms = keygate::clock::now_ms();
-    let left = 60_000 - now_ms.rem_euclid(60_000);
-    if left < margin.as_millis() as i64 {
-        tokio::time::sleep(Duration::from_millis(left as u64 + 50)).await;
-    }
-}
-
 async fn get(url: &str, token: &str) -> u16 {
     client().get(url).bearer_auth(token).send().await.unwrap().status().as_u16()
 }
@@ -42,7 +32,9 @@ async fn a_burst_across_three_nodes_never_exceeds_the_limit() {
         let refused = statuses.iter().filter(|s| **s == 429).count();
         assert_eq!(admitted + refused, 240, "{algorithm}: {statuses:?}");
         assert!(admitted <= 50, "{algorithm}: {admitted} admitted with a limit of 50");
-        assert!(admitted >= 45, "{algorithm}: only {admitted} of 50 admitted: leases held back too much");
+        // Quota leased but not yet spent when the burst ends is at most one
+        // lease per node (a quarter of the node's share, here 4).
+        assert!(admitted >= 50 - 3 * 4, "{algorithm}: only {admitted} of 50 admitted: leases held back too much");
         // Spread out after the burst, the remaining quota is still found by any node.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let mut later = 0;

@@ -170,6 +170,7 @@ async fn rate_limit_headers_429_and_refusals_cost_nothing() {
     let (_up, s) = setup("", "").await;
     let (_, token) = s.create_key(&["--name", "limited", "--role", "read-only", "--rate-limit", "3"]);
     let _gw = s.start();
+    away_from_window_edge(std::time::Duration::from_secs(3)).await;
     let c = client();
     // Refused requests (403) do not consume quota.
     for _ in 0..5 {
@@ -220,6 +221,7 @@ async fn sliding_window_is_selectable() {
     let (_up, s) = setup("", "algorithm = \"sliding_window\"").await;
     let (_, token) = s.create_key(&["--name", "slide", "--role", "read-only", "--rate-limit", "2"]);
     let _gw = s.start();
+    away_from_window_edge(std::time::Duration::from_secs(3)).await;
     let c = client();
     let statuses: Vec<u16> =
         futures_util::future::join_all((0..4).map(|_| c.get(s.url("/api/lists")).bearer_auth(&token).send()))
@@ -267,6 +269,7 @@ async fn whoami_reports_the_key() {
         "9",
     ]);
     let _gw = s.start();
+    away_from_window_edge(std::time::Duration::from_secs(3)).await;
     let resp = client().get(s.url("/whoami")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "8");

@@ -294,6 +294,16 @@ where
     None
 }
 
+/// Waits until at least `margin` remains in the current rate-limit minute,
+/// so a test that counts requests is not split across two windows.
+pub async fn away_from_window_edge(margin: Duration) {
+    let now_ms = keygate::clock::now_ms();
+    let left = 60_000 - now_ms.rem_euclid(60_000);
+    if left < margin.as_millis() as i64 {
+        tokio::time::sleep(Duration::from_millis(left as u64 + 50)).await;
+    }
+}
+
 /// Parses a JSON body.
 pub async fn json_of(resp: reqwest::Response) -> serde_json::Value {
     let text = resp.text().await.unwrap();
