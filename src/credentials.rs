@@ -64,7 +64,8 @@ fn query_tokens(query: &str) -> Vec<String> {
     form_pairs(query).filter(|(k, _)| k == QUERY_PARAM).map(|(_, v)| v).collect()
 }
 
-fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+/// The percent-decoded `name=value` pairs of a query string.
+pub fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (decode_component(k), decode_component(v))

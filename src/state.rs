@@ -90,8 +90,6 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// Creates the config's `[[roles]]` that the store does not have yet.

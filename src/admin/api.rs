@@ -24,12 +24,11 @@ pub fn refusal(e: ManageError) -> Response<Body> {
         ManageError::RoleInUse { .. } => (StatusCode::CONFLICT, "role_in_use"),
         ManageError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
     };
-    let mut resp = error(status, code, e.to_string());
+    let mut body = json!({ "success": false, "error": e.to_string(), "code": code });
     if let ManageError::Invalid { field, .. } = &e {
-        let body = json!({ "success": false, "error": e.to_string(), "code": code, "field": field });
-        resp = crate::error::json_response(status, &body);
+        body["field"] = field.as_str().into();
     }
-    resp
+    crate::error::json_response(status, &body)
 }
 
 /// `page` (from 1) and `per_page` of a query string.
@@ -48,27 +47,7 @@ fn paging(query: &str) -> Result<(u64, u64), ManageError> {
 
 /// One query parameter, percent-decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').filter_map(|p| p.split_once('=').or(Some((p, "")))).find(|(k, _)| *k == name).map(|(_, v)| {
-        let v = v.replace('+', " ");
-        let bytes = v.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let hex =
-                bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-            match (bytes[i], hex) {
-                (b'%', Some(b)) => {
-                    out.push(b);
-                    i += 3;
-                }
-                (b, _) => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    })
+    crate::credentials::form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 fn page_meta(total: u64, page: u64, per_page: u64) -> Value {

@@ -26,13 +26,6 @@ pub enum Endpoint {
     Readyz,
 }
 
-impl Endpoint {
-    /// Open to scrapers, probes and tooling: no admin token needed.
-    pub fn is_public(self) -> bool {
-        matches!(self, Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz | Endpoint::OpenApi)
-    }
-}
-
 /// Method, path pattern (`{id}` is one segment) and endpoint.
 pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("GET", "/api-keys", Endpoint::ListKeys),

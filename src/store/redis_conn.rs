@@ -89,11 +89,6 @@ impl Breaker {
             self.open_until_ms.store(crate::clock::now_ms() + BREAKER_COOLDOWN.as_millis() as i64, Ordering::Relaxed);
         }
     }
-
-    /// Whether calls are currently failing fast.
-    pub fn is_open(&self) -> bool {
-        !self.allow()
-    }
 }
 
 /// The connection plus its timeout, breaker and call counter.
@@ -178,10 +173,5 @@ impl RedisHandle {
                 Err(RedisFailure::Timeout(self.timeout))
             }
         }
-    }
-
-    /// Whether the breaker is failing calls fast right now.
-    pub fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
     }
 }

@@ -15,13 +15,8 @@ pub(super) struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
-    }
-
     pub(super) fn problem<T>(&mut self, at: Option<&Spanned<T>>, field: impl Into<String>, msg: impl Into<String>) {
-        let line = at.map(|s| self.line_of(s.span().start));
+        let line = at.map(|s| line_at(self.text, s.span().start));
         self.problems.push(ConfigProblem { line, field: field.into(), message: msg.into() });
     }
 
@@ -75,6 +70,11 @@ impl Checker<'_> {
     }
 }
 
+/// The 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
 /// Resolves `p` against the folder of the config file.
 fn relative_to(config: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
@@ -89,7 +89,7 @@ fn relative_to(config: &Path, p: &str) -> PathBuf {
 
 pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+        let line = e.span().map(|s| line_at(text, s.start));
         ConfigError {
             file: path.to_path_buf(),
             problems: vec![ConfigProblem {
