@@ -65,6 +65,7 @@ fn steps(c: &mut Criterion) {
     let runtime = f.app.runtime.load_full();
     let cfg = &runtime.config;
     let peer: IpAddr = "127.0.0.1".parse().unwrap();
+    let peer_header = headers::peer_value(peer);
 
     c.bench_function("credential_parse", |b| {
         b.iter(|| keygate::credentials::extract(black_box(req.headers()), black_box(req.uri().query())).unwrap())
@@ -106,7 +107,7 @@ fn steps(c: &mut Criterion) {
                 headers::remove_hop_by_hop(&mut h);
                 headers::remove_identity_headers(&mut h);
                 keygate::credentials::strip_headers(&mut h);
-                headers::set_forwarded(&mut h, peer, false, Some(&HeaderValue::from_static("api.example.com")));
+                headers::set_forwarded(&mut h, &peer_header, false, Some(&HeaderValue::from_static("api.example.com")));
                 h.insert("x-keygate-key-id", HeaderValue::from_static("key_0123456789abcdef"));
                 h
             },

@@ -2,7 +2,7 @@
 //! stream of bytes, so upstream bodies flow through without buffering.
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 /// Errors a body stream may carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -15,7 +15,7 @@ pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into()).map_err(|never| match never {}).boxed()
 }
 
-/// An empty body.
+/// An empty body (zero-sized: boxing it allocates nothing).
 pub fn empty() -> Body {
-    full(Bytes::new())
+    Empty::new().map_err(|never| match never {}).boxed()
 }

@@ -23,3 +23,9 @@ pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod store;
+
+/// The hasher of keygate's in-memory maps (key cache, limiter windows,
+/// usage, metric children). Their keys are SHA-256 digests and ids that
+/// operators or keygate chose, never strings a client picks to collide, so
+/// a fast unkeyed hash does the job SipHash would do at several times the cost.
+pub type FastHash = rustc_hash::FxBuildHasher;

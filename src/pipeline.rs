@@ -29,13 +29,26 @@ use std::time::{Duration, Instant};
 /// Served by keygate itself on the data listener.
 pub const WHOAMI_PATH: &str = "/whoami";
 
+/// Headers a forwarded request may gain: Host, three X-Forwarded-*, four
+/// identity headers and some metadata.
+const FORWARDED_HEADER_ROOM: usize = 12;
+
 /// Facts about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     /// The worker thread serving the connection (picks its upstream pool).
     pub worker: usize,
+    /// The peer address as an `X-Forwarded-For` entry.
+    pub peer_header: HeaderValue,
+}
+
+impl ConnInfo {
+    /// Facts about a connection from `peer`, served by `worker`.
+    pub fn new(peer: SocketAddr, tls: bool, worker: usize) -> ConnInfo {
+        ConnInfo { peer, tls, worker, peer_header: headers::peer_value(peer.ip()) }
+    }
 }
 
 /// Which route answered, as cheap to record as an index.
@@ -67,7 +80,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Re
     let rt = app.runtime.load_full();
     let method = req.method().clone();
     let mut trace = Trace::default();
-    let result = run(&app, &rt, req, conn, &mut trace).await;
+    let result = run(&app, &rt, req, &conn, &mut trace).await;
     let outcome = match &result {
         Ok(_) => trace.served_as.unwrap_or("forwarded"),
         Err(e) => e.outcome(),
@@ -85,7 +98,7 @@ async fn run(
     app: &App,
     rt: &Runtime,
     req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     trace: &mut Trace,
 ) -> Result<Response<Body>, GatewayError> {
     let cfg = &rt.config;
@@ -109,7 +122,7 @@ async fn run(
     // 4-9. authenticate and authorise
     let key = authorise(app, cfg, &req, client_ip, Some(route), trace).await?;
     // 10. forward
-    forward(rt, route, req, &path, conn, Some(&key.key), trace).await
+    forward(rt, route, req, &path, conn, Some(&key), trace).await
 }
 
 /// Steps 4 to 9: the key, its state, its IP allowlist, its permission, its
@@ -213,8 +226,8 @@ async fn forward(
     route: &Route,
     req: Request<Incoming>,
     path: &str,
-    conn: ConnInfo,
-    key: Option<&ApiKey>,
+    conn: &ConnInfo,
+    key: Option<&KeyLookup>,
     trace: &mut Trace,
 ) -> Result<Response<Body>, GatewayError> {
     let cfg = &rt.config;
@@ -232,15 +245,19 @@ async fn forward(
     parts.uri = proxy::upstream_uri(upstream, path, query.as_deref())?;
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
+    // Room for the forwarding and identity headers, so the map grows once.
+    headers.reserve(FORWARDED_HEADER_ROOM);
     headers::remove_hop_by_hop(headers);
     headers::remove_identity_headers(headers);
     headers.remove(header::HOST);
     // `Expect: 100-continue` was answered here when the body was first read.
     headers.remove(header::EXPECT);
-    headers::set_forwarded(headers, conn.peer.ip(), conn.tls, host.as_ref());
+    headers::set_forwarded(headers, &conn.peer_header, conn.tls, host.as_ref());
     if let Some(key) = key {
         credentials::strip_headers(headers);
-        add_identity(headers, key);
+        for (name, value) in key.identity_headers() {
+            headers.insert(name.clone(), value.clone());
+        }
     }
     // A request without a body (most GETs) needs no size or pause guard.
     let body = if http_body::Body::is_end_stream(&body) {
@@ -254,25 +271,6 @@ async fn forward(
     let mut resp = result?;
     headers::remove_hop_by_hop(resp.headers_mut());
     Ok(resp)
-}
-
-/// `X-Keygate-*` identity headers for the upstream.
-fn add_identity(headers: &mut http::HeaderMap, key: &ApiKey) {
-    if let Ok(v) = HeaderValue::from_str(&key.key_id) {
-        headers.insert(headers::X_KEYGATE_KEY_ID, v);
-    }
-    if let Some(v) = headers::text_value(&key.owner) {
-        headers.insert(headers::X_KEYGATE_OWNER, v);
-    }
-    if let Some(v) = key.role.as_deref().and_then(headers::text_value) {
-        headers.insert(headers::X_KEYGATE_ROLE, v);
-    }
-    headers.insert(headers::X_KEYGATE_ENV, HeaderValue::from_static(key.env.as_str()));
-    for (name, value) in &key.metadata {
-        if let (Some(n), Some(v)) = (headers::metadata_header_name(name), headers::text_value(value)) {
-            headers.insert(n, v);
-        }
-    }
 }
 
 /// `GET /whoami`: what the presented key is and may do.

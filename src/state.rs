@@ -14,6 +14,7 @@ use crate::proxy::Forwarder;
 use crate::ratelimit::{local::LocalLimiter, redis::RedisLimiter, Limiter};
 use crate::store::redis_conn::RedisHandle;
 use crate::store::{self, ChangeTarget, SharedStore, Store, StoreError};
+use crate::FastHash;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use prometheus::{Histogram, IntCounter};
@@ -28,7 +29,7 @@ pub struct Runtime {
     pub forwarder: Forwarder,
     /// `keygate_requests_total` children by (route index, status, outcome),
     /// so the hot path does not hash label strings under the registry's lock.
-    request_counters: DashMap<(usize, u16, &'static str), IntCounter>,
+    request_counters: DashMap<(usize, u16, &'static str), IntCounter, FastHash>,
     /// Upstream latency histograms by upstream index.
     upstream_histograms: Vec<Histogram>,
 }
@@ -39,7 +40,7 @@ impl Runtime {
         let forwarder = Forwarder::new(&config.upstreams, config.server.workers);
         let upstream_histograms =
             config.upstreams.iter().map(|u| metrics.upstream_latency.with_label_values(&[u.name.as_str()])).collect();
-        Runtime { config, forwarder, request_counters: DashMap::new(), upstream_histograms }
+        Runtime { config, forwarder, request_counters: DashMap::default(), upstream_histograms }
     }
 
     /// Counts one request; `route` is the label for a key seen the first time.

@@ -8,6 +8,7 @@
 use super::model::KeyLookup;
 use super::token::TokenHash;
 use crate::store::{Store, StoreError};
+use crate::FastHash;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,8 +35,8 @@ pub enum Origin {
 
 /// Cache of resolved keys.
 pub struct KeyCache {
-    entries: DashMap<TokenHash, Entry>,
-    inflight: DashMap<TokenHash, Fetch>,
+    entries: DashMap<TokenHash, Entry, FastHash>,
+    inflight: DashMap<TokenHash, Fetch, FastHash>,
     /// Bumped by every invalidation, so a fetch that raced one is not cached.
     generation: AtomicU64,
     ttl: Duration,
@@ -48,8 +49,8 @@ impl KeyCache {
     /// An empty cache.
     pub fn new(ttl: Duration, negative_ttl: Duration, lookup_timeout: Duration) -> KeyCache {
         KeyCache {
-            entries: DashMap::new(),
-            inflight: DashMap::new(),
+            entries: DashMap::default(),
+            inflight: DashMap::default(),
             generation: AtomicU64::new(0),
             ttl,
             negative_ttl,

@@ -3,6 +3,7 @@
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 /// A key's environment: `test` keys only work on a `test` gateway and the reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -64,6 +65,10 @@ pub struct ApiKey {
 pub struct KeyLookup {
     pub key: ApiKey,
     pub secret_expires_at: Option<i64>,
+    /// The `X-Keygate-*` headers this key adds to forwarded requests, built
+    /// on first use and kept as long as the cached lookup: forwarding then
+    /// clones shared buffers instead of validating text on every request.
+    identity: OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
 }
 
 /// Whether a resolved key may be used right now.
@@ -78,6 +83,17 @@ pub enum KeyState {
 }
 
 impl KeyLookup {
+    /// A lookup result for `key`; `secret_expires_at` is set for a secret
+    /// replaced by a rotation.
+    pub fn new(key: ApiKey, secret_expires_at: Option<i64>) -> KeyLookup {
+        KeyLookup { key, secret_expires_at, identity: OnceLock::new() }
+    }
+
+    /// The identity headers for the upstream (see the field).
+    pub fn identity_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        self.identity.get_or_init(|| crate::proxy::headers::identity(&self.key))
+    }
+
     /// Checks, in the contract's order: secret, status, expiry, environment.
     pub fn state(&self, now: i64, gateway_env: Env) -> KeyState {
         if self.secret_expires_at.is_some_and(|t| t <= now) {

@@ -4,6 +4,7 @@
 //! store is down.
 
 use crate::store::{Store, StoreError, UsageDelta};
+use crate::FastHash;
 use dashmap::DashMap;
 
 #[derive(Debug, Default)]
@@ -18,7 +19,7 @@ struct Pending {
 /// Usage not yet written.
 #[derive(Default)]
 pub struct UsageRecorder {
-    pending: DashMap<String, Pending>,
+    pending: DashMap<String, Pending, FastHash>,
 }
 
 impl UsageRecorder {

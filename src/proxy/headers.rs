@@ -1,5 +1,6 @@
 //! Header rewriting for forwarded requests and returned responses.
 
+use crate::keys::model::ApiKey;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 use std::net::IpAddr;
@@ -30,40 +31,61 @@ pub const X_KEYGATE_ENV: HeaderName = HeaderName::from_static("x-keygate-env");
 
 /// Removes hop-by-hop headers, including every header `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // One pass finds what is there (usually nothing, or `Connection`
+    // alone); only those names are looked up again to be removed.
+    let mut present: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) {
+            present.push(name.clone());
+        }
     }
-    for name in &HOP_BY_HOP {
+    if present.is_empty() {
+        return;
+    }
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                present.push(name);
+            }
+        }
+    }
+    for name in present {
         headers.remove(name);
     }
 }
 
 /// Removes every client-sent `X-Keygate-*` header.
 pub fn remove_identity_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| n.as_str().starts_with(IDENTITY_PREFIX)) {
+        return;
+    }
     let names: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with(IDENTITY_PREFIX)).cloned().collect();
     for name in names {
         headers.remove(name);
     }
 }
 
+/// The client address as an `X-Forwarded-For` entry, built once per connection.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.to_string())).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&HeaderValue>) {
-    let peer = peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
-        _ => peer,
-    };
+pub fn set_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, tls: bool, host: Option<&HeaderValue>) {
     // Several XFF lines from the client collapse into the first one plus us:
     // only the right-most entries are ever believed.
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let prior = headers.remove(&X_FORWARDED_FOR).filter(|p| !p.as_bytes().trim_ascii().is_empty());
+    let xff = match prior {
+        None => Some(peer.clone()),
+        Some(prior) => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + peer.len());
+            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
+        }
+    };
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
@@ -75,6 +97,28 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, tls: bool, host: Opt
             headers.remove(&X_FORWARDED_HOST);
         }
     }
+}
+
+/// The `X-Keygate-*` headers that tell the upstream who is calling: key
+/// id, owner, role, environment and one header per metadata entry.
+pub fn identity(key: &ApiKey) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(4 + key.metadata.len());
+    if let Ok(v) = HeaderValue::from_str(&key.key_id) {
+        out.push((X_KEYGATE_KEY_ID, v));
+    }
+    if let Some(v) = text_value(&key.owner) {
+        out.push((X_KEYGATE_OWNER, v));
+    }
+    if let Some(v) = key.role.as_deref().and_then(text_value) {
+        out.push((X_KEYGATE_ROLE, v));
+    }
+    out.push((X_KEYGATE_ENV, HeaderValue::from_static(key.env.as_str())));
+    for (name, value) in &key.metadata {
+        if let (Some(n), Some(v)) = (metadata_header_name(name), text_value(value)) {
+            out.push((n, v));
+        }
+    }
+    out
 }
 
 /// `default_optin_mailing` -> `x-keygate-meta-default-optin-mailing`.
@@ -119,7 +163,12 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true, Some(&HeaderValue::from_static("api.example.com")));
+        set_forwarded(
+            &mut h,
+            &peer_value("127.0.0.1".parse().unwrap()),
+            true,
+            Some(&HeaderValue::from_static("api.example.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example.com");

@@ -2,90 +2,90 @@
 //! streamed both ways.
 
 pub mod body;
+pub mod h1;
 pub mod headers;
+pub mod pool;
+pub mod response;
 
 use crate::body::Body;
 use crate::config::Upstream;
 use crate::error::GatewayError;
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::time::Duration;
+use h1::ExchangeError;
+use http::{header, Request, Response};
+use pool::{ConnectError, Pool, Target};
+use std::sync::Arc;
 
-/// How long an idle pooled upstream connection is kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept per upstream.
-pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
-
-/// Pooled clients, one per upstream (each with its own connect timeout) for
-/// each worker thread: a worker only ever uses connections whose tasks run
-/// on its own thread, so forwarding never wakes another thread.
+/// Idle-connection pools, one per upstream for each worker thread: a
+/// connection is only used by the worker that opened it, so forwarding
+/// never wakes another thread.
 pub struct Forwarder {
-    clients: Vec<Vec<Client<HttpConnector, Body>>>,
+    pools: Vec<Vec<Arc<Pool>>>,
+}
+
+/// Why an exchange with an upstream failed (logged, answered 502).
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Exchange(#[from] ExchangeError),
 }
 
 impl Forwarder {
-    /// Builds the clients of `workers` worker threads.
+    /// Builds the (empty) pools of `workers` worker threads.
     pub fn new(upstreams: &[Upstream], workers: usize) -> Forwarder {
-        Forwarder { clients: (0..workers.max(1)).map(|_| Self::clients(upstreams)).collect() }
+        let pools = (0..workers.max(1))
+            .map(|_| upstreams.iter().map(|u| Pool::new(Target::new(&u.origin, u.connect_timeout))).collect())
+            .collect();
+        Forwarder { pools }
     }
 
-    fn clients(upstreams: &[Upstream]) -> Vec<Client<HttpConnector, Body>> {
-        upstreams
-            .iter()
-            .map(|u| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(u.connect_timeout));
-                connector.set_keepalive(Some(Duration::from_secs(60)));
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .build(connector)
-            })
-            .collect()
-    }
-
-    /// Sends `req` (already rewritten) to upstream `index` from worker
-    /// `worker` and waits for the response head, at most `upstream.timeout`.
+    /// Sends `req` (already rewritten, origin-form URI) to upstream `index`
+    /// from worker `worker` and waits for the response head, at most
+    /// `upstream.timeout`.
     pub async fn send(
         &self,
         worker: usize,
         index: usize,
         upstream: &Upstream,
-        req: Request<Body>,
+        mut req: Request<Body>,
     ) -> Result<Response<Body>, GatewayError> {
-        let per_worker = self.clients.get(worker).or_else(|| self.clients.first());
-        let client = per_worker.and_then(|c| c.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
-        match tokio::time::timeout(upstream.timeout, client.request(req)).await {
+        let per_worker = self.pools.get(worker).or_else(|| self.pools.first());
+        let pool = per_worker.and_then(|p| p.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
+        req.headers_mut().insert(header::HOST, pool.target().host_header.clone());
+        match tokio::time::timeout(upstream.timeout, exchange(pool, req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %upstream.name, error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
                 Err(GatewayError::UpstreamUnavailable)
             }
-            Ok(Ok(resp)) => Ok(resp.map(|b: Incoming| b.map_err(Into::into).boxed())),
+            Ok(Ok(resp)) => Ok(resp),
         }
     }
 }
 
-/// An error with its causes, for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// One request and its response head over a pooled (or new) connection.
+/// A kept-alive connection the upstream closed a moment ago fails before
+/// any answer; a bodiless idempotent request then goes out again on the
+/// next idle connection, or on a new one.
+async fn exchange(pool: &Arc<Pool>, req: Request<Body>) -> Result<Response<Body>, ForwardError> {
+    let (parts, body) = req.into_parts();
+    let replayable = http_body::Body::is_end_stream(&body) && parts.method.is_idempotent();
+    let mut body = Some(body);
+    loop {
+        let (conn, reused) = match pool.take_idle() {
+            Some(conn) => (conn, true),
+            None => (pool.connect().await?, false),
+        };
+        match conn.exchange(&parts, body.take().unwrap_or_else(crate::body::empty), pool).await {
+            Err(e) if reused && replayable && e.connection_was_stale() => continue,
+            result => return Ok(result?),
+        }
     }
-    out
 }
 
-/// The upstream URI for a normalised path and (stripped) query.
+/// The origin-form URI (`/base/path?query`) for a normalised path and
+/// (stripped) query.
 pub fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<http::Uri, GatewayError> {
     let mut pq = String::with_capacity(upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
     pq.push_str(&upstream.base_path);
@@ -94,10 +94,5 @@ pub fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Res
         pq.push('?');
         pq.push_str(q);
     }
-    http::Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.origin.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")))
+    http::Uri::try_from(pq).map_err(|e| GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")))
 }

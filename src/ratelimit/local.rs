@@ -4,6 +4,7 @@
 
 use super::{Decision, WINDOW_MS};
 use crate::config::Algorithm;
+use crate::FastHash;
 use dashmap::DashMap;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -29,7 +30,7 @@ impl Window {
 /// Counts requests per key on this node.
 #[derive(Default)]
 pub struct LocalLimiter {
-    windows: DashMap<String, Window>,
+    windows: DashMap<String, Window, FastHash>,
 }
 
 impl LocalLimiter {

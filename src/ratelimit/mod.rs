@@ -93,6 +93,7 @@ impl Decision {
     /// Adds `X-RateLimit-*` and, when asked, the IETF draft's
     /// `RateLimit-Policy` and `RateLimit` headers.
     pub fn write_headers(&self, headers: &mut HeaderMap, now: i64, algorithm: Algorithm, ietf: bool) {
+        headers.reserve(5);
         headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
         headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
         headers.insert(X_RATELIMIT_RESET, HeaderValue::from(self.reset_at));
@@ -102,14 +103,31 @@ impl Decision {
                 Algorithm::FixedWindow => "fixed",
                 Algorithm::SlidingWindow => "sliding",
             };
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={};w={WINDOW_SECS}", self.limit)) {
+            if let Some(v) = ietf_value(name, ("q", self.limit.into()), ("w", WINDOW_SECS)) {
                 headers.insert(RATELIMIT_POLICY, v);
             }
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={reset_in}", self.remaining)) {
+            if let Some(v) = ietf_value(name, ("r", self.remaining.into()), ("t", reset_in)) {
                 headers.insert(RATELIMIT, v);
             }
         }
     }
+}
+
+/// `"name";a=1;b=2`, the shape of both IETF headers, written without the
+/// formatting machinery (it is on every response).
+fn ietf_value(name: &str, first: (&str, i64), second: (&str, i64)) -> Option<HeaderValue> {
+    let mut numbers = itoa::Buffer::new();
+    let mut out = Vec::with_capacity(48);
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'"');
+    for (param, value) in [first, second] {
+        out.push(b';');
+        out.extend_from_slice(param.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(numbers.format(value).as_bytes());
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
 }
 
 /// Milliseconds until the sliding estimate drops below `limit`.

@@ -13,6 +13,7 @@ use super::{Decision, WINDOW_MS};
 use crate::config::{Algorithm, RedisErrorPolicy};
 use crate::metrics::Metrics;
 use crate::store::redis_conn::{RedisFailure, RedisHandle};
+use crate::FastHash;
 use dashmap::DashMap;
 use redis::Script;
 use std::sync::{Arc, LazyLock};
@@ -125,7 +126,7 @@ impl Lease {
 /// The distributed limiter.
 pub struct RedisLimiter {
     redis: Arc<RedisHandle>,
-    leases: DashMap<String, Arc<Mutex<Lease>>>,
+    leases: DashMap<String, Arc<Mutex<Lease>>, FastHash>,
     /// Used when Redis cannot be asked and the policy is `local`.
     fallback: LocalLimiter,
     nodes_hint: u32,
@@ -134,7 +135,7 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     /// A limiter over a Redis connection.
     pub fn new(redis: Arc<RedisHandle>, nodes_hint: u32) -> RedisLimiter {
-        RedisLimiter { redis, leases: DashMap::new(), fallback: LocalLimiter::default(), nodes_hint }
+        RedisLimiter { redis, leases: DashMap::default(), fallback: LocalLimiter::default(), nodes_hint }
     }
 
     fn lease(&self, key_id: &str) -> Arc<Mutex<Lease>> {

@@ -2,16 +2,16 @@
 //! HTTP/2 on the same port, with every socket bounded in header size and
 //! time. Garbage on one socket ends that connection only.
 
-pub mod io;
+pub mod activity;
 pub mod tls;
 
 use crate::body::Body;
 use crate::pipeline::ConnInfo;
+use activity::Activity;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use io::{Activity, Tracked};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -123,12 +123,12 @@ pub async fn serve_worker<H, F>(
             if let Some(g) = &gauge {
                 g.inc();
             }
-            let info = ConnInfo { peer, tls: tls.is_some(), worker };
-            let activity = Arc::new(Activity::default());
+            let info = ConnInfo::new(peer, tls.is_some(), worker);
+            let activity = Activity::new();
             match tls {
-                None => drive(Tracked::new(stream, Arc::clone(&activity)), activity, limits, handler, info, shutdown).await,
+                None => drive(stream, activity, limits, handler, info, shutdown).await,
                 Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => drive(Tracked::new(s, Arc::clone(&activity)), activity, limits, handler, info, shutdown).await,
+                    Ok(Ok(s)) => drive(s, activity, limits, handler, info, shutdown).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
@@ -177,9 +177,10 @@ async fn drive<I, H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let service_activity = Arc::clone(&activity);
+    let peer = info.peer;
     let service = hyper::service::service_fn(move |req| {
         let guard = service_activity.start_request();
-        let fut = handler(req, info);
+        let fut = handler(req, info.clone());
         async move {
             let resp = fut.await;
             drop(guard);
@@ -209,7 +210,7 @@ async fn drive<I, H, F>(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }

@@ -138,7 +138,7 @@ impl Store for RedisStore {
         let found: Option<(String, String, String, String)> =
             self.invoke("key_by_hash", &scripts::LOOKUP, vec![hash.to_hex()]).await?;
         let Some((json, exp, count, last)) = found else { return Ok(None) };
-        Ok(Some(KeyLookup { key: parse_key(&json, &count, &last)?, secret_expires_at: exp.parse().ok() }))
+        Ok(Some(KeyLookup::new(parse_key(&json, &count, &last)?, exp.parse().ok())))
     }
 
     async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {

@@ -52,11 +52,9 @@ impl Store for SqliteStore {
             let sql = format!(
                 "SELECT {KEY_COLUMNS}, s.expires_at FROM secrets s JOIN keys k ON k.key_id = s.key_id WHERE s.token_hash = ?1"
             );
-            c.query_row(&sql, params![&hash.0[..]], |row| {
-                Ok(KeyLookup { key: key_from_row(row)?, secret_expires_at: row.get(17)? })
-            })
-            .optional()
-            .map_err(unavailable)
+            c.query_row(&sql, params![&hash.0[..]], |row| Ok(KeyLookup::new(key_from_row(row)?, row.get(17)?)))
+                .optional()
+                .map_err(unavailable)
         })
         .await
     }

@@ -1,0 +1,240 @@
+//! A small HTTP/1.1 client for upstream connections, run inside the
+//! request's own task.
+//!
+//! A general client (hyper's) drives each connection from a task of its
+//! own and passes requests, responses and body chunks through channels: at
+//! least three task switches per request, which showed as the largest part
+//! of keygate's own time in the profile. A gateway needs far less: send one
+//! request on an idle connection, read the response head, stream the body,
+//! put the connection back. That is what this module does, on the request
+//! task, with the framing rules of RFC 9112 (section 6) and nothing else.
+
+use super::pool::Pool;
+use super::response::{Framing, UpstreamBody};
+use crate::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+/// Largest response head accepted from an upstream.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most header lines accepted in a response head.
+pub const MAX_RESPONSE_HEADERS: usize = 128;
+/// Bytes asked of the socket per read.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// One keep-alive connection and the bytes read from it but not used yet.
+pub struct Connection {
+    pub(super) stream: TcpStream,
+    pub(super) buffered: BytesMut,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("the upstream closed the connection before answering")]
+    ClosedBeforeResponse,
+    #[error("writing the request: {0}")]
+    Write(io::Error),
+    #[error("reading the response: {0}")]
+    Read(io::Error),
+    #[error("the request body failed: {0}")]
+    RequestBody(crate::body::BoxError),
+    #[error("the response head is malformed: {0}")]
+    Malformed(String),
+    #[error("the response head is larger than {MAX_RESPONSE_HEAD} bytes")]
+    HeadTooLarge,
+}
+
+impl ExchangeError {
+    /// Whether the upstream may never have seen the request: the kept-alive
+    /// connection was closed under us before any answer came back.
+    pub fn connection_was_stale(&self) -> bool {
+        match self {
+            ExchangeError::ClosedBeforeResponse => true,
+            ExchangeError::Write(e) | ExchangeError::Read(e) => {
+                matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Connection {
+    /// Wraps a connected socket.
+    pub fn new(stream: TcpStream) -> Connection {
+        Connection { stream, buffered: BytesMut::new() }
+    }
+
+    /// Whether an idle connection still looks usable: nothing may arrive on
+    /// an idle connection but its end. Costs a system call only when the
+    /// event loop has seen the socket become readable.
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.buffered.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        poll_read_buf(Pin::new(&mut self.stream), &mut cx, &mut self.buffered).is_pending()
+    }
+
+    /// Sends a request (origin-form URI, `Host` set, hop-by-hop headers
+    /// gone) and reads the response head. The response body reads the rest
+    /// from this connection and gives it back to `pool` if it ends cleanly
+    /// and the upstream keeps it open.
+    pub async fn exchange(mut self, parts: &Parts, body: Body, pool: &Arc<Pool>) -> Result<Response<Body>, ExchangeError> {
+        write_request(&mut self.stream, parts, body).await?;
+        let (head, framing) = self.read_head(parts.method == Method::HEAD).await?;
+        let home = (head.keep_alive && framing != Framing::UntilClose).then(|| Arc::clone(pool));
+        let mut resp = Response::new(());
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp.map(|()| UpstreamBody::new(self, framing, home).boxed()))
+    }
+
+    /// Reads until a final (non-1xx) response head is complete.
+    async fn read_head(&mut self, head_only: bool) -> Result<(Head, Framing), ExchangeError> {
+        loop {
+            if !self.buffered.is_empty() {
+                if let Some((head, used)) = parse_head(&self.buffered)? {
+                    let _ = self.buffered.split_to(used);
+                    if head.status.is_informational() {
+                        // 100 Continue and 103 Early Hints: the answer follows.
+                        continue;
+                    }
+                    let framing = Framing::of(&head, head_only)?;
+                    return Ok((head, framing));
+                }
+                if self.buffered.len() > MAX_RESPONSE_HEAD {
+                    return Err(ExchangeError::HeadTooLarge);
+                }
+            }
+            self.buffered.reserve(READ_CHUNK);
+            // Through `AsyncRead`, so a short read marks the socket drained
+            // and the next wait costs no extra system call.
+            match self.stream.read_buf(&mut self.buffered).await {
+                Ok(0) => return Err(ExchangeError::ClosedBeforeResponse),
+                Ok(_) => {}
+                Err(e) => return Err(ExchangeError::Read(e)),
+            }
+        }
+    }
+}
+
+/// A parsed response head.
+pub(super) struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// Whether the upstream lets the connection be used again.
+    pub keep_alive: bool,
+}
+
+/// Parses a complete head at the start of `buf`, with its length.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ExchangeError> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut lines);
+    let used = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(ExchangeError::Malformed(e.to_string())),
+    };
+    let code = parsed.code.ok_or_else(|| ExchangeError::Malformed("no status code".into()))?;
+    let status = StatusCode::from_u16(code).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Room for the rate-limit headers the gateway adds.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 5);
+    let mut keep_alive = version == Version::HTTP_11;
+    for line in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        let value = HeaderValue::from_bytes(line.value).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        if name == header::CONNECTION {
+            keep_alive = connection_keeps_alive(&value, keep_alive);
+        }
+        headers.append(name, value);
+    }
+    Ok(Some((Head { status, version, headers, keep_alive }, used)))
+}
+
+/// Applies a `Connection` header's `close` / `keep-alive` tokens.
+fn connection_keeps_alive(value: &HeaderValue, default: bool) -> bool {
+    let text = value.to_str().unwrap_or("");
+    if text.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
+        false
+    } else if text.split(',').any(|t| t.trim().eq_ignore_ascii_case("keep-alive")) {
+        true
+    } else {
+        default
+    }
+}
+
+/// Writes the request line, headers and body. A body of unknown length
+/// goes out chunked; a bodiless request goes out in one write.
+async fn write_request(stream: &mut TcpStream, parts: &Parts, mut body: Body) -> Result<(), ExchangeError> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let has_body = !body.is_end_stream();
+    let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let chunked = has_body && !declared;
+    for (name, value) in &parts.headers {
+        if chunked && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if !has_body && !declared && method_implies_body(&parts.method) {
+        head.extend_from_slice(b"content-length: 0\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    if !has_body {
+        return stream.write_all(&head).await.map_err(ExchangeError::Write);
+    }
+    stream.write_all(&head).await.map_err(ExchangeError::Write)?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ExchangeError::RequestBody)?;
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            write_chunk(stream, data).await?;
+        } else {
+            stream.write_all(&data).await.map_err(ExchangeError::Write)?;
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await.map_err(ExchangeError::Write)?;
+    }
+    Ok(())
+}
+
+async fn write_chunk(stream: &mut TcpStream, data: Bytes) -> Result<(), ExchangeError> {
+    let size = format!("{:x}\r\n", data.len());
+    stream.write_all(size.as_bytes()).await.map_err(ExchangeError::Write)?;
+    stream.write_all(&data).await.map_err(ExchangeError::Write)?;
+    stream.write_all(b"\r\n").await.map_err(ExchangeError::Write)
+}
+
+/// POST, PUT and PATCH carry a body by definition: an empty one is said
+/// out loud, or some servers wait for one.
+fn method_implies_body(method: &Method) -> bool {
+    *method == Method::POST || *method == Method::PUT || *method == Method::PATCH
+}

@@ -1,0 +1,49 @@
+//! When a connection last finished a request, and whether one is in
+//! flight, so the connection task can close connections that sit idle.
+//!
+//! Only request boundaries count as activity: bytes that move without a
+//! request (HTTP/2 pings, a client trickling a head) must not keep a
+//! connection open. A head that never completes is hyper's to cut off
+//! (`header_read_timeout`).
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Shared between the request handler and the connection's watchdog.
+pub struct Activity {
+    last_ms: AtomicI64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    /// A connection that starts now.
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity { last_ms: AtomicI64::new(crate::clock::now_ms()), in_flight: AtomicUsize::new(0) })
+    }
+
+    /// Milliseconds since the connection started or last finished a request.
+    pub fn idle_ms(&self) -> i64 {
+        crate::clock::now_ms() - self.last_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request is being handled.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(Arc::clone(self))
+    }
+}
+
+/// Ends a request's "in flight" mark when dropped.
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.last_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
