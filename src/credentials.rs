@@ -147,12 +147,6 @@ pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Creden
     Ok(Some(first))
 }
 
-/// Removes every header that can carry a key (the query is stripped by the caller).
-pub fn strip_headers(headers: &mut HeaderMap) {
-    headers.remove(AUTHORIZATION);
-    headers.remove(&API_KEY_HEADER);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ use crate::keys::model::{ApiKey, KeyLookup, KeyState};
 use crate::keys::token::{self, Shape, TokenHash};
 use crate::policy::routes::Route;
 use crate::policy::{ip, path};
+use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody, headers};
 use crate::ratelimit::Decision;
 use crate::state::{App, Runtime};
@@ -28,10 +29,6 @@ use std::time::{Duration, Instant};
 
 /// Served by keygate itself on the data listener.
 pub const WHOAMI_PATH: &str = "/whoami";
-
-/// Headers a forwarded request may gain: Host, three X-Forwarded-*, four
-/// identity headers and some metadata.
-const FORWARDED_HEADER_ROOM: usize = 12;
 
 /// Facts about the connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -232,7 +229,7 @@ async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let cfg = &rt.config;
     let upstream = cfg.upstream(route.upstream).ok_or(GatewayError::UpstreamUnavailable)?;
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let query = match key {
         Some(_) => parts.uri.query().and_then(credentials::strip_query),
         None => parts.uri.query().map(str::to_string),
@@ -242,22 +239,13 @@ async fn forward(
         .get(header::HOST)
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    parts.uri = proxy::upstream_uri(upstream, path, query.as_deref())?;
-    parts.version = http::Version::HTTP_11;
-    let headers = &mut parts.headers;
-    // Room for the forwarding and identity headers, so the map grows once.
-    headers.reserve(FORWARDED_HEADER_ROOM);
-    headers::remove_hop_by_hop(headers);
-    headers::remove_identity_headers(headers);
-    headers.remove(header::HOST);
-    // `Expect: 100-continue` was answered here when the body was first read.
-    headers.remove(header::EXPECT);
-    headers::set_forwarded(headers, &conn.peer_header, conn.tls, host.as_ref());
+    let target = proxy::upstream_uri(upstream, path, query.as_deref())?;
+    // Hop-by-hop, client-sent X-Keygate-* and (for keyed routes) credential
+    // headers stay behind; forwarding and identity headers are added.
+    let mut head = Outgoing::new(parts.method, target, parts.headers, key.is_some());
+    head.set_forwarded(&conn.peer_header, conn.tls, host);
     if let Some(key) = key {
-        credentials::strip_headers(headers);
-        for (name, value) in key.identity_headers() {
-            headers.insert(name.clone(), value.clone());
-        }
+        head.set_identity(key.identity_headers());
     }
     // A request without a body (most GETs) needs no size or pause guard.
     let body = if http_body::Body::is_end_stream(&body) {
@@ -266,7 +254,7 @@ async fn forward(
         GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed()
     };
     let started = Instant::now();
-    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, Request::from_parts(parts, body)).await;
+    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, head, body).await;
     trace.upstream_time = Some((route.upstream, started.elapsed()));
     let mut resp = result?;
     headers::remove_hop_by_hop(resp.headers_mut());

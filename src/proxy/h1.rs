@@ -9,12 +9,12 @@
 //! put the connection back. That is what this module does, on the request
 //! task, with the framing rules of RFC 9112 (section 6) and nothing else.
 
+use super::outgoing::Outgoing;
 use super::pool::Pool;
 use super::response::{Framing, UpstreamBody};
 use crate::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
@@ -91,9 +91,9 @@ impl Connection {
     /// gone) and reads the response head. The response body reads the rest
     /// from this connection and gives it back to `pool` if it ends cleanly
     /// and the upstream keeps it open.
-    pub async fn exchange(mut self, parts: &Parts, body: Body, pool: &Arc<Pool>) -> Result<Response<Body>, ExchangeError> {
-        write_request(&mut self.stream, parts, body).await?;
-        let (head, framing) = self.read_head(parts.method == Method::HEAD).await?;
+    pub async fn exchange(mut self, out: &Outgoing<'_>, body: Body, pool: &Arc<Pool>) -> Result<Response<Body>, ExchangeError> {
+        write_request(&mut self.stream, out, body).await?;
+        let (head, framing) = self.read_head(out.method == Method::HEAD).await?;
         let home = (head.keep_alive && framing != Framing::UntilClose).then(|| Arc::clone(pool));
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
@@ -180,16 +180,21 @@ fn connection_keeps_alive(value: &HeaderValue, default: bool) -> bool {
 
 /// Writes the request line, headers and body. A body of unknown length
 /// goes out chunked; a bodiless request goes out in one write.
-async fn write_request(stream: &mut TcpStream, parts: &Parts, mut body: Body) -> Result<(), ExchangeError> {
+async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Body) -> Result<(), ExchangeError> {
     let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.extend_from_slice(out.method.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    head.extend_from_slice(out.target.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = &out.host {
+        head.extend_from_slice(b"host: ");
+        head.extend_from_slice(host.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
     let has_body = !body.is_end_stream();
-    let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let declared = out.declares_length();
     let chunked = has_body && !declared;
-    for (name, value) in &parts.headers {
+    for (name, value) in out.headers() {
         if chunked && name == header::CONTENT_LENGTH {
             continue;
         }
@@ -200,7 +205,7 @@ async fn write_request(stream: &mut TcpStream, parts: &Parts, mut body: Body) ->
     }
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if !has_body && !declared && method_implies_body(&parts.method) {
+    } else if !has_body && !declared && method_implies_body(&out.method) {
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");

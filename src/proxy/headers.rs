@@ -8,21 +8,23 @@ use std::net::IpAddr;
 /// Prefix of the identity headers only keygate may set.
 pub const IDENTITY_PREFIX: &str = "x-keygate-";
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the classic list). Names
-/// are built once: parsing a name on every request shows in the profile.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Whether a header is hop-by-hop (RFC 9110 section 7.6.1 and the
+/// classic list): it never crosses the gateway. Names are lowercase, so a
+/// match on the text settles it without building names.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+    )
+}
+
 /// Identity headers keygate adds to forwarded requests.
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 pub const X_KEYGATE_OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
@@ -33,12 +35,7 @@ pub const X_KEYGATE_ENV: HeaderName = HeaderName::from_static("x-keygate-env");
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass finds what is there (usually nothing, or `Connection`
     // alone); only those names are looked up again to be removed.
-    let mut present: Vec<HeaderName> = Vec::new();
-    for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) {
-            present.push(name.clone());
-        }
-    }
+    let mut present: Vec<HeaderName> = headers.keys().filter(|name| is_hop_by_hop(name)).cloned().collect();
     if present.is_empty() {
         return;
     }
@@ -54,49 +51,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every client-sent `X-Keygate-*` header.
-pub fn remove_identity_headers(headers: &mut HeaderMap) {
-    if !headers.keys().any(|n| n.as_str().starts_with(IDENTITY_PREFIX)) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with(IDENTITY_PREFIX)).cloned().collect();
-    for name in names {
-        headers.remove(name);
-    }
-}
-
 /// The client address as an `X-Forwarded-For` entry, built once per connection.
 pub fn peer_value(peer: IpAddr) -> HeaderValue {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.to_string())).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, tls: bool, host: Option<&HeaderValue>) {
-    // Several XFF lines from the client collapse into the first one plus us:
-    // only the right-most entries are ever believed.
-    let prior = headers.remove(&X_FORWARDED_FOR).filter(|p| !p.as_bytes().trim_ascii().is_empty());
-    let xff = match prior {
-        None => Some(peer.clone()),
-        Some(prior) => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + peer.len());
-            joined.extend_from_slice(prior.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
-        }
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
-    match host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
 }
 
 /// The `X-Keygate-*` headers that tell the upstream who is calling: key
@@ -147,31 +104,6 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
-    }
-
-    #[test]
-    fn identity_headers_dropped() {
-        let mut h = HeaderMap::new();
-        h.insert("x-keygate-key-id", HeaderValue::from_static("forged"));
-        h.insert("X-Keygate-Meta-Plan", HeaderValue::from_static("forged"));
-        h.insert("x-keygatex", HeaderValue::from_static("kept"));
-        remove_identity_headers(&mut h);
-        assert_eq!(h.len(), 1);
-    }
-
-    #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
-        set_forwarded(
-            &mut h,
-            &peer_value("127.0.0.1".parse().unwrap()),
-            true,
-            Some(&HeaderValue::from_static("api.example.com")),
-        );
-        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "api.example.com");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod h1;
 pub mod headers;
+pub mod outgoing;
 pub mod pool;
 pub mod response;
 
@@ -11,7 +12,8 @@ use crate::body::Body;
 use crate::config::Upstream;
 use crate::error::GatewayError;
 use h1::ExchangeError;
-use http::{header, Request, Response};
+use http::Response;
+use outgoing::Outgoing;
 use pool::{ConnectError, Pool, Target};
 use std::sync::Arc;
 
@@ -40,20 +42,20 @@ impl Forwarder {
         Forwarder { pools }
     }
 
-    /// Sends `req` (already rewritten, origin-form URI) to upstream `index`
-    /// from worker `worker` and waits for the response head, at most
-    /// `upstream.timeout`.
+    /// Sends a request to upstream `index` from worker `worker` and waits
+    /// for the response head, at most `upstream.timeout`.
     pub async fn send(
         &self,
         worker: usize,
         index: usize,
         upstream: &Upstream,
-        mut req: Request<Body>,
+        mut head: Outgoing<'_>,
+        body: Body,
     ) -> Result<Response<Body>, GatewayError> {
         let per_worker = self.pools.get(worker).or_else(|| self.pools.first());
         let pool = per_worker.and_then(|p| p.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
-        req.headers_mut().insert(header::HOST, pool.target().host_header.clone());
-        match tokio::time::timeout(upstream.timeout, exchange(pool, req)).await {
+        head.host = Some(pool.target().host_header.clone());
+        match tokio::time::timeout(upstream.timeout, exchange(pool, &head, body)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
@@ -68,16 +70,15 @@ impl Forwarder {
 /// A kept-alive connection the upstream closed a moment ago fails before
 /// any answer; a bodiless idempotent request then goes out again on the
 /// next idle connection, or on a new one.
-async fn exchange(pool: &Arc<Pool>, req: Request<Body>) -> Result<Response<Body>, ForwardError> {
-    let (parts, body) = req.into_parts();
-    let replayable = http_body::Body::is_end_stream(&body) && parts.method.is_idempotent();
+async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body) -> Result<Response<Body>, ForwardError> {
+    let replayable = http_body::Body::is_end_stream(&body) && head.method.is_idempotent();
     let mut body = Some(body);
     loop {
         let (conn, reused) = match pool.take_idle() {
             Some(conn) => (conn, true),
             None => (pool.connect().await?, false),
         };
-        match conn.exchange(&parts, body.take().unwrap_or_else(crate::body::empty), pool).await {
+        match conn.exchange(head, body.take().unwrap_or_else(crate::body::empty), pool).await {
             Err(e) if reused && replayable && e.connection_was_stale() => continue,
             result => return Ok(result?),
         }

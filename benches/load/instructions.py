@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""User-space instructions per request, counted by valgrind (callgrind):
+keygate against nginx doing the same job, on the same requests.
+
+    python3 benches/load/instructions.py [--keygate PATH ...] [--duration 10]
+
+Wall-clock figures on a shared machine move with the neighbours; instruction
+counts do not (the same binary and inputs give the same count whatever else
+runs). Each gateway runs alone under callgrind with one worker, in front of
+the same upstream nginx (not counted); wrk sends a warm-up, the counters
+are zeroed, wrk runs again and the counters are dumped. The figure is the
+program's instructions over that window divided by the requests served.
+Kernel work (system calls, TCP) is not counted: both gateways make the same
+system calls per request (two reads, two writes), see BENCHMARKS.md.
+
+Give --keygate several times to compare builds (e.g. before/after a change).
+Needs valgrind (installed from Debian's packages if missing), nginx and wrk.
+"""
+import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (the load script's helpers: configs, ports, processes)
+
+
+def ensure_valgrind():
+    if not shutil.which("valgrind"):
+        print("installing valgrind from Debian's packages", file=sys.stderr)
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "valgrind"], check=True, capture_output=True)
+
+
+def wrk(url, token, seconds):
+    out = run.sh("wrk", "-t1", "-c4", f"-d{seconds}s", "-H", f"Authorization: Bearer {token}", url).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"{url} answered errors during the count:\n{out}")
+    return int(re.search(r"(\d+) requests in", out).group(1))
+
+
+def total_instructions(out_file):
+    text = run.sh("callgrind_annotate", out_file).stdout
+    return int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", text).group(1).replace(",", ""))
+
+
+def count(name, cmd, port, url, token, work, seconds, cwd=None):
+    """Runs `cmd` under callgrind; returns instructions per request."""
+    out = Path(work) / f"callgrind-{name}.out"
+    proc = run.Proc(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], port,
+                    env=dict(os.environ, KEYGATE_LOG="warn"), cwd=cwd)
+    try:
+        time.sleep(1)
+        wrk(url, token, 3)
+        run.sh("callgrind_control", "-z", str(proc.p.pid))
+        served = wrk(url, token, seconds)
+        run.sh("callgrind_control", "-d", str(proc.p.pid))
+        time.sleep(1)
+        dumps = sorted(Path(work).glob(f"callgrind-{name}.out.*"))
+        return total_instructions(str(dumps[-1])) / served, served
+    finally:
+        proc.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keygate", action="append", help="a keygate binary (repeatable); default: a fresh release build")
+    ap.add_argument("--duration", type=int, default=10)
+    args = ap.parse_args()
+    ensure_valgrind()
+    run.ensure_tools()
+    binaries = args.keygate or [run.keygate_binary()]
+    work = tempfile.mkdtemp(prefix="keygate-instr-")
+    procs = []
+    try:
+        up_port, upstream = run.start_upstream(work, 1)
+        procs.append(upstream)
+        results = []
+        token = None
+        for i, binary in enumerate(binaries):
+            port, admin = run.free_port(), run.free_port()
+            conf = run.keygate_conf(work, f"keygate{i}", port, admin, up_port, extra_server="workers = 1")
+            if token is None:
+                token = json.loads(run.sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
+            else:
+                run.sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader")
+            per, served = count(f"keygate{i}", [binary, "--config", str(conf), "serve"], port, f"http://127.0.0.1:{port}/api/lists", token, work, args.duration, cwd=conf.parent)
+            results.append((f"keygate ({binary})", per, served))
+            print(f"keygate {binary}: {per:,.0f} instructions/request over {served} requests", file=sys.stderr)
+        ng_port = run.free_port()
+        conf = run.nginx_conf(work, ng_port, run.gateway_nginx_body(ng_port, up_port, token), 1)
+        per, served = count("nginx", [run.nginx_bin(), "-c", str(conf), "-g", "daemon off; master_process off;"], ng_port,
+                            f"http://127.0.0.1:{ng_port}/api/lists", token, work, args.duration)
+        results.append(("nginx (same job)", per, served))
+        lines = ["| gateway | instructions / request | vs nginx | requests counted |", "| --- | ---: | ---: | ---: |"]
+        for name, per, served in results:
+            lines.append(f"| {name} | {per:,.0f} | {per / results[-1][1]:.2f} | {served} |")
+        run.publish("\n".join(lines), "instructions.md")
+    finally:
+        run.stop_all(procs, work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+//! The head of a forwarded request, described rather than rewritten: the
+//! client's headers as received, which of them go on, and what keygate
+//! adds. The HTTP/1.1 client writes it out line by line, so forwarding
+//! costs no header-map inserts or removals (they were a tenth of keygate's
+//! own instructions per request).
+
+use super::headers::{is_hop_by_hop, IDENTITY_PREFIX};
+use crate::credentials::API_KEY_HEADER;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// A request head on its way to an upstream.
+pub struct Outgoing<'a> {
+    pub method: Method,
+    /// Origin-form `/path?query`.
+    pub target: Uri,
+    /// The upstream's own `Host`, written first.
+    pub host: Option<HeaderValue>,
+    client: HeaderMap,
+    /// Names the client's `Connection` header lists: hop-by-hop as well.
+    connection_named: Vec<HeaderName>,
+    strip_credentials: bool,
+    forwarded: Vec<(HeaderName, HeaderValue)>,
+    identity: &'a [(HeaderName, HeaderValue)],
+}
+
+impl<'a> Outgoing<'a> {
+    /// The client's head; with `strip_credentials`, every header that can
+    /// carry a key stays behind.
+    pub fn new(method: Method, target: Uri, client: HeaderMap, strip_credentials: bool) -> Outgoing<'a> {
+        let mut connection_named = Vec::new();
+        for value in client.get_all(header::CONNECTION) {
+            for token in value.to_str().unwrap_or("").split(',') {
+                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                    connection_named.push(name);
+                }
+            }
+        }
+        Outgoing { method, target, host: None, client, connection_named, strip_credentials, forwarded: Vec::new(), identity: &[] }
+    }
+
+    /// `X-Forwarded-For` (the client's first value, then the peer: only
+    /// the right-most entries are ever believed), `-Proto` and `-Host`.
+    pub fn set_forwarded(&mut self, peer: &HeaderValue, tls: bool, host: Option<HeaderValue>) {
+        let prior = self.client.get(&X_FORWARDED_FOR).filter(|p| !p.as_bytes().trim_ascii().is_empty());
+        let xff = match prior {
+            None => Some(peer.clone()),
+            Some(prior) => {
+                let mut joined = Vec::with_capacity(prior.len() + 2 + peer.len());
+                joined.extend_from_slice(prior.as_bytes());
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(peer.as_bytes());
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
+            }
+        };
+        if let Some(v) = xff {
+            self.forwarded.push((X_FORWARDED_FOR, v));
+        }
+        self.forwarded.push((X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" })));
+        if let Some(h) = host {
+            self.forwarded.push((X_FORWARDED_HOST, h));
+        }
+    }
+
+    /// The key's `X-Keygate-*` headers (see `KeyLookup::identity_headers`).
+    pub fn set_identity(&mut self, identity: &'a [(HeaderName, HeaderValue)]) {
+        self.identity = identity;
+    }
+
+    /// Whether the client declared a body length (kept as sent).
+    pub fn declares_length(&self) -> bool {
+        self.client.contains_key(header::CONTENT_LENGTH)
+    }
+
+    /// Every header line to send after `Host`, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let added = self.forwarded.iter().chain(self.identity).map(|(n, v)| (n, v));
+        self.client.iter().filter(|(name, _)| self.passes(name)).chain(added)
+    }
+
+    /// Whether a client header goes on as sent.
+    fn passes(&self, name: &HeaderName) -> bool {
+        let text = name.as_str();
+        let replaced = matches!(text, "host" | "expect" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host");
+        // `Expect: 100-continue` was answered here when the body was first read.
+        let credential = self.strip_credentials && (*name == header::AUTHORIZATION || *name == API_KEY_HEADER);
+        !(replaced
+            || credential
+            || is_hop_by_hop(name)
+            || text.starts_with(IDENTITY_PREFIX)
+            || self.connection_named.contains(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn lines(out: &Outgoing) -> Vec<(String, String)> {
+        out.headers().map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string())).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_identity_and_credentials_stay_behind() {
+        let h = client(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-keygate-key-id", "forged"),
+            ("x-keygate-meta-plan", "forged"),
+            ("x-keygatex", "kept"),
+            ("authorization", "Bearer secret"),
+            ("x-api-key", "secret"),
+            ("host", "api.example.com"),
+            ("expect", "100-continue"),
+            ("accept", "*/*"),
+        ]);
+        let out = Outgoing::new(Method::GET, Uri::from_static("/x"), h.clone(), true);
+        let names: Vec<String> = lines(&out).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["x-keygatex", "accept"]);
+        // A public route keeps the client's own credentials.
+        let out = Outgoing::new(Method::GET, Uri::from_static("/x"), h, false);
+        let names: Vec<String> = lines(&out).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["x-keygatex", "authorization", "x-api-key", "accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_and_identity_follows() {
+        let h =
+            client(&[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "203.0.113.9"), ("x-forwarded-host", "forged")]);
+        let mut out = Outgoing::new(Method::GET, Uri::from_static("/x"), h, true);
+        out.set_forwarded(
+            &super::super::headers::peer_value("127.0.0.1".parse().unwrap()),
+            true,
+            Some(HeaderValue::from_static("api.example.com")),
+        );
+        let identity = [(HeaderName::from_static("x-keygate-key-id"), HeaderValue::from_static("key_1"))];
+        out.set_identity(&identity);
+        let want: Vec<(String, String)> = [
+            ("x-forwarded-for", "198.51.100.1, 127.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.example.com"),
+            ("x-keygate-key-id", "key_1"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(lines(&out), want);
+    }
+}
