@@ -9,6 +9,7 @@
 //! put the connection back. That is what this module does, on the request
 //! task, with the framing rules of RFC 9112 (section 6) and nothing else.
 
+use super::headers::is_hop_by_hop;
 use super::outgoing::Outgoing;
 use super::pool::Pool;
 use super::response::{Framing, UpstreamBody};
@@ -138,6 +139,9 @@ pub(super) struct Head {
     pub headers: HeaderMap,
     /// Whether the upstream lets the connection be used again.
     pub keep_alive: bool,
+    /// The last `Transfer-Encoding` line (it frames the body; like every
+    /// hop-by-hop header it is not among `headers`).
+    pub transfer_encoding: Option<HeaderValue>,
 }
 
 /// Parses a complete head at the start of `buf`, with its length.
@@ -155,15 +159,26 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ExchangeError> {
     // Room for the rate-limit headers the gateway adds.
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 5);
     let mut keep_alive = version == Version::HTTP_11;
+    let mut transfer_encoding = None;
+    let mut connection_named = Vec::new();
     for line in parsed.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
         let value = HeaderValue::from_bytes(line.value).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        // Hop-by-hop lines are read here and never reach the client.
         if name == header::CONNECTION {
             keep_alive = connection_keeps_alive(&value, keep_alive);
+            let tokens = value.to_str().unwrap_or("").split(',');
+            connection_named.extend(tokens.filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()));
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = Some(value);
+        } else if !is_hop_by_hop(&name) {
+            headers.append(name, value);
         }
-        headers.append(name, value);
     }
-    Ok(Some((Head { status, version, headers, keep_alive }, used)))
+    for name in connection_named {
+        headers.remove(name);
+    }
+    Ok(Some((Head { status, version, headers, keep_alive, transfer_encoding }, used)))
 }
 
 /// Applies a `Connection` header's `close` / `keep-alive` tokens.

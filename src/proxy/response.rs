@@ -51,7 +51,7 @@ impl Framing {
         {
             return Ok(Framing::Empty);
         }
-        if let Some(te) = head.headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        if let Some(te) = &head.transfer_encoding {
             let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("").trim().to_ascii_lowercase();
             return Ok(if last == "chunked" { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose });
         }
