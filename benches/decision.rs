@@ -3,7 +3,7 @@
 //! `cargo bench --bench decision`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use keygate::config::{Algorithm, Config};
 use keygate::keys::token::TokenHash;
 use keygate::manage::{KeyInput, Manager};
@@ -101,11 +101,11 @@ fn steps(c: &mut Criterion) {
     c.bench_function("limiter_decision", |b| {
         b.iter(|| limiter.check(Algorithm::FixedWindow, black_box("key_0123456789abcdef"), u32::MAX, keygate::clock::now_ms()))
     });
-    let identity = [(HeaderName::from_static("x-keygate-key-id"), HeaderValue::from_static("key_0123456789abcdef"))];
+    let identity = b"x-keygate-key-id: key_0123456789abcdef\r\nx-keygate-env: live\r\n";
     c.bench_function("header_rewrite", |b| {
         b.iter_batched(
             || req.headers().clone(),
-            |h: HeaderMap| rewrite(h, &peer_header, &identity),
+            |h: HeaderMap| rewrite(h, &peer_header, identity),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -116,18 +116,18 @@ fn steps(c: &mut Criterion) {
             let client = ip::client_ip(peer, req.headers(), &cfg.server.trusted_proxies);
             let mut trace = Trace::default();
             let key = f.rt.block_on(authorise(&f.app, cfg, black_box(&req), client, Some(route), &mut trace)).unwrap();
-            rewrite(req.headers().clone(), &peer_header, key.identity_headers())
+            rewrite(req.headers().clone(), &peer_header, key.identity_lines())
         })
     });
 }
 
 /// The forwarded head: client headers filtered, forwarding and identity
 /// headers added, every line visited as the HTTP/1.1 client writes them.
-fn rewrite(client: HeaderMap, peer: &HeaderValue, identity: &[(HeaderName, HeaderValue)]) -> usize {
+fn rewrite(client: HeaderMap, peer: &HeaderValue, identity: &[u8]) -> usize {
     let mut out = Outgoing::new(Method::GET, Uri::from_static("/api/contacts/42"), client, true);
     out.set_forwarded(peer, false, Some(HeaderValue::from_static("api.example.com")));
     out.set_identity(identity);
-    out.headers().map(|(n, v)| n.as_str().len() + v.len()).sum()
+    out.headers().map(|(n, v)| n.as_str().len() + v.len()).sum::<usize>() + out.identity_lines().len()
 }
 
 criterion_group!(benches, steps);

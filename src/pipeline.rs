@@ -245,7 +245,7 @@ async fn forward(
     let mut head = Outgoing::new(parts.method, target, parts.headers, key.is_some());
     head.set_forwarded(&conn.peer_header, conn.tls, host);
     if let Some(key) = key {
-        head.set_identity(key.identity_headers());
+        head.set_identity(key.identity_lines());
     }
     // A request without a body (most GETs) needs no size or pause guard.
     let body = if http_body::Body::is_end_stream(&body) {

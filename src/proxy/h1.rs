@@ -218,6 +218,7 @@ async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Bod
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    head.extend_from_slice(out.identity_lines());
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if !has_body && !declared && method_implies_body(&out.method) {

@@ -78,6 +78,19 @@ pub fn identity(key: &ApiKey) -> Vec<(HeaderName, HeaderValue)> {
     out
 }
 
+/// [`identity`] as header lines (`name: value\r\n` each), ready to be
+/// copied into a request head.
+pub fn identity_lines(key: &ApiKey) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(128);
+    for (name, value) in identity(key) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    bytes::Bytes::from(out)
+}
+
 /// `default_optin_mailing` -> `x-keygate-meta-default-optin-mailing`.
 pub fn metadata_header_name(key: &str) -> Option<HeaderName> {
     let name = format!("{IDENTITY_PREFIX}meta-{}", key.to_ascii_lowercase().replace('_', "-"));

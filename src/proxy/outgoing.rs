@@ -25,7 +25,7 @@ pub struct Outgoing<'a> {
     connection_named: Vec<HeaderName>,
     strip_credentials: bool,
     forwarded: Vec<(HeaderName, HeaderValue)>,
-    identity: &'a [(HeaderName, HeaderValue)],
+    identity: &'a [u8],
 }
 
 impl<'a> Outgoing<'a> {
@@ -66,9 +66,14 @@ impl<'a> Outgoing<'a> {
         }
     }
 
-    /// The key's `X-Keygate-*` headers (see `KeyLookup::identity_headers`).
-    pub fn set_identity(&mut self, identity: &'a [(HeaderName, HeaderValue)]) {
-        self.identity = identity;
+    /// The key's `X-Keygate-*` header lines (see `KeyLookup::identity_lines`).
+    pub fn set_identity(&mut self, lines: &'a [u8]) {
+        self.identity = lines;
+    }
+
+    /// The identity header lines, written after [`Outgoing::headers`].
+    pub fn identity_lines(&self) -> &[u8] {
+        self.identity
     }
 
     /// Whether the client declared a body length (kept as sent).
@@ -76,9 +81,10 @@ impl<'a> Outgoing<'a> {
         self.client.contains_key(header::CONTENT_LENGTH)
     }
 
-    /// Every header line to send after `Host`, in order.
+    /// The header lines to send after `Host` and before the identity
+    /// lines, in order.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let added = self.forwarded.iter().chain(self.identity).map(|(n, v)| (n, v));
+        let added = self.forwarded.iter().map(|(n, v)| (n, v));
         self.client.iter().filter(|(name, _)| self.passes(name)).chain(added)
     }
 
@@ -138,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends_and_identity_follows() {
+    fn forwarded_for_appends_and_identity_is_kept_apart() {
         let h =
             client(&[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "203.0.113.9"), ("x-forwarded-host", "forged")]);
         let mut out = Outgoing::new(Method::GET, Uri::from_static("/x"), h, true);
@@ -147,13 +153,12 @@ mod tests {
             true,
             Some(HeaderValue::from_static("api.example.com")),
         );
-        let identity = [(HeaderName::from_static("x-keygate-key-id"), HeaderValue::from_static("key_1"))];
-        out.set_identity(&identity);
+        out.set_identity(b"x-keygate-key-id: key_1\r\n");
+        assert_eq!(out.identity_lines(), b"x-keygate-key-id: key_1\r\n");
         let want: Vec<(String, String)> = [
             ("x-forwarded-for", "198.51.100.1, 127.0.0.1"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "api.example.com"),
-            ("x-keygate-key-id", "key_1"),
         ]
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
