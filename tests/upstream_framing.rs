@@ -56,6 +56,7 @@ async fn serve(mut stream: TcpStream) {
         let path = line.split(' ').nth(1).unwrap_or("");
         let close = match path {
             "/api/contacts/chunked" => write(&mut stream, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n").await,
+            "/api/contacts/chunked-with-length" => write(&mut stream, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await,
             "/api/contacts/until-close" => {
                 write(&mut stream, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread until the end").await;
                 true
@@ -117,6 +118,10 @@ async fn response_framings_reach_the_client_intact() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("transfer-encoding").is_none_or(|v| v == "chunked"));
     assert_eq!(resp.text().await.unwrap(), "hello world");
+
+    let resp = get("/api/contacts/chunked-with-length").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "hello", "Transfer-Encoding wins over Content-Length");
 
     let resp = get("/api/contacts/until-close").await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -178,6 +178,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ExchangeError> {
     for name in connection_named {
         headers.remove(name);
     }
+    if transfer_encoding.is_some() {
+        // Transfer-Encoding overrides a Content-Length sent with it (RFC 9112
+        // section 6.3); passed on, the stale length would cut the body.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     Ok(Some((Head { status, version, headers, keep_alive, transfer_encoding }, used)))
 }
 
