@@ -91,8 +91,9 @@ impl<'a> Outgoing<'a> {
     /// Whether a client header goes on as sent.
     fn passes(&self, name: &HeaderName) -> bool {
         let text = name.as_str();
+        // Replaced by keygate's own; `Expect: 100-continue` was answered
+        // here when the body was first read.
         let replaced = matches!(text, "host" | "expect" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host");
-        // `Expect: 100-continue` was answered here when the body was first read.
         let credential = self.strip_credentials && (*name == header::AUTHORIZATION || *name == API_KEY_HEADER);
         !(replaced
             || credential
