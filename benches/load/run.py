@@ -254,6 +254,7 @@ def main():
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
+    ap.add_argument("--only", help="comma-separated configurations to measure (nginx is always kept: ratios are to it)")
     args = ap.parse_args()
     oha_bin = ensure_tools()
     keygate = keygate_binary(args.keygate)
@@ -288,6 +289,9 @@ def main():
         ng = Proc([nginx_bin(), "-c", str(nginx_conf(work, ng_port, gateway_nginx_body(ng_port, up_port, token), args.workers)), "-g", "daemon off;"], ng_port, include_children=True)
         procs.append(ng)
         configs = {"direct": (f"http://127.0.0.1:{up_port}/api/lists", None), "nginx": (f"http://127.0.0.1:{ng_port}/api/lists", ng), **configs}
+        if args.only:
+            keep = set(args.only.split(",")) | {"nginx"}
+            configs = {n: c for n, c in configs.items() if n in keep}
 
         # Warm up every configuration (caches, pools, TLS sessions).
         for url, _ in configs.values():
@@ -331,7 +335,8 @@ def main():
                 lcols = f"{p50:.3f} | {p99:.3f} | {p999:.3f} | {bad}"
             else:
                 lcols = "- | - | - | -"
-            lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {med[name] / med['direct']:.2f} | {results[name]['non2xx']} | {cpu} | {lcols} |")
+            vs_direct = f"{med[name] / med['direct']:.2f}" if "direct" in med else "-"
+            lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {vs_direct} | {results[name]['non2xx']} | {cpu} | {lcols} |")
         publish("\n".join(lines), "results.md")
     finally:
         stop_all(procs, work)
