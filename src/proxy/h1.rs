@@ -107,8 +107,7 @@ impl Connection {
     async fn read_head(&mut self, head_only: bool) -> Result<(Head, Framing), ExchangeError> {
         loop {
             if !self.buffered.is_empty() {
-                if let Some((head, used)) = parse_head(&self.buffered)? {
-                    let _ = self.buffered.split_to(used);
+                if let Some(head) = parse_head(&mut self.buffered)? {
                     if head.status.is_informational() {
                         // 100 Continue and 103 Early Hints: the answer follows.
                         continue;
@@ -144,8 +143,9 @@ pub(super) struct Head {
     pub transfer_encoding: Option<HeaderValue>,
 }
 
-/// Parses a complete head at the start of `buf`, with its length.
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ExchangeError> {
+/// Parses a complete head at the start of `buf` and takes it out of `buf`.
+/// Header values are slices of the head's own buffer, not copies.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut parsed = httparse::Response::new(&mut lines);
     let used = match parsed.parse(buf) {
@@ -156,14 +156,22 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ExchangeError> {
     let code = parsed.code.ok_or_else(|| ExchangeError::Malformed("no status code".into()))?;
     let status = StatusCode::from_u16(code).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Each line's name, and where its value sits in the head.
+    let base = buf.as_ptr() as usize;
+    let mut found = Vec::with_capacity(parsed.headers.len());
+    for line in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        let start = line.value.as_ptr() as usize - base;
+        found.push((name, start..start + line.value.len()));
+    }
+    let bytes = buf.split_to(used).freeze();
     // Room for the rate-limit headers the gateway adds.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 5);
+    let mut headers = HeaderMap::with_capacity(found.len() + 5);
     let mut keep_alive = version == Version::HTTP_11;
     let mut transfer_encoding = None;
     let mut connection_named = Vec::new();
-    for line in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-        let value = HeaderValue::from_bytes(line.value).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    for (name, range) in found {
+        let value = HeaderValue::from_maybe_shared(bytes.slice(range)).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
         // Hop-by-hop lines are read here and never reach the client.
         if name == header::CONNECTION {
             keep_alive = connection_keeps_alive(&value, keep_alive);
@@ -183,7 +191,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ExchangeError> {
         // section 6.3); passed on, the stale length would cut the body.
         headers.remove(header::CONTENT_LENGTH);
     }
-    Ok(Some((Head { status, version, headers, keep_alive, transfer_encoding }, used)))
+    Ok(Some(Head { status, version, headers, keep_alive, transfer_encoding }))
 }
 
 /// Applies a `Connection` header's `close` / `keep-alive` tokens.
