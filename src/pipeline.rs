@@ -256,9 +256,8 @@ async fn forward(
     let started = Instant::now();
     let result = rt.forwarder.send(conn.worker, route.upstream, upstream, head, body).await;
     trace.upstream_time = Some((route.upstream, started.elapsed()));
-    let mut resp = result?;
-    headers::remove_hop_by_hop(resp.headers_mut());
-    Ok(resp)
+    // Hop-by-hop response headers never got past the HTTP/1.1 client.
+    result
 }
 
 /// `GET /whoami`: what the presented key is and may do.

@@ -9,7 +9,7 @@
 //! put the connection back. That is what this module does, on the request
 //! task, with the framing rules of RFC 9112 (section 6) and nothing else.
 
-use super::headers::is_hop_by_hop;
+use super::headers::{connection_named, is_hop_by_hop};
 use super::outgoing::Outgoing;
 use super::pool::Pool;
 use super::response::{Framing, UpstreamBody};
@@ -169,21 +169,26 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     let mut headers = HeaderMap::with_capacity(found.len() + 5);
     let mut keep_alive = version == Version::HTTP_11;
     let mut transfer_encoding = None;
-    let mut connection_named = Vec::new();
+    let mut named = Vec::new();
     for (name, range) in found {
         let value = HeaderValue::from_maybe_shared(bytes.slice(range)).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
         // Hop-by-hop lines are read here and never reach the client.
         if name == header::CONNECTION {
-            keep_alive = connection_keeps_alive(&value, keep_alive);
-            let tokens = value.to_str().unwrap_or("").split(',');
-            connection_named.extend(tokens.filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()));
+            // `close` wins over `keep-alive`; neither keeps the default.
+            let (mut close, mut keep) = (false, false);
+            for token in connection_named(&value) {
+                close |= token.as_str() == "close";
+                keep |= token.as_str() == "keep-alive";
+                named.push(token);
+            }
+            keep_alive = !close && (keep || keep_alive);
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = Some(value);
         } else if !is_hop_by_hop(&name) {
             headers.append(name, value);
         }
     }
-    for name in connection_named {
+    for name in named {
         headers.remove(name);
     }
     if transfer_encoding.is_some() {
@@ -192,18 +197,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
         headers.remove(header::CONTENT_LENGTH);
     }
     Ok(Some(Head { status, version, headers, keep_alive, transfer_encoding }))
-}
-
-/// Applies a `Connection` header's `close` / `keep-alive` tokens.
-fn connection_keeps_alive(value: &HeaderValue, default: bool) -> bool {
-    let text = value.to_str().unwrap_or("");
-    if text.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
-        false
-    } else if text.split(',').any(|t| t.trim().eq_ignore_ascii_case("keep-alive")) {
-        true
-    } else {
-        default
-    }
 }
 
 /// Writes the request line, headers and body. A body of unknown length
@@ -271,4 +264,22 @@ async fn write_chunk(stream: &mut TcpStream, data: Bytes) -> Result<(), Exchange
 /// out loud, or some servers wait for one.
 fn method_implies_body(method: &Method) -> bool {
     *method == Method::POST || *method == Method::PUT || *method == Method::PATCH
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_lines_stay_behind() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-secret-hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nAccept: */*\r\n\r\n";
+        let mut buf = BytesMut::from(raw);
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(head.headers.len(), 1);
+        assert!(head.headers.contains_key("accept"));
+        assert!(head.keep_alive);
+        assert!(buf.is_empty(), "the head is taken out of the buffer");
+        let mut close = BytesMut::from("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\n\r\n");
+        assert!(!parse_head(&mut close).unwrap().unwrap().keep_alive, "close wins");
+    }
 }

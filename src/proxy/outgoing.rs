@@ -4,7 +4,7 @@
 //! costs no header-map inserts or removals (they were a tenth of keygate's
 //! own instructions per request).
 
-use super::headers::{is_hop_by_hop, IDENTITY_PREFIX};
+use super::headers::{connection_named, is_hop_by_hop, IDENTITY_PREFIX};
 use crate::credentials::API_KEY_HEADER;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
@@ -32,14 +32,7 @@ impl<'a> Outgoing<'a> {
     /// The client's head; with `strip_credentials`, every header that can
     /// carry a key stays behind.
     pub fn new(method: Method, target: Uri, client: HeaderMap, strip_credentials: bool) -> Outgoing<'a> {
-        let mut connection_named = Vec::new();
-        for value in client.get_all(header::CONNECTION) {
-            for token in value.to_str().unwrap_or("").split(',') {
-                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                    connection_named.push(name);
-                }
-            }
-        }
+        let connection_named = client.get_all(header::CONNECTION).iter().flat_map(connection_named).collect();
         Outgoing { method, target, host: None, client, connection_named, strip_credentials, forwarded: Vec::new(), identity: &[] }
     }
 
