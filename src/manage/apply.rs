@@ -1,7 +1,7 @@
 //! Applying and validating the fields of a key edit or creation: every
 //! refusal names the field, in the camelCase of the admin API.
 
-use super::{dedup, invalid, KeyInput, ManageError, Manager, MAX_EXPIRY_DAYS};
+use super::{checked_text, dedup, invalid, KeyInput, ManageError, Manager, MAX_EXPIRY_DAYS};
 use crate::clock;
 use crate::keys::model::{self, ApiKey, Env};
 
@@ -13,16 +13,13 @@ impl Manager<'_> {
             if name.is_empty() {
                 return Err(invalid("name", "is required"));
             }
-            model::validate_text("name", &name, model::MAX_NAME_CHARS).map_err(|m| invalid("name", m))?;
-            key.name = name;
+            key.name = checked_text("name", name, model::MAX_NAME_CHARS)?;
         }
         if let Some(d) = input.description {
-            model::validate_text("description", &d, model::MAX_TEXT_CHARS).map_err(|m| invalid("description", m))?;
-            key.description = d;
+            key.description = checked_text("description", d, model::MAX_TEXT_CHARS)?;
         }
         if let Some(o) = input.owner {
-            model::validate_text("owner", &o, model::MAX_TEXT_CHARS).map_err(|m| invalid("owner", m))?;
-            key.owner = o;
+            key.owner = checked_text("owner", o, model::MAX_TEXT_CHARS)?;
         }
         if let Some(role) = input.role {
             key.role = if role.is_empty() {

@@ -39,6 +39,13 @@ fn invalid(field: &str, message: impl Into<String>) -> ManageError {
     ManageError::Invalid { field: field.into(), message: message.into() }
 }
 
+/// `value` if it is free text of at most `max` characters, else the
+/// `Invalid` error for `field`.
+fn checked_text(field: &str, value: String, max: usize) -> Result<String, ManageError> {
+    model::validate_text(field, &value, max).map_err(|m| invalid(field, m))?;
+    Ok(value)
+}
+
 fn from_store(e: StoreError, what: &str) -> ManageError {
     match e {
         StoreError::NotFound => ManageError::NotFound(what.into()),
@@ -237,9 +244,8 @@ impl Manager<'_> {
         }
         self.check_role_permissions(&permissions)?;
         let name = input.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| id.clone());
-        model::validate_text("name", &name, model::MAX_NAME_CHARS).map_err(|m| invalid("name", m))?;
-        let description = input.description.unwrap_or_default();
-        model::validate_text("description", &description, model::MAX_TEXT_CHARS).map_err(|m| invalid("description", m))?;
+        let name = checked_text("name", name, model::MAX_NAME_CHARS)?;
+        let description = checked_text("description", input.description.unwrap_or_default(), model::MAX_TEXT_CHARS)?;
         let role = Role { id, name, description, permissions };
         self.store.insert_role(&role).await.map_err(|e| from_store(e, &role.id))?;
         self.audit("role.create", &role.id, None, Some(role_json(&role))).await;
@@ -261,12 +267,10 @@ impl Manager<'_> {
         let mut role = self.get_role(id).await?;
         let before = role_json(&role);
         if let Some(name) = input.name {
-            model::validate_text("name", &name, model::MAX_NAME_CHARS).map_err(|m| invalid("name", m))?;
-            role.name = name;
+            role.name = checked_text("name", name, model::MAX_NAME_CHARS)?;
         }
         if let Some(d) = input.description {
-            model::validate_text("description", &d, model::MAX_TEXT_CHARS).map_err(|m| invalid("description", m))?;
-            role.description = d;
+            role.description = checked_text("description", d, model::MAX_TEXT_CHARS)?;
         }
         if let Some(perms) = input.permissions {
             let perms = dedup(perms);
