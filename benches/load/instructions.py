@@ -31,10 +31,11 @@ def ensure_valgrind():
 
 
 def wrk(url, token, seconds):
-    out = run.sh("wrk", "-t1", "-c4", f"-d{seconds}s", "-H", f"Authorization: Bearer {token}", url).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise SystemExit(f"{url} answered errors during the count:\n{out}")
-    return int(re.search(r"(\d+) requests in", out).group(1))
+    """Requests served by one wrk thread on 4 connections; errors abort the count."""
+    _, total, bad = run.wrk(url, token, seconds, 4, 1)
+    if bad:
+        raise SystemExit(f"{url} answered {bad} errors during the count")
+    return total
 
 
 def total_instructions(out_file):
@@ -67,7 +68,7 @@ def main():
     args = ap.parse_args()
     ensure_valgrind()
     run.ensure_tools()
-    binaries = args.keygate or [run.keygate_binary()]
+    binaries = [str(Path(b).resolve()) for b in args.keygate] if args.keygate else [run.keygate_binary()]
     work = tempfile.mkdtemp(prefix="keygate-instr-")
     procs = []
     try:
