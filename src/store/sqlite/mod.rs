@@ -42,6 +42,22 @@ impl SqliteStore {
         .await
         .map_err(unavailable)?
     }
+
+    /// Runs `f` in a transaction that also records, in the change feed, a
+    /// change to the `kind` item `id` (how other nodes' caches hear of it),
+    /// and commits both together.
+    async fn logged_change<F>(&self, kind: &'static str, id: String, f: F) -> Result<(), StoreError>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            f(&tx)?;
+            log_change(&tx, kind, &id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -94,39 +110,30 @@ impl Store for SqliteStore {
 
     async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
         let (key, hash) = (key.clone(), *hash);
-        self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            write_key(&tx, &key, true)?;
-            add_secret(&tx, &hash, &key.key_id)?;
-            log_change(&tx, "key", &key.key_id).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+        self.logged_change("key", key.key_id.clone(), move |tx| {
+            write_key(tx, &key, true)?;
+            add_secret(tx, &hash, &key.key_id)
         })
         .await
     }
 
     async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let key = key.clone();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            if write_key(&tx, &key, false)? == 0 {
-                return Err(StoreError::NotFound);
-            }
-            log_change(&tx, "key", &key.key_id).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+        self.logged_change("key", key.key_id.clone(), move |tx| match write_key(tx, &key, false)? {
+            0 => Err(StoreError::NotFound),
+            _ => Ok(()),
         })
         .await
     }
 
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
         let key_id = key_id.to_string();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+        self.logged_change("key", key_id.clone(), move |tx| {
             if tx.execute("DELETE FROM keys WHERE key_id = ?1", params![key_id]).map_err(unavailable)? == 0 {
                 return Err(StoreError::NotFound);
             }
             tx.execute("DELETE FROM usage_minutes WHERE key_id = ?1", params![key_id]).map_err(unavailable)?;
-            log_change(&tx, "key", &key_id).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+            Ok(())
         })
         .await
     }
@@ -139,8 +146,7 @@ impl Store for SqliteStore {
         old_valid_until: i64,
     ) -> Result<(), StoreError> {
         let (key_id, hash, prefix) = (key_id.to_string(), *hash, key_prefix.to_string());
-        self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+        self.logged_change("key", key_id.clone(), move |tx| {
             let n =
                 tx.execute("UPDATE keys SET key_prefix = ?2 WHERE key_id = ?1", params![key_id, prefix]).map_err(unavailable)?;
             if n == 0 {
@@ -153,9 +159,7 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
             tx.execute("DELETE FROM secrets WHERE key_id = ?1 AND expires_at <= ?2", params![key_id, now_unix()])
                 .map_err(unavailable)?;
-            add_secret(&tx, &hash, &key_id)?;
-            log_change(&tx, "key", &key_id).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+            add_secret(tx, &hash, &key_id)
         })
         .await
     }
@@ -209,37 +213,33 @@ impl Store for SqliteStore {
 
     async fn update_role(&self, role: &Role) -> Result<(), StoreError> {
         let role = role.clone();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+        self.logged_change("role", role.id.clone(), move |tx| {
             let n = tx
                 .execute(
                     "UPDATE roles SET name = ?2, description = ?3, permissions = ?4 WHERE id = ?1",
                     params![role.id, role.name, role.description, json(&role.permissions)?],
                 )
                 .map_err(unavailable)?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
+            match n {
+                0 => Err(StoreError::NotFound),
+                _ => Ok(()),
             }
-            log_change(&tx, "role", &role.id).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
         })
         .await
     }
 
     async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+        self.logged_change("role", id.clone(), move |tx| {
             let users: i64 =
                 tx.query_row("SELECT COUNT(*) FROM keys WHERE role = ?1", params![id], |r| r.get(0)).map_err(unavailable)?;
             if users > 0 {
                 return Err(StoreError::RoleInUse { keys: users as u64 });
             }
-            if tx.execute("DELETE FROM roles WHERE id = ?1", params![id]).map_err(unavailable)? == 0 {
-                return Err(StoreError::NotFound);
+            match tx.execute("DELETE FROM roles WHERE id = ?1", params![id]).map_err(unavailable)? {
+                0 => Err(StoreError::NotFound),
+                _ => Ok(()),
             }
-            log_change(&tx, "role", &id).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
         })
         .await
     }
