@@ -19,3 +19,27 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
+
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body could not be read: {0}")]
+    Failed(String),
+}
+
+/// Reads a whole body of at most `max` bytes (admin requests).
+pub async fn read_to_bytes(mut body: Body, max: usize) -> Result<Bytes, ReadError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(ReadError::TooLarge(max));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}

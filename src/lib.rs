@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod keys;
 pub mod manage;
 pub mod metrics;

@@ -22,7 +22,6 @@ use crate::ratelimit::Decision;
 use crate::state::{App, Runtime};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +71,7 @@ pub struct Trace {
 }
 
 /// Handles one request from start to response.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     let started = Instant::now();
     let rt = app.runtime.load_full();
     let method = req.method().clone();
@@ -94,7 +93,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Re
 async fn run(
     app: &App,
     rt: &Runtime,
-    req: Request<Incoming>,
+    req: Request<Body>,
     conn: &ConnInfo,
     trace: &mut Trace,
 ) -> Result<Response<Body>, GatewayError> {
@@ -221,7 +220,7 @@ fn check_declared_length<B>(req: &Request<B>, cfg: &Config) -> Result<(), Gatewa
 async fn forward(
     rt: &Runtime,
     route: &Route,
-    req: Request<Incoming>,
+    req: Request<Body>,
     path: &str,
     conn: &ConnInfo,
     key: Option<&KeyLookup>,

@@ -8,13 +8,11 @@ mod console;
 mod input;
 pub mod routes;
 
-use crate::body::Body;
+use crate::body::{Body, ReadError};
 use crate::error::json_response;
 use crate::manage::Manager;
 use crate::state::App;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use routes::Endpoint;
 use serde_json::json;
 use std::sync::Arc;
@@ -34,7 +32,7 @@ pub fn ok(status: StatusCode, data: serde_json::Value, meta: serde_json::Value) 
 }
 
 /// Checks `Authorization: Bearer <admin token>` in constant time.
-fn authorised(req: &Request<Incoming>, token_env: &str) -> Result<(), Box<Response<Body>>> {
+fn authorised(req: &Request<Body>, token_env: &str) -> Result<(), Box<Response<Body>>> {
     let expected = std::env::var(token_env).unwrap_or_default();
     if expected.len() < MIN_ADMIN_TOKEN_LEN {
         return Err(Box::new(error(
@@ -64,9 +62,11 @@ fn authorised(req: &Request<Incoming>, token_env: &str) -> Result<(), Box<Respon
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// Largest admin request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long an admin request body may take to arrive.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Handles one admin request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
     if let Some(resp) = console::serve(req.method(), &path) {
         return resp;
@@ -109,15 +109,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::Socke
     if let Err(resp) = authorised(&req, &rt.config.admin.token_env) {
         return *resp;
     }
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("admin request bodies are limited to {MAX_BODY_BYTES} bytes"),
-            )
-        }
+    let read = tokio::time::timeout(BODY_TIMEOUT, crate::body::read_to_bytes(req.into_body(), MAX_BODY_BYTES));
+    let body = match read.await.unwrap_or_else(|_| Err(ReadError::Failed(format!("it took longer than {BODY_TIMEOUT:?}")))) {
+        Ok(b) => b,
+        Err(e @ ReadError::TooLarge(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()),
+        Err(e @ ReadError::Failed(_)) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
     let manager = Manager { store: app.store.as_ref(), config: &rt.config, actor: format!("admin-api ({})", peer.ip()) };
     match api::run(&manager, endpoint, id, &query, &body).await {

@@ -12,8 +12,9 @@
 use super::headers::{connection_named, is_hop_by_hop};
 use super::outgoing::Outgoing;
 use super::pool::Pool;
-use super::response::{Framing, UpstreamBody};
+use super::response::{framing_of, UpstreamBody};
 use crate::body::Body;
+use crate::framing::Framing;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
@@ -112,7 +113,7 @@ impl Connection {
                         // 100 Continue and 103 Early Hints: the answer follows.
                         continue;
                     }
-                    let framing = Framing::of(&head, head_only)?;
+                    let framing = framing_of(&head, head_only)?;
                     return Ok((head, framing));
                 }
                 if self.buffered.len() > MAX_RESPONSE_HEAD {

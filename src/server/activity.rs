@@ -1,10 +1,9 @@
-//! When a connection last finished a request, and whether one is in
-//! flight, so the connection task can close connections that sit idle.
+//! When an HTTP/2 connection last finished a request, and whether one is
+//! in flight, so its task can close it once it sits idle. (HTTP/1.1
+//! connections time their own waits, see `super::h1`.)
 //!
-//! Only request boundaries count as activity: bytes that move without a
-//! request (HTTP/2 pings, a client trickling a head) must not keep a
-//! connection open. A head that never completes is hyper's to cut off
-//! (`header_read_timeout`).
+//! Only request boundaries count as activity: frames that move without a
+//! request (pings) must not keep a connection open.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,18 +1,19 @@
 //! Listeners: accept TCP (or TLS) connections and serve HTTP/1.1 and
 //! HTTP/2 on the same port, with every socket bounded in header size and
 //! time. Garbage on one socket ends that connection only.
+//!
+//! HTTP/1.1 is keygate's own (`h1`); HTTP/2 is hyper's (`h2`), picked by
+//! ALPN on TLS or by the client's preface in clear text.
 
 pub mod activity;
+pub mod deadline;
+pub mod h1;
+pub mod h2;
 pub mod tls;
 
 use crate::body::Body;
 use crate::pipeline::ConnInfo;
-use activity::Activity;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,6 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long open connections get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Streams one HTTP/2 client may run at once.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Bounds applied to every connection of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +111,7 @@ pub async fn serve_worker<H, F>(
     open_gauge: Option<prometheus::IntGauge>,
     worker: usize,
 ) where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut connections = tokio::task::JoinSet::new();
@@ -124,11 +123,13 @@ pub async fn serve_worker<H, F>(
                 g.inc();
             }
             let info = ConnInfo::new(peer, tls.is_some(), worker);
-            let activity = Activity::new();
             match tls {
-                None => drive(stream, activity, limits, handler, info, shutdown).await,
+                None => drive(stream, false, limits, handler, info, shutdown).await,
                 Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => drive(s, activity, limits, handler, info, shutdown).await,
+                    Ok(Ok(s)) => {
+                        let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                        drive(s, h2, limits, handler, info, shutdown).await
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
@@ -154,7 +155,7 @@ pub async fn serve<H, F>(
     shutdown: watch::Receiver<bool>,
     open_gauge: Option<prometheus::IntGauge>,
 ) where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -163,67 +164,19 @@ pub async fn serve<H, F>(
     let _ = worker.await;
 }
 
-/// Serves one connection until it ends, goes idle, or shutdown is asked.
-async fn drive<I, H, F>(
-    io: I,
-    activity: Arc<Activity>,
-    limits: Limits,
-    handler: H,
-    info: ConnInfo,
-    mut shutdown: watch::Receiver<bool>,
-) where
+/// Serves one connection until it ends, goes idle, or shutdown is asked:
+/// HTTP/2 if `h2` (ALPN) or the client opens with its preface, else HTTP/1.1.
+async fn drive<I, H, F>(io: I, h2: bool, limits: Limits, handler: H, info: ConnInfo, shutdown: watch::Receiver<bool>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let service_activity = Arc::clone(&activity);
-    let peer = info.peer;
-    let service = hyper::service::service_fn(move |req| {
-        let guard = service_activity.start_request();
-        let fut = handler(req, info.clone());
-        async move {
-            let resp = fut.await;
-            drop(guard);
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let idle_ms = limits.idle_timeout.as_millis() as i64;
-    let mut tick = tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(50)));
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = tick.tick(), if !closing => {
-                if !activity.busy() && activity.idle_ms() > idle_ms {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
+    if h2 {
+        return h2::serve(io, bytes::BytesMut::new(), limits, handler, info, shutdown).await;
+    }
+    match h1::serve(io, limits, handler.clone(), info.clone(), shutdown.clone()).await {
+        h1::Ended::Closed => {}
+        h1::Ended::Http2(io, read) => h2::serve(io, read, limits, handler, info, shutdown).await,
     }
 }

@@ -1,0 +1,206 @@
+//! HTTP/1.1 body framing (RFC 9112 sections 6 and 7): where a message body
+//! ends, and the chunked decoding. Shared by the two HTTP/1.1 ends keygate
+//! speaks: request bodies read by the server, response bodies read by the
+//! upstream client.
+
+use bytes::{Bytes, BytesMut};
+use http_body::SizeHint;
+
+/// Longest chunk-size line accepted (the size and its extensions).
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Most trailer bytes accepted after the last chunk (they are dropped).
+pub const MAX_TRAILER_BYTES: usize = 64 * 1024;
+
+/// How a body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length`: this many bytes are still to come.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, at this point of the decoding.
+    Chunked(Chunk),
+    /// A response with neither: it ends when the connection closes.
+    UntilClose,
+}
+
+/// Where a chunked decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    /// Reading trailer lines; this many trailer bytes so far.
+    Trailers(usize),
+    Done,
+}
+
+/// What the buffered bytes give.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+/// Why a body's framing is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("malformed chunked body: missing CRLF after a chunk")]
+    MissingCrlf,
+    #[error("malformed chunked body: a chunk-size line is longer than {MAX_CHUNK_LINE} bytes")]
+    LineTooLong,
+    #[error("malformed chunked body: trailers longer than {MAX_TRAILER_BYTES} bytes")]
+    TrailersTooLong,
+    #[error("malformed chunked body: invalid chunk size {0:?}")]
+    ChunkSize(String),
+}
+
+impl Framing {
+    /// A chunked body at its start.
+    pub const CHUNKED: Framing = Framing::Chunked(Chunk::Size);
+
+    /// Whether the whole body has been read.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunk::Done))
+    }
+
+    /// The size still to come, when the framing says it.
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(*n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// Takes the next piece of body out of `buf` (chunk framing and
+    /// trailers are consumed and dropped).
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Step, FramingError> {
+        loop {
+            match self {
+                Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunk::Done) => return Ok(Step::End),
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let take = (*left).min(buf.len() as u64);
+                    *left -= take;
+                    if let Framing::Chunked(c @ Chunk::Data(0)) = self {
+                        *c = Chunk::DataEnd;
+                    }
+                    return Ok(Step::Data(buf.split_to(take as usize).freeze()));
+                }
+                Framing::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    return Ok(Step::Data(buf.split().freeze()));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(FramingError::MissingCrlf);
+                    }
+                    let _ = buf.split_to(2);
+                    *self = Framing::CHUNKED;
+                }
+                Framing::Chunked(state @ (Chunk::Size | Chunk::Trailers(_))) => {
+                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(FramingError::LineTooLong);
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    let line = buf.split_to(end + 2);
+                    let line = &line[..end];
+                    *state = match *state {
+                        Chunk::Size => match chunk_size(line)? {
+                            0 => Chunk::Trailers(0),
+                            n => Chunk::Data(n),
+                        },
+                        // Trailers are dropped; an empty line ends the body.
+                        Chunk::Trailers(_) if line.is_empty() => Chunk::Done,
+                        Chunk::Trailers(seen) if seen + line.len() > MAX_TRAILER_BYTES => {
+                            return Err(FramingError::TrailersTooLong);
+                        }
+                        Chunk::Trailers(seen) => Chunk::Trailers(seen + line.len() + 2),
+                        other => other,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The size on a chunk-size line: hex digits (at most 16), then optional
+/// whitespace and `;` extensions, which are ignored. Anything looser (a
+/// sign, leading spaces) is refused: two parsers must agree where a body ends.
+fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    let rest_ok = rest.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+    let rest = &rest[rest_ok..];
+    let invalid = || FramingError::ChunkSize(String::from_utf8_lossy(&line[..line.len().min(32)]).into_owned());
+    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+        return Err(invalid());
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| invalid())?;
+    u64::from_str_radix(text, 16).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(framing: Framing, wire: &[u8]) -> Result<(Vec<u8>, Framing), FramingError> {
+        let mut framing = framing;
+        let mut buf = BytesMut::from(wire);
+        let mut out = Vec::new();
+        loop {
+            match framing.next(&mut buf)? {
+                Step::Data(d) => out.extend_from_slice(&d),
+                Step::NeedMore | Step::End => return Ok((out, framing)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let (body, end) = decode(Framing::CHUNKED, b"5;ext=1\r\nhello\r\n6 \r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT").unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(end, Framing::Chunked(Chunk::Done));
+    }
+
+    #[test]
+    fn loose_chunk_sizes_are_refused() {
+        for bad in [&b"+5\r\nhello\r\n0\r\n\r\n"[..], b" 5\r\nhello\r\n0\r\n\r\n", b"5x\r\nhello\r\n", b"11111111111111111\r\n"] {
+            assert!(
+                matches!(decode(Framing::CHUNKED, bad), Err(FramingError::ChunkSize(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(decode(Framing::CHUNKED, b"5\r\nhelloXX"), Err(FramingError::MissingCrlf));
+    }
+
+    #[test]
+    fn length_bodies_stop_at_their_length() {
+        let (body, end) = decode(Framing::Length(5), b"helloGET / HTTP/1.1").unwrap();
+        assert_eq!(body, b"hello");
+        assert!(end.is_done());
+        let (body, end) = decode(Framing::Length(10), b"hel").unwrap();
+        assert_eq!((body.as_slice(), end), (&b"hel"[..], Framing::Length(7)));
+    }
+
+    #[test]
+    fn endless_trailers_are_refused() {
+        let mut wire = b"0\r\n".to_vec();
+        for _ in 0..100 {
+            wire.extend_from_slice(format!("X-Pad: {}\r\n", "p".repeat(1000)).as_bytes());
+        }
+        assert_eq!(decode(Framing::CHUNKED, &wire), Err(FramingError::TrailersTooLong));
+    }
+}

@@ -1,0 +1,131 @@
+//! One timer per connection, re-armed lazily.
+//!
+//! Every wait on a client socket is bounded (a head must arrive, a slow
+//! reader must take its response), but arming a timer for each wait costs
+//! two timer-wheel operations per request. A connection keeps one timer
+//! instead: each wait moves the deadline it should end at, and the timer
+//! only moves when it fires early (to the later deadline) or when a wait
+//! needs an earlier one. Most requests never touch the timer wheel.
+//!
+//! A `Deadline` belongs to one task (a connection's): once the timer has
+//! been polled, the task is woken when it fires, so later waits only look
+//! at whether it fired instead of polling it again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// Far enough never to fire before a wait sets a real deadline.
+const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The connection's timer and the deadline of the current wait.
+pub struct Deadline {
+    timer: Pin<Box<Sleep>>,
+    /// When the current wait ends; `None` outside of waits.
+    at: Option<Instant>,
+    /// The timer holds this task's waker for its current deadline.
+    registered: bool,
+}
+
+/// The wait's deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired;
+
+impl Deadline {
+    /// A timer parked far away.
+    pub fn new() -> Deadline {
+        Deadline { timer: Box::pin(tokio::time::sleep(PARKED)), at: None, registered: false }
+    }
+
+    /// Ends the current wait (the next one sets its own deadline).
+    pub fn clear(&mut self) {
+        self.at = None;
+    }
+
+    /// Starts a wait that may last `limit` from now, unless one is running.
+    pub fn start(&mut self, limit: Duration) {
+        if self.at.is_none() {
+            self.restart(limit);
+        }
+    }
+
+    /// Sets the current wait to end `limit` from now.
+    pub fn restart(&mut self, limit: Duration) {
+        let at = Instant::now() + limit;
+        self.at = Some(at);
+        if at < self.timer.deadline() {
+            self.timer.as_mut().reset(at);
+            self.registered = false;
+        }
+    }
+
+    /// Ready once the current wait's deadline has passed.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        let Some(at) = self.at else { return Poll::Pending };
+        loop {
+            if self.registered && !self.timer.is_elapsed() {
+                return Poll::Pending;
+            }
+            self.registered = true;
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= at {
+                return Poll::Ready(Expired);
+            }
+            // Fired for an earlier wait: follow the current one.
+            self.timer.as_mut().reset(at);
+            self.registered = false;
+        }
+    }
+
+    /// Runs `io` (polled by `poll_io`) until it is ready or `limit` has
+    /// passed since the first time it was not: a wait that never blocks
+    /// never reads the clock.
+    pub async fn bound<T>(
+        &mut self,
+        limit: Duration,
+        mut poll_io: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Result<T, Expired> {
+        self.clear();
+        let result = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = poll_io(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            self.start(limit);
+            self.poll_expired(cx).map(Err)
+        })
+        .await;
+        self.clear();
+        result
+    }
+}
+
+impl Default for Deadline {
+    fn default() -> Deadline {
+        Deadline::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_at_its_own_deadline_whatever_the_timer_had() {
+        let mut d = Deadline::new();
+        // An earlier, long wait leaves the timer far out.
+        assert_eq!(d.bound(Duration::from_secs(60), |_| Poll::Ready(1)).await, Ok(1));
+        let started = Instant::now();
+        let r: Result<(), Expired> = d.bound(Duration::from_millis(500), |_| Poll::Pending).await;
+        assert_eq!(r, Err(Expired));
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        // A later, longer wait outlives the timer's earlier firing.
+        let started = Instant::now();
+        let r: Result<(), Expired> = d.bound(Duration::from_secs(2), |_| Poll::Pending).await;
+        assert_eq!(r, Err(Expired));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,235 @@
+//! Reading a request head: the request line and header fields (RFC 9112
+//! sections 2 to 6), what frames the body, and whether the connection may
+//! carry another request. Anything ambiguous about where the body ends is
+//! refused, since two parsers disagreeing there is how requests are smuggled.
+
+use crate::framing::Framing;
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+use std::ops::Range;
+
+/// Header lines parsed on the stack; heads with more use the heap.
+const INLINE_HEADERS: usize = 64;
+/// The first line an HTTP/2 client with prior knowledge sends.
+pub const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// A request head, ready for the handler.
+pub struct Head {
+    pub request: Request<()>,
+    /// How the body that follows is delimited.
+    pub framing: Framing,
+    /// The client lets the connection carry another request.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before sending the body.
+    pub expect_continue: bool,
+}
+
+/// Why a head is refused (the connection ends after the answer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("the request head is malformed: {0}")]
+    Malformed(String),
+    #[error("the request head is larger than {0} bytes or has more than {1} header lines")]
+    TooLarge(usize, usize),
+    #[error("the client speaks HTTP/2 with prior knowledge")]
+    Http2Preface,
+}
+
+/// Parses a complete head at the start of `buf` and takes it out of `buf`
+/// (`Ok(None)`: not complete yet). Header values and the target are slices
+/// of the head's own buffer, not copies.
+pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result<Option<Head>, HeadError> {
+    let scanned = {
+        let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+        match scan(buf, &mut inline[..max_headers.min(INLINE_HEADERS)], max_bytes, max_headers) {
+            Err(HeadError::TooLarge(..)) if max_headers > INLINE_HEADERS => {
+                let mut lines = vec![httparse::EMPTY_HEADER; max_headers];
+                scan(buf, &mut lines, max_bytes, max_headers)
+            }
+            other => other,
+        }
+    };
+    let Some(Scanned { used, method, version, target, found }) = scanned? else { return Ok(None) };
+    let malformed = |e: &dyn std::fmt::Display| HeadError::Malformed(e.to_string());
+    let bytes = buf.split_to(used).freeze();
+    let uri = Uri::from_maybe_shared(bytes.slice(target)).map_err(|e| malformed(&e))?;
+    let mut headers = HeaderMap::with_capacity(found.len());
+    for (name, range) in found {
+        let value = HeaderValue::from_maybe_shared(bytes.slice(range)).map_err(|e| malformed(&e))?;
+        headers.append(name, value);
+    }
+    let framing = body_framing(&headers, version)?;
+    let keep_alive = keep_alive(&headers, version);
+    let expect_continue = version == Version::HTTP_11
+        && !framing.is_done()
+        && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(Head { request, framing, keep_alive, expect_continue }))
+}
+
+/// A complete head found in the buffer: its length, and where its parts sit.
+struct Scanned {
+    used: usize,
+    method: Method,
+    version: Version,
+    target: Range<usize>,
+    found: Vec<(HeaderName, Range<usize>)>,
+}
+
+fn scan<'b>(
+    buf: &'b [u8],
+    lines: &mut [httparse::Header<'b>],
+    max_bytes: usize,
+    max_headers: usize,
+) -> Result<Option<Scanned>, HeadError> {
+    let too_large = HeadError::TooLarge(max_bytes, max_headers);
+    let mut parsed = httparse::Request::new(lines);
+    let used = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return if buf.len() >= max_bytes { Err(too_large) } else { Ok(None) },
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large),
+        Err(httparse::Error::Version) if buf.starts_with(H2_PREFACE_LINE) => return Err(HeadError::Http2Preface),
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    };
+    if used > max_bytes {
+        return Err(too_large);
+    }
+    let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes()).map_err(|e| HeadError::Malformed(e.to_string()))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let base = buf.as_ptr() as usize;
+    let at = |s: &str| s.as_ptr() as usize - base..s.as_ptr() as usize - base + s.len();
+    let target = at(parsed.path.unwrap_or(""));
+    let mut found = Vec::with_capacity(parsed.headers.len());
+    for line in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| HeadError::Malformed(e.to_string()))?;
+        let start = line.value.as_ptr() as usize - base;
+        found.push((name, start..start + line.value.len()));
+    }
+    Ok(Some(Scanned { used, method, version, target, found }))
+}
+
+/// Where the request body ends (RFC 9112 section 6.3). A request with both
+/// `Transfer-Encoding` and `Content-Length`, a coding other than `chunked`,
+/// or differing lengths is refused rather than guessed at.
+fn body_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
+    let malformed = |why: &str| Err(HeadError::Malformed(why.into()));
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        if version == Version::HTTP_10 {
+            return malformed("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return malformed("both Transfer-Encoding and Content-Length");
+        }
+        let only_chunked = codings.count() == 1
+            && headers.get(header::TRANSFER_ENCODING).is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if !only_chunked {
+            return malformed("the only transfer coding accepted is chunked");
+        }
+        return Ok(Framing::CHUNKED);
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.as_bytes().trim_ascii();
+        if text.is_empty() || text.len() > 19 || !text.iter().all(u8::is_ascii_digit) {
+            return malformed("invalid Content-Length");
+        }
+        let n = std::str::from_utf8(text).ok().and_then(|t| t.parse::<u64>().ok());
+        let Some(n) = n else { return malformed("invalid Content-Length") };
+        if length.is_some_and(|l| l != n) {
+            return malformed("conflicting Content-Length values");
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        Some(n) if n > 0 => Framing::Length(n),
+        _ => Framing::Empty,
+    })
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when
+/// told `keep-alive`.
+fn keep_alive(headers: &HeaderMap, version: Version) -> bool {
+    let mut keep = version == Version::HTTP_11;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(wire: &str) -> Result<Option<Head>, HeadError> {
+        parse(&mut BytesMut::from(wire), 8192, 100)
+    }
+
+    #[test]
+    fn a_request_head_becomes_a_request() {
+        let mut buf = BytesMut::from("GET /api/lists?page=2 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\nNEXT");
+        let h = parse(&mut buf, 8192, 100).unwrap().unwrap();
+        assert_eq!(h.request.method(), Method::GET);
+        assert_eq!(h.request.uri().path(), "/api/lists");
+        assert_eq!(h.request.uri().query(), Some("page=2"));
+        assert_eq!(h.request.headers()["authorization"], "Bearer t");
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(h.keep_alive && !h.expect_continue);
+        assert_eq!(&buf[..], b"NEXT", "the next request stays in the buffer");
+        assert!(head("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn body_framing_is_never_guessed() {
+        let framing = |wire: &str| head(wire).map(|h| h.map(|h| h.framing));
+        assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Ok(Some(Framing::Length(5))));
+        assert_eq!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"), Ok(Some(Framing::CHUNKED)));
+        for bad in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+        ] {
+            assert!(matches!(framing(bad), Err(HeadError::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        let keep = |wire: &str| head(wire).unwrap().unwrap().keep_alive;
+        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        let h = head("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        assert!(h.expect_continue);
+    }
+
+    #[test]
+    fn oversized_heads_and_http2_are_told_apart_from_garbage() {
+        let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "x".repeat(9000));
+        assert!(matches!(head(&big), Err(HeadError::TooLarge(..))));
+        let partial_big = format!("GET / HTTP/1.1\r\nX-Big: {}", "x".repeat(9000));
+        assert!(matches!(head(&partial_big), Err(HeadError::TooLarge(..))));
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert!(matches!(head(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge(..))));
+        let within: String = (0..99).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(head(&format!("GET / HTTP/1.1\r\n{within}\r\n")).unwrap().unwrap().request.headers().len(), 99);
+        assert_eq!(head("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").err(), Some(HeadError::Http2Preface));
+        assert!(matches!(head("\x16\x03\x01\x02\x00garbage\r\n\r\n"), Err(HeadError::Malformed(_))));
+    }
+}

@@ -1,0 +1,284 @@
+//! keygate's HTTP/1.1 server connection: read a head, run the handler,
+//! write the response, again, on the connection's own task.
+//!
+//! hyper's server connection was a quarter of keygate's own instructions
+//! per request (a dispatcher, a body channel, two timers re-armed per
+//! request). A gateway's connection needs less: one request at a time,
+//! the body handed to the handler on demand, one lazily moved deadline
+//! (`Deadline`) for every wait on the client. Owning the loop also lets
+//! keep-alive idleness and a slow head have their own limits
+//! (`server.idle_timeout`, `server.header_read_timeout`).
+//! HTTP/2 stays with hyper (`super::h2`).
+
+mod body;
+mod head;
+mod write;
+
+use super::deadline::{Deadline, Expired};
+use super::Limits;
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::framing::{Framing, Step};
+use crate::pipeline::ConnInfo;
+use bytes::BytesMut;
+use head::HeadError;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_util::io::poll_read_buf;
+use write::{Answering, Sink};
+
+/// Room asked of the read buffer before each read of a head.
+const HEAD_READ: usize = 8 * 1024;
+/// An unread request body up to this size is read and dropped after the
+/// response, so the connection can carry the next request.
+const MAX_DRAIN: u64 = 64 * 1024;
+
+/// How a connection's request loop ended.
+pub enum Ended<I> {
+    /// Closed, timed out, failed or shut down.
+    Closed,
+    /// The client opened with the HTTP/2 preface: its socket and the
+    /// bytes read so far, for the HTTP/2 server.
+    Http2(I, BytesMut),
+}
+
+/// One client connection.
+struct Conn<I> {
+    io: I,
+    /// Bytes read and not used yet (the next head, or body bytes).
+    buf: BytesMut,
+    /// Response bytes gathered for the next write.
+    out: Vec<u8>,
+    deadline: Deadline,
+    limits: Limits,
+    /// Set once shutdown is asked; a pending wait for it otherwise.
+    stop: Stop,
+}
+
+/// Serves requests on `io` until the client or the server ends it.
+pub async fn serve<I, H, F>(io: I, limits: Limits, handler: H, info: ConnInfo, shutdown: watch::Receiver<bool>) -> Ended<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Fn(Request<Body>, ConnInfo) -> F,
+    F: Future<Output = Response<Body>> + Send,
+{
+    let mut conn =
+        Conn { io, buf: BytesMut::new(), out: Vec::new(), deadline: Deadline::new(), limits, stop: Stop::new(shutdown) };
+    let mut first = true;
+    loop {
+        let head = match conn.read_head().await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ended::Closed,
+            Err(HeadError::Http2Preface) if first => return Ended::Http2(conn.io, conn.buf),
+            Err(e) => {
+                conn.refuse(&e).await;
+                return Ended::Closed;
+            }
+        };
+        first = false;
+        let how = Answering {
+            version: head.request.version(),
+            head_only: head.request.method() == Method::HEAD,
+            keep_alive: head.keep_alive,
+        };
+        let (request, mut feeder) = if head.framing.is_done() {
+            (head.request.map(|()| crate::body::empty()), None)
+        } else {
+            let (body, feeder) = body::channel(head.framing, head.expect_continue);
+            (head.request.map(|()| body.boxed()), Some(feeder))
+        };
+        let response = conn.run(handler(request, info.clone()), feeder.as_mut()).await;
+        // The connection carries another request only if this one's body
+        // is read, or can be.
+        let unread = feeder.as_ref().filter(|f| !f.is_done());
+        let reusable = unread.is_none_or(|f| !f.broken && !f.continue_unsent() && drainable(f.framing()));
+        let how = Answering { keep_alive: how.keep_alive && reusable && !conn.stop.asked(), ..how };
+        match conn.respond(response, how).await {
+            Ok(true) => {}
+            _ => return Ended::Closed,
+        }
+        if let Some(f) = unread {
+            if conn.drain(f.framing()).await.is_err() {
+                return Ended::Closed;
+            }
+        }
+    }
+}
+
+/// Whether what is left of an unread body is small enough to drop.
+fn drainable(framing: Framing) -> bool {
+    matches!(framing, Framing::Length(n) if n <= MAX_DRAIN) || matches!(framing, Framing::Chunked(_))
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
+    /// Waits for a complete head: `idle_timeout` for its first byte,
+    /// `header_read_timeout` for the rest. `Ok(None)`: the connection ends
+    /// without a word (closed, idle, shut down).
+    async fn read_head(&mut self) -> Result<Option<head::Head>, HeadError> {
+        let (idle, slow_head) = (self.limits.idle_timeout, self.limits.header_read_timeout);
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = head::parse(&mut self.buf, self.limits.max_header_bytes, self.limits.max_headers)? {
+                    self.deadline.clear();
+                    return Ok(Some(head));
+                }
+            }
+            let was_idle = self.buf.is_empty();
+            let Conn { io, buf, deadline, stop, .. } = self;
+            let waited = std::future::poll_fn(|cx| {
+                buf.reserve(HEAD_READ);
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *io), cx, buf) {
+                    return Poll::Ready(Ok(r));
+                }
+                if buf.is_empty() {
+                    if stop.poll(cx) {
+                        return Poll::Ready(Err(Expired));
+                    }
+                    deadline.start(idle);
+                } else {
+                    deadline.start(slow_head);
+                }
+                deadline.poll_expired(cx).map(Err)
+            })
+            .await;
+            match waited {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) if was_idle => self.deadline.clear(), // a head starts: its own limit
+                Ok(Ok(_)) => {}
+                Err(Expired) if self.buf.is_empty() => return Ok(None),
+                Err(Expired) => return Err(HeadError::Malformed(format!("the request head took longer than {slow_head:?}"))),
+            }
+        }
+    }
+
+    /// Runs the handler; meanwhile feeds it the request body as it asks.
+    async fn run<F: Future<Output = Response<Body>>>(
+        &mut self,
+        handler: F,
+        mut feeder: Option<&mut body::Feeder>,
+    ) -> Response<Body> {
+        let mut handler = pin!(handler);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(resp) = handler.as_mut().poll(cx) {
+                return Poll::Ready(resp);
+            }
+            if let Some(f) = feeder.as_deref_mut() {
+                let _ = f.poll_feed(cx, &mut self.io, &mut self.buf);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes the response; `Ok(true)` if the connection stays open.
+    async fn respond(&mut self, resp: Response<Body>, how: Answering) -> std::io::Result<bool> {
+        let mut sink = ClientSink { io: &mut self.io, deadline: &mut self.deadline, limit: self.limits.idle_timeout };
+        write::response(&mut sink, &mut self.out, resp, how).await
+    }
+
+    /// Answers a refused head (400 or 431, in the contract's JSON shape);
+    /// the connection closes after it.
+    async fn refuse(&mut self, error: &HeadError) {
+        let mut resp = GatewayError::BadRequest(error.to_string()).to_response();
+        if matches!(error, HeadError::TooLarge(..)) {
+            *resp.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        }
+        tracing::debug!(error = %error, "request head refused");
+        let how = Answering { version: http::Version::HTTP_11, head_only: false, keep_alive: false };
+        let _ = self.respond(resp, how).await;
+    }
+
+    /// Reads and drops the rest of a body nobody read (at most
+    /// [`MAX_DRAIN`] bytes, within `header_read_timeout`).
+    async fn drain(&mut self, mut framing: Framing) -> Result<(), ()> {
+        let mut budget = MAX_DRAIN;
+        loop {
+            match framing.next(&mut self.buf).map_err(|_| ())? {
+                Step::End => return Ok(()),
+                Step::Data(d) => budget = budget.checked_sub(d.len() as u64).ok_or(())?,
+                Step::NeedMore => {
+                    let Conn { io, buf, deadline, limits, .. } = self;
+                    buf.reserve(HEAD_READ);
+                    match deadline.bound(limits.header_read_timeout, |cx| poll_read_buf(Pin::new(&mut *io), cx, buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return Err(()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The client socket as the response writer sees it: every write bounded
+/// by `limit` of no progress.
+struct ClientSink<'a, I> {
+    io: &'a mut I,
+    deadline: &'a mut Deadline,
+    limit: Duration,
+}
+
+impl<I: AsyncWrite + Unpin + Send> Sink for ClientSink<'_, I> {
+    async fn send(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        let io = &mut *self.io;
+        let written = self
+            .deadline
+            .bound(self.limit, |cx| {
+                while !data.is_empty() {
+                    match Pin::new(&mut *io).poll_write(cx, data) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(n)) => data = &data[n..],
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Pin::new(&mut *io).poll_flush(cx)
+            })
+            .await;
+        written.map_err(|Expired| std::io::Error::new(std::io::ErrorKind::TimedOut, "the client did not read its response"))?
+    }
+}
+
+/// Whether shutdown was asked. The wait for it is polled once, which
+/// leaves the connection's waker with the channel; later checks only look
+/// at the channel's version.
+struct Stop {
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    changes: watch::Receiver<bool>,
+    registered: bool,
+}
+
+impl Stop {
+    fn new(mut shutdown: watch::Receiver<bool>) -> Stop {
+        let changes = shutdown.clone();
+        if *shutdown.borrow() {
+            return Stop { wait: None, changes, registered: true };
+        }
+        // A closed channel (the server is going away) counts as asked.
+        let wait = async move { while shutdown.changed().await.is_ok() && !*shutdown.borrow() {} };
+        Stop { wait: Some(Box::pin(wait)), changes, registered: false }
+    }
+
+    /// Polls the wait (when something changed); true once shutdown was asked.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(wait) = &mut self.wait else { return true };
+        if self.registered && !self.changes.has_changed().unwrap_or(true) {
+            return false;
+        }
+        self.registered = true;
+        if wait.as_mut().poll(cx).is_ready() {
+            self.wait = None;
+        }
+        self.wait.is_none()
+    }
+
+    /// Whether shutdown was asked, without waiting.
+    fn asked(&self) -> bool {
+        self.wait.is_none() || self.changes.has_changed().unwrap_or(true)
+    }
+}

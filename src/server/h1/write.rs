@@ -1,0 +1,300 @@
+//! Writing a response: the head, then the body as it comes, framed by
+//! `Content-Length` when its size is known and chunked otherwise. Small
+//! pieces are gathered so a typical response leaves in one write.
+
+use crate::body::Body;
+use crate::proxy::headers::is_hop_by_hop;
+use http::header::{self, HeaderMap};
+use http::response::Parts;
+use http::{Response, StatusCode, Version};
+use http_body::Body as HttpBody;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::Poll;
+
+/// Gathered bytes are written once they reach this size.
+const GATHER: usize = 64 * 1024;
+/// A data piece at least this large is written from its own buffer.
+const LARGE_PIECE: usize = 16 * 1024;
+
+/// How the body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// No body bytes at all (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// An HTTP/1.0 client with an unknown length: the close ends it.
+    UntilClose,
+}
+
+/// What the request says about how to answer it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answering {
+    pub version: Version,
+    pub head_only: bool,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+}
+
+/// Where the response's bytes go, and the deadline each write gets.
+pub trait Sink {
+    /// Writes all of `data` (and flushes it).
+    fn send(&mut self, data: &[u8]) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Writes `resp` through `sink`, gathering into `out`. Returns whether the
+/// connection may carry another request.
+pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, resp: Response<Body>, how: Answering) -> std::io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    out.clear();
+    let (wire, keep_alive) = encode_head(out, &parts, body.size_hint().exact(), how);
+    if wire == Wire::None {
+        sink.send(out).await?;
+        return Ok(keep_alive);
+    }
+    let mut left = match wire {
+        Wire::Length(n) => n,
+        _ => u64::MAX,
+    };
+    loop {
+        // Take what the body has ready; write the gathered bytes only when
+        // it has nothing more for now.
+        let next = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending if !out.is_empty() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        let frame = match next {
+            Some(None) => break,
+            Some(Some(Ok(frame))) => Ok(frame),
+            Some(Some(Err(e))) => Err(std::io::Error::other(e.to_string())),
+            None => {
+                sink.send(out).await?;
+                out.clear();
+                continue;
+            }
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                // Cut the response short: the client must see it incomplete.
+                let _ = sink.send(out).await;
+                return Err(error);
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue }; // trailers are not forwarded
+        if data.is_empty() {
+            continue;
+        }
+        if data.len() as u64 > left {
+            let _ = sink.send(out).await;
+            return Err(std::io::Error::other("the response body is longer than its Content-Length"));
+        }
+        left -= data.len() as u64;
+        if wire == Wire::Chunked {
+            let mut size = [0u8; 16];
+            out.extend_from_slice(hex(data.len(), &mut size));
+            out.extend_from_slice(b"\r\n");
+        }
+        if data.len() >= LARGE_PIECE {
+            sink.send(out).await?;
+            out.clear();
+            sink.send(&data).await?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if wire == Wire::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= GATHER {
+            sink.send(out).await?;
+            out.clear();
+        }
+    }
+    if wire == Wire::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        sink.send(out).await?;
+    }
+    if matches!(wire, Wire::Length(_)) && left != 0 {
+        // Shorter than announced: the client must not wait for the rest.
+        return Ok(false);
+    }
+    Ok(keep_alive && wire != Wire::UntilClose)
+}
+
+/// The status line and header fields; returns the body's wire framing and
+/// whether the connection stays open.
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, how: Answering) -> (Wire, bool) {
+    let status = parts.status;
+    let mut keep_alive = how.keep_alive;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let declared = declared_length(&parts.headers);
+    for (name, value) in &parts.headers {
+        if is_hop_by_hop(name) || (name == header::CONTENT_LENGTH && declared.is_none()) {
+            continue;
+        }
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        DATE.with(|d| line(out, b"date", d.borrow_mut().now()));
+    }
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let wire = if bodiless {
+        Wire::None
+    } else if let Some(n) = declared {
+        if how.head_only {
+            Wire::None
+        } else {
+            Wire::Length(n)
+        }
+    } else if let Some(n) = exact {
+        if !how.head_only {
+            let mut digits = itoa::Buffer::new();
+            line(out, b"content-length", digits.format(n).as_bytes());
+        }
+        if how.head_only {
+            Wire::None
+        } else {
+            Wire::Length(n)
+        }
+    } else if how.head_only {
+        Wire::None
+    } else if how.version == Version::HTTP_11 {
+        line(out, b"transfer-encoding", b"chunked");
+        Wire::Chunked
+    } else {
+        keep_alive = false;
+        Wire::UntilClose
+    };
+    if !keep_alive {
+        line(out, b"connection", b"close");
+    } else if how.version == Version::HTTP_10 {
+        line(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    (wire, keep_alive)
+}
+
+/// The response's own `Content-Length`, when it is one valid number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?.to_str().ok()?.trim().parse::<u64>().ok()?;
+    values.all(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(first)).then_some(first)
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in lowercase hex, written into `buf`.
+fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// The `Date` value, formatted once per second per thread.
+struct DateCache {
+    second: u64,
+    text: [u8; 29],
+}
+
+impl DateCache {
+    fn now(&mut self) -> &[u8] {
+        let now = std::time::SystemTime::now();
+        let second = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if second != self.second {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == self.text.len() {
+                self.text.copy_from_slice(text.as_bytes());
+                self.second = second;
+            }
+        }
+        &self.text
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<DateCache> = const { RefCell::new(DateCache { second: 0, text: *b"Thu, 01 Jan 1970 00:00:00 GMT" }) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    struct Collect(Vec<u8>);
+    impl Sink for Collect {
+        async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+    }
+
+    async fn wire(resp: Response<Body>, how: Answering) -> (String, bool) {
+        let mut sink = Collect(Vec::new());
+        let keep = response(&mut sink, &mut Vec::new(), resp, how).await.unwrap();
+        (String::from_utf8(sink.0).unwrap(), keep)
+    }
+
+    const HTTP11: Answering = Answering { version: Version::HTTP_11, head_only: false, keep_alive: true };
+
+    #[tokio::test]
+    async fn known_sizes_get_a_length_and_unknown_ones_are_chunked() {
+        let (text, keep) = wire(Response::new(crate::body::full("hello")), HTTP11).await;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("content-length: 5\r\n") && text.contains("date: ") && text.ends_with("\r\n\r\nhello"), "{text}");
+        assert!(keep);
+        let stream = futures_util::stream::iter(["ab", "cdefghijklmnopqr"].map(|s| Ok(http_body::Frame::data(Bytes::from(s)))));
+        let body = http_body_util::StreamBody::new(stream).boxed();
+        let (text, keep) = wire(Response::new(body), HTTP11).await;
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n2\r\nab\r\n10\r\ncdefghijklmnopqr\r\n0\r\n\r\n"), "{text}");
+        assert!(keep);
+    }
+
+    #[tokio::test]
+    async fn head_answers_keep_the_length_and_send_no_body() {
+        let mut resp = Response::new(crate::body::empty());
+        resp.headers_mut().insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("31"));
+        let (text, keep) = wire(resp, Answering { head_only: true, ..HTTP11 }).await;
+        assert!(text.contains("content-length: 31\r\n") && text.ends_with("\r\n\r\n"), "{text}");
+        assert!(keep);
+    }
+
+    #[tokio::test]
+    async fn http10_clients_get_close_delimited_bodies_and_hop_by_hop_never_passes() {
+        let stream = futures_util::stream::iter([Ok(http_body::Frame::data(Bytes::from("abc")))]);
+        let mut resp = Response::new(http_body_util::StreamBody::new(stream).boxed());
+        resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        let (text, keep) = wire(resp, Answering { version: Version::HTTP_10, ..HTTP11 }).await;
+        assert!(!keep);
+        assert!(text.contains("connection: close\r\n") && !text.contains("upgrade") && text.ends_with("\r\n\r\nabc"), "{text}");
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        let mut buf = [0u8; 16];
+        assert_eq!(hex(0, &mut buf), b"0");
+        assert_eq!(hex(255, &mut buf), b"ff");
+        assert_eq!(hex(65536, &mut buf), b"10000");
+    }
+}

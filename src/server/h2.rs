@@ -1,0 +1,132 @@
+//! HTTP/2 connections, served by hyper: chosen by ALPN on TLS, or by the
+//! client's preface in clear text (prior knowledge). Idle connections are
+//! closed after `server.idle_timeout` without a request in flight.
+
+use super::activity::Activity;
+use super::Limits;
+use crate::body::{Body, BoxError};
+use crate::pipeline::ConnInfo;
+use bytes::{Buf, BytesMut};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+/// Streams one HTTP/2 client may run at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Serves HTTP/2 on `io`, whose first bytes (already read) are `prefix`.
+pub async fn serve<I, H, F>(
+    io: I,
+    prefix: BytesMut,
+    limits: Limits,
+    handler: H,
+    info: ConnInfo,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Body>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Activity::new();
+    let service_activity = Arc::clone(&activity);
+    let peer = info.peer;
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let guard = service_activity.start_request();
+        let req = req.map(|b| b.map_err(box_error).boxed());
+        let fut = handler(req, info.clone());
+        async move {
+            let resp = fut.await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(TokioIo::new(Prefixed { prefix, io }), service);
+    tokio::pin!(conn);
+    let idle_ms = limits.idle_timeout.as_millis() as i64;
+    let mut tick = tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(50)));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tick.tick(), if !closing => {
+                if !activity.busy() && activity.idle_ms() > idle_ms {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// A socket whose first bytes were already read: they are read again first.
+struct Prefixed<I> {
+    prefix: BytesMut,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+fn box_error(e: hyper::Error) -> BoxError {
+    Box::new(e)
+}
