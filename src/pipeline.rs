@@ -18,7 +18,8 @@ use crate::policy::routes::Route;
 use crate::policy::{ip, path};
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody, headers};
-use crate::ratelimit::Decision;
+use crate::ratelimit::{Decision, RateHeaders};
+use crate::server::Reply;
 use crate::state::{App, Runtime};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -71,7 +72,7 @@ pub struct Trace {
 }
 
 /// Handles one request from start to response.
-pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply {
     let started = Instant::now();
     let rt = app.runtime.load_full();
     let method = req.method().clone();
@@ -81,13 +82,16 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
         Ok(_) => trace.served_as.unwrap_or("forwarded"),
         Err(e) => e.outcome(),
     };
-    let mut resp = result.unwrap_or_else(|e| e.to_response());
-    if let Some(d) = &trace.decision {
-        let rl = &rt.config.rate_limit;
-        d.write_headers(resp.headers_mut(), clock::now_unix(), rl.algorithm, rl.ietf_headers);
-    }
-    record(&app, &rt, &method, &resp, &trace, outcome, started.elapsed());
-    resp
+    let response = result.unwrap_or_else(|e| e.to_response());
+    let rl = &rt.config.rate_limit;
+    let rate_limit = trace.decision.map(|decision| RateHeaders {
+        decision,
+        now: clock::now_unix(),
+        algorithm: rl.algorithm,
+        ietf: rl.ietf_headers,
+    });
+    record(&app, &rt, &method, &response, &trace, outcome, started.elapsed());
+    Reply { response, rate_limit }
 }
 
 async fn run(

@@ -60,17 +60,28 @@ impl KeyCache {
 
     /// Resolves a token hash: cache first, then the store.
     pub async fn resolve(&self, hash: &TokenHash, store: &dyn Store) -> Result<(Option<Arc<KeyLookup>>, Origin), StoreError> {
-        let now = Instant::now();
         let stale = match self.entries.get(hash) {
             Some(e) => {
                 let ttl = if e.found.is_some() { self.ttl } else { self.negative_ttl };
-                if now.duration_since(e.fetched) < ttl {
+                if e.fetched.elapsed() < ttl {
                     return Ok((e.found.clone(), Origin::Cache));
                 }
                 e.found.clone()
             }
             None => None,
         };
+        // Boxed: the store's path is rare, and unboxed its state would
+        // make every request's future (moved at each await) larger.
+        Box::pin(self.fetch(hash, store, stale)).await
+    }
+
+    /// A miss: one lookup per token at a time, shared by concurrent callers.
+    async fn fetch(
+        &self,
+        hash: &TokenHash,
+        store: &dyn Store,
+        stale: Option<Arc<KeyLookup>>,
+    ) -> Result<(Option<Arc<KeyLookup>>, Origin), StoreError> {
         let generation = self.generation.load(Ordering::Acquire);
         let fetch: Fetch = self.inflight.entry(*hash).or_default().clone();
         let lookup = async {

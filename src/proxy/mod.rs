@@ -76,7 +76,9 @@ async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body) -> Result<R
     loop {
         let (conn, reused) = match pool.take_idle() {
             Some(conn) => (conn, true),
-            None => (pool.connect().await?, false),
+            // Boxed: connecting is rare, and its state would otherwise be
+            // part of every request's future.
+            None => (Box::pin(pool.connect()).await?, false),
         };
         match conn.exchange(head, body.take().unwrap_or_else(crate::body::empty), pool).await {
             Err(e) if reused && replayable && e.connection_was_stale() => continue,

@@ -39,7 +39,9 @@ impl Limiter {
     ) -> Decision {
         match self {
             Limiter::Local(l) => l.check(algorithm, key_id, limit, now_ms),
-            Limiter::Redis(r) => r.check(algorithm, key_id, limit, now_ms, on_error, metrics).await,
+            // Boxed so the local limiter's callers do not carry the Redis
+            // future's state (every request's future is moved at each await).
+            Limiter::Redis(r) => Box::pin(r.check(algorithm, key_id, limit, now_ms, on_error, metrics)).await,
         }
     }
 
@@ -89,57 +91,75 @@ impl Decision {
             retry_after: ((retry_ms + 999) / 1000).max(1) as u64,
         }
     }
-
-    /// Adds `X-RateLimit-*` and, when asked, the IETF draft's
-    /// `RateLimit-Policy` and `RateLimit` headers. The values are written
-    /// into one buffer and sliced from it: one allocation for all five.
-    pub fn write_headers(&self, headers: &mut HeaderMap, now: i64, algorithm: Algorithm, ietf: bool) {
-        const NAMES: [HeaderName; 5] = [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET, RATELIMIT_POLICY, RATELIMIT];
-        let mut text = Vec::with_capacity(96);
-        let mut ends = [0usize; 5];
-        let mut digits = itoa::Buffer::new();
-        for (at, n) in [self.limit as i64, self.remaining as i64, self.reset_at].into_iter().enumerate() {
-            text.extend_from_slice(digits.format(n).as_bytes());
-            ends[at] = text.len();
-        }
-        let count = if ietf {
-            let name = match algorithm {
-                Algorithm::FixedWindow => "fixed",
-                Algorithm::SlidingWindow => "sliding",
-            };
-            let reset_in = (self.reset_at - now).clamp(0, WINDOW_SECS);
-            ietf_value(&mut text, name, ("q", self.limit.into()), ("w", WINDOW_SECS));
-            ends[3] = text.len();
-            ietf_value(&mut text, name, ("r", self.remaining.into()), ("t", reset_in));
-            ends[4] = text.len();
-            5
-        } else {
-            3
-        };
-        let all = bytes::Bytes::from(text);
-        headers.reserve(count);
-        let mut start = 0;
-        for (name, end) in NAMES.into_iter().zip(ends).take(count) {
-            if let Ok(value) = HeaderValue::from_maybe_shared(all.slice(start..end)) {
-                headers.insert(name, value);
-            }
-            start = end;
-        }
-    }
 }
 
-/// Appends `"name";a=1;b=2`, the shape of both IETF headers, without the
-/// formatting machinery (it is on every response).
-fn ietf_value(out: &mut Vec<u8>, name: &str, first: (&str, i64), second: (&str, i64)) {
-    let mut numbers = itoa::Buffer::new();
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.push(b'"');
-    for (param, value) in [first, second] {
-        out.push(b';');
-        out.extend_from_slice(param.as_bytes());
-        out.push(b'=');
-        out.extend_from_slice(numbers.format(value).as_bytes());
+/// The rate-limit headers a response carries: `X-RateLimit-*` and, when
+/// asked, the IETF draft's `RateLimit-Policy` and `RateLimit`. Kept as
+/// numbers until a protocol writer renders them: the HTTP/1.1 server
+/// writes them as header lines, HTTP/2 puts them in the header map.
+#[derive(Debug, Clone, Copy)]
+pub struct RateHeaders {
+    pub decision: Decision,
+    /// Unix seconds when the response was made.
+    pub now: i64,
+    pub algorithm: Algorithm,
+    pub ietf: bool,
+}
+
+impl RateHeaders {
+    /// Calls `emit` with each header's name and value (in pieces).
+    fn each(&self, mut emit: impl FnMut(HeaderName, &[&[u8]])) {
+        let d = &self.decision;
+        let mut digits = itoa::Buffer::new();
+        emit(X_RATELIMIT_LIMIT, &[digits.format(d.limit).as_bytes()]);
+        emit(X_RATELIMIT_REMAINING, &[digits.format(d.remaining).as_bytes()]);
+        emit(X_RATELIMIT_RESET, &[digits.format(d.reset_at).as_bytes()]);
+        if self.ietf {
+            // `"fixed";q=100;w=60` and `"fixed";r=99;t=42`
+            let name: &[u8] = match self.algorithm {
+                Algorithm::FixedWindow => b"\"fixed\"",
+                Algorithm::SlidingWindow => b"\"sliding\"",
+            };
+            let reset_in = (d.reset_at - self.now).clamp(0, WINDOW_SECS);
+            let mut second = itoa::Buffer::new();
+            let (q, w) = (digits.format(d.limit), second.format(WINDOW_SECS));
+            emit(RATELIMIT_POLICY, &[name, b";q=", q.as_bytes(), b";w=", w.as_bytes()]);
+            let (r, t) = (digits.format(d.remaining), second.format(reset_in));
+            emit(RATELIMIT, &[name, b";r=", r.as_bytes(), b";t=", t.as_bytes()]);
+        }
+    }
+
+    /// Writes the headers as HTTP/1.1 header lines.
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        self.each(|name, value| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            for piece in value {
+                out.extend_from_slice(piece);
+            }
+            out.extend_from_slice(b"\r\n");
+        });
+    }
+
+    /// Adds the headers to `headers`; the values share one buffer (one
+    /// allocation for all five).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        let mut text = Vec::with_capacity(96);
+        let mut found = Vec::with_capacity(5);
+        self.each(|name, value| {
+            let start = text.len();
+            for piece in value {
+                text.extend_from_slice(piece);
+            }
+            found.push((name, start..text.len()));
+        });
+        let all = bytes::Bytes::from(text);
+        headers.reserve(found.len());
+        for (name, span) in found {
+            if let Ok(value) = HeaderValue::from_maybe_shared(all.slice(span)) {
+                headers.insert(name, value);
+            }
+        }
     }
 }
 
@@ -155,4 +175,30 @@ fn sliding_retry_ms(limit: u32, current: u32, previous: u32, elapsed: i64) -> i6
     // weight to fall below the limit in the next one.
     let into_next = if current > 0 { WINDOW_MS - WINDOW_MS * limit / current } else { 0 };
     (WINDOW_MS - elapsed) + into_next.max(0) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_renderings_of_the_rate_limit_headers_agree() {
+        let decision = Decision { allowed: true, limit: 100, remaining: 99, reset_at: 1_700_000_040, retry_after: 0 };
+        let r = RateHeaders { decision, now: 1_700_000_000, algorithm: Algorithm::SlidingWindow, ietf: true };
+        let mut lines = Vec::new();
+        r.write_lines(&mut lines);
+        assert_eq!(
+            String::from_utf8(lines).unwrap(),
+            "x-ratelimit-limit: 100\r\nx-ratelimit-remaining: 99\r\nx-ratelimit-reset: 1700000040\r\n\
+             ratelimit-policy: \"sliding\";q=100;w=60\r\nratelimit: \"sliding\";r=99;t=40\r\n"
+        );
+        let mut map = HeaderMap::new();
+        r.insert_into(&mut map);
+        assert_eq!(map.len(), 5);
+        assert_eq!(map["ratelimit"], "\"sliding\";r=99;t=40");
+        assert_eq!(map["x-ratelimit-reset"], "1700000040");
+        let mut plain = HeaderMap::new();
+        RateHeaders { ietf: false, ..r }.insert_into(&mut plain);
+        assert_eq!(plain.len(), 3);
+    }
 }

@@ -3,11 +3,11 @@
 //! closed after `server.idle_timeout` without a request in flight.
 
 use super::activity::Activity;
-use super::Limits;
+use super::{Limits, Reply};
 use crate::body::{Body, BoxError};
 use crate::pipeline::ConnInfo;
 use bytes::{Buf, BytesMut};
-use http::{Request, Response};
+use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Serves HTTP/2 on `io`, whose first bytes (already read) are `prefix`.
-pub async fn serve<I, H, F>(
+pub async fn serve<I, H, F, R>(
     io: I,
     prefix: BytesMut,
     limits: Limits,
@@ -34,7 +34,8 @@ pub async fn serve<I, H, F>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Body>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = R> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let activity = Activity::new();
     let service_activity = Arc::clone(&activity);
@@ -44,7 +45,7 @@ pub async fn serve<I, H, F>(
         let req = req.map(|b| b.map_err(box_error).boxed());
         let fut = handler(req, info.clone());
         async move {
-            let resp = fut.await;
+            let resp = fut.await.into().into_response();
             drop(guard);
             Ok::<_, Infallible>(resp)
         }

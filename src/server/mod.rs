@@ -13,6 +13,7 @@ pub mod tls;
 
 use crate::body::Body;
 use crate::pipeline::ConnInfo;
+use crate::ratelimit::RateHeaders;
 use http::{Request, Response};
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +22,30 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+
+/// What a handler gives the server: the response, and the rate-limit
+/// headers it carries, which each protocol's writer renders its own way.
+pub struct Reply {
+    pub response: Response<Body>,
+    pub rate_limit: Option<RateHeaders>,
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(response: Response<Body>) -> Reply {
+        Reply { response, rate_limit: None }
+    }
+}
+
+impl Reply {
+    /// The response with every header in its map (for HTTP/2).
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = self.response;
+        if let Some(r) = &self.rate_limit {
+            r.insert_into(response.headers_mut());
+        }
+        response
+    }
+}
 
 /// How long open connections get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -102,7 +127,7 @@ pub async fn dispatch(
 
 /// Serves the connections handed to one worker until its channel closes,
 /// then lets the open ones finish (each also hears `shutdown`).
-pub async fn serve_worker<H, F>(
+pub async fn serve_worker<H, F, R>(
     mut incoming: mpsc::UnboundedReceiver<Accepted>,
     tls: Option<TlsAcceptor>,
     limits: Limits,
@@ -112,7 +137,8 @@ pub async fn serve_worker<H, F>(
     worker: usize,
 ) where
     H: Fn(Request<Body>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = R> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let mut connections = tokio::task::JoinSet::new();
     while let Some(Accepted { stream, peer, permit }) = incoming.recv().await {
@@ -147,7 +173,7 @@ pub async fn serve_worker<H, F>(
 
 /// Serves `handler` on `listener` on the current runtime (one worker) until
 /// `shutdown` turns true, then drains. The admin listener runs this way.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, R>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: Limits,
@@ -156,7 +182,8 @@ pub async fn serve<H, F>(
     open_gauge: Option<prometheus::IntGauge>,
 ) where
     H: Fn(Request<Body>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = R> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let worker = tokio::spawn(serve_worker(rx, tls, limits, handler, shutdown.clone(), open_gauge, 0));
@@ -166,11 +193,12 @@ pub async fn serve<H, F>(
 
 /// Serves one connection until it ends, goes idle, or shutdown is asked:
 /// HTTP/2 if `h2` (ALPN) or the client opens with its preface, else HTTP/1.1.
-async fn drive<I, H, F>(io: I, h2: bool, limits: Limits, handler: H, info: ConnInfo, shutdown: watch::Receiver<bool>)
+async fn drive<I, H, F, R>(io: I, h2: bool, limits: Limits, handler: H, info: ConnInfo, shutdown: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Body>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = R> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     if h2 {
         return h2::serve(io, bytes::BytesMut::new(), limits, handler, info, shutdown).await;

@@ -15,14 +15,14 @@ mod head;
 mod write;
 
 use super::deadline::{Deadline, Expired};
-use super::Limits;
+use super::{Limits, Reply};
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::framing::{Framing, Step};
 use crate::pipeline::ConnInfo;
 use bytes::BytesMut;
 use head::HeadError;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -62,11 +62,12 @@ struct Conn<I> {
 }
 
 /// Serves requests on `io` until the client or the server ends it.
-pub async fn serve<I, H, F>(io: I, limits: Limits, handler: H, info: ConnInfo, shutdown: watch::Receiver<bool>) -> Ended<I>
+pub async fn serve<I, H, F, R>(io: I, limits: Limits, handler: H, info: ConnInfo, shutdown: watch::Receiver<bool>) -> Ended<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
     H: Fn(Request<Body>, ConnInfo) -> F,
-    F: Future<Output = Response<Body>> + Send,
+    F: Future<Output = R> + Send,
+    R: Into<Reply>,
 {
     let mut conn =
         Conn { io, buf: BytesMut::new(), out: Vec::new(), deadline: Deadline::new(), limits, stop: Stop::new(shutdown) };
@@ -158,15 +159,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     }
 
     /// Runs the handler; meanwhile feeds it the request body as it asks.
-    async fn run<F: Future<Output = Response<Body>>>(
-        &mut self,
-        handler: F,
-        mut feeder: Option<&mut body::Feeder>,
-    ) -> Response<Body> {
+    async fn run<F: Future<Output = R>, R: Into<Reply>>(&mut self, handler: F, mut feeder: Option<&mut body::Feeder>) -> Reply {
         let mut handler = pin!(handler);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(resp) = handler.as_mut().poll(cx) {
-                return Poll::Ready(resp);
+                return Poll::Ready(resp.into());
             }
             if let Some(f) = feeder.as_deref_mut() {
                 let _ = f.poll_feed(cx, &mut self.io, &mut self.buf);
@@ -177,9 +174,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     }
 
     /// Writes the response; `Ok(true)` if the connection stays open.
-    async fn respond(&mut self, resp: Response<Body>, how: Answering) -> std::io::Result<bool> {
+    async fn respond(&mut self, reply: Reply, how: Answering) -> std::io::Result<bool> {
         let mut sink = ClientSink { io: &mut self.io, deadline: &mut self.deadline, limit: self.limits.idle_timeout };
-        write::response(&mut sink, &mut self.out, resp, how).await
+        write::response(&mut sink, &mut self.out, reply, how).await
     }
 
     /// Answers a refused head (400 or 431, in the contract's JSON shape);
@@ -191,7 +188,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         }
         tracing::debug!(error = %error, "request head refused");
         let how = Answering { version: http::Version::HTTP_11, head_only: false, keep_alive: false };
-        let _ = self.respond(resp, how).await;
+        let _ = self.respond(resp.into(), how).await;
     }
 
     /// Reads and drops the rest of a body nobody read (at most

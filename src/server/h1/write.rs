@@ -2,11 +2,12 @@
 //! `Content-Length` when its size is known and chunked otherwise. Small
 //! pieces are gathered so a typical response leaves in one write.
 
-use crate::body::Body;
 use crate::proxy::headers::is_hop_by_hop;
+use crate::ratelimit::RateHeaders;
+use crate::server::Reply;
 use http::header::{self, HeaderMap};
 use http::response::Parts;
-use http::{Response, StatusCode, Version};
+use http::{StatusCode, Version};
 use http_body::Body as HttpBody;
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -45,10 +46,10 @@ pub trait Sink {
 
 /// Writes `resp` through `sink`, gathering into `out`. Returns whether the
 /// connection may carry another request.
-pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, resp: Response<Body>, how: Answering) -> std::io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
+pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, how: Answering) -> std::io::Result<bool> {
+    let (parts, mut body) = reply.response.into_parts();
     out.clear();
-    let (wire, keep_alive) = encode_head(out, &parts, body.size_hint().exact(), how);
+    let (wire, keep_alive) = encode_head(out, &parts, reply.rate_limit.as_ref(), body.size_hint().exact(), how);
     if wire == Wire::None {
         sink.send(out).await?;
         return Ok(keep_alive);
@@ -128,7 +129,13 @@ pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, resp: Response<B
 
 /// The status line and header fields; returns the body's wire framing and
 /// whether the connection stays open.
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, how: Answering) -> (Wire, bool) {
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    rate_limit: Option<&RateHeaders>,
+    exact: Option<u64>,
+    how: Answering,
+) -> (Wire, bool) {
     let status = parts.status;
     let mut keep_alive = how.keep_alive;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -142,6 +149,9 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, how: Answer
             continue;
         }
         line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(r) = rate_limit {
+        r.write_lines(out);
     }
     if !parts.headers.contains_key(header::DATE) {
         DATE.with(|d| line(out, b"date", d.borrow_mut().now()));
@@ -239,6 +249,7 @@ thread_local! {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use http::Response;
     use http_body_util::BodyExt;
 
     struct Collect(Vec<u8>);
@@ -249,9 +260,9 @@ mod tests {
         }
     }
 
-    async fn wire(resp: Response<Body>, how: Answering) -> (String, bool) {
+    async fn wire(resp: Response<crate::body::Body>, how: Answering) -> (String, bool) {
         let mut sink = Collect(Vec::new());
-        let keep = response(&mut sink, &mut Vec::new(), resp, how).await.unwrap();
+        let keep = response(&mut sink, &mut Vec::new(), resp.into(), how).await.unwrap();
         (String::from_utf8(sink.0).unwrap(), keep)
     }
 
