@@ -134,6 +134,15 @@ async fn upstream_faults_are_502_and_504() {
     assert_eq!(resp.status(), 504);
     assert!(resp.headers().contains_key("x-ratelimit-limit"));
     assert_eq!(json_of(resp).await["code"], "upstream_timeout");
+    // On a kept-alive upstream connection too (one client: one worker, one pool).
+    let one = client();
+    for _ in 0..2 {
+        assert_eq!(one.get(s.url("/api/lists")).bearer_auth(&token).send().await.unwrap().status(), 200);
+        let started = std::time::Instant::now();
+        let resp = one.get(s.url("/api/slow/4000")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 504);
+        assert!(started.elapsed() < Duration::from_millis(3900), "the timeout did not fire: {:?}", started.elapsed());
+    }
 
     let dead = format!("http://127.0.0.1:{}", free_port());
     let s2 = Setup::new(&dead, "", "");

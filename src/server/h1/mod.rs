@@ -35,6 +35,8 @@ use write::{Answering, Sink};
 
 /// Room asked of the read buffer before each read of a head.
 const HEAD_READ: usize = 8 * 1024;
+/// Room kept for gathering responses between requests.
+const KEEP_OUT: usize = 16 * 1024;
 /// An unread request body up to this size is read and dropped after the
 /// response, so the connection can carry the next request.
 const MAX_DRAIN: u64 = 64 * 1024;
@@ -103,6 +105,10 @@ where
         match conn.respond(response, how).await {
             Ok(true) => {}
             _ => return Ended::Closed,
+        }
+        if conn.out.capacity() > KEEP_OUT {
+            // A large response must not stay allocated on an idle connection.
+            conn.out = Vec::new();
         }
         if let Some(f) = unread {
             if conn.drain(f.framing()).await.is_err() {
