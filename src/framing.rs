@@ -4,7 +4,11 @@
 //! upstream client.
 
 use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
 use http_body::SizeHint;
+
+/// Bytes asked of a socket per read of a body.
+pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Longest chunk-size line accepted (the size and its extensions).
 pub const MAX_CHUNK_LINE: usize = 4096;
@@ -135,6 +139,41 @@ impl Framing {
     }
 }
 
+/// The line that opens a chunk of `len` bytes (`1f4\r\n`), written into `buf`.
+pub fn chunk_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    buf[16..].copy_from_slice(b"\r\n");
+    let mut at = 16;
+    let mut n = len;
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Whether a response with this status never has a body (1xx, 204, 304),
+/// whatever its headers say.
+pub fn bodiless(status: http::StatusCode) -> bool {
+    status.is_informational() || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED
+}
+
+/// The `Content-Length` of a message: `Ok(None)` without one, an error
+/// when a value is not a number or two values differ.
+pub fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let n = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or("invalid Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values");
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
 /// The size on a chunk-size line: hex digits (at most 16), then optional
 /// whitespace and `;` extensions, which are ignored. Anything looser (a
 /// sign, leading spaces) is refused: two parsers must agree where a body ends.
@@ -193,6 +232,26 @@ mod tests {
         assert!(end.is_done());
         let (body, end) = decode(Framing::Length(10), b"hel").unwrap();
         assert_eq!((body.as_slice(), end), (&b"hel"[..], Framing::Length(7)));
+    }
+
+    #[test]
+    fn chunk_lines_are_hex() {
+        let mut buf = [0u8; 18];
+        assert_eq!(chunk_line(0, &mut buf), b"0\r\n");
+        assert_eq!(chunk_line(255, &mut buf), b"ff\r\n");
+        assert_eq!(chunk_line(65536, &mut buf), b"10000\r\n");
+        assert_eq!(chunk_line(usize::MAX, &mut buf), b"ffffffffffffffff\r\n");
+    }
+
+    #[test]
+    fn declared_lengths_must_agree() {
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_length(&h), Ok(None));
+        h.append(header::CONTENT_LENGTH, http::HeaderValue::from_static("5"));
+        h.append(header::CONTENT_LENGTH, http::HeaderValue::from_static(" 5"));
+        assert_eq!(declared_length(&h), Ok(Some(5)));
+        h.append(header::CONTENT_LENGTH, http::HeaderValue::from_static("6"));
+        assert!(declared_length(&h).is_err());
     }
 
     #[test]

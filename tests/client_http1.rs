@@ -66,6 +66,15 @@ fn answer(conn: &mut BufReader<TcpStream>, head_only: bool) -> Answer {
     Answer { status, head, body }
 }
 
+/// A gateway in front of the test upstream, and a key created with `key_args`.
+async fn keyed_gateway(key_args: &[&str]) -> (upstream::Upstream, Setup, Gateway, String) {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let (_, token) = s.create_key(key_args);
+    let gw = s.start();
+    (up, s, gw, token)
+}
+
 fn json(a: &Answer) -> serde_json::Value {
     serde_json::from_slice(&a.body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&a.body)))
 }
@@ -100,10 +109,7 @@ async fn keep_alive_lasts_the_idle_timeout_not_the_head_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_head_and_http10_are_answered_in_order() {
-    let up = upstream::start().await;
-    let s = Setup::new(&up.url(), "", "");
-    let (_, token) = s.create_key(&["--name", "pipe", "--role", "read-only"]);
-    let _gw = s.start();
+    let (_up, s, _gw, token) = keyed_gateway(&["--name", "pipe", "--role", "read-only"]).await;
     let mut conn = connect(s.data_port);
     let get = format!("GET /api/lists?n=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n");
     let head = format!("HEAD /api/lists?n=2 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n");
@@ -129,10 +135,7 @@ async fn pipelined_requests_head_and_http10_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_uploads_and_expect_continue_reach_the_upstream_whole() {
-    let up = upstream::start().await;
-    let s = Setup::new(&up.url(), "", "");
-    let (_, token) = s.create_key(&["--name", "up", "--permission", "contacts.create"]);
-    let _gw = s.start();
+    let (_up, s, _gw, token) = keyed_gateway(&["--name", "up", "--permission", "contacts.create"]).await;
     let mut conn = connect(s.data_port);
     let head =
         format!("POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n");
@@ -163,10 +166,7 @@ async fn chunked_uploads_and_expect_continue_reach_the_upstream_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_bodies_are_refused_before_reaching_the_upstream() {
-    let up = upstream::start().await;
-    let s = Setup::new(&up.url(), "", "");
-    let (_, token) = s.create_key(&["--name", "smuggle", "--permission", "contacts.create"]);
-    let _gw = s.start();
+    let (_up, s, _gw, token) = keyed_gateway(&["--name", "smuggle", "--permission", "contacts.create"]).await;
     let smuggled = "GET /api/admin-only HTTP/1.1\r\nHost: a\r\n\r\n";
     for framing in [
         format!("Content-Length: {}\r\nTransfer-Encoding: chunked", 5 + smuggled.len()),

@@ -9,12 +9,12 @@
 //! put the connection back. That is what this module does, on the request
 //! task, with the framing rules of RFC 9112 (section 6) and nothing else.
 
-use super::headers::{connection_named, is_hop_by_hop};
+use super::headers::{connection_named, is_hop_by_hop, write_line};
 use super::outgoing::Outgoing;
 use super::pool::Pool;
 use super::response::{framing_of, UpstreamBody};
 use crate::body::Body;
-use crate::framing::Framing;
+use crate::framing::{chunk_line, Framing, READ_CHUNK};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
@@ -32,8 +32,6 @@ use tokio_util::io::poll_read_buf;
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Most header lines accepted in a response head.
 pub const MAX_RESPONSE_HEADERS: usize = 128;
-/// Bytes asked of the socket per read.
-pub const READ_CHUNK: usize = 16 * 1024;
 
 /// One keep-alive connection and the bytes read from it but not used yet.
 pub struct Connection {
@@ -209,9 +207,7 @@ async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Bod
     head.extend_from_slice(out.target.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = &out.host {
-        head.extend_from_slice(b"host: ");
-        head.extend_from_slice(host.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        write_line(&mut head, b"host", host.as_bytes());
     }
     let has_body = !body.is_end_stream();
     let declared = out.declares_length();
@@ -220,10 +216,7 @@ async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Bod
         if chunked && name == header::CONTENT_LENGTH {
             continue;
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        write_line(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     head.extend_from_slice(out.identity_lines());
     if chunked {
@@ -255,8 +248,8 @@ async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Bod
 }
 
 async fn write_chunk(stream: &mut TcpStream, data: Bytes) -> Result<(), ExchangeError> {
-    let size = format!("{:x}\r\n", data.len());
-    stream.write_all(size.as_bytes()).await.map_err(ExchangeError::Write)?;
+    let mut line = [0u8; 18];
+    stream.write_all(chunk_line(data.len(), &mut line)).await.map_err(ExchangeError::Write)?;
     stream.write_all(&data).await.map_err(ExchangeError::Write)?;
     stream.write_all(b"\r\n").await.map_err(ExchangeError::Write)
 }

@@ -69,12 +69,17 @@ pub fn identity(key: &ApiKey) -> Vec<(HeaderName, HeaderValue)> {
 pub fn identity_lines(key: &ApiKey) -> bytes::Bytes {
     let mut out = Vec::with_capacity(128);
     for (name, value) in identity(key) {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_line(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     bytes::Bytes::from(out)
+}
+
+/// Appends one HTTP/1.1 header line, `name: value\r\n`.
+pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `default_optin_mailing` -> `x-keygate-meta-default-optin-mailing`.

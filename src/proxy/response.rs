@@ -2,12 +2,11 @@
 //! reads it (never buffered whole), de-chunked, and the connection given
 //! back to its pool once the body ended cleanly.
 
-use super::h1::{Connection, Head, READ_CHUNK};
+use super::h1::{Connection, Head};
 use super::pool::Pool;
 use crate::body::BoxError;
-use crate::framing::{Framing, Step};
+use crate::framing::{bodiless, declared_length, Framing, Step, READ_CHUNK};
 use bytes::Bytes;
-use http::header;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,30 +16,14 @@ use tokio_util::io::poll_read_buf;
 /// The framing of a response to a request (`head_only` for HEAD).
 pub(super) fn framing_of(head: &Head, head_only: bool) -> Result<Framing, super::h1::ExchangeError> {
     use super::h1::ExchangeError::Malformed;
-    let status = head.status;
-    if head_only
-        || status.is_informational()
-        || status == http::StatusCode::NO_CONTENT
-        || status == http::StatusCode::NOT_MODIFIED
-    {
+    if head_only || bodiless(head.status) {
         return Ok(Framing::Empty);
     }
     if let Some(te) = &head.transfer_encoding {
         let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("").trim().to_ascii_lowercase();
         return Ok(if last == "chunked" { Framing::CHUNKED } else { Framing::UntilClose });
     }
-    let mut length = None;
-    for value in head.headers.get_all(header::CONTENT_LENGTH) {
-        let n = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| Malformed("invalid Content-Length".into()))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(Malformed("conflicting Content-Length values".into()));
-        }
-        length = Some(n);
-    }
+    let length = declared_length(&head.headers).map_err(|why| Malformed(why.into()))?;
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 

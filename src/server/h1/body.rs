@@ -5,7 +5,7 @@
 //! in the socket).
 
 use crate::body::BoxError;
-use crate::framing::{Framing, Step};
+use crate::framing::{Framing, Step, READ_CHUNK};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;
@@ -14,8 +14,6 @@ use std::task::{ready, Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
-/// Bytes asked of the socket per read.
-pub const READ_CHUNK: usize = 16 * 1024;
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 

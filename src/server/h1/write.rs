@@ -2,12 +2,13 @@
 //! `Content-Length` when its size is known and chunked otherwise. Small
 //! pieces are gathered so a typical response leaves in one write.
 
-use crate::proxy::headers::is_hop_by_hop;
+use crate::framing::{bodiless, chunk_line, declared_length};
+use crate::proxy::headers::{is_hop_by_hop, write_line};
 use crate::ratelimit::RateHeaders;
 use crate::server::Reply;
-use http::header::{self, HeaderMap};
+use http::header;
 use http::response::Parts;
-use http::{StatusCode, Version};
+use http::Version;
 use http_body::Body as HttpBody;
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -95,9 +96,8 @@ pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, ho
         }
         left -= data.len() as u64;
         if wire == Wire::Chunked {
-            let mut size = [0u8; 16];
-            out.extend_from_slice(hex(data.len(), &mut size));
-            out.extend_from_slice(b"\r\n");
+            let mut size = [0u8; 18];
+            out.extend_from_slice(chunk_line(data.len(), &mut size));
         }
         if data.len() >= LARGE_PIECE {
             sink.send(out).await?;
@@ -143,21 +143,21 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let declared = declared_length(&parts.headers);
+    // An invalid or conflicting length of our own handlers is dropped.
+    let declared = declared_length(&parts.headers).ok().flatten();
     for (name, value) in &parts.headers {
         if is_hop_by_hop(name) || (name == header::CONTENT_LENGTH && declared.is_none()) {
             continue;
         }
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+        write_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(r) = rate_limit {
         r.write_lines(out);
     }
     if !parts.headers.contains_key(header::DATE) {
-        DATE.with(|d| line(out, b"date", d.borrow_mut().now()));
+        DATE.with(|d| write_line(out, b"date", d.borrow_mut().now()));
     }
-    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let wire = if bodiless {
+    let wire = if bodiless(status) {
         Wire::None
     } else if let Some(n) = declared {
         if how.head_only {
@@ -168,7 +168,7 @@ fn encode_head(
     } else if let Some(n) = exact {
         if !how.head_only {
             let mut digits = itoa::Buffer::new();
-            line(out, b"content-length", digits.format(n).as_bytes());
+            write_line(out, b"content-length", digits.format(n).as_bytes());
         }
         if how.head_only {
             Wire::None
@@ -178,46 +178,19 @@ fn encode_head(
     } else if how.head_only {
         Wire::None
     } else if how.version == Version::HTTP_11 {
-        line(out, b"transfer-encoding", b"chunked");
+        write_line(out, b"transfer-encoding", b"chunked");
         Wire::Chunked
     } else {
         keep_alive = false;
         Wire::UntilClose
     };
     if !keep_alive {
-        line(out, b"connection", b"close");
+        write_line(out, b"connection", b"close");
     } else if how.version == Version::HTTP_10 {
-        line(out, b"connection", b"keep-alive");
+        write_line(out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
     (wire, keep_alive)
-}
-
-/// The response's own `Content-Length`, when it is one valid number.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first = values.next()?.to_str().ok()?.trim().parse::<u64>().ok()?;
-    values.all(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(first)).then_some(first)
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in lowercase hex, written into `buf`.
-fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 /// The `Date` value, formatted once per second per thread.
@@ -299,13 +272,5 @@ mod tests {
         let (text, keep) = wire(resp, Answering { version: Version::HTTP_10, ..HTTP11 }).await;
         assert!(!keep);
         assert!(text.contains("connection: close\r\n") && !text.contains("upgrade") && text.ends_with("\r\n\r\nabc"), "{text}");
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex() {
-        let mut buf = [0u8; 16];
-        assert_eq!(hex(0, &mut buf), b"0");
-        assert_eq!(hex(255, &mut buf), b"ff");
-        assert_eq!(hex(65536, &mut buf), b"10000");
     }
 }
