@@ -82,25 +82,19 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
         Ok(_) => trace.served_as.unwrap_or("forwarded"),
         Err(e) => e.outcome(),
     };
-    let response = result.unwrap_or_else(|e| e.to_response());
+    let mut reply = result.unwrap_or_else(|e| e.to_response().into());
     let rl = &rt.config.rate_limit;
-    let rate_limit = trace.decision.map(|decision| RateHeaders {
+    reply.rate_limit = trace.decision.map(|decision| RateHeaders {
         decision,
         now: clock::now_unix(),
         algorithm: rl.algorithm,
         ietf: rl.ietf_headers,
     });
-    record(&app, &rt, &method, &response, &trace, outcome, started.elapsed());
-    Reply { response, rate_limit }
+    record(&app, &rt, &method, reply.response.status(), &trace, outcome, started.elapsed());
+    reply
 }
 
-async fn run(
-    app: &App,
-    rt: &Runtime,
-    req: Request<Body>,
-    conn: &ConnInfo,
-    trace: &mut Trace,
-) -> Result<Response<Body>, GatewayError> {
+async fn run(app: &App, rt: &Runtime, req: Request<Body>, conn: &ConnInfo, trace: &mut Trace) -> Result<Reply, GatewayError> {
     let cfg = &rt.config;
     // 2. normalise
     let path = path::normalise(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
@@ -109,7 +103,7 @@ async fn run(
         trace.route = RouteLabel::Whoami;
         trace.served_as = Some("whoami");
         let key = authorise(app, cfg, &req, client_ip, None, trace).await?;
-        return Ok(whoami(app, cfg, &key.key, trace.decision.as_ref()));
+        return Ok(whoami(app, cfg, &key.key, trace.decision.as_ref()).into());
     }
     // 3. route
     let (index, route) = cfg.routes.find(req.method(), &path).ok_or(GatewayError::NoRoute)?;
@@ -229,7 +223,7 @@ async fn forward(
     conn: &ConnInfo,
     key: Option<&KeyLookup>,
     trace: &mut Trace,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Reply, GatewayError> {
     let cfg = &rt.config;
     let upstream = cfg.upstream(route.upstream).ok_or(GatewayError::UpstreamUnavailable)?;
     let (parts, body) = req.into_parts();
@@ -260,7 +254,7 @@ async fn forward(
     let result = rt.forwarder.send(conn.worker, route.upstream, upstream, head, body).await;
     trace.upstream_time = Some((route.upstream, started.elapsed()));
     // Hop-by-hop response headers never got past the HTTP/1.1 client.
-    result
+    result.map(Reply::from)
 }
 
 /// `GET /whoami`: what the presented key is and may do.
@@ -281,16 +275,7 @@ fn whoami(app: &App, cfg: &Config, key: &ApiKey, decision: Option<&Decision>) ->
 }
 
 /// Metrics and the access log line (key id, never the token).
-fn record(
-    app: &App,
-    rt: &Runtime,
-    method: &Method,
-    resp: &Response<Body>,
-    trace: &Trace,
-    outcome: &'static str,
-    elapsed: Duration,
-) {
-    let status = resp.status();
+fn record(app: &App, rt: &Runtime, method: &Method, status: StatusCode, trace: &Trace, outcome: &'static str, elapsed: Duration) {
     let route = match trace.route {
         RouteLabel::None => "(none)",
         RouteLabel::Whoami => WHOAMI_PATH,

@@ -77,6 +77,9 @@ async fn http2_on_the_same_port() {
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-ratelimit-limit"));
+    // The upstream's own fields pass on HTTP/2 too; its hop-by-hop ones do not.
+    assert_eq!(resp.headers()["x-upstream"], "yes");
+    assert!(resp.headers().get("x-hop").is_none() && resp.headers().get("connection").is_none());
     let seen = json_of(resp).await;
     assert_eq!(seen["version"], "HTTP/1.1", "the upstream is spoken to over HTTP/1.1");
     assert_eq!(seen["headers"]["x-forwarded-host"], format!("127.0.0.1:{}", s.data_port));

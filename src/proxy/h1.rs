@@ -9,15 +9,17 @@
 //! put the connection back. That is what this module does, on the request
 //! task, with the framing rules of RFC 9112 (section 6) and nothing else.
 
-use super::headers::{connection_named, is_hop_by_hop, write_line};
+use super::headers::write_line;
+use super::lines::HeaderLines;
 use super::outgoing::Outgoing;
 use super::pool::Pool;
 use super::response::{framing_of, UpstreamBody};
+use super::Upstreamed;
 use crate::body::Body;
 use crate::framing::{chunk_line, Framing, READ_CHUNK};
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode, Version};
+use http::header;
+use http::{Method, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use std::io;
@@ -91,15 +93,13 @@ impl Connection {
     /// gone) and reads the response head. The response body reads the rest
     /// from this connection and gives it back to `pool` if it ends cleanly
     /// and the upstream keeps it open.
-    pub async fn exchange(mut self, out: &Outgoing<'_>, body: Body, pool: &Arc<Pool>) -> Result<Response<Body>, ExchangeError> {
+    pub async fn exchange(mut self, out: &Outgoing<'_>, body: Body, pool: &Arc<Pool>) -> Result<Upstreamed, ExchangeError> {
         write_request(&mut self.stream, out, body).await?;
         let (head, framing) = self.read_head(out.method == Method::HEAD).await?;
         let home = (head.keep_alive && framing != Framing::UntilClose).then(|| Arc::clone(pool));
-        let mut resp = Response::new(());
-        *resp.status_mut() = head.status;
-        *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
-        Ok(resp.map(|()| UpstreamBody::new(self, framing, home).boxed()))
+        let mut response = Response::new(UpstreamBody::new(self, framing, home).boxed());
+        *response.status_mut() = head.status;
+        Ok(Upstreamed { response, lines: head.lines })
     }
 
     /// Reads until a final (non-1xx) response head is complete.
@@ -111,7 +111,7 @@ impl Connection {
                         // 100 Continue and 103 Early Hints: the answer follows.
                         continue;
                     }
-                    let framing = framing_of(&head, head_only)?;
+                    let framing = framing_of(&head, head_only);
                     return Ok((head, framing));
                 }
                 if self.buffered.len() > MAX_RESPONSE_HEAD {
@@ -133,20 +133,25 @@ impl Connection {
 /// A parsed response head.
 pub(super) struct Head {
     pub status: StatusCode,
-    pub version: Version,
-    pub headers: HeaderMap,
+    pub lines: HeaderLines,
     /// Whether the upstream lets the connection be used again.
     pub keep_alive: bool,
-    /// The last `Transfer-Encoding` line (it frames the body; like every
-    /// hop-by-hop header it is not among `headers`).
-    pub transfer_encoding: Option<HeaderValue>,
+    /// Whether the body is chunked (the last `Transfer-Encoding` coding),
+    /// or, with another coding, runs until the upstream closes.
+    pub transfer_encoding: Option<Coding>,
+}
+
+/// The last `Transfer-Encoding` coding of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coding {
+    Chunked,
+    Other,
 }
 
 /// Parses a complete head at the start of `buf` and takes it out of `buf`.
-/// Header values are slices of the head's own buffer, not copies.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut parsed = httparse::Response::new(&mut lines);
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
     let used = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -154,48 +159,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     };
     let code = parsed.code.ok_or_else(|| ExchangeError::Malformed("no status code".into()))?;
     let status = StatusCode::from_u16(code).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    // Each line's name, and where its value sits in the head.
-    let base = buf.as_ptr() as usize;
-    let mut found = Vec::with_capacity(parsed.headers.len());
-    for line in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-        let start = line.value.as_ptr() as usize - base;
-        found.push((name, start..start + line.value.len()));
-    }
-    let bytes = buf.split_to(used).freeze();
-    // Room for the rate-limit headers the gateway adds.
-    let mut headers = HeaderMap::with_capacity(found.len() + 5);
-    let mut keep_alive = version == Version::HTTP_11;
-    let mut transfer_encoding = None;
-    let mut named = Vec::new();
-    for (name, range) in found {
-        let value = HeaderValue::from_maybe_shared(bytes.slice(range)).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-        // Hop-by-hop lines are read here and never reach the client.
-        if name == header::CONNECTION {
-            // `close` wins over `keep-alive`; neither keeps the default.
-            let (mut close, mut keep) = (false, false);
-            for token in connection_named(&value) {
-                close |= token.as_str() == "close";
-                keep |= token.as_str() == "keep-alive";
-                named.push(token);
-            }
-            keep_alive = !close && (keep || keep_alive);
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = Some(value);
-        } else if !is_hop_by_hop(&name) {
-            headers.append(name, value);
-        }
-    }
-    for name in named {
-        headers.remove(name);
-    }
-    if transfer_encoding.is_some() {
-        // Transfer-Encoding overrides a Content-Length sent with it (RFC 9112
-        // section 6.3); passed on, the stale length would cut the body.
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    Ok(Some(Head { status, version, headers, keep_alive, transfer_encoding }))
+    let (lines, hop) = HeaderLines::sort(parsed.headers).map_err(|why| ExchangeError::Malformed(why.into()))?;
+    // HTTP/1.1 keeps the connection by default, HTTP/1.0 closes it;
+    // `close` wins over `keep-alive`.
+    let keep_alive = !hop.close && (hop.keep_alive || parsed.version == Some(1));
+    let transfer_encoding =
+        hop.transfer_encoding.map(|coding| if coding.eq_ignore_ascii_case(b"chunked") { Coding::Chunked } else { Coding::Other });
+    let _ = buf.split_to(used);
+    Ok(Some(Head { status, lines, keep_alive, transfer_encoding }))
 }
 
 /// Writes the request line, headers and body. A body of unknown length
@@ -265,14 +236,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_and_connection_named_lines_stay_behind() {
-        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-secret-hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nAccept: */*\r\n\r\n";
-        let mut buf = BytesMut::from(raw);
+    fn the_head_is_taken_out_and_keep_alive_follows_the_version() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nAccept: */*\r\n\r\nbody");
         let head = parse_head(&mut buf).unwrap().unwrap();
-        assert_eq!(head.headers.len(), 1);
-        assert!(head.headers.contains_key("accept"));
+        assert_eq!(head.lines.text(), b"Accept: */*\r\n");
         assert!(head.keep_alive);
-        assert!(buf.is_empty(), "the head is taken out of the buffer");
+        assert_eq!(&buf[..], b"body", "the head is taken out of the buffer");
+        let mut old = BytesMut::from("HTTP/1.0 200 OK\r\n\r\n");
+        assert!(!parse_head(&mut old).unwrap().unwrap().keep_alive, "HTTP/1.0 closes by default");
+        let mut kept = BytesMut::from("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n");
+        assert!(parse_head(&mut kept).unwrap().unwrap().keep_alive);
         let mut close = BytesMut::from("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\n\r\n");
         assert!(!parse_head(&mut close).unwrap().unwrap().keep_alive, "close wins");
     }

@@ -12,18 +12,16 @@ pub const IDENTITY_PREFIX: &str = "x-keygate-";
 /// classic list): it never crosses the gateway. Names are lowercase, so a
 /// match on the text settles it without building names.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-    )
+    HOP_BY_HOP.contains(&name.as_str())
 }
+
+/// [`is_hop_by_hop`] for a name as received, in any case.
+pub fn is_hop_by_hop_any_case(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
+}
+
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
 
 /// Identity headers keygate adds to forwarded requests.
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");

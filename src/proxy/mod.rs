@@ -4,6 +4,7 @@
 pub mod body;
 pub mod h1;
 pub mod headers;
+pub mod lines;
 pub mod outgoing;
 pub mod pool;
 pub mod response;
@@ -13,6 +14,7 @@ use crate::config::Upstream;
 use crate::error::GatewayError;
 use h1::ExchangeError;
 use http::Response;
+use lines::HeaderLines;
 use outgoing::Outgoing;
 use pool::{ConnectError, Pool, Target};
 use std::sync::Arc;
@@ -22,6 +24,13 @@ use std::sync::Arc;
 /// never wakes another thread.
 pub struct Forwarder {
     pools: Vec<Vec<Arc<Pool>>>,
+}
+
+/// An upstream's answer: the status and body, and the header fields as
+/// the lines they arrived in (see [`lines`]).
+pub struct Upstreamed {
+    pub response: Response<Body>,
+    pub lines: HeaderLines,
 }
 
 /// Why an exchange with an upstream failed (logged, answered 502).
@@ -51,7 +60,7 @@ impl Forwarder {
         upstream: &Upstream,
         mut head: Outgoing<'_>,
         body: Body,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<Upstreamed, GatewayError> {
         let per_worker = self.pools.get(worker).or_else(|| self.pools.first());
         let pool = per_worker.and_then(|p| p.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
         head.host = Some(pool.target().host_header.clone());
@@ -70,7 +79,7 @@ impl Forwarder {
 /// A kept-alive connection the upstream closed a moment ago fails before
 /// any answer; a bodiless idempotent request then goes out again on the
 /// next idle connection, or on a new one.
-async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body) -> Result<Response<Body>, ForwardError> {
+async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body) -> Result<Upstreamed, ForwardError> {
     let replayable = http_body::Body::is_end_stream(&body) && head.method.is_idempotent();
     let mut body = Some(body);
     loop {

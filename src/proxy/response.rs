@@ -2,10 +2,10 @@
 //! reads it (never buffered whole), de-chunked, and the connection given
 //! back to its pool once the body ended cleanly.
 
-use super::h1::{Connection, Head};
+use super::h1::{Coding, Connection, Head};
 use super::pool::Pool;
 use crate::body::BoxError;
-use crate::framing::{bodiless, declared_length, Framing, Step, READ_CHUNK};
+use crate::framing::{bodiless, Framing, Step, READ_CHUNK};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;
@@ -14,17 +14,15 @@ use std::task::{ready, Context, Poll};
 use tokio_util::io::poll_read_buf;
 
 /// The framing of a response to a request (`head_only` for HEAD).
-pub(super) fn framing_of(head: &Head, head_only: bool) -> Result<Framing, super::h1::ExchangeError> {
-    use super::h1::ExchangeError::Malformed;
+pub(super) fn framing_of(head: &Head, head_only: bool) -> Framing {
     if head_only || bodiless(head.status) {
-        return Ok(Framing::Empty);
+        return Framing::Empty;
     }
-    if let Some(te) = &head.transfer_encoding {
-        let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("").trim().to_ascii_lowercase();
-        return Ok(if last == "chunked" { Framing::CHUNKED } else { Framing::UntilClose });
+    match (head.transfer_encoding, head.lines.content_length()) {
+        (Some(Coding::Chunked), _) => Framing::CHUNKED,
+        (Some(Coding::Other), _) | (None, None) => Framing::UntilClose,
+        (None, Some(n)) => Framing::Length(n),
     }
-    let length = declared_length(&head.headers).map_err(|why| Malformed(why.into()))?;
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
 /// The body of an upstream response.

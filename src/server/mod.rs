@@ -13,6 +13,8 @@ pub mod tls;
 
 use crate::body::Body;
 use crate::pipeline::ConnInfo;
+use crate::proxy::lines::HeaderLines;
+use crate::proxy::Upstreamed;
 use crate::ratelimit::RateHeaders;
 use http::{Request, Response};
 use std::future::Future;
@@ -23,16 +25,26 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// What a handler gives the server: the response, and the rate-limit
-/// headers it carries, which each protocol's writer renders its own way.
+/// What a handler gives the server: the response, the header lines an
+/// upstream sent with it, and the rate-limit headers it carries; each
+/// protocol's writer renders them its own way.
 pub struct Reply {
     pub response: Response<Body>,
+    /// An upstream's header fields, written after the response's own
+    /// (empty for keygate's own answers).
+    pub upstream: HeaderLines,
     pub rate_limit: Option<RateHeaders>,
 }
 
 impl From<Response<Body>> for Reply {
     fn from(response: Response<Body>) -> Reply {
-        Reply { response, rate_limit: None }
+        Reply { response, upstream: HeaderLines::default(), rate_limit: None }
+    }
+}
+
+impl From<Upstreamed> for Reply {
+    fn from(up: Upstreamed) -> Reply {
+        Reply { response: up.response, upstream: up.lines, rate_limit: None }
     }
 }
 
@@ -40,6 +52,7 @@ impl Reply {
     /// The response with every header in its map (for HTTP/2).
     pub fn into_response(self) -> Response<Body> {
         let mut response = self.response;
+        self.upstream.append_to(response.headers_mut());
         if let Some(r) = &self.rate_limit {
             r.insert_into(response.headers_mut());
         }

@@ -4,6 +4,7 @@
 
 use crate::framing::{bodiless, chunk_line, declared_length};
 use crate::proxy::headers::{is_hop_by_hop, write_line};
+use crate::proxy::lines::HeaderLines;
 use crate::ratelimit::RateHeaders;
 use crate::server::Reply;
 use http::header;
@@ -50,7 +51,8 @@ pub trait Sink {
 pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, how: Answering) -> std::io::Result<bool> {
     let (parts, mut body) = reply.response.into_parts();
     out.clear();
-    let (wire, keep_alive) = encode_head(out, &parts, reply.rate_limit.as_ref(), body.size_hint().exact(), how);
+    let extra = Extra { upstream: &reply.upstream, rate_limit: reply.rate_limit.as_ref() };
+    let (wire, keep_alive) = encode_head(out, &parts, extra, body.size_hint().exact(), how);
     if wire == Wire::None {
         sink.send(out).await?;
         return Ok(keep_alive);
@@ -127,15 +129,15 @@ pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, ho
     Ok(keep_alive && wire != Wire::UntilClose)
 }
 
+/// Header fields that come with a response besides its own map.
+struct Extra<'a> {
+    upstream: &'a HeaderLines,
+    rate_limit: Option<&'a RateHeaders>,
+}
+
 /// The status line and header fields; returns the body's wire framing and
 /// whether the connection stays open.
-fn encode_head(
-    out: &mut Vec<u8>,
-    parts: &Parts,
-    rate_limit: Option<&RateHeaders>,
-    exact: Option<u64>,
-    how: Answering,
-) -> (Wire, bool) {
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, extra: Extra<'_>, exact: Option<u64>, how: Answering) -> (Wire, bool) {
     let status = parts.status;
     let mut keep_alive = how.keep_alive;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -144,18 +146,25 @@ fn encode_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     // An invalid or conflicting length of our own handlers is dropped.
-    let declared = declared_length(&parts.headers).ok().flatten();
+    let declared = match extra.upstream.content_length() {
+        Some(n) => Some(n),
+        None => declared_length(&parts.headers).ok().flatten(),
+    };
     for (name, value) in &parts.headers {
-        if is_hop_by_hop(name) || (name == header::CONTENT_LENGTH && declared.is_none()) {
+        if is_hop_by_hop(name) || name == header::CONTENT_LENGTH {
             continue;
         }
         write_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if let Some(r) = rate_limit {
+    out.extend_from_slice(extra.upstream.text());
+    if let Some(r) = extra.rate_limit {
         r.write_lines(out);
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !extra.upstream.has_date() && !parts.headers.contains_key(header::DATE) {
         DATE.with(|d| write_line(out, b"date", d.borrow_mut().now()));
+    }
+    if let Some(n) = declared {
+        write_line(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
     }
     let wire = if bodiless(status) {
         Wire::None
@@ -272,5 +281,29 @@ mod tests {
         let (text, keep) = wire(resp, Answering { version: Version::HTTP_10, ..HTTP11 }).await;
         assert!(!keep);
         assert!(text.contains("connection: close\r\n") && !text.contains("upgrade") && text.ends_with("\r\n\r\nabc"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn upstream_lines_pass_as_they_came_with_one_length_and_their_own_date() {
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut parsed = httparse::Response::new(&mut fields);
+        parsed
+            .parse(b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 5\r\nDate: Mon, 30 Nov 2026 07:00:00 GMT\r\n\r\n")
+            .unwrap();
+        let (upstream, _) = HeaderLines::sort(parsed.headers).unwrap();
+        let reply = |body| Reply { response: Response::new(body), upstream: upstream.clone(), rate_limit: None };
+        let mut sink = Collect(Vec::new());
+        let keep = response(&mut sink, &mut Vec::new(), reply(crate::body::full("hello")), HTTP11).await.unwrap();
+        let text = String::from_utf8(sink.0).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Mon, 30 Nov 2026 07:00:00 GMT\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        assert!(keep);
+        // HEAD: the upstream's length is kept, no body follows.
+        let mut sink = Collect(Vec::new());
+        response(&mut sink, &mut Vec::new(), reply(crate::body::empty()), Answering { head_only: true, ..HTTP11 }).await.unwrap();
+        let text = String::from_utf8(sink.0).unwrap();
+        assert!(text.contains("content-length: 5\r\n") && text.ends_with("\r\n\r\n"), "{text}");
     }
 }

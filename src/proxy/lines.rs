@@ -1,0 +1,160 @@
+//! An upstream response's header fields kept as HTTP/1.1 text.
+//!
+//! Building a header map for every upstream response (a name parsed and
+//! hashed, a shared buffer counted per field) only to write the same fields
+//! out again to an HTTP/1.1 client was a tenth of keygate's own work per
+//! request. The client reads the head once, keeps the fields that may go on
+//! as `name: value\r\n` lines, and the server copies them out as they are.
+//! HTTP/2 clients (and tests) turn them into a map.
+
+use super::headers::{is_hop_by_hop_any_case, write_line};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The end-to-end header fields of an upstream response, as header lines.
+/// `Content-Length` is kept apart as a number (the writer frames the body
+/// with it); hop-by-hop fields and those `Connection` names are gone.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeaderLines {
+    text: Vec<u8>,
+    content_length: Option<u64>,
+    has_date: bool,
+}
+
+/// What reading a response head's fields learned besides the lines.
+#[derive(Debug, Default)]
+pub struct Hop<'a> {
+    /// `close` or `keep-alive` in `Connection`, if either was named.
+    pub close: bool,
+    pub keep_alive: bool,
+    /// The last `Transfer-Encoding` coding, lowercase-compared by the caller.
+    pub transfer_encoding: Option<&'a [u8]>,
+}
+
+impl HeaderLines {
+    /// Sorts the fields of a parsed head: hop-by-hop ones (and those the
+    /// `Connection` field names) into [`Hop`], the rest into lines. Fails
+    /// on an invalid or conflicting `Content-Length`.
+    pub fn sort<'a>(fields: &[httparse::Header<'a>]) -> Result<(HeaderLines, Hop<'a>), &'static str> {
+        let mut hop = Hop::default();
+        // Names `Connection` lists are hop-by-hop too; usually there are none.
+        let mut named: Vec<&[u8]> = Vec::new();
+        for field in fields {
+            if field.name.eq_ignore_ascii_case("connection") {
+                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        hop.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        hop.keep_alive = true;
+                    } else {
+                        named.push(token);
+                    }
+                }
+            } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+                hop.transfer_encoding = field.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+            }
+        }
+        let mut lines = HeaderLines { text: Vec::with_capacity(fields.len() * 32), ..HeaderLines::default() };
+        for field in fields {
+            let name = field.name.as_bytes();
+            if field.name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(field.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or("invalid Content-Length")?;
+                if lines.content_length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values");
+                }
+                lines.content_length = Some(n);
+                continue;
+            }
+            if is_hop_by_hop_any_case(field.name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            lines.has_date |= field.name.eq_ignore_ascii_case("date");
+            write_line(&mut lines.text, name, field.value);
+        }
+        if hop.transfer_encoding.is_some() {
+            // Transfer-Encoding overrides a Content-Length sent with it (RFC
+            // 9112 section 6.3); passed on, the stale length would cut the body.
+            lines.content_length = None;
+        }
+        Ok((lines, hop))
+    }
+
+    /// The lines, each `name: value\r\n`.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// The body length the upstream declared.
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    /// Whether the upstream sent its own `Date`.
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// Each line as a name and a value.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.text.split(|b| *b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|b| *b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii()))
+        })
+    }
+
+    /// Adds the fields (and the length) to a header map.
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.fields() {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.append(name, value);
+            }
+        }
+        if let Some(n) = self.content_length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(raw: &str) -> (HeaderLines, bool, bool, Option<Vec<u8>>) {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Response::new(&mut fields);
+        parsed.parse(raw.as_bytes()).unwrap();
+        let (lines, hop) = HeaderLines::sort(parsed.headers).unwrap();
+        (lines, hop.close, hop.keep_alive, hop.transfer_encoding.map(<[u8]>::to_vec))
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_stay_behind() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret-Hop\r\nx-secret-hop: 1\r\nKeep-Alive: timeout=5\r\n\
+                   TE: trailers\r\nProxy-Authorization: x\r\nServer: up\r\nContent-Length: 5\r\nDate: Mon, 30 Nov 2026 07:00:00 GMT\r\n\r\n";
+        let (lines, close, keep, te) = sorted(raw);
+        assert_eq!(String::from_utf8_lossy(lines.text()), "Server: up\r\nDate: Mon, 30 Nov 2026 07:00:00 GMT\r\n");
+        assert_eq!((lines.content_length(), lines.has_date(), close, keep, te), (Some(5), true, false, true, None));
+        let mut map = HeaderMap::new();
+        lines.append_to(&mut map);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map["server"], "up");
+        assert_eq!(map["content-length"], "5");
+    }
+
+    #[test]
+    fn transfer_encoding_wins_over_length_and_lengths_must_agree() {
+        let (lines, _, _, te) = sorted("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!((lines.content_length(), te.as_deref()), (None, Some(&b"chunked"[..])));
+        assert!(lines.text().is_empty());
+        let (lines, close, ..) =
+            sorted("HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length:  5\r\nConnection: close\r\n\r\n");
+        assert_eq!((lines.content_length(), close), (Some(5), true));
+        let mut fields = [httparse::EMPTY_HEADER; 4];
+        let mut parsed = httparse::Response::new(&mut fields);
+        parsed.parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").unwrap();
+        assert_eq!(HeaderLines::sort(parsed.headers).err(), Some("conflicting Content-Length values"));
+    }
+}
