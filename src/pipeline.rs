@@ -21,6 +21,7 @@ use crate::proxy::{self, body::GuardedBody, headers};
 use crate::ratelimit::{Decision, RateHeaders};
 use crate::server::Reply;
 use crate::state::{App, Runtime};
+use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use std::net::{IpAddr, SocketAddr};
@@ -75,9 +76,11 @@ pub struct Trace {
 pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply {
     let started = Instant::now();
     let rt = app.runtime.load_full();
-    let method = req.method().clone();
+    // Split once; every step below borrows the head. (Passed by value, it
+    // would be copied into each step's future.)
+    let (head, body) = req.into_parts();
     let mut trace = Trace::default();
-    let result = run(&app, &rt, req, &conn, &mut trace).await;
+    let result = run(&app, &rt, &head, body, &conn, &mut trace).await;
     let outcome = match &result {
         Ok(_) => trace.served_as.unwrap_or("forwarded"),
         Err(e) => e.outcome(),
@@ -90,41 +93,48 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
         algorithm: rl.algorithm,
         ietf: rl.ietf_headers,
     });
-    record(&app, &rt, &method, reply.response.status(), &trace, outcome, started.elapsed());
+    record(&app, &rt, &head.method, reply.response.status(), &trace, outcome, started.elapsed());
     reply
 }
 
-async fn run(app: &App, rt: &Runtime, req: Request<Body>, conn: &ConnInfo, trace: &mut Trace) -> Result<Reply, GatewayError> {
+async fn run(
+    app: &App,
+    rt: &Runtime,
+    head: &Parts,
+    body: Body,
+    conn: &ConnInfo,
+    trace: &mut Trace,
+) -> Result<Reply, GatewayError> {
     let cfg = &rt.config;
     // 2. normalise
-    let path = path::normalise(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    let client_ip = ip::client_ip(conn.peer.ip(), req.headers(), &cfg.server.trusted_proxies);
-    if path == WHOAMI_PATH && (req.method() == Method::GET || req.method() == Method::HEAD) {
+    let path = path::normalise(head.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    let client_ip = ip::client_ip(conn.peer.ip(), &head.headers, &cfg.server.trusted_proxies);
+    if path == WHOAMI_PATH && (head.method == Method::GET || head.method == Method::HEAD) {
         trace.route = RouteLabel::Whoami;
         trace.served_as = Some("whoami");
-        let key = authorise(app, cfg, &req, client_ip, None, trace).await?;
+        let key = authorise(app, cfg, head, client_ip, None, trace).await?;
         return Ok(whoami(app, cfg, &key.key, trace.decision.as_ref()).into());
     }
     // 3. route
-    let (index, route) = cfg.routes.find(req.method(), &path).ok_or(GatewayError::NoRoute)?;
+    let (index, route) = cfg.routes.find(&head.method, &path).ok_or(GatewayError::NoRoute)?;
     trace.route = RouteLabel::Route(index);
-    check_declared_length(&req, cfg)?;
+    check_declared_length(head, cfg)?;
     if route.public {
         trace.served_as = Some("public");
-        return forward(rt, route, req, &path, conn, None, trace).await;
+        return forward(rt, route, head, body, &path, conn, None, trace).await;
     }
     // 4-9. authenticate and authorise
-    let key = authorise(app, cfg, &req, client_ip, Some(route), trace).await?;
+    let key = authorise(app, cfg, head, client_ip, Some(route), trace).await?;
     // 10. forward
-    forward(rt, route, req, &path, conn, Some(&key), trace).await
+    forward(rt, route, head, body, &path, conn, Some(&key), trace).await
 }
 
 /// Steps 4 to 9: the key, its state, its IP allowlist, its permission, its
 /// quota. Public so the benchmarks can time the whole decision without a socket.
-pub async fn authorise<B>(
+pub async fn authorise(
     app: &App,
     cfg: &Config,
-    req: &Request<B>,
+    head: &Parts,
     client_ip: IpAddr,
     route: Option<&Route>,
     trace: &mut Trace,
@@ -132,7 +142,7 @@ pub async fn authorise<B>(
     let permission = route.and_then(|r| r.permission.as_deref());
     let on_redis_error = route.and_then(|r| r.on_redis_error).unwrap_or(cfg.rate_limit.on_redis_error);
     // 4. credential
-    let credential = credentials::extract(req.headers(), req.uri().query())
+    let credential = credentials::extract(&head.headers, head.uri.query())
         .map_err(|e| match e {
             CredentialError::Malformed(m) => GatewayError::BadRequest(m.into()),
             CredentialError::Ambiguous => GatewayError::AmbiguousCredentials,
@@ -206,8 +216,8 @@ async fn resolve(app: &App, cfg: &Config, token: &str) -> Result<Arc<KeyLookup>,
 }
 
 /// Refuses up front a body whose declared length is over the cap.
-fn check_declared_length<B>(req: &Request<B>, cfg: &Config) -> Result<(), GatewayError> {
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+fn check_declared_length(head: &Parts, cfg: &Config) -> Result<(), GatewayError> {
+    let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(n) if n > cfg.server.max_body_bytes => Err(GatewayError::PayloadTooLarge),
         _ => Ok(()),
@@ -215,10 +225,12 @@ fn check_declared_length<B>(req: &Request<B>, cfg: &Config) -> Result<(), Gatewa
 }
 
 /// Step 10: rewrite the request for the upstream and send it.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     rt: &Runtime,
     route: &Route,
-    req: Request<Body>,
+    head: &Parts,
+    body: Body,
     path: &str,
     conn: &ConnInfo,
     key: Option<&KeyLookup>,
@@ -226,23 +238,26 @@ async fn forward(
 ) -> Result<Reply, GatewayError> {
     let cfg = &rt.config;
     let upstream = cfg.upstream(route.upstream).ok_or(GatewayError::UpstreamUnavailable)?;
-    let (parts, body) = req.into_parts();
+    let stripped;
     let query = match key {
-        Some(_) => parts.uri.query().and_then(credentials::strip_query),
-        None => parts.uri.query().map(str::to_string),
+        Some(_) => {
+            stripped = head.uri.query().and_then(credentials::strip_query);
+            stripped.as_deref()
+        }
+        None => head.uri.query(),
     };
-    let host = parts
+    let host = head
         .headers
         .get(header::HOST)
         .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let target = proxy::upstream_uri(upstream, path, query.as_deref())?;
+        .or_else(|| head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let target = proxy::upstream_target(upstream, path, query)?;
     // Hop-by-hop, client-sent X-Keygate-* and (for keyed routes) credential
     // headers stay behind; forwarding and identity headers are added.
-    let mut head = Outgoing::new(parts.method, target, parts.headers, key.is_some());
-    head.set_forwarded(&conn.peer_header, conn.tls, host);
+    let mut out = Outgoing::new(&head.method, target, &head.headers, key.is_some());
+    out.set_forwarded(&conn.peer_header, conn.tls, host);
     if let Some(key) = key {
-        head.set_identity(key.identity_lines());
+        out.set_identity(key.identity_lines());
     }
     // A request without a body (most GETs) needs no size or pause guard.
     let body = if http_body::Body::is_end_stream(&body) {
@@ -251,7 +266,7 @@ async fn forward(
         GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed()
     };
     let started = Instant::now();
-    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, head, body).await;
+    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, &mut out, body).await;
     trace.upstream_time = Some((route.upstream, started.elapsed()));
     // Hop-by-hop response headers never got past the HTTP/1.1 client.
     result.map(Reply::from)

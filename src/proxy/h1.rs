@@ -95,7 +95,7 @@ impl Connection {
     /// and the upstream keeps it open.
     pub async fn exchange(mut self, out: &Outgoing<'_>, body: Body, pool: &Arc<Pool>) -> Result<Upstreamed, ExchangeError> {
         write_request(&mut self.stream, out, body).await?;
-        let (head, framing) = self.read_head(out.method == Method::HEAD).await?;
+        let (head, framing) = self.read_head(*out.method == Method::HEAD).await?;
         let home = (head.keep_alive && framing != Framing::UntilClose).then(|| Arc::clone(pool));
         let mut response = Response::new(UpstreamBody::new(self, framing, home).boxed());
         *response.status_mut() = head.status;
@@ -175,7 +175,7 @@ async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Bod
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(out.method.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(out.target.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    head.extend_from_slice(out.target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = &out.host {
         write_line(&mut head, b"host", host.as_bytes());
@@ -192,7 +192,7 @@ async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Bod
     head.extend_from_slice(out.identity_lines());
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if !has_body && !declared && method_implies_body(&out.method) {
+    } else if !has_body && !declared && method_implies_body(out.method) {
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");

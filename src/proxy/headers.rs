@@ -80,6 +80,15 @@ pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The fields of header lines written by [`write_line`], as names and values.
+pub fn read_lines(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    text.split(|b| *b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r")?;
+        let colon = line.iter().position(|b| *b == b':')?;
+        Some((&line[..colon], line[colon + 1..].trim_ascii()))
+    })
+}
+
 /// `default_optin_mailing` -> `x-keygate-meta-default-optin-mailing`.
 pub fn metadata_header_name(key: &str) -> Option<HeaderName> {
     let name = format!("{IDENTITY_PREFIX}meta-{}", key.to_ascii_lowercase().replace('_', "-"));

@@ -7,7 +7,7 @@
 //! as `name: value\r\n` lines, and the server copies them out as they are.
 //! HTTP/2 clients (and tests) turn them into a map.
 
-use super::headers::{is_hop_by_hop_any_case, write_line};
+use super::headers::{is_hop_by_hop_any_case, read_lines, write_line};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The end-to-end header fields of an upstream response, as header lines.
@@ -96,18 +96,9 @@ impl HeaderLines {
         self.has_date
     }
 
-    /// Each line as a name and a value.
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.text.split(|b| *b == b'\n').filter_map(|line| {
-            let line = line.strip_suffix(b"\r")?;
-            let colon = line.iter().position(|b| *b == b':')?;
-            Some((&line[..colon], line[colon + 1..].trim_ascii()))
-        })
-    }
-
     /// Adds the fields (and the length) to a header map.
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        for (name, value) in self.fields() {
+        for (name, value) in read_lines(&self.text) {
             if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
                 headers.append(name, value);
             }

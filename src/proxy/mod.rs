@@ -58,13 +58,13 @@ impl Forwarder {
         worker: usize,
         index: usize,
         upstream: &Upstream,
-        mut head: Outgoing<'_>,
+        head: &mut Outgoing<'_>,
         body: Body,
     ) -> Result<Upstreamed, GatewayError> {
         let per_worker = self.pools.get(worker).or_else(|| self.pools.first());
         let pool = per_worker.and_then(|p| p.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
         head.host = Some(pool.target().host_header.clone());
-        match tokio::time::timeout(upstream.timeout, exchange(pool, &head, body)).await {
+        match tokio::time::timeout(upstream.timeout, exchange(pool, head, body)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
@@ -96,15 +96,20 @@ async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body) -> Result<U
     }
 }
 
-/// The origin-form URI (`/base/path?query`) for a normalised path and
-/// (stripped) query.
-pub fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<http::Uri, GatewayError> {
-    let mut pq = String::with_capacity(upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-    pq.push_str(&upstream.base_path);
-    pq.push_str(path);
+/// The origin-form target (`/base/path?query`) for a normalised path and
+/// (stripped) query. Its pieces come from parsed URIs and the checked
+/// configuration; a byte that could break the request line is still
+/// refused here, the last step before the upstream sees it.
+pub fn upstream_target(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<String, GatewayError> {
+    let mut target = String::with_capacity(upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    target.push_str(&upstream.base_path);
+    target.push_str(path);
     if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
+        target.push('?');
+        target.push_str(q);
     }
-    http::Uri::try_from(pq).map_err(|e| GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")))
+    if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(GatewayError::BadRequest("the request target contains a space or a control character".into()));
+    }
+    Ok(target)
 }

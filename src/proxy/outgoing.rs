@@ -7,20 +7,22 @@
 use super::headers::{connection_named, is_hop_by_hop, IDENTITY_PREFIX};
 use crate::credentials::API_KEY_HEADER;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Uri};
+use http::Method;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// A request head on its way to an upstream.
+/// A request head on its way to an upstream. It borrows the client's
+/// head rather than taking it: every request's future holds it while the
+/// upstream answers, and moves it at each await.
 pub struct Outgoing<'a> {
-    pub method: Method,
-    /// Origin-form `/path?query`.
-    pub target: Uri,
+    pub method: &'a Method,
+    /// Origin-form `/path?query`, built from the normalised path.
+    pub target: String,
     /// The upstream's own `Host`, written first.
     pub host: Option<HeaderValue>,
-    client: HeaderMap,
+    client: &'a HeaderMap,
     /// Names the client's `Connection` header lists: hop-by-hop as well.
     connection_named: Vec<HeaderName>,
     strip_credentials: bool,
@@ -31,7 +33,7 @@ pub struct Outgoing<'a> {
 impl<'a> Outgoing<'a> {
     /// The client's head; with `strip_credentials`, every header that can
     /// carry a key stays behind.
-    pub fn new(method: Method, target: Uri, client: HeaderMap, strip_credentials: bool) -> Outgoing<'a> {
+    pub fn new(method: &'a Method, target: String, client: &'a HeaderMap, strip_credentials: bool) -> Outgoing<'a> {
         let connection_named = client.get_all(header::CONNECTION).iter().flat_map(connection_named).collect();
         Outgoing { method, target, host: None, client, connection_named, strip_credentials, forwarded: Vec::new(), identity: &[] }
     }
@@ -128,11 +130,11 @@ mod tests {
             ("expect", "100-continue"),
             ("accept", "*/*"),
         ]);
-        let out = Outgoing::new(Method::GET, Uri::from_static("/x"), h.clone(), true);
+        let out = Outgoing::new(&Method::GET, "/x".into(), &h, true);
         let names: Vec<String> = lines(&out).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["x-keygatex", "accept"]);
         // A public route keeps the client's own credentials.
-        let out = Outgoing::new(Method::GET, Uri::from_static("/x"), h, false);
+        let out = Outgoing::new(&Method::GET, "/x".into(), &h, false);
         let names: Vec<String> = lines(&out).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["x-keygatex", "authorization", "x-api-key", "accept"]);
     }
@@ -141,7 +143,7 @@ mod tests {
     fn forwarded_for_appends_and_identity_is_kept_apart() {
         let h =
             client(&[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "203.0.113.9"), ("x-forwarded-host", "forged")]);
-        let mut out = Outgoing::new(Method::GET, Uri::from_static("/x"), h, true);
+        let mut out = Outgoing::new(&Method::GET, "/x".into(), &h, true);
         out.set_forwarded(
             &super::super::headers::peer_value("127.0.0.1".parse().unwrap()),
             true,

@@ -8,12 +8,6 @@ use crate::config::{Algorithm, RedisErrorPolicy};
 use crate::metrics::Metrics;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
 /// Length of a rate-limit window.
 pub const WINDOW_SECS: i64 = 60;
 /// The same in milliseconds.
@@ -107,13 +101,19 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
-    /// Calls `emit` with each header's name and value (in pieces).
-    fn each(&self, mut emit: impl FnMut(HeaderName, &[&[u8]])) {
+    /// Writes the headers as HTTP/1.1 header lines. Names and separators
+    /// are fixed-size pieces (copied inline); only the numbers vary.
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
         let d = &self.decision;
         let mut digits = itoa::Buffer::new();
-        emit(X_RATELIMIT_LIMIT, &[digits.format(d.limit).as_bytes()]);
-        emit(X_RATELIMIT_REMAINING, &[digits.format(d.remaining).as_bytes()]);
-        emit(X_RATELIMIT_RESET, &[digits.format(d.reset_at).as_bytes()]);
+        out.reserve(192);
+        out.extend_from_slice(b"x-ratelimit-limit: ");
+        out.extend_from_slice(digits.format(d.limit).as_bytes());
+        out.extend_from_slice(b"\r\nx-ratelimit-remaining: ");
+        out.extend_from_slice(digits.format(d.remaining).as_bytes());
+        out.extend_from_slice(b"\r\nx-ratelimit-reset: ");
+        out.extend_from_slice(digits.format(d.reset_at).as_bytes());
+        out.extend_from_slice(b"\r\n");
         if self.ietf {
             // `"fixed";q=100;w=60` and `"fixed";r=99;t=42`
             let name: &[u8] = match self.algorithm {
@@ -121,42 +121,28 @@ impl RateHeaders {
                 Algorithm::SlidingWindow => b"\"sliding\"",
             };
             let reset_in = (d.reset_at - self.now).clamp(0, WINDOW_SECS);
-            let mut second = itoa::Buffer::new();
-            let (q, w) = (digits.format(d.limit), second.format(WINDOW_SECS));
-            emit(RATELIMIT_POLICY, &[name, b";q=", q.as_bytes(), b";w=", w.as_bytes()]);
-            let (r, t) = (digits.format(d.remaining), second.format(reset_in));
-            emit(RATELIMIT, &[name, b";r=", r.as_bytes(), b";t=", t.as_bytes()]);
+            out.extend_from_slice(b"ratelimit-policy: ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(b";q=");
+            out.extend_from_slice(digits.format(d.limit).as_bytes());
+            out.extend_from_slice(b";w=");
+            out.extend_from_slice(digits.format(WINDOW_SECS).as_bytes());
+            out.extend_from_slice(b"\r\nratelimit: ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(b";r=");
+            out.extend_from_slice(digits.format(d.remaining).as_bytes());
+            out.extend_from_slice(b";t=");
+            out.extend_from_slice(digits.format(reset_in).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
 
-    /// Writes the headers as HTTP/1.1 header lines.
-    pub fn write_lines(&self, out: &mut Vec<u8>) {
-        self.each(|name, value| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            for piece in value {
-                out.extend_from_slice(piece);
-            }
-            out.extend_from_slice(b"\r\n");
-        });
-    }
-
-    /// Adds the headers to `headers`; the values share one buffer (one
-    /// allocation for all five).
+    /// Adds the headers to `headers` (HTTP/2 and keygate's own answers).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
-        let mut text = Vec::with_capacity(96);
-        let mut found = Vec::with_capacity(5);
-        self.each(|name, value| {
-            let start = text.len();
-            for piece in value {
-                text.extend_from_slice(piece);
-            }
-            found.push((name, start..text.len()));
-        });
-        let all = bytes::Bytes::from(text);
-        headers.reserve(found.len());
-        for (name, span) in found {
-            if let Ok(value) = HeaderValue::from_maybe_shared(all.slice(span)) {
+        let mut text = Vec::new();
+        self.write_lines(&mut text);
+        for (name, value) in crate::proxy::headers::read_lines(&text) {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
                 headers.insert(name, value);
             }
         }

@@ -96,7 +96,10 @@ where
             let (body, feeder) = body::channel(head.framing, head.expect_continue);
             (head.request.map(|()| body.boxed()), Some(feeder))
         };
-        let response = conn.run(handler(request, info.clone()), feeder.as_mut()).await;
+        // Pinned here and polled through a reference: moved into `run`, the
+        // handler's future (kilobytes) would be copied twice per request.
+        let handling = pin!(handler(request, info.clone()));
+        let response = conn.run(handling, feeder.as_mut()).await;
         // The connection carries another request only if this one's body
         // is read, or can be.
         let unread = feeder.as_ref().filter(|f| !f.is_done());
@@ -165,8 +168,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     }
 
     /// Runs the handler; meanwhile feeds it the request body as it asks.
-    async fn run<F: Future<Output = R>, R: Into<Reply>>(&mut self, handler: F, mut feeder: Option<&mut body::Feeder>) -> Reply {
-        let mut handler = pin!(handler);
+    async fn run<F: Future<Output = R>, R: Into<Reply>>(
+        &mut self,
+        mut handler: Pin<&mut F>,
+        mut feeder: Option<&mut body::Feeder>,
+    ) -> Reply {
         std::future::poll_fn(|cx| {
             if let Poll::Ready(resp) = handler.as_mut().poll(cx) {
                 return Poll::Ready(resp.into());
