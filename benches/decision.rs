@@ -4,6 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Request};
+use keygate::clock::Moment;
 use keygate::config::{Algorithm, Config};
 use keygate::keys::token::TokenHash;
 use keygate::manage::{KeyInput, Manager};
@@ -16,6 +17,7 @@ use keygate::state::App;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 const CONFIG: &str = include_str!("../gateway.toml");
 
@@ -79,9 +81,9 @@ fn steps(c: &mut Criterion) {
         })
     });
     let hash = TokenHash::of(&f.token);
-    f.rt.block_on(f.app.cache.resolve(&hash, f.app.store.as_ref())).unwrap();
+    f.rt.block_on(f.app.cache.resolve(&hash, f.app.store.as_ref(), Instant::now())).unwrap();
     c.bench_function("cache_hit", |b| {
-        b.iter(|| f.rt.block_on(f.app.cache.resolve(black_box(&hash), f.app.store.as_ref())).unwrap())
+        b.iter(|| f.rt.block_on(f.app.cache.resolve(black_box(&hash), f.app.store.as_ref(), Instant::now())).unwrap())
     });
     let allow: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.0/8".parse().unwrap()];
     c.bench_function("ip_check", |b| {
@@ -110,7 +112,8 @@ fn steps(c: &mut Criterion) {
             let (_, route) = cfg.routes.find(req.method(), &p).unwrap();
             let client = ip::client_ip(peer, req.headers(), &cfg.server.trusted_proxies);
             let mut trace = Trace::default();
-            let key = f.rt.block_on(authorise(&f.app, cfg, black_box(&head), client, Some(route), &mut trace)).unwrap();
+            let key =
+                f.rt.block_on(authorise(&f.app, cfg, black_box(&head), client, Some(route), Moment::now(), &mut trace)).unwrap();
             rewrite(req.headers(), &peer_header, key.identity_lines())
         })
     });

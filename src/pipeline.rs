@@ -7,7 +7,7 @@
 //! 7. IP allowlist  8. permission  9. rate limit  10. forward
 
 use crate::body::Body;
-use crate::clock;
+use crate::clock::{self, Moment};
 use crate::config::Config;
 use crate::credentials::{self, CredentialError};
 use crate::error::{json_response, GatewayError};
@@ -67,6 +67,8 @@ pub struct Trace {
     pub decision: Option<Decision>,
     /// Which upstream answered, and how long it took to.
     upstream_time: Option<(usize, Duration)>,
+    /// When the upstream's answer came.
+    upstream_done: Option<Instant>,
     /// Set when the request was answered without a key (public route) or
     /// by keygate itself (`/whoami`): the `outcome` label.
     served_as: Option<&'static str>,
@@ -74,13 +76,13 @@ pub struct Trace {
 
 /// Handles one request from start to response.
 pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply {
-    let started = Instant::now();
+    let arrived = Moment::now();
     let rt = app.runtime.load_full();
     // Split once; every step below borrows the head. (Passed by value, it
     // would be copied into each step's future.)
     let (head, body) = req.into_parts();
     let mut trace = Trace::default();
-    let result = run(&app, &rt, &head, body, &conn, &mut trace).await;
+    let result = run(&app, &rt, (&head, body), &conn, arrived, &mut trace).await;
     let outcome = match &result {
         Ok(_) => trace.served_as.unwrap_or("forwarded"),
         Err(e) => e.outcome(),
@@ -89,20 +91,22 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     let rl = &rt.config.rate_limit;
     reply.rate_limit = trace.decision.map(|decision| RateHeaders {
         decision,
-        now: clock::now_unix(),
+        now: arrived.unix(),
         algorithm: rl.algorithm,
         ietf: rl.ietf_headers,
     });
-    record(&app, &rt, &head.method, reply.response.status(), &trace, outcome, started.elapsed());
+    // A forwarded request's time ends with the upstream's answer, read then.
+    let elapsed = trace.upstream_done.unwrap_or_else(Instant::now).saturating_duration_since(arrived.at);
+    record(&app, &rt, &head.method, reply.response.status(), &trace, outcome, elapsed);
     reply
 }
 
 async fn run(
     app: &App,
     rt: &Runtime,
-    head: &Parts,
-    body: Body,
+    (head, body): (&Parts, Body),
     conn: &ConnInfo,
+    now: Moment,
     trace: &mut Trace,
 ) -> Result<Reply, GatewayError> {
     let cfg = &rt.config;
@@ -112,7 +116,7 @@ async fn run(
     if path == WHOAMI_PATH && (head.method == Method::GET || head.method == Method::HEAD) {
         trace.route = RouteLabel::Whoami;
         trace.served_as = Some("whoami");
-        let key = authorise(app, cfg, head, client_ip, None, trace).await?;
+        let key = authorise(app, cfg, head, client_ip, None, now, trace).await?;
         return Ok(whoami(app, cfg, &key.key, trace.decision.as_ref()).into());
     }
     // 3. route
@@ -124,7 +128,7 @@ async fn run(
         return forward(rt, route, head, body, &path, conn, None, trace).await;
     }
     // 4-9. authenticate and authorise
-    let key = authorise(app, cfg, head, client_ip, Some(route), trace).await?;
+    let key = authorise(app, cfg, head, client_ip, Some(route), now, trace).await?;
     // 10. forward
     forward(rt, route, head, body, &path, conn, Some(&key), trace).await
 }
@@ -137,6 +141,7 @@ pub async fn authorise(
     head: &Parts,
     client_ip: IpAddr,
     route: Option<&Route>,
+    now: Moment,
     trace: &mut Trace,
 ) -> Result<Arc<KeyLookup>, GatewayError> {
     let permission = route.and_then(|r| r.permission.as_deref());
@@ -149,12 +154,11 @@ pub async fn authorise(
         })?
         .ok_or(GatewayError::MissingKey)?;
     // 5. resolve
-    let found = resolve(app, cfg, &credential.token).await?;
+    let found = resolve(app, cfg, &credential.token, now.at).await?;
     let key = &found.key;
     // 6. status, expiry, environment
-    let now_ms = clock::now_ms();
-    let now = now_ms / 1000;
-    match found.state(now, cfg.server.environment) {
+    let now_ms = now.unix_ms;
+    match found.state(now.unix(), cfg.server.environment) {
         KeyState::Usable => {}
         KeyState::SecretRetired => return Err(GatewayError::InvalidKey),
         KeyState::Disabled => return Err(GatewayError::KeyDisabled),
@@ -184,18 +188,18 @@ pub async fn authorise(
         return Err(GatewayError::RateLimited { retry_after: decision.retry_after });
     }
     app.metrics.ratelimit_allowed.inc();
-    app.usage.record(&key.key_id, now);
+    app.usage.record(&key.key_id, now.unix());
     Ok(found)
 }
 
 /// Step 5: token shape, then cache, then store.
-async fn resolve(app: &App, cfg: &Config, token: &str) -> Result<Arc<KeyLookup>, GatewayError> {
+async fn resolve(app: &App, cfg: &Config, token: &str, now: Instant) -> Result<Arc<KeyLookup>, GatewayError> {
     match token::shape(token, &cfg.keys.brand) {
         Shape::Malformed | Shape::BadChecksum => return Err(GatewayError::InvalidKey),
         Shape::Generated | Shape::Foreign => {}
     }
     let hash = TokenHash::of(token);
-    match app.cache.resolve(&hash, app.store.as_ref()).await {
+    match app.cache.resolve(&hash, app.store.as_ref(), now).await {
         Ok((found, origin)) => {
             match origin {
                 Origin::Cache => app.metrics.cache_hits.inc(),
@@ -266,8 +270,10 @@ async fn forward(
         GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed()
     };
     let started = Instant::now();
-    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, &mut out, body).await;
-    trace.upstream_time = Some((route.upstream, started.elapsed()));
+    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, &mut out, body, started).await;
+    let done = Instant::now();
+    trace.upstream_time = Some((route.upstream, done.saturating_duration_since(started)));
+    trace.upstream_done = Some(done);
     // Hop-by-hop response headers never got past the HTTP/1.1 client.
     result.map(Reply::from)
 }

@@ -58,12 +58,17 @@ impl KeyCache {
         }
     }
 
-    /// Resolves a token hash: cache first, then the store.
-    pub async fn resolve(&self, hash: &TokenHash, store: &dyn Store) -> Result<(Option<Arc<KeyLookup>>, Origin), StoreError> {
+    /// Resolves a token hash: cache first (fresh as of `now`), then the store.
+    pub async fn resolve(
+        &self,
+        hash: &TokenHash,
+        store: &dyn Store,
+        now: Instant,
+    ) -> Result<(Option<Arc<KeyLookup>>, Origin), StoreError> {
         let stale = match self.entries.get(hash) {
             Some(e) => {
                 let ttl = if e.found.is_some() { self.ttl } else { self.negative_ttl };
-                if e.fetched.elapsed() < ttl {
+                if now.saturating_duration_since(e.fetched) < ttl {
                     return Ok((e.found.clone(), Origin::Cache));
                 }
                 e.found.clone()
@@ -258,9 +263,9 @@ mod tests {
         let (_d, s) = store(Duration::ZERO).await;
         let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_secs(1));
         let h = TokenHash::of("token-a");
-        assert_eq!(cache.resolve(&h, s.as_ref()).await.unwrap().1, Origin::Store);
+        assert_eq!(cache.resolve(&h, s.as_ref(), Instant::now()).await.unwrap().1, Origin::Store);
         for _ in 0..10 {
-            let (found, origin) = cache.resolve(&h, s.as_ref()).await.unwrap();
+            let (found, origin) = cache.resolve(&h, s.as_ref(), Instant::now()).await.unwrap();
             assert_eq!((found.unwrap().key.key_id.as_str(), origin), ("key_a", Origin::Cache));
         }
         assert_eq!(lookups(&s), 1);
@@ -272,12 +277,12 @@ mod tests {
         let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_secs(1));
         let h = TokenHash::of("token-b");
         for _ in 0..5 {
-            assert!(cache.resolve(&h, s.as_ref()).await.unwrap().0.is_none());
+            assert!(cache.resolve(&h, s.as_ref(), Instant::now()).await.unwrap().0.is_none());
         }
         assert_eq!(lookups(&s), 1);
         s.inner.insert_key(&key("key_b"), &h).await.unwrap();
         cache.invalidate_key("key_b");
-        assert!(cache.resolve(&h, s.as_ref()).await.unwrap().0.is_some());
+        assert!(cache.resolve(&h, s.as_ref(), Instant::now()).await.unwrap().0.is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +293,7 @@ mod tests {
         let tasks: Vec<_> = (0..50)
             .map(|_| {
                 let (cache, s) = (Arc::clone(&cache), Arc::clone(&s));
-                tokio::spawn(async move { cache.resolve(&h, s.as_ref()).await.unwrap().0.is_some() })
+                tokio::spawn(async move { cache.resolve(&h, s.as_ref(), Instant::now()).await.unwrap().0.is_some() })
             })
             .collect();
         for t in tasks {
@@ -302,24 +307,24 @@ mod tests {
         let (_d, s) = store(Duration::ZERO).await;
         let cache = KeyCache::new(Duration::from_millis(20), Duration::from_secs(60), Duration::from_secs(1));
         let (known, unknown) = (TokenHash::of("token-a"), TokenHash::of("token-x"));
-        cache.resolve(&known, s.as_ref()).await.unwrap();
+        cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap();
         s.failing.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(30)).await;
         // Expired entry + store down: the stale key answers.
-        assert_eq!(cache.resolve(&known, s.as_ref()).await.unwrap().1, Origin::Stale);
+        assert_eq!(cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap().1, Origin::Stale);
         // Unknown token + store down: an error, not "unknown key", and not remembered.
-        assert!(cache.resolve(&unknown, s.as_ref()).await.is_err());
-        assert!(cache.resolve(&unknown, s.as_ref()).await.is_err());
+        assert!(cache.resolve(&unknown, s.as_ref(), Instant::now()).await.is_err());
+        assert!(cache.resolve(&unknown, s.as_ref(), Instant::now()).await.is_err());
         s.failing.store(false, Ordering::SeqCst);
-        assert!(cache.resolve(&unknown, s.as_ref()).await.unwrap().0.is_none());
-        assert_eq!(cache.resolve(&known, s.as_ref()).await.unwrap().1, Origin::Store);
+        assert!(cache.resolve(&unknown, s.as_ref(), Instant::now()).await.unwrap().0.is_none());
+        assert_eq!(cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap().1, Origin::Store);
     }
 
     #[tokio::test]
     async fn slow_stores_time_out() {
         let (_d, s) = store(Duration::from_millis(500)).await;
         let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_millis(50));
-        let err = cache.resolve(&TokenHash::of("token-a"), s.as_ref()).await.unwrap_err();
+        let err = cache.resolve(&TokenHash::of("token-a"), s.as_ref(), Instant::now()).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)));
     }
 
@@ -328,8 +333,8 @@ mod tests {
         let (_d, s) = store(Duration::ZERO).await;
         let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_secs(1));
         let h = TokenHash::of("token-a");
-        cache.resolve(&h, s.as_ref()).await.unwrap();
-        cache.resolve(&TokenHash::of("nope"), s.as_ref()).await.unwrap();
+        cache.resolve(&h, s.as_ref(), Instant::now()).await.unwrap();
+        cache.resolve(&TokenHash::of("nope"), s.as_ref(), Instant::now()).await.unwrap();
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.invalidate_key("key_a"), 2);
         assert!(cache.is_empty());

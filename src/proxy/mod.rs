@@ -18,6 +18,7 @@ use lines::HeaderLines;
 use outgoing::Outgoing;
 use pool::{ConnectError, Pool, Target};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Idle-connection pools, one per upstream for each worker thread: a
 /// connection is only used by the worker that opened it, so forwarding
@@ -52,7 +53,7 @@ impl Forwarder {
     }
 
     /// Sends a request to upstream `index` from worker `worker` and waits
-    /// for the response head, at most `upstream.timeout`.
+    /// for the response head, at most `upstream.timeout` after `now`.
     pub async fn send(
         &self,
         worker: usize,
@@ -60,11 +61,13 @@ impl Forwarder {
         upstream: &Upstream,
         head: &mut Outgoing<'_>,
         body: Body,
+        now: Instant,
     ) -> Result<Upstreamed, GatewayError> {
         let per_worker = self.pools.get(worker).or_else(|| self.pools.first());
         let pool = per_worker.and_then(|p| p.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
         head.host = Some(pool.target().host_header.clone());
-        match tokio::time::timeout(upstream.timeout, exchange(pool, head, body)).await {
+        let deadline = tokio::time::Instant::from_std(now) + upstream.timeout;
+        match tokio::time::timeout_at(deadline, exchange(pool, head, body, now)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
@@ -79,11 +82,11 @@ impl Forwarder {
 /// A kept-alive connection the upstream closed a moment ago fails before
 /// any answer; a bodiless idempotent request then goes out again on the
 /// next idle connection, or on a new one.
-async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body) -> Result<Upstreamed, ForwardError> {
+async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body, now: Instant) -> Result<Upstreamed, ForwardError> {
     let replayable = http_body::Body::is_end_stream(&body) && head.method.is_idempotent();
     let mut body = Some(body);
     loop {
-        let (conn, reused) = match pool.take_idle() {
+        let (conn, reused) = match pool.take_idle(now) {
             Some(conn) => (conn, true),
             // Boxed: connecting is rare, and its state would otherwise be
             // part of every request's future.

@@ -79,10 +79,10 @@ impl Pool {
     }
 
     /// The most recently used idle connection that still looks usable.
-    pub fn take_idle(&self) -> Option<Connection> {
+    pub fn take_idle(&self, now: Instant) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut entry) = idle.pop() {
-            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {
+            if now.saturating_duration_since(entry.since) < IDLE_TIMEOUT && entry.conn.is_reusable() {
                 return Some(entry.conn);
             }
         }
@@ -91,14 +91,15 @@ impl Pool {
 
     /// Takes back a connection whose last exchange completed.
     pub(super) fn put_back(&self, conn: Connection) {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // The oldest sit at the front: drop one that has gone stale, so a
         // pool that shrinks after a burst frees its sockets over time.
-        if idle.first().is_some_and(|c| c.since.elapsed() >= IDLE_TIMEOUT) {
+        if idle.first().is_some_and(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT) {
             idle.remove(0);
         }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { conn, since: Instant::now() });
+            idle.push(Idle { conn, since: now });
         }
     }
 
