@@ -33,9 +33,12 @@ impl Limiter {
     ) -> Decision {
         match self {
             Limiter::Local(l) => l.check(algorithm, key_id, limit, now_ms),
-            // Boxed so the local limiter's callers do not carry the Redis
-            // future's state (every request's future is moved at each await).
-            Limiter::Redis(r) => Box::pin(r.check(algorithm, key_id, limit, now_ms, on_error, metrics)).await,
+            Limiter::Redis(r) => match r.try_spend(key_id, limit, now_ms) {
+                Some(decision) => decision,
+                // Boxed so every request's future does not carry the state
+                // of a Redis call (it is moved at each await).
+                None => Box::pin(r.check(algorithm, key_id, limit, now_ms, on_error, metrics)).await,
+            },
         }
     }
 

@@ -145,6 +145,19 @@ impl RedisLimiter {
         Arc::clone(&self.leases.entry(key_id.to_string()).or_default())
     }
 
+    /// The common case, without waiting: the key's lease for this window
+    /// still has quota and nobody holds it. `None`: ask [`Self::check`].
+    pub fn try_spend(&self, key_id: &str, limit: u32, now_ms: i64) -> Option<Decision> {
+        let window = now_ms.div_euclid(WINDOW_MS);
+        let lease = self.leases.get(key_id)?;
+        let mut l = lease.try_lock().ok()?;
+        if l.window != window || l.left == 0 {
+            return None;
+        }
+        l.note_request(now_ms);
+        Some(l.allowed(limit, window))
+    }
+
     /// Counts one request against the key's limit across every node.
     pub async fn check(
         &self,
