@@ -15,8 +15,8 @@ JSON body):
   keygate-tls   keygate over TLS (HTTP/1.1), SQLite, local limiter
 
 Throughput: wrk, closed loop, limits set effectively infinite, every non-2xx
-counted. Rounds are interleaved (A B C ... A B C ...) and each figure is the
-median of the rounds. CPU per request: utime+stime of the gateway's
+counted. Rounds are interleaved, each starting one configuration later
+(A B C, B C A, C A B, ...), and each figure is the median of the rounds. CPU per request: utime+stime of the gateway's
 processes from /proc, divided by the requests served. Latency: oha, open
 loop with latency correction (no coordinated omission), at 50% of the
 slowest configuration's median throughput, the same rate for every one.
@@ -246,6 +246,14 @@ def oha(oha_bin, url, token, rate, duration, conns):
     return pct["p50"] * 1000, pct["p99"] * 1000, pct["p99.9"] * 1000, non2xx
 
 
+def rotated(configs, r):
+    """Round r's order: each round starts one configuration later (A B C,
+    B C A, C A B), so none always runs right after the same neighbour."""
+    items = list(configs.items())
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -299,7 +307,7 @@ def main():
 
         results = {name: {"rps": [], "cpu": [], "non2xx": 0} for name in configs}
         for r in range(args.rounds):
-            for name, (url, proc) in configs.items():
+            for name, (url, proc) in rotated(configs, r):
                 before = cpu_ticks(proc.pids()) if proc else 0
                 rps, total, non2xx = wrk(url, token, args.duration, args.connections, args.workers)
                 after = cpu_ticks(proc.pids()) if proc else 0
@@ -315,7 +323,7 @@ def main():
         lat = {}
         if not args.skip_latency:
             for r in range(args.rounds):
-                for name, (url, _) in configs.items():
+                for name, (url, _) in rotated(configs, r):
                     p = oha(oha_bin, url, token, rate, args.duration, args.connections)
                     lat.setdefault(name, []).append(p)
                     print(f"latency round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)

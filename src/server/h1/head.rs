@@ -50,7 +50,7 @@ pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result
             other => other,
         }
     };
-    let Some(Scanned { used, method, version, target, found }) = scanned? else { return Ok(None) };
+    let Some(Scanned { used, method, version, target, found, framing_fields }) = scanned? else { return Ok(None) };
     let malformed = |e: &dyn std::fmt::Display| HeadError::Malformed(e.to_string());
     let bytes = buf.split_to(used).freeze();
     let uri = Uri::from_maybe_shared(bytes.slice(target)).map_err(|e| malformed(&e))?;
@@ -59,11 +59,17 @@ pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result
         let value = HeaderValue::from_maybe_shared(bytes.slice(range)).map_err(|e| malformed(&e))?;
         headers.append(name, value);
     }
-    let framing = body_framing(&headers, version)?;
-    let keep_alive = keep_alive(&headers, version);
-    let expect_continue = version == Version::HTTP_11
-        && !framing.is_done()
-        && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // Most heads (a GET with a few headers) carry none of the fields that
+    // frame the body or the connection: then there is nothing to look up.
+    let (framing, keep_alive, expect_continue) = if framing_fields {
+        let framing = body_framing(&headers, version)?;
+        let expect_continue = version == Version::HTTP_11
+            && !framing.is_done()
+            && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        (framing, keep_alive(&headers, version), expect_continue)
+    } else {
+        (Framing::Empty, version == Version::HTTP_11, false)
+    };
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -79,6 +85,9 @@ struct Scanned {
     version: Version,
     target: Range<usize>,
     found: Vec<(HeaderName, Range<usize>)>,
+    /// Whether any of `Transfer-Encoding`, `Content-Length`, `Connection`
+    /// or `Expect` is present.
+    framing_fields: bool,
 }
 
 fn scan<'b>(
@@ -105,12 +114,17 @@ fn scan<'b>(
     let at = |s: &str| s.as_ptr() as usize - base..s.as_ptr() as usize - base + s.len();
     let target = at(parsed.path.unwrap_or(""));
     let mut found = Vec::with_capacity(parsed.headers.len());
+    let mut framing_fields = false;
     for line in parsed.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| HeadError::Malformed(e.to_string()))?;
+        framing_fields |= name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+            || name == header::CONNECTION
+            || name == header::EXPECT;
         let start = line.value.as_ptr() as usize - base;
         found.push((name, start..start + line.value.len()));
     }
-    Ok(Some(Scanned { used, method, version, target, found }))
+    Ok(Some(Scanned { used, method, version, target, found, framing_fields }))
 }
 
 /// Where the request body ends (RFC 9112 section 6.3). A request with both
