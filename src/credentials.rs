@@ -110,9 +110,12 @@ pub fn strip_query(query: &str) -> Option<String> {
 }
 
 /// Reads the credential. `Ok(None)` means none was presented.
+///
+/// Every place is read (a malformed one is an error even when another
+/// holds a key); the places must agree. The first found, in the order
+/// Bearer, `X-API-Key`, Basic, query, is the one returned.
 pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credential>, CredentialError> {
-    let mut found: Vec<Credential> = Vec::new();
-    let mut bearer = Vec::new();
+    let mut found = Found::default();
     let mut basic = Vec::new();
     for value in headers.get_all(AUTHORIZATION) {
         let value = value.to_str().map_err(|_| CredentialError::Malformed("the Authorization header is not ASCII"))?;
@@ -120,31 +123,49 @@ pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Creden
             if token.is_empty() {
                 return Err(CredentialError::Malformed("the Bearer token is empty"));
             }
-            bearer.push(token.to_string());
+            found.add(token, Source::Bearer);
         } else if let Some(encoded) = scheme(value, "Basic") {
             basic.push(decode_basic(encoded)?);
         } else {
             return Err(CredentialError::Malformed("the Authorization header must use the Bearer or Basic scheme"));
         }
     }
-    found.extend(bearer.into_iter().map(|token| Credential { token, source: Source::Bearer }));
     for value in headers.get_all(&API_KEY_HEADER) {
         let token = value.to_str().map_err(|_| CredentialError::Malformed("the X-API-Key header is not ASCII"))?.trim();
         if token.is_empty() {
             return Err(CredentialError::Malformed("the X-API-Key header is empty"));
         }
-        found.push(Credential { token: token.to_string(), source: Source::ApiKeyHeader });
+        found.add(token, Source::ApiKeyHeader);
     }
-    found.extend(basic.into_iter().map(|token| Credential { token, source: Source::Basic }));
+    for token in &basic {
+        found.add(token, Source::Basic);
+    }
     if let Some(q) = query {
-        found.extend(query_tokens(q).into_iter().map(|token| Credential { token, source: Source::Query }));
+        for token in query_tokens(q) {
+            found.add(&token, Source::Query);
+        }
     }
-    let mut iter = found.into_iter();
-    let Some(first) = iter.next() else { return Ok(None) };
-    if iter.any(|other| other.token != first.token) {
+    if found.ambiguous {
         return Err(CredentialError::Ambiguous);
     }
-    Ok(Some(first))
+    Ok(found.first)
+}
+
+/// The first credential found, and whether another one differed from it.
+/// (Only the first token is copied: a request carries one key, once.)
+#[derive(Default)]
+struct Found {
+    first: Option<Credential>,
+    ambiguous: bool,
+}
+
+impl Found {
+    fn add(&mut self, token: &str, source: Source) {
+        match &self.first {
+            Some(first) => self.ambiguous |= first.token != token,
+            None => self.first = Some(Credential { token: token.to_string(), source }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -89,38 +89,31 @@ pub fn normalise(path: &str) -> Result<String, PathError> {
     normalise_slowly(path)
 }
 
-/// The full normalisation, for paths that need it.
+/// The full normalisation, for paths that need it: segment by segment
+/// into one output string (a `..` cuts the output back to its last `/`).
 fn normalise_slowly(path: &str) -> Result<String, PathError> {
-    if !path.starts_with('/') {
-        return Err(PathError::NotAbsolute);
-    }
-    let mut segments: Vec<String> = Vec::new();
-    let mut decoded = String::with_capacity(path.len());
-    let raw_segments: Vec<&str> = path[1..].split('/').collect();
-    let last = raw_segments.len().saturating_sub(1);
+    let Some(rest) = path.strip_prefix('/') else { return Err(PathError::NotAbsolute) };
+    let mut out = String::with_capacity(path.len());
     let mut trailing_slash = false;
-    for (i, raw) in raw_segments.iter().enumerate() {
-        decoded.clear();
-        normalise_segment(raw, &mut decoded)?;
-        match decoded.as_str() {
-            "" => trailing_slash = i == last && !segments.is_empty(),
-            "." => trailing_slash = i == last && !segments.is_empty(),
+    let mut raw_segments = rest.split('/').peekable();
+    while let Some(raw) = raw_segments.next() {
+        let is_last = raw_segments.peek().is_none();
+        let slash = out.len();
+        out.push('/');
+        normalise_segment(raw, &mut out)?;
+        match &out[slash + 1..] {
+            "" | "." => out.truncate(slash),
             ".." => {
-                if segments.pop().is_none() {
-                    return Err(PathError::EscapesRoot);
-                }
-                trailing_slash = i == last && !segments.is_empty();
+                out.truncate(slash);
+                let parent = out.rfind('/').ok_or(PathError::EscapesRoot)?;
+                out.truncate(parent);
             }
-            s => {
-                segments.push(s.to_string());
+            _ => {
                 trailing_slash = false;
+                continue;
             }
         }
-    }
-    let mut out = String::with_capacity(path.len());
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
+        trailing_slash = is_last && !out.is_empty();
     }
     if out.is_empty() || trailing_slash {
         out.push('/');

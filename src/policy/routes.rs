@@ -128,13 +128,13 @@ impl Route {
 pub struct RouteTable {
     routes: Vec<Route>,
     /// All-literal patterns by path: the common case, found without a scan.
-    literal: HashMap<String, Vec<usize>>,
+    literal: HashMap<String, Vec<usize>, crate::FastHash>,
 }
 
 impl RouteTable {
     /// A table over compiled routes (file order breaks ties).
     pub fn new(routes: Vec<Route>) -> RouteTable {
-        let mut literal: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut literal: HashMap<String, Vec<usize>, crate::FastHash> = HashMap::default();
         for (i, r) in routes.iter().enumerate() {
             if let Some(p) = r.literal_path() {
                 literal.entry(p).or_default().push(i);
@@ -158,13 +158,28 @@ impl RouteTable {
                 return Some((i, &self.routes[i]));
             }
         }
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        // The segments on the stack (up to 16; longer paths spill over).
+        let mut inline = [""; 16];
+        let mut spilled = Vec::new();
+        let mut count = 0;
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            if count < inline.len() {
+                inline[count] = segment;
+            } else {
+                if spilled.is_empty() {
+                    spilled.extend_from_slice(&inline);
+                }
+                spilled.push(segment);
+            }
+            count += 1;
+        }
+        let segments: &[&str] = if count <= inline.len() { &inline[..count] } else { &spilled };
         let mut best: Option<(u64, usize)> = None;
         for (i, route) in self.routes.iter().enumerate() {
             if !route.method_matches(method) {
                 continue;
             }
-            if let Some(rank) = route.rank(&segments) {
+            if let Some(rank) = route.rank(segments) {
                 if best.is_none_or(|(r, _)| rank > r) {
                     best = Some((rank, i));
                 }
@@ -184,6 +199,15 @@ mod tests {
 
     fn found(t: &RouteTable, m: Method, p: &str) -> Option<String> {
         t.find(&m, p).map(|(_, r)| r.pattern.clone())
+    }
+
+    #[test]
+    fn paths_longer_than_the_inline_segments_still_match() {
+        let deep: String = (0..20).map(|i| format!("/s{i}")).collect();
+        let pattern = format!("GET {}/{{last}}", (0..19).map(|i| format!("/s{i}")).collect::<String>());
+        let t = table(&["GET /s0/*", &pattern]);
+        assert_eq!(found(&t, Method::GET, &deep), Some(pattern.clone()));
+        assert_eq!(found(&t, Method::GET, &format!("{deep}/more")), Some("GET /s0/*".into()));
     }
 
     #[test]
