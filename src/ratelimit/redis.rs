@@ -123,10 +123,27 @@ impl Lease {
     }
 }
 
+/// A key's lease on this node, and the gate that lets one request at a
+/// time refill it from Redis. The lease itself sits behind a plain mutex,
+/// held for a few instructions and never across a wait: every worker
+/// spends from it without yielding (an asynchronous lock there made two
+/// workers on one key queue behind each other, a task switch each time).
+#[derive(Default)]
+struct Slot {
+    lease: std::sync::Mutex<Lease>,
+    refill: Mutex<()>,
+}
+
+impl Slot {
+    fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The distributed limiter.
 pub struct RedisLimiter {
     redis: Arc<RedisHandle>,
-    leases: DashMap<String, Arc<Mutex<Lease>>, FastHash>,
+    leases: DashMap<String, Arc<Slot>, FastHash>,
     /// Used when Redis cannot be asked and the policy is `local`.
     fallback: LocalLimiter,
     nodes_hint: u32,
@@ -138,7 +155,7 @@ impl RedisLimiter {
         RedisLimiter { redis, leases: DashMap::default(), fallback: LocalLimiter::default(), nodes_hint }
     }
 
-    fn lease(&self, key_id: &str) -> Arc<Mutex<Lease>> {
+    fn slot(&self, key_id: &str) -> Arc<Slot> {
         if let Some(l) = self.leases.get(key_id) {
             return Arc::clone(&l);
         }
@@ -149,8 +166,8 @@ impl RedisLimiter {
     /// still has quota and nobody holds it. `None`: ask [`Self::check`].
     pub fn try_spend(&self, key_id: &str, limit: u32, now_ms: i64) -> Option<Decision> {
         let window = now_ms.div_euclid(WINDOW_MS);
-        let lease = self.leases.get(key_id)?;
-        let mut l = lease.try_lock().ok()?;
+        let slot = self.leases.get(key_id)?;
+        let mut l = slot.lease();
         if l.window != window || l.left == 0 {
             return None;
         }
@@ -169,27 +186,45 @@ impl RedisLimiter {
         metrics: &Metrics,
     ) -> Decision {
         let window = now_ms.div_euclid(WINDOW_MS);
-        let lease = self.lease(key_id);
-        let mut l = lease.lock().await;
-        if l.window != window {
-            let (old_window, unused) = (l.window, l.left);
-            *l = Lease { second: l.second, this_second: l.this_second, last_second: l.last_second, window, ..Lease::default() };
-            if unused > 0 && old_window + 1 == window && algorithm == Algorithm::SlidingWindow {
-                // Unused quota of the previous window still weighs on a sliding estimate.
-                self.give_back(key_id, old_window, unused).await;
+        let slot = self.slot(key_id);
+        let _refilling = slot.refill.lock().await;
+        let unused_before = {
+            let mut l = slot.lease();
+            let mut unused_before = None;
+            if l.window != window {
+                let (old_window, unused) = (l.window, l.left);
+                *l = Lease {
+                    second: l.second,
+                    this_second: l.this_second,
+                    last_second: l.last_second,
+                    window,
+                    ..Lease::default()
+                };
+                if unused > 0 && old_window + 1 == window && algorithm == Algorithm::SlidingWindow {
+                    unused_before = Some((old_window, unused));
+                }
             }
+            unused_before
+        };
+        if let Some((old_window, unused)) = unused_before {
+            // Unused quota of the previous window still weighs on a sliding estimate.
+            self.give_back(key_id, old_window, unused).await;
         }
-        l.note_request(now_ms);
-        if l.left > 0 {
-            return l.allowed(limit, window);
-        }
-        if now_ms < l.full_until_ms {
-            return Decision::refused(algorithm, limit, l.current, l.previous, now_ms);
-        }
-        let want = l.wanted(limit, self.nodes_hint);
+        let want = {
+            let mut l = slot.lease();
+            l.note_request(now_ms);
+            if l.left > 0 {
+                return l.allowed(limit, window);
+            }
+            if now_ms < l.full_until_ms {
+                return Decision::refused(algorithm, limit, l.current, l.previous, now_ms);
+            }
+            l.wanted(limit, self.nodes_hint)
+        };
         match self.take(algorithm, key_id, window, limit, want, now_ms).await {
             Ok((granted, redis_left, current, previous)) => {
                 metrics.lease_size.observe(f64::from(granted));
+                let mut l = slot.lease();
                 l.redis_left = redis_left;
                 l.current = current;
                 l.previous = previous;
@@ -204,7 +239,6 @@ impl RedisLimiter {
                 l.allowed(limit, window)
             }
             Err(e) => {
-                drop(l);
                 tracing::debug!(error = %e, "rate limiter cannot reach redis; applying on_redis_error");
                 self.fallback(algorithm, key_id, limit, now_ms, on_error, metrics)
             }
@@ -216,8 +250,8 @@ impl RedisLimiter {
         let window = now_ms.div_euclid(WINDOW_MS);
         let reset_at = ((window + 1) * WINDOW_MS) / 1000;
         let fresh = Decision { allowed: true, limit, remaining: limit, reset_at, retry_after: 0 };
-        let Some(lease) = self.leases.get(key_id).map(|l| Arc::clone(&l)) else { return fresh };
-        let Ok(l) = lease.try_lock() else { return fresh };
+        let Some(slot) = self.leases.get(key_id).map(|l| Arc::clone(&l)) else { return fresh };
+        let l = slot.lease();
         if l.window != window {
             return fresh;
         }
@@ -297,15 +331,19 @@ impl RedisLimiter {
         let window = now_ms.div_euclid(WINDOW_MS);
         let ids: Vec<String> = self.leases.iter().map(|e| e.key().clone()).collect();
         for id in ids {
-            let Some(lease) = self.leases.get(&id).map(|l| Arc::clone(&l)) else { continue };
-            let Ok(mut l) = lease.try_lock() else { continue };
-            if l.left > 0 && l.window == window && now_ms - l.last_used_ms > LEASE_IDLE_MS {
-                let unused = std::mem::take(&mut l.left);
+            let Some(slot) = self.leases.get(&id).map(|l| Arc::clone(&l)) else { continue };
+            let Ok(_refilling) = slot.refill.try_lock() else { continue };
+            let (idle_unused, old) = {
+                let mut l = slot.lease();
+                let idle = l.left > 0 && l.window == window && now_ms - l.last_used_ms > LEASE_IDLE_MS;
+                let unused = if idle { std::mem::take(&mut l.left) } else { 0 };
                 l.redis_left += unused;
-                self.give_back(&id, window, unused).await;
+                (unused, l.window + 1 < window)
+            };
+            if idle_unused > 0 {
+                self.give_back(&id, window, idle_unused).await;
             }
-            if l.window + 1 < window {
-                drop(l);
+            if old {
                 self.leases.remove_if(&id, |_, v| Arc::strong_count(v) <= 2);
             }
         }
