@@ -104,19 +104,22 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
-    /// Writes the headers as HTTP/1.1 header lines. Names and separators
-    /// are fixed-size pieces (copied inline); only the numbers vary.
+    /// Writes the headers as HTTP/1.1 header lines, straight from the
+    /// numbers (no header values are built).
     pub fn write_lines(&self, out: &mut Vec<u8>) {
         let d = &self.decision;
         let mut digits = itoa::Buffer::new();
         out.reserve(192);
-        out.extend_from_slice(b"x-ratelimit-limit: ");
-        out.extend_from_slice(digits.format(d.limit).as_bytes());
-        out.extend_from_slice(b"\r\nx-ratelimit-remaining: ");
-        out.extend_from_slice(digits.format(d.remaining).as_bytes());
-        out.extend_from_slice(b"\r\nx-ratelimit-reset: ");
-        out.extend_from_slice(digits.format(d.reset_at).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let plain: [(&[u8], i64); 3] = [
+            (b"x-ratelimit-limit: ", d.limit.into()),
+            (b"x-ratelimit-remaining: ", d.remaining.into()),
+            (b"x-ratelimit-reset: ", d.reset_at),
+        ];
+        for (header, n) in plain {
+            out.extend_from_slice(header);
+            out.extend_from_slice(digits.format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         if self.ietf {
             // `"fixed";q=100;w=60` and `"fixed";r=99;t=42`
             let name: &[u8] = match self.algorithm {
@@ -124,19 +127,21 @@ impl RateHeaders {
                 Algorithm::SlidingWindow => b"\"sliding\"",
             };
             let reset_in = (d.reset_at - self.now).clamp(0, WINDOW_SECS);
-            out.extend_from_slice(b"ratelimit-policy: ");
-            out.extend_from_slice(name);
-            out.extend_from_slice(b";q=");
-            out.extend_from_slice(digits.format(d.limit).as_bytes());
-            out.extend_from_slice(b";w=");
-            out.extend_from_slice(digits.format(WINDOW_SECS).as_bytes());
-            out.extend_from_slice(b"\r\nratelimit: ");
-            out.extend_from_slice(name);
-            out.extend_from_slice(b";r=");
-            out.extend_from_slice(digits.format(d.remaining).as_bytes());
-            out.extend_from_slice(b";t=");
-            out.extend_from_slice(digits.format(reset_in).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            // A header's name, then its `;key=value` parameters.
+            type Line = (&'static [u8], [(&'static [u8], i64); 2]);
+            let ietf: [Line; 2] = [
+                (b"ratelimit-policy: ", [(b";q=", d.limit.into()), (b";w=", WINDOW_SECS)]),
+                (b"ratelimit: ", [(b";r=", d.remaining.into()), (b";t=", reset_in)]),
+            ];
+            for (header, params) in ietf {
+                out.extend_from_slice(header);
+                out.extend_from_slice(name);
+                for (key, n) in params {
+                    out.extend_from_slice(key);
+                    out.extend_from_slice(digits.format(n).as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
         }
     }
 
