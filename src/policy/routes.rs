@@ -129,18 +129,29 @@ pub struct RouteTable {
     routes: Vec<Route>,
     /// All-literal patterns by path: the common case, found without a scan.
     literal: HashMap<String, Vec<usize>, crate::FastHash>,
+    /// The other patterns by their first segment when it is a literal, so
+    /// a path is only ranked against patterns that can match it...
+    by_first: HashMap<String, Vec<usize>, crate::FastHash>,
+    /// ...and those starting with a parameter or `*` (or empty).
+    open_first: Vec<usize>,
 }
 
 impl RouteTable {
     /// A table over compiled routes (file order breaks ties).
     pub fn new(routes: Vec<Route>) -> RouteTable {
         let mut literal: HashMap<String, Vec<usize>, crate::FastHash> = HashMap::default();
+        let mut by_first: HashMap<String, Vec<usize>, crate::FastHash> = HashMap::default();
+        let mut open_first = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             if let Some(p) = r.literal_path() {
                 literal.entry(p).or_default().push(i);
             }
+            match r.segments.first() {
+                Some(Segment::Literal(first)) => by_first.entry(first.clone()).or_default().push(i),
+                _ => open_first.push(i),
+            }
         }
-        RouteTable { routes, literal }
+        RouteTable { routes, literal, by_first, open_first }
     }
 
     /// Every route, in file order.
@@ -174,13 +185,16 @@ impl RouteTable {
             count += 1;
         }
         let segments: &[&str] = if count <= inline.len() { &inline[..count] } else { &spilled };
+        let same_first = segments.first().and_then(|first| self.by_first.get(*first)).map_or(&[][..], Vec::as_slice);
         let mut best: Option<(u64, usize)> = None;
-        for (i, route) in self.routes.iter().enumerate() {
+        for &i in same_first.iter().chain(&self.open_first) {
+            let route = &self.routes[i];
             if !route.method_matches(method) {
                 continue;
             }
             if let Some(rank) = route.rank(segments) {
-                if best.is_none_or(|(r, _)| rank > r) {
+                // The most specific wins; between equals, the first in the file.
+                if best.is_none_or(|(r, j)| rank > r || (rank == r && i < j)) {
                     best = Some((rank, i));
                 }
             }
@@ -199,6 +213,16 @@ mod tests {
 
     fn found(t: &RouteTable, m: Method, p: &str) -> Option<String> {
         t.find(&m, p).map(|(_, r)| r.pattern.clone())
+    }
+
+    #[test]
+    fn patterns_indexed_by_first_segment_and_open_ones_are_both_searched() {
+        let t = table(&["GET /{any}/x/{id}", "GET /api/x/{id}", "* /*", "GET /api/{kind}/1"]);
+        assert_eq!(found(&t, Method::GET, "/api/x/1"), Some("GET /api/x/{id}".into()));
+        assert_eq!(found(&t, Method::GET, "/other/x/1"), Some("GET /{any}/x/{id}".into()));
+        assert_eq!(found(&t, Method::GET, "/api/y/1"), Some("GET /api/{kind}/1".into()));
+        assert_eq!(found(&t, Method::POST, "/api/x/1"), Some("* /*".into()));
+        assert_eq!(found(&t, Method::GET, "/"), Some("* /*".into()));
     }
 
     #[test]
