@@ -4,7 +4,7 @@
 //! upstream client.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http_body::SizeHint;
 
 /// Bytes asked of a socket per read of a body.
@@ -163,9 +163,14 @@ pub fn bodiless(status: http::StatusCode) -> bool {
 /// The `Content-Length` of a message: `Ok(None)` without one, an error
 /// when a value is not a number or two values differ.
 pub fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    agreed_length(headers.get_all(header::CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))
+}
+
+/// [`declared_length`] over the `Content-Length` values as received.
+pub fn agreed_length<'v>(values: impl IntoIterator<Item = &'v [u8]>) -> Result<Option<u64>, &'static str> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or("invalid Content-Length")?;
+    for value in values {
+        let n = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or("invalid Content-Length")?;
         if length.is_some_and(|l| l != n) {
             return Err("conflicting Content-Length values");
         }

@@ -17,7 +17,7 @@ use super::response::{framing_of, UpstreamBody};
 use super::Upstreamed;
 use crate::body::Body;
 use crate::framing::{chunk_line, Framing, READ_CHUNK};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header;
 use http::{Method, Response, StatusCode};
 use http_body::Body as HttpBody;
@@ -165,7 +165,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     let keep_alive = !hop.close && (hop.keep_alive || parsed.version == Some(1));
     let transfer_encoding =
         hop.transfer_encoding.map(|coding| if coding.eq_ignore_ascii_case(b"chunked") { Coding::Chunked } else { Coding::Other });
-    let _ = buf.split_to(used);
+    buf.advance(used);
     Ok(Some(Head { status, lines, keep_alive, transfer_encoding }))
 }
 

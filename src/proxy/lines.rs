@@ -8,6 +8,7 @@
 //! HTTP/2 clients (and tests) turn them into a map.
 
 use super::headers::{is_hop_by_hop_any_case, read_lines, write_line};
+use crate::framing::agreed_length;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The end-to-end header fields of an upstream response, as header lines.
@@ -53,21 +54,15 @@ impl HeaderLines {
                 hop.transfer_encoding = field.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
             }
         }
-        let mut lines = HeaderLines { text: Vec::with_capacity(fields.len() * 32), ..HeaderLines::default() };
+        let is_length = |field: &httparse::Header<'_>| field.name.eq_ignore_ascii_case("content-length");
+        let mut lines = HeaderLines {
+            text: Vec::with_capacity(fields.len() * 32),
+            content_length: agreed_length(fields.iter().filter(|f| is_length(f)).map(|f| f.value))?,
+            has_date: false,
+        };
         for field in fields {
             let name = field.name.as_bytes();
-            if field.name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(field.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or("invalid Content-Length")?;
-                if lines.content_length.is_some_and(|l| l != n) {
-                    return Err("conflicting Content-Length values");
-                }
-                lines.content_length = Some(n);
-                continue;
-            }
-            if is_hop_by_hop_any_case(field.name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            if is_length(field) || is_hop_by_hop_any_case(field.name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
                 continue;
             }
             lines.has_date |= field.name.eq_ignore_ascii_case("date");

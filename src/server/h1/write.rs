@@ -146,10 +146,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, extra: Extra<'_>, exact: Option
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     // An invalid or conflicting length of our own handlers is dropped.
-    let declared = match extra.upstream.content_length() {
-        Some(n) => Some(n),
-        None => declared_length(&parts.headers).ok().flatten(),
-    };
+    let declared = extra.upstream.content_length().or_else(|| declared_length(&parts.headers).ok().flatten());
     for (name, value) in &parts.headers {
         if is_hop_by_hop(name) || name == header::CONTENT_LENGTH {
             continue;
@@ -163,29 +160,16 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, extra: Extra<'_>, exact: Option
     if !extra.upstream.has_date() && !parts.headers.contains_key(header::DATE) {
         DATE.with(|d| write_line(out, b"date", d.borrow_mut().now()));
     }
-    if let Some(n) = declared {
+    let no_body = bodiless(status) || how.head_only;
+    // A declared length is passed on as it is (a HEAD answer keeps it); the
+    // body's own size is announced only when the body is sent.
+    if let Some(n) = declared.or(exact.filter(|_| !no_body)) {
         write_line(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
     }
-    let wire = if bodiless(status) {
+    let wire = if no_body {
         Wire::None
-    } else if let Some(n) = declared {
-        if how.head_only {
-            Wire::None
-        } else {
-            Wire::Length(n)
-        }
-    } else if let Some(n) = exact {
-        if !how.head_only {
-            let mut digits = itoa::Buffer::new();
-            write_line(out, b"content-length", digits.format(n).as_bytes());
-        }
-        if how.head_only {
-            Wire::None
-        } else {
-            Wire::Length(n)
-        }
-    } else if how.head_only {
-        Wire::None
+    } else if let Some(n) = declared.or(exact) {
+        Wire::Length(n)
     } else if how.version == Version::HTTP_11 {
         write_line(out, b"transfer-encoding", b"chunked");
         Wire::Chunked
