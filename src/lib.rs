@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod framing;

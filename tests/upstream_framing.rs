@@ -1,7 +1,7 @@
 //! keygate's HTTP/1.1 upstream client against a raw TCP upstream that
 //! answers with exactly the bytes each test needs: chunked bodies with
 //! extensions and trailers, bodies delimited by close, 1xx before the
-//! answer, 204, HEAD, truncated and malformed responses, kept-alive
+//! answer, 204, HEAD, truncated, stalled and malformed responses, kept-alive
 //! connections closed under the gateway, and a large streamed download.
 
 mod common;
@@ -70,6 +70,13 @@ async fn serve(mut stream: TcpStream) {
             }
             "/api/contacts/truncated" => {
                 write(&mut stream, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort").await;
+                true
+            }
+            "/api/contacts/stalls" => {
+                // A good head and the start of the body, then nothing for
+                // longer than the upstream's timeout, connection open.
+                write(&mut stream, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst").await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
                 true
             }
             "/api/contacts/then-close" => {
@@ -162,6 +169,24 @@ async fn broken_upstream_answers_are_502_or_a_cut_body() {
         assert_eq!(resp.status(), 200);
         assert!(resp.bytes().await.is_err(), "a truncated body must fail, not end early");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_stalling_in_its_body_is_cut_off_after_its_timeout() {
+    let (_up, s, token) = setup("").await;
+    let _gw = s.start();
+    let mut resp = client().get(s.url("/api/contacts/stalls")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"first"[..]));
+    // The upstream's timeout (2s in the test config) also bounds a pause
+    // in the body; the upstream itself would stay silent for 10s.
+    let paused = std::time::Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(8), resp.chunk()).await.expect("the stalled body was not cut off");
+    assert!(rest.is_err(), "a cut body must fail, not end early: {rest:?}");
+    assert!(paused.elapsed() >= Duration::from_millis(1500), "cut before the timeout: {:?}", paused.elapsed());
+    // The gateway goes on serving.
+    let resp = client().get(s.url("/api/contacts/after")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "default");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

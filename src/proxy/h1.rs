@@ -16,6 +16,7 @@ use super::pool::Pool;
 use super::response::{framing_of, UpstreamBody};
 use super::Upstreamed;
 use crate::body::Body;
+use crate::deadline::Deadline;
 use crate::framing::{chunk_line, Framing, READ_CHUNK};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header;
@@ -26,8 +27,10 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Waker};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 /// Largest response head accepted from an upstream.
@@ -35,10 +38,13 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Most header lines accepted in a response head.
 pub const MAX_RESPONSE_HEADERS: usize = 128;
 
-/// One keep-alive connection and the bytes read from it but not used yet.
+/// One keep-alive connection, the bytes read from it but not used yet,
+/// and the timer bounding its waits (kept with the connection, so most
+/// requests never touch the timer wheel: see [`crate::deadline`]).
 pub struct Connection {
     pub(super) stream: TcpStream,
     pub(super) buffered: BytesMut,
+    pub(super) timer: Deadline,
 }
 
 /// Why an exchange failed.
@@ -56,6 +62,8 @@ pub enum ExchangeError {
     Malformed(String),
     #[error("the response head is larger than {MAX_RESPONSE_HEAD} bytes")]
     HeadTooLarge,
+    #[error("no response head before the upstream's timeout")]
+    TimedOut,
 }
 
 impl ExchangeError {
@@ -75,7 +83,7 @@ impl ExchangeError {
 impl Connection {
     /// Wraps a connected socket.
     pub fn new(stream: TcpStream) -> Connection {
-        Connection { stream, buffered: BytesMut::new() }
+        Connection { stream, buffered: BytesMut::new(), timer: Deadline::new() }
     }
 
     /// Whether an idle connection still looks usable: nothing may arrive on
@@ -90,42 +98,56 @@ impl Connection {
     }
 
     /// Sends a request (origin-form URI, `Host` set, hop-by-hop headers
-    /// gone) and reads the response head. The response body reads the rest
-    /// from this connection and gives it back to `pool` if it ends cleanly
-    /// and the upstream keeps it open.
-    pub async fn exchange(mut self, out: &Outgoing<'_>, body: Body, pool: &Arc<Pool>) -> Result<Upstreamed, ExchangeError> {
-        write_request(&mut self.stream, out, body).await?;
-        let (head, framing) = self.read_head(*out.method == Method::HEAD).await?;
+    /// gone) and reads the response head, both before `deadline`. The
+    /// response body reads the rest from this connection (pausing at most
+    /// `pause` between reads) and gives it back to `pool` if it ends
+    /// cleanly and the upstream keeps it open.
+    pub async fn exchange(
+        mut self,
+        out: &Outgoing<'_>,
+        body: Body,
+        pool: &Arc<Pool>,
+        (deadline, pause): (Instant, Duration),
+    ) -> Result<Upstreamed, ExchangeError> {
+        let Connection { stream, buffered, timer } = &mut self;
+        // The connection may have served another request's task last.
+        timer.hand_over();
+        let head_only = *out.method == Method::HEAD;
+        let sent_and_answered = async {
+            write_request(stream, out, body).await?;
+            read_head(stream, buffered, head_only).await
+        };
+        let (head, framing) = timer.within(deadline, sent_and_answered).await.map_err(|_| ExchangeError::TimedOut)??;
         let home = (head.keep_alive && framing != Framing::UntilClose).then(|| Arc::clone(pool));
-        let mut response = Response::new(UpstreamBody::new(self, framing, home).boxed());
+        let mut response = Response::new(UpstreamBody::new(self, framing, home, pause).boxed());
         *response.status_mut() = head.status;
         Ok(Upstreamed { response, lines: head.lines })
     }
+}
 
-    /// Reads until a final (non-1xx) response head is complete.
-    async fn read_head(&mut self, head_only: bool) -> Result<(Head, Framing), ExchangeError> {
-        loop {
-            if !self.buffered.is_empty() {
-                if let Some(head) = parse_head(&mut self.buffered)? {
-                    if head.status.is_informational() {
-                        // 100 Continue and 103 Early Hints: the answer follows.
-                        continue;
-                    }
-                    let framing = framing_of(&head, head_only);
-                    return Ok((head, framing));
+/// Reads until a final (non-1xx) response head is complete.
+async fn read_head(stream: &mut TcpStream, buffered: &mut BytesMut, head_only: bool) -> Result<(Head, Framing), ExchangeError> {
+    loop {
+        if !buffered.is_empty() {
+            if let Some(head) = parse_head(buffered)? {
+                if head.status.is_informational() {
+                    // 100 Continue and 103 Early Hints: the answer follows.
+                    continue;
                 }
-                if self.buffered.len() > MAX_RESPONSE_HEAD {
-                    return Err(ExchangeError::HeadTooLarge);
-                }
+                let framing = framing_of(&head, head_only);
+                return Ok((head, framing));
             }
-            self.buffered.reserve(READ_CHUNK);
-            // Through `AsyncRead`, so a short read marks the socket drained
-            // and the next wait costs no extra system call.
-            match self.stream.read_buf(&mut self.buffered).await {
-                Ok(0) => return Err(ExchangeError::ClosedBeforeResponse),
-                Ok(_) => {}
-                Err(e) => return Err(ExchangeError::Read(e)),
+            if buffered.len() > MAX_RESPONSE_HEAD {
+                return Err(ExchangeError::HeadTooLarge);
             }
+        }
+        buffered.reserve(READ_CHUNK);
+        // Through `AsyncRead`, so a short read marks the socket drained
+        // and the next wait costs no extra system call.
+        match stream.read_buf(buffered).await {
+            Ok(0) => return Err(ExchangeError::ClosedBeforeResponse),
+            Ok(_) => {}
+            Err(e) => return Err(ExchangeError::Read(e)),
         }
     }
 }

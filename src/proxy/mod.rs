@@ -18,7 +18,7 @@ use lines::HeaderLines;
 use outgoing::Outgoing;
 use pool::{ConnectError, Pool, Target};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Idle-connection pools, one per upstream for each worker thread: a
 /// connection is only used by the worker that opened it, so forwarding
@@ -41,6 +41,8 @@ enum ForwardError {
     Connect(#[from] ConnectError),
     #[error("{0}")]
     Exchange(#[from] ExchangeError),
+    #[error("the upstream's timeout passed while connecting")]
+    ConnectTimedOut,
 }
 
 impl Forwarder {
@@ -66,23 +68,31 @@ impl Forwarder {
         let per_worker = self.pools.get(worker).or_else(|| self.pools.first());
         let pool = per_worker.and_then(|p| p.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
         head.host = Some(pool.target().host_header.clone());
-        let deadline = tokio::time::Instant::from_std(now) + upstream.timeout;
-        match tokio::time::timeout_at(deadline, exchange(pool, head, body, now)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => {
+        match exchange(pool, head, body, now, upstream.timeout).await {
+            Ok(resp) => Ok(resp),
+            Err(ForwardError::Exchange(ExchangeError::TimedOut) | ForwardError::ConnectTimedOut) => {
+                Err(GatewayError::UpstreamTimeout)
+            }
+            Err(e) => {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
                 Err(GatewayError::UpstreamUnavailable)
             }
-            Ok(Ok(resp)) => Ok(resp),
         }
     }
 }
 
-/// One request and its response head over a pooled (or new) connection.
-/// A kept-alive connection the upstream closed a moment ago fails before
-/// any answer; a bodiless idempotent request then goes out again on the
-/// next idle connection, or on a new one.
-async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body, now: Instant) -> Result<Upstreamed, ForwardError> {
+/// One request and its response head over a pooled (or new) connection,
+/// all within `timeout` of `now`. A kept-alive connection the upstream
+/// closed a moment ago fails before any answer; a bodiless idempotent
+/// request then goes out again on the next idle connection, or on a new one.
+async fn exchange(
+    pool: &Arc<Pool>,
+    head: &Outgoing<'_>,
+    body: Body,
+    now: Instant,
+    timeout: Duration,
+) -> Result<Upstreamed, ForwardError> {
+    let deadline = tokio::time::Instant::from_std(now) + timeout;
     let replayable = http_body::Body::is_end_stream(&body) && head.method.is_idempotent();
     let mut body = Some(body);
     loop {
@@ -90,9 +100,12 @@ async fn exchange(pool: &Arc<Pool>, head: &Outgoing<'_>, body: Body, now: Instan
             Some(conn) => (conn, true),
             // Boxed: connecting is rare, and its state would otherwise be
             // part of every request's future.
-            None => (Box::pin(pool.connect()).await?, false),
+            None => match Box::pin(tokio::time::timeout_at(deadline, pool.connect())).await {
+                Ok(connected) => (connected?, false),
+                Err(_) => return Err(ForwardError::ConnectTimedOut),
+            },
         };
-        match conn.exchange(head, body.take().unwrap_or_else(crate::body::empty), pool).await {
+        match conn.exchange(head, body.take().unwrap_or_else(crate::body::empty), pool, (deadline, timeout)).await {
             Err(e) if reused && replayable && e.connection_was_stale() => continue,
             result => return Ok(result?),
         }

@@ -11,6 +11,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tokio_util::io::poll_read_buf;
 
 /// The framing of a response to a request (`head_only` for HEAD).
@@ -31,12 +32,17 @@ pub struct UpstreamBody {
     framing: Framing,
     /// Where the connection goes when the body ends, if it may be reused.
     home: Option<Arc<Pool>>,
+    /// The longest the upstream may pause between two reads.
+    pause: Duration,
 }
 
 impl UpstreamBody {
     /// Reads the rest of a response from `conn`.
-    pub(super) fn new(conn: Connection, framing: Framing, home: Option<Arc<Pool>>) -> UpstreamBody {
-        let mut body = UpstreamBody { conn: Some(conn), framing, home };
+    pub(super) fn new(mut conn: Connection, framing: Framing, home: Option<Arc<Pool>>, pause: Duration) -> UpstreamBody {
+        // Whoever polls the body (the client's connection) may not be the
+        // task that read the head.
+        conn.timer.hand_over();
+        let mut body = UpstreamBody { conn: Some(conn), framing, home, pause };
         if body.is_end_stream() {
             body.finish();
         }
@@ -83,7 +89,19 @@ impl HttpBody for UpstreamBody {
             }
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
             conn.buffered.reserve(READ_CHUNK);
-            match ready!(poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buffered)) {
+            let read = match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buffered) {
+                Poll::Ready(read) => {
+                    conn.timer.clear();
+                    read
+                }
+                Poll::Pending => {
+                    conn.timer.start(this.pause);
+                    ready!(conn.timer.poll_expired(cx));
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(format!("the upstream sent nothing for {:?}", this.pause).into())));
+                }
+            };
+            match read {
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.framing = Framing::Empty;
                     this.home = None;

@@ -6,7 +6,6 @@
 //! ALPN on TLS or by the client's preface in clear text.
 
 pub mod activity;
-pub mod deadline;
 pub mod h1;
 pub mod h2;
 pub mod tls;

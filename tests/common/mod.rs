@@ -12,9 +12,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A loopback port nothing listens on right now.
+/// Ports handed to gateways and Redis servers come from below the kernel's
+/// ephemeral range (32768 and up on Linux): a port picked by binding to
+/// port 0 can be taken by another test's outgoing connection before the
+/// process it is meant for binds it ("Address already in use").
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback port nothing listens on right now, never the same one twice
+/// in a test binary.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Test binaries run one after another; each starts at its own offset.
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free test port left in {TEST_PORTS:?}");
+        let port = (TEST_PORTS.start + (offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The path of the binary under test.

@@ -14,9 +14,9 @@ mod body;
 mod head;
 mod write;
 
-use super::deadline::{Deadline, Expired};
 use super::{Limits, Reply};
 use crate::body::Body;
+use crate::deadline::{Deadline, Expired};
 use crate::error::GatewayError;
 use crate::framing::{Framing, Step};
 use crate::pipeline::ConnInfo;

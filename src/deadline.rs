@@ -1,15 +1,19 @@
 //! One timer per connection, re-armed lazily.
 //!
-//! Every wait on a client socket is bounded (a head must arrive, a slow
-//! reader must take its response), but arming a timer for each wait costs
-//! two timer-wheel operations per request. A connection keeps one timer
+//! Every wait on a socket is bounded (a client's head must arrive, a slow
+//! reader must take its response, an upstream must answer), but arming a
+//! timer for each wait costs two timer-wheel operations per request, and
+//! a timer earlier than every other one also wakes the event loop through
+//! a system call so that it sleeps less. A connection keeps one timer
 //! instead: each wait moves the deadline it should end at, and the timer
 //! only moves when it fires early (to the later deadline) or when a wait
 //! needs an earlier one. Most requests never touch the timer wheel.
 //!
-//! A `Deadline` belongs to one task (a connection's): once the timer has
-//! been polled, the task is woken when it fires, so later waits only look
-//! at whether it fired instead of polling it again.
+//! A `Deadline` serves one task at a time: once the timer has been polled,
+//! that task is woken when it fires, so later waits only look at whether
+//! it fired instead of polling it again. A connection that passes to
+//! another task (an upstream connection taken from its pool) says so with
+//! [`Deadline::hand_over`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -53,12 +57,21 @@ impl Deadline {
 
     /// Sets the current wait to end `limit` from now.
     pub fn restart(&mut self, limit: Duration) {
-        let at = Instant::now() + limit;
+        self.restart_at(Instant::now() + limit);
+    }
+
+    /// Sets the current wait to end at `at`.
+    pub fn restart_at(&mut self, at: Instant) {
         self.at = Some(at);
         if at < self.timer.deadline() {
             self.timer.as_mut().reset(at);
             self.registered = false;
         }
+    }
+
+    /// The next wait runs on another task: its waker must reach the timer.
+    pub fn hand_over(&mut self) {
+        self.registered = false;
     }
 
     /// Ready once the current wait's deadline has passed.
@@ -101,6 +114,22 @@ impl Deadline {
         self.clear();
         result
     }
+
+    /// Runs `work` until it completes or `at` passes, as
+    /// `tokio::time::timeout_at` does, on this connection's timer.
+    pub async fn within<F: Future>(&mut self, at: Instant, work: F) -> Result<F::Output, Expired> {
+        let mut work = std::pin::pin!(work);
+        self.restart_at(at);
+        let result = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = work.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            self.poll_expired(cx).map(Err)
+        })
+        .await;
+        self.clear();
+        result
+    }
 }
 
 impl Default for Deadline {
@@ -127,5 +156,38 @@ mod tests {
         let r: Result<(), Expired> = d.bound(Duration::from_secs(2), |_| Poll::Pending).await;
         assert_eq!(r, Err(Expired));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_ends_work_at_the_instant_given() {
+        let mut d = Deadline::new();
+        let at = Instant::now() + Duration::from_secs(3);
+        assert_eq!(d.within(at, async { 7 }).await, Ok(7));
+        let r = d.within(at, tokio::time::sleep(Duration::from_secs(1))).await;
+        assert_eq!(r, Ok(()), "work done before the instant keeps its result");
+        let r = d.within(at, std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Expired));
+        assert_eq!(Instant::now(), at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handed_over_timer_wakes_its_new_task() {
+        let mut d = Deadline::new();
+        let at = Instant::now() + Duration::from_secs(3);
+        // This task's waker reaches the timer: the work is not ready at once.
+        let mut polled = false;
+        let once_pending = std::future::poll_fn(|cx| {
+            if std::mem::replace(&mut polled, true) {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        });
+        assert_eq!(d.within(at, once_pending).await, Ok(()));
+        d.hand_over();
+        let other = tokio::spawn(async move { d.within(at, std::future::pending::<()>()).await });
+        let r = tokio::time::timeout(Duration::from_secs(10), other).await.expect("the new task was never woken").unwrap();
+        assert_eq!(r, Err(Expired));
+        assert_eq!(Instant::now(), at);
     }
 }
