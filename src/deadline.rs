@@ -21,12 +21,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// Far enough never to fire before a wait sets a real deadline.
-const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
-
 /// The connection's timer and the deadline of the current wait.
 pub struct Deadline {
-    timer: Pin<Box<Sleep>>,
+    /// Made the first time a wait blocks: a connection (or a request body)
+    /// whose waits never block never allocates or arms one.
+    timer: Option<Pin<Box<Sleep>>>,
     /// When the current wait ends; `None` outside of waits.
     at: Option<Instant>,
     /// The timer holds this task's waker for its current deadline.
@@ -38,9 +37,9 @@ pub struct Deadline {
 pub struct Expired;
 
 impl Deadline {
-    /// A timer parked far away.
+    /// No wait running, no timer yet.
     pub fn new() -> Deadline {
-        Deadline { timer: Box::pin(tokio::time::sleep(PARKED)), at: None, registered: false }
+        Deadline { timer: None, at: None, registered: false }
     }
 
     /// Ends the current wait (the next one sets its own deadline).
@@ -63,8 +62,8 @@ impl Deadline {
     /// Sets the current wait to end at `at`.
     pub fn restart_at(&mut self, at: Instant) {
         self.at = Some(at);
-        if at < self.timer.deadline() {
-            self.timer.as_mut().reset(at);
+        if let Some(timer) = self.timer.as_mut().filter(|t| at < t.deadline()) {
+            timer.as_mut().reset(at);
             self.registered = false;
         }
     }
@@ -77,19 +76,26 @@ impl Deadline {
     /// Ready once the current wait's deadline has passed.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
         let Some(at) = self.at else { return Poll::Pending };
+        let timer = match &mut self.timer {
+            Some(timer) => timer,
+            None => {
+                self.registered = false;
+                self.timer.insert(Box::pin(tokio::time::sleep_until(at)))
+            }
+        };
         loop {
-            if self.registered && !self.timer.is_elapsed() {
+            if self.registered && !timer.is_elapsed() {
                 return Poll::Pending;
             }
             self.registered = true;
-            if self.timer.as_mut().poll(cx).is_pending() {
+            if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             if Instant::now() >= at {
                 return Poll::Ready(Expired);
             }
             // Fired for an earlier wait: follow the current one.
-            self.timer.as_mut().reset(at);
+            timer.as_mut().reset(at);
             self.registered = false;
         }
     }

@@ -31,6 +31,11 @@ pub enum GatewayError {
     RateLimited { retry_after: u64 },
     #[error("the request body is larger than this gateway accepts")]
     PayloadTooLarge,
+    /// The client paused inside its request body for longer than
+    /// `server.body_read_timeout` (not in the contract's table, which has
+    /// no client-side timeout; 408 is HTTP's answer, as nginx gives).
+    #[error("the request body paused for longer than this gateway waits")]
+    RequestTimeout,
     #[error("the upstream could not be reached")]
     UpstreamUnavailable,
     #[error("the key store is unavailable")]
@@ -52,6 +57,7 @@ impl GatewayError {
             NoRoute => StatusCode::NOT_FOUND,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -74,6 +80,7 @@ impl GatewayError {
             NoRoute => "no_route",
             RateLimited { .. } => "rate_limited",
             PayloadTooLarge => "payload_too_large",
+            RequestTimeout => "request_timeout",
             UpstreamUnavailable => "upstream_unavailable",
             StoreUnavailable => "store_unavailable",
             UpstreamTimeout => "upstream_timeout",

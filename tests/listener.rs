@@ -128,6 +128,33 @@ async fn large_uploads_stream_and_oversized_bodies_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_body_is_the_clients_fault_not_the_upstreams() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "max_body_bytes = 1000\nbody_read_timeout = \"1s\"", "");
+    let (_, token) = s.create_key(&["--name", "upload", "--permission", "contacts.create"]);
+    let gw = s.start();
+    // A body that stops after 10 of its 100 bytes: 408 once the pause is
+    // over, and the connection closes (the rest of the body never came).
+    let started = Instant::now();
+    let resp = raw(
+        s.data_port,
+        format!("POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n0123456789")
+            .as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("\"code\":\"request_timeout\""), "{resp}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "answered before the pause was over: {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "the connection lingered: {:?}", started.elapsed());
+    // A chunked body that grows past the cap: 413, as a declared one gets.
+    let chunks = futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a'; 600]))));
+    let resp =
+        client().post(s.url("/api/upload")).bearer_auth(&token).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(json_of(resp).await["code"], "payload_too_large");
+    assert!(!gw.log_text().contains("upstream request failed"), "the upstream was blamed: {}", gw.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_faults_are_502_and_504() {
     let up = upstream::start().await;
     let s = Setup::new(&up.url(), "", "");

@@ -3,13 +3,12 @@
 //! endless upload cannot hold a connection (or memory) forever.
 
 use crate::body::BoxError;
+use crate::deadline::Deadline;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
 
 /// Why a request body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -26,13 +25,14 @@ pub struct GuardedBody<B> {
     remaining: u64,
     max: u64,
     pause: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Armed only while the client's next frame is late.
+    timer: Deadline,
 }
 
 impl<B> GuardedBody<B> {
     /// Wraps `inner`: at most `max` bytes, at most `pause` between frames.
     pub fn new(inner: B, max: u64, pause: Duration) -> GuardedBody<B> {
-        GuardedBody { inner, remaining: max, max, pause, timer: Box::pin(tokio::time::sleep(pause)) }
+        GuardedBody { inner, remaining: max, max, pause, timer: Deadline::new() }
     }
 }
 
@@ -55,16 +55,17 @@ where
                     }
                     this.remaining -= n;
                 }
-                let deadline = Instant::now() + this.pause;
-                this.timer.as_mut().reset(deadline);
+                this.timer.clear();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyError::Stalled(this.pause))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                // The pause starts when the body first makes us wait.
+                this.timer.start(this.pause);
+                ready!(this.timer.poll_expired(cx));
+                Poll::Ready(Some(Err(Box::new(BodyError::Stalled(this.pause)))))
+            }
         }
     }
 
@@ -102,6 +103,20 @@ mod tests {
         let b = GuardedBody::new(stream, 10, Duration::from_millis(50));
         let err = b.collect().await.err().unwrap();
         assert!(err.to_string().contains("stalled"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pause_is_between_frames_not_the_whole_body() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"ab")))).await;
+            }
+        });
+        let stream = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let b = GuardedBody::new(stream, 100, Duration::from_millis(100));
+        assert_eq!(b.collect().await.unwrap().to_bytes().len(), 10, "five frames 60 ms apart, each within the 100 ms pause");
     }
 
     fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Unpin {

@@ -73,11 +73,22 @@ impl Forwarder {
             Err(ForwardError::Exchange(ExchangeError::TimedOut) | ForwardError::ConnectTimedOut) => {
                 Err(GatewayError::UpstreamTimeout)
             }
+            // The client's body failed, not the upstream.
+            Err(ForwardError::Exchange(ExchangeError::RequestBody(e))) => Err(client_body_error(e)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
                 Err(GatewayError::UpstreamUnavailable)
             }
         }
+    }
+}
+
+/// The refusal for a request body that failed on its way through.
+fn client_body_error(e: crate::body::BoxError) -> GatewayError {
+    match e.downcast_ref::<body::BodyError>() {
+        Some(body::BodyError::TooLarge(_)) => GatewayError::PayloadTooLarge,
+        Some(body::BodyError::Stalled(_)) => GatewayError::RequestTimeout,
+        None => GatewayError::BadRequest(format!("the request body could not be read: {e}")),
     }
 }
 

@@ -101,9 +101,10 @@ where
         let handling = pin!(handler(request, info.clone()));
         let response = conn.run(handling, feeder.as_mut()).await;
         // The connection carries another request only if this one's body
-        // is read, or can be.
+        // is read, or can be: not after a body found too large or stalled.
         let unread = feeder.as_ref().filter(|f| !f.is_done());
-        let reusable = unread.is_none_or(|f| !f.broken && !f.continue_unsent() && drainable(f.framing()));
+        let body_refused = matches!(response.response.status(), StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT);
+        let reusable = unread.is_none_or(|f| !body_refused && !f.broken && !f.continue_unsent() && drainable(f.framing()));
         let how = Answering { keep_alive: how.keep_alive && reusable && !conn.stop.asked(), ..how };
         match conn.respond(response, how).await {
             Ok(true) => {}
