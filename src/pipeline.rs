@@ -65,13 +65,25 @@ pub struct Trace {
     key_id: Option<String>,
     /// The rate-limit state to report in `X-RateLimit-*` headers.
     pub decision: Option<Decision>,
-    /// Which upstream answered, and how long it took to.
-    upstream_time: Option<(usize, Duration)>,
-    /// When the upstream's answer came.
-    upstream_done: Option<Instant>,
+    /// Which upstream was asked, when, and when its answer came.
+    upstream: Option<UpstreamTiming>,
     /// Set when the request was answered without a key (public route) or
     /// by keygate itself (`/whoami`): the `outcome` label.
     served_as: Option<&'static str>,
+}
+
+/// A forwarded request's exchange with its upstream.
+#[derive(Clone, Copy)]
+struct UpstreamTiming {
+    index: usize,
+    sent: Instant,
+    answered: Instant,
+}
+
+impl UpstreamTiming {
+    fn took(&self) -> Duration {
+        self.answered.saturating_duration_since(self.sent)
+    }
 }
 
 /// Handles one request from start to response.
@@ -96,7 +108,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
         ietf: rl.ietf_headers,
     });
     // A forwarded request's time ends with the upstream's answer, read then.
-    let elapsed = trace.upstream_done.unwrap_or_else(Instant::now).saturating_duration_since(arrived.at);
+    let elapsed = trace.upstream.map_or_else(Instant::now, |u| u.answered).saturating_duration_since(arrived.at);
     record(&app, &rt, &head.method, reply.response.status(), &trace, outcome, elapsed);
     reply
 }
@@ -269,11 +281,9 @@ async fn forward(
     } else {
         GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed()
     };
-    let started = Instant::now();
-    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, &mut out, body, started).await;
-    let done = Instant::now();
-    trace.upstream_time = Some((route.upstream, done.saturating_duration_since(started)));
-    trace.upstream_done = Some(done);
+    let sent = Instant::now();
+    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, &mut out, body, sent).await;
+    trace.upstream = Some(UpstreamTiming { index: route.upstream, sent, answered: Instant::now() });
     // Hop-by-hop response headers never got past the HTTP/1.1 client.
     result.map(Reply::from)
 }
@@ -303,10 +313,10 @@ fn record(app: &App, rt: &Runtime, method: &Method, status: StatusCode, trace: &
         RouteLabel::Route(i) => rt.config.routes.routes().get(i).map_or("(none)", |r| r.pattern.as_str()),
     };
     rt.count_request(&app.metrics, (trace.route_index(), status.as_u16(), outcome), route);
-    let upstream_time = trace.upstream_time.map(|(_, t)| t).unwrap_or_default();
+    let upstream_time = trace.upstream.map(|u| u.took()).unwrap_or_default();
     app.metrics.gateway_latency.observe(elapsed.saturating_sub(upstream_time).as_secs_f64());
-    if let Some((index, t)) = trace.upstream_time {
-        rt.observe_upstream(index, t);
+    if let Some(u) = trace.upstream {
+        rt.observe_upstream(u.index, upstream_time);
     }
     tracing::info!(
         target: "keygate::access",

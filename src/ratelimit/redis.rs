@@ -111,6 +111,15 @@ impl Lease {
         by_rate.clamp(1, MAX_LEASE).min(share)
     }
 
+    /// One request from the lease, if it has quota left in `window`.
+    fn spend(&mut self, limit: u32, window: i64, now_ms: i64) -> Option<Decision> {
+        if self.window != window || self.left == 0 {
+            return None;
+        }
+        self.note_request(now_ms);
+        Some(self.allowed(limit, window))
+    }
+
     fn allowed(&mut self, limit: u32, window: i64) -> Decision {
         self.left -= 1;
         Decision {
@@ -167,12 +176,8 @@ impl RedisLimiter {
     pub fn try_spend(&self, key_id: &str, limit: u32, now_ms: i64) -> Option<Decision> {
         let window = now_ms.div_euclid(WINDOW_MS);
         let slot = self.leases.get(key_id)?;
-        let mut l = slot.lease();
-        if l.window != window || l.left == 0 {
-            return None;
-        }
-        l.note_request(now_ms);
-        Some(l.allowed(limit, window))
+        let spent = slot.lease().spend(limit, window, now_ms);
+        spent
     }
 
     /// Counts one request against the key's limit across every node.
@@ -212,10 +217,10 @@ impl RedisLimiter {
         }
         let want = {
             let mut l = slot.lease();
-            l.note_request(now_ms);
-            if l.left > 0 {
-                return l.allowed(limit, window);
+            if let Some(spent) = l.spend(limit, window, now_ms) {
+                return spent;
             }
+            l.note_request(now_ms);
             if now_ms < l.full_until_ms {
                 return Decision::refused(algorithm, limit, l.current, l.previous, now_ms);
             }
