@@ -213,4 +213,26 @@ async fn tls_with_http2_and_http1() {
         let seen = json_of(resp).await;
         assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
     }
+    // A burst of new clients: each handshake waits its turn at the signing
+    // step (one at a time per worker, off the event loop); all complete.
+    let burst = (0..24).map(|i| {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(root.clone())
+            .resolve("localhost", ([127, 0, 0, 1], s.data_port).into())
+            .http1_only()
+            .build()
+            .unwrap();
+        let (url, token) = (url.clone(), token.clone());
+        tokio::spawn(async move { (i, client.get(&url).bearer_auth(&token).send().await.map(|r| r.status())) })
+    });
+    for handle in burst {
+        let (i, status) = handle.await.unwrap();
+        assert_eq!(status.unwrap(), 200, "client {i}");
+    }
+    // Something that is not TLS fails its own handshake and nothing else.
+    let garbage = raw(s.data_port, b"GET /api/lists HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(!garbage.contains("200 OK"), "{garbage}");
+    let client = reqwest::Client::builder().add_root_certificate(root).resolve("localhost", ([127, 0, 0, 1], s.data_port).into());
+    let resp = client.build().unwrap().get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }

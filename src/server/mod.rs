@@ -153,9 +153,12 @@ pub async fn serve_worker<H, F, R>(
     R: Into<Reply> + Send + 'static,
 {
     let mut connections = tokio::task::JoinSet::new();
+    // This worker's TLS handshakes take turns at their CPU-heavy step.
+    let signing = Arc::new(Semaphore::new(1));
     while let Some(Accepted { stream, peer, permit }) = incoming.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
         let (handler, tls, shutdown, gauge) = (handler.clone(), tls.clone(), shutdown.clone(), open_gauge.clone());
+        let signing = Arc::clone(&signing);
         connections.spawn(async move {
             if let Some(g) = &gauge {
                 g.inc();
@@ -163,7 +166,12 @@ pub async fn serve_worker<H, F, R>(
             let info = ConnInfo::new(peer, tls.is_some(), worker);
             match tls {
                 None => drive(stream, false, limits, handler, info, shutdown).await,
-                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                Some(acceptor) => match tokio::time::timeout(
+                    limits.header_read_timeout,
+                    tls::accept(Arc::clone(acceptor.config()), stream, &signing),
+                )
+                .await
+                {
                     Ok(Ok(s)) => {
                         let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
                         drive(s, h2, limits, handler, info, shutdown).await

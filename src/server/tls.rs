@@ -2,8 +2,15 @@
 //! config is validated, so an unreadable file stops the start (or reload)
 //! with the field named, not the first handshake.
 
+use rustls::server::Acceptor;
+use rustls::ServerConfig;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
 
 /// Which file failed, and why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -12,6 +19,21 @@ pub enum TlsError {
     Cert(String),
     #[error("{0}")]
     Key(String),
+}
+
+/// Completes a TLS handshake on a new connection. The server's first
+/// flight (its key share and the certificate's signature: about a
+/// millisecond of CPU with an RSA-2048 key) is computed on a blocking
+/// thread, one at a time per worker (`signing`), so a burst of new clients
+/// does not hold up the requests of connected ones on the worker's event
+/// loop. Reading the client's hello and the rest of the exchange stay on it.
+pub async fn accept(config: Arc<ServerConfig>, stream: TcpStream, signing: &Semaphore) -> io::Result<TlsStream<TcpStream>> {
+    let hello = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+    let rest = {
+        let _turn = signing.acquire().await.map_err(io::Error::other)?;
+        tokio::task::spawn_blocking(move || hello.into_stream(config)).await.map_err(io::Error::other)?
+    };
+    rest.await
 }
 
 /// Builds a server config (HTTP/2 and HTTP/1.1 offered by ALPN).
