@@ -62,7 +62,8 @@ enum RouteLabel {
 #[derive(Default)]
 pub struct Trace {
     route: RouteLabel,
-    key_id: Option<String>,
+    /// The resolved key (for its id in the access log), shared, not copied.
+    key: Option<Arc<KeyLookup>>,
     /// The rate-limit state to report in `X-RateLimit-*` headers.
     pub decision: Option<Decision>,
     /// Which upstream was asked, when, and when its answer came.
@@ -177,7 +178,7 @@ pub async fn authorise(
         KeyState::Expired => return Err(GatewayError::KeyExpired),
         KeyState::WrongEnvironment => return Err(GatewayError::WrongEnvironment),
     }
-    trace.key_id = Some(key.key_id.clone());
+    trace.key = Some(Arc::clone(&found));
     let limit = cfg.limit_for(key.rate_limit, key.plan.as_deref());
     let algorithm = cfg.rate_limit.algorithm;
     // 7. IP allowlist
@@ -324,7 +325,7 @@ fn record(app: &App, rt: &Runtime, method: &Method, status: StatusCode, trace: &
         route,
         status = status.as_u16(),
         outcome,
-        key_id = trace.key_id.as_deref().unwrap_or("-"),
+        key_id = trace.key.as_ref().map_or("-", |k| k.key.key_id.as_str()),
         latency_us = elapsed.as_micros() as u64,
     );
 }

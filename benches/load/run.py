@@ -19,7 +19,9 @@ counted. Rounds are interleaved, each starting one configuration later
 (A B C, B C A, C A B, ...), and each figure is the median of the rounds. CPU per request: utime+stime of the gateway's
 processes from /proc, divided by the requests served. Latency: oha, open
 loop with latency correction (no coordinated omission), at 50% of the
-slowest configuration's median throughput, the same rate for every one.
+slowest configuration's median throughput, the same rate for every one;
+with --light-latency also at 10% of it (a second table: the hop's own cost
+once queueing for the cores no longer dominates).
 Gateways get the same number of workers (nginx worker_processes = keygate's
 tokio worker threads).
 
@@ -32,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "target" / "bench-tools"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# --light-latency's rate, as a share of the slowest gateway's throughput.
+LIGHT_SHARE = 0.1
 
 
 def sh(*cmd, **kw):
@@ -246,6 +250,22 @@ def oha(oha_bin, url, token, rate, duration, conns):
     return pct["p50"] * 1000, pct["p99"] * 1000, pct["p99.9"] * 1000, non2xx
 
 
+def paired_ratios(results):
+    """Each keygate configuration against nginx round by round: the
+    machine's speed drifts over a run (by a third on a shared machine), and a
+    ratio taken within one round cancels most of that drift."""
+    out = []
+    for name, r in results.items():
+        if not name.startswith("keygate") or not r["rps"]:
+            continue
+        rps = [a / b for a, b in zip(r["rps"], results["nginx"]["rps"])]
+        cpu = [a / b for a, b in zip(r["cpu"], results["nginx"]["cpu"])]
+        out.append(f"- {name} / nginx, round by round: throughput {', '.join(f'{x:.2f}' for x in rps)} "
+                   f"(median {statistics.median(rps):.2f}); CPU per request {', '.join(f'{x:.2f}' for x in cpu)} "
+                   f"(median {statistics.median(cpu):.2f})")
+    return out
+
+
 def rotated(configs, r):
     """Round r's order: each round starts one configuration later (A B C,
     B C A, C A B), so none always runs right after the same neighbour."""
@@ -261,6 +281,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--light-latency", action="store_true",
+                    help=f"also measure latency at {LIGHT_SHARE:.0%} of the slowest gateway's throughput (adds a table)")
     ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
     ap.add_argument("--only", help="comma-separated configurations to measure (nginx is always kept: ratios are to it)")
     args = ap.parse_args()
@@ -320,13 +342,19 @@ def main():
         med = {n: statistics.median(v["rps"]) for n, v in results.items()}
         gateways = [n for n in configs if n != "direct"]
         rate = int(min(med[n] for n in gateways) * 0.5)
-        lat = {}
+        light_rate = int(min(med[n] for n in gateways) * LIGHT_SHARE)
+        lat, light = {}, {}
         if not args.skip_latency:
             for r in range(args.rounds):
                 for name, (url, _) in rotated(configs, r):
                     p = oha(oha_bin, url, token, rate, args.duration, args.connections)
                     lat.setdefault(name, []).append(p)
                     print(f"latency round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)
+            for r in range(args.rounds if args.light_latency else 0):
+                for name, (url, _) in rotated(configs, r):
+                    p = oha(oha_bin, url, token, light_rate, args.duration, args.connections)
+                    light.setdefault(name, []).append(p)
+                    print(f"light latency round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)
 
         lines = [
             f"Machine: {os.cpu_count()} cores, {sh('uname', '-sr').stdout.strip()}; {args.rounds} interleaved rounds of {args.duration}s, "
@@ -345,6 +373,21 @@ def main():
                 lcols = "- | - | - | -"
             vs_direct = f"{med[name] / med['direct']:.2f}" if "direct" in med else "-"
             lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {vs_direct} | {results[name]['non2xx']} | {cpu} | {lcols} |")
+        lines += ["", *paired_ratios(results)]
+        if light:
+            lines += [
+                "",
+                f"Light load: the same latency measurement at {light_rate} req/s ({LIGHT_SHARE:.0%} of the slowest gateway), "
+                "where queueing for the machine's cores no longer dominates: what the gateway's own hop adds.",
+                "",
+                "| configuration | p50 ms | p99 ms | p99.9 ms | p50 - direct's | p99 - direct's |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            base = [statistics.median(x[i] for x in light["direct"]) for i in range(3)] if "direct" in light else None
+            for name in configs:
+                p50, p99, p999 = (statistics.median(x[i] for x in light[name]) for i in range(3))
+                delta = f"{p50 - base[0]:+.3f} | {p99 - base[1]:+.3f}" if base else "- | -"
+                lines.append(f"| {name} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {delta} |")
         publish("\n".join(lines), "results.md")
     finally:
         stop_all(procs, work)
