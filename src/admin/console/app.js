@@ -101,10 +101,12 @@ async function signIn(token) {
   if (!r.ok) { signOut(r.json.error || "The token was refused."); return; }
   state.modules = r.json.data;
   state.plans = (r.json.meta && r.json.meta.plans) || {};
+  // The key dialog lists the roles: they are loaded before the console
+  // shows, or a quick "Create" would offer none.
+  await loadRoles();
   $("#signin").hidden = true;
   $("#app").hidden = false;
   $("#signout").hidden = false;
-  await loadRoles();
   await loadKeys();
 }
 
