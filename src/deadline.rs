@@ -100,6 +100,24 @@ impl Deadline {
         }
     }
 
+    /// One poll of a bounded wait: `poll_io` once, and if it is not ready,
+    /// the wait (started the first time it was not) ends `limit` later. A
+    /// ready result ends the wait, so the next one gets a fresh `limit`.
+    /// For `poll_*` code (bodies); async code uses [`Deadline::bound`].
+    pub fn poll_bound<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: Duration,
+        poll_io: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<Result<T, Expired>> {
+        if let Poll::Ready(v) = poll_io(cx) {
+            self.clear();
+            return Poll::Ready(Ok(v));
+        }
+        self.start(limit);
+        self.poll_expired(cx).map(Err)
+    }
+
     /// Runs `io` (polled by `poll_io`) until it is ready or `limit` has
     /// passed since the first time it was not: a wait that never blocks
     /// never reads the clock.
@@ -109,14 +127,7 @@ impl Deadline {
         mut poll_io: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Result<T, Expired> {
         self.clear();
-        let result = std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = poll_io(cx) {
-                return Poll::Ready(Ok(v));
-            }
-            self.start(limit);
-            self.poll_expired(cx).map(Err)
-        })
-        .await;
+        let result = std::future::poll_fn(|cx| self.poll_bound(cx, limit, &mut poll_io)).await;
         self.clear();
         result
     }

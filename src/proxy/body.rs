@@ -46,8 +46,13 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        // The pause starts when the body first makes us wait.
+        let polled = this.timer.poll_bound(cx, this.pause, |cx| Pin::new(&mut this.inner).poll_frame(cx));
+        let Ok(next) = ready!(polled) else {
+            return Poll::Ready(Some(Err(Box::new(BodyError::Stalled(this.pause)))));
+        };
+        match next {
+            Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > this.remaining {
@@ -55,17 +60,10 @@ where
                     }
                     this.remaining -= n;
                 }
-                this.timer.clear();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                // The pause starts when the body first makes us wait.
-                this.timer.start(this.pause);
-                ready!(this.timer.poll_expired(cx));
-                Poll::Ready(Some(Err(Box::new(BodyError::Stalled(this.pause)))))
-            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
         }
     }
 

@@ -89,17 +89,11 @@ impl HttpBody for UpstreamBody {
             }
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
             conn.buffered.reserve(READ_CHUNK);
-            let read = match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buffered) {
-                Poll::Ready(read) => {
-                    conn.timer.clear();
-                    read
-                }
-                Poll::Pending => {
-                    conn.timer.start(this.pause);
-                    ready!(conn.timer.poll_expired(cx));
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(format!("the upstream sent nothing for {:?}", this.pause).into())));
-                }
+            let (stream, buffered) = (&mut conn.stream, &mut conn.buffered);
+            let Ok(read) = ready!(conn.timer.poll_bound(cx, this.pause, |cx| poll_read_buf(Pin::new(stream), cx, buffered)))
+            else {
+                this.conn = None;
+                return Poll::Ready(Some(Err(format!("the upstream sent nothing for {:?}", this.pause).into())));
             };
             match read {
                 Ok(0) if this.framing == Framing::UntilClose => {
