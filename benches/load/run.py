@@ -25,8 +25,14 @@ once queueing for the cores no longer dominates).
 Gateways get the same number of workers (nginx worker_processes = keygate's
 tokio worker threads).
 
+With --pin, every process is pinned with taskset the way a gateway is
+deployed: the gateways (nginx and keygate alike) on cores of their own, the
+load generator, the upstream and Redis on the others (on two cores: one
+each, one gateway worker). Without it, all share every core, and a gateway's
+figures include waiting for cores that the load generator holds.
+
 Installs nginx and wrk from Debian's packages and oha with cargo when missing.
-Writes benches/load/results.md.
+Writes benches/load/results.md (results-pinned.md with --pin).
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -81,10 +87,10 @@ def keygate_binary(given=None):
     return str(ROOT / "target" / "release" / "keygate")
 
 
-def start_upstream(work, workers):
+def start_upstream(work, workers, prefix=()):
     """The upstream every configuration forwards to: an nginx returning a small JSON body."""
     port = free_port()
-    return port, Proc([nginx_bin(), "-c", str(nginx_conf(work, port, upstream_body(port), workers)), "-g", "daemon off;"], port)
+    return port, Proc([*prefix, nginx_bin(), "-c", str(nginx_conf(work, port, upstream_body(port), workers)), "-g", "daemon off;"], port)
 
 
 def publish(table, filename):
@@ -228,8 +234,29 @@ permissions = ["lists.view"]
     return d / "gateway.toml"
 
 
-def wrk(url, token, duration, conns, threads, insecure=False):
-    out = sh("wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-H", f"Authorization: Bearer {token}", url).stdout
+class Placement:
+    """Which cores each side runs on: `gateway` and `load` are command
+    prefixes (empty when not pinned), with the worker/thread counts that fit."""
+
+    def __init__(self, pin, workers):
+        cores = sorted(os.sched_getaffinity(0))
+        if pin and len(cores) < 2:
+            raise SystemExit("--pin needs at least two cores")
+        if pin:
+            half = len(cores) // 2
+            load, gateway = cores[:len(cores) - half], cores[len(cores) - half:]
+            self.gateway = ["taskset", "-c", ",".join(map(str, gateway))]
+            self.load = ["taskset", "-c", ",".join(map(str, load))]
+            self.workers, self.load_threads = len(gateway), len(load)
+            self.text = f"pinned: gateways on cores {','.join(map(str, gateway))}, load generator, upstream and Redis on {','.join(map(str, load))}"
+        else:
+            self.gateway, self.load = [], []
+            self.workers = self.load_threads = workers
+            self.text = "not pinned: every process shares every core"
+
+
+def wrk(url, token, duration, conns, threads, prefix=()):
+    out = sh(*prefix, "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-H", f"Authorization: Bearer {token}", url).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -240,8 +267,8 @@ def wrk(url, token, duration, conns, threads, insecure=False):
     return rps, total, non2xx
 
 
-def oha(oha_bin, url, token, rate, duration, conns):
-    out = sh(oha_bin, "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns), "-q", str(rate), "--latency-correction",
+def oha(oha_bin, url, token, rate, duration, conns, prefix=()):
+    out = sh(*prefix, oha_bin, "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns), "-q", str(rate), "--latency-correction",
              "--insecure", "-H", f"Authorization: Bearer {token}", url).stdout
     data = json.loads(out)
     pct = data["latencyPercentiles"]
@@ -276,28 +303,30 @@ def rotated(configs, r):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each figure is their median")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    ap.add_argument("--connections", type=int, default=64, help="client connections (wrk and oha)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gateway workers when not pinned")
+    ap.add_argument("--pin", action="store_true", help="gateways on cores of their own, the rest on the others (see above)")
+    ap.add_argument("--skip-latency", action="store_true", help="throughput only")
     ap.add_argument("--light-latency", action="store_true",
-                    help=f"also measure latency at {LIGHT_SHARE:.0%} of the slowest gateway's throughput (adds a table)")
+                    help=f"also measure latency at {LIGHT_SHARE * 100:.0f}%% of the slowest gateway's throughput (adds a table)")
     ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
     ap.add_argument("--only", help="comma-separated configurations to measure (nginx is always kept: ratios are to it)")
     args = ap.parse_args()
+    place = Placement(args.pin, args.workers)
     oha_bin = ensure_tools()
     keygate = keygate_binary(args.keygate)
     work = tempfile.mkdtemp(prefix="keygate-load-")
     procs = []
     try:
-        up_port, upstream = start_upstream(work, args.workers)
+        up_port, upstream = start_upstream(work, place.load_threads, place.load)
         procs.append(upstream)
         redis_port = free_port()
-        procs.append(Proc(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], redis_port))
+        procs.append(Proc([*place.load, "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], redis_port))
         sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem",
            "-days", "2", "-subj", "/CN=localhost")
-        env = dict(os.environ, KEYGATE_LOG="warn", TOKIO_WORKER_THREADS=str(args.workers))
+        env = dict(os.environ, KEYGATE_LOG="warn", TOKIO_WORKER_THREADS=str(place.workers))
         configs = {}
         token = None
         specs = [
@@ -312,11 +341,12 @@ def main():
                 token = json.loads(sh(keygate, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
             else:
                 sh(keygate, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader")
-            procs.append(Proc([keygate, "--config", str(conf), "serve"], port, env=env))
+            procs.append(Proc([*place.gateway, keygate, "--config", str(conf), "serve"], port, env=env))
             scheme = "https" if "tls" in name else "http"
             configs[name] = (f"{scheme}://127.0.0.1:{port}/api/lists", procs[-1])
         ng_port = free_port()
-        ng = Proc([nginx_bin(), "-c", str(nginx_conf(work, ng_port, gateway_nginx_body(ng_port, up_port, token), args.workers)), "-g", "daemon off;"], ng_port, include_children=True)
+        ng_conf = nginx_conf(work, ng_port, gateway_nginx_body(ng_port, up_port, token), place.workers)
+        ng = Proc([*place.gateway, nginx_bin(), "-c", str(ng_conf), "-g", "daemon off;"], ng_port, include_children=True)
         procs.append(ng)
         configs = {"direct": (f"http://127.0.0.1:{up_port}/api/lists", None), "nginx": (f"http://127.0.0.1:{ng_port}/api/lists", ng), **configs}
         if args.only:
@@ -325,13 +355,13 @@ def main():
 
         # Warm up every configuration (caches, pools, TLS sessions).
         for url, _ in configs.values():
-            wrk(url, token, 2, args.connections, args.workers)
+            wrk(url, token, 2, args.connections, place.load_threads, place.load)
 
         results = {name: {"rps": [], "cpu": [], "non2xx": 0} for name in configs}
         for r in range(args.rounds):
             for name, (url, proc) in rotated(configs, r):
                 before = cpu_ticks(proc.pids()) if proc else 0
-                rps, total, non2xx = wrk(url, token, args.duration, args.connections, args.workers)
+                rps, total, non2xx = wrk(url, token, args.duration, args.connections, place.load_threads, place.load)
                 after = cpu_ticks(proc.pids()) if proc else 0
                 results[name]["rps"].append(rps)
                 results[name]["non2xx"] += non2xx
@@ -347,18 +377,19 @@ def main():
         if not args.skip_latency:
             for r in range(args.rounds):
                 for name, (url, _) in rotated(configs, r):
-                    p = oha(oha_bin, url, token, rate, args.duration, args.connections)
+                    p = oha(oha_bin, url, token, rate, args.duration, args.connections, place.load)
                     lat.setdefault(name, []).append(p)
                     print(f"latency round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)
             for r in range(args.rounds if args.light_latency else 0):
                 for name, (url, _) in rotated(configs, r):
-                    p = oha(oha_bin, url, token, light_rate, args.duration, args.connections)
+                    p = oha(oha_bin, url, token, light_rate, args.duration, args.connections, place.load)
                     light.setdefault(name, []).append(p)
                     print(f"light latency round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)
 
         lines = [
             f"Machine: {os.cpu_count()} cores, {sh('uname', '-sr').stdout.strip()}; {args.rounds} interleaved rounds of {args.duration}s, "
-            f"wrk -t{args.workers} -c{args.connections}; gateway workers: {args.workers}; open-loop rate {rate} req/s (50% of the slowest gateway).",
+            f"wrk -t{place.load_threads} -c{args.connections}; gateway workers: {place.workers}; {place.text}; "
+            f"open-loop rate {rate} req/s (50% of the slowest gateway).",
             "",
             "| configuration | throughput (req/s, median) | vs nginx | vs direct | non-2xx | CPU µs/request | p50 ms | p99 ms | p99.9 ms | non-2xx at fixed rate |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -388,7 +419,7 @@ def main():
                 p50, p99, p999 = (statistics.median(x[i] for x in light[name]) for i in range(3))
                 delta = f"{p50 - base[0]:+.3f} | {p99 - base[1]:+.3f}" if base else "- | -"
                 lines.append(f"| {name} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {delta} |")
-        publish("\n".join(lines), "results.md")
+        publish("\n".join(lines), "results-pinned.md" if args.pin else "results.md")
     finally:
         stop_all(procs, work)
 
