@@ -135,7 +135,7 @@ async fn run(
     // 3. route
     let (index, route) = cfg.routes.find(&head.method, &path).ok_or(GatewayError::NoRoute)?;
     trace.route = RouteLabel::Route(index);
-    check_declared_length(head, cfg)?;
+    check_declared_length(&body, cfg)?;
     if route.public {
         trace.served_as = Some("public");
         return forward(rt, route, head, body, &path, conn, None, trace).await;
@@ -232,10 +232,11 @@ async fn resolve(app: &App, cfg: &Config, token: &str, now: Instant) -> Result<A
     }
 }
 
-/// Refuses up front a body whose declared length is over the cap.
-fn check_declared_length(head: &Parts, cfg: &Config) -> Result<(), GatewayError> {
-    let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    match declared {
+/// Refuses up front a body whose declared length is over the cap. Both
+/// servers give a body its `Content-Length` as an exact size hint (already
+/// checked against every other framing field), so no header is read again.
+fn check_declared_length(body: &Body, cfg: &Config) -> Result<(), GatewayError> {
+    match http_body::Body::size_hint(body).exact() {
         Some(n) if n > cfg.server.max_body_bytes => Err(GatewayError::PayloadTooLarge),
         _ => Ok(()),
     }

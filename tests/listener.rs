@@ -145,6 +145,20 @@ async fn a_failing_request_body_is_the_clients_fault_not_the_upstreams() {
     assert!(resp.contains("\"code\":\"request_timeout\""), "{resp}");
     assert!(started.elapsed() >= Duration::from_millis(900), "answered before the pause was over: {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(5), "the connection lingered: {:?}", started.elapsed());
+    // A declared length over the cap: 413 at once, without waiting for the
+    // body, over HTTP/1.1 and HTTP/2 alike.
+    let started = Instant::now();
+    let resp = raw(
+        s.data_port,
+        format!("POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Length: 5000\r\n\r\n")
+            .as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(started.elapsed() < Duration::from_millis(900), "waited for the body: {:?}", started.elapsed());
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let resp = h2.post(s.url("/api/upload")).bearer_auth(&token).body(vec![b'a'; 5000]).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 413);
     // A chunked body that grows past the cap: 413, as a declared one gets.
     let chunks = futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a'; 600]))));
     let resp =

@@ -7,15 +7,16 @@ use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The current set of roles.
+/// The current set of roles, by id (ids come from operators, not clients,
+/// so the fast unkeyed hash is safe).
 pub struct RoleSet {
-    roles: ArcSwap<HashMap<String, Arc<Role>>>,
+    roles: ArcSwap<HashMap<String, Arc<Role>, crate::FastHash>>,
 }
 
 impl RoleSet {
     /// Loads every role from the store.
     pub async fn load(store: &dyn Store) -> Result<RoleSet, StoreError> {
-        let set = RoleSet { roles: ArcSwap::from_pointee(HashMap::new()) };
+        let set = RoleSet { roles: ArcSwap::from_pointee(HashMap::default()) };
         set.reload(store).await?;
         Ok(set)
     }
