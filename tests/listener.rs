@@ -135,24 +135,21 @@ async fn a_failing_request_body_is_the_clients_fault_not_the_upstreams() {
     let gw = s.start();
     // A body that stops after 10 of its 100 bytes: 408 once the pause is
     // over, and the connection closes (the rest of the body never came).
-    let started = Instant::now();
-    let resp = raw(
-        s.data_port,
-        format!("POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n0123456789")
-            .as_bytes(),
-    );
+    // Sends an upload's head declaring `length` bytes, then `sent` bytes of it.
+    let upload = |length: usize, sent: &str| {
+        let started = Instant::now();
+        let head =
+            format!("POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n");
+        (raw(s.data_port, format!("{head}{sent}").as_bytes()), started)
+    };
+    let (resp, started) = upload(100, "0123456789");
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("\"code\":\"request_timeout\""), "{resp}");
     assert!(started.elapsed() >= Duration::from_millis(900), "answered before the pause was over: {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(5), "the connection lingered: {:?}", started.elapsed());
     // A declared length over the cap: 413 at once, without waiting for the
     // body, over HTTP/1.1 and HTTP/2 alike.
-    let started = Instant::now();
-    let resp = raw(
-        s.data_port,
-        format!("POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Length: 5000\r\n\r\n")
-            .as_bytes(),
-    );
+    let (resp, started) = upload(5000, "");
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     assert!(started.elapsed() < Duration::from_millis(900), "waited for the body: {:?}", started.elapsed());
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
