@@ -277,19 +277,26 @@ def oha(oha_bin, url, token, rate, duration, conns, prefix=()):
     return pct["p50"] * 1000, pct["p99"] * 1000, pct["p99.9"] * 1000, non2xx
 
 
-def paired_ratios(results):
+def paired_ratios(results, lat):
     """Each keygate configuration against nginx round by round: the
     machine's speed drifts over a run (by a third on a shared machine), and a
-    ratio taken within one round cancels most of that drift."""
+    ratio taken within one round cancels most of that drift. The p99 at the
+    fixed rate moves by 2x between rounds, so its rounds are given too."""
     out = []
     for name, r in results.items():
         if not name.startswith("keygate") or not r["rps"]:
             continue
         rps = [a / b for a, b in zip(r["rps"], results["nginx"]["rps"])]
         cpu = [a / b for a, b in zip(r["cpu"], results["nginx"]["cpu"])]
-        out.append(f"- {name} / nginx, round by round: throughput {', '.join(f'{x:.2f}' for x in rps)} "
-                   f"(median {statistics.median(rps):.2f}); CPU per request {', '.join(f'{x:.2f}' for x in cpu)} "
-                   f"(median {statistics.median(cpu):.2f})")
+        line = (f"- {name} / nginx, round by round: throughput {', '.join(f'{x:.2f}' for x in rps)} "
+                f"(median {statistics.median(rps):.2f}); CPU per request {', '.join(f'{x:.2f}' for x in cpu)} "
+                f"(median {statistics.median(cpu):.2f})")
+        if name in lat and "nginx" in lat:
+            pairs = [(a[1], b[1]) for a, b in zip(lat[name], lat["nginx"])]
+            below = sum(a <= b for a, b in pairs)
+            line += (f"; p99 at the fixed rate {', '.join(f'{a:.2f}/{b:.2f}' for a, b in pairs)} ms "
+                     f"(at or below nginx's in {below} of {len(pairs)})")
+        out.append(line)
     return out
 
 
@@ -404,7 +411,7 @@ def main():
                 lcols = "- | - | - | -"
             vs_direct = f"{med[name] / med['direct']:.2f}" if "direct" in med else "-"
             lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {vs_direct} | {results[name]['non2xx']} | {cpu} | {lcols} |")
-        lines += ["", *paired_ratios(results)]
+        lines += ["", *paired_ratios(results, lat)]
         if light:
             lines += [
                 "",
