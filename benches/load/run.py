@@ -42,6 +42,10 @@ TOOLS = ROOT / "target" / "bench-tools"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --light-latency's rate, as a share of the slowest gateway's throughput.
 LIGHT_SHARE = 0.1
+# keygate-tls's certificate key, by --tls-key: ECDSA P-256 is what ACME
+# clients such as certbot issue by default; RSA-2048 costs each handshake
+# about ten times the CPU, which shows as a burst when oha connects.
+TLS_KEYS = {"ec": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"], "rsa": ["-newkey", "rsa:2048"]}
 
 
 def sh(*cmd, **kw):
@@ -316,6 +320,7 @@ def main():
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gateway workers when not pinned")
     ap.add_argument("--pin", action="store_true", help="gateways on cores of their own, the rest on the others (see above)")
     ap.add_argument("--skip-latency", action="store_true", help="throughput only")
+    ap.add_argument("--tls-key", choices=sorted(TLS_KEYS), default="ec", help="keygate-tls's certificate key (default: ECDSA P-256)")
     ap.add_argument("--light-latency", action="store_true",
                     help=f"also measure latency at {LIGHT_SHARE * 100:.0f}%% of the slowest gateway's throughput (adds a table)")
     ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
@@ -331,7 +336,7 @@ def main():
         procs.append(upstream)
         redis_port = free_port()
         procs.append(Proc([*place.load, "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], redis_port))
-        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem",
+        sh("openssl", "req", "-x509", *TLS_KEYS[args.tls_key], "-nodes", "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem",
            "-days", "2", "-subj", "/CN=localhost")
         env = dict(os.environ, KEYGATE_LOG="warn", TOKIO_WORKER_THREADS=str(place.workers))
         configs = {}
@@ -396,7 +401,7 @@ def main():
         lines = [
             f"Machine: {os.cpu_count()} cores, {sh('uname', '-sr').stdout.strip()}; {args.rounds} interleaved rounds of {args.duration}s, "
             f"wrk -t{place.load_threads} -c{args.connections}; gateway workers: {place.workers}; {place.text}; "
-            f"open-loop rate {rate} req/s (50% of the slowest gateway).",
+            f"open-loop rate {rate} req/s (50% of the slowest gateway); keygate-tls certificate key: {args.tls_key}.",
             "",
             "| configuration | throughput (req/s, median) | vs nginx | vs direct | non-2xx | CPU µs/request | p50 ms | p99 ms | p99.9 ms | non-2xx at fixed rate |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
