@@ -383,20 +383,21 @@ def main():
 
         med = {n: statistics.median(v["rps"]) for n, v in results.items()}
         gateways = [n for n in configs if n != "direct"]
-        rate = int(min(med[n] for n in gateways) * 0.5)
-        light_rate = int(min(med[n] for n in gateways) * LIGHT_SHARE)
-        lat, light = {}, {}
-        if not args.skip_latency:
+        slowest = min(med[n] for n in gateways)
+        rate, light_rate = int(slowest * 0.5), int(slowest * LIGHT_SHARE)
+
+        def latency_rounds(at, label):
+            """Every configuration's open-loop percentiles at `at` req/s, round by round."""
+            out = {}
             for r in range(args.rounds):
                 for name, (url, _) in rotated(configs, r):
-                    p = oha(oha_bin, url, token, rate, args.duration, args.connections, place.load)
-                    lat.setdefault(name, []).append(p)
-                    print(f"latency round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)
-            for r in range(args.rounds if args.light_latency else 0):
-                for name, (url, _) in rotated(configs, r):
-                    p = oha(oha_bin, url, token, light_rate, args.duration, args.connections, place.load)
-                    light.setdefault(name, []).append(p)
-                    print(f"light latency round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)
+                    p = oha(oha_bin, url, token, at, args.duration, args.connections, place.load)
+                    out.setdefault(name, []).append(p)
+                    print(f"{label} round {r + 1} {name}: p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms", file=sys.stderr)
+            return out
+
+        lat = {} if args.skip_latency else latency_rounds(rate, "latency")
+        light = latency_rounds(light_rate, "light latency") if args.light_latency and not args.skip_latency else {}
 
         lines = [
             f"Machine: {os.cpu_count()} cores, {sh('uname', '-sr').stdout.strip()}; {args.rounds} interleaved rounds of {args.duration}s, "

@@ -176,6 +176,7 @@ impl RedisLimiter {
     pub fn try_spend(&self, key_id: &str, limit: u32, now_ms: i64) -> Option<Decision> {
         let window = now_ms.div_euclid(WINDOW_MS);
         let slot = self.leases.get(key_id)?;
+        // Bound first: the lease guard must drop before `slot` does.
         let spent = slot.lease().spend(limit, window, now_ms);
         spent
     }
