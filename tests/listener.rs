@@ -113,6 +113,12 @@ async fn large_uploads_stream_and_oversized_bodies_are_refused() {
     if let Some(peak) = gw.peak_rss_kib() {
         assert!(peak < 64 * 1024, "the gateway peaked at {peak} KiB: the upload was buffered");
     }
+    // An upload with a bad key is refused before its body is read; the
+    // client, still sending, gets the 401 all the same.
+    for _ in 0..3 {
+        let resp = client().post(s.url("/api/upload")).bearer_auth("kg_test_not_a_key").body(vec![b'a'; 8 << 20]).send().await;
+        assert_eq!(resp.unwrap().status(), 401);
+    }
     // A declared length over the cap is refused before anything is forwarded.
     let resp = client()
         .post(s.url("/api/upload"))
@@ -156,6 +162,13 @@ async fn a_failing_request_body_is_the_clients_fault_not_the_upstreams() {
     let resp = h2.post(s.url("/api/upload")).bearer_auth(&token).body(vec![b'a'; 5000]).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 413);
+    // A client that goes on sending the whole oversized body still gets
+    // its answer: the gateway reads and drops the rest before it closes,
+    // instead of resetting the connection under the client.
+    for _ in 0..3 {
+        let resp = client().post(s.url("/api/upload")).bearer_auth(&token).body(vec![b'a'; 8 << 20]).send().await.unwrap();
+        assert_eq!(resp.status(), 413);
+    }
     // A chunked body that grows past the cap: 413, as a declared one gets.
     let chunks = futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a'; 600]))));
     let resp =

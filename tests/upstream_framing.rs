@@ -2,7 +2,8 @@
 //! answers with exactly the bytes each test needs: chunked bodies with
 //! extensions and trailers, bodies delimited by close, 1xx before the
 //! answer, 204, HEAD, truncated, stalled and malformed responses, kept-alive
-//! connections closed under the gateway, and a large streamed download.
+//! connections closed under the gateway, a large streamed download, and an upload
+//! answered before the upstream read it.
 
 mod common;
 
@@ -15,6 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Size of the streamed download.
 const DOWNLOAD: usize = 100 * 1000 * 1000;
+/// An upload larger than the socket buffers between the gateway and the
+/// upstream can hold.
+const UPLOAD: usize = 32 * 1024 * 1024;
 
 /// A raw upstream; counts the connections it accepted.
 struct RawUpstream {
@@ -77,6 +81,14 @@ async fn serve(mut stream: TcpStream) {
                 // longer than the upstream's timeout, connection open.
                 write(&mut stream, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst").await;
                 tokio::time::sleep(Duration::from_secs(10)).await;
+                true
+            }
+            "/api/contacts/early-answer" => {
+                // Refuses an upload at once, before reading its body, then
+                // holds the connection without reading, past the gateway's
+                // upstream timeout.
+                write(&mut stream, b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 19\r\nConnection: close\r\n\r\nupstream: too large").await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
                 true
             }
             "/api/contacts/then-close" => {
@@ -210,6 +222,22 @@ async fn connections_are_reused_and_closed_ones_are_retried() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_before_it_reads_the_body_is_heard() {
+    let (up, s, token) = setup("workers = 1").await;
+    let _gw = s.start();
+    // The upstream never reads the upload: a gateway that must finish
+    // sending it first waits out the upstream timeout (504).
+    let resp =
+        client().post(s.url("/api/contacts/early-answer")).bearer_auth(&token).body(vec![b'u'; UPLOAD]).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.text().await.unwrap(), "upstream: too large");
+    // The connection the upload was cut short on is not used again.
+    let resp = client().get(s.url("/api/contacts/after")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "default");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
@@ -114,19 +114,67 @@ impl Connection {
         timer.hand_over();
         let head_only = *out.method == Method::HEAD;
         let sent_and_answered = async {
-            write_request(stream, out, body).await?;
-            read_head(stream, buffered, head_only).await
+            if body.is_end_stream() {
+                write_request(stream, out, body).await?;
+                return Ok((read_head(stream, buffered, head_only).await?, Sent::All));
+            }
+            // Boxed: its state would otherwise make every request's future larger.
+            Box::pin(send_while_reading(stream, buffered, out, body, head_only)).await
         };
-        let (head, framing) = timer.within(deadline, sent_and_answered).await.map_err(|_| ExchangeError::TimedOut)??;
-        let home = (head.keep_alive && framing != Framing::UntilClose).then(|| Arc::clone(pool));
+        let ((head, framing), sent) = timer.within(deadline, sent_and_answered).await.map_err(|_| ExchangeError::TimedOut)??;
+        let reusable = sent == Sent::All && head.keep_alive && framing != Framing::UntilClose;
+        let home = reusable.then(|| Arc::clone(pool));
         let mut response = Response::new(UpstreamBody::new(self, framing, home, pause).boxed());
         *response.status_mut() = head.status;
         Ok(Upstreamed { response, lines: head.lines })
     }
 }
 
+/// How much of a request went out before its answer came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    All,
+    /// The upstream answered (or stopped reading) before the body was all
+    /// sent: the connection is not in a state to carry another request.
+    Part,
+}
+
+/// Sends a request with a body while watching for the answer. An upstream
+/// may answer before it has read the whole body (a 413, a 401 for an
+/// upload) and stop reading it; waiting to finish the body first would turn
+/// that answer into a timeout or a broken pipe. The answer is passed on as
+/// soon as it comes.
+async fn send_while_reading(
+    stream: &mut TcpStream,
+    buffered: &mut BytesMut,
+    out: &Outgoing<'_>,
+    body: Body,
+    head_only: bool,
+) -> Result<((Head, Framing), Sent), ExchangeError> {
+    let (mut reader, mut writer) = stream.split();
+    let mut sending = std::pin::pin!(write_request(&mut writer, out, body));
+    let mut answered = std::pin::pin!(read_head(&mut reader, buffered, head_only));
+    tokio::select! {
+        biased;
+        sent = &mut sending => match sent {
+            Ok(()) => Ok((answered.await?, Sent::All)),
+            // The upstream stopped reading: its answer may already be here.
+            Err(ExchangeError::Write(e)) => match answered.await {
+                Ok(head) => Ok((head, Sent::Part)),
+                Err(_) => Err(ExchangeError::Write(e)),
+            },
+            Err(e) => Err(e),
+        },
+        head = &mut answered => Ok((head?, Sent::Part)),
+    }
+}
+
 /// Reads until a final (non-1xx) response head is complete.
-async fn read_head(stream: &mut TcpStream, buffered: &mut BytesMut, head_only: bool) -> Result<(Head, Framing), ExchangeError> {
+async fn read_head<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buffered: &mut BytesMut,
+    head_only: bool,
+) -> Result<(Head, Framing), ExchangeError> {
     loop {
         if !buffered.is_empty() {
             if let Some(head) = parse_head(buffered)? {
@@ -193,7 +241,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
 
 /// Writes the request line, headers and body. A body of unknown length
 /// goes out chunked; a bodiless request goes out in one write.
-async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Body) -> Result<(), ExchangeError> {
+async fn write_request<W: AsyncWrite + Unpin>(stream: &mut W, out: &Outgoing<'_>, mut body: Body) -> Result<(), ExchangeError> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(out.method.as_str().as_bytes());
     head.push(b' ');
@@ -240,7 +288,7 @@ async fn write_request(stream: &mut TcpStream, out: &Outgoing<'_>, mut body: Bod
     Ok(())
 }
 
-async fn write_chunk(stream: &mut TcpStream, data: Bytes) -> Result<(), ExchangeError> {
+async fn write_chunk<W: AsyncWrite + Unpin>(stream: &mut W, data: Bytes) -> Result<(), ExchangeError> {
     let mut line = [0u8; 18];
     stream.write_all(chunk_line(data.len(), &mut line)).await.map_err(ExchangeError::Write)?;
     stream.write_all(&data).await.map_err(ExchangeError::Write)?;

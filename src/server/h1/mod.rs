@@ -28,7 +28,7 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::io::poll_read_buf;
 use write::{Answering, Sink};
@@ -40,6 +40,9 @@ const KEEP_OUT: usize = 16 * 1024;
 /// An unread request body up to this size is read and dropped after the
 /// response, so the connection can carry the next request.
 const MAX_DRAIN: u64 = 64 * 1024;
+/// How long a connection closed with its request body unread goes on
+/// reading (and dropping) what the client still sends: see [`Conn::linger`].
+const LINGER: Duration = Duration::from_secs(5);
 
 /// How a connection's request loop ended.
 pub enum Ended<I> {
@@ -108,6 +111,10 @@ where
         let how = Answering { keep_alive: how.keep_alive && reusable && !conn.stop.asked(), ..how };
         match conn.respond(response, how).await {
             Ok(true) => {}
+            Ok(false) if unread.is_some() => {
+                conn.linger().await;
+                return Ended::Closed;
+            }
             _ => return Ended::Closed,
         }
         if conn.out.capacity() > KEEP_OUT {
@@ -202,6 +209,30 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         tracing::debug!(error = %error, "request head refused");
         let how = Answering { version: http::Version::HTTP_11, head_only: false, keep_alive: false };
         let _ = self.respond(resp.into(), how).await;
+    }
+
+    /// Closes a connection whose request body was answered before it was
+    /// read (a 413, an upstream's early answer): the sending side first,
+    /// then what the client still sends is read and dropped, for at most
+    /// [`LINGER`]. Closing with unread bytes would make the kernel reset the
+    /// connection, and a client still sending its body could lose the
+    /// answer with it.
+    async fn linger(&mut self) {
+        let Conn { io, buf, deadline, .. } = self;
+        let drained = async {
+            if io.shutdown().await.is_err() {
+                return;
+            }
+            loop {
+                buf.clear();
+                buf.reserve(HEAD_READ);
+                match io.read_buf(buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                }
+            }
+        };
+        let _ = deadline.within(tokio::time::Instant::now() + LINGER, drained).await;
     }
 
     /// Reads and drops the rest of a body nobody read (at most
