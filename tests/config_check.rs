@@ -42,6 +42,12 @@ fn redis_settings_are_checked() {
     let (ok, out) = check(&format!("[store]\nbackend = \"redis\"\nurl = \"redis://a:1,redis://b:2\"\n{}", base()));
     assert!(!ok);
     assert!(out.contains("cluster = true"), "{out}");
+    for (url, why) in [("http://a:1", "not a redis:// or rediss:// URL"), ("rediss://a:1/#insecure", "refused")] {
+        let (ok, out) = check(&format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\n{}", base()));
+        assert!(!ok && out.contains("store.url") && out.contains(why), "{url}: {out}");
+    }
+    let (ok, _) = check(&format!("[store]\nbackend = \"redis\"\nurl = \"rediss://a:6380/0\"\n{}", base()));
+    assert!(ok, "TLS to Redis is a valid setting");
     let (ok, out) = check(&format!("[rate_limit]\nbackend = \"redis\"\non_redis_error = \"maybe\"\n{}", base()));
     assert!(!ok);
     assert!(out.contains("rate_limit.url") && out.contains("rate_limit.on_redis_error"), "{out}");

@@ -106,6 +106,20 @@ pub fn seeds(url: &str) -> Vec<String> {
     url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
+/// One eager connection attempt, so the log (and a CLI command's output)
+/// says at once why Redis cannot be reached: refused, a certificate not
+/// trusted, a password refused. The connection manager itself connects
+/// lazily, so that a Redis down at start does not keep keygate from
+/// starting; its later failures only say that Redis did not answer.
+async fn probe(client: &redis::Client, within: Duration) {
+    let why = match tokio::time::timeout(within, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no connection within {within:?}"),
+    };
+    tracing::warn!(error = %why, "cannot connect to redis; what needs it fails closed until it answers");
+}
+
 impl RedisHandle {
     /// Connects to a standalone Redis, or to a cluster when `cluster` is set
     /// (then `url` may list several seeds separated by commas).
@@ -135,6 +149,7 @@ impl RedisHandle {
                 .set_max_delay(Duration::from_millis(500));
             let c = ConnectionManager::new_lazy_with_config(pubsub_client.clone(), config)
                 .map_err(|e| RedisFailure::Redis(e.to_string()))?;
+            probe(&pubsub_client, connect_timeout).await;
             Conn::Single(c)
         };
         Ok(RedisHandle { conn, pubsub_client, timeout, breaker: Breaker::default(), calls })

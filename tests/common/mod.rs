@@ -119,6 +119,8 @@ pub struct Setup {
     pub config: PathBuf,
     pub data_port: u16,
     pub admin_port: u16,
+    /// Environment variables for every keygate process of this setup.
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -165,12 +167,12 @@ impl Setup {
     pub fn with_text(dir: tempfile::TempDir, text: &str, data_port: u16, admin_port: u16) -> Setup {
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, text).unwrap();
-        Setup { dir, config, data_port, admin_port }
+        Setup { dir, config, data_port, admin_port, env: Vec::new() }
     }
 
     /// Runs `keygate --config <file> args...` to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(keygate_bin()).arg("--config").arg(&self.config).args(args).output().unwrap()
+        Command::new(keygate_bin()).arg("--config").arg(&self.config).args(args).envs(self.env.iter().cloned()).output().unwrap()
     }
 
     /// Runs a CLI command with `--json` and returns its parsed envelope's `data`,
@@ -196,7 +198,7 @@ impl Setup {
 
     /// Starts the gateway and waits until it answers.
     pub fn start(&self) -> Gateway {
-        Gateway::start(&self.config, self.data_port, self.admin_port, self.dir.path())
+        Gateway::start(self)
     }
 
     /// `http://127.0.0.1:<data port>` + path.
@@ -219,12 +221,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    fn start(config: &Path, data_port: u16, admin_port: u16, dir: &Path) -> Gateway {
-        let log = dir.join(format!("gateway-{}.log", free_port()));
+    fn start(setup: &Setup) -> Gateway {
+        let log = setup.dir.path().join(format!("gateway-{}.log", free_port()));
         let child = Command::new(keygate_bin())
             .arg("--config")
-            .arg(config)
+            .arg(&setup.config)
             .arg("serve")
+            .envs(setup.env.iter().cloned())
             .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("KEYGATE_LOG", "info")
             .stdout(Stdio::null())
@@ -233,8 +236,8 @@ impl Gateway {
             .unwrap();
         let mut gw = Gateway {
             child,
-            data: SocketAddr::from(([127, 0, 0, 1], data_port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            data: SocketAddr::from(([127, 0, 0, 1], setup.data_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], setup.admin_port)),
             log,
         };
         gw.wait_ready();

@@ -204,7 +204,7 @@ fn store(c: &mut Checker, path: &Path, raw: &RawStore) -> StoreConfig {
     }
 }
 
-/// Checks `redis://` seed URLs.
+/// Checks `redis://` and `rediss://` (TLS) seed URLs.
 fn redis_target(c: &mut Checker, url: &Spanned<String>, field: &str, cluster: bool) -> RedisTarget {
     let seeds = crate::store::redis_conn::seeds(url.get_ref());
     if seeds.is_empty() {
@@ -214,10 +214,15 @@ fn redis_target(c: &mut Checker, url: &Spanned<String>, field: &str, cluster: bo
         c.problem(Some(url), field, "several URLs are only allowed with cluster = true");
     }
     for seed in &seeds {
-        if seed.starts_with("rediss://") {
-            c.problem(Some(url), field, "TLS to Redis (rediss://) is not supported yet; use redis:// on a private network");
-        } else if !seed.starts_with("redis://") || ::redis::parse_redis_url(seed).is_none() {
-            c.problem(Some(url), field, format!("`{seed}` is not a redis:// URL"));
+        let scheme_ok = seed.starts_with("redis://") || seed.starts_with("rediss://");
+        if !scheme_ok || ::redis::parse_redis_url(seed).is_none() {
+            c.problem(Some(url), field, format!("`{seed}` is not a redis:// or rediss:// URL"));
+        } else if seed.contains("#insecure") {
+            c.problem(
+                Some(url),
+                field,
+                "`#insecure` (TLS without checking the certificate) is refused; trust the server's CA instead (SSL_CERT_FILE)",
+            );
         }
     }
     RedisTarget { url: url.get_ref().clone(), cluster }
