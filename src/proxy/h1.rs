@@ -23,6 +23,7 @@ use http::header;
 use http::{Method, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -114,12 +115,11 @@ impl Connection {
         timer.hand_over();
         let head_only = *out.method == Method::HEAD;
         let sent_and_answered = async {
-            if body.is_end_stream() {
-                write_request(stream, out, body).await?;
-                return Ok((read_head(stream, buffered, head_only).await?, Sent::All));
+            if !body.is_end_stream() {
+                return send_while_reading(stream, buffered, out, body, head_only).await;
             }
-            // Boxed: its state would otherwise make every request's future larger.
-            Box::pin(send_while_reading(stream, buffered, out, body, head_only)).await
+            write_request(stream, out, body).await?;
+            Ok((read_head(stream, buffered, head_only).await?, Sent::All))
         };
         let ((head, framing), sent) = timer.within(deadline, sent_and_answered).await.map_err(|_| ExchangeError::TimedOut)??;
         let reusable = sent == Sent::All && head.keep_alive && framing != Framing::UntilClose;
@@ -129,6 +129,9 @@ impl Connection {
         Ok(Upstreamed { response, lines: head.lines })
     }
 }
+
+/// A response head, its body's framing, and how much of the request went out.
+type Answered = ((Head, Framing), Sent);
 
 /// How much of a request went out before its answer came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,29 +147,35 @@ enum Sent {
 /// upload) and stop reading it; waiting to finish the body first would turn
 /// that answer into a timeout or a broken pipe. The answer is passed on as
 /// soon as it comes.
-async fn send_while_reading(
-    stream: &mut TcpStream,
-    buffered: &mut BytesMut,
-    out: &Outgoing<'_>,
+///
+/// Boxed and kept out of line: requests without a body, most of them, then
+/// carry neither its state in their future nor its code in their path.
+#[inline(never)]
+fn send_while_reading<'a>(
+    stream: &'a mut TcpStream,
+    buffered: &'a mut BytesMut,
+    out: &'a Outgoing<'_>,
     body: Body,
     head_only: bool,
-) -> Result<((Head, Framing), Sent), ExchangeError> {
-    let (mut reader, mut writer) = stream.split();
-    let mut sending = std::pin::pin!(write_request(&mut writer, out, body));
-    let mut answered = std::pin::pin!(read_head(&mut reader, buffered, head_only));
-    tokio::select! {
-        biased;
-        sent = &mut sending => match sent {
-            Ok(()) => Ok((answered.await?, Sent::All)),
-            // The upstream stopped reading: its answer may already be here.
-            Err(ExchangeError::Write(e)) => match answered.await {
-                Ok(head) => Ok((head, Sent::Part)),
-                Err(_) => Err(ExchangeError::Write(e)),
+) -> Pin<Box<dyn Future<Output = Result<Answered, ExchangeError>> + Send + 'a>> {
+    Box::pin(async move {
+        let (mut reader, mut writer) = stream.split();
+        let mut sending = std::pin::pin!(write_request(&mut writer, out, body));
+        let mut answered = std::pin::pin!(read_head(&mut reader, buffered, head_only));
+        tokio::select! {
+            biased;
+            sent = &mut sending => match sent {
+                Ok(()) => Ok((answered.await?, Sent::All)),
+                // The upstream stopped reading: its answer may already be here.
+                Err(ExchangeError::Write(e)) => match answered.await {
+                    Ok(head) => Ok((head, Sent::Part)),
+                    Err(_) => Err(ExchangeError::Write(e)),
+                },
+                Err(e) => Err(e),
             },
-            Err(e) => Err(e),
-        },
-        head = &mut answered => Ok((head?, Sent::Part)),
-    }
+            head = &mut answered => Ok((head?, Sent::Part)),
+        }
+    })
 }
 
 /// Reads until a final (non-1xx) response head is complete.
