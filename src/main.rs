@@ -11,9 +11,6 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // redis-rs builds its TLS settings (for rediss:// URLs) with rustls's
-    // process-wide provider; keygate's own TLS names the same one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = keygate::cli::Cli::parse();
     let serving = matches!(cli.command, None | Some(keygate::cli::Command::Serve) | Some(keygate::cli::Command::Demo));
     let default_level = if serving { "info" } else { "warn" };

@@ -106,16 +106,19 @@ pub fn seeds(url: &str) -> Vec<String> {
     url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
-/// One eager connection attempt, so the log (and a CLI command's output)
-/// says at once why Redis cannot be reached: refused, a certificate not
-/// trusted, a password refused. The connection manager itself connects
+/// One PING through the connection manager at start. The manager connects
 /// lazily, so that a Redis down at start does not keep keygate from
-/// starting; its later failures only say that Redis did not answer.
-async fn probe(client: &redis::Client, within: Duration) {
-    let why = match tokio::time::timeout(within, client.get_multiplexed_async_connection()).await {
-        Ok(Ok(_)) => return,
+/// starting, and its later failures only say that Redis did not answer;
+/// this first call opens the connection the manager keeps (no request
+/// pays for it) and, when it fails, the log (and a CLI command's output)
+/// says at once why: refused, a certificate not trusted, a password refused.
+async fn warm_up(manager: &ConnectionManager, within: Duration) {
+    let mut conn = manager.clone();
+    let ping = redis::cmd("PING");
+    let why = match tokio::time::timeout(within, ping.query_async::<()>(&mut conn)).await {
+        Ok(Ok(())) => return,
         Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no connection within {within:?}"),
+        Err(_) => format!("no answer within {within:?}"),
     };
     tracing::warn!(error = %why, "cannot connect to redis; what needs it fails closed until it answers");
 }
@@ -125,6 +128,9 @@ impl RedisHandle {
     /// (then `url` may list several seeds separated by commas).
     /// `calls` counts calls by operation and result.
     pub async fn connect(url: &str, cluster: bool, timeout: Duration, calls: IntCounterVec) -> Result<RedisHandle, RedisFailure> {
+        // redis-rs builds its TLS settings (for rediss:// URLs) with rustls's
+        // process-wide provider: the one keygate's own TLS names.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let seeds = seeds(url);
         let first = seeds.first().ok_or_else(|| RedisFailure::Redis("no redis URL given".into()))?;
         let pubsub_client = redis::Client::open(first.as_str()).map_err(|e| RedisFailure::Redis(e.to_string()))?;
@@ -149,7 +155,7 @@ impl RedisHandle {
                 .set_max_delay(Duration::from_millis(500));
             let c = ConnectionManager::new_lazy_with_config(pubsub_client.clone(), config)
                 .map_err(|e| RedisFailure::Redis(e.to_string()))?;
-            probe(&pubsub_client, connect_timeout).await;
+            warm_up(&c, connect_timeout).await;
             Conn::Single(c)
         };
         Ok(RedisHandle { conn, pubsub_client, timeout, breaker: Breaker::default(), calls })
