@@ -4,7 +4,9 @@
 //! Percent-encoded unreserved characters are decoded, `.`/`..` segments are
 //! resolved, repeated slashes collapse. A path that climbs above the root,
 //! or carries an encoded `/` or `\` or NUL, is refused: no upstream could be
-//! relied on to read it the way the route table did.
+//! relied on to read it the way the route table did. So is a segment that
+//! is empty, `.` or `..` before a `;`: servlet containers cut path
+//! parameters off before resolving dots, so `/a/..;/b` is `/b` to them.
 
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +19,8 @@ pub enum PathError {
     BadEscape,
     #[error("the path must start with '/'")]
     NotAbsolute,
+    #[error("a path segment is empty, '.' or '..' before its ';' parameters")]
+    DotParameters,
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -67,11 +71,23 @@ fn normalise_segment(seg: &str, out: &mut String) -> Result<(), PathError> {
     Ok(())
 }
 
+/// A normalised segment's part before its `;` parameters (`%3B` counts:
+/// a server may decode before it cuts), if it has any.
+fn parameters_stem(segment: &str) -> Option<&str> {
+    let semicolon = segment.find(';');
+    let escaped = segment.find("%3B");
+    let at = match (semicolon, escaped) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(&segment[..at])
+}
+
 /// Whether `path` is already in normal form: no escapes, no empty, `.` or
 /// `..` segments, no backslash or NUL. Most requests are; they skip the work.
 fn already_normal(path: &str) -> bool {
     let b = path.as_bytes();
-    if b.first() != Some(&b'/') || b.iter().any(|c| matches!(c, b'%' | b'\\' | 0)) {
+    if b.first() != Some(&b'/') || b.iter().any(|c| matches!(c, b'%' | b'\\' | b';' | 0)) {
         return false;
     }
     path[1..].split('/').enumerate().all(|(i, seg)| match seg {
@@ -101,6 +117,9 @@ fn normalise_slowly(path: &str) -> Result<String, PathError> {
         let slash = out.len();
         out.push('/');
         normalise_segment(raw, &mut out)?;
+        if matches!(parameters_stem(&out[slash + 1..]), Some("" | "." | "..")) {
+            return Err(PathError::DotParameters);
+        }
         match &out[slash + 1..] {
             "" | "." => out.truncate(slash),
             ".." => {
@@ -171,6 +190,27 @@ mod tests {
         assert!(already_normal("/api/lists/"));
         assert!(!already_normal("/api//lists"));
         assert!(!already_normal("/api/./lists"));
+    }
+
+    #[test]
+    fn dot_segments_before_parameters_are_refused() {
+        for p in [
+            "/api/stats/..;/admin/x",
+            "/api/stats/%2e%2e;/admin",
+            "/api/stats/%2E%2E;/admin",
+            "/api/..;jsessionid=1/x",
+            "/api/.;/x",
+            "/api/;x=1/y",
+            "/api/..%3B/x",
+            "/api/..%3bx/x",
+            "/api/%2e;/x",
+        ] {
+            assert_eq!(normalise(p), Err(PathError::DotParameters), "{p}");
+        }
+        assert_eq!(normalise("/api/lists;v=1"), Ok("/api/lists;v=1".into()));
+        assert_eq!(normalise("/api/a;b/c"), Ok("/api/a;b/c".into()));
+        assert_eq!(normalise("/api/...;x"), Ok("/api/...;x".into()), "three dots are a name");
+        assert!(!already_normal("/api/lists;v=1"), "a ';' takes the checked path");
     }
 
     #[test]
