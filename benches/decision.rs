@@ -10,7 +10,7 @@ use keygate::keys::token::TokenHash;
 use keygate::manage::{KeyInput, Manager};
 use keygate::pipeline::{authorise, Trace};
 use keygate::policy::{ip, path, permissions};
-use keygate::proxy::headers;
+use keygate::proxy::headers::{self, Underscores};
 use keygate::proxy::outgoing::Outgoing;
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::state::App;
@@ -140,8 +140,8 @@ fn ready_or_block_on<F: Future>(rt: &tokio::runtime::Runtime, work: F) -> F::Out
 /// The forwarded head: client headers filtered, forwarding and identity
 /// headers added, every line visited as the HTTP/1.1 client writes them.
 fn rewrite(client: &HeaderMap, peer: &HeaderValue, identity: &[u8]) -> usize {
-    let mut out = Outgoing::new(&Method::GET, "/api/contacts/42".into(), client, true);
-    out.set_forwarded(peer, false, Some(HeaderValue::from_static("api.example.com")));
+    let mut out = Outgoing::new(&Method::GET, "/api/contacts/42".into(), client, true, Underscores::Drop);
+    out.set_forwarded(peer, false, Some(HeaderValue::from_static("api.example.com")), false);
     out.set_identity(identity);
     out.headers().map(|(n, v)| n.as_str().len() + v.len()).sum::<usize>() + out.identity_lines().len()
 }

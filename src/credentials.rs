@@ -5,6 +5,7 @@
 use base64::Engine;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
+use std::borrow::Cow;
 
 /// Name of the query parameter that may carry the key.
 pub const QUERY_PARAM: &str = "api_token";
@@ -99,14 +100,52 @@ fn decode_component(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The query string without any `api_token` parameter (`None` if nothing is left).
-pub fn strip_query(query: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter(|p| decode_component(p.split_once('=').map_or(p, |(k, _)| k)) != QUERY_PARAM)
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
+/// The query string as forwarded (`None` if nothing is left). Dropped:
+/// `_method`, which frameworks (Laravel, Symfony, Rails' middleware) honour
+/// as the method to run instead of the one keygate checked; and, with
+/// `strip_credentials`, every parameter whose name a backend could read as
+/// `api_token` ([`names_api_token`]). Parameters are cut at `;` as well as
+/// `&`, since some servers split there too. A query with nothing to drop
+/// is passed on as it came.
+pub fn forwarded_query(query: &str, strip_credentials: bool) -> Option<Cow<'_, str>> {
+    let dropped = |param: &str| {
+        let name = decode_component(param.split_once('=').map_or(param, |(k, _)| k));
+        let name = name.split('[').next().unwrap_or("").trim();
+        name.eq_ignore_ascii_case("_method") || (strip_credentials && names_api_token(name))
+    };
+    let params = || query.split(['&', ';']).filter(|p| !p.is_empty());
+    if !params().any(dropped) {
+        return (!query.is_empty()).then_some(Cow::Borrowed(query));
+    }
+    // Rebuilt with each kept parameter after the separator that preceded it.
+    let mut kept = String::with_capacity(query.len());
+    let mut rest = query;
+    while !rest.is_empty() {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let (param, after) = rest.split_at(end);
+        if !param.is_empty() && !dropped(param) {
+            if !kept.is_empty() {
+                kept.push(separator_before(query, rest));
+            }
+            kept.push_str(param);
+        }
+        rest = after.get(1..).unwrap_or("");
+    }
+    (!kept.is_empty()).then_some(Cow::Owned(kept))
+}
+
+/// The separator just before `rest`, a suffix of `query`.
+fn separator_before(query: &str, rest: &str) -> char {
+    let at = query.len() - rest.len();
+    query[..at].chars().next_back().unwrap_or('&')
+}
+
+/// Whether a decoded parameter name reads as `api_token` to some backend:
+/// case aside, and with `.`, ` `, `-`, `+` or `_` (which PHP turns into
+/// `_`) anywhere or nowhere (`API_TOKEN`, `api.token`, `api token`, `apitoken`).
+fn names_api_token(name: &str) -> bool {
+    let mut folded = name.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase());
+    b"apitoken".iter().all(|want| folded.next() == Some(*want)) && folded.next().is_none()
 }
 
 /// Reads the credential. `Ok(None)` means none was presented.
@@ -222,12 +261,49 @@ mod tests {
 
     #[test]
     fn query_stripping() {
-        assert_eq!(strip_query("api_token=x"), None);
-        assert_eq!(strip_query("a=1&api_token=x&b=2"), Some("a=1&b=2".into()));
-        assert_eq!(strip_query("a=1&api%5Ftoken=x"), Some("a=1".into()));
-        assert_eq!(strip_query("api_tokens=1"), Some("api_tokens=1".into()));
+        let keyed = |q| forwarded_query(q, true).map(Cow::into_owned);
+        assert_eq!(keyed("api_token=x"), None);
+        assert_eq!(keyed("a=1&api_token=x&b=2"), Some("a=1&b=2".into()));
+        assert_eq!(keyed("a=1&api%5Ftoken=x"), Some("a=1".into()));
+        assert_eq!(keyed("api_tokens=1"), Some("api_tokens=1".into()));
+        assert_eq!(keyed("page=2&sort=name"), Some("page=2&sort=name".into()));
+        assert!(matches!(forwarded_query("page=2", true), Some(Cow::Borrowed(_))), "nothing to drop: no copy");
         assert_eq!(decode_component("a%2Bb+c"), "a+b c");
         assert_eq!(decode_component("100%"), "100%");
+    }
+
+    #[test]
+    fn credential_look_alikes_are_stripped() {
+        for look_alike in [
+            "API_TOKEN",
+            "api.token",
+            "api+token",
+            "api%20token",
+            "api_token[]",
+            "api_token[0]",
+            "api_token+",
+            "Api-Token",
+            "apitoken",
+            "%61pi_token",
+            "api_token%00",
+        ] {
+            let q = format!("a=1&{look_alike}=secret&b=2");
+            assert_eq!(forwarded_query(&q, true).as_deref(), Some("a=1&b=2"), "{look_alike}");
+        }
+        assert_eq!(forwarded_query("a=1;api_token=secret;b=2", true).as_deref(), Some("a=1;b=2"));
+        assert_eq!(forwarded_query("a=1&x=1;api_token=s&c=3", true).as_deref(), Some("a=1&x=1&c=3"));
+        assert_eq!(forwarded_query("api_token=s;b=2", true).as_deref(), Some("b=2"));
+        assert_eq!(forwarded_query("api_tokenx=1&my_api_token=2", true).as_deref(), Some("api_tokenx=1&my_api_token=2"));
+        // A public route keeps the client's own parameters, `_method` aside.
+        assert_eq!(forwarded_query("API_TOKEN=s&_method=DELETE", false).as_deref(), Some("API_TOKEN=s"));
+    }
+
+    #[test]
+    fn method_overrides_are_stripped() {
+        for q in ["_method=DELETE", "_METHOD=PUT", "%5Fmethod=DELETE", "_method[]=DELETE"] {
+            assert_eq!(forwarded_query(q, false), None, "{q}");
+        }
+        assert_eq!(forwarded_query("method=email", false).as_deref(), Some("method=email"));
     }
 
     #[test]

@@ -154,6 +154,14 @@ pub fn chunk_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
     }
 }
 
+/// Whether a request body has no meaning for this method (RFC 9110
+/// section 9.3): some servers ignore it and would read it as the next
+/// request, so a connection that carried one carries no other.
+pub fn body_has_no_meaning(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE, Method::TRACE, Method::CONNECT].contains(method)
+}
+
 /// Whether a response with this status never has a body (1xx, 204, 304),
 /// whatever its headers say.
 pub fn bodiless(status: http::StatusCode) -> bool {

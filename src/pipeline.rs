@@ -16,8 +16,9 @@ use crate::keys::model::{ApiKey, KeyLookup, KeyState};
 use crate::keys::token::{self, Shape, TokenHash};
 use crate::policy::routes::Route;
 use crate::policy::{ip, path};
+use crate::proxy::headers::{self, Underscores};
 use crate::proxy::outgoing::Outgoing;
-use crate::proxy::{self, body::GuardedBody, headers};
+use crate::proxy::{self, body::GuardedBody};
 use crate::ratelimit::{Decision, RateHeaders};
 use crate::server::Reply;
 use crate::state::{App, Runtime};
@@ -125,6 +126,9 @@ async fn run(
     let cfg = &rt.config;
     // 2. normalise
     let path = path::normalise(head.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    if cfg.server.underscore_headers == Underscores::Reject {
+        headers::refuse_underscores(&head.headers).map_err(GatewayError::BadRequest)?;
+    }
     let client_ip = ip::client_ip(conn.peer.ip(), &head.headers, &cfg.server.trusted_proxies);
     if path == WHOAMI_PATH && (head.method == Method::GET || head.method == Method::HEAD) {
         trace.route = RouteLabel::Whoami;
@@ -256,24 +260,19 @@ async fn forward(
 ) -> Result<Reply, GatewayError> {
     let cfg = &rt.config;
     let upstream = cfg.upstream(route.upstream).ok_or(GatewayError::UpstreamUnavailable)?;
-    let stripped;
-    let query = match key {
-        Some(_) => {
-            stripped = head.uri.query().and_then(credentials::strip_query);
-            stripped.as_deref()
-        }
-        None => head.uri.query(),
-    };
+    let query = head.uri.query().and_then(|q| credentials::forwarded_query(q, key.is_some()));
     let host = head
         .headers
         .get(header::HOST)
         .cloned()
         .or_else(|| head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let target = proxy::upstream_target(upstream, path, query)?;
-    // Hop-by-hop, client-sent X-Keygate-* and (for keyed routes) credential
-    // headers stay behind; forwarding and identity headers are added.
-    let mut out = Outgoing::new(&head.method, target, &head.headers, key.is_some());
-    out.set_forwarded(&conn.peer_header, conn.tls, host);
+    let target = proxy::upstream_target(upstream, path, query.as_deref())?;
+    // Hop-by-hop, framing, client-sent X-Keygate-*, address claims,
+    // overrides and (for keyed routes) credential headers stay behind
+    // (`headers::fate`); forwarding and identity headers are added.
+    let mut out = Outgoing::new(&head.method, target, &head.headers, key.is_some(), cfg.server.underscore_headers);
+    let believed = ip::believes_forwarded_for(conn.peer.ip(), &cfg.server.trusted_proxies);
+    out.set_forwarded(&conn.peer_header, conn.tls, host, believed);
     if let Some(key) = key {
         out.set_identity(key.identity_lines());
     }

@@ -104,6 +104,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Threads serving the data listener, each with its own event loop.
     pub workers: usize,
+    /// What becomes of client header names with `_` in them.
+    pub underscore_headers: crate::proxy::headers::Underscores,
 }
 
 /// Loaded TLS material; loading at validation is how an unreadable file is

@@ -50,6 +50,7 @@ pub struct RawServer {
     pub idle_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub workers: Option<Spanned<i64>>,
+    pub underscore_headers: Option<Spanned<String>>,
 }
 
 /// `[server.tls]`: PEM files for rustls.

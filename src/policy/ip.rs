@@ -29,13 +29,18 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
+/// Whether the peer is a trusted proxy, whose `X-Forwarded-For` is read.
+pub fn believes_forwarded_for(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    !trusted.is_empty() && is_trusted(canonical(peer), trusted)
+}
+
 /// The client's address: the peer, or, when the peer is a trusted proxy,
 /// the right-most `X-Forwarded-For` entry that is not itself trusted.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let peer = canonical(peer);
-    if trusted.is_empty() || !is_trusted(peer, trusted) {
-        return peer;
+    if !believes_forwarded_for(peer, trusted) {
+        return canonical(peer);
     }
+    let peer = canonical(peer);
     let mut client = peer;
     let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
     let hops: Vec<&str> = hops.collect();

@@ -17,9 +17,8 @@ use super::response::{framing_of, UpstreamBody};
 use super::Upstreamed;
 use crate::body::Body;
 use crate::deadline::Deadline;
-use crate::framing::{chunk_line, Framing, READ_CHUNK};
+use crate::framing::{body_has_no_meaning, chunk_line, Framing, READ_CHUNK};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header;
 use http::{Method, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
@@ -114,6 +113,9 @@ impl Connection {
         // The connection may have served another request's task last.
         timer.hand_over();
         let head_only = *out.method == Method::HEAD;
+        // A backend that ignores a GET's body would read it as the next
+        // request: such a connection carries no other.
+        let last = !body.is_end_stream() && body_has_no_meaning(out.method);
         let sent_and_answered = async {
             if !body.is_end_stream() {
                 return send_while_reading(stream, buffered, out, body, head_only).await;
@@ -122,7 +124,7 @@ impl Connection {
             Ok((read_head(stream, buffered, head_only).await?, Sent::All))
         };
         let ((head, framing), sent) = timer.within(deadline, sent_and_answered).await.map_err(|_| ExchangeError::TimedOut)??;
-        let reusable = sent == Sent::All && head.keep_alive && framing != Framing::UntilClose;
+        let reusable = sent == Sent::All && head.keep_alive && framing != Framing::UntilClose && !last;
         let home = reusable.then(|| Arc::clone(pool));
         let mut response = Response::new(UpstreamBody::new(self, framing, home, pause).boxed());
         *response.status_mut() = head.status;
@@ -248,8 +250,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     Ok(Some(Head { status, lines, keep_alive, transfer_encoding }))
 }
 
-/// Writes the request line, headers and body. A body of unknown length
-/// goes out chunked; a bodiless request goes out in one write.
+/// Writes the request line, headers and body. keygate frames the message
+/// itself, whatever the client's head said: a body of known length (the
+/// one the server checked) goes out with that `Content-Length`, any other
+/// chunked, and a bodiless POST, PUT or PATCH says `content-length: 0`.
+/// A bodiless request goes out in one write.
 async fn write_request<W: AsyncWrite + Unpin>(stream: &mut W, out: &Outgoing<'_>, mut body: Body) -> Result<(), ExchangeError> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(out.method.as_str().as_bytes());
@@ -259,19 +264,19 @@ async fn write_request<W: AsyncWrite + Unpin>(stream: &mut W, out: &Outgoing<'_>
     if let Some(host) = &out.host {
         write_line(&mut head, b"host", host.as_bytes());
     }
-    let has_body = !body.is_end_stream();
-    let declared = out.declares_length();
-    let chunked = has_body && !declared;
     for (name, value) in out.headers() {
-        if chunked && name == header::CONTENT_LENGTH {
-            continue;
-        }
         write_line(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     head.extend_from_slice(out.identity_lines());
-    if chunked {
+    let has_body = !body.is_end_stream();
+    let length = if has_body { body.size_hint().exact() } else { None };
+    let chunked = has_body && length.is_none();
+    if let Some(n) = length {
+        let mut digits = itoa::Buffer::new();
+        write_line(&mut head, b"content-length", digits.format(n).as_bytes());
+    } else if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if !has_body && !declared && method_implies_body(out.method) {
+    } else if method_implies_body(out.method) {
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");

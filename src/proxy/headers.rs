@@ -23,6 +23,73 @@ pub fn is_hop_by_hop_any_case(name: &str) -> bool {
 const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
 
+/// What becomes of a client's header line on its way to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Forwarded as sent (unless the client's `Connection` names it).
+    Pass,
+    /// Can carry a key: kept on public routes, dropped on keyed ones.
+    Credential,
+    /// Never forwarded: hop-by-hop, written by keygate itself, or a claim
+    /// only keygate may make to the upstream.
+    Drop,
+}
+
+/// The fate of a header name as `http` stores it (lowercase).
+///
+/// Dropped besides the hop-by-hop fields: the framing and `Host`, which
+/// keygate writes itself; every `X-Forwarded-*` and the other client-address
+/// claims (`Forwarded`, `X-Real-IP`, ...), which a backend would believe;
+/// keygate's identity headers; and the overrides some frameworks honour to
+/// run another method or path than the one keygate checked.
+pub fn fate(name: &str) -> Fate {
+    match name {
+        "authorization" | "x-api-key" => Fate::Credential,
+        "host" | "expect" | "content-length" | "transfer-encoding" => Fate::Drop,
+        "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip" | "client-ip" | "x-cluster-client-ip" => Fate::Drop,
+        "x-http-method-override" | "x-method-override" | "x-http-method" | "x-original-method" => Fate::Drop,
+        "x-original-url" | "x-rewrite-url" => Fate::Drop,
+        _ if name.starts_with("x-forwarded-") || name.starts_with(IDENTITY_PREFIX) || HOP_BY_HOP.contains(&name) => Fate::Drop,
+        _ => Fate::Pass,
+    }
+}
+
+/// `server.underscore_headers`: header names with `_`, which CGI, WSGI,
+/// PHP-FPM and Rack backends read as if it were `-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// Not forwarded (nginx's default).
+    #[default]
+    Drop,
+    /// The request is refused (400).
+    Reject,
+    /// Forwarded, except where the name with `_` read as `-` would be
+    /// dropped: a look-alike of a framing, identity or credential header
+    /// meets the fate of the header it imitates.
+    Allow,
+}
+
+/// With `underscore_headers = "reject"`: the refusal for a head with a
+/// name containing `_`.
+pub fn refuse_underscores(headers: &http::HeaderMap) -> Result<(), String> {
+    match headers.keys().find(|n| n.as_str().as_bytes().contains(&b'_')) {
+        Some(name) => Err(format!("the header name `{name}` contains `_`, which this gateway refuses")),
+        None => Ok(()),
+    }
+}
+
+/// The fate of a client's header line under `underscores`.
+pub fn fate_of(name: &HeaderName, underscores: Underscores) -> Fate {
+    let text = name.as_str();
+    if !text.as_bytes().contains(&b'_') {
+        return fate(text);
+    }
+    match underscores {
+        Underscores::Drop | Underscores::Reject => Fate::Drop,
+        Underscores::Allow => fate(&text.replace('_', "-")),
+    }
+}
+
 /// Identity headers keygate adds to forwarded requests.
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 pub const X_KEYGATE_OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");

@@ -4,8 +4,7 @@
 //! costs no header-map inserts or removals (they were a tenth of keygate's
 //! own instructions per request).
 
-use super::headers::{connection_named, is_hop_by_hop, IDENTITY_PREFIX};
-use crate::credentials::API_KEY_HEADER;
+use super::headers::{connection_named, fate_of, Fate, Underscores};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 
@@ -16,6 +15,9 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// A request head on its way to an upstream. It borrows the client's
 /// head rather than taking it: every request's future holds it while the
 /// upstream answers, and moves it at each await.
+///
+/// The client's header lines never frame the forwarded message: the
+/// HTTP/1.1 client writes the framing itself from the body it sends.
 pub struct Outgoing<'a> {
     pub method: &'a Method,
     /// Origin-form `/path?query`, built from the normalised path.
@@ -23,9 +25,11 @@ pub struct Outgoing<'a> {
     /// The upstream's own `Host`, written first.
     pub host: Option<HeaderValue>,
     client: &'a HeaderMap,
-    /// Names the client's `Connection` header lists: hop-by-hop as well.
+    /// Names the client's `Connection` header lists: hop-by-hop as well,
+    /// unless keygate writes or checks them (see [`Fate`]).
     connection_named: Vec<HeaderName>,
     strip_credentials: bool,
+    underscores: Underscores,
     forwarded: Vec<(HeaderName, HeaderValue)>,
     identity: &'a [u8],
 }
@@ -33,24 +37,48 @@ pub struct Outgoing<'a> {
 impl<'a> Outgoing<'a> {
     /// The client's head; with `strip_credentials`, every header that can
     /// carry a key stays behind.
-    pub fn new(method: &'a Method, target: String, client: &'a HeaderMap, strip_credentials: bool) -> Outgoing<'a> {
+    pub fn new(
+        method: &'a Method,
+        target: String,
+        client: &'a HeaderMap,
+        strip_credentials: bool,
+        underscores: Underscores,
+    ) -> Outgoing<'a> {
         let connection_named = client.get_all(header::CONNECTION).iter().flat_map(connection_named).collect();
-        Outgoing { method, target, host: None, client, connection_named, strip_credentials, forwarded: Vec::new(), identity: &[] }
+        Outgoing {
+            method,
+            target,
+            host: None,
+            client,
+            connection_named,
+            strip_credentials,
+            underscores,
+            forwarded: Vec::new(),
+            identity: &[],
+        }
     }
 
-    /// `X-Forwarded-For` (the client's first value, then the peer: only
-    /// the right-most entries are ever believed), `-Proto` and `-Host`.
-    pub fn set_forwarded(&mut self, peer: &HeaderValue, tls: bool, host: Option<HeaderValue>) {
-        let prior = self.client.get(&X_FORWARDED_FOR).filter(|p| !p.as_bytes().trim_ascii().is_empty());
-        let xff = match prior {
-            None => Some(peer.clone()),
-            Some(prior) => {
-                let mut joined = Vec::with_capacity(prior.len() + 2 + peer.len());
-                joined.extend_from_slice(prior.as_bytes());
+    /// `X-Forwarded-For`, `-Proto` and `-Host`. The chain is the one the
+    /// client address was read from: with `believed` (the peer is a
+    /// trusted proxy) every `X-Forwarded-For` line the client sent, in
+    /// order, then the peer; otherwise the peer alone, since nothing the
+    /// client said about addresses was believed.
+    pub fn set_forwarded(&mut self, peer: &HeaderValue, tls: bool, host: Option<HeaderValue>, believed: bool) {
+        let prior: Vec<&[u8]> = if believed {
+            self.client.get_all(&X_FORWARDED_FOR).iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty()).collect()
+        } else {
+            Vec::new()
+        };
+        let xff = if prior.is_empty() {
+            Some(peer.clone())
+        } else {
+            let mut joined = Vec::with_capacity(prior.iter().map(|p| p.len() + 2).sum::<usize>() + peer.len());
+            for p in prior {
+                joined.extend_from_slice(p);
                 joined.extend_from_slice(b", ");
-                joined.extend_from_slice(peer.as_bytes());
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
             }
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
         };
         if let Some(v) = xff {
             self.forwarded.push((X_FORWARDED_FOR, v));
@@ -71,11 +99,6 @@ impl<'a> Outgoing<'a> {
         self.identity
     }
 
-    /// Whether the client declared a body length (kept as sent).
-    pub fn declares_length(&self) -> bool {
-        self.client.contains_key(header::CONTENT_LENGTH)
-    }
-
     /// The header lines to send after `Host` and before the identity
     /// lines, in order.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
@@ -83,23 +106,22 @@ impl<'a> Outgoing<'a> {
         self.client.iter().filter(|(name, _)| self.passes(name)).chain(added)
     }
 
-    /// Whether a client header goes on as sent.
+    /// Whether a client header goes on as sent. `Connection` can only
+    /// take away what would otherwise pass: never the framing, `Host`,
+    /// the forwarding and identity headers keygate writes, nor a public
+    /// route's credentials.
     fn passes(&self, name: &HeaderName) -> bool {
-        let text = name.as_str();
-        // Replaced by keygate's own; `Expect: 100-continue` was answered
-        // here when the body was first read.
-        let replaced = matches!(text, "host" | "expect" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host");
-        let credential = self.strip_credentials && (*name == header::AUTHORIZATION || *name == API_KEY_HEADER);
-        !(replaced
-            || credential
-            || is_hop_by_hop(name)
-            || text.starts_with(IDENTITY_PREFIX)
-            || self.connection_named.contains(name))
+        match fate_of(name, self.underscores) {
+            Fate::Pass => !self.connection_named.contains(name),
+            Fate::Credential => !self.strip_credentials,
+            Fate::Drop => false,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::headers::fate;
     use super::*;
 
     fn client(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -130,29 +152,26 @@ mod tests {
             ("expect", "100-continue"),
             ("accept", "*/*"),
         ]);
-        let out = Outgoing::new(&Method::GET, "/x".into(), &h, true);
+        let out = Outgoing::new(&Method::GET, "/x".into(), &h, true, Underscores::Drop);
         let names: Vec<String> = lines(&out).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["x-keygatex", "accept"]);
         // A public route keeps the client's own credentials.
-        let out = Outgoing::new(&Method::GET, "/x".into(), &h, false);
+        let out = Outgoing::new(&Method::GET, "/x".into(), &h, false, Underscores::Drop);
         let names: Vec<String> = lines(&out).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["x-keygatex", "authorization", "x-api-key", "accept"]);
     }
 
     #[test]
-    fn forwarded_for_appends_and_identity_is_kept_apart() {
+    fn forwarded_for_is_the_chain_that_was_evaluated() {
         let h =
-            client(&[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "203.0.113.9"), ("x-forwarded-host", "forged")]);
-        let mut out = Outgoing::new(&Method::GET, "/x".into(), &h, true);
-        out.set_forwarded(
-            &super::super::headers::peer_value("127.0.0.1".parse().unwrap()),
-            true,
-            Some(HeaderValue::from_static("api.example.com")),
-        );
+            client(&[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", " 203.0.113.9 "), ("x-forwarded-host", "forged")]);
+        let peer = super::super::headers::peer_value("127.0.0.1".parse().unwrap());
+        let mut out = Outgoing::new(&Method::GET, "/x".into(), &h, true, Underscores::Drop);
+        out.set_forwarded(&peer, true, Some(HeaderValue::from_static("api.example.com")), true);
         out.set_identity(b"x-keygate-key-id: key_1\r\n");
         assert_eq!(out.identity_lines(), b"x-keygate-key-id: key_1\r\n");
         let want: Vec<(String, String)> = [
-            ("x-forwarded-for", "198.51.100.1, 127.0.0.1"),
+            ("x-forwarded-for", "198.51.100.1, 203.0.113.9, 127.0.0.1"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "api.example.com"),
         ]
@@ -160,5 +179,67 @@ mod tests {
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
         assert_eq!(lines(&out), want);
+        // From a peer that is not a trusted proxy, the client's chain was
+        // not believed and is not passed on.
+        let mut out = Outgoing::new(&Method::GET, "/x".into(), &h, true, Underscores::Drop);
+        out.set_forwarded(&peer, false, None, false);
+        assert_eq!(lines(&out)[0], ("x-forwarded-for".to_string(), "127.0.0.1".to_string()));
+    }
+
+    #[test]
+    fn connection_cannot_take_away_what_keygate_writes_or_checks() {
+        let h = client(&[
+            ("connection", "content-length, transfer-encoding, host, authorization, x-api-key, x-forwarded-for, x-hop"),
+            ("content-length", "5"),
+            ("authorization", "Bearer own"),
+            ("x-api-key", "own"),
+            ("x-hop", "1"),
+            ("accept", "*/*"),
+        ]);
+        let out = Outgoing::new(&Method::POST, "/x".into(), &h, false, Underscores::Drop);
+        let names: Vec<String> = lines(&out).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["authorization", "x-api-key", "accept"], "framing is keygate's to write; x-hop was named");
+    }
+
+    #[test]
+    fn underscore_names_under_each_policy() {
+        let h = client(&[
+            ("x_keygate_owner", "forged"),
+            ("x_forwarded_for", "192.0.2.1"),
+            ("x_api_key", "secret"),
+            ("content_length", "5"),
+            ("transfer_encoding", "chunked"),
+            ("x_http_method_override", "DELETE"),
+            ("x_custom", "1"),
+        ]);
+        let names = |strip, policy| -> Vec<String> {
+            lines(&Outgoing::new(&Method::GET, "/x".into(), &h, strip, policy)).into_iter().map(|(n, _)| n).collect()
+        };
+        assert!(names(true, Underscores::Drop).is_empty());
+        assert!(names(false, Underscores::Reject).is_empty(), "refused before forwarding; dropped should one get here");
+        // Allowed, each name meets the fate of the name it imitates.
+        assert_eq!(names(true, Underscores::Allow), ["x_custom"]);
+        assert_eq!(names(false, Underscores::Allow), ["x_api_key", "x_custom"], "a public route keeps its credentials");
+    }
+
+    #[test]
+    fn request_overrides_and_address_claims_stay_behind() {
+        for name in [
+            "x-http-method-override",
+            "x-method-override",
+            "x-http-method",
+            "x-original-url",
+            "x-rewrite-url",
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "x-client-ip",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+        ] {
+            assert_eq!(fate(name), Fate::Drop, "{name}");
+        }
+        assert_eq!(fate("x-forwardedx"), Fate::Pass);
+        assert_eq!(fate("accept"), Fate::Pass);
     }
 }

@@ -5,6 +5,7 @@ mod catalogue;
 
 use super::raw::*;
 use super::*;
+use crate::proxy::headers::Underscores;
 use std::collections::HashSet;
 use toml::Spanned;
 
@@ -175,6 +176,12 @@ fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
         idle_timeout: c.duration(&raw.idle_timeout, "server.idle_timeout", DEFAULT_IDLE_TIMEOUT),
         max_connections: c.positive(&raw.max_connections, "server.max_connections", DEFAULT_MAX_CONNECTIONS as u64) as usize,
         workers: c.positive(&raw.workers, "server.workers", default_workers() as u64).min(1024) as usize,
+        underscore_headers: c.choice(
+            &raw.underscore_headers,
+            "server.underscore_headers",
+            &[("drop", Underscores::Drop), ("reject", Underscores::Reject), ("allow", Underscores::Allow)],
+            Underscores::Drop,
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 //! carry another request. Anything ambiguous about where the body ends is
 //! refused, since two parsers disagreeing there is how requests are smuggled.
 
-use crate::framing::Framing;
+use crate::framing::{body_has_no_meaning, Framing};
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
@@ -50,8 +50,12 @@ pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result
             other => other,
         }
     };
-    let Some(Scanned { used, method, version, target, found, framing_fields }) = scanned? else { return Ok(None) };
+    let Some(Scanned { used, method, version, target, found, framing_fields, hosts }) = scanned? else { return Ok(None) };
     let malformed = |e: &dyn std::fmt::Display| HeadError::Malformed(e.to_string());
+    // RFC 9112 section 3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(HeadError::Malformed(format!("{hosts} Host header fields; HTTP/1.1 requires exactly one")));
+    }
     let bytes = buf.split_to(used).freeze();
     let uri = Uri::from_maybe_shared(bytes.slice(target)).map_err(|e| malformed(&e))?;
     let mut headers = HeaderMap::with_capacity(found.len());
@@ -66,7 +70,10 @@ pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result
         let expect_continue = version == Version::HTTP_11
             && !framing.is_done()
             && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        (framing, keep_alive(&headers, version), expect_continue)
+        // A body on a GET (say) is forwarded, and the connection closed
+        // after the answer: see `framing::body_has_no_meaning`.
+        let last = !framing.is_done() && body_has_no_meaning(&method);
+        (framing, keep_alive(&headers, version) && !last, expect_continue)
     } else {
         (Framing::Empty, version == Version::HTTP_11, false)
     };
@@ -88,6 +95,8 @@ struct Scanned {
     /// Whether any of `Transfer-Encoding`, `Content-Length`, `Connection`
     /// or `Expect` is present.
     framing_fields: bool,
+    /// How many `Host` lines there are.
+    hosts: usize,
 }
 
 fn scan<'b>(
@@ -115,8 +124,10 @@ fn scan<'b>(
     let target = at(parsed.path.unwrap_or(""));
     let mut found = Vec::with_capacity(parsed.headers.len());
     let mut framing_fields = false;
+    let mut hosts = 0;
     for line in parsed.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| HeadError::Malformed(e.to_string()))?;
+        hosts += usize::from(name == header::HOST);
         framing_fields |= name == header::TRANSFER_ENCODING
             || name == header::CONTENT_LENGTH
             || name == header::CONNECTION
@@ -124,7 +135,7 @@ fn scan<'b>(
         let start = line.value.as_ptr() as usize - base;
         found.push((name, start..start + line.value.len()));
     }
-    Ok(Some(Scanned { used, method, version, target, found, framing_fields }))
+    Ok(Some(Scanned { used, method, version, target, found, framing_fields, hosts }))
 }
 
 /// Where the request body ends (RFC 9112 section 6.3). A request with both
@@ -190,6 +201,13 @@ mod tests {
         parse(&mut BytesMut::from(wire), 8192, 100)
     }
 
+    /// [`head`] with a `Host` line after the request line, so each test
+    /// is refused (or not) for what it is about.
+    fn hosted(wire: &str) -> Result<Option<Head>, HeadError> {
+        let (line, rest) = wire.split_once("\r\n").unwrap_or((wire, ""));
+        head(&format!("{line}\r\nHost: a\r\n{rest}"))
+    }
+
     #[test]
     fn a_request_head_becomes_a_request() {
         let mut buf = BytesMut::from("GET /api/lists?page=2 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\nNEXT");
@@ -206,7 +224,7 @@ mod tests {
 
     #[test]
     fn body_framing_is_never_guessed() {
-        let framing = |wire: &str| head(wire).map(|h| h.map(|h| h.framing));
+        let framing = |wire: &str| hosted(wire).map(|h| h.map(|h| h.framing));
         assert_eq!(framing("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Ok(Some(Framing::Length(5))));
         assert_eq!(framing("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"), Ok(Some(Framing::CHUNKED)));
         for bad in [
@@ -224,12 +242,12 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_the_version_and_connection_header() {
-        let keep = |wire: &str| head(wire).unwrap().unwrap().keep_alive;
+        let keep = |wire: &str| hosted(wire).unwrap().unwrap().keep_alive;
         assert!(keep("GET / HTTP/1.1\r\n\r\n"));
         assert!(!keep("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
         assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
         assert!(keep("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
-        let h = head("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        let h = hosted("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
         assert!(h.expect_continue);
     }
 
@@ -241,9 +259,30 @@ mod tests {
         assert!(matches!(head(&partial_big), Err(HeadError::TooLarge(..))));
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         assert!(matches!(head(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge(..))));
-        let within: String = (0..99).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(head(&format!("GET / HTTP/1.1\r\n{within}\r\n")).unwrap().unwrap().request.headers().len(), 99);
+        let within: String = (0..98).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(hosted(&format!("GET / HTTP/1.1\r\n{within}\r\n")).unwrap().unwrap().request.headers().len(), 99);
         assert_eq!(head("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").err(), Some(HeadError::Http2Preface));
         assert!(matches!(head("\x16\x03\x01\x02\x00garbage\r\n\r\n"), Err(HeadError::Malformed(_))));
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1() {
+        let refused = |wire: &str| matches!(head(wire), Err(HeadError::Malformed(m)) if m.contains("Host"));
+        assert!(refused("GET / HTTP/1.1\r\n\r\n"));
+        assert!(refused("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
+        assert!(refused("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"), "the same twice is still twice");
+        assert!(refused("GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"));
+        assert!(head("GET / HTTP/1.0\r\n\r\n").unwrap().is_some(), "HTTP/1.0 may omit it");
+        assert!(head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_body_on_a_method_without_body_semantics_closes_the_connection() {
+        let keep = |wire: &str| hosted(wire).unwrap().unwrap().keep_alive;
+        assert!(!keep("GET / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"));
+        assert!(!keep("OPTIONS / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(!keep("HEAD / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"));
+        assert!(keep("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), "an empty body is no body");
+        assert!(keep("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"));
     }
 }
