@@ -335,3 +335,40 @@ fn the_edge_policy_table() {
         gw.log_text()
     );
 }
+
+/// The policy is the request path's, not the HTTP/1.1 server's: the same
+/// refusals and the same rewriting for a client speaking HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_policy_over_http2() {
+    let up = Recorder::start();
+    let s = Setup::new(&up.url, "", "");
+    let (_, token) = s.create_key(&["--name", "edge", "--role", "full-access", "--owner", "acme"]);
+    let _gw = s.start();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    for path in ["/api/contacts/..;/lists", "/api/contacts/%2e%2e;/lists", "/api/contacts/..;jsessionid=1/lists"] {
+        let resp = h2.get(s.url(path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 400, "{path}");
+    }
+    assert!(up.take().is_empty(), "a refused path reached the upstream");
+    let resp = h2
+        .post(s.url("/api/lists?page=2&API_TOKEN=x&api.token=x&_method=DELETE"))
+        .bearer_auth(&token)
+        .header("x_keygate_owner", "forged")
+        .header("x-http-method-override", "DELETE")
+        .header("x-forwarded-for", "192.0.2.1")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = up.take();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let text = &got[0].text;
+    assert!(text.starts_with("POST /api/lists?page=2 HTTP/1.1\r\n"), "{text}");
+    for gone in ["x_keygate_owner", "forged", "override", "192.0.2.1", "authorization"] {
+        assert!(!text.to_ascii_lowercase().contains(gone), "{gone} reached the upstream: {text}");
+    }
+    assert!(text.contains("x-keygate-owner: acme\r\n"), "{text}");
+    assert!(text.ends_with("content-length: 5\r\n\r\nhello"), "keygate frames the body itself: {text}");
+}

@@ -1,8 +1,11 @@
 //! HTTP/2 connections, served by hyper: chosen by ALPN on TLS, or by the
-//! client's preface in clear text (prior knowledge). Idle connections are
-//! closed after `server.idle_timeout` without a request in flight.
+//! client's preface in clear text (prior knowledge). A watchdog ends what
+//! hyper would let run on: a connection idle for `server.idle_timeout`
+//! without a request in flight (gracefully), one whose response body waited
+//! that long for the client to open its window, and one with a header block
+//! left open past `server.header_read_timeout` (at once).
 
-use super::activity::Activity;
+use super::activity::{Activity, FrameWatch};
 use super::{Limits, Reply};
 use crate::body::{Body, BoxError};
 use crate::pipeline::ConnInfo;
@@ -44,8 +47,9 @@ pub async fn serve<I, H, F, R>(
         let guard = service_activity.start_request();
         let req = req.map(|b| b.map_err(box_error).boxed());
         let fut = handler(req, info.clone());
+        let activity = Arc::clone(&service_activity);
         async move {
-            let resp = fut.await.into().into_response();
+            let resp = fut.await.into().into_response().map(|body| activity.watch(body));
             drop(guard);
             Ok::<_, Infallible>(resp)
         }
@@ -57,10 +61,13 @@ pub async fn serve<I, H, F, R>(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection(TokioIo::new(Prefixed { prefix, io }), service);
+    let watch = FrameWatch::new(Arc::clone(&activity));
+    let conn = builder.serve_connection(TokioIo::new(Prefixed { prefix, io, watch }), service);
     tokio::pin!(conn);
     let idle_ms = limits.idle_timeout.as_millis() as i64;
-    let mut tick = tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(50)));
+    let head_ms = limits.header_read_timeout.as_millis() as i64;
+    let period = (limits.idle_timeout.min(limits.header_read_timeout) / 4).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(period);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -70,8 +77,18 @@ pub async fn serve<I, H, F, R>(
                 }
                 return;
             }
-            _ = tick.tick(), if !closing => {
-                if !activity.busy() && activity.idle_ms() > idle_ms {
+            _ = tick.tick() => {
+                // Dropping the connection fails its streams, which drops
+                // their handlers and upstream connections with them.
+                if activity.longest_client_wait_ms() > idle_ms {
+                    tracing::debug!(%peer, "a response waited on the client's window past the idle timeout");
+                    return;
+                }
+                if activity.header_block_ms() > head_ms {
+                    tracing::debug!(%peer, "a header block stayed open past the header read timeout");
+                    return;
+                }
+                if !closing && !activity.busy() && activity.idle_ms() > idle_ms {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -84,21 +101,28 @@ pub async fn serve<I, H, F, R>(
     }
 }
 
-/// A socket whose first bytes were already read: they are read again first.
+/// A socket whose first bytes were already read: they are read again
+/// first. Everything read goes past the frame watch.
 struct Prefixed<I> {
     prefix: BytesMut,
     io: I,
+    watch: FrameWatch,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(out.remaining());
-            out.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
+        let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(out.remaining());
+            out.put_slice(&this.prefix[..n]);
+            this.watch.saw(&this.prefix[..n]);
+            this.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, out)
+        let before = out.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, out);
+        this.watch.saw(&out.filled()[before..]);
+        polled
     }
 }
 

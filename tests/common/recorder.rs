@@ -1,12 +1,17 @@
 //! A recording upstream: a strict HTTP/1.1 reader (httparse for the head,
 //! RFC 9112 section 6 for the body) that keeps every message exactly as it
-//! arrived, with the connection it came on, and answers each with `200 ok`.
+//! arrived, with the connection it came on, and answers each with `200 ok`
+//! (a request for a `/slow/` path three seconds late, one for a `/big/`
+//! path with [`BIG`] bytes).
 //! A request keygate smuggled would show here as a message of its own.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Size of the answer to a `/big/` path: more than socket buffers hold.
+pub const BIG: usize = 8 * 1024 * 1024;
 
 /// One message as the upstream read it.
 #[derive(Debug, Clone)]
@@ -64,8 +69,18 @@ fn serve(conn: usize, mut stream: TcpStream, log: &Mutex<Log>) {
     loop {
         match read_message(&mut stream, &mut buf) {
             Ok(Some(text)) => {
+                let line = text.lines().next().unwrap_or("").to_string();
                 log.lock().unwrap().messages.push(Received { conn, text });
-                if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                if line.contains("/slow/") && !answer_late(&mut stream, &mut buf) {
+                    break;
+                }
+                let answered = if line.contains("/big/") {
+                    stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").as_bytes()).is_ok()
+                        && stream.write_all(&vec![b'b'; BIG]).is_ok()
+                } else {
+                    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_ok()
+                };
+                if !answered {
                     break;
                 }
             }
@@ -78,6 +93,23 @@ fn serve(conn: usize, mut stream: TcpStream, log: &Mutex<Log>) {
         }
     }
     log.lock().unwrap().closed.push(conn);
+}
+
+/// For a `/slow/` request: waits 3 s before answering, watching for the
+/// gateway to close the connection meanwhile (false: it did).
+fn answer_late(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+    while std::time::Instant::now() < until {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Reads from `stream` until `buf` holds at least `want` bytes (false: closed first).

@@ -110,6 +110,12 @@ impl Feeder {
         self.framing.is_done()
     }
 
+    /// Whether the body has its end (or its error): nothing is left to
+    /// hand over.
+    pub fn handed_over(&self) -> bool {
+        lock(&self.slot).ended
+    }
+
     /// Whether the client still waits for `100 Continue` (it may never
     /// send the body, so the connection cannot be reused).
     pub fn continue_unsent(&self) -> bool {

@@ -64,6 +64,8 @@ struct Conn<I> {
     limits: Limits,
     /// Set once shutdown is asked; a pending wait for it otherwise.
     stop: Stop,
+    /// A request was read: from now on a silent client is an idle one.
+    served: bool,
 }
 
 /// Serves requests on `io` until the client or the server ends it.
@@ -74,8 +76,15 @@ where
     F: Future<Output = R> + Send,
     R: Into<Reply>,
 {
-    let mut conn =
-        Conn { io, buf: BytesMut::new(), out: Vec::new(), deadline: Deadline::new(), limits, stop: Stop::new(shutdown) };
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::new(),
+        out: Vec::new(),
+        deadline: Deadline::new(),
+        limits,
+        stop: Stop::new(shutdown),
+        served: false,
+    };
     let mut first = true;
     loop {
         let head = match conn.read_head().await {
@@ -83,11 +92,15 @@ where
             Ok(None) => return Ended::Closed,
             Err(HeadError::Http2Preface) if first => return Ended::Http2(conn.io, conn.buf),
             Err(e) => {
+                // The client may still be sending (the rest of a bad head, a
+                // body): a close with unread bytes would reset the 400 away.
                 conn.refuse(&e).await;
+                conn.linger().await;
                 return Ended::Closed;
             }
         };
         first = false;
+        conn.served = true;
         let how = Answering {
             version: head.request.version(),
             head_only: head.request.method() == Method::HEAD,
@@ -102,7 +115,9 @@ where
         // Pinned here and polled through a reference: moved into `run`, the
         // handler's future (kilobytes) would be copied twice per request.
         let handling = pin!(handler(request, info.clone()));
-        let response = conn.run(handling, feeder.as_mut()).await;
+        // A client that gives up takes its request with it: dropping the
+        // handler drops its upstream exchange and that connection.
+        let Some(response) = conn.run(handling, feeder.as_mut()).await else { return Ended::Closed };
         // The connection carries another request only if this one's body
         // is read, or can be: not after a body found too large or stalled.
         let unread = feeder.as_ref().filter(|f| !f.is_done());
@@ -135,11 +150,14 @@ fn drainable(framing: Framing) -> bool {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
-    /// Waits for a complete head: `idle_timeout` for its first byte,
-    /// `header_read_timeout` for the rest. `Ok(None)`: the connection ends
-    /// without a word (closed, idle, shut down).
+    /// Waits for a complete head: `idle_timeout` for the first byte of a
+    /// kept-alive connection's next one, `header_read_timeout` for the rest
+    /// and for a new connection's first (a client that connects and says
+    /// nothing has not earned an idle connection's time). `Ok(None)`: the
+    /// connection ends without a word (closed, idle, shut down).
     async fn read_head(&mut self) -> Result<Option<head::Head>, HeadError> {
-        let (idle, slow_head) = (self.limits.idle_timeout, self.limits.header_read_timeout);
+        let slow_head = self.limits.header_read_timeout;
+        let idle = if self.served { self.limits.idle_timeout } else { slow_head };
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) = head::parse(&mut self.buf, self.limits.max_header_bytes, self.limits.max_headers)? {
@@ -175,22 +193,44 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         }
     }
 
-    /// Runs the handler; meanwhile feeds it the request body as it asks.
+    /// Runs the handler; meanwhile feeds it the request body as it asks,
+    /// and, once the body is read, watches the socket: `None` when the
+    /// client closed it (or it failed) before the answer was ready.
     async fn run<F: Future<Output = R>, R: Into<Reply>>(
         &mut self,
         mut handler: Pin<&mut F>,
         mut feeder: Option<&mut body::Feeder>,
-    ) -> Reply {
+    ) -> Option<Reply> {
         std::future::poll_fn(|cx| {
             if let Poll::Ready(resp) = handler.as_mut().poll(cx) {
-                return Poll::Ready(resp.into());
+                return Poll::Ready(Some(resp.into()));
             }
-            if let Some(f) = feeder.as_deref_mut() {
-                let _ = f.poll_feed(cx, &mut self.io, &mut self.buf);
+            match feeder.as_deref_mut() {
+                Some(f) if !f.handed_over() => {
+                    let _ = f.poll_feed(cx, &mut self.io, &mut self.buf);
+                }
+                _ if self.client_gone(cx) => return Poll::Ready(None),
+                _ => {}
             }
             Poll::Pending
         })
         .await
+    }
+
+    /// Whether the client closed its connection, as nginx checks while an
+    /// upstream works. What a pipelining client sends meanwhile is kept
+    /// for the next request, up to a head's size; past that the socket is
+    /// left unread until the answer is written.
+    fn client_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.buf.len() < self.limits.max_header_bytes {
+            self.buf.reserve(HEAD_READ);
+            match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return false,
+            }
+        }
+        false
     }
 
     /// Writes the response; `Ok(true)` if the connection stays open.
