@@ -108,11 +108,7 @@ fn decode_component(s: &str) -> String {
 /// `&`, since some servers split there too. A query with nothing to drop
 /// is passed on as it came.
 pub fn forwarded_query(query: &str, strip_credentials: bool) -> Option<Cow<'_, str>> {
-    let dropped = |param: &str| {
-        let name = decode_component(param.split_once('=').map_or(param, |(k, _)| k));
-        let name = name.split('[').next().unwrap_or("").trim();
-        name.eq_ignore_ascii_case("_method") || (strip_credentials && names_api_token(name))
-    };
+    let dropped = |param: &str| names_a_dropped_parameter(param, strip_credentials);
     let params = || query.split(['&', ';']).filter(|p| !p.is_empty());
     if !params().any(dropped) {
         return (!query.is_empty()).then_some(Cow::Borrowed(query));
@@ -132,6 +128,13 @@ pub fn forwarded_query(query: &str, strip_credentials: bool) -> Option<Cow<'_, s
         rest = after.get(1..).unwrap_or("");
     }
     (!kept.is_empty()).then_some(Cow::Owned(kept))
+}
+
+/// Whether one `name=value` parameter stays behind (see [`forwarded_query`]).
+pub fn names_a_dropped_parameter(param: &str, strip_credentials: bool) -> bool {
+    let name = decode_component(param.split_once('=').map_or(param, |(k, _)| k));
+    let name = name.split('[').next().unwrap_or("").trim();
+    name.eq_ignore_ascii_case("_method") || (strip_credentials && names_api_token(name))
 }
 
 /// The separator just before `rest`, a suffix of `query`.

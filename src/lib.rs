@@ -15,6 +15,8 @@ pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod manage;
 pub mod metrics;

@@ -255,7 +255,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
 /// one the server checked) goes out with that `Content-Length`, any other
 /// chunked, and a bodiless POST, PUT or PATCH says `content-length: 0`.
 /// A bodiless request goes out in one write.
-async fn write_request<W: AsyncWrite + Unpin>(stream: &mut W, out: &Outgoing<'_>, mut body: Body) -> Result<(), ExchangeError> {
+pub async fn write_request<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    out: &Outgoing<'_>,
+    mut body: Body,
+) -> Result<(), ExchangeError> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(out.method.as_str().as_bytes());
     head.push(b' ');

@@ -128,8 +128,13 @@ async fn exchange(
 /// configuration; a byte that could break the request line is still
 /// refused here, the last step before the upstream sees it.
 pub fn upstream_target(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<String, GatewayError> {
-    let mut target = String::with_capacity(upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-    target.push_str(&upstream.base_path);
+    upstream_target_of(&upstream.base_path, path, query)
+}
+
+/// [`upstream_target`] under a base path.
+pub fn upstream_target_of(base_path: &str, path: &str, query: Option<&str>) -> Result<String, GatewayError> {
+    let mut target = String::with_capacity(base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    target.push_str(base_path);
     target.push_str(path);
     if let Some(q) = query {
         target.push('?');

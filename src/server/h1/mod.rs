@@ -14,6 +14,8 @@ mod body;
 mod head;
 mod write;
 
+pub use head::{parse as parse_head, Head, HeadError};
+
 use super::{Limits, Reply};
 use crate::body::Body;
 use crate::deadline::{Deadline, Expired};
@@ -21,7 +23,6 @@ use crate::error::GatewayError;
 use crate::framing::{Framing, Step};
 use crate::pipeline::ConnInfo;
 use bytes::BytesMut;
-use head::HeadError;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use std::future::Future;

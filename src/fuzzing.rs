@@ -1,0 +1,262 @@
+//! Fuzz targets: each takes untrusted bytes and panics if keygate breaks
+//! one of its edge promises on them (docs/security.md). The same checks are
+//! driven three ways: by `proptest` in `tests/fuzz.rs`, by the inputs kept
+//! in `tests/corpus/<target>/` (replayed by `cargo test`), and by the
+//! coverage-guided targets in `fuzz/` (`cargo fuzz run <target>`).
+//!
+//! The request-head target is differential: what keygate would forward is
+//! read back by an independent strict parser (httparse and RFC 9112 section
+//! 6, written here apart from keygate's own framing code), which must see
+//! exactly one request, the checked method, target and body.
+
+use crate::framing::{Framing, Step};
+use crate::policy::{ip, path};
+use crate::proxy::headers::{self, Underscores};
+use crate::proxy::outgoing::Outgoing;
+use crate::{credentials, proxy};
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use std::net::IpAddr;
+
+/// A target: panics if keygate breaks a promise on these bytes.
+pub type Check = fn(&[u8]);
+
+/// The targets, by the name of their corpus folder.
+pub const TARGETS: [(&str, Check); 5] =
+    [("request_head", request_head), ("chunked", chunked), ("path", path), ("query", query), ("forwarded_for", forwarded_for)];
+
+/// A request head (and what follows it) from a client: parsed as the
+/// HTTP/1.1 server does; if accepted, forwarded as the upstream client
+/// would write it, with a body of the framing the head declared.
+pub fn request_head(input: &[u8]) {
+    let mut buf = BytesMut::from(input);
+    let Ok(Some(head)) = crate::server::h1::parse_head(&mut buf, 16 * 1024, 100) else { return };
+    let (parts, ()) = head.request.into_parts();
+    let Ok(normal) = path::normalise(parts.uri.path()) else { return };
+    let query = parts.uri.query().and_then(|q| credentials::forwarded_query(q, true));
+    let Ok(target) = proxy::upstream_target_of("", &normal, query.as_deref()) else { return };
+    let sent: Vec<u8> = match head.framing {
+        Framing::Length(n) => vec![b'b'; n.min(4096) as usize],
+        Framing::Chunked(_) => b"chunked body".to_vec(),
+        _ => Vec::new(),
+    };
+    let body = match head.framing {
+        Framing::Length(n) if n <= 4096 => crate::body::full(sent.clone()),
+        Framing::Length(_) => return,
+        Framing::Chunked(_) => {
+            let frames = sent.chunks(5).map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c)))).collect::<Vec<_>>();
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+        }
+        _ => crate::body::empty(),
+    };
+    let mut out = Outgoing::new(&parts.method, target.clone(), &parts.headers, true, Underscores::Drop);
+    out.host = Some(HeaderValue::from_static("upstream.test"));
+    out.set_forwarded(
+        &headers::peer_value(IpAddr::from([192, 0, 2, 1])),
+        false,
+        parts.headers.get(http::header::HOST).cloned(),
+        false,
+    );
+    let mut wire = Vec::new();
+    let written = crate::proxy::h1::write_request(&mut wire, &out, body).now_or_never();
+    assert!(matches!(written, Some(Ok(()))), "writing to memory finishes at once: {written:?}");
+    let read =
+        strict_read(&wire).unwrap_or_else(|e| panic!("keygate forwarded what a strict parser refuses ({e}): {}", show(&wire)));
+    assert_eq!(read.used, wire.len(), "more than one message forwarded: {}", show(&wire));
+    assert_eq!(read.method, parts.method.as_str());
+    assert_eq!(read.target, target);
+    assert_eq!(read.body, sent, "the body changed on its way: {}", show(&wire));
+    assert_eq!(read.hosts, 1, "one Host, keygate's: {}", show(&wire));
+    let hop: Vec<String> = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(headers::connection_named)
+        .map(|n| n.as_str().to_string())
+        .collect();
+    for name in &read.names {
+        let ours = matches!(
+            name.as_str(),
+            "host" | "content-length" | "transfer-encoding" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
+        );
+        if ours {
+            continue;
+        }
+        assert!(!name.contains('_'), "{name} forwarded: {}", show(&wire));
+        assert_eq!(headers::fate(name), headers::Fate::Pass, "{name} should have stayed behind: {}", show(&wire));
+        assert!(!hop.contains(name), "{name}, named in Connection, was forwarded: {}", show(&wire));
+    }
+}
+
+/// A chunked body: decoded in one piece and byte by byte the result is
+/// the same, never reads past the body's end, and agrees with a reference
+/// decoder whenever keygate accepts.
+pub fn chunked(input: &[u8]) {
+    let whole = decode_all(input, input.len().max(1));
+    let bytewise = decode_all(input, 1);
+    assert_eq!(whole, bytewise, "the result depends on how the bytes arrived");
+    if let Ok((body, Some(used))) = &whole {
+        let reference = reference_chunked(input).unwrap_or_else(|e| panic!("keygate accepted what the reference refuses ({e})"));
+        assert_eq!((body, *used), (&reference.0, reference.1), "keygate and the reference disagree on {}", show(input));
+    }
+}
+
+/// A path: normalised, it is absolute, stable, free of dot segments,
+/// empty segments and dot stems before `;`, and a valid URI path.
+pub fn path(input: &[u8]) {
+    let Ok(text) = std::str::from_utf8(input) else { return };
+    let Ok(p) = path::normalise(text) else { return };
+    assert!(p.starts_with('/'), "{p}");
+    assert_eq!(path::normalise(&p).as_deref(), Ok(p.as_str()), "normalising twice changed {p}");
+    let inner = p.strip_suffix('/').unwrap_or(&p);
+    for segment in inner.split('/').skip(1) {
+        let stem = segment.split(';').next().unwrap_or("");
+        assert!(!matches!(stem, "" | "." | ".."), "segment {segment:?} in {p}");
+        assert!(!segment.to_ascii_lowercase().contains("%2e%2e"), "an escaped dot-dot survived in {p}");
+    }
+    if !p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        assert!(p.parse::<http::uri::PathAndQuery>().is_ok(), "{p} is not a valid path");
+    }
+}
+
+/// A query string: what is forwarded carries no parameter a backend could
+/// read as `api_token` or `_method`, and a query without them is untouched.
+pub fn query(input: &[u8]) {
+    let Ok(q) = std::str::from_utf8(input) else { return };
+    let forwarded = credentials::forwarded_query(q, true);
+    let dangerous = |query: &str| query.split(['&', ';']).any(|p| credentials::names_a_dropped_parameter(p, true));
+    if let Some(f) = &forwarded {
+        assert!(!dangerous(f), "{q:?} was forwarded as {f:?}");
+        assert!(f.len() <= q.len());
+    }
+    if !dangerous(q) {
+        assert_eq!(forwarded.as_deref(), (!q.is_empty()).then_some(q), "nothing to drop, yet {q:?} changed");
+    }
+}
+
+/// `X-Forwarded-For` lines (split at newlines of the input) from a peer:
+/// the client address is the peer unless the peer is trusted, and
+/// otherwise the peer or an address the lines name.
+pub fn forwarded_for(input: &[u8]) {
+    let mut headers = http::HeaderMap::new();
+    for line in input.split(|b| *b == b'\n') {
+        if let Ok(v) = HeaderValue::from_bytes(line) {
+            headers.append("x-forwarded-for", v);
+        }
+    }
+    let peer = IpAddr::from([10, 0, 0, 1]);
+    let trusted = [ip::parse_cidr("10.0.0.0/8").unwrap_or_else(|e| panic!("{e}"))];
+    assert_eq!(ip::client_ip(IpAddr::from([192, 0, 2, 7]), &headers, &trusted), IpAddr::from([192, 0, 2, 7]));
+    let client = ip::client_ip(peer, &headers, &trusted);
+    let named = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+        .any(|ip| ip == client || ip.to_canonical() == client);
+    assert!(client == peer || named, "{client} is neither the peer nor named in {}", show(input));
+}
+
+fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<usize>), String> {
+    let mut framing = Framing::CHUNKED;
+    let mut buf = BytesMut::new();
+    let mut body = Vec::new();
+    let mut fed = 0;
+    loop {
+        match framing.next(&mut buf).map_err(|e| e.to_string())? {
+            Step::Data(d) => body.extend_from_slice(&d),
+            Step::End => return Ok((body, Some(fed - buf.len()))),
+            Step::NeedMore if fed < input.len() => {
+                let n = step.min(input.len() - fed);
+                buf.extend_from_slice(&input[fed..fed + n]);
+                fed += n;
+            }
+            Step::NeedMore => return Ok((body, None)),
+        }
+    }
+}
+
+/// RFC 9112 section 7.1, as plainly as it reads: hex size, optional
+/// extensions, CRLF, data, CRLF; a zero size, trailer lines, an empty line.
+fn reference_chunked(input: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    let mut at = 0;
+    let mut body = Vec::new();
+    let line = |at: usize| -> Result<(&[u8], usize), String> {
+        let end = input[at..].windows(2).position(|w| w == b"\r\n").ok_or("no CRLF")?;
+        Ok((&input[at..at + end], at + end + 2))
+    };
+    loop {
+        let (size_line, next) = line(at)?;
+        let digits: Vec<u8> = size_line.iter().copied().take_while(u8::is_ascii_hexdigit).collect();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&digits).map_err(|e| e.to_string())?, 16).map_err(|e| e.to_string())?;
+        at = next;
+        if size == 0 {
+            loop {
+                let (trailer, next) = line(at)?;
+                at = next;
+                if trailer.is_empty() {
+                    return Ok((body, at));
+                }
+            }
+        }
+        let data = input.get(at..at + size).ok_or("short chunk")?;
+        body.extend_from_slice(data);
+        at += size;
+        if input.get(at..at + 2) != Some(b"\r\n") {
+            return Err("no CRLF after a chunk".into());
+        }
+        at += 2;
+    }
+}
+
+/// A forwarded request as a strict parser reads it.
+struct Read {
+    used: usize,
+    method: String,
+    target: String,
+    hosts: usize,
+    names: Vec<String>,
+    body: Vec<u8>,
+}
+
+fn strict_read(wire: &[u8]) -> Result<Read, String> {
+    let mut fields = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(wire) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err("incomplete head".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if req.version != Some(1) {
+        return Err("not HTTP/1.1".into());
+    }
+    let named = |name: &'static str| req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+    let lengths: Vec<_> = named("content-length").collect();
+    let codings: Vec<_> = named("transfer-encoding").collect();
+    let rest = &wire[head_len..];
+    let (body, body_len) = match (lengths.as_slice(), codings.as_slice()) {
+        ([], []) => (Vec::new(), 0),
+        ([one], []) => {
+            let n: usize = std::str::from_utf8(one.value).ok().and_then(|v| v.parse().ok()).ok_or("bad Content-Length")?;
+            (rest.get(..n).ok_or("body shorter than its length")?.to_vec(), n)
+        }
+        ([], [one]) if one.value == b"chunked" => reference_chunked(rest)?,
+        _ => return Err("ambiguous framing".into()),
+    };
+    Ok(Read {
+        used: head_len + body_len,
+        method: req.method.unwrap_or("").to_string(),
+        target: req.path.unwrap_or("").to_string(),
+        hosts: named("host").count(),
+        names: req.headers.iter().map(|h| h.name.to_ascii_lowercase()).collect(),
+        body,
+    })
+}
+
+fn show(bytes: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(bytes))
+}
