@@ -9,7 +9,7 @@
 //! 6, written here apart from keygate's own framing code), which must see
 //! exactly one request, the checked method, target and body.
 
-use crate::framing::{Framing, Step};
+use crate::http1::framing::{Framing, Step};
 use crate::policy::{ip, path};
 use crate::proxy::headers::{self, Underscores};
 use crate::proxy::outgoing::Outgoing;
@@ -32,7 +32,7 @@ pub const TARGETS: [(&str, Check); 5] =
 /// would write it, with a body of the framing the head declared.
 pub fn request_head(input: &[u8]) {
     let mut buf = BytesMut::from(input);
-    let Ok(Some(head)) = crate::server::h1::parse_head(&mut buf, 16 * 1024, 100) else { return };
+    let Ok(Some(head)) = crate::http1::server::parse_head(&mut buf, 16 * 1024, 100) else { return };
     let (parts, ()) = head.request.into_parts();
     let Ok(normal) = path::normalise(parts.uri.path()) else { return };
     let query = parts.uri.query().and_then(|q| credentials::forwarded_query(q, true));
@@ -60,7 +60,7 @@ pub fn request_head(input: &[u8]) {
         false,
     );
     let mut wire = Vec::new();
-    let written = crate::proxy::h1::write_request(&mut wire, &out, body).now_or_never();
+    let written = crate::http1::client::write_request(&mut wire, &out, body).now_or_never();
     assert!(matches!(written, Some(Ok(()))), "writing to memory finishes at once: {written:?}");
     let read =
         strict_read(&wire).unwrap_or_else(|e| panic!("keygate forwarded what a strict parser refuses ({e}): {}", show(&wire)));

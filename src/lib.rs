@@ -11,12 +11,11 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credentials;
-pub mod deadline;
 pub mod demo;
 pub mod error;
-pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http1;
 pub mod keys;
 pub mod manage;
 pub mod metrics;

@@ -11,6 +11,7 @@ use crate::clock::{self, Moment};
 use crate::config::Config;
 use crate::credentials::{self, CredentialError};
 use crate::error::{json_response, GatewayError};
+use crate::http1::{BodyOutcome, Reply};
 use crate::keys::cache::Origin;
 use crate::keys::model::{ApiKey, KeyLookup, KeyState};
 use crate::keys::token::{self, Shape, TokenHash};
@@ -20,7 +21,6 @@ use crate::proxy::headers::{self, Underscores};
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody};
 use crate::ratelimit::{Decision, RateHeaders};
-use crate::server::Reply;
 use crate::state::{App, Runtime};
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -101,14 +101,19 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
         Ok(_) => trace.served_as.unwrap_or("forwarded"),
         Err(e) => e.outcome(),
     };
+    // A body refused for its size or pace is not read on: the connection
+    // closes after the answer.
+    let body = match &result {
+        Err(GatewayError::PayloadTooLarge | GatewayError::RequestTimeout) => BodyOutcome::Refused,
+        _ => BodyOutcome::Complete,
+    };
     let mut reply = result.unwrap_or_else(|e| e.to_response().into());
+    reply.body = body;
     let rl = &rt.config.rate_limit;
-    reply.rate_limit = trace.decision.map(|decision| RateHeaders {
-        decision,
-        now: arrived.unix(),
-        algorithm: rl.algorithm,
-        ietf: rl.ietf_headers,
-    });
+    if let Some(decision) = trace.decision {
+        let headers = RateHeaders { decision, now: arrived.unix(), algorithm: rl.algorithm, ietf: rl.ietf_headers };
+        reply.extra = headers.fields();
+    }
     // A forwarded request's time ends with the upstream's answer, read then.
     let elapsed = trace.upstream.map_or_else(Instant::now, |u| u.answered).saturating_duration_since(arrived.at);
     record(&app, &rt, &head.method, reply.response.status(), &trace, outcome, elapsed);
@@ -274,7 +279,7 @@ async fn forward(
     let believed = ip::believes_forwarded_for(conn.peer.ip(), &cfg.server.trusted_proxies);
     out.set_forwarded(&conn.peer_header, conn.tls, host, believed);
     if let Some(key) = key {
-        out.set_identity(key.identity_lines());
+        out.set_identity(key.identity());
     }
     // A request without a body (most GETs) needs no size or pause guard.
     let body = if http_body::Body::is_end_stream(&body) {

@@ -19,6 +19,7 @@ const ADMIN_LIMITS: Limits = Limits {
     max_headers: 100,
     idle_timeout: std::time::Duration::from_secs(60),
     max_connections: 256,
+    refusal: crate::server::refusal,
 };
 
 fn io_failure(what: String, e: std::io::Error) -> Failure {

@@ -65,10 +65,9 @@ pub struct ApiKey {
 pub struct KeyLookup {
     pub key: ApiKey,
     pub secret_expires_at: Option<i64>,
-    /// The `X-Keygate-*` header lines this key adds to forwarded requests,
-    /// rendered on first use and kept as long as the cached lookup: one
-    /// small buffer per key, copied as is into every forwarded head.
-    identity: OnceLock<bytes::Bytes>,
+    /// The `X-Keygate-*` fields this key adds to forwarded requests, built
+    /// on first use and kept as long as the cached lookup.
+    identity: OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
 }
 
 /// Whether a resolved key may be used right now.
@@ -89,9 +88,9 @@ impl KeyLookup {
         KeyLookup { key, secret_expires_at, identity: OnceLock::new() }
     }
 
-    /// The identity header lines for the upstream (see the field).
-    pub fn identity_lines(&self) -> &[u8] {
-        self.identity.get_or_init(|| crate::proxy::headers::identity_lines(&self.key))
+    /// The identity fields for the upstream (see the field).
+    pub fn identity(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        self.identity.get_or_init(|| crate::proxy::headers::identity(&self.key))
     }
 
     /// Checks, in the contract's order: secret, status, expiry, environment.

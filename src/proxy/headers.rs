@@ -8,21 +8,6 @@ use std::net::IpAddr;
 /// Prefix of the identity headers only keygate may set.
 pub const IDENTITY_PREFIX: &str = "x-keygate-";
 
-/// Whether a header is hop-by-hop (RFC 9110 section 7.6.1 and the
-/// classic list): it never crosses the gateway. Names are lowercase, so a
-/// match on the text settles it without building names.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-}
-
-/// [`is_hop_by_hop`] for a name as received, in any case.
-pub fn is_hop_by_hop_any_case(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
-}
-
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
-
 /// What becomes of a client's header line on its way to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
@@ -49,7 +34,12 @@ pub fn fate(name: &str) -> Fate {
         "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip" | "client-ip" | "x-cluster-client-ip" => Fate::Drop,
         "x-http-method-override" | "x-method-override" | "x-http-method" | "x-original-method" => Fate::Drop,
         "x-original-url" | "x-rewrite-url" => Fate::Drop,
-        _ if name.starts_with("x-forwarded-") || name.starts_with(IDENTITY_PREFIX) || HOP_BY_HOP.contains(&name) => Fate::Drop,
+        _ if name.starts_with("x-forwarded-")
+            || name.starts_with(IDENTITY_PREFIX)
+            || crate::http1::HOP_BY_HOP.contains(&name) =>
+        {
+            Fate::Drop
+        }
         _ => Fate::Pass,
     }
 }
@@ -127,33 +117,6 @@ pub fn identity(key: &ApiKey) -> Vec<(HeaderName, HeaderValue)> {
         }
     }
     out
-}
-
-/// [`identity`] as header lines (`name: value\r\n` each), ready to be
-/// copied into a request head.
-pub fn identity_lines(key: &ApiKey) -> bytes::Bytes {
-    let mut out = Vec::with_capacity(128);
-    for (name, value) in identity(key) {
-        write_line(&mut out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    bytes::Bytes::from(out)
-}
-
-/// Appends one HTTP/1.1 header line, `name: value\r\n`.
-pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The fields of header lines written by [`write_line`], as names and values.
-pub fn read_lines(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    text.split(|b| *b == b'\n').filter_map(|line| {
-        let line = line.strip_suffix(b"\r")?;
-        let colon = line.iter().position(|b| *b == b':')?;
-        Some((&line[..colon], line[colon + 1..].trim_ascii()))
-    })
 }
 
 /// `default_optin_mailing` -> `x-keygate-meta-default-optin-mailing`.

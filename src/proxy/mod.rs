@@ -1,22 +1,18 @@
 //! Forwarding to upstreams over pooled keep-alive connections, with bodies
-//! streamed both ways.
+//! streamed both ways: which upstream, what of the client's head goes on
+//! (`outgoing`, `headers`), the body's size and pause guard (`body`). The
+//! HTTP/1.1 exchange itself is `crate::http1::client`'s.
 
 pub mod body;
-pub mod h1;
 pub mod headers;
-pub mod lines;
 pub mod outgoing;
-pub mod pool;
-pub mod response;
 
 use crate::body::Body;
 use crate::config::Upstream;
 use crate::error::GatewayError;
-use h1::ExchangeError;
-use http::Response;
-use lines::HeaderLines;
+use crate::http1::client::pool::{ConnectError, Pool, Target};
+use crate::http1::client::{ExchangeError, Upstreamed};
 use outgoing::Outgoing;
-use pool::{ConnectError, Pool, Target};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,13 +21,6 @@ use std::time::{Duration, Instant};
 /// never wakes another thread.
 pub struct Forwarder {
     pools: Vec<Vec<Arc<Pool>>>,
-}
-
-/// An upstream's answer: the status and body, and the header fields as
-/// the lines they arrived in (see [`lines`]).
-pub struct Upstreamed {
-    pub response: Response<Body>,
-    pub lines: HeaderLines,
 }
 
 /// Why an exchange with an upstream failed (logged, answered 502).

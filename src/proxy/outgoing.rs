@@ -5,6 +5,7 @@
 //! own instructions per request).
 
 use super::headers::{connection_named, fate_of, Fate, Underscores};
+use crate::http1::client::RequestHead;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 
@@ -31,7 +32,7 @@ pub struct Outgoing<'a> {
     strip_credentials: bool,
     underscores: Underscores,
     forwarded: Vec<(HeaderName, HeaderValue)>,
-    identity: &'a [u8],
+    identity: &'a [(HeaderName, HeaderValue)],
 }
 
 impl<'a> Outgoing<'a> {
@@ -89,20 +90,15 @@ impl<'a> Outgoing<'a> {
         }
     }
 
-    /// The key's `X-Keygate-*` header lines (see `KeyLookup::identity_lines`).
-    pub fn set_identity(&mut self, lines: &'a [u8]) {
-        self.identity = lines;
+    /// The key's `X-Keygate-*` fields (see `KeyLookup::identity`).
+    pub fn set_identity(&mut self, fields: &'a [(HeaderName, HeaderValue)]) {
+        self.identity = fields;
     }
 
-    /// The identity header lines, written after [`Outgoing::headers`].
-    pub fn identity_lines(&self) -> &[u8] {
-        self.identity
-    }
-
-    /// The header lines to send after `Host` and before the identity
-    /// lines, in order.
+    /// The fields to send after `Host`, in order: the client's that pass,
+    /// the forwarding ones, the identity.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let added = self.forwarded.iter().map(|(n, v)| (n, v));
+        let added = self.forwarded.iter().chain(self.identity).map(|(n, v)| (n, v));
         self.client.iter().filter(|(name, _)| self.passes(name)).chain(added)
     }
 
@@ -116,6 +112,24 @@ impl<'a> Outgoing<'a> {
             Fate::Credential => !self.strip_credentials,
             Fate::Drop => false,
         }
+    }
+}
+
+impl RequestHead for Outgoing<'_> {
+    fn method(&self) -> &Method {
+        self.method
+    }
+
+    fn target(&self) -> &str {
+        &self.target
+    }
+
+    fn host(&self) -> Option<&HeaderValue> {
+        self.host.as_ref()
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
     }
 }
 
@@ -168,12 +182,13 @@ mod tests {
         let peer = super::super::headers::peer_value("127.0.0.1".parse().unwrap());
         let mut out = Outgoing::new(&Method::GET, "/x".into(), &h, true, Underscores::Drop);
         out.set_forwarded(&peer, true, Some(HeaderValue::from_static("api.example.com")), true);
-        out.set_identity(b"x-keygate-key-id: key_1\r\n");
-        assert_eq!(out.identity_lines(), b"x-keygate-key-id: key_1\r\n");
+        let identity = [(super::super::headers::X_KEYGATE_KEY_ID, HeaderValue::from_static("key_1"))];
+        out.set_identity(&identity);
         let want: Vec<(String, String)> = [
             ("x-forwarded-for", "198.51.100.1, 203.0.113.9, 127.0.0.1"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "api.example.com"),
+            ("x-keygate-key-id", "key_1"),
         ]
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -5,8 +5,8 @@ pub mod local;
 pub mod redis;
 
 use crate::config::{Algorithm, RedisErrorPolicy};
+use crate::http1::Fields;
 use crate::metrics::Metrics;
-use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Length of a rate-limit window.
 pub const WINDOW_SECS: i64 = 60;
@@ -104,56 +104,28 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
-    /// Writes the headers as HTTP/1.1 header lines, straight from the
-    /// numbers (no header values are built).
-    pub fn write_lines(&self, out: &mut Vec<u8>) {
+    /// The headers as fields, straight from the numbers: `X-RateLimit-*`,
+    /// and with `ietf` the IETF draft's `RateLimit-Policy` and `RateLimit`
+    /// (`"fixed";q=100;w=60` and `"fixed";r=99;t=42`).
+    pub fn fields(&self) -> Fields {
         let d = &self.decision;
-        let mut digits = itoa::Buffer::new();
-        out.reserve(192);
-        let plain: [(&[u8], i64); 3] = [
-            (b"x-ratelimit-limit: ", d.limit.into()),
-            (b"x-ratelimit-remaining: ", d.remaining.into()),
-            (b"x-ratelimit-reset: ", d.reset_at),
-        ];
-        for (header, n) in plain {
-            out.extend_from_slice(header);
-            out.extend_from_slice(digits.format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        let mut fields = Fields::default();
+        let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+        fields.push("x-ratelimit-limit", &[a.format(d.limit).as_bytes()]);
+        fields.push("x-ratelimit-remaining", &[a.format(d.remaining).as_bytes()]);
+        fields.push("x-ratelimit-reset", &[a.format(d.reset_at).as_bytes()]);
         if self.ietf {
-            // `"fixed";q=100;w=60` and `"fixed";r=99;t=42`
             let name: &[u8] = match self.algorithm {
                 Algorithm::FixedWindow => b"\"fixed\"",
                 Algorithm::SlidingWindow => b"\"sliding\"",
             };
             let reset_in = (d.reset_at - self.now).clamp(0, WINDOW_SECS);
-            // A header's name, then its `;key=value` parameters.
-            type Line = (&'static [u8], [(&'static [u8], i64); 2]);
-            let ietf: [Line; 2] = [
-                (b"ratelimit-policy: ", [(b";q=", d.limit.into()), (b";w=", WINDOW_SECS)]),
-                (b"ratelimit: ", [(b";r=", d.remaining.into()), (b";t=", reset_in)]),
-            ];
-            for (header, params) in ietf {
-                out.extend_from_slice(header);
-                out.extend_from_slice(name);
-                for (key, n) in params {
-                    out.extend_from_slice(key);
-                    out.extend_from_slice(digits.format(n).as_bytes());
-                }
-                out.extend_from_slice(b"\r\n");
-            }
+            let (limit, window) = (a.format(d.limit), b.format(WINDOW_SECS));
+            fields.push("ratelimit-policy", &[name, b";q=", limit.as_bytes(), b";w=", window.as_bytes()]);
+            let (remaining, reset) = (a.format(d.remaining), b.format(reset_in));
+            fields.push("ratelimit", &[name, b";r=", remaining.as_bytes(), b";t=", reset.as_bytes()]);
         }
-    }
-
-    /// Adds the headers to `headers` (HTTP/2 and keygate's own answers).
-    pub fn insert_into(&self, headers: &mut HeaderMap) {
-        let mut text = Vec::new();
-        self.write_lines(&mut text);
-        for (name, value) in crate::proxy::headers::read_lines(&text) {
-            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-                headers.insert(name, value);
-            }
-        }
+        fields
     }
 }
 
@@ -180,19 +152,19 @@ mod tests {
         let decision = Decision { allowed: true, limit: 100, remaining: 99, reset_at: 1_700_000_040, retry_after: 0 };
         let r = RateHeaders { decision, now: 1_700_000_000, algorithm: Algorithm::SlidingWindow, ietf: true };
         let mut lines = Vec::new();
-        r.write_lines(&mut lines);
+        r.fields().write_lines(&mut lines);
         assert_eq!(
             String::from_utf8(lines).unwrap(),
             "x-ratelimit-limit: 100\r\nx-ratelimit-remaining: 99\r\nx-ratelimit-reset: 1700000040\r\n\
              ratelimit-policy: \"sliding\";q=100;w=60\r\nratelimit: \"sliding\";r=99;t=40\r\n"
         );
-        let mut map = HeaderMap::new();
-        r.insert_into(&mut map);
+        let mut map = http::HeaderMap::new();
+        r.fields().insert_into(&mut map);
         assert_eq!(map.len(), 5);
         assert_eq!(map["ratelimit"], "\"sliding\";r=99;t=40");
         assert_eq!(map["x-ratelimit-reset"], "1700000040");
-        let mut plain = HeaderMap::new();
-        RateHeaders { ietf: false, ..r }.insert_into(&mut plain);
+        let mut plain = http::HeaderMap::new();
+        RateHeaders { ietf: false, ..r }.fields().insert_into(&mut plain);
         assert_eq!(plain.len(), 3);
     }
 }

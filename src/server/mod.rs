@@ -2,19 +2,16 @@
 //! HTTP/2 on the same port, with every socket bounded in header size and
 //! time. Garbage on one socket ends that connection only.
 //!
-//! HTTP/1.1 is keygate's own (`h1`); HTTP/2 is hyper's (`h2`), picked by
+//! HTTP/1.1 is keygate's own (`crate::http1::server`); HTTP/2 is hyper's (`h2`), picked by
 //! ALPN on TLS or by the client's preface in clear text.
 
 pub mod activity;
-pub mod h1;
 pub mod h2;
 pub mod tls;
 
 use crate::body::Body;
+use crate::http1::server as h1;
 use crate::pipeline::ConnInfo;
-use crate::proxy::lines::HeaderLines;
-use crate::proxy::Upstreamed;
-use crate::ratelimit::RateHeaders;
 use http::{Request, Response};
 use std::future::Future;
 use std::sync::Arc;
@@ -24,53 +21,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// What a handler gives the server: the response, the header lines an
-/// upstream sent with it, and the rate-limit headers it carries; each
-/// protocol's writer renders them its own way.
-pub struct Reply {
-    pub response: Response<Body>,
-    /// An upstream's header fields, written after the response's own
-    /// (empty for keygate's own answers).
-    pub upstream: HeaderLines,
-    pub rate_limit: Option<RateHeaders>,
-}
-
-impl From<Response<Body>> for Reply {
-    fn from(response: Response<Body>) -> Reply {
-        Reply { response, upstream: HeaderLines::default(), rate_limit: None }
-    }
-}
-
-impl From<Upstreamed> for Reply {
-    fn from(up: Upstreamed) -> Reply {
-        Reply { response: up.response, upstream: up.lines, rate_limit: None }
-    }
-}
-
-impl Reply {
-    /// The response with every header in its map (for HTTP/2).
-    pub fn into_response(self) -> Response<Body> {
-        let mut response = self.response;
-        self.upstream.append_to(response.headers_mut());
-        if let Some(r) = &self.rate_limit {
-            r.insert_into(response.headers_mut());
-        }
-        response
-    }
-}
+pub use crate::http1::server::Limits;
+pub use crate::http1::Reply;
 
 /// How long open connections get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Bounds applied to every connection of a listener.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
 
 impl Limits {
     /// The data listener's limits from `[server]`.
@@ -81,8 +36,16 @@ impl Limits {
             max_headers: s.max_headers,
             idle_timeout: s.idle_timeout,
             max_connections: s.max_connections,
+            refusal,
         }
     }
+}
+
+/// A refused head answered in the contract's JSON shape (`bad_request`).
+pub fn refusal(status: http::StatusCode, message: String) -> Response<Body> {
+    let mut resp = crate::error::GatewayError::BadRequest(message).to_response();
+    *resp.status_mut() = status;
+    resp
 }
 
 /// An accepted connection on its way to a worker, with its slot under

@@ -16,14 +16,12 @@ mod write;
 
 pub use head::{parse as parse_head, Head, HeadError};
 
-use super::{Limits, Reply};
+use super::deadline::{Deadline, Expired};
+use super::framing::{Framing, Step};
+use super::{BodyOutcome, Reply};
 use crate::body::Body;
-use crate::deadline::{Deadline, Expired};
-use crate::error::GatewayError;
-use crate::framing::{Framing, Step};
-use crate::pipeline::ConnInfo;
 use bytes::BytesMut;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -44,6 +42,19 @@ const MAX_DRAIN: u64 = 64 * 1024;
 /// How long a connection closed with its request body unread goes on
 /// reading (and dropping) what the client still sends: see [`Conn::linger`].
 const LINGER: Duration = Duration::from_secs(5);
+
+/// Bounds applied to every connection of a listener, and how a head that
+/// cannot be served is answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    /// The answer to a refused head (400, 431), in the caller's own shape.
+    pub refusal: fn(StatusCode, String) -> Response<Body>,
+}
 
 /// How a connection's request loop ended.
 pub enum Ended<I> {
@@ -70,10 +81,12 @@ struct Conn<I> {
 }
 
 /// Serves requests on `io` until the client or the server ends it.
-pub async fn serve<I, H, F, R>(io: I, limits: Limits, handler: H, info: ConnInfo, shutdown: watch::Receiver<bool>) -> Ended<I>
+/// `info` goes to the handler with each request, as it is.
+pub async fn serve<I, H, F, R, C>(io: I, limits: Limits, handler: H, info: C, shutdown: watch::Receiver<bool>) -> Ended<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
-    H: Fn(Request<Body>, ConnInfo) -> F,
+    C: Clone,
+    H: Fn(Request<Body>, C) -> F,
     F: Future<Output = R> + Send,
     R: Into<Reply>,
 {
@@ -122,7 +135,7 @@ where
         // The connection carries another request only if this one's body
         // is read, or can be: not after a body found too large or stalled.
         let unread = feeder.as_ref().filter(|f| !f.is_done());
-        let body_refused = matches!(response.response.status(), StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT);
+        let body_refused = response.body == BodyOutcome::Refused;
         let reusable = unread.is_none_or(|f| !body_refused && !f.broken && !f.continue_unsent() && drainable(f.framing()));
         let how = Answering { keep_alive: how.keep_alive && reusable && !conn.stop.asked(), ..how };
         match conn.respond(response, how).await {
@@ -243,10 +256,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     /// Answers a refused head (400 or 431, in the contract's JSON shape);
     /// the connection closes after it.
     async fn refuse(&mut self, error: &HeadError) {
-        let mut resp = GatewayError::BadRequest(error.to_string()).to_response();
-        if matches!(error, HeadError::TooLarge(..)) {
-            *resp.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        }
+        let status = match error {
+            HeadError::TooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let resp = (self.limits.refusal)(status, error.to_string());
         tracing::debug!(error = %error, "request head refused");
         let how = Answering { version: http::Version::HTTP_11, head_only: false, keep_alive: false };
         let _ = self.respond(resp.into(), how).await;

@@ -2,10 +2,10 @@
 //! reads it (never buffered whole), de-chunked, and the connection given
 //! back to its pool once the body ended cleanly.
 
-use super::h1::{Coding, Connection, Head};
 use super::pool::Pool;
+use super::{Coding, Connection, Head};
 use crate::body::BoxError;
-use crate::framing::{bodiless, Framing, Step, READ_CHUNK};
+use crate::http1::framing::{bodiless, Framing, Step, READ_CHUNK};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;

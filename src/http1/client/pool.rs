@@ -6,7 +6,7 @@
 //! A connection is only ever used by the worker thread that opened it, from
 //! the request's own task: forwarding never wakes another thread or task.
 
-use super::h1::Connection;
+use super::Connection;
 use http::HeaderValue;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -7,8 +7,8 @@
 //! as `name: value\r\n` lines, and the server copies them out as they are.
 //! HTTP/2 clients (and tests) turn them into a map.
 
-use super::headers::{is_hop_by_hop_any_case, read_lines, write_line};
-use crate::framing::agreed_length;
+use super::{is_hop_by_hop_any_case, read_lines, write_line};
+use crate::http1::framing::agreed_length;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The end-to-end header fields of an upstream response, as header lines.

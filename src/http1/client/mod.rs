@@ -9,19 +9,20 @@
 //! put the connection back. That is what this module does, on the request
 //! task, with the framing rules of RFC 9112 (section 6) and nothing else.
 
-use super::headers::write_line;
+pub mod body;
+pub mod pool;
+
 use super::lines::HeaderLines;
-use super::outgoing::Outgoing;
-use super::pool::Pool;
-use super::response::{framing_of, UpstreamBody};
-use super::Upstreamed;
+use super::{is_hop_by_hop_any_case, write_line};
 use crate::body::Body;
-use crate::deadline::Deadline;
-use crate::framing::{body_has_no_meaning, chunk_line, Framing, READ_CHUNK};
+use crate::http1::deadline::Deadline;
+use crate::http1::framing::{body_has_no_meaning, chunk_line, Framing, READ_CHUNK};
+use body::{framing_of, UpstreamBody};
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
+use pool::Pool;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -33,6 +34,26 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
+/// A request head to forward, as the caller decided it: which fields go
+/// on is the caller's business; the framing is this module's (see
+/// [`write_request`]).
+pub trait RequestHead: Sync {
+    fn method(&self) -> &Method;
+    /// Origin-form `/path?query`.
+    fn target(&self) -> &str;
+    /// The upstream's `Host`, written first.
+    fn host(&self) -> Option<&HeaderValue>;
+    /// The other fields, in order.
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+}
+
+/// An upstream's answer: the status and body, and the header fields as
+/// the lines they arrived in (see [`HeaderLines`]).
+pub struct Upstreamed {
+    pub response: Response<Body>,
+    pub lines: HeaderLines,
+}
+
 /// Largest response head accepted from an upstream.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Most header lines accepted in a response head.
@@ -40,7 +61,7 @@ pub const MAX_RESPONSE_HEADERS: usize = 128;
 
 /// One keep-alive connection, the bytes read from it but not used yet,
 /// and the timer bounding its waits (kept with the connection, so most
-/// requests never touch the timer wheel: see [`crate::deadline`]).
+/// requests never touch the timer wheel: see [`crate::http1::deadline`]).
 pub struct Connection {
     pub(super) stream: TcpStream,
     pub(super) buffered: BytesMut,
@@ -104,7 +125,7 @@ impl Connection {
     /// cleanly and the upstream keeps it open.
     pub async fn exchange(
         mut self,
-        out: &Outgoing<'_>,
+        out: &impl RequestHead,
         body: Body,
         pool: &Arc<Pool>,
         (deadline, pause): (Instant, Duration),
@@ -112,10 +133,10 @@ impl Connection {
         let Connection { stream, buffered, timer } = &mut self;
         // The connection may have served another request's task last.
         timer.hand_over();
-        let head_only = *out.method == Method::HEAD;
+        let head_only = *out.method() == Method::HEAD;
         // A backend that ignores a GET's body would read it as the next
         // request: such a connection carries no other.
-        let last = !body.is_end_stream() && body_has_no_meaning(out.method);
+        let last = !body.is_end_stream() && body_has_no_meaning(out.method());
         let sent_and_answered = async {
             if !body.is_end_stream() {
                 return send_while_reading(stream, buffered, out, body, head_only).await;
@@ -156,7 +177,7 @@ enum Sent {
 fn send_while_reading<'a>(
     stream: &'a mut TcpStream,
     buffered: &'a mut BytesMut,
-    out: &'a Outgoing<'_>,
+    out: &'a impl RequestHead,
     body: Body,
     head_only: bool,
 ) -> Pin<Box<dyn Future<Output = Result<Answered, ExchangeError>> + Send + 'a>> {
@@ -250,28 +271,30 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     Ok(Some(Head { status, lines, keep_alive, transfer_encoding }))
 }
 
-/// Writes the request line, headers and body. keygate frames the message
-/// itself, whatever the client's head said: a body of known length (the
-/// one the server checked) goes out with that `Content-Length`, any other
-/// chunked, and a bodiless POST, PUT or PATCH says `content-length: 0`.
-/// A bodiless request goes out in one write.
+/// Writes the request line, headers and body. The message is framed
+/// here, whatever the caller's fields say (a framing, `Host` or hop-by-hop
+/// field among them is left out): a body of known length (the one the
+/// server checked) goes out with that `Content-Length`, any other chunked,
+/// and a bodiless POST, PUT or PATCH says `content-length: 0`. A bodiless
+/// request goes out in one write.
 pub async fn write_request<W: AsyncWrite + Unpin>(
     stream: &mut W,
-    out: &Outgoing<'_>,
+    out: &impl RequestHead,
     mut body: Body,
 ) -> Result<(), ExchangeError> {
     let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(out.method.as_str().as_bytes());
+    head.extend_from_slice(out.method().as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(out.target.as_bytes());
+    head.extend_from_slice(out.target().as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(host) = &out.host {
+    if let Some(host) = out.host() {
         write_line(&mut head, b"host", host.as_bytes());
     }
-    for (name, value) in out.headers() {
-        write_line(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    for (name, value) in out.fields() {
+        if !frames_or_hops(name) {
+            write_line(&mut head, name, value);
+        }
     }
-    head.extend_from_slice(out.identity_lines());
     let has_body = !body.is_end_stream();
     let length = if has_body { body.size_hint().exact() } else { None };
     let chunked = has_body && length.is_none();
@@ -280,7 +303,7 @@ pub async fn write_request<W: AsyncWrite + Unpin>(
         write_line(&mut head, b"content-length", digits.format(n).as_bytes());
     } else if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if method_implies_body(out.method) {
+    } else if method_implies_body(out.method()) {
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");
@@ -311,6 +334,13 @@ async fn write_chunk<W: AsyncWrite + Unpin>(stream: &mut W, data: Bytes) -> Resu
     stream.write_all(chunk_line(data.len(), &mut line)).await.map_err(ExchangeError::Write)?;
     stream.write_all(&data).await.map_err(ExchangeError::Write)?;
     stream.write_all(b"\r\n").await.map_err(ExchangeError::Write)
+}
+
+/// Whether a field is this module's to write, never a caller's.
+fn frames_or_hops(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"host")
+        || std::str::from_utf8(name).is_ok_and(is_hop_by_hop_any_case)
 }
 
 /// POST, PUT and PATCH carry a body by definition: an empty one is said

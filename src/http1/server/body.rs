@@ -5,7 +5,7 @@
 //! in the socket).
 
 use crate::body::BoxError;
-use crate::framing::{Framing, Step, READ_CHUNK};
+use crate::http1::framing::{Framing, Step, READ_CHUNK};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;

@@ -3,7 +3,7 @@
 //! carry another request. Anything ambiguous about where the body ends is
 //! refused, since two parsers disagreeing there is how requests are smuggled.
 
-use crate::framing::{body_has_no_meaning, Framing};
+use crate::http1::framing::{body_has_no_meaning, Framing};
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};

@@ -2,11 +2,9 @@
 //! `Content-Length` when its size is known and chunked otherwise. Small
 //! pieces are gathered so a typical response leaves in one write.
 
-use crate::framing::{bodiless, chunk_line, declared_length};
-use crate::proxy::headers::{is_hop_by_hop, write_line};
-use crate::proxy::lines::HeaderLines;
-use crate::ratelimit::RateHeaders;
-use crate::server::Reply;
+use crate::http1::framing::{bodiless, chunk_line, declared_length};
+use crate::http1::lines::HeaderLines;
+use crate::http1::{is_hop_by_hop, write_line, Fields, Reply};
 use http::header;
 use http::response::Parts;
 use http::Version;
@@ -51,7 +49,7 @@ pub trait Sink {
 pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, how: Answering) -> std::io::Result<bool> {
     let (parts, mut body) = reply.response.into_parts();
     out.clear();
-    let extra = Extra { upstream: &reply.upstream, rate_limit: reply.rate_limit.as_ref() };
+    let extra = Extra { upstream: &reply.upstream, fields: &reply.extra };
     let (wire, keep_alive) = encode_head(out, &parts, extra, body.size_hint().exact(), how);
     if wire == Wire::None {
         sink.send(out).await?;
@@ -132,7 +130,7 @@ pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, ho
 /// Header fields that come with a response besides its own map.
 struct Extra<'a> {
     upstream: &'a HeaderLines,
-    rate_limit: Option<&'a RateHeaders>,
+    fields: &'a Fields,
 }
 
 /// The status line and header fields; returns the body's wire framing and
@@ -154,9 +152,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, extra: Extra<'_>, exact: Option
         write_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(extra.upstream.text());
-    if let Some(r) = extra.rate_limit {
-        r.write_lines(out);
-    }
+    extra.fields.write_lines(out);
     if !extra.upstream.has_date() && !parts.headers.contains_key(header::DATE) {
         DATE.with(|d| write_line(out, b"date", d.borrow_mut().now()));
     }
@@ -275,7 +271,7 @@ mod tests {
             .parse(b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 5\r\nDate: Mon, 30 Nov 2026 07:00:00 GMT\r\n\r\n")
             .unwrap();
         let (upstream, _) = HeaderLines::sort(parsed.headers).unwrap();
-        let reply = |body| Reply { response: Response::new(body), upstream: upstream.clone(), rate_limit: None };
+        let reply = |body| Reply { upstream: upstream.clone(), ..Reply::from(Response::new(body)) };
         let mut sink = Collect(Vec::new());
         let keep = response(&mut sink, &mut Vec::new(), reply(crate::body::full("hello")), HTTP11).await.unwrap();
         let text = String::from_utf8(sink.0).unwrap();

@@ -1,0 +1,186 @@
+//! HTTP/1.1, both ends keygate speaks, sealed: the server connection
+//! (`server`), the upstream client and its pools (`client`), body framing
+//! (`framing`), the lazily moved deadlines every wait uses (`deadline`), and
+//! header lines (`lines`, [`write_line`]).
+//!
+//! This module knows nothing of keys, rate limits or identity. It takes and
+//! returns typed values: a handler's [`Reply`] with extra [`Fields`] and a
+//! [`BodyOutcome`]; a request head to forward as anything implementing
+//! [`client::RequestHead`]. What a field means, and which may pass, is the
+//! caller's business; how it goes on the wire is this module's.
+
+pub mod client;
+pub mod deadline;
+pub mod framing;
+pub mod lines;
+pub mod server;
+
+use crate::body::Body;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Response;
+use lines::HeaderLines;
+
+/// Fields that never cross a proxy (RFC 9110 section 7.6.1, and the
+/// classic list), lowercase.
+pub const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+
+/// Whether a header is hop-by-hop. Names are lowercase, so a match on the
+/// text settles it without building names.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// [`is_hop_by_hop`] for a name as received, in any case.
+pub fn is_hop_by_hop_any_case(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
+}
+
+/// Appends one header line, `name: value\r\n`.
+pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The fields of header lines written by [`write_line`], as names and values.
+pub fn read_lines(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    text.split(|b| *b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r")?;
+        let colon = line.iter().position(|b| *b == b':')?;
+        Some((&line[..colon], line[colon + 1..].trim_ascii()))
+    })
+}
+
+/// What a handler gives a server connection: the response, the header lines
+/// an upstream sent with it, fields of its own to add, and what became of
+/// the request body. Each protocol's writer renders them its own way.
+pub struct Reply {
+    pub response: Response<Body>,
+    /// An upstream's header fields, written after the response's own
+    /// (empty for keygate's own answers).
+    pub upstream: HeaderLines,
+    /// More fields, written last.
+    pub extra: Fields,
+    pub body: BodyOutcome,
+}
+
+/// What became of a request body, as the handler tells the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyOutcome {
+    /// Read, or not needed: what is left of it may be read and dropped so
+    /// the connection carries another request.
+    #[default]
+    Complete,
+    /// Refused (too large, too slow): the connection closes after the answer.
+    Refused,
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(response: Response<Body>) -> Reply {
+        Reply { response, upstream: HeaderLines::default(), extra: Fields::default(), body: BodyOutcome::Complete }
+    }
+}
+
+impl From<client::Upstreamed> for Reply {
+    fn from(up: client::Upstreamed) -> Reply {
+        Reply { response: up.response, upstream: up.lines, extra: Fields::default(), body: BodyOutcome::Complete }
+    }
+}
+
+impl Reply {
+    /// The response with every field in its map (for HTTP/2).
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = self.response;
+        self.upstream.append_to(response.headers_mut());
+        self.extra.insert_into(response.headers_mut());
+        response
+    }
+}
+
+/// Most fields a [`Fields`] holds, and the longest value.
+const MAX_FIELDS: usize = 6;
+const MAX_VALUE: usize = 32;
+
+/// A few header fields held inline (a response carries them on every
+/// request, so they cost no allocation): a static name, and a value the
+/// caller writes as text into room of [`MAX_VALUE`] bytes.
+#[derive(Clone, Copy, Default)]
+pub struct Fields {
+    names: [&'static str; MAX_FIELDS],
+    values: [[u8; MAX_VALUE]; MAX_FIELDS],
+    lens: [u8; MAX_FIELDS],
+    count: usize,
+}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter().map(|(n, v)| (n, String::from_utf8_lossy(v)))).finish()
+    }
+}
+
+impl Fields {
+    /// Adds a field whose value is the concatenation of `parts`. A field
+    /// that does not fit (too many, too long) is left out rather than cut.
+    pub fn push(&mut self, name: &'static str, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.count == MAX_FIELDS || len > MAX_VALUE {
+            return;
+        }
+        let value = &mut self.values[self.count];
+        let mut at = 0;
+        for part in parts {
+            value[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        self.names[self.count] = name;
+        self.lens[self.count] = len as u8;
+        self.count += 1;
+    }
+
+    /// The fields in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        (0..self.count).map(|i| (self.names[i], &self.values[i][..usize::from(self.lens[i])]))
+    }
+
+    /// Writes them as header lines.
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.iter() {
+            write_line(out, name.as_bytes(), value);
+        }
+    }
+
+    /// Sets them in a header map (each replacing a field of its name).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_hold_what_fits_and_render_alike_both_ways() {
+        let mut f = Fields::default();
+        f.push("x-a", &[b"1", b"2"]);
+        f.push("x-long", &[&[b'x'; MAX_VALUE + 1]]);
+        f.push("x-b", &[b"\"fixed\";q=", b"60"]);
+        let mut lines = Vec::new();
+        f.write_lines(&mut lines);
+        assert_eq!(lines, b"x-a: 12\r\nx-b: \"fixed\";q=60\r\n", "a value too long is left out, not cut");
+        let mut map = HeaderMap::new();
+        f.insert_into(&mut map);
+        let back: Vec<(&[u8], &[u8])> = read_lines(&lines).collect();
+        assert_eq!(back, map.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())).collect::<Vec<_>>());
+        for i in 0..MAX_FIELDS {
+            f.push("x-more", &[i.to_string().as_bytes()]);
+        }
+        assert_eq!(f.iter().count(), MAX_FIELDS);
+    }
+}
