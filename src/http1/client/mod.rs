@@ -367,4 +367,205 @@ mod tests {
         let mut close = BytesMut::from("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\n\r\n");
         assert!(!parse_head(&mut close).unwrap().unwrap().keep_alive, "close wins");
     }
+
+    /// A head that passes its fields as given.
+    struct Given {
+        method: Method,
+        target: &'static str,
+        fields: Vec<(&'static str, &'static str)>,
+    }
+
+    impl RequestHead for Given {
+        fn method(&self) -> &Method {
+            &self.method
+        }
+        fn target(&self) -> &str {
+            self.target
+        }
+        fn host(&self) -> Option<&HeaderValue> {
+            static HOST: HeaderValue = HeaderValue::from_static("up.test");
+            Some(&HOST)
+        }
+        fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+            self.fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        }
+    }
+
+    fn given(method: Method, fields: &[(&'static str, &'static str)]) -> Given {
+        Given { method, target: "/t?q=1", fields: fields.to_vec() }
+    }
+
+    fn stream_of(pieces: &[&'static str]) -> Body {
+        let frames: Vec<Result<http_body::Frame<Bytes>, crate::body::BoxError>> =
+            pieces.iter().map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes())))).collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    }
+
+    async fn written(head: &Given, body: Body) -> String {
+        let mut wire = Vec::new();
+        write_request(&mut wire, head, body).await.unwrap();
+        String::from_utf8(wire).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_message_is_framed_here_whatever_the_fields_say() {
+        let fields = [
+            ("content-length", "999"),
+            ("Transfer-Encoding", "chunked"),
+            ("host", "evil"),
+            ("connection", "close"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ];
+        let text = written(&given(Method::POST, &fields), crate::body::full("hello")).await;
+        assert_eq!(text, "POST /t?q=1 HTTP/1.1\r\nhost: up.test\r\naccept: */*\r\ncontent-length: 5\r\n\r\nhello");
+        let text = written(&given(Method::POST, &fields), stream_of(&["ab", "", "cde"])).await;
+        assert_eq!(
+            text,
+            "POST /t?q=1 HTTP/1.1\r\nhost: up.test\r\naccept: */*\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n",
+            "an unknown length goes chunked, empty frames skipped"
+        );
+    }
+
+    #[tokio::test]
+    async fn bodiless_requests_say_zero_only_where_a_body_is_expected() {
+        for (method, framing) in [
+            (Method::POST, "content-length: 0\r\n"),
+            (Method::PUT, "content-length: 0\r\n"),
+            (Method::PATCH, "content-length: 0\r\n"),
+            (Method::GET, ""),
+            (Method::DELETE, ""),
+            (Method::HEAD, ""),
+        ] {
+            let text = written(&given(method.clone(), &[]), crate::body::empty()).await;
+            assert_eq!(text, format!("{method} /t?q=1 HTTP/1.1\r\nhost: up.test\r\n{framing}\r\n"), "{method}");
+        }
+    }
+
+    #[test]
+    fn informational_and_bodiless_statuses_frame_no_body() {
+        let framing = |wire: &str, head_only| framing_of(&parse_head(&mut BytesMut::from(wire)).unwrap().unwrap(), head_only);
+        assert_eq!(framing("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", false), Framing::Empty);
+        assert_eq!(framing("HTTP/1.1 304 Not Modified\r\n\r\n", false), Framing::Empty);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true), Framing::Empty, "HEAD");
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false), Framing::Length(5));
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false), Framing::CHUNKED);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false), Framing::UntilClose);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n", false), Framing::UntilClose);
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")).is_err());
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")).is_err());
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\n")).unwrap().is_none(), "incomplete");
+    }
+
+    /// An upstream in this process that reads one request head and answers
+    /// with `script`, then holds the connection open for `hold`; it returns
+    /// what it read, once the gateway's side closes.
+    async fn scripted(script: &'static [u8], hold: Duration) -> (Arc<Pool>, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: http::uri::Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let pool = Pool::new(pool::Target::new(&origin, Duration::from_secs(1)));
+        let read = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = s.write_all(script).await;
+            let _ = tokio::time::timeout(hold, async {
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&chunk[..n]);
+                }
+            })
+            .await;
+            got
+        });
+        (pool, read)
+    }
+
+    async fn ask(pool: &Arc<Pool>, method: Method, body: Body, timeout: Duration) -> Result<(StatusCode, Bytes), ExchangeError> {
+        let conn = pool.connect().await.unwrap();
+        let head = Given { method, target: "/x", fields: Vec::new() };
+        let up = conn.exchange(&head, body, pool, (Instant::now() + timeout, timeout)).await?;
+        let status = up.response.status();
+        let body = up.response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Ok((status, body))
+    }
+
+    #[tokio::test]
+    async fn a_complete_answer_gives_the_connection_back() {
+        let (pool, _read) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Duration::from_secs(5)).await;
+        let (status, body) = ask(&pool, Method::GET, crate::body::empty(), Duration::from_secs(2)).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+        assert!(pool.take_idle(std::time::Instant::now()).is_some(), "pooled after its body ended");
+    }
+
+    #[tokio::test]
+    async fn informational_answers_are_skipped_and_close_is_heard() {
+        let script = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: <a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 1\r\nConnection: close\r\n\r\n!";
+        let (pool, _read) = scripted(script, Duration::from_secs(5)).await;
+        let (status, body) = ask(&pool, Method::POST, crate::body::full("x"), Duration::from_secs(2)).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"!"[..]));
+        assert!(pool.take_idle(std::time::Instant::now()).is_none(), "the upstream said close");
+    }
+
+    #[tokio::test]
+    async fn a_body_on_get_leaves_the_connection_unpooled() {
+        let (pool, read) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Duration::from_secs(5)).await;
+        let (status, _) = ask(&pool, Method::GET, crate::body::full("body"), Duration::from_secs(2)).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(pool.take_idle(std::time::Instant::now()).is_none());
+        let got = String::from_utf8(read.await.unwrap()).unwrap();
+        assert!(got.ends_with("content-length: 4\r\n\r\nbody"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_body_is_an_error_and_never_pooled() {
+        let (pool, _read) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", Duration::ZERO).await;
+        let conn = pool.connect().await.unwrap();
+        let head = given(Method::GET, &[]);
+        let timeout = Duration::from_secs(2);
+        let up = conn.exchange(&head, crate::body::empty(), &pool, (Instant::now() + timeout, timeout)).await.unwrap();
+        assert!(up.response.into_body().collect().await.is_err());
+        assert!(pool.take_idle(std::time::Instant::now()).is_none());
+    }
+
+    #[tokio::test]
+    async fn no_answer_in_time_is_a_timeout() {
+        let (pool, _read) = scripted(b"", Duration::from_secs(5)).await;
+        let err = ask(&pool, Method::GET, crate::body::empty(), Duration::from_millis(200)).await.err().unwrap();
+        assert!(matches!(err, ExchangeError::TimedOut), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_cut_after_the_pause() {
+        let (pool, _read) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst", Duration::from_secs(5)).await;
+        let started = std::time::Instant::now();
+        let conn = pool.connect().await.unwrap();
+        let head = given(Method::GET, &[]);
+        let pause = Duration::from_millis(200);
+        let up = conn.exchange(&head, crate::body::empty(), &pool, (Instant::now() + pause, pause)).await.unwrap();
+        assert!(up.response.into_body().collect().await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_malformed_answer() {
+        let (pool, _read) = scripted(b"this is not HTTP\r\n\r\n", Duration::from_secs(1)).await;
+        let err = ask(&pool, Method::GET, crate::body::empty(), Duration::from_secs(2)).await.err().unwrap();
+        assert!(matches!(err, ExchangeError::Malformed(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_before_any_answer_counts_as_stale() {
+        let (pool, _read) = scripted(b"", Duration::ZERO).await;
+        let err = ask(&pool, Method::GET, crate::body::empty(), Duration::from_secs(2)).await.err().unwrap();
+        assert!(err.connection_was_stale(), "{err}");
+    }
 }

@@ -14,6 +14,9 @@ mod body;
 mod head;
 mod write;
 
+#[cfg(test)]
+mod tests;
+
 pub use head::{parse as parse_head, Head, HeadError};
 
 use super::deadline::{Deadline, Expired};
