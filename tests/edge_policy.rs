@@ -113,6 +113,11 @@ const ROWS: &[Row] = &[
         Refused(400),
     ),
     row(
+        "bytes no URI allows in a path are escaped, so every parser reads it alike",
+        "GET /api/contacts/a{b}|c\"d^[e] HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n\r\n",
+        Forwarded(&[200], &["GET /api/contacts/a%7Bb%7D%7Cc%22d%5E%5Be%5D HTTP/1.1\r\nhost: {up}\r\n{fwd}{id}\r\n"]),
+    ),
+    row(
         "a parameter on a named segment goes through",
         "GET /api/contacts/a;v=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n\r\n",
         Forwarded(&[200], &["GET /api/contacts/a;v=1 HTTP/1.1\r\nhost: {up}\r\n{fwd}{id}\r\n"]),

@@ -36,6 +36,17 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// RFC 3986's `pchar` without `pct-encoded`: unreserved, sub-delims, `:`, `@`.
+fn is_pchar(b: u8) -> bool {
+    is_unreserved(b) || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
+}
+
+fn push_escaped(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+    out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+}
+
 /// Decodes unreserved escapes in one segment and upper-cases the others.
 fn normalise_segment(seg: &str, out: &mut String) -> Result<(), PathError> {
     let bytes = seg.as_bytes();
@@ -51,21 +62,22 @@ fn normalise_segment(seg: &str, out: &mut String) -> Result<(), PathError> {
             match decoded {
                 b'/' | b'\\' | 0 => return Err(PathError::ForbiddenEncoding),
                 d if is_unreserved(d) => out.push(d as char),
-                d => {
-                    out.push('%');
-                    out.push(char::from(b"0123456789ABCDEF"[(d >> 4) as usize]));
-                    out.push(char::from(b"0123456789ABCDEF"[(d & 15) as usize]));
-                }
+                d => push_escaped(out, d),
             }
             i += 3;
         } else {
             if b == b'\\' || b == 0 {
                 return Err(PathError::ForbiddenEncoding);
             }
-            // `seg` is a &str, so multi-byte characters arrive whole.
-            let ch_len = seg[i..].chars().next().map_or(1, char::len_utf8);
-            out.push_str(&seg[i..i + ch_len]);
-            i += ch_len;
+            // A byte RFC 3986 does not allow in a path (`"`, `{`, `|`, `^`,
+            // `[`, a `?`, UTF-8) is escaped, so every parser reads the path
+            // alike; spaces and controls are left for the target check to refuse.
+            if is_pchar(b) || b <= b' ' || b == 0x7f {
+                out.push(char::from(b));
+            } else {
+                push_escaped(out, b);
+            }
+            i += 1;
         }
     }
     Ok(())
@@ -87,7 +99,7 @@ fn parameters_stem(segment: &str) -> Option<&str> {
 /// `..` segments, no backslash or NUL. Most requests are; they skip the work.
 fn already_normal(path: &str) -> bool {
     let b = path.as_bytes();
-    if b.first() != Some(&b'/') || b.iter().any(|c| matches!(c, b'%' | b'\\' | b';' | 0)) {
+    if b.first() != Some(&b'/') || b.iter().any(|c| *c == b';' || (*c != b'/' && !is_pchar(*c))) {
         return false;
     }
     path[1..].split('/').enumerate().all(|(i, seg)| match seg {
@@ -211,6 +223,15 @@ mod tests {
         assert_eq!(normalise("/api/a;b/c"), Ok("/api/a;b/c".into()));
         assert_eq!(normalise("/api/...;x"), Ok("/api/...;x".into()), "three dots are a name");
         assert!(!already_normal("/api/lists;v=1"), "a ';' takes the checked path");
+    }
+
+    #[test]
+    fn bytes_no_uri_allows_in_a_path_are_escaped() {
+        assert_eq!(normalise("/api/a\"b{c}|d^e[f]g`h"), Ok("/api/a%22b%7Bc%7D%7Cd%5Ee%5Bf%5Dg%60h".into()));
+        assert_eq!(normalise("/api/caf\u{e9}"), Ok("/api/caf%C3%A9".into()));
+        assert_eq!(normalise("/api/a?b#c"), Ok("/api/a%3Fb%23c".into()));
+        assert_eq!(normalise("/api/a!$&'()*+,=:@b"), Ok("/api/a!$&'()*+,=:@b".into()), "sub-delims, : and @ are path characters");
+        assert!(!already_normal("/api/a{b}"));
     }
 
     #[test]
