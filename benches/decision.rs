@@ -3,9 +3,10 @@
 //! `cargo bench --bench decision`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http::{HeaderMap, HeaderValue, Method, Request};
 use keygate::clock::Moment;
 use keygate::config::{Algorithm, Config};
+use keygate::http1::lines::FieldLines;
 use keygate::keys::token::TokenHash;
 use keygate::manage::{KeyInput, Manager};
 use keygate::pipeline::{authorise, Trace};
@@ -106,10 +107,7 @@ fn steps(c: &mut Criterion) {
     c.bench_function("limiter_decision", |b| {
         b.iter(|| limiter.check(Algorithm::FixedWindow, black_box("key_0123456789abcdef"), u32::MAX, keygate::clock::now_ms()))
     });
-    let identity = [
-        (headers::X_KEYGATE_KEY_ID, HeaderValue::from_static("key_0123456789abcdef")),
-        (headers::X_KEYGATE_ENV, HeaderValue::from_static("live")),
-    ];
+    let identity = FieldLines::render([(&b"x-keygate-key-id"[..], &b"key_0123456789abcdef"[..]), (b"x-keygate-env", b"live")]);
     c.bench_function("header_rewrite", |b| b.iter(|| rewrite(black_box(req.headers()), &peer_header, &identity)));
     c.bench_function("whole_decision", |b| {
         b.iter(|| {
@@ -142,11 +140,11 @@ fn ready_or_block_on<F: Future>(rt: &tokio::runtime::Runtime, work: F) -> F::Out
 
 /// The forwarded head: client headers filtered, forwarding and identity
 /// headers added, every line visited as the HTTP/1.1 client writes them.
-fn rewrite(client: &HeaderMap, peer: &HeaderValue, identity: &[(HeaderName, HeaderValue)]) -> usize {
+fn rewrite(client: &HeaderMap, peer: &HeaderValue, identity: &FieldLines) -> usize {
     let mut out = Outgoing::new(&Method::GET, "/api/contacts/42".into(), client, true, Underscores::Drop);
     out.set_forwarded(peer, false, Some(HeaderValue::from_static("api.example.com")), false);
     out.set_identity(identity);
-    out.headers().map(|(n, v)| n.as_str().len() + v.len()).sum::<usize>()
+    out.headers().map(|(n, v)| n.as_str().len() + v.len()).sum::<usize>() + identity.text().len()
 }
 
 criterion_group!(benches, steps);

@@ -21,6 +21,33 @@ pub struct HeaderLines {
     has_date: bool,
 }
 
+/// Fields rendered once as header lines, to be written as they are into
+/// many requests (a key's identity fields, cached with the key). Only this
+/// module renders them, and never a framing, `Host` or hop-by-hop field.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FieldLines(bytes::Bytes);
+
+impl FieldLines {
+    /// No fields.
+    pub const EMPTY: FieldLines = FieldLines(bytes::Bytes::new());
+
+    /// Renders `fields`, leaving out any this module writes itself.
+    pub fn render<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> FieldLines {
+        let mut text = Vec::with_capacity(128);
+        for (name, value) in fields {
+            if !super::frames_or_hops(name) {
+                write_line(&mut text, name, value);
+            }
+        }
+        FieldLines(text.into())
+    }
+
+    /// The lines, `name: value\r\n` each.
+    pub fn text(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// What reading a response head's fields learned besides the lines.
 #[derive(Debug, Default)]
 pub struct Hop<'a> {

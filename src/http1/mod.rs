@@ -36,8 +36,20 @@ pub fn is_hop_by_hop_any_case(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
 }
 
+/// Whether a field is this module's to write, never a caller's: the
+/// framing, `Host`, and the hop-by-hop fields.
+pub(crate) fn frames_or_hops(name: &[u8]) -> bool {
+    // Every such name starts with one of these letters; most names do not.
+    let Some(first) = name.first() else { return false };
+    matches!(first.to_ascii_lowercase(), b'c' | b'h' | b'k' | b'p' | b't' | b'u')
+        && (name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"host")
+            || HOP_BY_HOP.iter().any(|hop| hop.as_bytes().eq_ignore_ascii_case(name)))
+}
+
 /// Appends one header line, `name: value\r\n`.
 pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -99,65 +111,52 @@ impl Reply {
     }
 }
 
-/// Most fields a [`Fields`] holds, and the longest value.
-const MAX_FIELDS: usize = 6;
-const MAX_VALUE: usize = 32;
-
-/// A few header fields held inline (a response carries them on every
-/// request, so they cost no allocation): a static name, and a value the
-/// caller writes as text into room of [`MAX_VALUE`] bytes.
+/// Header fields a handler adds to its response, rendered only when the
+/// response is written: a few numbers, and the function that turns them
+/// into names and values. Small and `Copy`, so a response carries them on
+/// every request without an allocation or a copy of rendered text.
 #[derive(Clone, Copy, Default)]
 pub struct Fields {
-    names: [&'static str; MAX_FIELDS],
-    values: [[u8; MAX_VALUE]; MAX_FIELDS],
-    lens: [u8; MAX_FIELDS],
-    count: usize,
+    numbers: [i64; 6],
+    render: Option<Render>,
 }
+
+/// Calls `field` with each name and value that `numbers` stand for.
+pub type Render = fn(numbers: &[i64; 6], field: &mut dyn FnMut(&'static str, &[u8]));
 
 impl std::fmt::Debug for Fields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.iter().map(|(n, v)| (n, String::from_utf8_lossy(v)))).finish()
+        let mut all = Vec::new();
+        self.each(&mut |name, value| all.push((name, String::from_utf8_lossy(value).into_owned())));
+        f.debug_map().entries(all).finish()
     }
 }
 
 impl Fields {
-    /// Adds a field whose value is the concatenation of `parts`. A field
-    /// that does not fit (too many, too long) is left out rather than cut.
-    pub fn push(&mut self, name: &'static str, parts: &[&[u8]]) {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if self.count == MAX_FIELDS || len > MAX_VALUE {
-            return;
-        }
-        let value = &mut self.values[self.count];
-        let mut at = 0;
-        for part in parts {
-            value[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        self.names[self.count] = name;
-        self.lens[self.count] = len as u8;
-        self.count += 1;
+    /// The fields `render` makes of `numbers`.
+    pub fn new(numbers: [i64; 6], render: Render) -> Fields {
+        Fields { numbers, render: Some(render) }
     }
 
-    /// The fields in the order they were pushed.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
-        (0..self.count).map(|i| (self.names[i], &self.values[i][..usize::from(self.lens[i])]))
+    /// Calls `field` with each name and value, in order.
+    pub fn each(&self, field: &mut dyn FnMut(&'static str, &[u8])) {
+        if let Some(render) = self.render {
+            render(&self.numbers, field);
+        }
     }
 
     /// Writes them as header lines.
     pub fn write_lines(&self, out: &mut Vec<u8>) {
-        for (name, value) in self.iter() {
-            write_line(out, name.as_bytes(), value);
-        }
+        self.each(&mut |name, value| write_line(out, name.as_bytes(), value));
     }
 
     /// Sets them in a header map (each replacing a field of its name).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
-        for (name, value) in self.iter() {
+        self.each(&mut |name, value| {
             if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
                 headers.insert(name, value);
             }
-        }
+        });
     }
 }
 
@@ -166,21 +165,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_hold_what_fits_and_render_alike_both_ways() {
-        let mut f = Fields::default();
-        f.push("x-a", &[b"1", b"2"]);
-        f.push("x-long", &[&[b'x'; MAX_VALUE + 1]]);
-        f.push("x-b", &[b"\"fixed\";q=", b"60"]);
+    fn fields_render_alike_as_lines_and_in_a_map() {
+        let f = Fields::new([12, 60, 0, 0, 0, 0], |n, field| {
+            field("x-a", itoa::Buffer::new().format(n[0]).as_bytes());
+            field("x-b", format!("\"fixed\";q={}", n[1]).as_bytes());
+        });
         let mut lines = Vec::new();
         f.write_lines(&mut lines);
-        assert_eq!(lines, b"x-a: 12\r\nx-b: \"fixed\";q=60\r\n", "a value too long is left out, not cut");
+        assert_eq!(lines, b"x-a: 12\r\nx-b: \"fixed\";q=60\r\n");
         let mut map = HeaderMap::new();
         f.insert_into(&mut map);
         let back: Vec<(&[u8], &[u8])> = read_lines(&lines).collect();
         assert_eq!(back, map.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())).collect::<Vec<_>>());
-        for i in 0..MAX_FIELDS {
-            f.push("x-more", &[i.to_string().as_bytes()]);
-        }
-        assert_eq!(f.iter().count(), MAX_FIELDS);
+        let mut none = Vec::new();
+        Fields::default().write_lines(&mut none);
+        assert!(none.is_empty());
     }
 }

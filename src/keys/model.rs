@@ -65,9 +65,10 @@ pub struct ApiKey {
 pub struct KeyLookup {
     pub key: ApiKey,
     pub secret_expires_at: Option<i64>,
-    /// The `X-Keygate-*` fields this key adds to forwarded requests, built
-    /// on first use and kept as long as the cached lookup.
-    identity: OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
+    /// The `X-Keygate-*` fields this key adds to forwarded requests,
+    /// rendered by the HTTP/1.1 module on first use and kept as long as the
+    /// cached lookup: copied as they are into every forwarded head.
+    identity: OnceLock<crate::http1::lines::FieldLines>,
 }
 
 /// Whether a resolved key may be used right now.
@@ -89,8 +90,11 @@ impl KeyLookup {
     }
 
     /// The identity fields for the upstream (see the field).
-    pub fn identity(&self) -> &[(http::HeaderName, http::HeaderValue)] {
-        self.identity.get_or_init(|| crate::proxy::headers::identity(&self.key))
+    pub fn identity(&self) -> &crate::http1::lines::FieldLines {
+        self.identity.get_or_init(|| {
+            let fields = crate::proxy::headers::identity(&self.key);
+            crate::http1::lines::FieldLines::render(fields.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))
+        })
     }
 
     /// Checks, in the contract's order: secret, status, expiry, environment.

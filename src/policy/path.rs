@@ -38,8 +38,39 @@ fn is_unreserved(b: u8) -> bool {
 
 /// RFC 3986's `pchar` without `pct-encoded`: unreserved, sub-delims, `:`, `@`.
 fn is_pchar(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
+    PCHAR[usize::from(b)]
 }
+
+/// [`is_pchar`] as a table: it is asked of every byte of every path.
+static PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    table
+};
 
 fn push_escaped(out: &mut String, b: u8) {
     out.push('%');

@@ -6,6 +6,7 @@
 
 use super::headers::{connection_named, fate_of, Fate, Underscores};
 use crate::http1::client::RequestHead;
+use crate::http1::lines::FieldLines;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 
@@ -32,7 +33,7 @@ pub struct Outgoing<'a> {
     strip_credentials: bool,
     underscores: Underscores,
     forwarded: Vec<(HeaderName, HeaderValue)>,
-    identity: &'a [(HeaderName, HeaderValue)],
+    identity: Option<&'a FieldLines>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -55,7 +56,7 @@ impl<'a> Outgoing<'a> {
             strip_credentials,
             underscores,
             forwarded: Vec::new(),
-            identity: &[],
+            identity: None,
         }
     }
 
@@ -91,14 +92,14 @@ impl<'a> Outgoing<'a> {
     }
 
     /// The key's `X-Keygate-*` fields (see `KeyLookup::identity`).
-    pub fn set_identity(&mut self, fields: &'a [(HeaderName, HeaderValue)]) {
-        self.identity = fields;
+    pub fn set_identity(&mut self, fields: &'a FieldLines) {
+        self.identity = Some(fields);
     }
 
-    /// The fields to send after `Host`, in order: the client's that pass,
-    /// the forwarding ones, the identity.
+    /// The fields to send after `Host` and before the identity, in order:
+    /// the client's that pass, then the forwarding ones.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let added = self.forwarded.iter().chain(self.identity).map(|(n, v)| (n, v));
+        let added = self.forwarded.iter().map(|(n, v)| (n, v));
         self.client.iter().filter(|(name, _)| self.passes(name)).chain(added)
     }
 
@@ -128,8 +129,22 @@ impl RequestHead for Outgoing<'_> {
         self.host.as_ref()
     }
 
-    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.headers().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    fn each_field(&self, field: &mut dyn FnMut(&[u8], &[u8])) {
+        // Loops rather than `headers()`'s chained iterator: this runs for
+        // every forwarded request.
+        for (name, value) in self.client {
+            if self.passes(name) {
+                field(name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        for (name, value) in &self.forwarded {
+            field(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+
+    fn rendered(&self) -> &FieldLines {
+        static NONE: FieldLines = FieldLines::EMPTY;
+        self.identity.unwrap_or(&NONE)
     }
 }
 
@@ -182,13 +197,13 @@ mod tests {
         let peer = super::super::headers::peer_value("127.0.0.1".parse().unwrap());
         let mut out = Outgoing::new(&Method::GET, "/x".into(), &h, true, Underscores::Drop);
         out.set_forwarded(&peer, true, Some(HeaderValue::from_static("api.example.com")), true);
-        let identity = [(super::super::headers::X_KEYGATE_KEY_ID, HeaderValue::from_static("key_1"))];
+        let identity = FieldLines::render([(&b"x-keygate-key-id"[..], &b"key_1"[..])]);
         out.set_identity(&identity);
+        assert_eq!(out.rendered().text(), b"x-keygate-key-id: key_1\r\n");
         let want: Vec<(String, String)> = [
             ("x-forwarded-for", "198.51.100.1, 203.0.113.9, 127.0.0.1"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "api.example.com"),
-            ("x-keygate-key-id", "key_1"),
         ]
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -104,28 +104,51 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
-    /// The headers as fields, straight from the numbers: `X-RateLimit-*`,
-    /// and with `ietf` the IETF draft's `RateLimit-Policy` and `RateLimit`
-    /// (`"fixed";q=100;w=60` and `"fixed";r=99;t=42`).
+    /// The headers as fields, rendered straight from the numbers when the
+    /// response is written: `X-RateLimit-*`, and with `ietf` the IETF
+    /// draft's `RateLimit-Policy` and `RateLimit` (`"fixed";q=100;w=60` and
+    /// `"fixed";r=99;t=42`).
     pub fn fields(&self) -> Fields {
         let d = &self.decision;
-        let mut fields = Fields::default();
-        let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
-        fields.push("x-ratelimit-limit", &[a.format(d.limit).as_bytes()]);
-        fields.push("x-ratelimit-remaining", &[a.format(d.remaining).as_bytes()]);
-        fields.push("x-ratelimit-reset", &[a.format(d.reset_at).as_bytes()]);
-        if self.ietf {
-            let name: &[u8] = match self.algorithm {
-                Algorithm::FixedWindow => b"\"fixed\"",
-                Algorithm::SlidingWindow => b"\"sliding\"",
-            };
-            let reset_in = (d.reset_at - self.now).clamp(0, WINDOW_SECS);
-            let (limit, window) = (a.format(d.limit), b.format(WINDOW_SECS));
-            fields.push("ratelimit-policy", &[name, b";q=", limit.as_bytes(), b";w=", window.as_bytes()]);
-            let (remaining, reset) = (a.format(d.remaining), b.format(reset_in));
-            fields.push("ratelimit", &[name, b";r=", remaining.as_bytes(), b";t=", reset.as_bytes()]);
+        let reset_in = (d.reset_at - self.now).clamp(0, WINDOW_SECS);
+        let kind = match (self.ietf, self.algorithm) {
+            (false, _) => 0,
+            (true, Algorithm::FixedWindow) => 1,
+            (true, Algorithm::SlidingWindow) => 2,
+        };
+        Fields::new([d.limit.into(), d.remaining.into(), d.reset_at, reset_in, kind, 0], render_fields)
+    }
+}
+
+/// [`RateHeaders::fields`]: `[limit, remaining, reset_at, reset_in, kind, _]`,
+/// kind 0 without the IETF fields, 1 fixed, 2 sliding.
+fn render_fields(n: &[i64; 6], field: &mut dyn FnMut(&'static str, &[u8])) {
+    let [limit, remaining, reset_at, reset_in, kind, _] = *n;
+    let mut digits = itoa::Buffer::new();
+    field("x-ratelimit-limit", digits.format(limit).as_bytes());
+    field("x-ratelimit-remaining", digits.format(remaining).as_bytes());
+    field("x-ratelimit-reset", digits.format(reset_at).as_bytes());
+    let name: &[u8] = match kind {
+        1 => b"\"fixed\"",
+        2 => b"\"sliding\"",
+        _ => return,
+    };
+    // A header's name, then its `;key=value` parameters.
+    let mut value = [0u8; 64];
+    for (header, params) in
+        [("ratelimit-policy", [(b";q=", limit), (b";w=", WINDOW_SECS)]), ("ratelimit", [(b";r=", remaining), (b";t=", reset_in)])]
+    {
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            value[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(name);
+        for (key, number) in params {
+            put(key);
+            put(digits.format(number).as_bytes());
         }
-        fields
+        field(header, &value[..at]);
     }
 }
 

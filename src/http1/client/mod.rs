@@ -12,8 +12,9 @@
 pub mod body;
 pub mod pool;
 
+use super::lines::FieldLines;
 use super::lines::HeaderLines;
-use super::{is_hop_by_hop_any_case, write_line};
+use super::{frames_or_hops, write_line};
 use crate::body::Body;
 use crate::http1::deadline::Deadline;
 use crate::http1::framing::{body_has_no_meaning, chunk_line, Framing, READ_CHUNK};
@@ -43,8 +44,10 @@ pub trait RequestHead: Sync {
     fn target(&self) -> &str;
     /// The upstream's `Host`, written first.
     fn host(&self) -> Option<&HeaderValue>;
-    /// The other fields, in order.
-    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+    /// Calls `field` with each other field's name and value, in order.
+    fn each_field(&self, field: &mut dyn FnMut(&[u8], &[u8]));
+    /// Fields rendered once for many requests, written after the others.
+    fn rendered(&self) -> &FieldLines;
 }
 
 /// An upstream's answer: the status and body, and the header fields as
@@ -290,11 +293,12 @@ pub async fn write_request<W: AsyncWrite + Unpin>(
     if let Some(host) = out.host() {
         write_line(&mut head, b"host", host.as_bytes());
     }
-    for (name, value) in out.fields() {
+    out.each_field(&mut |name, value| {
         if !frames_or_hops(name) {
             write_line(&mut head, name, value);
         }
-    }
+    });
+    head.extend_from_slice(out.rendered().text());
     let has_body = !body.is_end_stream();
     let length = if has_body { body.size_hint().exact() } else { None };
     let chunked = has_body && length.is_none();
@@ -334,13 +338,6 @@ async fn write_chunk<W: AsyncWrite + Unpin>(stream: &mut W, data: Bytes) -> Resu
     stream.write_all(chunk_line(data.len(), &mut line)).await.map_err(ExchangeError::Write)?;
     stream.write_all(&data).await.map_err(ExchangeError::Write)?;
     stream.write_all(b"\r\n").await.map_err(ExchangeError::Write)
-}
-
-/// Whether a field is this module's to write, never a caller's.
-fn frames_or_hops(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"content-length")
-        || name.eq_ignore_ascii_case(b"host")
-        || std::str::from_utf8(name).is_ok_and(is_hop_by_hop_any_case)
 }
 
 /// POST, PUT and PATCH carry a body by definition: an empty one is said
@@ -386,8 +383,14 @@ mod tests {
             static HOST: HeaderValue = HeaderValue::from_static("up.test");
             Some(&HOST)
         }
-        fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-            self.fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        fn each_field(&self, field: &mut dyn FnMut(&[u8], &[u8])) {
+            for (n, v) in &self.fields {
+                field(n.as_bytes(), v.as_bytes());
+            }
+        }
+        fn rendered(&self) -> &FieldLines {
+            static NONE: FieldLines = FieldLines::EMPTY;
+            &NONE
         }
     }
 
@@ -567,5 +570,28 @@ mod tests {
         let (pool, _read) = scripted(b"", Duration::ZERO).await;
         let err = ask(&pool, Method::GET, crate::body::empty(), Duration::from_secs(2)).await.err().unwrap();
         assert!(err.connection_was_stale(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_upload_is_read_is_passed_on_at_once() {
+        // Answers as soon as the head is in, then reads nothing more.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: http::uri::Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let pool = Pool::new(pool::Target::new(&origin, Duration::from_secs(1)));
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut chunk = [0u8; 1024];
+            let _ = s.read(&mut chunk).await;
+            let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        // An upload far larger than the socket buffers hold.
+        let block: &'static str = Box::leak("u".repeat(1 << 16).into_boxed_str());
+        let body = stream_of(&[block; 256]);
+        let started = std::time::Instant::now();
+        let (status, _) = ask(&pool, Method::POST, body, Duration::from_secs(3)).await.unwrap();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} for the upload", started.elapsed());
+        assert!(pool.take_idle(std::time::Instant::now()).is_none(), "half-sent: never reused");
     }
 }

@@ -239,11 +239,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     /// for the next request, up to a head's size; past that the socket is
     /// left unread until the answer is written.
     fn client_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        // Read into the stack, not into `buf`: reserving room there while
+        // the request's head still shares its allocation would copy it.
+        let mut probe = [0u8; 512];
         while self.buf.len() < self.limits.max_header_bytes {
-            self.buf.reserve(HEAD_READ);
-            match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
-                Poll::Ready(Ok(_)) => {}
+            let mut read = tokio::io::ReadBuf::new(&mut probe);
+            match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => self.buf.extend_from_slice(read.filled()),
+                Poll::Ready(Err(_)) => return true,
                 Poll::Pending => return false,
             }
         }

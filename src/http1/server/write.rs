@@ -286,4 +286,56 @@ mod tests {
         let text = String::from_utf8(sink.0).unwrap();
         assert!(text.contains("content-length: 5\r\n") && text.ends_with("\r\n\r\n"), "{text}");
     }
+
+    #[tokio::test]
+    async fn bodiless_statuses_send_no_body_whatever_it_holds() {
+        for status in [http::StatusCode::NO_CONTENT, http::StatusCode::NOT_MODIFIED] {
+            let mut resp = Response::new(crate::body::full("ignored"));
+            *resp.status_mut() = status;
+            let (text, keep) = wire(resp, HTTP11).await;
+            assert!(text.ends_with("\r\n\r\n") && !text.contains("ignored"), "{text}");
+            assert!(keep);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_length_of_our_own_gives_way_to_the_body_s() {
+        let mut resp = Response::new(crate::body::full("hello"));
+        resp.headers_mut().append(header::CONTENT_LENGTH, http::HeaderValue::from_static("3"));
+        resp.headers_mut().append(header::CONTENT_LENGTH, http::HeaderValue::from_static("4"));
+        let (text, _) = wire(resp, HTTP11).await;
+        assert_eq!(text.matches("content-length").count(), 1, "{text}");
+        assert!(text.contains("content-length: 5\r\n") && text.ends_with("hello"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn extra_fields_come_last_and_a_closing_answer_says_so() {
+        let mut reply = Reply::from(Response::new(crate::body::full("x")));
+        reply.extra = Fields::new([7, 0, 0, 0, 0, 0], |n, field| field("x-ratelimit-remaining", n[0].to_string().as_bytes()));
+        let mut sink = Collect(Vec::new());
+        let keep = response(&mut sink, &mut Vec::new(), reply, Answering { keep_alive: false, ..HTTP11 }).await.unwrap();
+        let text = String::from_utf8(sink.0).unwrap();
+        assert!(!keep);
+        let extra = text.find("x-ratelimit-remaining: 7\r\n").unwrap();
+        assert!(extra < text.find("content-length").unwrap(), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_http10_client_kept_alive_is_told_so() {
+        let (text, keep) = wire(Response::new(crate::body::full("ok")), Answering { version: Version::HTTP_10, ..HTTP11 }).await;
+        assert!(keep);
+        assert!(text.contains("connection: keep-alive\r\n") && text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_midway_ends_the_answer_with_an_error() {
+        let frames: Vec<Result<http_body::Frame<Bytes>, crate::body::BoxError>> =
+            vec![Ok(http_body::Frame::data(Bytes::from("part"))), Err("upstream went away".into())];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let mut sink = Collect(Vec::new());
+        let result = response(&mut sink, &mut Vec::new(), Response::new(body).into(), HTTP11).await;
+        assert!(result.is_err(), "a chunked answer cut short must not look complete");
+        assert!(!String::from_utf8_lossy(&sink.0).ends_with("0\r\n\r\n"));
+    }
 }
