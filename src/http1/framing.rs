@@ -275,4 +275,83 @@ mod tests {
         }
         assert_eq!(decode(Framing::CHUNKED, &wire), Err(FramingError::TrailersTooLong));
     }
+
+    #[test]
+    fn a_chunked_body_decodes_alike_however_it_is_split() {
+        let wire = b"4\r\nWiki\r\nA;ext\r\n0123456789\r\n0\r\nT: 1\r\n\r\nrest";
+        for split in 0..wire.len() {
+            let mut framing = Framing::CHUNKED;
+            let mut buf = BytesMut::from(&wire[..split]);
+            let mut body = Vec::new();
+            let mut fed = split;
+            loop {
+                match framing.next(&mut buf).unwrap() {
+                    Step::Data(d) => body.extend_from_slice(&d),
+                    Step::End => {
+                        // What the decoder was never given stays unread too.
+                        buf.extend_from_slice(&wire[fed..]);
+                        break;
+                    }
+                    Step::NeedMore => {
+                        assert!(fed < wire.len(), "ran out at split {split}");
+                        buf.extend_from_slice(&wire[fed..]);
+                        fed = wire.len();
+                    }
+                }
+            }
+            assert_eq!(body, b"Wiki0123456789", "split at {split}");
+            assert_eq!(&buf[..], b"rest", "split at {split}: what follows the body is left");
+        }
+    }
+
+    #[test]
+    fn sizes_are_hex_in_either_case_and_overflow_is_refused() {
+        assert_eq!(decode(Framing::CHUNKED, b"A\r\n0123456789\r\n0\r\n\r\n").unwrap().0, b"0123456789");
+        assert_eq!(decode(Framing::CHUNKED, b"a\r\n0123456789\r\n0\r\n\r\n").unwrap().0, b"0123456789");
+        assert_eq!(decode(Framing::CHUNKED, b"0000000000000001\r\nx\r\n0\r\n\r\n").unwrap().0, b"x", "16 digits with zeros");
+        assert!(matches!(decode(Framing::CHUNKED, b";x\r\n"), Err(FramingError::ChunkSize(_))), "no digits");
+        assert!(matches!(decode(Framing::CHUNKED, b"5 x\r\n"), Err(FramingError::ChunkSize(_))), "junk after the size");
+        let long_line = [b"5;".as_slice(), &[b'x'; MAX_CHUNK_LINE + 1]].concat();
+        assert_eq!(decode(Framing::CHUNKED, &long_line), Err(FramingError::LineTooLong));
+    }
+
+    #[test]
+    fn empty_and_zero_lengths_are_done_at_once() {
+        for framing in [Framing::Empty, Framing::Length(0)] {
+            assert!(framing.is_done());
+            assert_eq!(framing.size_hint().exact(), Some(0));
+            assert_eq!(decode(framing, b"GET / HTTP/1.1\r\n").unwrap().0, b"", "the next request is not body");
+        }
+        assert!(!Framing::CHUNKED.is_done());
+        assert_eq!(Framing::CHUNKED.size_hint().exact(), None);
+        assert_eq!(Framing::UntilClose.size_hint().exact(), None);
+    }
+
+    #[test]
+    fn until_close_takes_everything() {
+        let (body, framing) = decode(Framing::UntilClose, b"all of it").unwrap();
+        assert_eq!((body.as_slice(), framing), (&b"all of it"[..], Framing::UntilClose));
+    }
+
+    #[test]
+    fn methods_whose_body_has_no_meaning() {
+        use http::Method;
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE, Method::TRACE, Method::CONNECT] {
+            assert!(body_has_no_meaning(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PUT, Method::PATCH, Method::from_bytes(b"PURGE").unwrap()] {
+            assert!(!body_has_no_meaning(&m), "{m}");
+        }
+    }
+
+    #[test]
+    fn bodiless_statuses() {
+        use http::StatusCode;
+        for s in [StatusCode::CONTINUE, StatusCode::SWITCHING_PROTOCOLS, StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            assert!(bodiless(s), "{s}");
+        }
+        for s in [StatusCode::OK, StatusCode::RESET_CONTENT, StatusCode::NOT_FOUND] {
+            assert!(!bodiless(s), "{s}");
+        }
+    }
 }

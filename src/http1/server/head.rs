@@ -285,4 +285,62 @@ mod tests {
         assert!(keep("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), "an empty body is no body");
         assert!(keep("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"));
     }
+
+    #[test]
+    fn the_absolute_form_is_read_for_its_path() {
+        let h = head("GET http://other.example/api/lists?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.request.uri().path(), "/api/lists");
+        assert_eq!(h.request.uri().query(), Some("x=1"));
+    }
+
+    #[test]
+    fn a_zero_length_body_is_no_body() {
+        let h = hosted("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn expect_counts_only_for_100_continue_over_http_1_1_with_a_body() {
+        let expects = |wire: &str| hosted(wire).unwrap().unwrap().expect_continue;
+        assert!(expects("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n"));
+        assert!(!expects("PUT / HTTP/1.1\r\nExpect: something-else\r\nContent-Length: 1\r\n\r\n"));
+        assert!(!expects("PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"), "no body, nothing to wait for");
+        assert!(!expects("PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"), "HTTP/1.0 knows no 100");
+    }
+
+    #[test]
+    fn heads_past_the_inline_lines_are_parsed_on_the_heap() {
+        let lines: String = (0..80).map(|i| format!("X-{i}: v\r\n")).collect();
+        let h = hosted(&format!("GET / HTTP/1.1\r\n{lines}\r\n")).unwrap().unwrap();
+        assert_eq!(h.request.headers().len(), 81);
+        assert_eq!(h.request.headers()["x-79"], "v");
+    }
+
+    #[test]
+    fn extension_methods_are_tokens_and_nothing_else() {
+        assert_eq!(hosted("PURGE / HTTP/1.1\r\n\r\n").unwrap().unwrap().request.method().as_str(), "PURGE");
+        assert!(matches!(hosted("GE(T / HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(hosted("GET / HTTP/1.2\r\n\r\n"), Err(HeadError::Malformed(_))), "HTTP/1.2 is not a version we speak");
+    }
+
+    #[test]
+    fn control_bytes_and_folding_are_refused() {
+        for bad in [
+            "GET / HTTP/1.1\r\nX-A: 1\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-A : 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-A: a\u{0}b\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX\u{1}A: 1\r\n\r\n",
+        ] {
+            assert!(matches!(hosted(bad), Err(HeadError::Malformed(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_chunked_coding_may_carry_spaces_and_any_case() {
+        let framing = hosted("POST / HTTP/1.1\r\nTransfer-Encoding:  cHuNkEd \r\n\r\n").unwrap().unwrap().framing;
+        assert_eq!(framing, Framing::CHUNKED);
+    }
 }
