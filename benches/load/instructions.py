@@ -30,6 +30,10 @@ def ensure_valgrind():
         subprocess.run(["apt-get", "install", "-y", "valgrind"], check=True, capture_output=True)
 
 
+# --keep: where the callgrind dumps are copied (for callgrind_annotate).
+KEEP = None
+
+
 def wrk(url, token, seconds):
     """Requests served by one wrk thread on 4 connections; errors abort the count."""
     _, total, bad = run.wrk(url, token, seconds, 4, 1)
@@ -56,6 +60,8 @@ def count(name, cmd, port, url, token, work, seconds, cwd=None):
         run.sh("callgrind_control", "-d", str(proc.p.pid))
         time.sleep(1)
         dumps = sorted(Path(work).glob(f"callgrind-{name}.out.*"))
+        if KEEP:
+            shutil.copy(dumps[-1], Path(KEEP) / f"callgrind-{name}.out")
         return total_instructions(str(dumps[-1])) / served, served
     finally:
         proc.stop()
@@ -65,7 +71,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keygate", action="append", help="a keygate binary (repeatable); default: a fresh release build")
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--keep", help="a folder to copy each gateway's callgrind dump to, for callgrind_annotate")
     args = ap.parse_args()
+    global KEEP
+    KEEP = args.keep
     ensure_valgrind()
     run.ensure_tools()
     binaries = [str(Path(b).resolve()) for b in args.keygate] if args.keygate else [run.keygate_binary()]

@@ -324,6 +324,8 @@ def main():
     ap.add_argument("--light-latency", action="store_true",
                     help=f"also measure latency at {LIGHT_SHARE * 100:.0f}%% of the slowest gateway's throughput (adds a table)")
     ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
+    ap.add_argument("--baseline", help="another keygate binary (say, main before a change), measured as keygate-baseline "
+                    "(SQLite, local limiter) in the same interleaved rounds, and the change's ratio to it given round by round")
     ap.add_argument("--only", help="comma-separated configurations to measure (nginx is always kept: ratios are to it)")
     args = ap.parse_args()
     place = Placement(args.pin, args.workers)
@@ -342,18 +344,20 @@ def main():
         configs = {}
         token = None
         specs = [
-            ("keygate", "", '[store]\npath = "keygate.db"', 'backend = "local"'),
-            ("keygate-redis", "", f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"', 'backend = "redis"'),
-            ("keygate-tls", f'tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}', '[store]\npath = "keygate.db"', 'backend = "local"'),
+            ("keygate", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
+            ("keygate-redis", keygate, "", f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"', 'backend = "redis"'),
+            ("keygate-tls", keygate, f'tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}', '[store]\npath = "keygate.db"', 'backend = "local"'),
         ]
-        for name, extra, store, rate in specs:
+        if args.baseline:
+            specs.insert(1, ("keygate-baseline", args.baseline, "", '[store]\npath = "keygate.db"', 'backend = "local"'))
+        for name, binary, extra, store, rate in specs:
             port, admin = free_port(), free_port()
             conf = keygate_conf(work, name, port, admin, up_port, extra, store, rate)
             if token is None:
-                token = json.loads(sh(keygate, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
+                token = json.loads(sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
             else:
-                sh(keygate, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader")
-            procs.append(Proc([*place.gateway, keygate, "--config", str(conf), "serve"], port, env=env))
+                sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader")
+            procs.append(Proc([*place.gateway, binary, "--config", str(conf), "serve"], port, env=env))
             scheme = "https" if "tls" in name else "http"
             configs[name] = (f"{scheme}://127.0.0.1:{port}/api/lists", procs[-1])
         ng_port = free_port()
@@ -418,6 +422,12 @@ def main():
             vs_direct = f"{med[name] / med['direct']:.2f}" if "direct" in med else "-"
             lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {vs_direct} | {results[name]['non2xx']} | {cpu} | {lcols} |")
         lines += ["", *paired_ratios(results, lat)]
+        if "keygate-baseline" in results and "keygate" in results:
+            rps = [a / b for a, b in zip(results["keygate"]["rps"], results["keygate-baseline"]["rps"])]
+            cpu = [a / b for a, b in zip(results["keygate"]["cpu"], results["keygate-baseline"]["cpu"])]
+            lines.append(f"- keygate / keygate-baseline, round by round: throughput {', '.join(f'{x:.3f}' for x in rps)} "
+                         f"(median {statistics.median(rps):.3f}); CPU per request {', '.join(f'{x:.3f}' for x in cpu)} "
+                         f"(median {statistics.median(cpu):.3f})")
         if light:
             lines += [
                 "",
