@@ -117,6 +117,13 @@ async fn ended(served: Served) -> Ended<DuplexStream> {
     tokio::time::timeout(Duration::from_secs(10), served).await.expect("the connection did not end").unwrap()
 }
 
+/// The answer says the connection closes, and it does once the client lets go.
+async fn closes_after(answer: &Answer, client: DuplexStream, served: Served) {
+    assert!(answer.head.contains("connection: close"), "{answer:?}");
+    drop(client);
+    assert!(matches!(ended(served).await, Ended::Closed));
+}
+
 #[tokio::test]
 async fn keep_alive_serves_requests_one_after_another() {
     let (mut c, _served, _stop) = connect(echo);
@@ -170,9 +177,7 @@ async fn a_broken_chunked_body_ends_the_connection() {
     let (mut c, served, _stop) = connect(echo);
     c.write_all(b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n").await.unwrap();
     let a = answers(&mut c, 1).await;
-    assert!(a[0].head.contains("connection: close"), "{a:?}");
-    drop(c);
-    assert!(matches!(ended(served).await, Ended::Closed));
+    closes_after(&a[0], c, served).await;
 }
 
 #[tokio::test]
@@ -190,10 +195,8 @@ async fn no_continue_when_the_body_is_never_read_and_the_connection_closes() {
     let (mut c, served, _stop) = connect(ignore_body);
     c.write_all(b"PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").await.unwrap();
     let a = answers(&mut c, 1).await;
-    assert_eq!(a[0].status, 200, "answered without 100 first");
-    assert!(a[0].head.contains("connection: close"), "the client may never send the body: {a:?}");
-    drop(c);
-    assert!(matches!(ended(served).await, Ended::Closed));
+    assert_eq!(a[0].status, 200, "answered without 100 first: the client may never send the body");
+    closes_after(&a[0], c, served).await;
 }
 
 #[tokio::test]
@@ -226,9 +229,7 @@ async fn a_large_unread_body_closes_the_connection() {
     let (mut c, served, _stop) = connect(ignore_body);
     c.write_all(b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nstart").await.unwrap();
     let a = answers(&mut c, 1).await;
-    assert!(a[0].head.contains("connection: close"));
-    drop(c);
-    assert!(matches!(ended(served).await, Ended::Closed));
+    closes_after(&a[0], c, served).await;
 }
 
 #[tokio::test]
@@ -237,10 +238,8 @@ async fn a_refused_body_is_not_drained_however_small() {
     c.write_all(b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
     let a = answers(&mut c, 1).await;
     assert_eq!(a[0].status, 413);
-    assert!(a[0].head.contains("connection: close"), "{a:?}");
-    assert!(closed(&mut c).await);
-    drop(c);
-    assert!(matches!(ended(served).await, Ended::Closed));
+    assert!(closed(&mut c).await, "not kept to drain the body");
+    closes_after(&a[0], c, served).await;
 }
 
 #[tokio::test]
@@ -249,8 +248,7 @@ async fn a_body_on_get_is_read_and_the_connection_closes_after_the_answer() {
     c.write_all(b"GET /g HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody").await.unwrap();
     let a = answers(&mut c, 1).await;
     assert_eq!(a[0].body, "GET /g body");
-    assert!(a[0].head.contains("connection: close"));
-    assert!(matches!(ended(served).await, Ended::Closed));
+    closes_after(&a[0], c, served).await;
 }
 
 #[tokio::test]
@@ -267,9 +265,7 @@ async fn malformed_and_ambiguous_heads_are_refused_and_the_connection_closes() {
         c.write_all(head.as_bytes()).await.unwrap();
         let a = answers(&mut c, 1).await;
         assert_eq!(a[0].status, 400, "{head:?}");
-        assert!(a[0].head.contains("connection: close"));
-        drop(c);
-        assert!(matches!(ended(served).await, Ended::Closed));
+        closes_after(&a[0], c, served).await;
     }
 }
 
