@@ -170,4 +170,40 @@ mod tests {
         parsed.parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").unwrap();
         assert_eq!(HeaderLines::sort(parsed.headers).err(), Some("conflicting Content-Length values"));
     }
+
+    #[test]
+    fn lines_turn_into_a_map_with_the_length_kept_apart() {
+        let (lines, ..) = sorted("HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(lines.content_length(), Some(7));
+        assert!(!lines.has_date());
+        let mut map = HeaderMap::new();
+        lines.append_to(&mut map);
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "repeated fields stay repeated, in order");
+        assert_eq!(map["content-length"], "7");
+    }
+
+    #[test]
+    fn rendered_field_lines_never_hold_what_http1_writes_itself() {
+        let lines = FieldLines::render([
+            (&b"x-keygate-key-id"[..], &b"key_1"[..]),
+            (b"Content-Length", b"5"),
+            (b"host", b"evil"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"connection", b"close"),
+            (b"x-keygate-env", b"live"),
+        ]);
+        assert_eq!(lines.text(), b"x-keygate-key-id: key_1\r\nx-keygate-env: live\r\n");
+        assert!(FieldLines::EMPTY.text().is_empty());
+    }
+
+    #[test]
+    fn read_lines_reads_back_what_write_line_wrote() {
+        let mut text = Vec::new();
+        write_line(&mut text, b"a", b"1");
+        write_line(&mut text, b"b-c", b" spaced ");
+        text.extend_from_slice(b"no colon here\r\n");
+        let back: Vec<(&[u8], &[u8])> = read_lines(&text).collect();
+        assert_eq!(back, [(&b"a"[..], &b"1"[..]), (b"b-c", b"spaced")], "values are trimmed, a line without a colon skipped");
+    }
 }

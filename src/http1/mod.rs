@@ -181,4 +181,16 @@ mod tests {
         Fields::default().write_lines(&mut none);
         assert!(none.is_empty());
     }
+
+    #[test]
+    fn hop_by_hop_names_in_any_case_and_the_fields_only_http1_writes() {
+        assert!(is_hop_by_hop_any_case("Transfer-Encoding") && is_hop_by_hop_any_case("PROXY-AUTHORIZATION"));
+        assert!(!is_hop_by_hop_any_case("transfer-encodings"));
+        for name in ["content-length", "Content-Length", "HOST", "te", "Upgrade", "keep-alive", "proxy-connection", "trailer"] {
+            assert!(frames_or_hops(name.as_bytes()), "{name}");
+        }
+        for name in ["x-content-length", "hostname", "accept", "", "cookie", "user-agent"] {
+            assert!(!frames_or_hops(name.as_bytes()), "{name}");
+        }
+    }
 }

@@ -594,4 +594,34 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} for the upload", started.elapsed());
         assert!(pool.take_idle(std::time::Instant::now()).is_none(), "half-sent: never reused");
     }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_upstream_closed_is_not_handed_out() {
+        let (pool, read) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Duration::ZERO).await;
+        let (status, _) = ask(&pool, Method::GET, crate::body::empty(), Duration::from_secs(2)).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        // The upstream closes its end once it answered; the pool must notice.
+        let _ = read.await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.take_idle(std::time::Instant::now()).is_none(), "a closed connection would fail the next request");
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_with_unexpected_bytes_is_not_reused() {
+        // An answer followed by bytes nobody asked for: the connection is out of step.
+        let (pool, _read) =
+            scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(5)).await;
+        let (status, body) = ask(&pool, Method::GET, crate::body::empty(), Duration::from_secs(2)).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+        assert!(pool.take_idle(std::time::Instant::now()).is_none());
+    }
+
+    #[test]
+    fn a_head_of_many_fields_or_bytes_is_refused() {
+        let many: String = (0..MAX_RESPONSE_HEADERS + 1).map(|i| format!("X-{i}: v\r\n")).collect();
+        let mut buf = BytesMut::from(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_str());
+        assert!(matches!(parse_head(&mut buf), Err(ExchangeError::Malformed(_))));
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 999 Odd\r\n\r\n")).is_ok(), "an unknown status passes as a number");
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 20 Short\r\n\r\n")).is_err());
+    }
 }

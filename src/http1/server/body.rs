@@ -193,3 +193,71 @@ impl Feeder {
         lock(&self.slot).ended = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    fn poll_body(body: &mut RequestBody) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(body).poll_frame(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn the_body_is_read_from_the_socket_only_when_asked() {
+        let (mut client, mut server) = duplex(1024);
+        client.write_all(b"hello").await.unwrap();
+        let (mut body, mut feeder) = channel(Framing::Length(5), false);
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let mut buf = BytesMut::new();
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(feeder.poll_feed(cx, &mut server, &mut buf).is_pending());
+        assert!(buf.is_empty(), "nothing is read ahead of the body asking");
+        assert!(poll_body(&mut body).is_pending());
+        let _ = feeder.poll_feed(cx, &mut server, &mut buf);
+        match poll_body(&mut body) {
+            Poll::Ready(Some(Ok(frame))) => assert_eq!(frame.into_data().unwrap(), "hello"),
+            other => panic!("{:?}", other.map(|f| f.map(|r| r.is_ok()))),
+        }
+        assert!(!feeder.handed_over());
+        assert!(poll_body(&mut body).is_pending());
+        let _ = feeder.poll_feed(cx, &mut server, &mut buf);
+        assert!(feeder.handed_over() && feeder.is_done());
+        assert!(matches!(poll_body(&mut body), Poll::Ready(None)));
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn continue_goes_out_once_the_body_is_first_asked_for() {
+        let (mut client, mut server) = duplex(1024);
+        let (mut body, mut feeder) = channel(Framing::CHUNKED, true);
+        assert_eq!(body.size_hint().exact(), None);
+        assert!(feeder.continue_unsent());
+        let mut buf = BytesMut::new();
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(poll_body(&mut body).is_pending());
+        let _ = feeder.poll_feed(cx, &mut server, &mut buf);
+        assert!(!feeder.continue_unsent());
+        let mut got = [0u8; CONTINUE.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, CONTINUE);
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_mid_body_is_an_error_for_the_body_and_breaks_the_connection() {
+        let (mut client, mut server) = duplex(1024);
+        client.write_all(b"hel").await.unwrap();
+        drop(client);
+        let (mut body, mut feeder) = channel(Framing::Length(5), false);
+        let mut buf = BytesMut::new();
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(poll_body(&mut body).is_pending());
+        let _ = feeder.poll_feed(cx, &mut server, &mut buf);
+        assert!(matches!(poll_body(&mut body), Poll::Ready(Some(Ok(_)))), "what came is passed on");
+        assert!(poll_body(&mut body).is_pending());
+        let _ = feeder.poll_feed(cx, &mut server, &mut buf);
+        assert!(matches!(poll_body(&mut body), Poll::Ready(Some(Err(_)))));
+        assert!(feeder.broken && feeder.handed_over());
+    }
+}
