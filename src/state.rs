@@ -80,6 +80,8 @@ pub struct App {
     events: Option<::redis::Client>,
     /// Wakes the change follower at once when an event arrives.
     wake: Notify,
+    /// Set at the shutdown signal: `/readyz` answers 503 from then on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Why the gateway could not start.
@@ -140,6 +142,7 @@ impl App {
             start_cursor,
             events,
             wake: Notify::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -189,6 +192,16 @@ impl App {
                 app.limiter.sweep(crate::clock::now_ms()).await;
             }
         });
+    }
+
+    /// Marks the node as shutting down (see [`App::draining`]).
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether shutdown has begun: load balancers should stop sending.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Writes pending usage counts (also called at shutdown).

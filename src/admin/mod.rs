@@ -93,6 +93,9 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
         }
         Endpoint::Healthz => return ok(StatusCode::OK, json!({ "status": "ok" }), json!({})),
         Endpoint::Readyz => {
+            if app.draining() {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "shutting down: finishing the requests in flight");
+            }
             return match app.store.ping().await {
                 Ok(()) => ok(StatusCode::OK, json!({ "status": "ready" }), json!({})),
                 Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),

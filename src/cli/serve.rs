@@ -19,6 +19,7 @@ const ADMIN_LIMITS: Limits = Limits {
     max_headers: 100,
     idle_timeout: std::time::Duration::from_secs(60),
     max_connections: 256,
+    drain_timeout: std::time::Duration::from_secs(5),
     refusal: crate::server::refusal,
 };
 
@@ -61,7 +62,10 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     }
     app.spawn_background();
 
+    // The data plane stops at the signal; the admin listener only once the
+    // data plane has drained, so `/readyz` can say `draining` meanwhile.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     tokio::spawn(handle_signals(Arc::clone(&app), stop_tx));
     let tls = cfg.server.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.server_config)));
     // Thread per core: each worker runs its own single-threaded event loop and
@@ -89,23 +93,26 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
         });
         workers.push(thread.map_err(|e| io_failure("cannot start a worker thread".into(), e))?);
     }
-    let data_task = tokio::spawn(server::dispatch(data, senders, cfg.server.max_connections, stop_rx.clone()));
+    let data_task = tokio::spawn(server::dispatch(data, senders, Limits::from_server(&cfg.server), stop_rx.clone()));
     let admin_app = Arc::clone(&app);
     let admin_task = tokio::spawn(server::serve(
         admin,
         None,
         ADMIN_LIMITS,
         move |req, conn: ConnInfo| crate::admin::handle(Arc::clone(&admin_app), req, conn.peer),
-        stop_rx,
+        admin_stop_rx,
         None,
     ));
-    let _ = tokio::join!(data_task, admin_task);
+    drop(stop_rx);
+    let _ = data_task.await;
     let _ = tokio::task::spawn_blocking(move || {
         for w in workers {
             let _ = w.join();
         }
     })
     .await;
+    let _ = admin_stop_tx.send(true);
+    let _ = admin_task.await;
     drop(rt);
     app.flush_usage().await;
     tracing::info!("keygate stopped");
@@ -132,6 +139,7 @@ async fn handle_signals(app: Arc<App>, stop: watch::Sender<bool>) {
         }
     }
     tracing::info!("shutting down: draining connections");
+    app.start_draining();
     let _ = stop.send(true);
 }
 

@@ -48,6 +48,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection with no request in flight and no traffic is closed after this.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long requests in flight get to finish after a shutdown signal.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Open client connections a node accepts at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Time the upstream has to answer with a response head (else 504).
@@ -101,6 +103,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long requests in flight get to finish after SIGTERM.
+    pub drain_timeout: Duration,
     pub max_connections: usize,
     /// Threads serving the data listener, each with its own event loop.
     pub workers: usize,

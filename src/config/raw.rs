@@ -48,6 +48,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<Spanned<String>>,
     pub body_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub workers: Option<Spanned<i64>>,
     pub underscore_headers: Option<Spanned<String>>,

@@ -24,9 +24,6 @@ use tokio_rustls::TlsAcceptor;
 pub use crate::http1::server::Limits;
 pub use crate::http1::Reply;
 
-/// How long open connections get to finish after a shutdown signal.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
 impl Limits {
     /// The data listener's limits from `[server]`.
     pub fn from_server(s: &crate::config::ServerConfig) -> Limits {
@@ -36,6 +33,7 @@ impl Limits {
             max_headers: s.max_headers,
             idle_timeout: s.idle_timeout,
             max_connections: s.max_connections,
+            drain_timeout: s.drain_timeout,
             refusal,
         }
     }
@@ -57,13 +55,16 @@ pub struct Accepted {
 }
 
 /// Accepts on `listener` and hands connections to `workers` in turn, until
-/// `shutdown`; then waits (at most [`DRAIN_TIMEOUT`]) for them to finish.
+/// `shutdown`; then closes the listener at once (new clients are refused,
+/// which a load balancer understands) and waits, at most `limits`'
+/// drain timeout, for the open connections to finish.
 pub async fn dispatch(
     listener: TcpListener,
     workers: Vec<mpsc::UnboundedSender<Accepted>>,
-    max_connections: usize,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let max_connections = limits.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut next = 0usize;
     loop {
@@ -93,9 +94,10 @@ pub async fn dispatch(
             tracing::error!(worker = next, "a worker has stopped");
         }
     }
+    drop(listener);
     drop(workers);
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all)).await.is_err() {
+    if tokio::time::timeout(limits.drain_timeout, slots.acquire_many(all)).await.is_err() {
         tracing::warn!("some connections were still open after the drain timeout");
     }
 }
@@ -151,7 +153,7 @@ pub async fn serve_worker<H, F, R>(
         // Reap finished connections as we go, so the set stays small.
         while connections.try_join_next().is_some() {}
     }
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(limits.drain_timeout, async { while connections.join_next().await.is_some() {} }).await;
 }
 
 /// Serves `handler` on `listener` on the current runtime (one worker) until
@@ -170,7 +172,7 @@ pub async fn serve<H, F, R>(
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let worker = tokio::spawn(serve_worker(rx, tls, limits, handler, shutdown.clone(), open_gauge, 0));
-    dispatch(listener, vec![tx], limits.max_connections, shutdown).await;
+    dispatch(listener, vec![tx], limits, shutdown).await;
     let _ = worker.await;
 }
 

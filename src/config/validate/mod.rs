@@ -174,6 +174,7 @@ fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
         header_read_timeout: c.duration(&raw.header_read_timeout, "server.header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT),
         body_read_timeout: c.duration(&raw.body_read_timeout, "server.body_read_timeout", DEFAULT_BODY_READ_TIMEOUT),
         idle_timeout: c.duration(&raw.idle_timeout, "server.idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        drain_timeout: c.duration(&raw.drain_timeout, "server.drain_timeout", DEFAULT_DRAIN_TIMEOUT),
         max_connections: c.positive(&raw.max_connections, "server.max_connections", DEFAULT_MAX_CONNECTIONS as u64) as usize,
         workers: c.positive(&raw.workers, "server.workers", default_workers() as u64).min(1024) as usize,
         underscore_headers: c.choice(

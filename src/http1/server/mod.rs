@@ -55,6 +55,9 @@ pub struct Limits {
     pub max_headers: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// How long open connections get to finish once shutdown is asked (the
+    /// listener's to enforce: it drops what is left).
+    pub drain_timeout: Duration,
     /// The answer to a refused head (400, 431), in the caller's own shape.
     pub refusal: fn(StatusCode, String) -> Response<Body>,
 }

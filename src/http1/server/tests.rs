@@ -21,6 +21,7 @@ fn limits() -> Limits {
         max_headers: 32,
         idle_timeout: IDLE,
         max_connections: 16,
+        drain_timeout: Duration::from_secs(1),
         refusal: |status, message| {
             let mut resp = Response::new(crate::body::full(message));
             *resp.status_mut() = status;
