@@ -160,6 +160,11 @@ impl App {
         if config.server.listen != old.config.server.listen || config.admin.listen != old.config.admin.listen {
             tracing::warn!("listen addresses changed in the config: they take effect at the next restart");
         }
+        if config.server.tls.is_some() != old.config.server.tls.is_some() {
+            tracing::warn!("[server.tls] added or removed: the listener changes to or from TLS at the next restart");
+        } else if config.server.tls.is_some() {
+            tracing::info!("TLS certificate and key read again: new connections get them");
+        }
         if let Err(e) = seed_roles(self.store.as_ref(), &config.roles).await {
             tracing::warn!(error = %e, "could not seed roles after reload");
         }

@@ -139,3 +139,39 @@ async fn usage_is_recorded_in_batches_and_survives_restart() {
     assert_eq!(data["usageCount"], 3, "{data}");
     assert!(data["lastUsed"].is_string(), "{data}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_tls_certificate_without_a_restart() {
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let issue = || {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()
+    };
+    let old = issue();
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_path.display(), key_path.display());
+    let s = Setup::new(&up.url(), &tls, "");
+    let (_, token) = s.create_key(&["--name", "tls", "--role", "read-only"]);
+    let gw = s.start();
+    let url = format!("https://localhost:{}/api/lists", s.data_port);
+    let trusting = |root: &reqwest::Certificate| {
+        reqwest::Client::builder()
+            .add_root_certificate(root.clone())
+            .resolve("localhost", ([127, 0, 0, 1], s.data_port).into())
+            .build()
+            .unwrap()
+    };
+    assert_eq!(trusting(&old).get(&url).bearer_auth(&token).send().await.unwrap().status(), 200);
+    // The certificate is renewed in place (as certbot does), then SIGHUP.
+    let new = issue();
+    gw.signal("HUP");
+    let rotated = eventually(Duration::from_secs(5), || async {
+        trusting(&new).get(&url).bearer_auth(&token).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(rotated.is_some(), "new connections still got the old certificate:\n{}", gw.log_text());
+    assert!(trusting(&old).get(&url).bearer_auth(&token).send().await.is_err(), "the old certificate is still served");
+}

@@ -67,7 +67,17 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     tokio::spawn(handle_signals(Arc::clone(&app), stop_tx));
-    let tls = cfg.server.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.server_config)));
+    // Each new TLS connection takes the running config's certificate, so a
+    // reload rotates it; a reload that drops `[server.tls]` keeps the last
+    // one (a listener changes between TLS and clear text only at a restart).
+    let tls = cfg.server.tls.as_ref().map(|first| {
+        let (app, first) = (Arc::clone(&app), Arc::clone(&first.server_config));
+        let source: server::tls::ConfigSource = Arc::new(move || match &app.runtime.load().config.server.tls {
+            Some(t) => Arc::clone(&t.server_config),
+            None => Arc::clone(&first),
+        });
+        source
+    });
     // Thread per core: each worker runs its own single-threaded event loop and
     // keeps a connection (and the upstream connections it uses) to itself,
     // so a request never wakes another thread. The main runtime accepts and

@@ -19,7 +19,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 
 pub use crate::http1::server::Limits;
 pub use crate::http1::Reply;
@@ -106,7 +105,7 @@ pub async fn dispatch(
 /// then lets the open ones finish (each also hears `shutdown`).
 pub async fn serve_worker<H, F, R>(
     mut incoming: mpsc::UnboundedReceiver<Accepted>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::ConfigSource>,
     limits: Limits,
     handler: H,
     shutdown: watch::Receiver<bool>,
@@ -131,19 +130,16 @@ pub async fn serve_worker<H, F, R>(
             let info = ConnInfo::new(peer, tls.is_some(), worker);
             match tls {
                 None => drive(stream, false, limits, handler, info, shutdown).await,
-                Some(acceptor) => match tokio::time::timeout(
-                    limits.header_read_timeout,
-                    tls::accept(Arc::clone(acceptor.config()), stream, &signing),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => {
-                        let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                        drive(s, h2, limits, handler, info, shutdown).await
+                Some(source) => {
+                    match tokio::time::timeout(limits.header_read_timeout, tls::accept(source(), stream, &signing)).await {
+                        Ok(Ok(s)) => {
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            drive(s, h2, limits, handler, info, shutdown).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                }
             }
             if let Some(g) = &gauge {
                 g.dec();
@@ -160,7 +156,7 @@ pub async fn serve_worker<H, F, R>(
 /// `shutdown` turns true, then drains. The admin listener runs this way.
 pub async fn serve<H, F, R>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::ConfigSource>,
     limits: Limits,
     handler: H,
     shutdown: watch::Receiver<bool>,

@@ -27,6 +27,11 @@ pub enum TlsError {
 /// thread, one at a time per worker (`signing`), so a burst of new clients
 /// does not hold up the requests of connected ones on the worker's event
 /// loop. Reading the client's hello and the rest of the exchange stay on it.
+/// Where each new TLS connection takes its certificate from: the running
+/// config's, so a SIGHUP after a renewal serves the new certificate to new
+/// connections without a restart.
+pub type ConfigSource = Arc<dyn Fn() -> Arc<ServerConfig> + Send + Sync>;
+
 pub async fn accept(config: Arc<ServerConfig>, stream: TcpStream, signing: &Semaphore) -> io::Result<TlsStream<TcpStream>> {
     let hello = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
     let rest = {
