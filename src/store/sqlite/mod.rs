@@ -11,9 +11,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Mutex;
 
-/// SQLite-backed [`Store`].
+/// SQLite-backed [`Store`]: one connection writes, another reads, so a
+/// lookup never queues behind a write that waits for another process's
+/// lock (WAL lets readers go on while a writer holds it).
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -25,16 +28,35 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        let reader = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: Arc::new(Mutex::new(reader)) })
     }
 
-    /// Runs `f` on the connection off the async threads.
+    /// Runs `f` on the writing connection off the async threads.
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        Self::on(&self.conn, f).await
+    }
+
+    /// Runs a query that writes nothing on the reading connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        Self::on(&self.reader, f).await
+    }
+
+    async fn on<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(conn);
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().map_err(|_| unavailable("sqlite connection poisoned"))?;
             f(&mut guard)
@@ -64,7 +86,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError> {
         let hash = *hash;
-        self.with(move |c| {
+        self.read(move |c| {
             let sql = format!(
                 "SELECT {KEY_COLUMNS}, s.expires_at FROM secrets s JOIN keys k ON k.key_id = s.key_id WHERE s.token_hash = ?1"
             );
@@ -77,7 +99,7 @@ impl Store for SqliteStore {
 
     async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
         let key_id = key_id.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             c.query_row(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_id = ?1"), params![key_id], key_from_row)
                 .optional()
                 .map_err(unavailable)
@@ -87,7 +109,7 @@ impl Store for SqliteStore {
 
     async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
         let q = query.clone();
-        self.with(move |c| {
+        self.read(move |c| {
             let pattern =
                 format!("%{}%", q.search.unwrap_or_default().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
             let filter = "FROM keys k WHERE (?1 = '%%' OR k.name LIKE ?1 ESCAPE '\\' OR k.description LIKE ?1 ESCAPE '\\' \
@@ -165,7 +187,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare("SELECT id, name, description, permissions FROM roles ORDER BY id").map_err(unavailable)?;
             let roles =
                 stmt.query_map([], role_from_row).and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>()).map_err(unavailable)?;
@@ -176,7 +198,7 @@ impl Store for SqliteStore {
 
     async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             c.query_row("SELECT id, name, description, permissions FROM roles WHERE id = ?1", params![id], role_from_row)
                 .optional()
                 .map_err(unavailable)
@@ -245,7 +267,7 @@ impl Store for SqliteStore {
     }
 
     async fn change_cursor(&self) -> Result<u64, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row("SELECT IFNULL(MAX(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
                 .map_err(unavailable)
@@ -254,7 +276,7 @@ impl Store for SqliteStore {
     }
 
     async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
-        self.with(move |c| {
+        self.read(move |c| {
             let oldest: Option<i64> = c.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0)).map_err(unavailable)?;
             let mut stmt = c
                 .prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 10000")
@@ -313,7 +335,7 @@ impl Store for SqliteStore {
 
     async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError> {
         let key_id = key_id.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             let minute = now / 60;
             let sum = |since: i64| -> Result<u64, StoreError> {
                 c.query_row(
@@ -330,7 +352,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
@@ -343,7 +365,7 @@ impl Store for SqliteStore {
 
     async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError> {
         let target = target.map(str::to_string);
-        self.with(move |c| {
+        self.read(move |c| {
             let filter = "FROM audit WHERE (?1 IS NULL OR target = ?1)";
             let total: i64 =
                 c.query_row(&format!("SELECT COUNT(*) {filter}"), params![target], |r| r.get(0)).map_err(unavailable)?;
