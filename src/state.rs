@@ -281,9 +281,11 @@ impl App {
         }
     }
 
-    /// Drops every cached key and reloads roles.
+    /// Has every cached key asked of the store again (served meanwhile only
+    /// while the store cannot answer), and reloads roles (kept as they are
+    /// if the store cannot answer).
     async fn flush_caches(&self) {
-        self.cache.clear();
+        self.cache.expire_all();
         self.metrics.cache_invalidations.with_label_values(&["flush"]).inc();
         if let Err(e) = self.roles.reload(self.store.as_ref()).await {
             self.note_store_error("list_roles", &e);

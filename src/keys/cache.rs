@@ -22,6 +22,9 @@ struct Entry {
     /// `None`: the store said no such token.
     found: Option<Arc<KeyLookup>>,
     fetched: Instant,
+    /// To be asked of the store again before it is trusted (see
+    /// [`KeyCache::expire_all`]); until the store answers, it still serves.
+    stale: bool,
 }
 
 /// Where an answer came from, for metrics.
@@ -68,7 +71,7 @@ impl KeyCache {
         let stale = match self.entries.get(hash) {
             Some(e) => {
                 let ttl = if e.found.is_some() { self.ttl } else { self.negative_ttl };
-                if now.saturating_duration_since(e.fetched) < ttl {
+                if !e.stale && now.saturating_duration_since(e.fetched) < ttl {
                     return Ok((e.found.clone(), Origin::Cache));
                 }
                 e.found.clone()
@@ -100,7 +103,7 @@ impl KeyCache {
         match result {
             Ok(found) => {
                 if self.generation.load(Ordering::Acquire) == generation {
-                    self.entries.insert(*hash, Entry { found: found.clone(), fetched: Instant::now() });
+                    self.entries.insert(*hash, Entry { found: found.clone(), fetched: Instant::now(), stale: false });
                 }
                 Ok((found, Origin::Store))
             }
@@ -120,10 +123,17 @@ impl KeyCache {
         before.saturating_sub(self.entries.len())
     }
 
-    /// Drops everything (after a gap in the change feed).
-    pub fn clear(&self) {
+    /// Marks every entry stale: each is asked of the store again at its
+    /// next use, and meanwhile answers only if the store cannot (after a
+    /// gap in the change feed or a lost subscription: changes may have been
+    /// missed, but a store still loading its data set after a restart must
+    /// not turn every cached key into a 503). Unknown-token entries go.
+    pub fn expire_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries.clear();
+        self.entries.retain(|_, e| e.found.is_some());
+        for mut entry in self.entries.iter_mut() {
+            entry.stale = true;
+        }
     }
 
     /// Entries held, positive and negative.
@@ -318,6 +328,26 @@ mod tests {
         s.failing.store(false, Ordering::SeqCst);
         assert!(cache.resolve(&unknown, s.as_ref(), Instant::now()).await.unwrap().0.is_none());
         assert_eq!(cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap().1, Origin::Store);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_asked_again_and_answer_only_while_the_store_cannot() {
+        let (_d, s) = store(Duration::ZERO).await;
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(60), Duration::from_secs(1));
+        let (known, unknown) = (TokenHash::of("token-a"), TokenHash::of("token-x"));
+        cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap();
+        cache.resolve(&unknown, s.as_ref(), Instant::now()).await.unwrap();
+        assert_eq!(cache.len(), 2);
+        cache.expire_all();
+        assert_eq!(cache.len(), 1, "unknown-token entries go");
+        // A store still loading its data after a restart: the key keeps working.
+        s.failing.store(true, Ordering::SeqCst);
+        assert_eq!(cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap().1, Origin::Stale);
+        assert_eq!(cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap().1, Origin::Stale, "still to be asked");
+        // Once the store answers, the entry is what it says, and fresh again.
+        s.failing.store(false, Ordering::SeqCst);
+        assert_eq!(cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap().1, Origin::Store);
+        assert_eq!(cache.resolve(&known, s.as_ref(), Instant::now()).await.unwrap().1, Origin::Cache);
     }
 
     #[tokio::test]

@@ -60,6 +60,19 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        let log = self.spawn_child();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if command(self.port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start: {}", self.port, std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    /// Starts the process; returns its log file.
+    fn spawn_child(&mut self) -> PathBuf {
         let log: PathBuf = self.dir.path().join("redis.log");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -73,14 +86,7 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if command(self.port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on port {} did not start: {}", self.port, std::fs::read_to_string(&log).unwrap_or_default());
+        log
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -88,7 +94,7 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server (all data is lost: it keeps nothing on disk).
+    /// Kills the server (all data is lost, unless a `SAVE` wrote it to its folder).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -100,6 +106,22 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Starts it again on the same port and returns as soon as it accepts
+    /// connections, while it may still be loading its data set (`-LOADING`).
+    pub fn restart_loading(&mut self) {
+        self.kill();
+        let log = self.spawn_child();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not come back: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 

@@ -1,0 +1,57 @@
+//! Redis faults the nodes must ride out without refusing keys they know:
+//! a restart that loads a large data set (Redis answers `-LOADING`, yet
+//! accepts SUBSCRIBE, for seconds).
+
+mod common;
+
+use common::redis::{command, RedisServer};
+use common::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
+    let Some(redis) = RedisServer::start_with(&["--enable-debug-command", "yes"]) else { return };
+    let up = upstream::start().await;
+    let s = Setup::redis(&up.url(), &redis.url(), "");
+    let (_, token) = s.create_key(&["--name", "cached", "--role", "read-only", "--rate-limit", "100000"]);
+    let gw = s.start();
+    let url = s.url("/api/lists");
+    assert_eq!(client().get(&url).bearer_auth(&token).send().await.unwrap().status(), 200);
+    // A data set that takes Redis a few seconds to load, saved to its folder.
+    assert!(command(redis.port, "DEBUG POPULATE 3000000 filler 16").unwrap().starts_with("+OK"));
+    let saved = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        std::io::Write::write_all(&mut s, b"SAVE\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        (redis, String::from_utf8_lossy(&buf[..n]).into_owned())
+    });
+    let (mut redis_back, reply) = saved.await.unwrap();
+    assert!(reply.starts_with("+OK"), "{reply}");
+    redis_back.restart_loading();
+    let port = redis_back.port;
+
+    // Ask with the cached key until Redis has loaded, and a second more.
+    let (mut statuses, mut saw_loading, mut loaded_at) = (Vec::new(), false, None::<Instant>);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while loaded_at.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) && Instant::now() < deadline {
+        statuses.push(client().get(&url).bearer_auth(&token).send().await.unwrap().status().as_u16());
+        match command(port, "PING") {
+            Ok(r) if r.starts_with("-LOADING") => saw_loading = true,
+            Ok(r) if r.starts_with("+PONG") && loaded_at.is_none() => loaded_at = Some(Instant::now()),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_loading, "Redis loaded too fast to test anything");
+    let refused = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(
+        refused,
+        0,
+        "{refused} of {} requests with a cached key were refused while Redis loaded: {statuses:?}\n{}",
+        statuses.len(),
+        gw.log_text()
+    );
+    drop(redis_back);
+}
