@@ -236,7 +236,7 @@ impl App {
             match self.store.changes_since(cursor).await {
                 Ok(batch) => {
                     if batch.gap {
-                        tracing::warn!("change feed has a gap: flushing every cache");
+                        tracing::warn!("change feed has a gap or went back: revalidating every cached key");
                         self.flush_caches().await;
                     }
                     self.apply_changes(&batch.changes).await;

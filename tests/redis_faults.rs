@@ -55,3 +55,30 @@ async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
     );
     drop(redis_back);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_edit_after_redis_came_back_from_an_older_snapshot_is_applied() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let up = upstream::start().await;
+    let s = Setup::redis(&up.url(), &redis.url(), "");
+    let (id, token) = s.create_key(&["--name", "reader", "--role", "read-only", "--rate-limit", "100000"]);
+    let gw = s.start();
+    let url = s.url("/api/lists");
+    assert_eq!(client().get(&url).bearer_auth(&token).send().await.unwrap().status(), 200);
+    // A snapshot, then changes it does not hold: the feed's sequence moves on.
+    assert!(command(redis.port, "SAVE").unwrap().starts_with("+OK"));
+    for i in 0..5 {
+        s.cli_json(&["keys", "edit", &id, "--description", &format!("edit {i}")]);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Redis comes back from the older snapshot (a backup restore, a failover
+    // to a lagging replica): its sequence is behind every node's cursor.
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.cli_json(&["roles", "edit", "read-only", "--permission", "contacts.view"]);
+    let applied = eventually(Duration::from_secs(3), || async {
+        client().get(&url).bearer_auth(&token).send().await.unwrap().status() == 403
+    })
+    .await;
+    assert!(applied.is_some(), "the role edit made after the restore was never applied:\n{}", gw.log_text());
+}

@@ -53,7 +53,9 @@ pub struct Change {
 pub struct ChangeBatch {
     pub latest: u64,
     pub changes: Vec<Change>,
-    /// The feed no longer holds everything since the asked number: flush all.
+    /// The feed no longer holds everything since the asked number, or went
+    /// back behind it (a restore from an older copy): flush all, and go on
+    /// from `latest`.
     pub gap: bool,
 }
 

@@ -255,11 +255,18 @@ impl Store for RedisStore {
         let mut pipe = ::redis::pipe();
         pipe.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
         pipe.cmd("ZRANGEBYSCORE").arg(&key).arg(format!("({seq}")).arg("+inf").arg("LIMIT").arg(0).arg(10_000);
-        let (oldest, entries): (Vec<(String, u64)>, Vec<String>) = self
+        pipe.cmd("GET").arg(ROUTE);
+        let (oldest, entries, current): (Vec<(String, u64)>, Vec<String>, Option<u64>) = self
             .redis
             .run("changes_since", |mut c| async move { pipe.query_async(&mut c).await })
             .await
             .map_err(to_store_error)?;
+        // Behind the cursor: Redis came back from an older snapshot (or was
+        // emptied). Resume from where the feed now is, after a resync.
+        let current = current.unwrap_or(0);
+        if current < seq {
+            return Ok(ChangeBatch { latest: current, changes: Vec::new(), gap: true });
+        }
         let mut batch = ChangeBatch { latest: seq, changes: Vec::with_capacity(entries.len()), gap: false };
         batch.gap = seq > 0 && oldest.first().is_some_and(|(_, s)| *s > seq + 1);
         for entry in &entries {

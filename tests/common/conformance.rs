@@ -145,4 +145,9 @@ pub async fn conformance(store: &dyn Store) {
     assert_eq!(feed.latest, store.change_cursor().await.unwrap());
     assert!(store.changes_since(feed.latest).await.unwrap().changes.is_empty());
     assert!(feed.changes.iter().all(|c| c.at_ms > 1_700_000_000_000));
+    // A cursor ahead of the feed (the store came back from an older copy):
+    // a gap, and the feed's own position to go on from.
+    let behind = store.changes_since(feed.latest + 100).await.unwrap();
+    assert!(behind.gap && behind.changes.is_empty());
+    assert_eq!(behind.latest, feed.latest);
 }

@@ -277,7 +277,12 @@ impl Store for SqliteStore {
 
     async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
         self.read(move |c| {
-            let oldest: Option<i64> = c.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0)).map_err(unavailable)?;
+            let (oldest, newest): (Option<i64>, Option<i64>) =
+                c.query_row("SELECT MIN(seq), MAX(seq) FROM changes", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(unavailable)?;
+            // Behind the cursor: the file was restored from an older copy.
+            if let Some(newest) = newest.filter(|n| (*n as u64) < seq) {
+                return Ok(ChangeBatch { latest: newest as u64, changes: Vec::new(), gap: true });
+            }
             let mut stmt = c
                 .prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 10000")
                 .map_err(unavailable)?;
