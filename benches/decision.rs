@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Request};
 use keygate::clock::Moment;
 use keygate::config::{Algorithm, Config};
+use keygate::http1::client::RequestHead;
 use keygate::http1::lines::FieldLines;
 use keygate::keys::token::TokenHash;
 use keygate::manage::{KeyInput, Manager};
@@ -144,7 +145,9 @@ fn rewrite(client: &HeaderMap, peer: &HeaderValue, identity: &FieldLines) -> usi
     let mut out = Outgoing::new(&Method::GET, "/api/contacts/42".into(), client, true, Underscores::Drop);
     out.set_forwarded(peer, false, Some(HeaderValue::from_static("api.example.com")), false);
     out.set_identity(identity);
-    out.headers().map(|(n, v)| n.as_str().len() + v.len()).sum::<usize>() + identity.text().len()
+    let mut bytes = identity.text().len();
+    out.each_field(&mut |n, v| bytes += n.len() + v.len());
+    bytes
 }
 
 criterion_group!(benches, steps);

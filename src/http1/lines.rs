@@ -89,7 +89,7 @@ impl HeaderLines {
         };
         for field in fields {
             let name = field.name.as_bytes();
-            if is_length(field) || is_hop_by_hop_any_case(field.name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            if is_length(field) || is_hop_by_hop_any_case(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
                 continue;
             }
             lines.has_date |= field.name.eq_ignore_ascii_case("date");
