@@ -8,15 +8,32 @@ use common::redis::{command, RedisServer};
 use common::*;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
-    let Some(redis) = RedisServer::start_with(&["--enable-debug-command", "yes"]) else { return };
+/// A gateway on `redis` with a read-only key, already cached by one request.
+struct Keyed {
+    _up: upstream::Upstream,
+    s: Setup,
+    gw: Gateway,
+    id: String,
+    token: String,
+    url: String,
+}
+
+async fn keyed_gateway(redis: &RedisServer) -> Keyed {
     let up = upstream::start().await;
     let s = Setup::redis(&up.url(), &redis.url(), "");
-    let (_, token) = s.create_key(&["--name", "cached", "--role", "read-only", "--rate-limit", "100000"]);
+    let (id, token) = s.create_key(&["--name", "reader", "--role", "read-only", "--rate-limit", "100000"]);
     let gw = s.start();
     let url = s.url("/api/lists");
     assert_eq!(client().get(&url).bearer_auth(&token).send().await.unwrap().status(), 200);
+    Keyed { _up: up, s, gw, id, token, url }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
+    let Some(redis) = RedisServer::start_with(&["--enable-debug-command", "yes"]) else { return };
+    // Bound whole: its temporary folder and upstream must outlive the test.
+    let k = keyed_gateway(&redis).await;
+    let (gw, token, url) = (&k.gw, &k.token, &k.url);
     // A data set that takes Redis a few seconds to load, saved to its folder.
     assert!(command(redis.port, "DEBUG POPULATE 3000000 filler 16").unwrap().starts_with("+OK"));
     let saved = tokio::task::spawn_blocking(move || {
@@ -36,7 +53,7 @@ async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
     let (mut statuses, mut saw_loading, mut loaded_at) = (Vec::new(), false, None::<Instant>);
     let deadline = Instant::now() + Duration::from_secs(30);
     while loaded_at.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) && Instant::now() < deadline {
-        statuses.push(client().get(&url).bearer_auth(&token).send().await.unwrap().status().as_u16());
+        statuses.push(client().get(url).bearer_auth(token).send().await.unwrap().status().as_u16());
         match command(port, "PING") {
             Ok(r) if r.starts_with("-LOADING") => saw_loading = true,
             Ok(r) if r.starts_with("+PONG") && loaded_at.is_none() => loaded_at = Some(Instant::now()),
@@ -59,16 +76,12 @@ async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_edit_after_redis_came_back_from_an_older_snapshot_is_applied() {
     let Some(mut redis) = RedisServer::start() else { return };
-    let up = upstream::start().await;
-    let s = Setup::redis(&up.url(), &redis.url(), "");
-    let (id, token) = s.create_key(&["--name", "reader", "--role", "read-only", "--rate-limit", "100000"]);
-    let gw = s.start();
-    let url = s.url("/api/lists");
-    assert_eq!(client().get(&url).bearer_auth(&token).send().await.unwrap().status(), 200);
+    let k = keyed_gateway(&redis).await;
+    let (s, gw, id, token, url) = (&k.s, &k.gw, &k.id, &k.token, &k.url);
     // A snapshot, then changes it does not hold: the feed's sequence moves on.
     assert!(command(redis.port, "SAVE").unwrap().starts_with("+OK"));
     for i in 0..5 {
-        s.cli_json(&["keys", "edit", &id, "--description", &format!("edit {i}")]);
+        s.cli_json(&["keys", "edit", id, "--description", &format!("edit {i}")]);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Redis comes back from the older snapshot (a backup restore, a failover
@@ -77,7 +90,7 @@ async fn a_role_edit_after_redis_came_back_from_an_older_snapshot_is_applied() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.cli_json(&["roles", "edit", "read-only", "--permission", "contacts.view"]);
     let applied = eventually(Duration::from_secs(3), || async {
-        client().get(&url).bearer_auth(&token).send().await.unwrap().status() == 403
+        client().get(url).bearer_auth(token).send().await.unwrap().status() == 403
     })
     .await;
     assert!(applied.is_some(), "the role edit made after the restore was never applied:\n{}", gw.log_text());
