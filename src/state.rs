@@ -75,7 +75,7 @@ pub struct App {
     pub metrics: Metrics,
     /// The change-feed position read before the first request, so no change
     /// made after the cache started filling can be missed.
-    start_cursor: u64,
+    start_cursor: store::FeedCursor,
     /// Pub/sub source of change events (Redis store), if any.
     events: Option<::redis::Client>,
     /// Wakes the change follower at once when an event arrives.
@@ -226,14 +226,14 @@ impl App {
     /// Both paths read the same feed from the same cursor, so each change is
     /// applied exactly once and a lost event is caught by the next poll.
     async fn follow_changes(&self) {
-        let mut cursor = self.start_cursor;
+        let mut cursor = self.start_cursor.clone();
         loop {
             let every = self.runtime.load().config.store.poll_interval;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = self.wake.notified() => {}
             }
-            match self.store.changes_since(cursor).await {
+            match self.store.changes_since(&cursor).await {
                 Ok(batch) => {
                     if batch.gap {
                         tracing::warn!("change feed has a gap or went back: revalidating every cached key");

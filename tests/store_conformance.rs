@@ -36,5 +36,5 @@ async fn sqlite_store_is_shared_between_handles() {
     let cursor = reader.change_cursor().await.unwrap();
     writer.insert_key(&key("key_x", "x", None), &TokenHash::of("tx")).await.unwrap();
     assert!(reader.key_by_hash(&TokenHash::of("tx")).await.unwrap().is_some());
-    assert_eq!(reader.changes_since(cursor).await.unwrap().changes.len(), 1);
+    assert_eq!(reader.changes_since(&cursor).await.unwrap().changes.len(), 1);
 }

@@ -211,11 +211,11 @@ mod tests {
         async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
             self.inner.delete_role(id).await
         }
-        async fn change_cursor(&self) -> Result<u64, StoreError> {
+        async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
             self.inner.change_cursor().await
         }
-        async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
-            self.inner.changes_since(seq).await
+        async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError> {
+            self.inner.changes_since(from).await
         }
         async fn record_usage(&self, b: &[UsageDelta]) -> Result<(), StoreError> {
             self.inner.record_usage(b).await

@@ -48,14 +48,35 @@ pub struct Change {
     pub at_ms: i64,
 }
 
-/// Changes after a sequence number, and the newest number seen.
+/// Where a node is in the change feed: the sequence number of the last
+/// entry it applied, and that entry's text. The text tells apart a feed
+/// replaced by another one that has since reached the same number (a
+/// restore from an older copy, then written to), which a number alone
+/// cannot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedCursor {
+    pub seq: u64,
+    /// Empty when not known (an empty feed, or just after a resync): it is
+    /// learnt at the next read.
+    pub mark: String,
+}
+
+impl FeedCursor {
+    /// Whether the feed's entry at this cursor (if the feed still holds
+    /// one there) contradicts what the node applied.
+    pub fn contradicted_by(&self, entry_here: Option<&str>) -> bool {
+        !self.mark.is_empty() && entry_here.is_some_and(|e| e != self.mark)
+    }
+}
+
+/// Changes after a cursor, and the cursor to go on from.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeBatch {
-    pub latest: u64,
+    pub latest: FeedCursor,
     pub changes: Vec<Change>,
-    /// The feed no longer holds everything since the asked number, or went
-    /// back behind it (a restore from an older copy): flush all, and go on
-    /// from `latest`.
+    /// The feed no longer holds everything since the cursor, went back
+    /// behind it or holds another entry at it (a restore from an older
+    /// copy): flush all, and go on from `latest`.
     pub gap: bool,
 }
 
@@ -146,10 +167,10 @@ pub trait Store: Send + Sync {
     async fn update_role(&self, role: &Role) -> Result<(), StoreError>;
     /// Deletes a role no key uses: `RoleInUse` otherwise.
     async fn delete_role(&self, id: &str) -> Result<(), StoreError>;
-    /// The newest change-feed sequence number (0 for none).
-    async fn change_cursor(&self) -> Result<u64, StoreError>;
-    /// Changes after `seq`.
-    async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError>;
+    /// The feed's newest entry (sequence 0 for none).
+    async fn change_cursor(&self) -> Result<FeedCursor, StoreError>;
+    /// Changes after `from`.
+    async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError>;
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
     async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError>;
     /// Cheap liveness check for `/readyz`.

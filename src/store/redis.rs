@@ -245,36 +245,46 @@ impl Store for RedisStore {
             .map(|_| ())
     }
 
-    async fn change_cursor(&self) -> Result<u64, StoreError> {
+    async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
         let seq: Option<u64> = self.query("change_cursor", ::redis::cmd("GET").arg(ROUTE).to_owned()).await?;
-        Ok(seq.unwrap_or(0))
+        let seq = seq.unwrap_or(0);
+        let key = format!("{PREFIX}changes");
+        let here: Vec<String> =
+            self.query("change_cursor", ::redis::cmd("ZRANGEBYSCORE").arg(&key).arg(seq).arg(seq).to_owned()).await?;
+        Ok(FeedCursor { seq, mark: here.into_iter().next().unwrap_or_default() })
     }
 
-    async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
-        let key = format!("{PREFIX}changes");
+    async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError> {
+        let (seq, key) = (from.seq, format!("{PREFIX}changes"));
         let mut pipe = ::redis::pipe();
         pipe.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
+        pipe.cmd("ZRANGEBYSCORE").arg(&key).arg(seq).arg(seq);
         pipe.cmd("ZRANGEBYSCORE").arg(&key).arg(format!("({seq}")).arg("+inf").arg("LIMIT").arg(0).arg(10_000);
         pipe.cmd("GET").arg(ROUTE);
-        let (oldest, entries, current): (Vec<(String, u64)>, Vec<String>, Option<u64>) = self
+        type Read = (Vec<(String, u64)>, Vec<String>, Vec<String>, Option<u64>);
+        let (oldest, here, entries, current): Read = self
             .redis
             .run("changes_since", |mut c| async move { pipe.query_async(&mut c).await })
             .await
             .map_err(to_store_error)?;
-        // Behind the cursor: Redis came back from an older snapshot (or was
-        // emptied). Resume from where the feed now is, after a resync.
+        // Behind the cursor, or another entry at it: Redis came back from an
+        // older copy (or was emptied). Resume from where the feed now is,
+        // after a resync.
         let current = current.unwrap_or(0);
-        if current < seq {
-            return Ok(ChangeBatch { latest: current, changes: Vec::new(), gap: true });
+        if current < seq || from.contradicted_by(here.first().map(String::as_str)) {
+            return Ok(ChangeBatch { latest: FeedCursor { seq: current, mark: String::new() }, changes: Vec::new(), gap: true });
         }
-        let mut batch = ChangeBatch { latest: seq, changes: Vec::with_capacity(entries.len()), gap: false };
+        let mark = if from.mark.is_empty() { here.into_iter().next().unwrap_or_default() } else { from.mark.clone() };
+        let mut batch = ChangeBatch { latest: FeedCursor { seq, mark }, changes: Vec::with_capacity(entries.len()), gap: false };
         batch.gap = seq > 0 && oldest.first().is_some_and(|(_, s)| *s > seq + 1);
-        for entry in &entries {
-            let Some(change) = parse_event(entry) else { continue };
-            batch.latest = batch.latest.max(change.0);
-            batch.changes.push(change.1);
-        }
         batch.gap |= entries.len() >= 10_000;
+        for entry in entries {
+            let Some((at, change)) = parse_event(&entry) else { continue };
+            if at > batch.latest.seq {
+                batch.latest = FeedCursor { seq: at, mark: entry };
+            }
+            batch.changes.push(change);
+        }
         Ok(batch)
     }
 

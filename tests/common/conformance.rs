@@ -2,7 +2,7 @@
 
 use keygate::keys::model::{ApiKey, Env, Role};
 use keygate::keys::token::TokenHash;
-use keygate::store::{ChangeTarget, KeyQuery, Store, StoreError, UsageDelta};
+use keygate::store::{ChangeTarget, FeedCursor, KeyQuery, Store, StoreError, UsageDelta};
 use std::collections::BTreeMap;
 
 /// A key with every field set.
@@ -136,18 +136,28 @@ pub async fn conformance(store: &dyn Store) {
     assert!(mine.entries.iter().all(|e| e.target == "key_a"));
 
     // The change feed saw every mutation, in order.
-    let feed = store.changes_since(start).await.unwrap();
+    let feed = store.changes_since(&start).await.unwrap();
     assert!(!feed.gap);
     let targets: Vec<ChangeTarget> = feed.changes.iter().map(|c| c.target.clone()).collect();
     assert_eq!(targets.first(), Some(&ChangeTarget::Role("reader".into())));
     assert!(targets.contains(&ChangeTarget::Key("key_a".into())));
     assert_eq!(targets.last(), Some(&ChangeTarget::Key("key_b".into())));
-    assert_eq!(feed.latest, store.change_cursor().await.unwrap());
-    assert!(store.changes_since(feed.latest).await.unwrap().changes.is_empty());
+    assert!(store.changes_since(&feed.latest).await.unwrap().changes.is_empty());
     assert!(feed.changes.iter().all(|c| c.at_ms > 1_700_000_000_000));
     // A cursor ahead of the feed (the store came back from an older copy):
     // a gap, and the feed's own position to go on from.
-    let behind = store.changes_since(feed.latest + 100).await.unwrap();
+    let ahead = FeedCursor { seq: feed.latest.seq + 100, mark: "from another feed".into() };
+    let behind = store.changes_since(&ahead).await.unwrap();
     assert!(behind.gap && behind.changes.is_empty());
-    assert_eq!(behind.latest, feed.latest);
+    assert_eq!(behind.latest.seq, feed.latest.seq);
+    // Going on from there learns the entry's text again, and finds no gap.
+    let resumed = store.changes_since(&behind.latest).await.unwrap();
+    assert!(!resumed.gap);
+    assert_eq!(resumed.latest, feed.latest);
+    // Another entry at the cursor's number: a replaced feed, even though its
+    // number is not behind.
+    let replaced = FeedCursor { seq: feed.latest.seq, mark: "from another feed".into() };
+    assert!(store.changes_since(&replaced).await.unwrap().gap);
+    // The cursor a node starts from is the feed's newest entry.
+    assert_eq!(store.change_cursor().await.unwrap(), feed.latest);
 }

@@ -37,9 +37,13 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// The path of the binary under test.
+/// The path of the binary under test: this build's, or the one named by
+/// `KEYGATE_TEST_BIN` (to show that a new test fails on an older build).
 pub fn keygate_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_keygate")
+    static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::env::var("KEYGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keygate").to_string())
+    });
+    &BIN
 }
 
 /// Admin token the harness exports to every gateway it starts.

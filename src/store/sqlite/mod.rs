@@ -266,22 +266,30 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn change_cursor(&self) -> Result<u64, StoreError> {
+    async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
         self.read(|c| {
-            c.query_row("SELECT IFNULL(MAX(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(unavailable)
+            let seq = c.query_row("SELECT IFNULL(MAX(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0)).map_err(unavailable)?;
+            Ok(FeedCursor { seq: seq as u64, mark: entry_at(c, seq)?.unwrap_or_default() })
         })
         .await
     }
 
-    async fn changes_since(&self, seq: u64) -> Result<ChangeBatch, StoreError> {
+    async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError> {
+        let from = from.clone();
         self.read(move |c| {
+            let seq = from.seq;
             let (oldest, newest): (Option<i64>, Option<i64>) =
                 c.query_row("SELECT MIN(seq), MAX(seq) FROM changes", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(unavailable)?;
-            // Behind the cursor: the file was restored from an older copy.
-            if let Some(newest) = newest.filter(|n| (*n as u64) < seq) {
-                return Ok(ChangeBatch { latest: newest as u64, changes: Vec::new(), gap: true });
+            let here = entry_at(c, seq as i64)?;
+            // Behind the cursor, or another entry at it: the file was
+            // restored from an older copy.
+            let newest = newest.unwrap_or(0) as u64;
+            if newest < seq || from.contradicted_by(here.as_deref()) {
+                return Ok(ChangeBatch {
+                    latest: FeedCursor { seq: newest, mark: String::new() },
+                    changes: Vec::new(),
+                    gap: true,
+                });
             }
             let mut stmt = c
                 .prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 10000")
@@ -292,16 +300,15 @@ impl Store for SqliteStore {
                 })
                 .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(unavailable)?;
-            let mut batch = ChangeBatch { latest: seq, changes: Vec::with_capacity(rows.len()), gap: false };
+            let mark = if from.mark.is_empty() { here.unwrap_or_default() } else { from.mark };
+            let mut batch = ChangeBatch { latest: FeedCursor { seq, mark }, changes: Vec::with_capacity(rows.len()), gap: false };
             // Rows after `seq` were trimmed if the oldest kept one is beyond seq + 1.
             batch.gap = seq > 0 && oldest.is_some_and(|o| o as u64 > seq + 1);
+            batch.gap |= rows.len() >= 10000;
             for (s, kind, id, at_ms) in rows {
-                batch.latest = s as u64;
+                batch.latest = FeedCursor { seq: s as u64, mark: entry_text(&kind, &id, at_ms) };
                 let target = if kind == "role" { ChangeTarget::Role(id) } else { ChangeTarget::Key(id) };
                 batch.changes.push(Change { target, at_ms });
-            }
-            if batch.changes.len() >= 10000 {
-                batch.gap = true;
             }
             Ok(batch)
         })
@@ -389,4 +396,17 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// The text of the change-feed row at `seq`, if the table holds it.
+fn entry_at(c: &Connection, seq: i64) -> Result<Option<String>, StoreError> {
+    c.query_row("SELECT kind, id, at_ms FROM changes WHERE seq = ?1", params![seq], |r| {
+        Ok(entry_text(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?, r.get(2)?))
+    })
+    .optional()
+    .map_err(unavailable)
+}
+
+fn entry_text(kind: &str, id: &str, at_ms: i64) -> String {
+    format!("{kind}|{id}|{at_ms}")
 }
