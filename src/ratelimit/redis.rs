@@ -29,12 +29,19 @@ pub const LEASE_IDLE_MS: i64 = 1_000;
 const SLIDING_RECHECK_MS: i64 = 250;
 
 /// KEYS: current window counter, previous window counter.
-/// ARGV: limit, wanted, "s" for sliding, ms elapsed in the window, window ms.
+/// ARGV: limit, wanted, "s" for sliding, ms elapsed in the window, window ms,
+/// requests admitted without Redis this window (counted first, whatever the
+/// limit: they were served).
 /// Returns {granted, remaining after the grant, current count, previous count}.
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local limit, want, sliding, elapsed, w = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == 's', tonumber(ARGV[4]), tonumber(ARGV[5])
+local owed = tonumber(ARGV[6])
+if owed > 0 then
+  redis.call('INCRBY', KEYS[1], owed)
+  redis.call('PEXPIRE', KEYS[1], w * 2 + 5000)
+end
 local curr = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prev = 0
 local carried = 0
@@ -78,6 +85,13 @@ struct Lease {
     left: u32,
     /// Redis's count of what is still free in the window (at the last call).
     redis_left: u32,
+    /// Whether Redis answered in this window (`redis_left` is its word).
+    heard: bool,
+    /// Quota Redis granted this node in this window.
+    taken: u32,
+    /// Requests the `local` fallback admitted in this window that Redis
+    /// has not been told of yet.
+    owed: u32,
     /// Redis's counts at the last call, for `Retry-After`.
     current: u32,
     previous: u32,
@@ -118,6 +132,18 @@ impl Lease {
         }
         self.note_request(now_ms);
         Some(self.allowed(limit, window))
+    }
+
+    /// How many requests the `local` fallback may still admit in this
+    /// window: what is left of the node's share once what Redis granted it
+    /// is counted, and never more than Redis last said was free.
+    fn alone_allowance(&self, share: u32) -> u32 {
+        let room = share.saturating_sub(self.taken);
+        if self.heard {
+            room.min(self.redis_left)
+        } else {
+            room
+        }
     }
 
     fn allowed(&mut self, limit: u32, window: i64) -> Decision {
@@ -216,7 +242,7 @@ impl RedisLimiter {
             // Unused quota of the previous window still weighs on a sliding estimate.
             self.give_back(key_id, old_window, unused).await;
         }
-        let want = {
+        let (want, owed) = {
             let mut l = slot.lease();
             if let Some(spent) = l.spend(limit, window, now_ms) {
                 return spent;
@@ -225,12 +251,15 @@ impl RedisLimiter {
             if now_ms < l.full_until_ms {
                 return Decision::refused(algorithm, limit, l.current, l.previous, now_ms);
             }
-            l.wanted(limit, self.nodes_hint)
+            (l.wanted(limit, self.nodes_hint), l.owed)
         };
-        match self.take(algorithm, key_id, window, limit, want, now_ms).await {
+        match self.take(algorithm, key_id, limit, want, owed, now_ms).await {
             Ok((granted, redis_left, current, previous)) => {
                 metrics.lease_size.observe(f64::from(granted));
                 let mut l = slot.lease();
+                l.owed -= owed.min(l.owed);
+                l.heard = true;
+                l.taken = l.taken.saturating_add(granted);
                 l.redis_left = redis_left;
                 l.current = current;
                 l.previous = previous;
@@ -246,7 +275,7 @@ impl RedisLimiter {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "rate limiter cannot reach redis; applying on_redis_error");
-                self.fallback(algorithm, key_id, limit, now_ms, on_error, metrics)
+                self.fallback(algorithm, &slot, key_id, limit, now_ms, on_error, metrics)
             }
         }
     }
@@ -267,9 +296,11 @@ impl RedisLimiter {
         Decision { remaining: l.redis_left.saturating_add(l.left).min(limit), ..fresh }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fallback(
         &self,
         algorithm: Algorithm,
+        slot: &Slot,
         key_id: &str,
         limit: u32,
         now_ms: i64,
@@ -280,8 +311,19 @@ impl RedisLimiter {
         match policy {
             RedisErrorPolicy::Local => {
                 metrics.ratelimit_fallbacks.with_label_values(&["local"]).inc();
+                // Counting from what this node already took this window,
+                // not from zero: a short stall then admits no more than the
+                // node's share would have (what the other nodes took is
+                // theirs). The local counter keeps the algorithm's shape
+                // across windows; the lease says what is left of this one.
                 let share = (limit / self.nodes_hint.max(1)).max(1);
-                Decision { limit, ..self.fallback.check(algorithm, key_id, share, now_ms) }
+                let mut l = slot.lease();
+                let allowance = l.alone_allowance(share);
+                let decision = self.fallback.check(algorithm, key_id, allowance, now_ms);
+                if decision.allowed {
+                    l.owed += 1;
+                }
+                Decision { limit, ..decision }
             }
             RedisErrorPolicy::Allow => {
                 metrics.ratelimit_fallbacks.with_label_values(&["allow"]).inc();
@@ -298,11 +340,12 @@ impl RedisLimiter {
         &self,
         algorithm: Algorithm,
         key_id: &str,
-        window: i64,
         limit: u32,
         want: u32,
+        owed: u32,
         now_ms: i64,
     ) -> Result<(u32, u32, u32, u32), RedisFailure> {
+        let window = now_ms.div_euclid(WINDOW_MS);
         let (current_key, previous_key) = (counter_key(key_id, window), counter_key(key_id, window - 1));
         let sliding = if algorithm == Algorithm::SlidingWindow { "s" } else { "f" };
         let elapsed = now_ms - window * WINDOW_MS;
@@ -315,6 +358,7 @@ impl RedisLimiter {
                     .arg(sliding)
                     .arg(elapsed)
                     .arg(WINDOW_MS)
+                    .arg(owed)
                     .invoke_async(&mut c)
                     .await
             })
@@ -344,6 +388,7 @@ impl RedisLimiter {
                 let idle = l.left > 0 && l.window == window && now_ms - l.last_used_ms > LEASE_IDLE_MS;
                 let unused = if idle { std::mem::take(&mut l.left) } else { 0 };
                 l.redis_left += unused;
+                l.taken -= unused.min(l.taken);
                 (unused, l.window + 1 < window)
             };
             if idle_unused > 0 {
