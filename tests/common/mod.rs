@@ -41,7 +41,10 @@ pub fn free_port() -> u16 {
 /// `KEYGATE_TEST_BIN` (to show that a new test fails on an older build).
 pub fn keygate_bin() -> &'static str {
     static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        std::env::var("KEYGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keygate").to_string())
+        std::env::var("KEYGATE_TEST_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_keygate").to_string())
     });
     &BIN
 }
