@@ -152,6 +152,7 @@ async fn journey(s: &Setup) {
     assert_eq!(api.get("/api-roles/nope").await.0, 404);
     let (_, v) = api.get("/modules").await;
     assert_eq!(v["data"][0]["permissions"][0]["label"], "Add New List");
+    assert_eq!(v["meta"]["plans"], json!({ "free": 3, "pro": 100 }), "the plans the console offers");
 
     // Validation names the field, and creates nothing.
     let long = "x".repeat(101);

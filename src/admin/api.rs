@@ -135,7 +135,11 @@ pub async fn run(
             ok(StatusCode::OK, json!({ "id": id, "deleted": true }), json!({}))
         }
         Endpoint::Modules => {
-            ok(StatusCode::OK, serde_json::to_value(m.config.catalogue.modules()).unwrap_or_default(), json!({}))
+            // The plans travel with the catalogue: the console's plan list
+            // (an empty list made every edit clear the key's plan).
+            let plans: serde_json::Map<String, Value> =
+                m.config.plans.iter().map(|(name, per_minute)| (name.clone(), json!(per_minute.get()))).collect();
+            ok(StatusCode::OK, serde_json::to_value(m.config.catalogue.modules()).unwrap_or_default(), json!({ "plans": plans }))
         }
         Endpoint::AuditLog => {
             let (page, per_page) = paging(query)?;

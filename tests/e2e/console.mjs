@@ -104,6 +104,29 @@ try {
   await page.locator("tr", { hasText: "E2E integration" }).filter({ hasText: "321/min" }).waitFor();
   await page.screenshot({ path: `${SHOTS}/console-keys.png`, fullPage: true });
 
+  step("an edit changes only the field the operator touched");
+  const admin = (method, path, body) => fetch(`${ADMIN}${path}`, {
+    method, headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" }, body: body && JSON.stringify(body),
+  }).then((r) => r.json());
+  const made = await admin("POST", "/api-keys", {
+    name: "E2E planned", description: "before", owner: "ops@example.com", role: "read-only", plan: "pro", rateLimit: 250,
+    permissions: ["contacts.view"], allowedIps: ["127.0.0.1/32", "10.1.0.0/16"], expirationDays: 30, metadata: { default_optin_mailing: "7" },
+  });
+  assert.equal(made.success, true, JSON.stringify(made));
+  const before = (await admin("GET", `/api-keys/${made.data.keyId}`)).data;
+  await page.reload();
+  await page.locator("tr", { hasText: "E2E planned" }).getByRole("button", { name: "Edit E2E planned" }).click();
+  const planned = page.getByRole("dialog", { name: "Edit E2E planned" });
+  await planned.getByLabel("Description", { exact: true }).fill("after");
+  await planned.getByRole("button", { name: "Update" }).click();
+  await planned.waitFor({ state: "hidden" });
+  const after = (await admin("GET", `/api-keys/${made.data.keyId}`)).data;
+  assert.equal(after.description, "after");
+  assert.deepEqual({ ...after, description: "before" }, before, "every other field is as it was");
+  assert.equal(after.plan, "pro");
+  await admin("DELETE", `/api-keys/${made.data.keyId}`);
+  await page.reload();
+
   step("the create dialog is keyboard reachable and closes with Escape");
   await page.getByRole("button", { name: "Create an API Key" }).focus();
   await page.keyboard.press("Enter");

@@ -253,21 +253,35 @@ function keyBody() {
     owner: $("#k-owner").value,
     role: $("#k-role").value || null,
     plan: $("#k-plan").value || null,
-    rateLimit: num($("#k-rate").value),
     permissions: [...document.querySelectorAll("#k-permissions input:checked")].map((i) => i.value),
     allowedIps: $("#k-ip-toggle").checked ? $("#k-ips").value.split("\n").map((l) => l.trim()).filter(Boolean) : [],
     metadata,
   };
+  // The number fields are sent only when typed in: empty means "as it is"
+  // (the key's rate limit shows the plan's or the default when it has none).
+  const rate = num($("#k-rate").value);
   const days = num($("#k-expiry").value);
+  if (rate !== null) body.rateLimit = rate;
+  if (days !== null) body.expirationDays = days;
   if (!k) {
     body.env = $("#k-env").value;
-    if (days !== null) body.expirationDays = days;
-    if (body.rateLimit === null) delete body.rateLimit;
-  } else {
-    if (days !== null) body.expirationDays = days;
-    if (body.rateLimit === null && k.rateLimit && $("#k-rate").value === "") delete body.rateLimit;
+    return body;
+  }
+  // An edit sends only what the operator changed: no field they did not
+  // touch may change (an empty plan list once cleared every key's plan).
+  const same = (a, b) => JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
+  for (const field of ["name", "description", "owner", "role", "plan", "permissions", "allowedIps", "metadata"]) {
+    if (same(body[field], k[field] ?? null)) delete body[field];
   }
   return body;
+}
+
+// A value in a form that compares equal whatever the order of a list's or
+// an object's entries.
+function canonical(v) {
+  if (Array.isArray(v)) return [...v].sort();
+  if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  return v;
 }
 
 async function submitKey(event) {
