@@ -121,6 +121,8 @@ fn bad_input_names_the_field() {
         (vec!["keys", "create", "--name", "a", "--env", "staging"], "env"),
         (vec!["keys", "create", "--name", "a", "--meta", "bad name=1"], "metadata"),
         (vec!["keys", "import", "--token", "short", "--name", "a"], "token"),
+        // keygate's layout with a checksum the gateway would refuse.
+        (vec!["keys", "import", "--token", "kg_live_0123456789abcdefghijABCDEFGHIJ0123456789", "--name", "a"], "token"),
     ] {
         let v = fail(&s, &args);
         assert_eq!(v["code"], "invalid_request", "{args:?}: {v}");

@@ -114,6 +114,11 @@ pub fn generate(brand: &str, env: Env) -> String {
     format!("{brand}_{}_{body}{sum}", env.as_str())
 }
 
+/// A new admin API token: `kgadm_` plus 40 base62 characters (238 bits).
+pub fn new_admin_token() -> String {
+    format!("kgadm_{}", random_chars(RANDOM_LEN))
+}
+
 /// A new public key id, `key_` plus 16 base62 characters.
 pub fn new_key_id() -> String {
     format!("key_{}", random_chars(16))
@@ -164,8 +169,18 @@ pub fn mask(token: &str, brand: &str) -> String {
     format!("{}****", token.get(..shown).unwrap_or(""))
 }
 
-/// Checks a token given to `keys import`.
-pub fn validate_import(token: &str) -> Result<(), String> {
+/// Checks a token given to `keys import`. One in keygate's own layout must
+/// carry a valid checksum: the gateway refuses a bad one before any lookup,
+/// so such a key could never be used (refused here rather than exempting
+/// imported keys from that check, which is what keeps typos and forgeries
+/// off the store).
+pub fn validate_import(token: &str, brand: &str) -> Result<(), String> {
+    if shape(token, brand) == Shape::BadChecksum {
+        return Err(format!(
+            "this token has keygate's `{brand}_<env>_` layout but a wrong checksum, so the gateway would refuse it \
+             before looking it up; a token of that layout must be one keygate generated"
+        ));
+    }
     if token.len() < MIN_IMPORT_LEN {
         return Err(format!("an imported token must be at least {MIN_IMPORT_LEN} characters"));
     }
@@ -235,8 +250,15 @@ mod tests {
 
     #[test]
     fn import_rules() {
-        assert!(validate_import("abc123.1a2b3c4d5e6f").is_ok());
-        assert!(validate_import("short").is_err());
-        assert!(validate_import("with a space in it!!").is_err());
+        assert!(validate_import("abc123.1a2b3c4d5e6f", "kg").is_ok());
+        assert!(validate_import("short", "kg").is_err());
+        assert!(validate_import("with a space in it!!", "kg").is_err());
+        let good = generate("kg", Env::Live);
+        assert!(validate_import(&good, "kg").is_ok());
+        let mut bad = good.clone();
+        bad.replace_range(good.len() - 1.., if good.ends_with('A') { "B" } else { "A" });
+        assert!(validate_import(&bad, "kg").unwrap_err().contains("checksum"));
+        // Another brand's layout is foreign here: only the store can tell.
+        assert!(validate_import(&bad, "acme").is_ok());
     }
 }

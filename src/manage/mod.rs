@@ -133,7 +133,7 @@ impl Manager<'_> {
         let imported = import.is_some();
         let secret = match import {
             Some(t) => {
-                token::validate_import(&t).map_err(|m| invalid("token", m))?;
+                token::validate_import(&t, brand).map_err(|m| invalid("token", m))?;
                 t
             }
             None => token::generate(brand, env),
