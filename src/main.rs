@@ -12,6 +12,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = keygate::cli::Cli::parse();
+    if matches!(cli.command, Some(keygate::cli::Command::Demo)) {
+        // Before any thread exists: the environment is the process's own.
+        keygate::cli::prepare_demo_admin_token(&cli.config);
+    }
     let serving = matches!(cli.command, None | Some(keygate::cli::Command::Serve) | Some(keygate::cli::Command::Demo));
     let default_level = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));

@@ -6,6 +6,7 @@ mod keys;
 mod output;
 mod roles;
 mod serve;
+pub use serve::prepare_demo_admin_token;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::manage::Manager;

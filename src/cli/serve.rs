@@ -39,9 +39,59 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// The admin token `keygate demo` made for its console, when the
+/// operator's environment had none.
+static DEMO_ADMIN_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Gives `keygate demo` an admin token when the config's `token_env` holds
+/// none, so its console can be opened. Must run before any other thread
+/// starts (it sets an environment variable).
+pub fn prepare_demo_admin_token(config_path: &Path) {
+    let token_env = Config::load(config_path).map(|c| c.admin.token_env).unwrap_or_else(|_| "KEYGATE_ADMIN_TOKEN".into());
+    if std::env::var(&token_env).is_ok_and(|t| t.len() >= crate::admin::MIN_ADMIN_TOKEN_LEN) {
+        return;
+    }
+    let token = crate::keys::token::new_admin_token();
+    std::env::set_var(&token_env, &token);
+    let _ = DEMO_ADMIN_TOKEN.set(token);
+}
+
+/// What `keygate demo` changes in the config it runs: a store of its own
+/// (SQLite in a fresh temporary folder, removed at exit) and the local
+/// limiter, so its full-access key never lands in the store `serve` uses;
+/// and every listener on loopback, so that key is not reachable from the
+/// network.
+struct DemoSandbox {
+    dir: std::path::PathBuf,
+}
+
+impl DemoSandbox {
+    fn apply(config: &mut Config) -> Result<DemoSandbox, Failure> {
+        let dir = std::env::temp_dir().join(format!("keygate-demo-{}-{}", std::process::id(), crate::keys::token::new_key_id()));
+        std::fs::create_dir_all(&dir).map_err(|e| io_failure(format!("cannot create the demo's folder {}", dir.display()), e))?;
+        config.store.backend = crate::config::StoreBackend::Sqlite { path: dir.join("demo.db") };
+        config.rate_limit.backend = crate::config::LimiterBackend::Local;
+        for listen in [&mut config.server.listen, &mut config.admin.listen] {
+            if !listen.ip().is_loopback() {
+                let loopback: std::net::IpAddr =
+                    if listen.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() };
+                listen.set_ip(loopback);
+            }
+        }
+        Ok(DemoSandbox { dir })
+    }
+}
+
+impl Drop for DemoSandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Runs the gateway until SIGINT or SIGTERM; SIGHUP reloads the config.
 pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
-    let config = Config::load(path).map_err(Failure::config)?;
+    let mut config = Config::load(path).map_err(Failure::config)?;
+    let _sandbox = if demo { Some(DemoSandbox::apply(&mut config)?) } else { None };
     let backend = if demo { Some(start_demo_backend(&config).await?) } else { None };
     let app = App::new(config, path.to_path_buf()).await.map_err(|e| Failure {
         message: e.to_string(),
@@ -205,12 +255,17 @@ async fn print_demo_banner(
     };
     let (_, secret) = m.create_key(input, None).await.map_err(|e| Failure::manage(e, false))?;
     let base = format!("{scheme}://{data}");
+    let admin_token = match DEMO_ADMIN_TOKEN.get() {
+        Some(t) => format!("{t}   (made for this run)"),
+        None => format!("the token in ${}", cfg.admin.token_env),
+    };
     println!(
-        "\nkeygate demo is running\n\
+        "\nkeygate demo is running (its own throwaway store; listening on loopback only)\n\
          \x20 gateway:  {base}\n\
          \x20 backend:  http://{backend}  (built-in example email-marketing API)\n\
          \x20 metrics:  http://{admin}/metrics\n\
-         \x20 your key: {secret}   (shown once; manage keys with `keygate keys list`)\n\n\
+         \x20 console:  http://{admin}/console/   sign in with {admin_token}\n\
+         \x20 your key: {secret}   (shown once; gone when the demo stops)\n\n\
          try:\n\
          \x20 curl -H 'Authorization: Bearer {secret}' {base}/api/lists\n\
          \x20 curl -H 'X-API-Key: {secret}' {base}/whoami\n\
