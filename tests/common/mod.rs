@@ -49,6 +49,29 @@ pub fn keygate_bin() -> &'static str {
     &BIN
 }
 
+/// Whether a test whose dependency `what` (`redis`, `browser`) is missing
+/// may skip: only when `KEYGATE_TEST_SKIP` names it, and never under CI. A
+/// skip the operator did not ask for fails the test, so a summary of `ok`
+/// always means the test ran.
+pub fn may_skip(what: &str, why: &str) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if let Err(refusal) = skip_allowed(ci, &std::env::var("KEYGATE_TEST_SKIP").unwrap_or_default(), what, why) {
+        panic!("{refusal}");
+    }
+    eprintln!("\n*** SKIPPED ({what} named in KEYGATE_TEST_SKIP): {why} ***\n");
+    true
+}
+
+/// [`may_skip`]'s rule, apart from the environment.
+pub fn skip_allowed(ci: bool, allowed: &str, what: &str, why: &str) -> Result<(), String> {
+    let named = allowed.split(',').any(|w| w.trim() == what);
+    match (ci, named) {
+        (true, _) => Err(format!("{why}; CI must install it (see .ci/run)")),
+        (false, false) => Err(format!("{why}; install it, or set KEYGATE_TEST_SKIP={what} to skip the tests that need it")),
+        (false, true) => Ok(()),
+    }
+}
+
 /// Admin token the harness exports to every gateway it starts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
