@@ -72,6 +72,36 @@ fn unknown_fields_are_named_with_their_line() {
 }
 
 #[test]
+fn an_unknown_field_in_a_table_array_is_named_by_its_full_path() {
+    let text = base().replace("permission = \"lists.create\"", "permision = \"lists.create\"");
+    let line = text.lines().position(|l| l.contains("permision")).unwrap() + 1;
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    assert!(out.contains(&format!("gateway.toml:{line}: routes[0].permision: unknown field")), "{out}");
+    let (ok, out) = check(&format!("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n{}", base()));
+    assert!(!ok && out.contains(": server.lisen: "), "{out}");
+    let (ok, out) = check(&format!("[server]\nlisten = 5\n{}", base()));
+    assert!(!ok && out.contains(": server.listen: invalid type"), "{out}");
+    // A wrong type is named by its path too.
+    let (ok, out) = check(&base().replace("public = true", "public = \"yes\""));
+    assert!(!ok && out.contains("routes[") && out.contains("].public"), "{out}");
+}
+
+#[test]
+fn a_route_with_a_method_no_one_sends_is_refused() {
+    for method in ["GIT", "get", "FETCH"] {
+        let text = base().replace("match = \"GET /api/ping\"", &format!("match = \"{method} /api/ping\""));
+        assert_ne!(text, base());
+        let (ok, out) = check(&text);
+        assert!(!ok && out.contains(".match") && out.contains(&format!("`{method}` is not an HTTP method")), "{method}: {out}");
+    }
+    for method in ["PATCH", "OPTIONS", "*"] {
+        let (ok, out) = check(&base().replace("match = \"GET /api/ping\"", &format!("match = \"{method} /api/ping\"")));
+        assert!(ok, "{method}: {out}");
+    }
+}
+
+#[test]
 fn undeclared_permissions_are_refused() {
     let text = base().replace("permission = \"lists.create\"", "permission = \"lists.fly\"");
     let line = text.lines().position(|l| l.contains("lists.fly")).unwrap() + 1;

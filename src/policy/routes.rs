@@ -32,6 +32,9 @@ pub struct Route {
     pub on_redis_error: Option<RedisErrorPolicy>,
 }
 
+/// The methods a route may name: RFC 9110's and PATCH, upper case.
+const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
 impl Route {
     /// Compiles a pattern like `GET /api/lists/{id}` or `* /api/public/*`.
     pub fn new(
@@ -45,9 +48,20 @@ impl Route {
         let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(format!("`{pattern}` must be `METHOD /path`, e.g. `GET /api/lists/{{id}}`"));
         };
+        // Any token is a valid method on the wire, so a typo (`GIT`) would
+        // make a route that never matches: only the methods of RFC 9110 and
+        // PATCH (RFC 5789) are accepted, or `*` for all.
         let method = match method {
             "*" | "ANY" => None,
-            m => Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("`{m}` is not an HTTP method"))?),
+            m if KNOWN_METHODS.contains(&m) => {
+                Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("`{m}` is not an HTTP method"))?)
+            }
+            m => {
+                return Err(format!(
+                    "`{m}` is not an HTTP method keygate routes (one of {}, or * for any)",
+                    KNOWN_METHODS.join(", ")
+                ))
+            }
         };
         if !path.starts_with('/') {
             return Err(format!("path `{path}` must start with '/'"));

@@ -89,13 +89,17 @@ fn relative_to(config: &Path, p: &str) -> PathBuf {
 }
 
 pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+    // Through serde_path_to_error: toml's own error names a field without
+    // the tables it sits in (`permision`, not `routes[3].permision`).
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let at = e.path().to_string();
+        let e = e.into_inner();
         let line = e.span().map(|s| line_at(text, s.start));
         ConfigError {
             file: path.to_path_buf(),
             problems: vec![ConfigProblem {
                 line,
-                field: field_of_parse_error(e.message()),
+                field: field_of_parse_error(&at, e.message()),
                 message: e.message().trim().to_string(),
             }],
         }
@@ -130,9 +134,19 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(Config { source: path.to_path_buf(), server, admin, store, rate_limit, keys, plans, upstreams, catalogue, routes, roles })
 }
 
-/// Pulls the field name out of serde's "unknown field `x`" style messages.
-fn field_of_parse_error(msg: &str) -> String {
-    msg.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "(syntax)".into())
+/// The full path of the field a parse error is about (`at`, from
+/// serde_path_to_error, already ends with an unknown field's name), or the
+/// name in the message ("unknown field `x`") at the top level.
+fn field_of_parse_error(at: &str, msg: &str) -> String {
+    // `Spanned` fields add a private segment of toml's to the path.
+    let at = at.replace(".$__serde_spanned_private_value", "");
+    match at.as_str() {
+        "." | "" => match msg.strip_prefix("unknown field") {
+            Some(rest) => rest.split('`').nth(1).unwrap_or("(syntax)").to_string(),
+            None => "(syntax)".into(),
+        },
+        _ => at,
+    }
 }
 
 fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
