@@ -354,3 +354,15 @@ async fn metrics_and_health_on_the_admin_listener() {
     assert_eq!(resp.status(), 200);
     assert_eq!(json_of(resp).await["data"][0]["id"], "lists");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_admin_token_is_said_at_start_naming_the_variable() {
+    let (_up, s) = setup("", "").await;
+    let text = std::fs::read_to_string(&s.config).unwrap().replace("[admin]\n", "[admin]\ntoken_env = \"KG_TEST_UNSET_TOKEN\"\n");
+    std::fs::write(&s.config, text).unwrap();
+    let gw = s.start();
+    let resp = client().get(s.admin_url("/modules")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(json_of(resp).await["code"], "admin_disabled");
+    let log = gw.log_text();
+    assert_eq!(log.matches("set KG_TEST_UNSET_TOKEN to a token").count(), 1, "{log}");
+}

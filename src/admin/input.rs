@@ -18,7 +18,11 @@ pub fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, Manag
     };
     let Value::Object(map) = value else { return Err(invalid("body", "must be a JSON object")) };
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(invalid(unknown, format!("is not a known field (known: {})", allowed.join(", "))));
+        let known = match allowed {
+            [] => "this request takes no fields; send an empty body or {}".to_string(),
+            _ => format!("known: {}", allowed.join(", ")),
+        };
+        return Err(invalid(unknown, format!("is not a known field ({known})")));
     }
     Ok(map)
 }
@@ -168,5 +172,18 @@ mod tests {
         assert_eq!(field(br#"{"enabled":"yes"}"#), "enabled");
         assert_eq!(field(b"[1]"), "body");
         assert_eq!(field(b"{nope"), "body");
+    }
+
+    #[test]
+    fn a_request_without_fields_says_so_of_an_unknown_one() {
+        match object(br#"{"reason":"left"}"#, &[]) {
+            Err(ManageError::Invalid { field, message }) => {
+                assert_eq!(field, "reason");
+                assert!(message.contains("takes no fields"), "{message}");
+                assert!(!message.contains("known: )"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(object(b"", &[]).is_ok() && object(b"{}", &[]).is_ok());
     }
 }

@@ -101,6 +101,13 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     })?;
     let rt = app.runtime.load_full();
     let cfg = &rt.config;
+    let token_env = &cfg.admin.token_env;
+    if std::env::var(token_env).map_or(true, |t| t.len() < crate::admin::MIN_ADMIN_TOKEN_LEN) {
+        tracing::warn!(
+            "the admin API and console are disabled: set {token_env} to a token of at least {} characters",
+            crate::admin::MIN_ADMIN_TOKEN_LEN
+        );
+    }
     let data = bind(cfg.server.listen, "server.listen").await?;
     let admin = bind(cfg.admin.listen, "admin.listen").await?;
     let data_addr = data.local_addr().map_err(|e| io_failure("data listener".into(), e))?;
