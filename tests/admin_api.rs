@@ -116,6 +116,15 @@ async fn journey(s: &Setup) {
     // Disable, enable.
     assert_eq!(api.post(&format!("/api-keys/{id}/disable"), json!({})).await.0, 200);
     assert!(eventually(Duration::from_secs(2), || async { data_status(s, &secret).await.0 == 401 }).await.is_some());
+    // Listing filters by state and role.
+    let (_, v) = api.get("/api-keys?status=disabled").await;
+    assert_eq!(v["data"].as_array().unwrap().iter().map(|k| k["keyId"].clone()).collect::<Vec<_>>(), vec![json!(id)], "{v}");
+    let (_, v) = api.get("/api-keys?status=active").await;
+    assert!(v["data"].as_array().unwrap().iter().all(|k| k["status"] == "active" && k["keyId"] != json!(id)), "{v}");
+    let (_, v) = api.get("/api-keys?status=disabled&role=nobody-has-it").await;
+    assert_eq!(v["meta"]["total"], 0, "{v}");
+    let (status, v) = api.get("/api-keys?status=sleeping").await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("status")), "{v}");
     let (status, v) = api.post(&format!("/api-keys/{id}/enable"), json!({})).await;
     assert_eq!((status, v["data"]["status"].as_str()), (200, Some("active")));
     assert!(eventually(Duration::from_secs(2), || async { data_status(s, &secret).await.0 == 200 }).await.is_some());

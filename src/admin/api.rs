@@ -5,6 +5,7 @@ use super::input;
 use super::routes::Endpoint;
 use super::{error, ok};
 use crate::body::Body;
+use crate::keys::model::KeyStatus;
 use crate::manage::{role_json, ManageError, Manager, SECRET_WARNING};
 use crate::store::KeyQuery;
 use http::{Response, StatusCode};
@@ -73,7 +74,17 @@ pub async fn run(
         Endpoint::ListKeys => {
             let (page, per_page) = paging(query)?;
             let search = query_param(query, "search").filter(|s| !s.is_empty());
-            let result = m.list_keys(&KeyQuery { search, offset: (page - 1) * per_page, limit: per_page }).await?;
+            let role = query_param(query, "role");
+            let status = match query_param(query, "status").filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => Some(KeyStatus::parse(&s).ok_or_else(|| ManageError::Invalid {
+                    field: "status".into(),
+                    message: "must be active, disabled or expired".into(),
+                })?),
+            };
+            let now = crate::clock::now_unix();
+            let result =
+                m.list_keys(&KeyQuery { search, role, status, now, offset: (page - 1) * per_page, limit: per_page }).await?;
             let data = result.keys.iter().map(|k| m.key_json(k)).collect();
             ok(StatusCode::OK, data, page_meta(result.total, page, per_page))
         }

@@ -220,7 +220,7 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
             }
         }
         KeysCommand::List { search, json } => {
-            let page = m.list_keys(&KeyQuery { search, offset: 0, limit: 0 }).await.map_err(|e| Failure::manage(e, json))?;
+            let page = m.list_keys(&KeyQuery { search, ..KeyQuery::default() }).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(page.keys.iter().map(|k| m.key_json(k)).collect(), json!({ "total": page.total }));
             } else {

@@ -59,6 +59,43 @@ pub struct ApiKey {
     pub key_prefix: String,
 }
 
+/// What an operator sees of a key's state: disabled wins over expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Disabled,
+    Expired,
+}
+
+impl KeyStatus {
+    pub fn of(key: &ApiKey, now: i64) -> KeyStatus {
+        if !key.enabled {
+            KeyStatus::Disabled
+        } else if key.expires_at.is_some_and(|t| t <= now) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyStatus> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "disabled" => Some(KeyStatus::Disabled),
+            "expired" => Some(KeyStatus::Expired),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Disabled => "disabled",
+            KeyStatus::Expired => "expired",
+        }
+    }
+}
+
 /// What a token lookup finds: the key and, for a secret replaced by a
 /// rotation, the moment it stops working.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ mod apply;
 
 use crate::clock;
 use crate::config::Config;
-use crate::keys::model::{self, ApiKey, Env, Role};
+use crate::keys::model::{self, ApiKey, Env, KeyStatus, Role};
 use crate::keys::token::{self, TokenHash};
 use crate::store::{AuditEntry, AuditPage, KeyPage, KeyQuery, Store, StoreError, UsageSummary};
 use serde_json::{json, Value};
@@ -298,14 +298,7 @@ impl Manager<'_> {
 
     /// The JSON form of a key (camelCase, masked, never a secret or hash).
     pub fn key_json(&self, key: &ApiKey) -> Value {
-        let now = clock::now_unix();
-        let status = if !key.enabled {
-            "disabled"
-        } else if key.expires_at.is_some_and(|t| t <= now) {
-            "expired"
-        } else {
-            "active"
-        };
+        let status = KeyStatus::of(key, clock::now_unix()).as_str();
         json!({
             "keyId": key.key_id,
             "name": key.name,

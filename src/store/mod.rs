@@ -7,7 +7,7 @@ pub mod redis_conn;
 mod redis_scripts;
 pub mod sqlite;
 
-use crate::keys::model::{ApiKey, KeyLookup, Role};
+use crate::keys::model::{ApiKey, KeyLookup, KeyStatus, Role};
 use crate::keys::token::TokenHash;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -103,8 +103,22 @@ pub struct KeyPage {
 pub struct KeyQuery {
     /// Case-insensitive substring over name, description, owner, keyPrefix, role, keyId, allowed IPs.
     pub search: Option<String>,
+    /// Only keys of this role (`Some("")`: keys without one).
+    pub role: Option<String>,
+    /// Only keys in this state at `now`.
+    pub status: Option<KeyStatus>,
+    /// Unix seconds, for `status`.
+    pub now: i64,
     pub offset: u64,
     pub limit: u64,
+}
+
+impl KeyQuery {
+    /// Whether a key passes the role and status filters (not the search).
+    pub fn admits(&self, key: &ApiKey) -> bool {
+        self.role.as_deref().is_none_or(|r| key.role.as_deref().unwrap_or("") == r)
+            && self.status.is_none_or(|s| KeyStatus::of(key, self.now) == s)
+    }
 }
 
 /// Requests per bucket for one key, for "usage at a glance".

@@ -148,17 +148,23 @@ impl Store for RedisStore {
     async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
         let limit = if query.limit == 0 { u64::MAX } else { query.limit };
         let needle = query.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
-        let Some(needle) = needle else {
+        let filtered = needle.is_some() || query.role.is_some() || query.status.is_some();
+        if !filtered {
             let total: u64 = self.query("list_keys", ::redis::cmd("ZCARD").arg(format!("{PREFIX}keys")).to_owned()).await?;
             let stop = query.offset.saturating_add(limit).saturating_sub(1).min(i64::MAX as u64) as i64;
             let ids: Vec<String> = self
                 .query("list_keys", ::redis::cmd("ZREVRANGE").arg(format!("{PREFIX}keys")).arg(query.offset).arg(stop).to_owned())
                 .await?;
             return Ok(KeyPage { keys: self.keys_by_id(&ids).await?, total });
-        };
+        }
         let ids: Vec<String> =
             self.query("list_keys", ::redis::cmd("ZREVRANGE").arg(format!("{PREFIX}keys")).arg(0).arg(-1).to_owned()).await?;
-        let all: Vec<ApiKey> = self.keys_by_id(&ids).await?.into_iter().filter(|k| matches(k, &needle)).collect();
+        let all: Vec<ApiKey> = self
+            .keys_by_id(&ids)
+            .await?
+            .into_iter()
+            .filter(|k| needle.as_deref().is_none_or(|n| matches(k, n)) && query.admits(k))
+            .collect();
         let total = all.len() as u64;
         let keys = all.into_iter().skip(query.offset as usize).take(limit.min(usize::MAX as u64) as usize).collect();
         Ok(KeyPage { keys, total })

@@ -1,8 +1,8 @@
 //! The behaviour every `Store` must have, run against each implementation.
 
-use keygate::keys::model::{ApiKey, Env, Role};
+use keygate::keys::model::{ApiKey, Env, KeyStatus, Role};
 use keygate::keys::token::TokenHash;
-use keygate::store::{ChangeTarget, FeedCursor, KeyQuery, Store, StoreError, UsageDelta};
+use keygate::store::{ChangeTarget, FeedCursor, KeyPage, KeyQuery, Store, StoreError, UsageDelta};
 use std::collections::BTreeMap;
 
 /// A key with every field set.
@@ -61,19 +61,45 @@ pub async fn conformance(store: &dyn Store) {
     assert_eq!(store.get_key("key_b").await.unwrap(), Some(b.clone()));
 
     // Listing, search and paging.
-    let page = store.list_keys(&KeyQuery { search: None, offset: 0, limit: 0 }).await.unwrap();
+    let page = store.list_keys(&KeyQuery { search: None, offset: 0, limit: 0, ..KeyQuery::default() }).await.unwrap();
     assert_eq!(page.total, 2);
-    let page = store.list_keys(&KeyQuery { search: Some("beta".into()), offset: 0, limit: 10 }).await.unwrap();
+    let page =
+        store.list_keys(&KeyQuery { search: Some("beta".into()), offset: 0, limit: 10, ..KeyQuery::default() }).await.unwrap();
     assert_eq!((page.total, page.keys.len()), (1, 1));
     assert_eq!(page.keys[0].key_id, "key_b");
-    let page = store.list_keys(&KeyQuery { search: Some("reader".into()), offset: 0, limit: 10 }).await.unwrap();
+    let page =
+        store.list_keys(&KeyQuery { search: Some("reader".into()), offset: 0, limit: 10, ..KeyQuery::default() }).await.unwrap();
     assert_eq!(page.keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), vec!["key_a"], "search covers the role");
-    let page = store.list_keys(&KeyQuery { search: Some("10.0.0.0/8".into()), offset: 0, limit: 10 }).await.unwrap();
+    let page = store
+        .list_keys(&KeyQuery { search: Some("10.0.0.0/8".into()), offset: 0, limit: 10, ..KeyQuery::default() })
+        .await
+        .unwrap();
     assert_eq!(page.total, 2, "search covers allowed IPs");
-    let page = store.list_keys(&KeyQuery { search: Some("%".into()), offset: 0, limit: 10 }).await.unwrap();
+    let page =
+        store.list_keys(&KeyQuery { search: Some("%".into()), offset: 0, limit: 10, ..KeyQuery::default() }).await.unwrap();
     assert_eq!(page.total, 0, "search is literal");
-    let page = store.list_keys(&KeyQuery { search: None, offset: 1, limit: 1 }).await.unwrap();
+    let page = store.list_keys(&KeyQuery { search: None, offset: 1, limit: 1, ..KeyQuery::default() }).await.unwrap();
     assert_eq!((page.total, page.keys.len()), (2, 1));
+    // Filters by role and by state.
+    let ids = |page: KeyPage| page.keys.into_iter().map(|k| k.key_id).collect::<Vec<_>>();
+    let by = |role: Option<&str>, status: Option<KeyStatus>, now: i64| KeyQuery {
+        role: role.map(str::to_string),
+        status,
+        now,
+        ..KeyQuery::default()
+    };
+    assert_eq!(ids(store.list_keys(&by(Some("reader"), None, 0)).await.unwrap()), vec!["key_a"]);
+    assert_eq!(ids(store.list_keys(&by(Some(""), None, 0)).await.unwrap()), vec!["key_b"]);
+    let now = 1_800_000_000;
+    assert_eq!(store.list_keys(&by(None, Some(KeyStatus::Active), now)).await.unwrap().total, 2);
+    assert_eq!(store.list_keys(&by(None, Some(KeyStatus::Disabled), now)).await.unwrap().total, 0);
+    assert_eq!(store.list_keys(&by(None, Some(KeyStatus::Expired), 2_000_000_000)).await.unwrap().total, 2);
+    let mut off = b.clone();
+    off.enabled = false;
+    store.update_key(&off).await.unwrap();
+    assert_eq!(ids(store.list_keys(&by(None, Some(KeyStatus::Disabled), now)).await.unwrap()), vec!["key_b"]);
+    assert_eq!(ids(store.list_keys(&by(Some("reader"), Some(KeyStatus::Active), now)).await.unwrap()), vec!["key_a"]);
+    store.update_key(&b).await.unwrap();
 
     // Role in use.
     assert_eq!(store.delete_role("reader").await, Err(StoreError::RoleInUse { keys: 1 }));
