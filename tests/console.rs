@@ -35,6 +35,13 @@ async fn console_end_to_end_in_chromium() {
     }
     let up = upstream::start().await;
     let s = Setup::new(&up.url(), "", "");
+    // An expired key (no API makes one: an expiry in the past is refused)
+    // and one whose name is a single 100-character word.
+    let (expired, _) = s.create_key(&["--name", "E2E expired", "--expires-in-days", "1"]);
+    let db = rusqlite::Connection::open(s.config.with_file_name("keygate.db")).unwrap();
+    db.execute("UPDATE keys SET expires_at = 1000 WHERE key_id = ?1", [&expired]).unwrap();
+    drop(db);
+    s.create_key(&["--name", &"W".repeat(100)]);
     let _gw = s.start();
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     let out = tokio::process::Command::new("node")
@@ -49,7 +56,7 @@ async fn console_end_to_end_in_chromium() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed:\n{text}");
     assert!(text.contains("all steps passed"), "{text}");
-    for shot in ["console-keys.png", "console-roles.png", "console-keys-narrow.png"] {
+    for shot in ["console-keys.png", "console-roles.png", "console-audit.png", "console-keys-narrow.png"] {
         assert!(shots.join(shot).metadata().is_ok_and(|m| m.len() > 10_000), "no screenshot {shot}");
     }
 }

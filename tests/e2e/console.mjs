@@ -57,6 +57,7 @@ try {
   await dialog.getByLabel("Description", { exact: true }).fill("created by the browser test");
   await dialog.getByLabel("Owner", { exact: true }).fill("e2e@example.com");
   await dialog.getByLabel("API Role", { exact: true }).selectOption("read-only");
+  assert.equal(await dialog.locator("#k-ips-label").isVisible(), false, "no Allowed IPs label while the toggle is off");
   await dialog.getByLabel("Restrict to allowed IPs", { exact: true }).check();
   await dialog.getByLabel("Allowed IPs (one address or CIDR per line)", { exact: true }).fill("10.0.0.0/33");
   await dialog.getByRole("button", { name: "Create" }).click();
@@ -124,8 +125,38 @@ try {
   assert.equal(after.description, "after");
   assert.deepEqual({ ...after, description: "before" }, before, "every other field is as it was");
   assert.equal(after.plan, "pro");
+
+  step("rotation offers a grace period: both secrets work during it");
+  await page.locator("tr", { hasText: "E2E planned" }).getByRole("button", { name: "Rotate E2E planned" }).click();
+  const rotate = page.getByRole("dialog", { name: "Rotate this key?" });
+  await rotate.getByLabel("The current secret keeps working for", { exact: true }).selectOption("3600");
+  await rotate.getByRole("button", { name: "Rotate" }).click();
+  const fresh = page.getByRole("dialog", { name: "Your new API key" });
+  await fresh.waitFor();
+  const rotated = await fresh.getByLabel("API key", { exact: true }).inputValue();
+  await fresh.getByRole("button", { name: "I have stored it" }).click();
+  assert.equal(await dataStatus(rotated), 200, "the new secret works");
+  assert.equal(await dataStatus(made.data.apiKey), 200, "the old secret works during the grace period");
   await admin("DELETE", `/api-keys/${made.data.keyId}`);
   await page.reload();
+
+  step("an expired key does not look active; a long name does not widen the table");
+  await page.locator("tr", { hasText: "E2E expired" }).locator(".switch.expired").waitFor();
+  assert.match(await page.locator("tr", { hasText: "E2E expired" }).locator(".switch").textContent(), /expired/);
+  const [tableWidth, room] = await page.evaluate(() => [document.querySelector("#keys-table").scrollWidth, document.querySelector(".table-wrap").clientWidth]);
+  assert.ok(tableWidth <= room, `the keys table is ${tableWidth}px wide in ${room}px`);
+
+  step("filter by status and by role");
+  const rowsText = () => page.locator("#keys-table tbody tr").allTextContents();
+  await page.getByLabel("Filter by status", { exact: true }).selectOption("disabled");
+  await eventually("only disabled keys", async () => { const t = await rowsText(); return t.length === 1 && /E2E integration/.test(t[0]); });
+  await page.getByLabel("Filter by status", { exact: true }).selectOption("expired");
+  await eventually("only expired keys", async () => { const t = await rowsText(); return t.length === 1 && /E2E expired/.test(t[0]); });
+  await page.getByLabel("Filter by status", { exact: true }).selectOption("");
+  await page.getByLabel("Filter by role", { exact: true }).selectOption("read-only");
+  await eventually("only read-only keys", async () => { const t = await rowsText(); return t.length === 1 && /E2E integration/.test(t[0]); });
+  await page.getByLabel("Filter by role", { exact: true }).selectOption("");
+  await eventually("every key again", async () => (await rowsText()).length === 3);
 
   step("the create dialog is keyboard reachable and closes with Escape");
   await page.getByRole("button", { name: "Create an API Key" }).focus();
@@ -155,6 +186,9 @@ try {
   await page.locator("li.role", { hasText: "Read Only" }).or(page.locator("li.role", { hasText: "read-only" })).first().getByText(/Click to expand/).click();
   await page.screenshot({ path: `${SHOTS}/console-roles.png`, fullPage: true });
 
+  step("a role says which keys use it");
+  await page.locator('li.role[data-role="read-only"] .role-keys').filter({ hasText: /Used by 1 key: E2E integration/ }).waitFor();
+
   step("deleting a role in use is refused with the API's message");
   await page.locator('li.role[data-role="read-only"]').getByRole("button", { name: /Delete role/ }).click();
   await page.getByRole("dialog", { name: "Delete this role?" }).getByRole("button", { name: "Delete" }).click();
@@ -167,6 +201,15 @@ try {
   await roleItem.waitFor({ state: "detached" });
   const roles = await (await fetch(`${ADMIN}/api-roles`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
   assert.ok(!roles.data.some((r) => r.id === "e2e-role"), "the server agrees the role is gone");
+
+  step("the audit log shows who changed what");
+  await page.getByRole("tab", { name: "Audit log" }).click();
+  const audit = page.locator("#audit-table tbody tr");
+  await audit.first().waitFor();
+  const entries = await audit.allTextContents();
+  assert.ok(entries.some((t) => /key\.rotate/.test(t) && /admin-api/.test(t)), entries.join("\n"));
+  assert.ok(entries.some((t) => /key\.edit/.test(t) && /description: "before" → "after"/.test(t)), entries.join("\n"));
+  await page.screenshot({ path: `${SHOTS}/console-audit.png`, fullPage: true });
 
   step("a narrow (390 px) screen");
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 } });

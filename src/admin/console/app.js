@@ -6,7 +6,13 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const TOKEN_KEY = "keygate.adminToken";
-const state = { page: 1, perPage: 25, search: "", total: 0, roles: [], modules: [], plans: {}, editing: null, roleEditing: null };
+const state = {
+  page: 1, perPage: 25, search: "", status: "", role: null, total: 0, auditPage: 1,
+  roles: [], modules: [], plans: {}, editing: null, roleEditing: null,
+};
+const TABS = ["keys", "roles", "audit"];
+// The role filter's value for "keys without a role" (the API's `role=`).
+const NO_ROLE = "\u0000none";
 
 // ---- API -----------------------------------------------------------------
 
@@ -113,7 +119,7 @@ async function signIn(token) {
 // ---- tabs --------------------------------------------------------------------
 
 function selectTab(name) {
-  for (const t of ["keys", "roles"]) {
+  for (const t of TABS) {
     const on = t === name;
     const tab = $(`#tab-${t}`);
     tab.setAttribute("aria-selected", String(on));
@@ -121,7 +127,7 @@ function selectTab(name) {
     $(`#panel-${t}`).hidden = !on;
   }
   notice("");
-  if (name === "roles") loadRoles(); else loadKeys();
+  if (name === "roles") loadRoles(); else if (name === "audit") loadAudit(); else loadKeys();
 }
 
 // ---- keys --------------------------------------------------------------------
@@ -129,6 +135,8 @@ function selectTab(name) {
 async function loadKeys() {
   const q = new URLSearchParams({ page: state.page, per_page: state.perPage });
   if (state.search) q.set("search", state.search);
+  if (state.status) q.set("status", state.status);
+  if (state.role !== null) q.set("role", state.role === NO_ROLE ? "" : state.role);
   const r = await api("GET", `/api-keys?${q}`);
   if (!r.ok) { notice(r.json.error); return; }
   state.total = r.json.meta.total;
@@ -136,7 +144,8 @@ async function loadKeys() {
   if (state.page > pages) { state.page = pages; return loadKeys(); }
   const body = $("#keys-table tbody");
   body.replaceChildren(...r.json.data.map(keyRow));
-  if (!r.json.data.length) body.append(el("tr", {}, el("td", { colspan: 11, text: state.search ? "No key matches." : "No keys yet." })));
+  const filtered = state.search || state.status || state.role !== null;
+  if (!r.json.data.length) body.append(el("tr", {}, el("td", { colspan: 11, text: filtered ? "No key matches." : "No keys yet." })));
   $("#page-info").textContent = `Page ${state.page} of ${pages} (${state.total} key${state.total === 1 ? "" : "s"})`;
   $("#prev").disabled = state.page <= 1;
   $("#next").disabled = state.page >= pages;
@@ -144,14 +153,17 @@ async function loadKeys() {
 }
 
 function keyRow(k) {
+  // An expired key is enabled but refused: its pill must not look active.
+  const look = k.status === "expired" ? "expired" : k.enabled ? "on" : "";
   const toggle = el("button", {
-    type: "button", role: "switch", class: `switch ${k.enabled ? "on" : ""}`, "aria-checked": String(k.enabled),
+    type: "button", role: "switch", class: `switch ${look}`, "aria-checked": String(k.enabled),
     "aria-label": `${k.enabled ? "Disable" : "Enable"} ${k.name}`, text: k.status,
     onclick: () => setEnabled(k, !k.enabled),
   });
   return el("tr", { "data-key": k.keyId },
     el("td", { "data-label": "API Key" }, el("code", { text: k.keyPrefix })),
-    el("td", { "data-label": "Name" }, el("div", {}, el("strong", { text: k.name }), el("div", { class: "muted", text: k.description }))),
+    el("td", { "data-label": "Name", class: "name-cell", title: k.description ? `${k.name}: ${k.description}` : k.name },
+      el("div", {}, el("strong", { text: k.name }), el("div", { class: "muted", text: k.description }))),
     el("td", { "data-label": "Role", text: k.role || "—" }),
     el("td", { "data-label": "Owner", text: k.owner || "—" }),
     el("td", { "data-label": "Allowed IPs", text: k.allowedIps.length ? k.allowedIps.join(", ") : "any" }),
@@ -160,10 +172,10 @@ function keyRow(k) {
     el("td", { "data-label": "Last used", text: relative(k.lastUsed), title: k.lastUsed || "" }),
     el("td", { "data-label": "Expires", text: k.expiresAt ? relative(k.expiresAt) : "never", title: k.expiresAt || "" }),
     el("td", { "data-label": "Status" }, toggle),
-    el("td", { "data-label": "Actions", class: "row-actions" },
+    el("td", { "data-label": "Actions" }, el("div", { class: "row-actions" },
       el("button", { type: "button", text: "Edit", "aria-label": `Edit ${k.name}`, onclick: () => openKeyDialog(k) }),
       el("button", { type: "button", text: "Rotate", "aria-label": `Rotate ${k.name}`, onclick: () => rotateKey(k) }),
-      el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${k.name}`, onclick: () => deleteKey(k) })),
+      el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${k.name}`, onclick: () => deleteKey(k) }))),
   );
 }
 
@@ -185,8 +197,14 @@ async function setEnabled(k, enabled) {
 }
 
 async function rotateKey(k) {
-  if (!(await confirmDialog("Rotate this key?", `${k.name} gets a new secret; the current one stops working at once.`, "Rotate"))) return;
-  const r = await api("POST", `/api-keys/${encodeURIComponent(k.keyId)}/rotate`, { graceSeconds: 0 });
+  const d = $("#rotate-dialog");
+  $("#rotate-text").textContent = `${k.name} gets a new secret, shown once.`;
+  d.returnValue = "";
+  d.showModal();
+  const go = await new Promise((resolve) => d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true }));
+  if (!go) return;
+  const graceSeconds = Number($("#rotate-grace").value);
+  const r = await api("POST", `/api-keys/${encodeURIComponent(k.keyId)}/rotate`, { graceSeconds });
   if (!r.ok) { notice(r.json.error); return; }
   await loadKeys();
   showSecret(r.json.data.apiKey);
@@ -305,6 +323,23 @@ async function loadRoles() {
   if (!r.ok) { $("#roles-error").textContent = r.json.error; return; }
   state.roles = r.json.data;
   $("#roles-list").replaceChildren(...state.roles.map(roleItem));
+  const filter = $("#filter-role");
+  const chosen = filter.value;
+  filter.replaceChildren(el("option", { value: "", text: "all" }), el("option", { value: NO_ROLE, text: "no role" }),
+    ...state.roles.map((role) => el("option", { value: role.id, text: role.name })));
+  filter.value = [...filter.options].some((o) => o.value === chosen) ? chosen : "";
+}
+
+// The keys that use a role, read when its details are opened.
+async function showRoleKeys(role, target) {
+  const q = new URLSearchParams({ role: role.id, per_page: 100 });
+  const r = await api("GET", `/api-keys?${q}`);
+  if (!r.ok) { target.textContent = r.json.error; return; }
+  const names = r.json.data.map((k) => k.name);
+  const more = r.json.meta.total - names.length;
+  target.textContent = names.length
+    ? `Used by ${r.json.meta.total} key${r.json.meta.total === 1 ? "" : "s"}: ${names.join(", ")}${more > 0 ? ` and ${more} more` : ""}`
+    : "No key uses this role.";
 }
 
 function labelOf(id) {
@@ -324,8 +359,40 @@ function roleItem(role) {
       el("div", { class: "row-actions" },
         el("button", { type: "button", text: "Edit", "aria-label": `Edit role ${role.name}`, onclick: () => openRoleDialog(role) }),
         el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete role ${role.name}`, onclick: () => deleteRole(role) }))),
-    el("details", {}, el("summary", { text: `Click to expand (${role.permissions.length} permission${role.permissions.length === 1 ? "" : "s"})` }),
-      el("ul", {}, ...role.permissions.map((p) => el("li", { text: labelOf(p) })))));
+    el("details", { ontoggle: (e) => { if (e.target.open) showRoleKeys(role, e.target.querySelector(".role-keys")); } },
+      el("summary", { text: `Click to expand (${role.permissions.length} permission${role.permissions.length === 1 ? "" : "s"})` }),
+      el("ul", {}, ...role.permissions.map((p) => el("li", { text: labelOf(p) }))),
+      el("p", { class: "role-keys", "aria-live": "polite", text: "…" })));
+}
+
+// ---- audit log -----------------------------------------------------------------
+
+// What an entry changed: the fields whose value differs between before and after.
+function changes(entry) {
+  const before = entry.before || {};
+  const after = entry.after || {};
+  if (!entry.before) return "created";
+  if (!entry.after) return "deleted";
+  const fields = [...new Set([...Object.keys(before), ...Object.keys(after)])]
+    .filter((f) => JSON.stringify(before[f]) !== JSON.stringify(after[f]));
+  return fields.map((f) => `${f}: ${JSON.stringify(before[f] ?? null)} → ${JSON.stringify(after[f] ?? null)}`).join("; ") || "no field changed";
+}
+
+async function loadAudit() {
+  const perPage = 25;
+  const r = await api("GET", `/audit-log?${new URLSearchParams({ page: state.auditPage, per_page: perPage })}`);
+  if (!r.ok) { notice(r.json.error); return; }
+  const pages = Math.max(1, Math.ceil(r.json.meta.total / perPage));
+  $("#audit-table tbody").replaceChildren(...r.json.data.map((e) => el("tr", {},
+    el("td", { "data-label": "When", text: relative(new Date(e.atMs).toISOString()), title: new Date(e.atMs).toISOString() }),
+    el("td", { "data-label": "Who", text: e.actor }),
+    el("td", { "data-label": "What" }, el("code", { text: e.action })),
+    el("td", { "data-label": "Target" }, el("code", { text: e.target })),
+    el("td", { "data-label": "Changed", class: "audit-change", text: changes(e) }))));
+  if (!r.json.data.length) $("#audit-table tbody").append(el("tr", {}, el("td", { colspan: 5, text: "Nothing changed yet." })));
+  $("#audit-info").textContent = `Page ${state.auditPage} of ${pages} (${r.json.meta.total} change${r.json.meta.total === 1 ? "" : "s"})`;
+  $("#audit-prev").disabled = state.auditPage <= 1;
+  $("#audit-next").disabled = state.auditPage >= pages;
 }
 
 async function deleteRole(role) {
@@ -405,12 +472,18 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#signout").addEventListener("click", () => signOut("Signed out."));
   $("#tab-keys").addEventListener("click", () => selectTab("keys"));
   $("#tab-roles").addEventListener("click", () => selectTab("roles"));
+  $("#tab-audit").addEventListener("click", () => { state.auditPage = 1; selectTab("audit"); });
   $(".tabs").addEventListener("keydown", (e) => {
     if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
-    const next = $("#tab-keys").getAttribute("aria-selected") === "true" ? "roles" : "keys";
+    const now = TABS.findIndex((t) => $(`#tab-${t}`).getAttribute("aria-selected") === "true");
+    const next = TABS[(now + (e.key === "ArrowRight" ? 1 : TABS.length - 1)) % TABS.length];
     selectTab(next);
     $(`#tab-${next}`).focus();
   });
+  $("#audit-prev").addEventListener("click", () => { state.auditPage -= 1; loadAudit(); });
+  $("#audit-next").addEventListener("click", () => { state.auditPage += 1; loadAudit(); });
+  $("#filter-status").addEventListener("change", (e) => { state.status = e.target.value; state.page = 1; loadKeys(); });
+  $("#filter-role").addEventListener("change", (e) => { state.role = e.target.value === "" ? null : e.target.value; state.page = 1; loadKeys(); });
   $("#create-key").addEventListener("click", () => openKeyDialog(null));
   $("#create-role").addEventListener("click", () => openRoleDialog(null));
   $("#key-form").addEventListener("submit", submitKey);
