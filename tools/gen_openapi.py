@@ -32,7 +32,9 @@ auth = [{"adminToken": []}]
 
 paths = {
   "/api-keys": {
-    "get": {"summary": "List keys (masked)", "security": auth, "parameters": [{"name": "search", "in": "query", "schema": {"type": "string"}, "description": "Substring of name, description, owner, keyPrefix, role or keyId"}] + paging,
+    "get": {"summary": "List keys (masked)", "security": auth, "parameters": [{"name": "search", "in": "query", "schema": {"type": "string"}, "description": "Substring of name, description, owner, keyPrefix, role or keyId"},
+                {"name": "role", "in": "query", "schema": {"type": "string"}, "description": "Only keys of this role (empty: keys without a role)"},
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["active", "disabled", "expired"]}, "description": "Only keys in this state"}] + paging,
             "responses": {**ok("A page of keys", {"type": "array", "items": ref("ApiKey")}, list_meta), **errors("400", "401", "503")}},
     "post": {"summary": "Create a key; its secret (apiKey) is shown once", "security": auth, "requestBody": body(ref("KeyInput")),
              "responses": {**ok("The key and its secret", ref("ApiKeyWithSecret"), secret_meta, "201"), **errors("400", "401", "409", "503")}}},
@@ -62,7 +64,9 @@ paths = {
               "responses": {**ok("The role", ref("Role")), **errors("400", "401", "404", "503")}},
     "delete": {"summary": "Delete a role no key uses", "security": auth,
                "responses": {**ok("Deleted", {"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}}}), **errors("401", "404", "409", "503")}}},
-  "/modules": {"get": {"summary": "The permission catalogue", "security": auth, "responses": {**ok("Modules", {"type": "array", "items": ref("Module")}), **errors("401")}}},
+  "/modules": {"get": {"summary": "The permission catalogue, and the plans in meta", "security": auth, "responses": {**ok("Modules", {"type": "array", "items": ref("Module")},
+      {"type": "object", "properties": {"plans": {"type": "object", "description": "Plan name to requests per minute, from the config", "additionalProperties": {"type": "integer"}}}}),
+      **errors("401")}}},
   "/audit-log": {"get": {"summary": "Management changes, newest first", "security": auth,
       "parameters": [{"name": "target", "in": "query", "schema": {"type": "string"}, "description": "Only entries about this key or role id"}] + paging,
       "responses": {**ok("A page of entries", {"type": "array", "items": ref("AuditEntry")}, list_meta), **errors("400", "401", "503")}}},
