@@ -4,7 +4,7 @@
 use crate::body::{full, Body};
 use http::{header, HeaderValue, Response, StatusCode};
 
-/// A refusal of the data plane (DESIGN.md section 4).
+/// A refusal of the data plane (docs/interface.md, "Answers").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]

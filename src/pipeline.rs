@@ -1,6 +1,6 @@
 //! The request path, top to bottom. Each step is a small function in the
 //! module of its concern; this file only puts them in the contract's order
-//! (DESIGN.md section 1) and turns the outcome into a response.
+//! (docs/interface.md, "The request path") and turns the outcome into a response.
 //!
 //! 1. accept (in `server`)  2. normalise the path  3. match a route
 //! 4. extract the credential  5. resolve the key  6. status, expiry, env

@@ -1,5 +1,5 @@
 //! Reading admin API request bodies: JSON objects with the camelCase fields
-//! of DESIGN.md section 2. Every problem names the field it is about.
+//! of docs/interface.md, "Keys, roles and plans". Every problem names the field it is about.
 
 use crate::manage::{KeyInput, ManageError, RoleInput, MAX_EXPIRY_DAYS};
 use serde_json::{Map, Value};

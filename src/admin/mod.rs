@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and
 //! `/openapi.json` open to scrapers, probes and tooling; the admin REST API
-//! (DESIGN.md section 9) behind the admin bearer token, and the web console
+//! (docs/interface.md, "Admin API") behind the admin bearer token, and the web console
 //! (static files, open; it signs in with the token).
 
 mod api;

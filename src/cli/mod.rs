@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md section 8). Every command opens the
+//! The command line (docs/interface.md, "CLI"). Every command opens the
 //! configured store directly, so none needs a running gateway; a running
 //! gateway sees the changes through the store's change feed.
 
