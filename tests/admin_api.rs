@@ -1,4 +1,4 @@
-//! The admin REST API (DESIGN.md section 9) driven as an integration would,
+//! The admin REST API (docs/interface.md, "Admin API") driven as an integration would,
 //! on both stores: create a key, use it on the data port, edit, disable,
 //! rotate, delete; roles; validation; the audit log; never a secret shown
 //! twice. The OpenAPI document is checked against the route table.
@@ -113,6 +113,24 @@ async fn journey(s: &Setup) {
     assert_eq!(status, 200);
     assert!(v["data"].get("apiKey").is_none());
 
+    // Expiry to the minute: expiresAt in, null out; never in the past, never with expirationDays.
+    let in_two_hours = keygate::clock::rfc3339(keygate::clock::now_unix() + 7200);
+    let (status, v) = api.patch(&format!("/api-keys/{id}"), json!({ "expiresAt": in_two_hours })).await;
+    assert_eq!((status, v["data"]["expiresAt"].as_str()), (200, Some(in_two_hours.as_str())), "{v}");
+    let (status, v) = api.post("/api-keys", json!({ "name": "contractor", "expiresAt": in_two_hours })).await;
+    assert_eq!((status, v["data"]["expiresAt"].as_str()), (201, Some(in_two_hours.as_str())), "{v}");
+    api.delete(&format!("/api-keys/{}", v["data"]["keyId"].as_str().unwrap())).await;
+    for body in [
+        json!({ "expiresAt": "2020-01-01T00:00:00Z" }),
+        json!({ "expiresAt": "tomorrow" }),
+        json!({ "expiresAt": in_two_hours, "expirationDays": 3 }),
+    ] {
+        let (status, v) = api.patch(&format!("/api-keys/{id}"), body.clone()).await;
+        assert_eq!((status, v["field"].as_str()), (400, Some("expiresAt")), "{body}: {v}");
+    }
+    let (_, v) = api.patch(&format!("/api-keys/{id}"), json!({ "expiresAt": null })).await;
+    assert_eq!(v["data"]["expiresAt"], serde_json::Value::Null, "{v}");
+
     // Disable, enable.
     assert_eq!(api.post(&format!("/api-keys/{id}/disable"), json!({})).await.0, 200);
     assert!(eventually(Duration::from_secs(2), || async { data_status(s, &secret).await.0 == 401 }).await.is_some());
@@ -199,8 +217,12 @@ async fn journey(s: &Setup) {
     // The audit log tells the story, newest first, without secrets.
     let (_, v) = api.get(&format!("/audit-log?target={id}")).await;
     let actions: Vec<&str> = v["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["key.delete", "key.edit", "key.rotate", "key.enable", "key.disable", "key.edit", "key.create"], "{v}");
-    let edit = &v["data"][5];
+    assert_eq!(
+        actions,
+        ["key.delete", "key.edit", "key.rotate", "key.enable", "key.disable", "key.edit", "key.edit", "key.edit", "key.create"],
+        "{v}"
+    );
+    let edit = &v["data"][7];
     assert_eq!(edit["before"]["rateLimit"], 60);
     assert_eq!(edit["after"]["rateLimit"], 500);
     assert!(edit["actor"].as_str().unwrap().starts_with("admin-api (127.0.0.1)"));
@@ -209,7 +231,7 @@ async fn journey(s: &Setup) {
     assert_eq!(v["data"][0]["action"], "role.delete");
     // The CLI sees the same log.
     let cli = s.cli_json(&["audit-log", "--target", &id]);
-    assert_eq!(cli.as_array().unwrap().len(), 7);
+    assert_eq!(cli.as_array().unwrap().len(), 9);
 
     // No response but the two that revealed them ever held a secret or its hash.
     use sha2::Digest;

@@ -1,4 +1,4 @@
-//! The CLI of DESIGN.md section 8, on the embedded store, with no gateway running.
+//! The CLI of docs/interface.md, on the embedded store, with no gateway running.
 
 mod common;
 
@@ -96,6 +96,14 @@ fn every_field_round_trips() {
     assert_eq!(edited["plan"], serde_json::Value::Null);
     assert_eq!(edited["allowedIps"], serde_json::json!([]));
     assert_eq!(edited["owner"], "ops@example.com", "fields not given are kept");
+    // Expiry to the minute: a span, an exact time, and none.
+    let at = |v: &serde_json::Value| keygate::clock::parse_rfc3339(v["expiresAt"].as_str().unwrap()).unwrap();
+    let soon = s.cli_json(&["keys", "edit", id, "--expires-in", "90m"]);
+    assert!((at(&soon) - (keygate::clock::now_unix() + 5400)).abs() < 60, "{soon}");
+    let exact = s.cli_json(&["keys", "edit", id, "--expires-at", "2031-06-01T17:45:00+02:00"]);
+    assert_eq!(exact["expiresAt"], "2031-06-01T15:45:00Z");
+    assert_eq!(s.cli_json(&["keys", "edit", id, "--expires-at", "never"])["expiresAt"], serde_json::Value::Null);
+    assert_eq!(s.cli(&["keys", "edit", id, "--expires-at", "2031-06-01T17:45:00Z", "--expires-in", "2h"]).status.code(), Some(2));
     let disabled = s.cli_json(&["keys", "disable", id]);
     assert_eq!(disabled["status"], "disabled");
     let listed = s.cli_json(&["keys", "list", "--search", "crm"]);
@@ -121,6 +129,9 @@ fn bad_input_names_the_field() {
         (vec!["keys", "create", "--name", "a", "--env", "staging"], "env"),
         (vec!["keys", "create", "--name", "a", "--meta", "bad name=1"], "metadata"),
         (vec!["keys", "import", "--token", "short", "--name", "a"], "token"),
+        (vec!["keys", "create", "--name", "a", "--expires-at", "yesterday"], "expiresAt"),
+        (vec!["keys", "create", "--name", "a", "--expires-at", "2020-01-01T00:00:00Z"], "expiresAt"),
+        (vec!["keys", "create", "--name", "a", "--expires-in", "5 fortnights"], "expiresAt"),
         // keygate's layout with a checksum the gateway would refuse.
         (vec!["keys", "import", "--token", "kg_live_0123456789abcdefghijABCDEFGHIJ0123456789", "--name", "a"], "token"),
     ] {

@@ -1,12 +1,13 @@
 //! The data plane, end to end: the real binary in front of a real upstream,
-//! keys made with the real CLI. Statuses, bodies and headers of DESIGN.md
-//! section 4; credentials of section 3.
+//! keys made with the real CLI. Statuses, bodies and headers of docs/interface.md
+//! ("Answers"); credentials as "Credentials" there says.
 
 mod common;
 
 use base64::Engine;
 use common::*;
 use reqwest::StatusCode;
+use std::time::Duration;
 
 async fn setup(server_extra: &str, rate_extra: &str) -> (upstream::Upstream, Setup) {
     let up = upstream::start().await;
@@ -162,6 +163,20 @@ async fn expired_keys_are_refused() {
     let _gw = s.start();
     let resp = client().get(s.url("/api/lists")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 401);
+    assert_error(&json_of(resp).await, "key_expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_expiring_within_seconds_is_served_then_refused() {
+    let (_up, s) = setup("", "").await;
+    let (_, token) = s.create_key(&["--name", "afternoon", "--role", "read-only", "--expires-in", "2s"]);
+    let _gw = s.start();
+    let status = || async { client().get(s.url("/api/lists")).bearer_auth(&token).send().await.unwrap().status() };
+    assert_eq!(status().await, 200);
+    // Cached meanwhile: the expiry is checked on every request, not at lookup.
+    let refused = eventually(Duration::from_secs(4), || async { status().await == 401 }).await;
+    assert!(refused.is_some(), "a key past its expiresAt was still served");
+    let resp = client().get(s.url("/api/lists")).bearer_auth(&token).send().await.unwrap();
     assert_error(&json_of(resp).await, "key_expired");
 }
 

@@ -96,6 +96,7 @@ schemas = {
       "rateLimit": {"type": ["integer", "null"], "minimum": 1}, "plan": nullable_str,
       "allowedIps": {"type": ["array", "null"], "items": {"type": "string"}}, "env": {"type": "string", "enum": ["live", "test"], "description": "Create only"},
       "expirationDays": {"type": ["integer", "null"], "minimum": 1, "maximum": 365},
+      "expiresAt": {"type": ["string", "null"], "format": "date-time", "description": "RFC 3339; in the future; null removes the expiry; not with expirationDays"},
       "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}}, "enabled": {"type": "boolean"}}},
   "Role": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
            "permissions": {"type": "array", "items": {"type": "string"}}}, "required": ["id", "name", "description", "permissions"]},

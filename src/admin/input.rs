@@ -74,6 +74,7 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         "allowedIps",
         "env",
         "expirationDays",
+        "expiresAt",
         "metadata",
         "enabled",
     ];
@@ -98,6 +99,15 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         ),
         Some(_) => return Err(invalid("metadata", "must be an object of strings")),
     };
+    let expires_at = match map.get("expiresAt") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => Some(Some(
+            crate::clock::parse_rfc3339(s)
+                .ok_or_else(|| invalid("expiresAt", format!("`{s}` is not an RFC 3339 time (like 2026-12-31T18:00:00Z)")))?,
+        )),
+        Some(_) => return Err(invalid("expiresAt", "must be an RFC 3339 time or null")),
+    };
     let enabled = match map.get("enabled") {
         None => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -114,6 +124,7 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         allowed_ips: strings(&map, "allowedIps")?,
         env: required_text("env")?,
         expires_in_days: whole(&map, "expirationDays", 1, u64::from(MAX_EXPIRY_DAYS))?.map(|n| n.unwrap_or(0) as u32),
+        expires_at,
         metadata,
         enabled,
     })
@@ -155,6 +166,9 @@ mod tests {
         assert_eq!(k.expires_in_days, Some(30));
         let k = key_input(br#"{"rateLimit":null,"expirationDays":null}"#).unwrap();
         assert_eq!((k.rate_limit, k.expires_in_days), (Some(0), Some(0)));
+        let k = key_input(br#"{"expiresAt":"2030-01-01T12:30:00+02:00"}"#).unwrap();
+        assert_eq!(k.expires_at, Some(Some(1_893_493_800)));
+        assert_eq!(key_input(br#"{"expiresAt":null}"#).unwrap().expires_at, Some(None));
     }
 
     #[test]
@@ -170,6 +184,8 @@ mod tests {
         assert_eq!(field(br#"{"rateLimit":-1}"#), "rateLimit");
         assert_eq!(field(br#"{"permissions":"lists.view"}"#), "permissions");
         assert_eq!(field(br#"{"enabled":"yes"}"#), "enabled");
+        assert_eq!(field(br#"{"expiresAt":"next tuesday"}"#), "expiresAt");
+        assert_eq!(field(br#"{"expiresAt":1893493800}"#), "expiresAt");
         assert_eq!(field(b"[1]"), "body");
         assert_eq!(field(b"{nope"), "body");
     }

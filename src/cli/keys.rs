@@ -40,8 +40,14 @@ pub struct KeyArgs {
     #[arg(long)]
     pub env: Option<String>,
     /// Days until the key expires, 1-365 (0 removes the expiry).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
     pub expires_in_days: Option<u32>,
+    /// When the key expires, RFC 3339 (2026-12-31T18:00:00Z); "never" removes the expiry.
+    #[arg(long, conflicts_with = "expires_in")]
+    pub expires_at: Option<String>,
+    /// How long until the key expires: 90m, 2h, 30d, ...
+    #[arg(long)]
+    pub expires_in: Option<String>,
     /// Metadata entry NAME=VALUE (repeatable), forwarded as X-Keygate-Meta-Name.
     #[arg(long = "meta")]
     pub meta: Vec<String>,
@@ -59,6 +65,18 @@ impl KeyArgs {
             }
             Some(m)
         };
+        let expires_at =
+            match (self.expires_at.as_deref(), self.expires_in.as_deref()) {
+                (Some("never" | ""), _) => Some(None),
+                (Some(at), _) => Some(Some(clock::parse_rfc3339(at).ok_or_else(|| {
+                    format!("expiresAt: --expires-at `{at}` is not an RFC 3339 time (like 2026-12-31T18:00:00Z)")
+                })?)),
+                (None, Some(span)) => {
+                    let span = crate::config::parse_duration(span).map_err(|e| format!("expiresAt: --expires-in: {e}"))?;
+                    Some(Some(clock::now_unix().saturating_add(i64::try_from(span.as_secs()).unwrap_or(i64::MAX))))
+                }
+                (None, None) => None,
+            };
         Ok(KeyInput {
             name: self.name,
             description: self.description,
@@ -70,6 +88,7 @@ impl KeyArgs {
             allowed_ips: (!self.allow_ips.is_empty()).then_some(self.allow_ips),
             env: self.env,
             expires_in_days: self.expires_in_days,
+            expires_at,
             metadata,
             enabled: None,
         })
@@ -150,12 +169,13 @@ fn read_token(arg: String) -> Result<String, Failure> {
         return Ok(arg);
     }
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| usage(format!("cannot read the token from stdin: {e}")))?;
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| usage(false)(format!("cannot read the token from stdin: {e}")))?;
     Ok(line.trim().to_string())
 }
 
-fn usage(message: String) -> Failure {
-    Failure { message, code: "invalid_request", json: false, exit: 2 }
+/// A refused option value, in the envelope when `--json` was asked.
+fn usage(json: bool) -> impl Fn(String) -> Failure {
+    move |message| Failure { message, code: "invalid_request", json, exit: 2 }
 }
 
 fn print_secret(m: &Manager<'_>, key: &ApiKey, secret: &str, json: bool) {
@@ -205,13 +225,13 @@ fn print_key(m: &Manager<'_>, key: &ApiKey) {
 pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
     match command {
         KeysCommand::Create { fields, json } => {
-            let input = fields.into_input().map_err(usage)?;
+            let input = fields.into_input().map_err(usage(json))?;
             let (key, secret) = m.create_key(input, None).await.map_err(|e| Failure::manage(e, json))?;
             print_secret(m, &key, &secret, json);
         }
         KeysCommand::Import { token, fields, json } => {
             let token = read_token(token)?;
-            let input = fields.into_input().map_err(usage)?;
+            let input = fields.into_input().map_err(usage(json))?;
             let (key, _) = m.create_key(input, Some(token)).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(m.key_json(&key), json!({}));
@@ -259,7 +279,7 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
             }
         }
         KeysCommand::Edit { id, fields, json } => {
-            let input = fields.into_input().map_err(usage)?;
+            let input = fields.into_input().map_err(usage(json))?;
             let key = m.edit_key(&id, input).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(m.key_json(&key), json!({}));

@@ -48,7 +48,7 @@ pub enum Command {
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
-        command: keys::KeysCommand,
+        command: Box<keys::KeysCommand>,
     },
     /// Manage roles.
     Roles {
@@ -84,7 +84,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Config { command: ConfigCommand::Check } => check_config(&cli.config),
         Command::Keys { command } => match open(&cli.config).await {
             Ok((config, store)) => {
-                keys::run(&Manager { store: store.as_ref(), config: &config, actor: cli_actor() }, command).await
+                keys::run(&Manager { store: store.as_ref(), config: &config, actor: cli_actor() }, *command).await
             }
             Err(f) => Err(f),
         },

@@ -1,9 +1,9 @@
-//! Human durations in the config: `250ms`, `10s`, `5m`, `1h`, or a bare
-//! number of seconds.
+//! Human durations in the config and the CLI: `250ms`, `10s`, `5m`, `1h`,
+//! `30d`, or a bare number of seconds.
 
 use std::time::Duration;
 
-/// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"` or `"30"` (seconds).
+/// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"`, `"30d"` or `"30"` (seconds).
 ///
 /// ```
 /// use std::time::Duration;
@@ -20,7 +20,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m, h or d)")),
     };
     Ok(d)
 }
@@ -36,6 +37,7 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());

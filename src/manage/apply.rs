@@ -60,6 +60,15 @@ impl Manager<'_> {
         if let Some(env) = input.env {
             key.env = Env::parse(&env).ok_or_else(|| invalid("env", "must be \"live\" or \"test\""))?;
         }
+        if input.expires_at.is_some() && input.expires_in_days.is_some() {
+            return Err(invalid("expiresAt", "give expiresAt or expirationDays, not both"));
+        }
+        if let Some(at) = input.expires_at {
+            if at.is_some_and(|t| t <= clock::now_unix()) {
+                return Err(invalid("expiresAt", "is in the past: a key cannot be created or edited already expired"));
+            }
+            key.expires_at = at;
+        }
         if let Some(days) = input.expires_in_days {
             if days > MAX_EXPIRY_DAYS {
                 return Err(invalid("expirationDays", format!("must be between 1 and {MAX_EXPIRY_DAYS}")));

@@ -69,6 +69,8 @@ pub struct KeyInput {
     pub allowed_ips: Option<Vec<String>>,
     pub env: Option<String>,
     pub expires_in_days: Option<u32>,
+    /// Unix seconds; `Some(None)` removes the expiry.
+    pub expires_at: Option<Option<i64>>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub enabled: Option<bool>,
 }

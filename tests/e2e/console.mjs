@@ -126,6 +126,19 @@ try {
   assert.deepEqual({ ...after, description: "before" }, before, "every other field is as it was");
   assert.equal(after.plan, "pro");
 
+  step("expiry to the minute: a local time becomes the key's expiresAt");
+  const target = new Date(Date.now() + 3 * 3600 * 1000);
+  target.setSeconds(0, 0);
+  const pad = (n) => String(n).padStart(2, "0");
+  const local = `${target.getFullYear()}-${pad(target.getMonth() + 1)}-${pad(target.getDate())}T${pad(target.getHours())}:${pad(target.getMinutes())}`;
+  await page.locator("tr", { hasText: "E2E planned" }).getByRole("button", { name: "Edit E2E planned" }).click();
+  await planned.getByLabel("Or expires at (your local time)", { exact: true }).fill(local);
+  await planned.getByRole("button", { name: "Update" }).click();
+  await planned.waitFor({ state: "hidden" });
+  const timed = (await admin("GET", `/api-keys/${made.data.keyId}`)).data;
+  assert.equal(Date.parse(timed.expiresAt), target.getTime(), `${timed.expiresAt} for ${local}`);
+  assert.equal(timed.plan, "pro");
+
   step("rotation offers a grace period: both secrets work during it");
   await page.locator("tr", { hasText: "E2E planned" }).getByRole("button", { name: "Rotate E2E planned" }).click();
   const rotate = page.getByRole("dialog", { name: "Rotate this key?" });

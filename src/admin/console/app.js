@@ -245,6 +245,7 @@ function openKeyDialog(k) {
     $("#k-meta").value = Object.entries(k.metadata).map(([a, b]) => `${a}=${b}`).join("\n");
     $("#k-ips").value = k.allowedIps.join("\n");
   }
+  $("#k-expires-now").textContent = k ? `Now: ${k.expiresAt ? new Date(k.expiresAt).toLocaleString() : "never expires"}; leave both empty to keep it.` : "";
   $("#k-ip-toggle").checked = Boolean(k && k.allowedIps.length);
   syncIpToggle();
   $("#key-dialog").showModal();
@@ -281,6 +282,8 @@ function keyBody() {
   const days = num($("#k-expiry").value);
   if (rate !== null) body.rateLimit = rate;
   if (days !== null) body.expirationDays = days;
+  const at = $("#k-expires-at").value;
+  if (at) body.expiresAt = new Date(at).toISOString().replace(/\.\d{3}Z$/, "Z");
   if (!k) {
     body.env = $("#k-env").value;
     return body;
