@@ -211,6 +211,12 @@ mod tests {
         async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
             self.inner.delete_role(id).await
         }
+        async fn secrets_of(&self, id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError> {
+            self.inner.secrets_of(id, now).await
+        }
+        async fn put_key(&self, k: &ApiKey, s: &[SecretRecord]) -> Result<bool, StoreError> {
+            self.inner.put_key(k, s).await
+        }
         async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
             self.inner.change_cursor().await
         }

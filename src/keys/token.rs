@@ -69,6 +69,13 @@ impl TokenHash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Reads 64 hex digits (an export's `tokenSha256`).
+    pub fn from_hex(text: &str) -> Option<TokenHash> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).ok()?;
+        Some(TokenHash(out))
+    }
 }
 
 impl std::fmt::Debug for TokenHash {

@@ -98,6 +98,15 @@ pub struct KeyPage {
     pub total: u64,
 }
 
+/// One of a key's secrets, by its hash: what an export carries instead of
+/// the secret itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub hash: TokenHash,
+    /// Unix seconds after which a rotated-out secret stops working.
+    pub valid_until: Option<i64>,
+}
+
 /// Which keys a listing wants.
 #[derive(Debug, Clone, Default)]
 pub struct KeyQuery {
@@ -164,6 +173,12 @@ pub trait Store: Send + Sync {
     async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError>;
     /// Removes a key and its secrets; `NotFound` if absent.
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError>;
+    /// A key's secrets (hashes) that still work at `now`, the current one first.
+    async fn secrets_of(&self, key_id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError>;
+    /// Writes a key whole, creating it or replacing the key with its id, with
+    /// exactly these secrets (what an import restores); says whether it
+    /// created it. `Conflict` if a secret belongs to another key.
+    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord]) -> Result<bool, StoreError>;
     /// Adds a new secret; older ones stop working at `old_valid_until` (Unix seconds).
     async fn rotate_secret(
         &self,

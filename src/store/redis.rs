@@ -187,6 +187,46 @@ impl Store for RedisStore {
         self.invoke::<i64>("update_key", &scripts::UPDATE_KEY, args).await.map(|_| ())
     }
 
+    async fn secrets_of(&self, key_id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError> {
+        let hashes: Vec<String> =
+            self.query("secrets_of", ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}secrets:{key_id}")).to_owned()).await?;
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = hashes.iter().map(|h| format!("{PREFIX}secret:{h}")).collect();
+        let values: Vec<Option<String>> = self.query("secrets_of", ::redis::cmd("MGET").arg(&keys).to_owned()).await?;
+        let mut out = Vec::new();
+        for (hex, value) in hashes.iter().zip(values) {
+            // `secret:<hash>` holds `<key id>|<expiry or nothing>`.
+            let Some((owner, expiry)) = value.as_deref().and_then(|v| v.rsplit_once('|')) else { continue };
+            let valid_until = expiry.parse::<i64>().ok();
+            if owner != key_id || valid_until.is_some_and(|t| t <= now) {
+                continue;
+            }
+            let hash = TokenHash::from_hex(hex).ok_or_else(|| corrupt(format!("secret hash `{hex}`")))?;
+            out.push(SecretRecord { hash, valid_until });
+        }
+        out.sort_by_key(|s| (s.valid_until.is_some(), std::cmp::Reverse(s.valid_until)));
+        Ok(out)
+    }
+
+    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord]) -> Result<bool, StoreError> {
+        let mut args = vec![
+            key.key_id.clone(),
+            key_json(key)?,
+            key.role.clone().unwrap_or_default(),
+            key.created_at.to_string(),
+            now_unix_ms().to_string(),
+            key.usage_count.to_string(),
+            key.last_used.map(|t| t.to_string()).unwrap_or_default(),
+        ];
+        for s in secrets {
+            args.push(s.hash.to_hex());
+            args.push(s.valid_until.map(|t| t.to_string()).unwrap_or_default());
+        }
+        self.invoke::<i64>("put_key", &scripts::PUT_KEY, args).await.map(|n| n == 1)
+    }
+
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
         let args = vec![key_id.to_string(), now_unix_ms().to_string()];
         self.invoke::<i64>("delete_key", &scripts::DELETE_KEY, args).await.map(|_| ())

@@ -116,6 +116,43 @@ return feed('key', id, at)
     )
 });
 
+/// ARGV: key_id, json, role ('' for none), created_at, at_ms, usage count,
+/// last used ('' for never), then pairs of secret hash and its expiry ('' for
+/// none). Returns 1 created, 0 replaced.
+pub static PUT_KEY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id, json, role, created, at, count, last = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+for i = 8, #ARGV, 2 do
+  local v = redis.call('GET', P .. 'secret:' .. ARGV[i])
+  if v and string.match(v, '^(.*)|') ~= id then return refuse('conflict that token is already in use by another key') end
+end
+if role ~= '' and redis.call('EXISTS', P .. 'role:' .. role) == 0 then return refuse('conflict role `' .. role .. '` does not exist') end
+local old = redis.call('GET', P .. 'key:' .. id)
+if old then
+  local old_role = role_of(old)
+  if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
+  for _, h in ipairs(redis.call('SMEMBERS', P .. 'secrets:' .. id)) do redis.call('DEL', P .. 'secret:' .. h) end
+  redis.call('DEL', P .. 'secrets:' .. id)
+end
+redis.call('SET', P .. 'key:' .. id, json)
+redis.call('ZADD', P .. 'keys', created, id)
+if role ~= '' then redis.call('SADD', P .. 'role_users:' .. role, id) end
+for i = 8, #ARGV, 2 do
+  local h, exp = ARGV[i], ARGV[i + 1]
+  redis.call('SET', P .. 'secret:' .. h, id .. '|' .. exp)
+  if exp ~= '' then redis.call('EXPIREAT', P .. 'secret:' .. h, tonumber(exp) + 60) end
+  redis.call('SADD', P .. 'secrets:' .. id, h)
+end
+redis.call('HSET', P .. 'usage:' .. id, 'count', count)
+if last ~= '' then redis.call('HSET', P .. 'usage:' .. id, 'last', last) end
+feed('key', id, at)
+if old then return 0 end
+return 1
+"#,
+    )
+});
+
 /// ARGV: token hash. Returns {json, secret expiry or '', usage count, last used}.
 pub static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     script(

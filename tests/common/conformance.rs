@@ -2,7 +2,7 @@
 
 use keygate::keys::model::{ApiKey, Env, KeyStatus, Role};
 use keygate::keys::token::TokenHash;
-use keygate::store::{ChangeTarget, FeedCursor, KeyPage, KeyQuery, Store, StoreError, UsageDelta};
+use keygate::store::{ChangeTarget, FeedCursor, KeyPage, KeyQuery, SecretRecord, Store, StoreError, UsageDelta};
 use std::collections::BTreeMap;
 
 /// A key with every field set.
@@ -100,6 +100,27 @@ pub async fn conformance(store: &dyn Store) {
     assert_eq!(ids(store.list_keys(&by(None, Some(KeyStatus::Disabled), now)).await.unwrap()), vec!["key_b"]);
     assert_eq!(ids(store.list_keys(&by(Some("reader"), Some(KeyStatus::Active), now)).await.unwrap()), vec!["key_a"]);
     store.update_key(&b).await.unwrap();
+
+    // Restoring keys whole, secrets by hash (what an import does).
+    let now = keygate::clock::now_unix();
+    assert_eq!(store.secrets_of("key_a", now).await.unwrap(), vec![SecretRecord { hash: ha, valid_until: None }]);
+    let restored = key("key_r", "Restored", Some("reader"));
+    let (hr, hr_old) = (TokenHash::of("token-r"), TokenHash::of("token-r-old"));
+    let both = [SecretRecord { hash: hr, valid_until: None }, SecretRecord { hash: hr_old, valid_until: Some(now + 3600) }];
+    assert!(store.put_key(&restored, &both).await.unwrap(), "created");
+    assert_eq!(store.secrets_of("key_r", now).await.unwrap(), both.to_vec());
+    assert_eq!(store.key_by_hash(&hr_old).await.unwrap().unwrap().secret_expires_at, Some(now + 3600));
+    let mut renamed = restored.clone();
+    renamed.name = "Restored again".into();
+    assert!(!store.put_key(&renamed, &both[..1]).await.unwrap(), "replaced");
+    assert_eq!(store.get_key("key_r").await.unwrap().unwrap().name, "Restored again");
+    assert_eq!(store.key_by_hash(&hr_old).await.unwrap(), None, "a secret left out of the restore is gone");
+    assert!(matches!(
+        store.put_key(&renamed, &[SecretRecord { hash: ha, valid_until: None }]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.key_by_hash(&hr).await.unwrap().unwrap().key.key_id, "key_r", "a refused restore changes nothing");
+    store.delete_key("key_r").await.unwrap();
 
     // Role in use.
     assert_eq!(store.delete_role("reader").await, Err(StoreError::RoleInUse { keys: 1 }));

@@ -192,6 +192,55 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn secrets_of(&self, key_id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError> {
+        let key_id = key_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT token_hash, expires_at FROM secrets WHERE key_id = ?1 AND (expires_at IS NULL OR expires_at > ?2) \
+                     ORDER BY expires_at IS NOT NULL, expires_at DESC",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![key_id, now], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<i64>>(1)?)))
+                .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(unavailable)?;
+            rows.into_iter()
+                .map(|(bytes, valid_until)| {
+                    let hash = <[u8; 32]>::try_from(bytes.as_slice())
+                        .map_err(|_| StoreError::Corrupt("a secret's hash is not 32 bytes".into()))?;
+                    Ok(SecretRecord { hash: TokenHash(hash), valid_until })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord]) -> Result<bool, StoreError> {
+        let (key, secrets) = (key.clone(), secrets.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let exists = tx
+                .query_row("SELECT 1 FROM keys WHERE key_id = ?1", params![key.key_id], |_| Ok(()))
+                .optional()
+                .map_err(unavailable)?
+                .is_some();
+            write_key(&tx, &key, !exists)?;
+            tx.execute("DELETE FROM secrets WHERE key_id = ?1", params![key.key_id]).map_err(unavailable)?;
+            for s in &secrets {
+                add_secret(&tx, &s.hash, &key.key_id)?;
+                if s.valid_until.is_some() {
+                    tx.execute("UPDATE secrets SET expires_at = ?2 WHERE token_hash = ?1", params![&s.hash.0[..], s.valid_until])
+                        .map_err(unavailable)?;
+                }
+            }
+            log_change(&tx, "key", &key.key_id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(!exists)
+        })
+        .await
+    }
+
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT id, name, description, permissions FROM roles ORDER BY id").map_err(unavailable)?;
