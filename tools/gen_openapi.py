@@ -38,6 +38,11 @@ paths = {
             "responses": {**ok("A page of keys", {"type": "array", "items": ref("ApiKey")}, list_meta), **errors("400", "401", "503")}},
     "post": {"summary": "Create a key; its secret (apiKey) is shown once", "security": auth, "requestBody": body(ref("KeyInput")),
              "responses": {**ok("The key and its secret", ref("ApiKeyWithSecret"), secret_meta, "201"), **errors("400", "401", "409", "503")}}},
+  "/api-keys/export": {"get": {"summary": "Every key as one JSON line: every field, secrets by SHA-256 only", "security": auth,
+      "responses": {"200": {"description": "JSON lines of KeyLine", "content": {"application/x-ndjson": {"schema": ref("KeyLine")}}}, **errors("401", "503")}}},
+  "/api-keys/import": {"post": {"summary": "Restore keys from JSON lines (an export, or lines with a token): by keyId, replaced or created; checked whole first", "security": auth,
+      "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": ref("KeyLine")}}},
+      "responses": {**ok("What was done", ref("ImportSummary")), **errors("400", "401", "503")}}},
   "/api-keys/{id}": {
     "parameters": id_param,
     "get": {"summary": "One key", "security": auth, "responses": {**ok("The key", ref("ApiKey")), **errors("401", "404", "503")}},
@@ -57,6 +62,11 @@ paths = {
     "get": {"summary": "List roles", "security": auth, "responses": {**ok("Every role", {"type": "array", "items": ref("Role")}), **errors("401", "503")}},
     "post": {"summary": "Create a role", "security": auth, "requestBody": body(ref("RoleInput")),
              "responses": {**ok("The role", ref("Role"), None, "201"), **errors("400", "401", "409", "503")}}},
+  "/api-roles/export": {"get": {"summary": "Every role as one JSON line", "security": auth,
+      "responses": {"200": {"description": "JSON lines of RoleLine", "content": {"application/x-ndjson": {"schema": ref("RoleLine")}}}, **errors("401", "503")}}},
+  "/api-roles/import": {"post": {"summary": "Restore roles from JSON lines: by id, replaced or created; checked whole first", "security": auth,
+      "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": ref("RoleLine")}}},
+      "responses": {**ok("What was done", ref("ImportSummary")), **errors("400", "401", "503")}}},
   "/api-roles/{id}": {
     "parameters": id_param,
     "get": {"summary": "One role", "security": auth, "responses": {**ok("The role", ref("Role")), **errors("401", "404", "503")}},
@@ -108,6 +118,18 @@ schemas = {
            "total": {"type": "integer"}, "lastUsed": nullable_str}},
   "AuditEntry": {"type": "object", "properties": {"atMs": {"type": "integer"}, "actor": {"type": "string"}, "action": {"type": "string"},
            "target": {"type": "string"}, "before": {"type": ["object", "null"]}, "after": {"type": ["object", "null"]}}},
+  "KeyLine": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+      "keyId": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"}, "owner": {"type": "string"},
+      "role": nullable_str, "permissions": {"type": "array", "items": {"type": "string"}}, "plan": nullable_str,
+      "rateLimit": {"type": ["integer", "null"], "description": "The key's own limit"}, "allowedIps": {"type": "array", "items": {"type": "string"}},
+      "env": {"type": "string", "enum": ["live", "test"]}, "enabled": {"type": "boolean"}, "expiresAt": nullable_str, "createdAt": {"type": "string"},
+      "lastUsed": nullable_str, "usageCount": {"type": "integer"}, "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+      "keyPrefix": {"type": "string"}, "tokenSha256": {"type": "string", "description": "SHA-256 (hex) of the current secret"},
+      "previousSecrets": {"type": "array", "items": {"type": "object", "properties": {"sha256": {"type": "string"}, "validUntil": {"type": "string"}}}},
+      "token": {"type": "string", "description": "A secret in clear, to import an existing platform's token; never in an export"}}},
+  "RoleLine": {"type": "object", "required": ["id", "permissions"], "additionalProperties": False, "properties": {
+      "id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"}, "permissions": {"type": "array", "items": {"type": "string"}}}},
+  "ImportSummary": {"type": "object", "properties": {"created": {"type": "integer"}, "updated": {"type": "integer"}}},
   "Error": {"type": "object", "required": ["success", "error", "code"], "properties": {"success": {"type": "boolean", "const": False},
            "error": {"type": "string"}, "code": {"type": "string"}, "field": {"type": "string"}}},
 }

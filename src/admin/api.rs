@@ -159,9 +159,33 @@ pub async fn run(
             let data = serde_json::to_value(&result.entries).unwrap_or_default();
             ok(StatusCode::OK, data, page_meta(result.total, page, per_page))
         }
+        Endpoint::ExportKeys => json_lines(m.export_keys().await?.iter()),
+        Endpoint::ExportRoles => json_lines(m.export_roles().await?.iter()),
+        Endpoint::ImportKeys => ok(StatusCode::OK, summary(m.import_keys(utf8(body)?).await?), json!({})),
+        Endpoint::ImportRoles => ok(StatusCode::OK, summary(m.import_roles(utf8(body)?).await?), json!({})),
         Endpoint::OpenApi | Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz => {
             error(StatusCode::NOT_FOUND, "not_found", "served elsewhere")
         }
     };
     Ok(resp)
+}
+
+/// An export: one JSON object per line (`application/x-ndjson`).
+fn json_lines<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Response<Body> {
+    let mut text = String::new();
+    for item in items {
+        text.push_str(&serde_json::to_string(&item).unwrap_or_default());
+        text.push('\n');
+    }
+    let mut resp = Response::new(crate::body::full(text));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    resp
+}
+
+fn summary(s: crate::manage::ImportSummary) -> Value {
+    serde_json::to_value(s).unwrap_or_default()
+}
+
+fn utf8(body: &[u8]) -> Result<&str, ManageError> {
+    std::str::from_utf8(body).map_err(|_| ManageError::Invalid { field: "body".into(), message: "is not UTF-8".into() })
 }

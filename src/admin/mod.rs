@@ -62,6 +62,8 @@ fn authorised(req: &Request<Body>, token_env: &str) -> Result<(), Box<Response<B
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// Largest admin request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest import (JSON lines of keys or roles): some 100,000 keys.
+pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
 /// How long an admin request body may take to arrive.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -112,7 +114,11 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
     if let Err(resp) = authorised(&req, &rt.config.admin.token_env) {
         return *resp;
     }
-    let read = tokio::time::timeout(BODY_TIMEOUT, crate::body::read_to_bytes(req.into_body(), MAX_BODY_BYTES));
+    let limit = match endpoint {
+        Endpoint::ImportKeys | Endpoint::ImportRoles => MAX_IMPORT_BYTES,
+        _ => MAX_BODY_BYTES,
+    };
+    let read = tokio::time::timeout(BODY_TIMEOUT, crate::body::read_to_bytes(req.into_body(), limit));
     let body = match read.await.unwrap_or_else(|_| Err(ReadError::Failed(format!("it took longer than {BODY_TIMEOUT:?}")))) {
         Ok(b) => b,
         Err(e @ ReadError::TooLarge(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()),

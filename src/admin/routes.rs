@@ -13,6 +13,10 @@ pub enum Endpoint {
     RotateKey,
     DeleteKey,
     KeyUsage,
+    ExportKeys,
+    ImportKeys,
+    ExportRoles,
+    ImportRoles,
     ListRoles,
     CreateRole,
     GetRole,
@@ -29,6 +33,10 @@ pub enum Endpoint {
 /// Method, path pattern (`{id}` is one segment) and endpoint.
 pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("GET", "/api-keys", Endpoint::ListKeys),
+    // Before `/api-keys/{id}`: the first pattern that matches wins (a key
+    // id always starts with `key_`, so neither word is one).
+    ("GET", "/api-keys/export", Endpoint::ExportKeys),
+    ("POST", "/api-keys/import", Endpoint::ImportKeys),
     ("POST", "/api-keys", Endpoint::CreateKey),
     ("GET", "/api-keys/{id}", Endpoint::GetKey),
     ("PATCH", "/api-keys/{id}", Endpoint::EditKey),
@@ -38,6 +46,8 @@ pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("POST", "/api-keys/{id}/rotate", Endpoint::RotateKey),
     ("GET", "/api-keys/{id}/usage", Endpoint::KeyUsage),
     ("GET", "/api-roles", Endpoint::ListRoles),
+    ("GET", "/api-roles/export", Endpoint::ExportRoles),
+    ("POST", "/api-roles/import", Endpoint::ImportRoles),
     ("POST", "/api-roles", Endpoint::CreateRole),
     ("GET", "/api-roles/{id}", Endpoint::GetRole),
     ("PATCH", "/api-roles/{id}", Endpoint::EditRole),
@@ -98,5 +108,7 @@ mod tests {
         assert_eq!(resolve("PUT", "/api-keys/key_1"), Err(Miss::MethodNotAllowed));
         assert_eq!(resolve("GET", "/api-keys/key_1/nope"), Err(Miss::NotFound));
         assert_eq!(resolve("GET", "/nope"), Err(Miss::NotFound));
+        assert_eq!(resolve("GET", "/api-keys/export"), Ok((Endpoint::ExportKeys, None)));
+        assert_eq!(resolve("POST", "/api-roles/import"), Ok((Endpoint::ImportRoles, None)));
     }
 }

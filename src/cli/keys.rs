@@ -1,6 +1,6 @@
 //! `keygate keys ...`.
 
-use super::output::{print_json, print_table, Failure};
+use super::output::{print_json, print_table, read_input, write_lines, Failure};
 use crate::clock;
 use crate::keys::model::ApiKey;
 use crate::manage::{KeyInput, Manager, SECRET_WARNING};
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 
 /// The key fields create, import and edit accept.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, PartialEq)]
 pub struct KeyArgs {
     /// Display name (1-100 characters; required to create).
     #[arg(long)]
@@ -105,14 +105,24 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Register an existing token of any format (`--token -` reads it from stdin).
+    /// Register an existing token of any format (`--token -` reads it from
+    /// stdin), or restore keys from JSON lines (`--file F`, `-` for stdin):
+    /// an export, or lines with a `token` field.
     Import {
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        token: Option<String>,
         #[arg(long)]
-        token: String,
+        file: Option<std::path::PathBuf>,
         #[command(flatten)]
         fields: KeyArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Write every key as one JSON line (every field, secrets by SHA-256 only).
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
     },
     /// List keys (masked).
     List {
@@ -162,6 +172,15 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What an import did, as the envelope or a sentence.
+pub fn print_summary(summary: crate::manage::ImportSummary, what: &str, json: bool) {
+    if json {
+        print_json(serde_json::to_value(summary).unwrap_or_default(), json!({}));
+    } else {
+        println!("imported: {} {what}(s) created, {} updated", summary.created, summary.updated);
+    }
 }
 
 fn read_token(arg: String) -> Result<String, Failure> {
@@ -229,8 +248,21 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
             let (key, secret) = m.create_key(input, None).await.map_err(|e| Failure::manage(e, json))?;
             print_secret(m, &key, &secret, json);
         }
-        KeysCommand::Import { token, fields, json } => {
-            let token = read_token(token)?;
+        KeysCommand::Import { file: Some(file), fields, json, .. } => {
+            if fields != KeyArgs::default() {
+                return Err(usage(json)("--file takes the fields from its lines: give no other key option".into()));
+            }
+            let text = read_input(&file)?;
+            let summary = m.import_keys(&text).await.map_err(|e| Failure::manage(e, json))?;
+            print_summary(summary, "key", json);
+        }
+        KeysCommand::Export { file } => {
+            let lines = m.export_keys().await.map_err(|e| Failure::manage(e, false))?;
+            let lines: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap_or_default()).collect();
+            write_lines(file.as_deref(), &lines)?;
+        }
+        KeysCommand::Import { token, fields, json, .. } => {
+            let token = read_token(token.unwrap_or_default())?;
             let input = fields.into_input().map_err(usage(json))?;
             let (key, _) = m.create_key(input, Some(token)).await.map_err(|e| Failure::manage(e, json))?;
             if json {

@@ -5,6 +5,7 @@ use crate::config::ConfigError;
 use crate::manage::ManageError;
 use crate::store::StoreError;
 use serde_json::{json, Value};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// A failed command: its message, its error code, and whether to print JSON.
@@ -51,6 +52,42 @@ impl Failure {
 }
 
 /// Prints `{"success": true, "data": ..., "meta": ...}`.
+/// Writes JSON lines to `file`, or to standard output without one.
+pub fn write_lines(file: Option<&Path>, lines: &[String]) -> Result<(), Failure> {
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    match file {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(path) => std::fs::write(path, text).map_err(|e| Failure {
+            message: format!("cannot write {}: {e}", path.display()),
+            code: "io_error",
+            json: false,
+            exit: 1,
+        }),
+    }
+}
+
+/// The whole of `file`, or of standard input for `-`.
+pub fn read_input(file: &Path) -> Result<String, Failure> {
+    let failed = |e: std::io::Error| Failure {
+        message: format!("cannot read {}: {e}", file.display()),
+        code: "io_error",
+        json: false,
+        exit: 1,
+    };
+    if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text).map_err(failed)?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file).map_err(failed)
+}
+
 pub fn print_json(data: Value, meta: Value) {
     println!("{}", json!({ "success": true, "data": data, "meta": meta }));
 }

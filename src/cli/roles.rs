@@ -1,6 +1,6 @@
 //! `keygate roles ...`.
 
-use super::output::{print_json, print_table, Failure};
+use super::output::{print_json, print_table, read_input, write_lines, Failure};
 use crate::manage::{role_json, Manager, RoleInput};
 use clap::Subcommand;
 use serde_json::json;
@@ -52,6 +52,19 @@ pub enum RolesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write every role as one JSON line.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Restore roles from JSON lines (`-` for stdin): created, or replaced by id.
+    Import {
+        #[arg(long)]
+        file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn print_role(role: &crate::keys::model::Role, json: bool) {
@@ -71,6 +84,16 @@ fn print_role(role: &crate::keys::model::Role, json: bool) {
 /// Runs a `roles` subcommand.
 pub async fn run(m: &Manager<'_>, command: RolesCommand) -> Result<(), Failure> {
     match command {
+        RolesCommand::Export { file } => {
+            let lines = m.export_roles().await.map_err(|e| Failure::manage(e, false))?;
+            let lines: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap_or_default()).collect();
+            write_lines(file.as_deref(), &lines)?;
+        }
+        RolesCommand::Import { file, json } => {
+            let text = read_input(&file)?;
+            let summary = m.import_roles(&text).await.map_err(|e| Failure::manage(e, json))?;
+            super::keys::print_summary(summary, "role", json);
+        }
         RolesCommand::Create { id, name, description, permissions, json } => {
             let input = RoleInput { id: Some(id), name, description, permissions: Some(permissions) };
             let role = m.create_role(input).await.map_err(|e| Failure::manage(e, json))?;

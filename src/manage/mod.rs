@@ -3,6 +3,9 @@
 //! config (declared permissions, plans, CIDRs) and names the bad field.
 
 mod apply;
+mod transfer;
+
+pub use transfer::{ImportSummary, KeyLine, RoleLine};
 
 use crate::clock;
 use crate::config::Config;

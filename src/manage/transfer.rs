@@ -1,0 +1,379 @@
+//! Export and import of keys and roles as JSON lines: the backup, the move
+//! between SQLite and Redis, and the way to manage keys from files (GitOps).
+//!
+//! A key line holds every field of the key and its secrets by SHA-256 only;
+//! an import restores it so the same secret keeps working. A line may carry
+//! a `token` instead (an existing platform's tokens, in bulk). An import is
+//! checked whole before anything is written: one bad line and nothing
+//! changes.
+
+use super::{checked_text, dedup, from_store, invalid, role_json, KeyInput, ManageError, Manager};
+use crate::clock;
+use crate::keys::model::{self, ApiKey, Role};
+use crate::keys::token::{self, TokenHash};
+use crate::store::{KeyQuery, SecretRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+
+/// Errors listed before an import gives up.
+const MAX_LISTED_ERRORS: usize = 20;
+
+/// One key as a line of an export (and of an import).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyLine {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// The key's own limit (not the plan's or the default).
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub last_used: Option<String>,
+    #[serde(default)]
+    pub usage_count: u64,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// The SHA-256 (hex) of the key's current secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// Rotated-out secrets still in their grace period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<PreviousSecret>,
+    /// A secret in clear, to import an existing platform's token (never
+    /// written by an export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A rotated-out secret of an export line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PreviousSecret {
+    pub sha256: String,
+    pub valid_until: String,
+}
+
+/// One role as a line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleLine {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub permissions: Vec<String>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ImportSummary {
+    pub created: usize,
+    pub updated: usize,
+}
+
+/// A key ready to be written, from line `line`.
+struct Checked {
+    line: usize,
+    key: ApiKey,
+    secrets: Vec<SecretRecord>,
+}
+
+/// The lines of a file that are not blank, numbered from 1.
+fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty())
+}
+
+/// Everything wrong with an import, line by line, as one refusal.
+fn refusal(errors: Vec<String>) -> ManageError {
+    let more = errors.len().saturating_sub(MAX_LISTED_ERRORS);
+    let mut message = errors.into_iter().take(MAX_LISTED_ERRORS).collect::<Vec<_>>().join("; ");
+    if more > 0 {
+        message.push_str(&format!("; and {more} more"));
+    }
+    invalid("lines", format!("nothing was imported: {message}"))
+}
+
+/// A line that is not the JSON of a key or role, said without serde's
+/// position inside the line (the line number is given already).
+fn not_a_line(e: &serde_json::Error, what: &str) -> ManageError {
+    let text = e.to_string();
+    let text = text.rsplit_once(" at line ").map_or(text.as_str(), |(message, _)| message);
+    ManageError::Invalid { field: format!("{what} line"), message: text.to_string() }
+}
+
+/// `line N: field: message` for an error of one line.
+fn at_line(line: usize, e: ManageError) -> String {
+    match e {
+        ManageError::Invalid { field, message } => format!("line {line}: {field}: {message}"),
+        other => format!("line {line}: {other}"),
+    }
+}
+
+fn time_field(field: &str, value: &Option<String>) -> Result<Option<i64>, ManageError> {
+    match value {
+        None => Ok(None),
+        Some(t) => clock::parse_rfc3339(t).map(Some).ok_or_else(|| invalid(field, format!("`{t}` is not an RFC 3339 time"))),
+    }
+}
+
+impl Manager<'_> {
+    /// Every key as a line, secrets by hash only, newest first.
+    pub async fn export_keys(&self) -> Result<Vec<KeyLine>, ManageError> {
+        let now = clock::now_unix();
+        let keys = self.store.list_keys(&KeyQuery::default()).await.map_err(ManageError::Store)?.keys;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let secrets = self.store.secrets_of(&key.key_id, now).await.map_err(ManageError::Store)?;
+            let current = secrets.iter().find(|s| s.valid_until.is_none());
+            out.push(KeyLine {
+                key_id: Some(key.key_id.clone()),
+                name: key.name,
+                description: key.description,
+                owner: key.owner,
+                role: key.role,
+                permissions: key.permissions,
+                plan: key.plan,
+                rate_limit: key.rate_limit,
+                allowed_ips: key.allowed_ips.iter().map(|n| n.to_string()).collect(),
+                env: Some(key.env.as_str().to_string()),
+                enabled: key.enabled,
+                expires_at: key.expires_at.map(clock::rfc3339),
+                created_at: Some(clock::rfc3339(key.created_at)),
+                last_used: key.last_used.map(clock::rfc3339),
+                usage_count: key.usage_count,
+                metadata: key.metadata,
+                key_prefix: Some(key.key_prefix),
+                token_sha256: current.map(|s| s.hash.to_hex()),
+                previous_secrets: secrets
+                    .iter()
+                    .filter_map(|s| Some(PreviousSecret { sha256: s.hash.to_hex(), valid_until: clock::rfc3339(s.valid_until?) }))
+                    .collect(),
+                token: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every role as a line.
+    pub async fn export_roles(&self) -> Result<Vec<RoleLine>, ManageError> {
+        let roles = self.store.list_roles().await.map_err(ManageError::Store)?;
+        Ok(roles
+            .into_iter()
+            .map(|r| RoleLine { id: r.id, name: r.name, description: r.description, permissions: r.permissions })
+            .collect())
+    }
+
+    /// Restores keys from JSON lines: by `keyId`, existing keys are
+    /// replaced by the line and others created. Checked whole first.
+    pub async fn import_keys(&self, text: &str) -> Result<ImportSummary, ManageError> {
+        let (mut checked, mut errors) = (Vec::new(), Vec::new());
+        let (mut ids, mut hashes) = (HashSet::new(), HashSet::new());
+        for (n, text) in lines(text) {
+            let result = match serde_json::from_str::<KeyLine>(text) {
+                Ok(line) => self.check_key_line(line).await,
+                Err(e) => Err(not_a_line(&e, "key")),
+            };
+            match result {
+                Ok(c) => {
+                    if !ids.insert(c.key.key_id.clone()) {
+                        errors.push(format!("line {n}: keyId: `{}` appears twice in the file", c.key.key_id));
+                    }
+                    if c.secrets.iter().any(|s| !hashes.insert(s.hash.to_hex())) {
+                        errors.push(format!("line {n}: token: the same secret appears twice in the file"));
+                    }
+                    checked.push(Checked { line: n, ..c });
+                }
+                Err(e) => errors.push(at_line(n, e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(refusal(errors));
+        }
+        let mut summary = ImportSummary::default();
+        for c in checked {
+            let before = self.store.get_key(&c.key.key_id).await.map_err(ManageError::Store)?.map(|k| self.key_json(&k));
+            let created = self.store.put_key(&c.key, &c.secrets).await.map_err(|e| {
+                let written = summary.created + summary.updated;
+                let e = from_store(e, &format!("key `{}`", c.key.key_id));
+                invalid("lines", format!("{} ({written} line(s) before it were imported)", at_line(c.line, e)))
+            })?;
+            if created {
+                summary.created += 1;
+            } else {
+                summary.updated += 1;
+            }
+            self.audit("key.import", &c.key.key_id, before, Some(self.key_json(&c.key))).await;
+        }
+        Ok(summary)
+    }
+
+    /// One line made into a key and its secrets, checked as create would,
+    /// and against the store (role, plan, who holds each secret).
+    async fn check_key_line(&self, line: KeyLine) -> Result<Checked, ManageError> {
+        let now = clock::now_unix();
+        let brand = &self.config.keys.brand;
+        let key_id = match &line.key_id {
+            Some(id) => {
+                let ok = id
+                    .strip_prefix("key_")
+                    .is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()));
+                if !ok {
+                    return Err(invalid("keyId", format!("`{id}` is not a key id (key_ and 1-64 letters or digits)")));
+                }
+                id.clone()
+            }
+            None => token::new_key_id(),
+        };
+        let existing = self.store.get_key(&key_id).await.map_err(ManageError::Store)?;
+        let mut secrets = Vec::new();
+        let mut prefix = line.key_prefix.clone();
+        match (&line.token, &line.token_sha256) {
+            (Some(_), Some(_)) => return Err(invalid("token", "give token or tokenSha256, not both")),
+            (Some(t), None) => {
+                token::validate_import(t, brand).map_err(|m| invalid("token", m))?;
+                secrets.push(SecretRecord { hash: TokenHash::of(t), valid_until: None });
+                prefix = Some(token::mask(t, brand));
+            }
+            (None, Some(hex)) => {
+                let hash = TokenHash::from_hex(hex).ok_or_else(|| invalid("tokenSha256", "must be 64 hex digits"))?;
+                secrets.push(SecretRecord { hash, valid_until: None });
+            }
+            (None, None) if existing.is_some() => {
+                secrets = self.store.secrets_of(&key_id, now).await.map_err(ManageError::Store)?;
+            }
+            (None, None) => return Err(invalid("token", "a new key needs its token or tokenSha256")),
+        }
+        for p in &line.previous_secrets {
+            let hash =
+                TokenHash::from_hex(&p.sha256).ok_or_else(|| invalid("previousSecrets", "sha256 must be 64 hex digits"))?;
+            let until = time_field("previousSecrets", &Some(p.valid_until.clone()))?.unwrap_or(0);
+            if until > now {
+                secrets.push(SecretRecord { hash, valid_until: Some(until) });
+            }
+        }
+        for s in &secrets {
+            if let Some(holder) = self.store.key_by_hash(&s.hash).await.map_err(ManageError::Store)? {
+                if holder.key.key_id != key_id {
+                    return Err(invalid("token", format!("that secret already belongs to key `{}`", holder.key.key_id)));
+                }
+            }
+        }
+        let env = match &line.env {
+            Some(e) => model::Env::parse(e).ok_or_else(|| invalid("env", "must be \"live\" or \"test\""))?,
+            None => self.config.server.environment,
+        };
+        let mut key = ApiKey {
+            key_id,
+            name: String::new(),
+            description: String::new(),
+            owner: String::new(),
+            role: None,
+            permissions: Vec::new(),
+            plan: None,
+            rate_limit: None,
+            allowed_ips: Vec::new(),
+            env,
+            enabled: line.enabled,
+            // A restored key keeps its expiry even when it has passed.
+            expires_at: time_field("expiresAt", &line.expires_at)?,
+            created_at: time_field("createdAt", &line.created_at)?.or(existing.as_ref().map(|k| k.created_at)).unwrap_or(now),
+            last_used: time_field("lastUsed", &line.last_used)?,
+            usage_count: line.usage_count,
+            metadata: BTreeMap::new(),
+            key_prefix: prefix.or(existing.map(|k| k.key_prefix)).unwrap_or_else(|| "imported****".into()),
+        };
+        let input = KeyInput {
+            name: Some(line.name),
+            description: Some(line.description),
+            owner: Some(line.owner),
+            role: Some(line.role.unwrap_or_default()),
+            permissions: Some(line.permissions),
+            rate_limit: Some(line.rate_limit.unwrap_or(0)),
+            plan: Some(line.plan.unwrap_or_default()),
+            allowed_ips: Some(line.allowed_ips),
+            metadata: Some(line.metadata),
+            ..KeyInput::default()
+        };
+        self.apply(&mut key, input).await?;
+        Ok(Checked { line: 0, key, secrets })
+    }
+
+    /// Restores roles from JSON lines: by `id`, existing roles are replaced
+    /// by the line and others created. Checked whole first.
+    pub async fn import_roles(&self, text: &str) -> Result<ImportSummary, ManageError> {
+        let (mut roles, mut errors, mut ids) = (Vec::new(), Vec::new(), HashSet::new());
+        for (n, text) in lines(text) {
+            let result = serde_json::from_str::<RoleLine>(text)
+                .map_err(|e| not_a_line(&e, "role"))
+                .and_then(|line| self.check_role_line(line));
+            match result {
+                Ok(role) if !ids.insert(role.id.clone()) => errors.push(format!("line {n}: id: `{}` appears twice", role.id)),
+                Ok(role) => roles.push((n, role)),
+                Err(e) => errors.push(at_line(n, e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(refusal(errors));
+        }
+        let mut summary = ImportSummary::default();
+        for (n, role) in roles {
+            let before = self.store.get_role(&role.id).await.map_err(ManageError::Store)?;
+            let written = match &before {
+                Some(_) => self.store.update_role(&role).await,
+                None => self.store.insert_role(&role).await,
+            };
+            written.map_err(|e| invalid("lines", at_line(n, from_store(e, &format!("role `{}`", role.id)))))?;
+            if before.is_some() {
+                summary.updated += 1;
+            } else {
+                summary.created += 1;
+            }
+            self.audit("role.import", &role.id, before.as_ref().map(role_json), Some(role_json(&role))).await;
+        }
+        Ok(summary)
+    }
+
+    fn check_role_line(&self, line: RoleLine) -> Result<Role, ManageError> {
+        model::validate_role_id(&line.id).map_err(|m| invalid("id", m))?;
+        let permissions = dedup(line.permissions);
+        if permissions.is_empty() {
+            return Err(invalid("permissions", "a role needs at least one permission"));
+        }
+        self.check_role_permissions(&permissions)?;
+        let name = if line.name.trim().is_empty() { line.id.clone() } else { line.name };
+        Ok(Role {
+            name: checked_text("name", name, model::MAX_NAME_CHARS)?,
+            description: checked_text("description", line.description, model::MAX_TEXT_CHARS)?,
+            id: line.id,
+            permissions,
+        })
+    }
+}
