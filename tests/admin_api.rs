@@ -225,7 +225,7 @@ async fn journey(s: &Setup) {
     let edit = &v["data"][7];
     assert_eq!(edit["before"]["rateLimit"], 60);
     assert_eq!(edit["after"]["rateLimit"], 500);
-    assert!(edit["actor"].as_str().unwrap().starts_with("admin-api (127.0.0.1)"));
+    assert!(edit["actor"].as_str().unwrap().starts_with("admin-api (admin@127.0.0.1)"));
     let (_, v) = api.get("/audit-log?per_page=1").await;
     assert!(v["meta"]["total"].as_u64().unwrap() >= 12);
     assert_eq!(v["data"][0]["action"], "role.delete");

@@ -42,6 +42,11 @@ async fn console_end_to_end_in_chromium() {
     db.execute("UPDATE keys SET expires_at = 1000 WHERE key_id = ?1", [&expired]).unwrap();
     drop(db);
     s.create_key(&["--name", &"W".repeat(100)]);
+    // A token that may only read: the console must hide every change.
+    let reader = s.cli_json(&["admin-token", "new", "--name", "e2e-reader", "--scope", "read"]);
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!("\n{}", reader["config"].as_str().unwrap()));
+    std::fs::write(&s.config, text).unwrap();
     let _gw = s.start();
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     let out = tokio::process::Command::new("node")
@@ -49,6 +54,7 @@ async fn console_end_to_end_in_chromium() {
         .env("ADMIN_URL", s.admin_url(""))
         .env("DATA_URL", s.url(""))
         .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("READ_TOKEN", reader["token"].as_str().unwrap())
         .env("SHOT_DIR", &shots)
         .output()
         .await

@@ -18,7 +18,7 @@ def ok(desc, data, meta=None, status="200"):
 
 def errors(*codes):
     names = {"400": "Invalid input; `field` names the offending field", "401": "Missing or wrong admin token",
-             "404": "No such key or role", "409": "Conflict (`conflict` or `role_in_use`)", "503": "The store is unavailable"}
+             "404": "No such key or role", "403": "The admin token lacks the scope (`insufficient_scope`, with `required`)", "409": "Conflict (`conflict` or `role_in_use`)", "503": "The store is unavailable"}
     return {c: {"description": names[c], "content": {"application/json": {"schema": ref("Error")}}} for c in codes}
 
 def body(schema): return {"required": True, "content": {"application/json": {"schema": schema}}}
@@ -29,6 +29,7 @@ paging = [{"name": "page", "in": "query", "schema": {"type": "integer", "minimum
 list_meta = {"type": "object", "properties": {"total": {"type": "integer"}, "page": {"type": "integer"}, "perPage": {"type": "integer"}}}
 secret_meta = {"type": "object", "properties": {"warning": {"type": "string"}}}
 auth = [{"adminToken": []}]
+nullable_str = {"type": ["string", "null"]}
 
 paths = {
   "/api-keys": {
@@ -77,6 +78,13 @@ paths = {
   "/modules": {"get": {"summary": "The permission catalogue, and the plans in meta", "security": auth, "responses": {**ok("Modules", {"type": "array", "items": ref("Module")},
       {"type": "object", "properties": {"plans": {"type": "object", "description": "Plan name to requests per minute, from the config", "additionalProperties": {"type": "integer"}}}}),
       **errors("401")}}},
+  "/session": {"get": {"summary": "The calling admin token's name and scopes", "security": auth,
+      "responses": {**ok("Who is signed in", {"type": "object", "properties": {"name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["read", "write", "verify", "admin"]}}}}), **errors("401")}}},
+  "/verify": {"post": {"summary": "Check a token as the data plane would (no IP allowlist or rate limit); needs the verify scope", "security": auth,
+      "requestBody": body({"type": "object", "required": ["key"], "additionalProperties": False, "properties": {"key": {"type": "string"}, "permission": {"type": "string"}}}),
+      "responses": {**ok("The verdict", {"type": "object", "properties": {"valid": {"type": "boolean"}, "code": {"type": "string"}, "keyId": {"type": "string"},
+          "name": {"type": "string"}, "owner": {"type": "string"}, "role": nullable_str, "env": {"type": "string"}, "permissions": {"type": "array", "items": {"type": "string"}},
+          "rateLimit": {"type": "integer"}, "expiresAt": nullable_str, "metadata": {"type": "object", "additionalProperties": {"type": "string"}}}}), **errors("400", "401", "403", "503")}}},
   "/audit-log": {"get": {"summary": "Management changes, newest first", "security": auth,
       "parameters": [{"name": "target", "in": "query", "schema": {"type": "string"}, "description": "Only entries about this key or role id"}] + paging,
       "responses": {**ok("A page of entries", {"type": "array", "items": ref("AuditEntry")}, list_meta), **errors("400", "401", "503")}}},
@@ -86,7 +94,6 @@ paths = {
   "/readyz": {"get": {"summary": "Readiness: the store answers", "security": [], "responses": {**ok("Ready", {"type": "object"}), **errors("503")}}},
 }
 
-nullable_str = {"type": ["string", "null"]}
 key_props = {
   "keyId": {"type": "string"}, "name": {"type": "string", "minLength": 1, "maxLength": 100}, "description": {"type": "string"},
   "owner": {"type": "string"}, "role": nullable_str, "permissions": {"type": "array", "items": {"type": "string"}},

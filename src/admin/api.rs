@@ -61,9 +61,10 @@ fn with_secret(m: &Manager<'_>, key: &crate::keys::model::ApiKey, secret: &str) 
     data
 }
 
-/// Runs one authorised endpoint.
+/// Runs one authorised endpoint for `caller`.
 pub async fn run(
     m: &Manager<'_>,
+    caller: &super::Caller,
     endpoint: Endpoint,
     id: Option<String>,
     query: &str,
@@ -158,6 +159,34 @@ pub async fn run(
             let result = m.audit_log(target.as_deref(), (page - 1) * per_page, per_page).await?;
             let data = serde_json::to_value(&result.entries).unwrap_or_default();
             ok(StatusCode::OK, data, page_meta(result.total, page, per_page))
+        }
+        Endpoint::Session => ok(StatusCode::OK, json!({ "name": caller.name, "scopes": caller.scopes.names() }), json!({})),
+        Endpoint::Verify => {
+            let map = input::object(body, &["key", "permission"])?;
+            let text = |field: &str| match map.get(field) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(ManageError::Invalid { field: field.into(), message: "must be a string".into() }),
+            };
+            let key = text("key")?.ok_or_else(|| ManageError::Invalid { field: "key".into(), message: "is required".into() })?;
+            let permission = text("permission")?;
+            let verdict = m.verify(&key, permission.as_deref()).await?;
+            let mut data = json!({ "valid": verdict.refusal.is_none() });
+            if let Some(code) = verdict.refusal {
+                data["code"] = code.into();
+            }
+            if let Some(k) = &verdict.key {
+                data["keyId"] = k.key_id.clone().into();
+                data["name"] = k.name.clone().into();
+                data["owner"] = k.owner.clone().into();
+                data["role"] = k.role.clone().into();
+                data["env"] = k.env.as_str().into();
+                data["permissions"] = verdict.permissions.clone().into();
+                data["rateLimit"] = m.config.limit_for(k.rate_limit, k.plan.as_deref()).into();
+                data["expiresAt"] = k.expires_at.map(crate::clock::rfc3339).into();
+                data["metadata"] = serde_json::to_value(&k.metadata).unwrap_or_default();
+            }
+            ok(StatusCode::OK, data, json!({}))
         }
         Endpoint::ExportKeys => json_lines(m.export_keys().await?.iter()),
         Endpoint::ExportRoles => json_lines(m.export_roles().await?.iter()),

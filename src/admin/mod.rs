@@ -9,7 +9,9 @@ mod input;
 pub mod routes;
 
 use crate::body::{Body, ReadError};
+use crate::config::{AdminConfig, Scopes};
 use crate::error::json_response;
+use crate::keys::token::TokenHash;
 use crate::manage::Manager;
 use crate::state::App;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -31,14 +33,26 @@ pub fn ok(status: StatusCode, data: serde_json::Value, meta: serde_json::Value) 
     json_response(status, &json!({ "success": true, "data": data, "meta": meta }))
 }
 
-/// Checks `Authorization: Bearer <admin token>` in constant time.
-fn authorised(req: &Request<Body>, token_env: &str) -> Result<(), Box<Response<Body>>> {
-    let expected = std::env::var(token_env).unwrap_or_default();
-    if expected.len() < MIN_ADMIN_TOKEN_LEN {
+/// Who is calling the admin API, and what they may do.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `admin` for the `token_env` token, else the `[[admin.tokens]]` name.
+    pub name: String,
+    pub scopes: Scopes,
+}
+
+/// Finds the caller by `Authorization: Bearer <token>`: the `token_env`
+/// token (compared in constant time) or a named token (its SHA-256
+/// compared in constant time with every configured hash, no early exit).
+fn authorised(req: &Request<Body>, admin: &AdminConfig) -> Result<Caller, Box<Response<Body>>> {
+    let expected = std::env::var(&admin.token_env).unwrap_or_default();
+    let env_token_usable = expected.len() >= MIN_ADMIN_TOKEN_LEN;
+    if !env_token_usable && admin.tokens.is_empty() {
+        let token_env = &admin.token_env;
         return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "admin_disabled",
-            format!("the admin API is disabled: set {token_env} to a token of at least {MIN_ADMIN_TOKEN_LEN} characters"),
+            format!("the admin API is disabled: set {token_env} to a token of at least {MIN_ADMIN_TOKEN_LEN} characters, or declare [[admin.tokens]]"),
         )));
     }
     let presented = req
@@ -49,8 +63,18 @@ fn authorised(req: &Request<Body>, token_env: &str) -> Result<(), Box<Response<B
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-        Ok(())
+    if env_token_usable && bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        return Ok(Caller { name: "admin".into(), scopes: Scopes::ADMIN });
+    }
+    let hash = TokenHash::of(presented);
+    let mut found = None;
+    for t in &admin.tokens {
+        if hash.ct_eq(&t.hash) && !presented.is_empty() {
+            found = Some(Caller { name: t.name.clone(), scopes: t.scopes });
+        }
+    }
+    if let Some(caller) = found {
+        Ok(caller)
     } else {
         let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required");
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -111,8 +135,21 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
         _ => {}
     }
     let rt = app.runtime.load_full();
-    if let Err(resp) = authorised(&req, &rt.config.admin.token_env) {
-        return *resp;
+    let caller = match authorised(&req, &rt.config.admin) {
+        Ok(caller) => caller,
+        Err(resp) => return *resp,
+    };
+    if let Some(needed) = endpoint.scope() {
+        if !caller.scopes.grants(needed) {
+            let needed = needed.names().join(", ");
+            let mut body = json!({
+                "success": false,
+                "error": format!("the admin token `{}` lacks the `{needed}` scope this endpoint needs", caller.name),
+                "code": "insufficient_scope",
+            });
+            body["required"] = needed.into();
+            return json_response(StatusCode::FORBIDDEN, &body);
+        }
     }
     let limit = match endpoint {
         Endpoint::ImportKeys | Endpoint::ImportRoles => MAX_IMPORT_BYTES,
@@ -124,8 +161,9 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
         Err(e @ ReadError::TooLarge(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()),
         Err(e @ ReadError::Failed(_)) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
-    let manager = Manager { store: app.store.as_ref(), config: &rt.config, actor: format!("admin-api ({})", peer.ip()) };
-    match api::run(&manager, endpoint, id, &query, &body).await {
+    let actor = format!("admin-api ({}@{})", caller.name, peer.ip());
+    let manager = Manager { store: app.store.as_ref(), config: &rt.config, actor };
+    match api::run(&manager, &caller, endpoint, id, &query, &body).await {
         Ok(resp) => resp,
         Err(e) => api::refusal(e),
     }

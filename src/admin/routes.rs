@@ -1,6 +1,8 @@
 //! The admin API's route table: the one list the dispatcher, the OpenAPI
 //! document's test and the docs all follow.
 
+use crate::config::Scopes;
+
 /// Every admin endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -24,6 +26,8 @@ pub enum Endpoint {
     DeleteRole,
     Modules,
     AuditLog,
+    Session,
+    Verify,
     OpenApi,
     Metrics,
     Healthz,
@@ -54,11 +58,32 @@ pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("DELETE", "/api-roles/{id}", Endpoint::DeleteRole),
     ("GET", "/modules", Endpoint::Modules),
     ("GET", "/audit-log", Endpoint::AuditLog),
+    ("GET", "/session", Endpoint::Session),
+    ("POST", "/verify", Endpoint::Verify),
     ("GET", "/openapi.json", Endpoint::OpenApi),
     ("GET", "/metrics", Endpoint::Metrics),
     ("GET", "/healthz", Endpoint::Healthz),
     ("GET", "/readyz", Endpoint::Readyz),
 ];
+
+impl Endpoint {
+    /// The scope a token needs for this endpoint (`None`: open, no token).
+    pub fn scope(self) -> Option<Scopes> {
+        use Endpoint::*;
+        match self {
+            OpenApi | Metrics | Healthz | Readyz => None,
+            // Any valid token may ask who it is.
+            Session => Some(Scopes::default()),
+            ListKeys | GetKey | KeyUsage | ListRoles | GetRole | Modules | AuditLog => Some(Scopes::READ),
+            CreateKey | EditKey | EnableKey | DisableKey | RotateKey | DeleteKey | CreateRole | EditRole | DeleteRole => {
+                Some(Scopes::WRITE)
+            }
+            Verify => Some(Scopes::VERIFY),
+            // An export holds every key's hashes; an import replaces keys whole.
+            ExportKeys | ImportKeys | ExportRoles | ImportRoles => Some(Scopes::ADMIN),
+        }
+    }
+}
 
 /// Why no endpoint was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -55,6 +55,11 @@ pub enum Command {
         #[command(subcommand)]
         command: roles::RolesCommand,
     },
+    /// Named admin tokens with scopes.
+    AdminToken {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
     /// Show the audit log of management changes, newest first.
     AuditLog {
         /// Only entries about this key or role id.
@@ -64,6 +69,22 @@ pub enum Command {
         page: u64,
         #[arg(long, default_value_t = 50)]
         per_page: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keygate admin-token ...`.
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// Make a token: printed once, with the [[admin.tokens]] block (its hash) to paste into the config.
+    New {
+        /// 1-64 lowercase letters, digits, '-', '_' or '.' (shown in the audit log).
+        #[arg(long)]
+        name: String,
+        /// read, write, verify or admin (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -82,6 +103,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve::serve(&cli.config, false).await,
         Command::Demo => serve::serve(&cli.config, true).await,
         Command::Config { command: ConfigCommand::Check } => check_config(&cli.config),
+        Command::AdminToken { command: AdminTokenCommand::New { name, scopes, json } } => new_admin_token(&name, &scopes, json),
         Command::Keys { command } => match open(&cli.config).await {
             Ok((config, store)) => {
                 keys::run(&Manager { store: store.as_ref(), config: &config, actor: cli_actor() }, *command).await
@@ -126,9 +148,50 @@ async fn audit_log(m: &Manager<'_>, target: Option<&str>, page: u64, per_page: u
 }
 
 /// How CLI changes are signed in the audit log.
+/// `cli (<user>)`: `$USER` or `$LOGNAME`, else the uid (services and
+/// containers often run without either).
 fn cli_actor() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().filter(|u| !u.is_empty());
+    let user = user.unwrap_or_else(|| format!("uid {}", current_uid()));
     format!("cli ({user})")
+}
+
+/// The real uid, read from `/proc` (no libc call needed).
+fn current_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:").and_then(|r| r.split_whitespace().next().map(str::to_string)))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Prints a fresh admin token once, and the config block that grants it.
+fn new_admin_token(name: &str, scopes: &[String], json: bool) -> Result<(), Failure> {
+    let refuse = |message: String| Failure { message, code: "invalid_request", json, exit: 2 };
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "admin"
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if !name_ok {
+        return Err(refuse(format!("name: `{name}` must be 1-64 lowercase letters, digits, '-', '_' or '.', and not `admin`")));
+    }
+    if let Some(bad) = scopes.iter().find(|s| crate::config::Scopes::parse(s).is_none()) {
+        return Err(refuse(format!("scopes: unknown scope `{bad}` (read, write, verify or admin)")));
+    }
+    let token = crate::keys::token::new_admin_token();
+    let sha256 = crate::keys::token::TokenHash::of(&token).to_hex();
+    let quoted: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
+    let block = format!("[[admin.tokens]]\nname = \"{name}\"\nsha256 = \"{sha256}\"\nscopes = [{}]\n", quoted.join(", "));
+    if json {
+        output::print_json(
+            serde_json::json!({ "name": name, "token": token, "sha256": sha256, "scopes": scopes, "config": block }),
+            serde_json::json!({ "warning": "the token is shown once; the config keeps only its hash" }),
+        );
+    } else {
+        println!("token (shown once; keep it in a secret store): {token}\n\nadd to the config, then reload (SIGHUP):\n\n{block}");
+    }
+    Ok(())
 }
 
 fn check_config(path: &std::path::Path) -> Result<(), Failure> {

@@ -102,7 +102,8 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     let rt = app.runtime.load_full();
     let cfg = &rt.config;
     let token_env = &cfg.admin.token_env;
-    if std::env::var(token_env).map_or(true, |t| t.len() < crate::admin::MIN_ADMIN_TOKEN_LEN) {
+    let env_token_missing = std::env::var(token_env).map_or(true, |t| t.len() < crate::admin::MIN_ADMIN_TOKEN_LEN);
+    if env_token_missing && cfg.admin.tokens.is_empty() {
         tracing::warn!(
             "the admin API and console are disabled: set {token_env} to a token of at least {} characters",
             crate::admin::MIN_ADMIN_TOKEN_LEN

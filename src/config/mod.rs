@@ -134,7 +134,54 @@ impl fmt::Debug for TlsSettings {
 #[derive(Debug)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The variable holding the full-scope token named `admin`.
     pub token_env: String,
+    /// `[[admin.tokens]]`, by hash.
+    pub tokens: Vec<AdminToken>,
+}
+
+/// A named admin token with the scopes it grants.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub hash: crate::keys::token::TokenHash,
+    pub scopes: Scopes,
+}
+
+/// What an admin token may do: `read` (GET), `write` (changes), `verify`
+/// (`POST /verify`), or `admin` (all of them, and export and import).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    pub const READ: Scopes = Scopes(1);
+    pub const WRITE: Scopes = Scopes(2);
+    pub const VERIFY: Scopes = Scopes(4);
+    pub const ADMIN: Scopes = Scopes(8 | 4 | 2 | 1);
+    /// Every scope name, in the order they are shown.
+    pub const NAMES: [(&'static str, Scopes); 4] =
+        [("read", Scopes::READ), ("write", Scopes::WRITE), ("verify", Scopes::VERIFY), ("admin", Scopes::ADMIN)];
+
+    pub fn parse(name: &str) -> Option<Scopes> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    pub fn union(self, other: Scopes) -> Scopes {
+        Scopes(self.0 | other.0)
+    }
+
+    /// Whether these scopes grant everything `needed` names.
+    pub fn grants(self, needed: Scopes) -> bool {
+        self.0 & needed.0 == needed.0
+    }
+
+    /// The names these scopes hold (`admin` alone when it is there).
+    pub fn names(self) -> Vec<&'static str> {
+        if self.grants(Scopes::ADMIN) {
+            return vec!["admin"];
+        }
+        Self::NAMES.iter().filter(|(_, s)| *s != Scopes::ADMIN && self.grants(*s)).map(|(n, _)| *n).collect()
+    }
 }
 
 /// `[store]`.

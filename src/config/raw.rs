@@ -68,6 +68,17 @@ pub struct RawTls {
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token_env: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<RawAdminToken>,
+}
+
+/// `[[admin.tokens]]`: a named admin token, kept as its hash.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    pub name: Spanned<String>,
+    pub sha256: Spanned<String>,
+    pub scopes: Spanned<Vec<String>>,
 }
 
 /// `[store]`: where keys and roles live.

@@ -92,7 +92,7 @@ pub struct RoleInput {
 pub struct Manager<'a> {
     pub store: &'a dyn Store,
     pub config: &'a Config,
-    /// Who makes the changes: `cli (<user>)` or `admin-api (<address>)`.
+    /// Who makes the changes: `cli (<user>)` or `admin-api (<token name>@<address>)`.
     pub actor: String,
 }
 
@@ -340,4 +340,47 @@ fn dedup(items: Vec<String>) -> Vec<String> {
         }
     }
     out
+}
+
+/// What `POST /verify` says of a token: valid or not (and why), and the
+/// key's identity and effective permissions when it is.
+pub struct Verdict {
+    /// `None` when the key may be used; else the data plane's code.
+    pub refusal: Option<&'static str>,
+    pub key: Option<ApiKey>,
+    pub permissions: Vec<String>,
+}
+
+impl Manager<'_> {
+    /// Checks a token as the data plane would (checksum, store, secret,
+    /// status, expiry, environment, and `permission` when given), without
+    /// the IP allowlist or the rate limit, which belong to a request.
+    pub async fn verify(&self, token_text: &str, permission: Option<&str>) -> Result<Verdict, ManageError> {
+        let refused = |code| Verdict { refusal: Some(code), key: None, permissions: Vec::new() };
+        match token::shape(token_text, &self.config.keys.brand) {
+            token::Shape::Malformed | token::Shape::BadChecksum => return Ok(refused("invalid_key")),
+            token::Shape::Generated | token::Shape::Foreign => {}
+        }
+        let Some(found) = self.store.key_by_hash(&TokenHash::of(token_text)).await.map_err(ManageError::Store)? else {
+            return Ok(refused("invalid_key"));
+        };
+        let state = found.state(clock::now_unix(), self.config.server.environment);
+        let code = match state {
+            model::KeyState::Usable => None,
+            model::KeyState::SecretRetired => return Ok(refused("invalid_key")),
+            model::KeyState::Disabled => Some("key_disabled"),
+            model::KeyState::Expired => Some("key_expired"),
+            model::KeyState::WrongEnvironment => Some("wrong_environment"),
+        };
+        let mut permissions = found.key.permissions.clone();
+        if let Some(role) = &found.key.role {
+            if let Some(r) = self.store.get_role(role).await.map_err(ManageError::Store)? {
+                permissions.extend(r.permissions);
+            }
+        }
+        let permissions = dedup(permissions);
+        let denied = permission.is_some_and(|p| !crate::policy::permissions::permits(permissions.iter(), p));
+        let refusal = code.or(denied.then_some("insufficient_permissions"));
+        Ok(Verdict { refusal, key: Some(found.key), permissions })
+    }
 }

@@ -144,7 +144,7 @@ pub struct UsageSummary {
 pub struct AuditEntry {
     /// Unix milliseconds.
     pub at_ms: i64,
-    /// `admin-api (<address>)` or `cli (<user>)`.
+    /// `admin-api (<token name>@<address>)` or `cli (<user>)`.
     pub actor: String,
     /// `key.create`, `key.edit`, `key.rotate`, `role.delete`, ...
     pub action: String,

@@ -8,6 +8,7 @@ import { mkdirSync } from "node:fs";
 const ADMIN = process.env.ADMIN_URL;
 const DATA = process.env.DATA_URL;
 const TOKEN = process.env.ADMIN_TOKEN;
+const READ_TOKEN = process.env.READ_TOKEN;
 const SHOTS = process.env.SHOT_DIR;
 mkdirSync(SHOTS, { recursive: true });
 
@@ -47,6 +48,7 @@ try {
   await page.getByLabel("Admin token", { exact: true }).fill(TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("tab", { name: "API Keys" }).waitFor();
+  await page.getByText("Signed in as admin (admin)").waitFor();
   assert.equal(await page.evaluate(() => localStorage.length), 0, "nothing in localStorage");
   assert.ok(!page.url().includes(TOKEN), "the token is not in the URL");
 
@@ -234,6 +236,23 @@ try {
   const overflow = await small.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 1, `the page scrolls sideways by ${overflow}px at 390px`);
   await small.screenshot({ path: `${SHOTS}/console-keys-narrow.png`, fullPage: false });
+
+  step("a read-only token sees who it is and no control it may not use");
+  const readerContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const readerPage = await readerContext.newPage();
+  await readerPage.goto(`${ADMIN}/console/`);
+  await readerPage.getByLabel("Admin token", { exact: true }).fill(READ_TOKEN);
+  await readerPage.getByRole("button", { name: "Sign in" }).click();
+  await readerPage.getByText("Signed in as e2e-reader (read)").waitFor();
+  await readerPage.locator("tr", { hasText: "E2E integration" }).waitFor();
+  assert.equal(await readerPage.getByRole("button", { name: "Create an API Key" }).isVisible(), false);
+  assert.equal(await readerPage.getByRole("button", { name: "Edit E2E integration" }).isVisible(), false);
+  assert.equal(await readerPage.getByRole("switch", { name: "Enable E2E integration" }).isDisabled(), true);
+  await readerPage.getByRole("tab", { name: "API Roles" }).click();
+  await readerPage.locator('li.role[data-role="read-only"]').waitFor();
+  assert.equal(await readerPage.getByRole("button", { name: "Add API Role" }).isVisible(), false);
+  assert.equal(await readerPage.getByRole("button", { name: /Delete role/ }).first().isVisible(), false);
+  await readerContext.close();
 
   step("delete the key with confirmation");
   await page.getByRole("tab", { name: "API Keys" }).click();

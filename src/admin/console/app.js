@@ -8,8 +8,11 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const TOKEN_KEY = "keygate.adminToken";
 const state = {
   page: 1, perPage: 25, search: "", status: "", role: null, total: 0, auditPage: 1,
-  roles: [], modules: [], plans: {}, editing: null, roleEditing: null,
+  roles: [], modules: [], plans: {}, editing: null, roleEditing: null, session: { name: "", scopes: [] },
 };
+
+// Whether the signed-in token holds `scope` (`admin` holds them all).
+const can = (scope) => state.session.scopes.includes(scope) || state.session.scopes.includes("admin");
 const TABS = ["keys", "roles", "audit"];
 // The role filter's value for "keys without a role" (the API's `role=`).
 const NO_ROLE = "\u0000none";
@@ -27,7 +30,7 @@ async function api(method, path, body) {
   }
   let json = {};
   try { json = await resp.json(); } catch (e) { json = { error: `Unexpected answer (${resp.status})` }; }
-  if (resp.status === 401 && path !== "/modules") signOut("Your session has ended: sign in again.");
+  if (resp.status === 401 && path !== "/session") signOut("Your session has ended: sign in again.");
   return { ok: resp.ok, status: resp.status, json };
 }
 
@@ -95,6 +98,7 @@ function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   $("#app").hidden = true;
   $("#signout").hidden = true;
+  $("#who").textContent = "";
   $("#signin").hidden = false;
   $("#token-error").textContent = message || "";
   $("#token").value = "";
@@ -103,8 +107,14 @@ function signOut(message) {
 
 async function signIn(token) {
   sessionStorage.setItem(TOKEN_KEY, token);
+  const who = await api("GET", "/session");
+  if (!who.ok) { signOut(who.json.error || "The token was refused."); return; }
+  state.session = who.json.data;
+  if (!can("read")) { signOut(`The token ${state.session.name} may not read keys (scopes: ${state.session.scopes.join(", ")}).`); return; }
   const r = await api("GET", "/modules");
   if (!r.ok) { signOut(r.json.error || "The token was refused."); return; }
+  $("#who").textContent = `Signed in as ${state.session.name} (${state.session.scopes.join(", ")})`;
+  document.body.classList.toggle("no-write", !can("write"));
   state.modules = r.json.data;
   state.plans = (r.json.meta && r.json.meta.plans) || {};
   // The key dialog lists the roles: they are loaded before the console
@@ -158,7 +168,7 @@ function keyRow(k) {
   const toggle = el("button", {
     type: "button", role: "switch", class: `switch ${look}`, "aria-checked": String(k.enabled),
     "aria-label": `${k.enabled ? "Disable" : "Enable"} ${k.name}`, text: k.status,
-    onclick: () => setEnabled(k, !k.enabled),
+    disabled: !can("write"), onclick: () => setEnabled(k, !k.enabled),
   });
   return el("tr", { "data-key": k.keyId },
     el("td", { "data-label": "API Key" }, el("code", { text: k.keyPrefix })),
@@ -172,7 +182,7 @@ function keyRow(k) {
     el("td", { "data-label": "Last used", text: relative(k.lastUsed), title: k.lastUsed || "" }),
     el("td", { "data-label": "Expires", text: k.expiresAt ? relative(k.expiresAt) : "never", title: k.expiresAt || "" }),
     el("td", { "data-label": "Status" }, toggle),
-    el("td", { "data-label": "Actions" }, el("div", { class: "row-actions" },
+    el("td", { "data-label": "Actions" }, el("div", { class: "row-actions needs-write" },
       el("button", { type: "button", text: "Edit", "aria-label": `Edit ${k.name}`, onclick: () => openKeyDialog(k) }),
       el("button", { type: "button", text: "Rotate", "aria-label": `Rotate ${k.name}`, onclick: () => rotateKey(k) }),
       el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${k.name}`, onclick: () => deleteKey(k) }))),
@@ -359,7 +369,7 @@ function roleItem(role) {
   return el("li", { class: "role", "data-role": role.id },
     el("div", { class: "role-head" },
       el("div", {}, el("strong", { text: role.name }), el("code", { class: "muted", text: ` ${role.id}` }), el("div", { class: "muted", text: role.description })),
-      el("div", { class: "row-actions" },
+      el("div", { class: "row-actions needs-write" },
         el("button", { type: "button", text: "Edit", "aria-label": `Edit role ${role.name}`, onclick: () => openRoleDialog(role) }),
         el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete role ${role.name}`, onclick: () => deleteRole(role) }))),
     el("details", { ontoggle: (e) => { if (e.target.open) showRoleKeys(role, e.target.querySelector(".role-keys")); } },

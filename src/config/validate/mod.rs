@@ -110,6 +110,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let admin = AdminConfig {
         listen: c.socket(&raw.admin.listen, "admin.listen", DEFAULT_ADMIN_LISTEN),
         token_env: raw.admin.token_env.clone().unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_ENV.into()),
+        tokens: admin_tokens(&mut c, &raw.admin.tokens),
     };
     let store = store(&mut c, path, &raw.store);
     let rate_limit = rate_limit(&mut c, &raw.rate_limit, &store);
@@ -355,6 +356,52 @@ fn upstreams(c: &mut Checker, raw: &[RawUpstream]) -> Vec<Upstream> {
                 DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
             ),
         });
+    }
+    out
+}
+
+/// `[[admin.tokens]]`: unique names (`admin` is the `token_env` token's),
+/// 64 hex digits of SHA-256, known scopes.
+fn admin_tokens(c: &mut Checker, raw: &[RawAdminToken]) -> Vec<AdminToken> {
+    let mut out: Vec<AdminToken> = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let field = format!("admin.tokens[{i}]");
+        let name = t.name.get_ref();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if !name_ok {
+            c.problem(Some(&t.name), format!("{field}.name"), "must be 1-64 lowercase letters, digits, '-', '_' or '.'");
+        } else if name == "admin" {
+            c.problem(Some(&t.name), format!("{field}.name"), "`admin` is the name of the admin.token_env token");
+        } else if out.iter().any(|o| o.name == *name) {
+            c.problem(Some(&t.name), format!("{field}.name"), format!("token `{name}` is declared twice"));
+        }
+        let hash = crate::keys::token::TokenHash::from_hex(t.sha256.get_ref());
+        if hash.is_none() {
+            c.problem(
+                Some(&t.sha256),
+                format!("{field}.sha256"),
+                "must be the 64 hex digits of the token's SHA-256 (`keygate admin-token new` prints it)",
+            );
+        }
+        let mut scopes = Scopes::default();
+        for s in t.scopes.get_ref() {
+            match Scopes::parse(s) {
+                Some(one) => scopes = scopes.union(one),
+                None => c.problem(
+                    Some(&t.scopes),
+                    format!("{field}.scopes"),
+                    format!("unknown scope `{s}` (read, write, verify or admin)"),
+                ),
+            }
+        }
+        if t.scopes.get_ref().is_empty() {
+            c.problem(Some(&t.scopes), format!("{field}.scopes"), "a token needs at least one scope");
+        }
+        if let Some(hash) = hash {
+            out.push(AdminToken { name: name.clone(), hash, scopes });
+        }
     }
     out
 }
