@@ -59,6 +59,32 @@ pub struct ApiKey {
     pub key_prefix: String,
 }
 
+impl ApiKey {
+    /// A key with nothing but its identity set: enabled, no limits, no
+    /// expiry, never used; create and import fill in the rest.
+    pub fn blank(key_id: String, env: Env, key_prefix: String, created_at: i64) -> ApiKey {
+        ApiKey {
+            key_id,
+            name: String::new(),
+            description: String::new(),
+            owner: String::new(),
+            role: None,
+            permissions: Vec::new(),
+            plan: None,
+            rate_limit: None,
+            allowed_ips: Vec::new(),
+            env,
+            enabled: true,
+            expires_at: None,
+            created_at,
+            last_used: None,
+            usage_count: 0,
+            metadata: BTreeMap::new(),
+            key_prefix,
+        }
+    }
+}
+
 /// What an operator sees of a key's state: disabled wins over expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyStatus {

@@ -143,25 +143,7 @@ impl Manager<'_> {
             }
             None => token::generate(brand, env),
         };
-        let mut key = ApiKey {
-            key_id: token::new_key_id(),
-            name: String::new(),
-            description: String::new(),
-            owner: String::new(),
-            role: None,
-            permissions: Vec::new(),
-            plan: None,
-            rate_limit: None,
-            allowed_ips: Vec::new(),
-            env,
-            enabled: true,
-            expires_at: None,
-            created_at: clock::now_unix(),
-            last_used: None,
-            usage_count: 0,
-            metadata: BTreeMap::new(),
-            key_prefix: token::mask(&secret, brand),
-        };
+        let mut key = ApiKey::blank(token::new_key_id(), env, token::mask(&secret, brand), clock::now_unix());
         self.apply(&mut key, input).await?;
         self.store.insert_key(&key, &TokenHash::of(&secret)).await.map_err(|e| from_store(e, &key.key_id))?;
         let action = if imported { "key.import" } else { "key.create" };

@@ -290,26 +290,14 @@ impl Manager<'_> {
             Some(e) => model::Env::parse(e).ok_or_else(|| invalid("env", "must be \"live\" or \"test\""))?,
             None => self.config.server.environment,
         };
-        let mut key = ApiKey {
-            key_id,
-            name: String::new(),
-            description: String::new(),
-            owner: String::new(),
-            role: None,
-            permissions: Vec::new(),
-            plan: None,
-            rate_limit: None,
-            allowed_ips: Vec::new(),
-            env,
-            enabled: line.enabled,
-            // A restored key keeps its expiry even when it has passed.
-            expires_at: time_field("expiresAt", &line.expires_at)?,
-            created_at: time_field("createdAt", &line.created_at)?.or(existing.as_ref().map(|k| k.created_at)).unwrap_or(now),
-            last_used: time_field("lastUsed", &line.last_used)?,
-            usage_count: line.usage_count,
-            metadata: BTreeMap::new(),
-            key_prefix: prefix.or(existing.map(|k| k.key_prefix)).unwrap_or_else(|| "imported****".into()),
-        };
+        let created_at = time_field("createdAt", &line.created_at)?.or(existing.as_ref().map(|k| k.created_at)).unwrap_or(now);
+        let prefix = prefix.or(existing.map(|k| k.key_prefix)).unwrap_or_else(|| "imported****".into());
+        let mut key = ApiKey::blank(key_id, env, prefix, created_at);
+        key.enabled = line.enabled;
+        // A restored key keeps its expiry even when it has passed.
+        key.expires_at = time_field("expiresAt", &line.expires_at)?;
+        key.last_used = time_field("lastUsed", &line.last_used)?;
+        key.usage_count = line.usage_count;
         let input = KeyInput {
             name: Some(line.name),
             description: Some(line.description),
