@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::redis::{command, RedisServer};
+use common::redis::{command, command_within, RedisServer};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -36,14 +36,11 @@ async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
     let k = keyed_gateway(&redis).await;
     let (gw, token, url) = (&k.gw, &k.token, &k.url);
     // A data set that takes Redis a few seconds to load, saved to its folder.
-    assert!(command(redis.port, "DEBUG POPULATE 3000000 filler 16").unwrap().starts_with("+OK"));
+    let populated = command_within(redis.port, "DEBUG POPULATE 3000000 filler 16", Duration::from_secs(120));
+    assert!(populated.unwrap().starts_with("+OK"));
     let saved = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        std::io::Write::write_all(&mut s, b"SAVE\r\n").unwrap();
-        let mut buf = [0u8; 64];
-        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
-        (redis, String::from_utf8_lossy(&buf[..n]).into_owned())
+        let reply = command_within(redis.port, "SAVE", Duration::from_secs(120)).unwrap();
+        (redis, reply)
     });
     let (mut redis_back, reply) = saved.await.unwrap();
     assert!(reply.starts_with("+OK"), "{reply}");

@@ -25,8 +25,14 @@ pub fn available() -> bool {
 
 /// Sends one inline command and returns the raw reply.
 pub fn command(port: u16, cmd: &str) -> std::io::Result<String> {
+    command_within(port, cmd, Duration::from_secs(5))
+}
+
+/// [`command`] for one that may take long (`DEBUG POPULATE`, `SAVE`) on a
+/// loaded machine.
+pub fn command_within(port: u16, cmd: &str, wait: Duration) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(wait))?;
     s.write_all(format!("{cmd}\r\n").as_bytes())?;
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf)?;
