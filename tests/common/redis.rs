@@ -39,6 +39,18 @@ pub fn command_within(port: u16, cmd: &str, wait: Duration) -> std::io::Result<S
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// A port for a cluster node: its bus listens on the port + 10000, which
+/// must also be free and below the kernel's ephemeral range (32768 and up),
+/// or an outgoing connection may take it first ("Address already in use").
+fn cluster_port() -> u16 {
+    loop {
+        let port = super::free_port();
+        if port < 22_768 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl RedisServer {
     /// Starts a redis-server on a free port, or `None` (skipped) when there is none.
     pub fn start() -> Option<RedisServer> {
@@ -50,9 +62,10 @@ impl RedisServer {
         if !available() {
             return None;
         }
+        let cluster = extra.windows(2).any(|w| w == ["--cluster-enabled", "yes"]);
         let mut server = RedisServer {
             child: None,
-            port: super::free_port(),
+            port: if cluster { cluster_port() } else { super::free_port() },
             dir: tempfile::tempdir().unwrap(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
