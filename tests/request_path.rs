@@ -381,3 +381,38 @@ async fn a_missing_admin_token_is_said_at_start_naming_the_variable() {
     let log = gw.log_text();
     assert_eq!(log.matches("set KG_TEST_UNSET_TOKEN to a token").count(), 1, "{log}");
 }
+
+/// Sends one raw HTTP/1.1 request and returns the response head as sent.
+fn raw_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the head ended");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_answers_spell_keygates_own_headers_as_clients_expect() {
+    let (_up, s) = setup("", "").await;
+    let (_, token) = s.create_key(&["--name", "spelled", "--role", "read-only", "--rate-limit", "1"]);
+    let gw = s.start();
+    let ask = |auth: &str| format!("GET /api/lists HTTP/1.1\r\nHost: gw\r\n{auth}Connection: close\r\n\r\n");
+    let ok = raw_head(gw.data, &ask(&format!("Authorization: Bearer {token}\r\n")));
+    for line in
+        ["X-RateLimit-Limit: 1\r\n", "X-RateLimit-Remaining: 0\r\n", "X-RateLimit-Reset: ", "RateLimit-Policy: ", "RateLimit: "]
+    {
+        assert!(ok.contains(line), "{line:?} in\n{ok}");
+    }
+    let limited = raw_head(gw.data, &ask(&format!("Authorization: Bearer {token}\r\n")));
+    assert!(limited.starts_with("HTTP/1.1 429") && limited.contains("\r\nRetry-After: "), "{limited}");
+    assert!(limited.contains("\r\nContent-Type: application/json\r\n"), "{limited}");
+    let missing = raw_head(gw.data, &ask(""));
+    assert!(missing.contains("\r\nWWW-Authenticate: Bearer\r\n"), "{missing}");
+}

@@ -46,6 +46,35 @@ pub(crate) fn frames_or_hops(name: &[u8]) -> bool {
 }
 
 /// Appends one header line, `name: value\r\n`.
+/// How a response header field keygate writes itself is spelled on an
+/// HTTP/1.1 wire: as the ecosystem spells it (`X-RateLimit-Remaining`,
+/// `Retry-After`, `WWW-Authenticate`), since many clients look the names up
+/// case-sensitively. `name` is the lowercase form a header map holds; the
+/// answer is written into `buf` unless it is a known one.
+pub fn spelled<'a>(name: &'a str, buf: &'a mut [u8; 64]) -> &'a [u8] {
+    let known: Option<&'static str> = match name {
+        "www-authenticate" => Some("WWW-Authenticate"),
+        "x-ratelimit-limit" => Some("X-RateLimit-Limit"),
+        "x-ratelimit-remaining" => Some("X-RateLimit-Remaining"),
+        "x-ratelimit-reset" => Some("X-RateLimit-Reset"),
+        "ratelimit" => Some("RateLimit"),
+        "ratelimit-policy" => Some("RateLimit-Policy"),
+        _ => None,
+    };
+    if let Some(k) = known {
+        return k.as_bytes();
+    }
+    if name.len() > buf.len() {
+        return name.as_bytes();
+    }
+    let mut upper = true;
+    for (slot, b) in buf.iter_mut().zip(name.bytes()) {
+        *slot = if upper { b.to_ascii_uppercase() } else { b };
+        upper = b == b'-';
+    }
+    &buf[..name.len()]
+}
+
 pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
@@ -161,6 +190,18 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_header_names_are_spelled_as_clients_expect() {
+        let mut buf = [0u8; 64];
+        assert_eq!(spelled("x-ratelimit-remaining", &mut buf), b"X-RateLimit-Remaining");
+        assert_eq!(spelled("retry-after", &mut buf), b"Retry-After");
+        assert_eq!(spelled("www-authenticate", &mut buf), b"WWW-Authenticate");
+        assert_eq!(spelled("content-type", &mut buf), b"Content-Type");
+        assert_eq!(spelled("x", &mut buf), b"X");
+        let long = "a".repeat(80);
+        assert_eq!(spelled(&long, &mut buf), long.as_bytes(), "longer than the buffer: as it is");
+    }
 
     #[test]
     fn fields_render_alike_as_lines_and_in_a_map() {

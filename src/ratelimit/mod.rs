@@ -125,9 +125,10 @@ impl RateHeaders {
 fn render_fields(n: &[i64; 6], field: &mut dyn FnMut(&'static str, &[u8])) {
     let [limit, remaining, reset_at, reset_in, kind, _] = *n;
     let mut digits = itoa::Buffer::new();
-    field("x-ratelimit-limit", digits.format(limit).as_bytes());
-    field("x-ratelimit-remaining", digits.format(remaining).as_bytes());
-    field("x-ratelimit-reset", digits.format(reset_at).as_bytes());
+    // Spelled as clients expect on HTTP/1.1 (HTTP/2 lowercases them).
+    field("X-RateLimit-Limit", digits.format(limit).as_bytes());
+    field("X-RateLimit-Remaining", digits.format(remaining).as_bytes());
+    field("X-RateLimit-Reset", digits.format(reset_at).as_bytes());
     let name: &[u8] = match kind {
         1 => b"\"fixed\"",
         2 => b"\"sliding\"",
@@ -136,7 +137,7 @@ fn render_fields(n: &[i64; 6], field: &mut dyn FnMut(&'static str, &[u8])) {
     // A header's name, then its `;key=value` parameters.
     let mut value = [0u8; 64];
     for (header, params) in
-        [("ratelimit-policy", [(b";q=", limit), (b";w=", WINDOW_SECS)]), ("ratelimit", [(b";r=", remaining), (b";t=", reset_in)])]
+        [("RateLimit-Policy", [(b";q=", limit), (b";w=", WINDOW_SECS)]), ("RateLimit", [(b";r=", remaining), (b";t=", reset_in)])]
     {
         let mut at = 0;
         let mut put = |bytes: &[u8]| {
@@ -178,8 +179,8 @@ mod tests {
         r.fields().write_lines(&mut lines);
         assert_eq!(
             String::from_utf8(lines).unwrap(),
-            "x-ratelimit-limit: 100\r\nx-ratelimit-remaining: 99\r\nx-ratelimit-reset: 1700000040\r\n\
-             ratelimit-policy: \"sliding\";q=100;w=60\r\nratelimit: \"sliding\";r=99;t=40\r\n"
+            "X-RateLimit-Limit: 100\r\nX-RateLimit-Remaining: 99\r\nX-RateLimit-Reset: 1700000040\r\n\
+             RateLimit-Policy: \"sliding\";q=100;w=60\r\nRateLimit: \"sliding\";r=99;t=40\r\n"
         );
         let mut map = http::HeaderMap::new();
         r.fields().insert_into(&mut map);

@@ -4,7 +4,7 @@
 
 use crate::http1::framing::{bodiless, chunk_line, declared_length};
 use crate::http1::lines::HeaderLines;
-use crate::http1::{is_hop_by_hop, write_line, Fields, Reply};
+use crate::http1::{is_hop_by_hop, spelled, write_line, Fields, Reply};
 use http::header;
 use http::response::Parts;
 use http::Version;
@@ -149,34 +149,35 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, extra: Extra<'_>, exact: Option
         if is_hop_by_hop(name) || name == header::CONTENT_LENGTH {
             continue;
         }
-        write_line(out, name.as_str().as_bytes(), value.as_bytes());
+        let mut buf = [0u8; 64];
+        write_line(out, spelled(name.as_str(), &mut buf), value.as_bytes());
     }
     out.extend_from_slice(extra.upstream.text());
     extra.fields.write_lines(out);
     if !extra.upstream.has_date() && !parts.headers.contains_key(header::DATE) {
-        DATE.with(|d| write_line(out, b"date", d.borrow_mut().now()));
+        DATE.with(|d| write_line(out, b"Date", d.borrow_mut().now()));
     }
     let no_body = bodiless(status) || how.head_only;
     // A declared length is passed on as it is (a HEAD answer keeps it); the
     // body's own size is announced only when the body is sent.
     if let Some(n) = declared.or(exact.filter(|_| !no_body)) {
-        write_line(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        write_line(out, b"Content-Length", itoa::Buffer::new().format(n).as_bytes());
     }
     let wire = if no_body {
         Wire::None
     } else if let Some(n) = declared.or(exact) {
         Wire::Length(n)
     } else if how.version == Version::HTTP_11 {
-        write_line(out, b"transfer-encoding", b"chunked");
+        write_line(out, b"Transfer-Encoding", b"chunked");
         Wire::Chunked
     } else {
         keep_alive = false;
         Wire::UntilClose
     };
     if !keep_alive {
-        write_line(out, b"connection", b"close");
+        write_line(out, b"Connection", b"close");
     } else if how.version == Version::HTTP_10 {
-        write_line(out, b"connection", b"keep-alive");
+        write_line(out, b"Connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
     (wire, keep_alive)
@@ -234,12 +235,12 @@ mod tests {
     async fn known_sizes_get_a_length_and_unknown_ones_are_chunked() {
         let (text, keep) = wire(Response::new(crate::body::full("hello")), HTTP11).await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-        assert!(text.contains("content-length: 5\r\n") && text.contains("date: ") && text.ends_with("\r\n\r\nhello"), "{text}");
+        assert!(text.contains("Content-Length: 5\r\n") && text.contains("Date: ") && text.ends_with("\r\n\r\nhello"), "{text}");
         assert!(keep);
         let stream = futures_util::stream::iter(["ab", "cdefghijklmnopqr"].map(|s| Ok(http_body::Frame::data(Bytes::from(s)))));
         let body = http_body_util::StreamBody::new(stream).boxed();
         let (text, keep) = wire(Response::new(body), HTTP11).await;
-        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n2\r\nab\r\n10\r\ncdefghijklmnopqr\r\n0\r\n\r\n"), "{text}");
         assert!(keep);
     }
@@ -249,7 +250,7 @@ mod tests {
         let mut resp = Response::new(crate::body::empty());
         resp.headers_mut().insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("31"));
         let (text, keep) = wire(resp, Answering { head_only: true, ..HTTP11 }).await;
-        assert!(text.contains("content-length: 31\r\n") && text.ends_with("\r\n\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 31\r\n") && text.ends_with("\r\n\r\n"), "{text}");
         assert!(keep);
     }
 
@@ -260,7 +261,7 @@ mod tests {
         resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
         let (text, keep) = wire(resp, Answering { version: Version::HTTP_10, ..HTTP11 }).await;
         assert!(!keep);
-        assert!(text.contains("connection: close\r\n") && !text.contains("upgrade") && text.ends_with("\r\n\r\nabc"), "{text}");
+        assert!(text.contains("Connection: close\r\n") && !text.contains("upgrade") && text.ends_with("\r\n\r\nabc"), "{text}");
     }
 
     #[tokio::test]
@@ -277,14 +278,14 @@ mod tests {
         let text = String::from_utf8(sink.0).unwrap();
         assert_eq!(
             text,
-            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Mon, 30 Nov 2026 07:00:00 GMT\r\ncontent-length: 5\r\n\r\nhello"
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Mon, 30 Nov 2026 07:00:00 GMT\r\nContent-Length: 5\r\n\r\nhello"
         );
         assert!(keep);
         // HEAD: the upstream's length is kept, no body follows.
         let mut sink = Collect(Vec::new());
         response(&mut sink, &mut Vec::new(), reply(crate::body::empty()), Answering { head_only: true, ..HTTP11 }).await.unwrap();
         let text = String::from_utf8(sink.0).unwrap();
-        assert!(text.contains("content-length: 5\r\n") && text.ends_with("\r\n\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 5\r\n") && text.ends_with("\r\n\r\n"), "{text}");
     }
 
     #[tokio::test]
@@ -304,8 +305,8 @@ mod tests {
         resp.headers_mut().append(header::CONTENT_LENGTH, http::HeaderValue::from_static("3"));
         resp.headers_mut().append(header::CONTENT_LENGTH, http::HeaderValue::from_static("4"));
         let (text, _) = wire(resp, HTTP11).await;
-        assert_eq!(text.matches("content-length").count(), 1, "{text}");
-        assert!(text.contains("content-length: 5\r\n") && text.ends_with("hello"), "{text}");
+        assert_eq!(text.matches("Content-Length").count(), 1, "{text}");
+        assert!(text.contains("Content-Length: 5\r\n") && text.ends_with("hello"), "{text}");
     }
 
     #[tokio::test]
@@ -317,15 +318,15 @@ mod tests {
         let text = String::from_utf8(sink.0).unwrap();
         assert!(!keep);
         let extra = text.find("x-ratelimit-remaining: 7\r\n").unwrap();
-        assert!(extra < text.find("content-length").unwrap(), "{text}");
-        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(extra < text.find("Content-Length").unwrap(), "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
     }
 
     #[tokio::test]
     async fn an_http10_client_kept_alive_is_told_so() {
         let (text, keep) = wire(Response::new(crate::body::full("ok")), Answering { version: Version::HTTP_10, ..HTTP11 }).await;
         assert!(keep);
-        assert!(text.contains("connection: keep-alive\r\n") && text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Connection: keep-alive\r\n") && text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     }
 
     #[tokio::test]
