@@ -164,15 +164,19 @@ async fn a_burst_across_a_window_edge_stays_within_each_window() {
     assert_every_counter_expires(&redis);
 }
 
-/// Offered load at every node for `for_how_long`; returns what each got.
-async fn steady_load(cluster: &Cluster, for_how_long: Duration) -> Vec<(u16, i64)> {
+/// Load at every node for `for_how_long` and until at least `at_least`
+/// requests were sent (a loaded machine sends fewer in the time); returns
+/// what each got.
+async fn steady_load(cluster: &Cluster, for_how_long: Duration, at_least: usize) -> Vec<(u16, i64)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let urls = cluster.urls();
-    let until = Instant::now() + for_how_long;
+    let (until, sent) = (Instant::now() + for_how_long, std::sync::Arc::new(AtomicUsize::new(0)));
     let workers = (0..urls.len() * 8).map(|i| {
-        let (url, token) = (urls[i % urls.len()].clone(), cluster.token.clone());
+        let (url, token, sent) = (urls[i % urls.len()].clone(), cluster.token.clone(), sent.clone());
         async move {
             let (c, mut got) = (client(), Vec::new());
-            while Instant::now() < until {
+            while Instant::now() < until || sent.load(Ordering::Relaxed) < at_least {
+                sent.fetch_add(1, Ordering::Relaxed);
                 let r = c.get(&url).bearer_auth(&token).send().await.unwrap();
                 got.push((r.status().as_u16(), 0));
             }
@@ -197,7 +201,7 @@ async fn a_short_redis_stall_mid_burst_admits_no_more_than_the_bound() {
         let port = redis.port;
         let stall = tokio::task::spawn_blocking(move || common::redis::command(port, "DEBUG SLEEP 0.3"));
         tokio::time::sleep(Duration::from_millis(30)).await;
-        statuses.extend(steady_load(&cluster, Duration::from_millis(1000)).await);
+        statuses.extend(steady_load(&cluster, Duration::from_millis(1000), 10 * limit as usize / 3).await);
         assert!(stall.await.unwrap().unwrap().starts_with("+OK"));
         assert_only_200_and_429(algorithm, &statuses);
         let n = admitted(&statuses);
