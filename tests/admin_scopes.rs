@@ -126,3 +126,21 @@ fn bad_token_entries_are_refused_with_their_path() {
         assert!(!out.status.success() && err.contains(field) && err.contains(why), "{block}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_added_to_the_config_works_after_a_reload() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let gw = s.start();
+    let made = s.cli_json(&["admin-token", "new", "--name", "late", "--scope", "read"]);
+    let token = made["token"].as_str().unwrap().to_string();
+    assert_eq!(call(&s, &token, "GET", "/api-keys", None).await.0, 401);
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!("\n{}", made["config"].as_str().unwrap()));
+    std::fs::write(&s.config, text).unwrap();
+    gw.signal("HUP");
+    let works =
+        eventually(std::time::Duration::from_secs(3), || async { call(&s, &token, "GET", "/api-keys", None).await.0 == 200 })
+            .await;
+    assert!(works.is_some(), "the new token was refused after SIGHUP:\n{}", gw.log_text());
+}
