@@ -80,6 +80,35 @@ pub struct ChangeBatch {
     pub gap: bool,
 }
 
+/// Most entries one read of the change feed returns; a full page is read
+/// as a gap (the node resyncs rather than reading on).
+pub const FEED_PAGE: usize = 10_000;
+
+impl ChangeBatch {
+    /// Where a read from `from` stands, given the feed's newest and oldest
+    /// sequence numbers and its entry at `from.seq`: the empty batch to add
+    /// the entries after the cursor to (a gap if some were trimmed; the
+    /// cursor's text learnt when it was not known), or, as `Err`, the feed
+    /// was replaced (behind the cursor, or another entry at it): a gap, to
+    /// go on from the feed's newest entry, with nothing to read.
+    pub fn open(from: &FeedCursor, newest: u64, oldest: Option<u64>, here: Option<String>) -> Result<ChangeBatch, ChangeBatch> {
+        if newest < from.seq || from.contradicted_by(here.as_deref()) {
+            return Err(ChangeBatch { latest: FeedCursor { seq: newest, mark: String::new() }, changes: Vec::new(), gap: true });
+        }
+        let mark = if from.mark.is_empty() { here.unwrap_or_default() } else { from.mark.clone() };
+        let gap = from.seq > 0 && oldest.is_some_and(|o| o > from.seq + 1);
+        Ok(ChangeBatch { latest: FeedCursor { seq: from.seq, mark }, changes: Vec::new(), gap })
+    }
+
+    /// Adds the entry numbered `seq`, whose text is `mark`.
+    pub fn push(&mut self, seq: u64, mark: String, change: Change) {
+        if seq > self.latest.seq {
+            self.latest = FeedCursor { seq, mark };
+        }
+        self.changes.push(change);
+    }
+}
+
 /// Requests one key made since the last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {

@@ -305,7 +305,7 @@ impl Store for RedisStore {
         let mut pipe = ::redis::pipe();
         pipe.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
         pipe.cmd("ZRANGEBYSCORE").arg(&key).arg(seq).arg(seq);
-        pipe.cmd("ZRANGEBYSCORE").arg(&key).arg(format!("({seq}")).arg("+inf").arg("LIMIT").arg(0).arg(10_000);
+        pipe.cmd("ZRANGEBYSCORE").arg(&key).arg(format!("({seq}")).arg("+inf").arg("LIMIT").arg(0).arg(FEED_PAGE);
         pipe.cmd("GET").arg(ROUTE);
         type Read = (Vec<(String, u64)>, Vec<String>, Vec<String>, Option<u64>);
         let (oldest, here, entries, current): Read = self
@@ -314,22 +314,16 @@ impl Store for RedisStore {
             .await
             .map_err(to_store_error)?;
         // Behind the cursor, or another entry at it: Redis came back from an
-        // older copy (or was emptied). Resume from where the feed now is,
-        // after a resync.
-        let current = current.unwrap_or(0);
-        if current < seq || from.contradicted_by(here.first().map(String::as_str)) {
-            return Ok(ChangeBatch { latest: FeedCursor { seq: current, mark: String::new() }, changes: Vec::new(), gap: true });
-        }
-        let mark = if from.mark.is_empty() { here.into_iter().next().unwrap_or_default() } else { from.mark.clone() };
-        let mut batch = ChangeBatch { latest: FeedCursor { seq, mark }, changes: Vec::with_capacity(entries.len()), gap: false };
-        batch.gap = seq > 0 && oldest.first().is_some_and(|(_, s)| *s > seq + 1);
-        batch.gap |= entries.len() >= 10_000;
+        // older copy (or was emptied).
+        let oldest = oldest.first().map(|(_, s)| *s);
+        let mut batch = match ChangeBatch::open(from, current.unwrap_or(0), oldest, here.into_iter().next()) {
+            Ok(batch) => batch,
+            Err(resync) => return Ok(resync),
+        };
+        batch.gap |= entries.len() >= FEED_PAGE;
         for entry in entries {
             let Some((at, change)) = parse_event(&entry) else { continue };
-            if at > batch.latest.seq {
-                batch.latest = FeedCursor { seq: at, mark: entry };
-            }
-            batch.changes.push(change);
+            batch.push(at, entry, change);
         }
         Ok(batch)
     }

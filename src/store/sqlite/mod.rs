@@ -338,32 +338,24 @@ impl Store for SqliteStore {
             let here = entry_at(c, seq as i64)?;
             // Behind the cursor, or another entry at it: the file was
             // restored from an older copy.
-            let newest = newest.unwrap_or(0) as u64;
-            if newest < seq || from.contradicted_by(here.as_deref()) {
-                return Ok(ChangeBatch {
-                    latest: FeedCursor { seq: newest, mark: String::new() },
-                    changes: Vec::new(),
-                    gap: true,
-                });
-            }
+            let mut batch = match ChangeBatch::open(&from, newest.unwrap_or(0) as u64, oldest.map(|o| o as u64), here) {
+                Ok(batch) => batch,
+                Err(resync) => return Ok(resync),
+            };
             let mut stmt = c
-                .prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 10000")
+                .prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![seq as i64], |r| {
+                .query_map(params![seq as i64, FEED_PAGE as i64], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
                 })
                 .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(unavailable)?;
-            let mark = if from.mark.is_empty() { here.unwrap_or_default() } else { from.mark };
-            let mut batch = ChangeBatch { latest: FeedCursor { seq, mark }, changes: Vec::with_capacity(rows.len()), gap: false };
-            // Rows after `seq` were trimmed if the oldest kept one is beyond seq + 1.
-            batch.gap = seq > 0 && oldest.is_some_and(|o| o as u64 > seq + 1);
-            batch.gap |= rows.len() >= 10000;
+            batch.gap |= rows.len() >= FEED_PAGE;
             for (s, kind, id, at_ms) in rows {
-                batch.latest = FeedCursor { seq: s as u64, mark: entry_text(&kind, &id, at_ms) };
+                let mark = entry_text(&kind, &id, at_ms);
                 let target = if kind == "role" { ChangeTarget::Role(id) } else { ChangeTarget::Key(id) };
-                batch.changes.push(Change { target, at_ms });
+                batch.push(s as u64, mark, Change { target, at_ms });
             }
             Ok(batch)
         })
