@@ -2,6 +2,7 @@
 //! a refusal into the contract's JSON response.
 
 use crate::body::{full, Body};
+use crate::keys::model::KeyState;
 use http::{header, HeaderValue, Response, StatusCode};
 
 /// A refusal of the data plane (docs/interface.md, "Answers").
@@ -45,6 +46,17 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// The refusal of a key in `state`, if it may not be used.
+    pub fn of_state(state: KeyState) -> Option<GatewayError> {
+        match state {
+            KeyState::Usable => None,
+            KeyState::SecretRetired => Some(GatewayError::InvalidKey),
+            KeyState::Disabled => Some(GatewayError::KeyDisabled),
+            KeyState::Expired => Some(GatewayError::KeyExpired),
+            KeyState::WrongEnvironment => Some(GatewayError::WrongEnvironment),
+        }
+    }
+
     /// The HTTP status of this refusal.
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;

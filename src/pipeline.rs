@@ -13,8 +13,8 @@ use crate::credentials::{self, CredentialError};
 use crate::error::{json_response, GatewayError};
 use crate::http1::{BodyOutcome, Reply};
 use crate::keys::cache::Origin;
-use crate::keys::model::{ApiKey, KeyLookup, KeyState};
-use crate::keys::token::{self, Shape, TokenHash};
+use crate::keys::model::{ApiKey, KeyLookup};
+use crate::keys::token::{self, TokenHash};
 use crate::policy::routes::Route;
 use crate::policy::{ip, path};
 use crate::proxy::headers::{self, Underscores};
@@ -180,12 +180,8 @@ pub async fn authorise(
     let key = &found.key;
     // 6. status, expiry, environment
     let now_ms = now.unix_ms;
-    match found.state(now.unix(), cfg.server.environment) {
-        KeyState::Usable => {}
-        KeyState::SecretRetired => return Err(GatewayError::InvalidKey),
-        KeyState::Disabled => return Err(GatewayError::KeyDisabled),
-        KeyState::Expired => return Err(GatewayError::KeyExpired),
-        KeyState::WrongEnvironment => return Err(GatewayError::WrongEnvironment),
+    if let Some(refusal) = GatewayError::of_state(found.state(now.unix(), cfg.server.environment)) {
+        return Err(refusal);
     }
     trace.key = Some(Arc::clone(&found));
     let limit = cfg.limit_for(key.rate_limit, key.plan.as_deref());
@@ -216,9 +212,8 @@ pub async fn authorise(
 
 /// Step 5: token shape, then cache, then store.
 async fn resolve(app: &App, cfg: &Config, token: &str, now: Instant) -> Result<Arc<KeyLookup>, GatewayError> {
-    match token::shape(token, &cfg.keys.brand) {
-        Shape::Malformed | Shape::BadChecksum => return Err(GatewayError::InvalidKey),
-        Shape::Generated | Shape::Foreign => {}
+    if !token::shape(token, &cfg.keys.brand).may_be_known() {
+        return Err(GatewayError::InvalidKey);
     }
     let hash = TokenHash::of(token);
     match app.cache.resolve(&hash, app.store.as_ref(), now).await {

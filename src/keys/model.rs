@@ -163,15 +163,13 @@ impl KeyLookup {
     /// Checks, in the contract's order: secret, status, expiry, environment.
     pub fn state(&self, now: i64, gateway_env: Env) -> KeyState {
         if self.secret_expires_at.is_some_and(|t| t <= now) {
-            KeyState::SecretRetired
-        } else if !self.key.enabled {
-            KeyState::Disabled
-        } else if self.key.expires_at.is_some_and(|t| t <= now) {
-            KeyState::Expired
-        } else if self.key.env != gateway_env {
-            KeyState::WrongEnvironment
-        } else {
-            KeyState::Usable
+            return KeyState::SecretRetired;
+        }
+        match KeyStatus::of(&self.key, now) {
+            KeyStatus::Disabled => KeyState::Disabled,
+            KeyStatus::Expired => KeyState::Expired,
+            KeyStatus::Active if self.key.env != gateway_env => KeyState::WrongEnvironment,
+            KeyStatus::Active => KeyState::Usable,
         }
     }
 }

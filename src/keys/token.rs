@@ -97,6 +97,14 @@ pub enum Shape {
     Malformed,
 }
 
+impl Shape {
+    /// Whether the store may know a token of this shape (ours with a good
+    /// checksum, or another format); the others are refused unasked.
+    pub fn may_be_known(self) -> bool {
+        matches!(self, Shape::Generated | Shape::Foreign)
+    }
+}
+
 fn random_chars(n: usize) -> String {
     let mut rng = rand::rngs::OsRng;
     (0..n).map(|_| BASE62[rng.gen_range(0..62)] as char).collect()

@@ -9,6 +9,7 @@ pub use transfer::{ImportSummary, KeyLine, RoleLine};
 
 use crate::clock;
 use crate::config::Config;
+use crate::error::GatewayError;
 use crate::keys::model::{self, ApiKey, Env, KeyStatus, Role};
 use crate::keys::token::{self, TokenHash};
 use crate::store::{AuditEntry, AuditPage, KeyPage, KeyQuery, Store, StoreError, UsageSummary};
@@ -338,22 +339,18 @@ impl Manager<'_> {
     /// status, expiry, environment, and `permission` when given), without
     /// the IP allowlist or the rate limit, which belong to a request.
     pub async fn verify(&self, token_text: &str, permission: Option<&str>) -> Result<Verdict, ManageError> {
-        let refused = |code| Verdict { refusal: Some(code), key: None, permissions: Vec::new() };
-        match token::shape(token_text, &self.config.keys.brand) {
-            token::Shape::Malformed | token::Shape::BadChecksum => return Ok(refused("invalid_key")),
-            token::Shape::Generated | token::Shape::Foreign => {}
+        let unknown = || Verdict { refusal: Some(GatewayError::InvalidKey.code()), key: None, permissions: Vec::new() };
+        if !token::shape(token_text, &self.config.keys.brand).may_be_known() {
+            return Ok(unknown());
         }
         let Some(found) = self.store.key_by_hash(&TokenHash::of(token_text)).await.map_err(ManageError::Store)? else {
-            return Ok(refused("invalid_key"));
+            return Ok(unknown());
         };
-        let state = found.state(clock::now_unix(), self.config.server.environment);
-        let code = match state {
-            model::KeyState::Usable => None,
-            model::KeyState::SecretRetired => return Ok(refused("invalid_key")),
-            model::KeyState::Disabled => Some("key_disabled"),
-            model::KeyState::Expired => Some("key_expired"),
-            model::KeyState::WrongEnvironment => Some("wrong_environment"),
-        };
+        let refusal = GatewayError::of_state(found.state(clock::now_unix(), self.config.server.environment));
+        if refusal == Some(GatewayError::InvalidKey) {
+            // A rotated-out secret past its grace: as unknown as any other.
+            return Ok(unknown());
+        }
         let mut permissions = found.key.permissions.clone();
         if let Some(role) = &found.key.role {
             if let Some(r) = self.store.get_role(role).await.map_err(ManageError::Store)? {
@@ -361,8 +358,10 @@ impl Manager<'_> {
             }
         }
         let permissions = dedup(permissions);
-        let denied = permission.is_some_and(|p| !crate::policy::permissions::permits(permissions.iter(), p));
-        let refusal = code.or(denied.then_some("insufficient_permissions"));
-        Ok(Verdict { refusal, key: Some(found.key), permissions })
+        let refusal = refusal.or_else(|| {
+            let required = permission.filter(|p| !crate::policy::permissions::permits(permissions.iter(), p))?;
+            Some(GatewayError::InsufficientPermissions { required: required.to_string() })
+        });
+        Ok(Verdict { refusal: refusal.map(|e| e.code()), key: Some(found.key), permissions })
     }
 }
