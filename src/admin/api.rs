@@ -6,7 +6,7 @@ use super::routes::Endpoint;
 use super::{error, ok};
 use crate::body::Body;
 use crate::keys::model::KeyStatus;
-use crate::manage::{role_json, ManageError, Manager, SECRET_WARNING};
+use crate::manage::{json_lines, role_json, ManageError, Manager, SECRET_WARNING};
 use crate::store::KeyQuery;
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -162,14 +162,7 @@ pub async fn run(
         }
         Endpoint::Session => ok(StatusCode::OK, json!({ "name": caller.name, "scopes": caller.scopes.names() }), json!({})),
         Endpoint::Verify => {
-            let map = input::object(body, &["key", "permission"])?;
-            let text = |field: &str| match map.get(field) {
-                None => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(ManageError::Invalid { field: field.into(), message: "must be a string".into() }),
-            };
-            let key = text("key")?.ok_or_else(|| ManageError::Invalid { field: "key".into(), message: "is required".into() })?;
-            let permission = text("permission")?;
+            let (key, permission) = input::verify_input(body)?;
             let verdict = m.verify(&key, permission.as_deref()).await?;
             let mut data = json!({ "valid": verdict.refusal.is_none() });
             if let Some(code) = verdict.refusal {
@@ -188,8 +181,8 @@ pub async fn run(
             }
             ok(StatusCode::OK, data, json!({}))
         }
-        Endpoint::ExportKeys => json_lines(m.export_keys().await?.iter()),
-        Endpoint::ExportRoles => json_lines(m.export_roles().await?.iter()),
+        Endpoint::ExportKeys => ndjson(json_lines(&m.export_keys().await?)),
+        Endpoint::ExportRoles => ndjson(json_lines(&m.export_roles().await?)),
         Endpoint::ImportKeys => ok(StatusCode::OK, summary(m.import_keys(utf8(body)?).await?), json!({})),
         Endpoint::ImportRoles => ok(StatusCode::OK, summary(m.import_roles(utf8(body)?).await?), json!({})),
         Endpoint::OpenApi | Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz => {
@@ -200,12 +193,7 @@ pub async fn run(
 }
 
 /// An export: one JSON object per line (`application/x-ndjson`).
-fn json_lines<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Response<Body> {
-    let mut text = String::new();
-    for item in items {
-        text.push_str(&serde_json::to_string(&item).unwrap_or_default());
-        text.push('\n');
-    }
+fn ndjson(text: String) -> Response<Body> {
     let mut resp = Response::new(crate::body::full(text));
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
     resp

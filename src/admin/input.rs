@@ -143,6 +143,17 @@ pub fn role_input(body: &[u8], with_id: bool) -> Result<RoleInput, ManageError> 
     })
 }
 
+/// `key` (required) and `permission` of `POST /verify`.
+pub fn verify_input(body: &[u8]) -> Result<(String, Option<String>), ManageError> {
+    let map = object(body, &["key", "permission"])?;
+    let text = |field: &str| match string(&map, field)? {
+        Some(None) => Err(invalid(field, "must be a string")),
+        other => Ok(other.flatten()),
+    };
+    let key = text("key")?.ok_or_else(|| invalid("key", "is required"))?;
+    Ok((key, text("permission")?))
+}
+
 /// `graceSeconds` (or `grace_seconds`) of a rotation.
 pub fn grace_seconds(body: &[u8]) -> Result<u64, ManageError> {
     let map = object(body, &["graceSeconds", "grace_seconds"])?;
@@ -188,6 +199,20 @@ mod tests {
         assert_eq!(field(br#"{"expiresAt":1893493800}"#), "expiresAt");
         assert_eq!(field(b"[1]"), "body");
         assert_eq!(field(b"{nope"), "body");
+    }
+
+    #[test]
+    fn verify_takes_a_key_and_maybe_a_permission() {
+        assert_eq!(verify_input(br#"{"key":"k"}"#).unwrap(), ("k".to_string(), None));
+        assert_eq!(verify_input(br#"{"key":"k","permission":"lists.view"}"#).unwrap().1.as_deref(), Some("lists.view"));
+        for (body, field) in
+            [(&br#"{}"#[..], "key"), (br#"{"key":null}"#, "key"), (br#"{"key":"k","permission":5}"#, "permission")]
+        {
+            match verify_input(body) {
+                Err(ManageError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `keygate keys ...`.
 
-use super::output::{print_json, print_table, read_input, write_lines, Failure};
+use super::output::{print_json, print_table, read_input, write_export, Failure};
 use crate::clock;
 use crate::keys::model::ApiKey;
 use crate::manage::{KeyInput, Manager, SECRET_WARNING};
@@ -258,8 +258,7 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
         }
         KeysCommand::Export { file } => {
             let lines = m.export_keys().await.map_err(|e| Failure::manage(e, false))?;
-            let lines: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap_or_default()).collect();
-            write_lines(file.as_deref(), &lines)?;
+            write_export(file.as_deref(), &crate::manage::json_lines(&lines))?;
         }
         KeysCommand::Import { token, fields, json, .. } => {
             let token = read_token(token.unwrap_or_default())?;

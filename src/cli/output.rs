@@ -52,12 +52,8 @@ impl Failure {
 }
 
 /// Prints `{"success": true, "data": ..., "meta": ...}`.
-/// Writes JSON lines to `file`, or to standard output without one.
-pub fn write_lines(file: Option<&Path>, lines: &[String]) -> Result<(), Failure> {
-    let mut text = lines.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
+/// Writes an export to `file`, or to standard output without one.
+pub fn write_export(file: Option<&Path>, text: &str) -> Result<(), Failure> {
     match file {
         None => {
             print!("{text}");

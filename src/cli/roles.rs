@@ -1,6 +1,6 @@
 //! `keygate roles ...`.
 
-use super::output::{print_json, print_table, read_input, write_lines, Failure};
+use super::output::{print_json, print_table, read_input, write_export, Failure};
 use crate::manage::{role_json, Manager, RoleInput};
 use clap::Subcommand;
 use serde_json::json;
@@ -86,8 +86,7 @@ pub async fn run(m: &Manager<'_>, command: RolesCommand) -> Result<(), Failure> 
     match command {
         RolesCommand::Export { file } => {
             let lines = m.export_roles().await.map_err(|e| Failure::manage(e, false))?;
-            let lines: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap_or_default()).collect();
-            write_lines(file.as_deref(), &lines)?;
+            write_export(file.as_deref(), &crate::manage::json_lines(&lines))?;
         }
         RolesCommand::Import { file, json } => {
             let text = read_input(&file)?;

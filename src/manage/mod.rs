@@ -5,7 +5,7 @@
 mod apply;
 mod transfer;
 
-pub use transfer::{ImportSummary, KeyLine, RoleLine};
+pub use transfer::{json_lines, ImportSummary, KeyLine, RoleLine};
 
 use crate::clock;
 use crate::config::Config;

@@ -92,6 +92,16 @@ pub struct RoleLine {
     pub permissions: Vec<String>,
 }
 
+/// An export's text: one JSON object per line, each line ended.
+pub fn json_lines<T: Serialize>(items: &[T]) -> String {
+    let mut text = String::new();
+    for item in items {
+        text.push_str(&serde_json::to_string(item).unwrap_or_default());
+        text.push('\n');
+    }
+    text
+}
+
 /// What an import did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ImportSummary {
