@@ -33,6 +33,12 @@ pub fn ok(status: StatusCode, data: serde_json::Value, meta: serde_json::Value) 
     json_response(status, &json!({ "success": true, "data": data, "meta": meta }))
 }
 
+/// The full-scope token in the variable `token_env`, if it holds one long
+/// enough to be used.
+pub fn usable_env_token(token_env: &str) -> Option<String> {
+    std::env::var(token_env).ok().filter(|t| t.len() >= MIN_ADMIN_TOKEN_LEN)
+}
+
 /// Who is calling the admin API, and what they may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -45,9 +51,8 @@ pub struct Caller {
 /// token (compared in constant time) or a named token (its SHA-256
 /// compared in constant time with every configured hash, no early exit).
 fn authorised(req: &Request<Body>, admin: &AdminConfig) -> Result<Caller, Box<Response<Body>>> {
-    let expected = std::env::var(&admin.token_env).unwrap_or_default();
-    let env_token_usable = expected.len() >= MIN_ADMIN_TOKEN_LEN;
-    if !env_token_usable && admin.tokens.is_empty() {
+    let env_token = usable_env_token(&admin.token_env);
+    if env_token.is_none() && admin.tokens.is_empty() {
         let token_env = &admin.token_env;
         return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
@@ -63,7 +68,7 @@ fn authorised(req: &Request<Body>, admin: &AdminConfig) -> Result<Caller, Box<Re
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .unwrap_or("");
-    if env_token_usable && bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+    if env_token.is_some_and(|expected| bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))) {
         return Ok(Caller { name: "admin".into(), scopes: Scopes::ADMIN });
     }
     let hash = TokenHash::of(presented);
@@ -142,12 +147,12 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
     if let Some(needed) = endpoint.scope() {
         if !caller.scopes.grants(needed) {
             let needed = needed.names().join(", ");
-            let mut body = json!({
+            let body = json!({
                 "success": false,
                 "error": format!("the admin token `{}` lacks the `{needed}` scope this endpoint needs", caller.name),
                 "code": "insufficient_scope",
+                "required": needed,
             });
-            body["required"] = needed.into();
             return json_response(StatusCode::FORBIDDEN, &body);
         }
     }

@@ -169,13 +169,7 @@ fn current_uid() -> String {
 /// Prints a fresh admin token once, and the config block that grants it.
 fn new_admin_token(name: &str, scopes: &[String], json: bool) -> Result<(), Failure> {
     let refuse = |message: String| Failure { message, code: "invalid_request", json, exit: 2 };
-    let name_ok = !name.is_empty()
-        && name.len() <= 64
-        && name != "admin"
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if !name_ok {
-        return Err(refuse(format!("name: `{name}` must be 1-64 lowercase letters, digits, '-', '_' or '.', and not `admin`")));
-    }
+    crate::config::AdminToken::check_name(name).map_err(|e| refuse(format!("name: `{name}` {e}")))?;
     if let Some(bad) = scopes.iter().find(|s| crate::config::Scopes::parse(s).is_none()) {
         return Err(refuse(format!("scopes: unknown scope `{bad}` (read, write, verify or admin)")));
     }

@@ -48,7 +48,7 @@ static DEMO_ADMIN_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new(
 /// starts (it sets an environment variable).
 pub fn prepare_demo_admin_token(config_path: &Path) {
     let token_env = Config::load(config_path).map(|c| c.admin.token_env).unwrap_or_else(|_| "KEYGATE_ADMIN_TOKEN".into());
-    if std::env::var(&token_env).is_ok_and(|t| t.len() >= crate::admin::MIN_ADMIN_TOKEN_LEN) {
+    if crate::admin::usable_env_token(&token_env).is_some() {
         return;
     }
     let token = crate::keys::token::new_admin_token();
@@ -102,8 +102,7 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     let rt = app.runtime.load_full();
     let cfg = &rt.config;
     let token_env = &cfg.admin.token_env;
-    let env_token_missing = std::env::var(token_env).map_or(true, |t| t.len() < crate::admin::MIN_ADMIN_TOKEN_LEN);
-    if env_token_missing && cfg.admin.tokens.is_empty() {
+    if crate::admin::usable_env_token(token_env).is_none() && cfg.admin.tokens.is_empty() {
         tracing::warn!(
             "the admin API and console are disabled: set {token_env} to a token of at least {} characters",
             crate::admin::MIN_ADMIN_TOKEN_LEN

@@ -148,6 +148,23 @@ pub struct AdminToken {
     pub scopes: Scopes,
 }
 
+impl AdminToken {
+    /// Whether `name` may name a token of `[[admin.tokens]]`: shown in the
+    /// audit log, so plain, and never `admin` (the `token_env` token's).
+    pub fn check_name(name: &str) -> Result<(), String> {
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if !plain {
+            return Err("must be 1-64 lowercase letters, digits, '-', '_' or '.'".into());
+        }
+        if name == "admin" {
+            return Err("`admin` is the name of the admin.token_env token".into());
+        }
+        Ok(())
+    }
+}
+
 /// What an admin token may do: `read` (GET), `write` (changes), `verify`
 /// (`POST /verify`), or `admin` (all of them, and export and import).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

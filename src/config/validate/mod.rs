@@ -367,13 +367,8 @@ fn admin_tokens(c: &mut Checker, raw: &[RawAdminToken]) -> Vec<AdminToken> {
     for (i, t) in raw.iter().enumerate() {
         let field = format!("admin.tokens[{i}]");
         let name = t.name.get_ref();
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-        if !name_ok {
-            c.problem(Some(&t.name), format!("{field}.name"), "must be 1-64 lowercase letters, digits, '-', '_' or '.'");
-        } else if name == "admin" {
-            c.problem(Some(&t.name), format!("{field}.name"), "`admin` is the name of the admin.token_env token");
+        if let Err(e) = AdminToken::check_name(name) {
+            c.problem(Some(&t.name), format!("{field}.name"), e);
         } else if out.iter().any(|o| o.name == *name) {
             c.problem(Some(&t.name), format!("{field}.name"), format!("token `{name}` is declared twice"));
         }
