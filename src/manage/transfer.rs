@@ -109,11 +109,12 @@ pub struct ImportSummary {
     pub updated: usize,
 }
 
-/// A key ready to be written, from line `line`.
+/// A key ready to be written, from line `line`, and the key it replaces.
 struct Checked {
     line: usize,
     key: ApiKey,
     secrets: Vec<SecretRecord>,
+    before: Option<ApiKey>,
 }
 
 /// The lines of a file that are not blank, numbered from 1.
@@ -208,7 +209,7 @@ impl Manager<'_> {
         let (mut ids, mut hashes) = (HashSet::new(), HashSet::new());
         for (n, text) in lines(text) {
             let result = match serde_json::from_str::<KeyLine>(text) {
-                Ok(line) => self.check_key_line(line).await,
+                Ok(line) => self.check_key_line(n, line).await,
                 Err(e) => Err(not_a_line(&e, "key")),
             };
             match result {
@@ -216,10 +217,10 @@ impl Manager<'_> {
                     if !ids.insert(c.key.key_id.clone()) {
                         errors.push(format!("line {n}: keyId: `{}` appears twice in the file", c.key.key_id));
                     }
-                    if c.secrets.iter().any(|s| !hashes.insert(s.hash.to_hex())) {
+                    if c.secrets.iter().any(|s| !hashes.insert(s.hash)) {
                         errors.push(format!("line {n}: token: the same secret appears twice in the file"));
                     }
-                    checked.push(Checked { line: n, ..c });
+                    checked.push(c);
                 }
                 Err(e) => errors.push(at_line(n, e)),
             }
@@ -229,7 +230,7 @@ impl Manager<'_> {
         }
         let mut summary = ImportSummary::default();
         for c in checked {
-            let before = self.store.get_key(&c.key.key_id).await.map_err(ManageError::Store)?.map(|k| self.key_json(&k));
+            let before = c.before.as_ref().map(|k| self.key_json(k));
             let created = self.store.put_key(&c.key, &c.secrets).await.map_err(|e| {
                 let written = summary.created + summary.updated;
                 let e = from_store(e, &format!("key `{}`", c.key.key_id));
@@ -247,7 +248,7 @@ impl Manager<'_> {
 
     /// One line made into a key and its secrets, checked as create would,
     /// and against the store (role, plan, who holds each secret).
-    async fn check_key_line(&self, line: KeyLine) -> Result<Checked, ManageError> {
+    async fn check_key_line(&self, n: usize, line: KeyLine) -> Result<Checked, ManageError> {
         let now = clock::now_unix();
         let brand = &self.config.keys.brand;
         let key_id = match &line.key_id {
@@ -301,7 +302,7 @@ impl Manager<'_> {
             None => self.config.server.environment,
         };
         let created_at = time_field("createdAt", &line.created_at)?.or(existing.as_ref().map(|k| k.created_at)).unwrap_or(now);
-        let prefix = prefix.or(existing.map(|k| k.key_prefix)).unwrap_or_else(|| "imported****".into());
+        let prefix = prefix.or(existing.as_ref().map(|k| k.key_prefix.clone())).unwrap_or_else(|| "imported****".into());
         let mut key = ApiKey::blank(key_id, env, prefix, created_at);
         key.enabled = line.enabled;
         // A restored key keeps its expiry even when it has passed.
@@ -321,7 +322,7 @@ impl Manager<'_> {
             ..KeyInput::default()
         };
         self.apply(&mut key, input).await?;
-        Ok(Checked { line: 0, key, secrets })
+        Ok(Checked { line: n, key, secrets, before: existing })
     }
 
     /// Restores roles from JSON lines: by `id`, existing roles are replaced
