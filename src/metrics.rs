@@ -11,6 +11,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub gateway_latency: Histogram,
     pub upstream_latency: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_invalidations: IntCounterVec,
@@ -48,6 +50,17 @@ impl Metrics {
             HistogramOpts::new("keygate_upstream_latency_seconds", "Time from forwarding to the upstream's response head")
                 .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
+        )?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "keygate_upstream_requests_total",
+                "Exchanges with upstream targets by result (ok, failed_status, connect_error, error, timeout)",
+            ),
+            &["upstream", "target", "result"],
+        )?;
+        let upstream_ejections = IntCounterVec::new(
+            Opts::new("keygate_upstream_ejections_total", "Upstream targets taken out of rotation by passive health checks"),
+            &["upstream", "target"],
         )?;
         let cache_hits = IntCounter::new("keygate_cache_hits_total", "Key lookups answered by the local cache")?;
         let cache_misses = IntCounter::new("keygate_cache_misses_total", "Key lookups that went to the store")?;
@@ -94,6 +107,8 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(gateway_latency.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(upstream_requests.clone()))?;
+        registry.register(Box::new(upstream_ejections.clone()))?;
         registry.register(Box::new(cache_hits.clone()))?;
         registry.register(Box::new(cache_misses.clone()))?;
         registry.register(Box::new(cache_invalidations.clone()))?;
@@ -108,6 +123,8 @@ impl Metrics {
             requests,
             gateway_latency,
             upstream_latency,
+            upstream_requests,
+            upstream_ejections,
             cache_hits,
             cache_misses,
             cache_invalidations,

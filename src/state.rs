@@ -37,7 +37,7 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for a validated config.
     pub fn new(config: Config, metrics: &Metrics) -> Runtime {
-        let forwarder = Forwarder::new(&config.upstreams, config.server.workers);
+        let forwarder = Forwarder::new(&config.upstreams, config.server.workers, metrics);
         let upstream_histograms =
             config.upstreams.iter().map(|u| metrics.upstream_latency.with_label_values(&[u.name.as_str()])).collect();
         Runtime { config, forwarder, request_counters: DashMap::default(), upstream_histograms }

@@ -154,3 +154,43 @@ fn a_missing_file_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gateway.toml"));
 }
+
+#[test]
+fn upstream_tls_and_target_settings_are_checked() {
+    let upstream = |lines: &str| CATALOGUE.replace("url = \"{upstream}\"", lines);
+    let cases = [
+        ("url = \"https://api.internal\"\nca_file = \"/nonexistent/ca.pem\"", "upstreams[0].ca_file", "/nonexistent/ca.pem"),
+        ("url = \"http://api.internal\"\nca_file = \"ca.pem\"", "upstreams[0].ca_file", "only applies to an https://"),
+        (
+            "url = \"https://api.internal\"\nclient_cert = { cert = \"/nonexistent/gw.pem\", key = \"/nonexistent/gw.key\" }",
+            "upstreams[0].client_cert.cert",
+            "/nonexistent/gw.pem",
+        ),
+        ("url = \"https://api.internal\"\nserver_name = \"not a name!\"", "upstreams[0].server_name", "not a DNS name"),
+        ("url = \"ftp://api.internal\"", "upstreams[0].url", "http:// or https://"),
+        ("url = \"http://api.internal\"\ntargets = [\"https://10.0.0.5\"]", "upstreams[0].targets[0]", "the url's scheme"),
+        (
+            "url = \"http://api.internal\"\ntargets = [\"http://10.0.0.5/v1\"]",
+            "upstreams[0].targets[0]",
+            "the path comes from url",
+        ),
+        ("url = \"http://api.internal\"\ntargets = [\"10.0.0.5:80\"]", "upstreams[0].targets[0]", "not a URL"),
+        (
+            "url = \"http://api.internal\"\ntargets = [\"http://10.0.0.5\", \"http://10.0.0.5\"]",
+            "upstreams[0].targets[1]",
+            "listed twice",
+        ),
+        ("url = \"http://api.internal\"\nbalance = \"random\"", "upstreams[0].balance", "round_robin"),
+        ("url = \"http://api.internal\"\nhealth = { failures = 0 }", "upstreams[0].health.failures", "greater than zero"),
+        ("url = \"http://api.internal\"\nhealth = { eject = \"soon\" }", "upstreams[0].health.eject", ""),
+    ];
+    for (lines, field, message) in cases {
+        let (ok, out) = check(&upstream(lines));
+        assert!(!ok, "{lines}");
+        assert!(out.contains(&format!(": {field}")) && out.contains(message), "{lines}:\n{out}");
+    }
+    let good = "url = \"https://api.internal/v1\"\ntargets = [\"https://10.0.0.5:8443\", \"https://10.0.0.6:8443\"]\n\
+                server_name = \"api.internal\"\nbalance = \"least_outstanding\"\nhealth = { failures = 3, eject = \"10s\" }";
+    let (ok, out) = check(&upstream(good));
+    assert!(ok, "{out}");
+}

@@ -276,14 +276,39 @@ pub struct KeysConfig {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    /// `scheme://authority`, no path.
+    /// The URL's authority: every forwarded request's `Host`.
     pub origin: http::uri::Authority,
     pub scheme: http::uri::Scheme,
     /// Path prefix prepended to every forwarded path ("" for none).
     pub base_path: String,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Where requests go: `targets`, or the URL's own authority.
+    pub targets: Vec<http::uri::Authority>,
+    /// Set for `https://`: roots, client certificate, expected name.
+    pub tls: Option<crate::http1::client::stream::TlsTarget>,
+    pub balance: Balance,
+    pub health: Health,
 }
+
+/// How a request picks one of an upstream's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// The target with the fewest requests in flight (ties: round robin).
+    LeastOutstanding,
+}
+
+/// Passive health checking: `failures` failed exchanges in a row take a
+/// target out of rotation for `eject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub failures: u32,
+    pub eject: Duration,
+}
+
+/// Default passive health settings.
+pub const DEFAULT_HEALTH: Health = Health { failures: 5, eject: Duration::from_secs(10) };
 
 /// A role from `[[roles]]`, created in the store when absent.
 #[derive(Debug, Clone)]

@@ -127,6 +127,29 @@ pub struct RawUpstream {
     pub url: Spanned<String>,
     pub timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub targets: Vec<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<RawClientCert>,
+    pub server_name: Option<Spanned<String>>,
+    pub balance: Option<Spanned<String>>,
+    pub health: Option<RawHealth>,
+}
+
+/// `client_cert = { cert, key }`: keygate's certificate for mTLS upstreams.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCert {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `health = { failures, eject }`: passive health checking.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub failures: Option<Spanned<i64>>,
+    pub eject: Option<Spanned<String>>,
 }
 
 /// `[[modules]]`: one entry of the permission catalogue.

@@ -6,21 +6,28 @@
 pub mod body;
 pub mod headers;
 pub mod outgoing;
+pub mod targets;
+pub mod tls;
 
 use crate::body::Body;
 use crate::config::Upstream;
 use crate::error::GatewayError;
 use crate::http1::client::pool::{ConnectError, Pool, Target};
 use crate::http1::client::{ExchangeError, Upstreamed};
+use crate::metrics::Metrics;
+use http::HeaderValue;
 use outgoing::Outgoing;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use targets::{Group, Outcome, Tried};
 
-/// Idle-connection pools, one per upstream for each worker thread: a
-/// connection is only used by the worker that opened it, so forwarding
-/// never wakes another thread.
+/// Idle-connection pools, one per upstream target for each worker thread:
+/// a connection is only used by the worker that opened it, so forwarding
+/// never wakes another thread. Target health is shared by all workers.
 pub struct Forwarder {
-    pools: Vec<Vec<Arc<Pool>>>,
+    groups: Vec<Group>,
+    /// `pools[worker][upstream][target]`.
+    pools: Vec<Vec<Vec<Arc<Pool>>>>,
 }
 
 /// Why an exchange with an upstream failed (logged, answered 502).
@@ -36,15 +43,19 @@ enum ForwardError {
 
 impl Forwarder {
     /// Builds the (empty) pools of `workers` worker threads.
-    pub fn new(upstreams: &[Upstream], workers: usize) -> Forwarder {
+    pub fn new(upstreams: &[Upstream], workers: usize, metrics: &Metrics) -> Forwarder {
+        // One in-flight count per target, shared by every worker's pool.
+        let targets: Vec<Vec<Target>> = upstreams.iter().map(targets_of).collect();
         let pools = (0..workers.max(1))
-            .map(|_| upstreams.iter().map(|u| Pool::new(Target::new(&u.origin, u.connect_timeout))).collect())
+            .map(|_| targets.iter().map(|ts| ts.iter().map(|t| Pool::new(t.clone())).collect()).collect())
             .collect();
-        Forwarder { pools }
+        Forwarder { groups: upstreams.iter().map(|u| Group::new(u, metrics)).collect(), pools }
     }
 
     /// Sends a request to upstream `index` from worker `worker` and waits
-    /// for the response head, at most `upstream.timeout` after `now`.
+    /// for the response head, at most `upstream.timeout` after `now`. A
+    /// target that cannot be connected to has seen nothing of the request:
+    /// the next target is tried, until one answers or none is left.
     pub async fn send(
         &self,
         worker: usize,
@@ -55,21 +66,57 @@ impl Forwarder {
         now: Instant,
     ) -> Result<Upstreamed, GatewayError> {
         let per_worker = self.pools.get(worker).or_else(|| self.pools.first());
-        let pool = per_worker.and_then(|p| p.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
-        head.host = Some(pool.target().host_header.clone());
-        match exchange(pool, head, body, now, upstream.timeout).await {
-            Ok(resp) => Ok(resp),
-            Err(ForwardError::Exchange(ExchangeError::TimedOut) | ForwardError::ConnectTimedOut) => {
-                Err(GatewayError::UpstreamTimeout)
+        let pools = per_worker.and_then(|p| p.get(index)).ok_or(GatewayError::UpstreamUnavailable)?;
+        let group = self.groups.get(index).ok_or(GatewayError::UpstreamUnavailable)?;
+        let deadline = tokio::time::Instant::from_std(now) + upstream.timeout;
+        let mut body = Some(body);
+        let mut tried = Tried::default();
+        while let Some(t) = group.pick(pools, tried, now) {
+            tried.add(t);
+            let pool = &pools[t];
+            head.host = Some(pool.target().host_header.clone());
+            let result = exchange(pool, head, &mut body, now, (deadline, upstream.timeout)).await;
+            let (outcome, answer) = match result {
+                Ok(resp) => (Outcome::of_status(resp.response.status()), Ok(resp)),
+                // The client's body failed, not the upstream.
+                Err(ForwardError::Exchange(ExchangeError::RequestBody(e))) => return Err(client_body_error(e)),
+                Err(ForwardError::Exchange(ExchangeError::TimedOut) | ForwardError::ConnectTimedOut) => {
+                    (Outcome::Timeout, Err(GatewayError::UpstreamTimeout))
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %upstream.name, target = group.authority(t), error = %e, "upstream request failed");
+                    let outcome = if matches!(e, ForwardError::Connect(_)) { Outcome::ConnectError } else { Outcome::Error };
+                    (outcome, Err(GatewayError::UpstreamUnavailable))
+                }
+            };
+            group.record(t, outcome, Instant::now());
+            // Only a request none of whose bytes went out goes elsewhere.
+            if outcome == Outcome::ConnectError && body.is_some() && tokio::time::Instant::now() < deadline {
+                continue;
             }
-            // The client's body failed, not the upstream.
-            Err(ForwardError::Exchange(ExchangeError::RequestBody(e))) => Err(client_body_error(e)),
-            Err(e) => {
-                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
-                Err(GatewayError::UpstreamUnavailable)
-            }
+            return answer;
         }
+        Err(GatewayError::UpstreamUnavailable)
     }
+}
+
+/// The connection targets of an upstream, each with the upstream's `Host`
+/// and TLS settings.
+fn targets_of(u: &Upstream) -> Vec<Target> {
+    let host = HeaderValue::from_str(u.origin.as_str()).ok();
+    u.targets
+        .iter()
+        .map(|authority| {
+            let mut t = Target::new(authority, u.connect_timeout);
+            if let Some(host) = &host {
+                t = t.with_host_header(host.clone());
+            }
+            match &u.tls {
+                Some(tls) => t.with_tls(tls.clone()),
+                None => t,
+            }
+        })
+        .collect()
 }
 
 /// The refusal for a request body that failed on its way through.
@@ -82,19 +129,19 @@ fn client_body_error(e: crate::body::BoxError) -> GatewayError {
 }
 
 /// One request and its response head over a pooled (or new) connection,
-/// all within `timeout` of `now`. A kept-alive connection the upstream
-/// closed a moment ago fails before any answer; a bodiless idempotent
-/// request then goes out again on the next idle connection, or on a new one.
+/// before `deadline`. The body is taken only once a connection is had, so
+/// a failed connect leaves it for another target. A kept-alive connection
+/// the upstream closed a moment ago fails before any answer; a bodiless
+/// idempotent request then goes out again on the next idle connection, or
+/// on a new one.
 async fn exchange(
     pool: &Arc<Pool>,
     head: &Outgoing<'_>,
-    body: Body,
+    body: &mut Option<Body>,
     now: Instant,
-    timeout: Duration,
+    (deadline, timeout): (tokio::time::Instant, Duration),
 ) -> Result<Upstreamed, ForwardError> {
-    let deadline = tokio::time::Instant::from_std(now) + timeout;
-    let replayable = http_body::Body::is_end_stream(&body) && head.method.is_idempotent();
-    let mut body = Some(body);
+    let replayable = body.as_ref().is_none_or(http_body::Body::is_end_stream) && head.method.is_idempotent();
     loop {
         let (conn, reused) = match pool.take_idle(now) {
             Some(conn) => (conn, true),

@@ -2,6 +2,7 @@
 //! config is validated, so an unreadable file stops the start (or reload)
 //! with the field named, not the first handshake.
 
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::Acceptor;
 use rustls::ServerConfig;
 use std::io;
@@ -43,17 +44,8 @@ pub async fn accept(config: Arc<ServerConfig>, stream: TcpStream, signing: &Sema
 
 /// Builds a server config (HTTP/2 and HTTP/1.1 offered by ALPN).
 pub fn load_server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let cert_pem = std::fs::read(cert_path).map_err(|e| TlsError::Cert(format!("cannot read {}: {e}", cert_path.display())))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Cert(format!("{} is not a PEM certificate chain: {e}", cert_path.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError::Cert(format!("{} holds no PEM certificate", cert_path.display())));
-    }
-    let key_pem = std::fs::read(key_path).map_err(|e| TlsError::Key(format!("cannot read {}: {e}", key_path.display())))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| TlsError::Key(format!("{} is not a PEM private key: {e}", key_path.display())))?
-        .ok_or_else(|| TlsError::Key(format!("{} holds no PEM private key", key_path.display())))?;
+    let certs = read_certs(cert_path).map_err(TlsError::Cert)?;
+    let key = read_key(key_path).map_err(TlsError::Key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -63,4 +55,24 @@ pub fn load_server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustl
         .map_err(|e| TlsError::Key(format!("the key does not fit the certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Every certificate of a PEM file, at least one.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate chain: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{} is not a PEM private key: {e}", path.display()))?
+        .ok_or_else(|| format!("{} holds no PEM private key", path.display()))
 }

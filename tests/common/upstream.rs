@@ -11,6 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -26,7 +28,7 @@ impl Upstream {
     }
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<Incoming>, served_by: SocketAddr, tls: Tls) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -52,7 +54,15 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             Err(_) => break,
         }
     }
-    let out = json!({ "method": method, "path": path, "query": query, "headers": headers, "bodyBytes": body_bytes, "version": version });
+    if path == "/api/contacts/unavailable" {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"down")));
+        *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        return Ok(resp);
+    }
+    let out = json!({
+        "method": method, "path": path, "query": query, "headers": headers, "bodyBytes": body_bytes, "version": version,
+        "servedBy": served_by.to_string(), "tls": tls.on, "clientCert": tls.client_cert,
+    });
     let mut resp = Response::new(Full::new(Bytes::from(out.to_string())));
     resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
     resp.headers_mut().insert("x-upstream", "yes".parse().unwrap());
@@ -61,18 +71,104 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     Ok(resp)
 }
 
+/// What the connection's TLS was, for the answer.
+#[derive(Clone, Copy, Default)]
+struct Tls {
+    on: bool,
+    client_cert: bool,
+}
+
 /// Starts an upstream on a free loopback port.
 pub async fn start() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), None)
+}
+
+/// Starts an upstream on `listener`, speaking TLS with `tls` if given.
+pub fn start_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer)).await;
+                match tls {
+                    None => {
+                        let service = hyper::service::service_fn(move |req| answer(req, addr, Tls::default()));
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(config) => {
+                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else { return };
+                        let client_cert = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                        let tls = Tls { on: true, client_cert };
+                        let service = hyper::service::service_fn(move |req| answer(req, addr, tls));
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
             });
         }
     });
     Upstream { addr }
+}
+
+/// A private CA and the certificates it issues, written to `dir` as PEM
+/// files keygate's config can name.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    pub ca_file: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA, its certificate in `dir/<name>.pem`.
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca_file = dir.join(format!("{name}.pem"));
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        TestCa { cert, key, ca_file }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), as
+    /// (certificate PEM, key PEM).
+    pub fn issue(&self, names: &[&str], client: bool) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.extended_key_usages =
+            vec![if client { rcgen::ExtendedKeyUsagePurpose::ClientAuth } else { rcgen::ExtendedKeyUsagePurpose::ServerAuth }];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A server config with a certificate for `names`; with
+    /// `clients_of`, a client certificate from that CA is required.
+    pub fn server(&self, names: &[&str], clients_of: Option<&TestCa>) -> Arc<rustls::ServerConfig> {
+        let (cert, key) = self.issue(names, false);
+        let chain = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder =
+            rustls::ServerConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions().unwrap();
+        let builder = match clients_of {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.cert.der().clone()).unwrap();
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// Starts an HTTPS upstream on a free loopback port.
+pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Upstream {
+    start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), Some(config))
 }

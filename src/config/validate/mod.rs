@@ -124,7 +124,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
             None => c.problem(Some(n), format!("plans.{name}"), "must be a whole number of requests per minute, 1 or more"),
         }
     }
-    let upstreams = upstreams(&mut c, &raw.upstreams);
+    let upstreams = upstreams(&mut c, path, &raw.upstreams);
     let catalogue = catalogue::catalogue(&mut c, &raw.modules);
     let routes = catalogue::routes(&mut c, &raw.routes, &upstreams, &catalogue);
     let roles = catalogue::roles(&mut c, &raw.roles, &catalogue);
@@ -319,7 +319,7 @@ fn keys(c: &mut Checker, raw: &RawKeys) -> KeysConfig {
     }
 }
 
-fn upstreams(c: &mut Checker, raw: &[RawUpstream]) -> Vec<Upstream> {
+fn upstreams(c: &mut Checker, path: &Path, raw: &[RawUpstream]) -> Vec<Upstream> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (i, u) in raw.iter().enumerate() {
@@ -338,12 +338,45 @@ fn upstreams(c: &mut Checker, raw: &[RawUpstream]) -> Vec<Upstream> {
             c.problem(Some(&u.url), format!("{field}.url"), "must be absolute, like http://127.0.0.1:9000");
             continue;
         };
-        if scheme != http::uri::Scheme::HTTP {
-            c.problem(Some(&u.url), format!("{field}.url"), "only http:// upstreams are supported");
+        let https = scheme == http::uri::Scheme::HTTPS;
+        if scheme != http::uri::Scheme::HTTP && !https {
+            c.problem(Some(&u.url), format!("{field}.url"), "must start with http:// or https://");
         }
         if uri.query().is_some() {
             c.problem(Some(&u.url), format!("{field}.url"), "must not carry a query string");
         }
+        if origin.as_str().contains('@') {
+            c.problem(Some(&u.url), format!("{field}.url"), "must not carry a user name or password");
+        }
+        let targets = upstream_targets(c, &field, u, &scheme, &origin);
+        let tls = if https {
+            upstream_tls(c, path, &field, u, &origin)
+        } else {
+            for (set, key) in [
+                (u.ca_file.is_some(), "ca_file"),
+                (u.client_cert.is_some(), "client_cert"),
+                (u.server_name.is_some(), "server_name"),
+            ] {
+                if set {
+                    c.problem(Some(&u.url), format!("{field}.{key}"), "only applies to an https:// upstream");
+                }
+            }
+            None
+        };
+        let balance = c.choice(
+            &u.balance,
+            &format!("{field}.balance"),
+            &[("round_robin", Balance::RoundRobin), ("least_outstanding", Balance::LeastOutstanding)],
+            Balance::RoundRobin,
+        );
+        let health = match &u.health {
+            None => DEFAULT_HEALTH,
+            Some(h) => Health {
+                failures: c.positive(&h.failures, &format!("{field}.health.failures"), DEFAULT_HEALTH.failures.into()).min(1000)
+                    as u32,
+                eject: c.duration(&h.eject, &format!("{field}.health.eject"), DEFAULT_HEALTH.eject),
+            },
+        };
         out.push(Upstream {
             name: u.name.get_ref().clone(),
             origin,
@@ -355,9 +388,83 @@ fn upstreams(c: &mut Checker, raw: &[RawUpstream]) -> Vec<Upstream> {
                 &format!("{field}.connect_timeout"),
                 DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
             ),
+            targets,
+            tls,
+            balance,
+            health,
         });
     }
     out
+}
+
+/// Most targets one upstream may list.
+pub const MAX_TARGETS: usize = 64;
+
+/// `targets`: `scheme://host:port` each, the URL's scheme, no path; none
+/// given means the URL's own authority.
+fn upstream_targets(
+    c: &mut Checker,
+    field: &str,
+    u: &RawUpstream,
+    scheme: &http::uri::Scheme,
+    origin: &http::uri::Authority,
+) -> Vec<http::uri::Authority> {
+    if u.targets.is_empty() {
+        return vec![origin.clone()];
+    }
+    if u.targets.len() > MAX_TARGETS {
+        c.problem(Some(&u.targets[MAX_TARGETS]), format!("{field}.targets"), format!("at most {MAX_TARGETS} targets"));
+    }
+    let mut out: Vec<http::uri::Authority> = Vec::new();
+    for (j, t) in u.targets.iter().enumerate() {
+        let at = format!("{field}.targets[{j}]");
+        let parsed: Option<http::Uri> = t.get_ref().parse().ok();
+        let Some((s, a)) = parsed.as_ref().and_then(|p| Some((p.scheme()?, p.authority()?))) else {
+            c.problem(Some(t), at, format!("`{}` is not a URL like {scheme}://10.0.0.5:8443", t.get_ref()));
+            continue;
+        };
+        if s != scheme {
+            c.problem(Some(t), at, format!("must use the url's scheme ({scheme}://)"));
+        } else if parsed.as_ref().is_some_and(|p| !matches!(p.path(), "" | "/") || p.query().is_some()) {
+            c.problem(Some(t), at, "a target is an address only: the path comes from url");
+        } else if a.as_str().contains('@') {
+            c.problem(Some(t), at, "must not carry a user name or password");
+        } else if out.contains(a) {
+            c.problem(Some(t), at, format!("`{a}` is listed twice"));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// `ca_file`, `client_cert` and `server_name` of an https:// upstream.
+fn upstream_tls(
+    c: &mut Checker,
+    path: &Path,
+    field: &str,
+    u: &RawUpstream,
+    origin: &http::uri::Authority,
+) -> Option<crate::http1::client::stream::TlsTarget> {
+    use crate::proxy::tls::{self, TlsProblem};
+    let ca = u.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
+    let cert = u.client_cert.as_ref().map(|cc| (relative_to(path, cc.cert.get_ref()), relative_to(path, cc.key.get_ref())));
+    let host = origin.host().trim_start_matches('[').trim_end_matches(']');
+    let name = u.server_name.as_ref().map_or(host, |n| n.get_ref().as_str());
+    match tls::target(ca.as_deref(), cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())), name) {
+        Ok(t) => Some(t),
+        Err(problem) => {
+            let (at, key, msg) = match problem {
+                TlsProblem::CaFile(m) => (u.ca_file.as_ref().map(|f| f.span()), "ca_file", m),
+                TlsProblem::Cert(m) => (u.client_cert.as_ref().map(|cc| cc.cert.span()), "client_cert.cert", m),
+                TlsProblem::Key(m) => (u.client_cert.as_ref().map(|cc| cc.key.span()), "client_cert.key", m),
+                TlsProblem::ServerName(m) => (u.server_name.as_ref().map(|n| n.span()), "server_name", m),
+            };
+            let line = at.or(Some(u.url.span())).map(|s| line_at(c.text, s.start));
+            c.problems.push(ConfigProblem { line, field: format!("{field}.{key}"), message: msg });
+            None
+        }
+    }
 }
 
 /// `[[admin.tokens]]`: unique names (`admin` is the `token_env` token's),

@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod pool;
+pub mod stream;
 
 use super::lines::FieldLines;
 use super::lines::HeaderLines;
@@ -30,8 +31,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
+use stream::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
@@ -66,9 +67,11 @@ pub const MAX_RESPONSE_HEADERS: usize = 128;
 /// and the timer bounding its waits (kept with the connection, so most
 /// requests never touch the timer wheel: see [`crate::http1::deadline`]).
 pub struct Connection {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     pub(super) buffered: BytesMut,
     pub(super) timer: Deadline,
+    /// Set while the connection is checked out of its pool.
+    busy: Option<pool::Busy>,
 }
 
 /// Why an exchange failed.
@@ -105,9 +108,9 @@ impl ExchangeError {
 }
 
 impl Connection {
-    /// Wraps a connected socket.
-    pub fn new(stream: TcpStream) -> Connection {
-        Connection { stream, buffered: BytesMut::new(), timer: Deadline::new() }
+    /// Wraps a connected stream.
+    pub fn new(stream: Stream) -> Connection {
+        Connection { stream, buffered: BytesMut::new(), timer: Deadline::new(), busy: None }
     }
 
     /// Whether an idle connection still looks usable: nothing may arrive on
@@ -133,7 +136,7 @@ impl Connection {
         pool: &Arc<Pool>,
         (deadline, pause): (Instant, Duration),
     ) -> Result<Upstreamed, ExchangeError> {
-        let Connection { stream, buffered, timer } = &mut self;
+        let Connection { stream, buffered, timer, .. } = &mut self;
         // The connection may have served another request's task last.
         timer.hand_over();
         let head_only = *out.method() == Method::HEAD;
@@ -178,30 +181,49 @@ enum Sent {
 /// carry neither its state in their future nor its code in their path.
 #[inline(never)]
 fn send_while_reading<'a>(
-    stream: &'a mut TcpStream,
+    stream: &'a mut Stream,
     buffered: &'a mut BytesMut,
     out: &'a impl RequestHead,
     body: Body,
     head_only: bool,
 ) -> Pin<Box<dyn Future<Output = Result<Answered, ExchangeError>> + Send + 'a>> {
     Box::pin(async move {
-        let (mut reader, mut writer) = stream.split();
-        let mut sending = std::pin::pin!(write_request(&mut writer, out, body));
-        let mut answered = std::pin::pin!(read_head(&mut reader, buffered, head_only));
-        tokio::select! {
-            biased;
-            sent = &mut sending => match sent {
-                Ok(()) => Ok((answered.await?, Sent::All)),
-                // The upstream stopped reading: its answer may already be here.
-                Err(ExchangeError::Write(e)) => match answered.await {
-                    Ok(head) => Ok((head, Sent::Part)),
-                    Err(_) => Err(ExchangeError::Write(e)),
-                },
-                Err(e) => Err(e),
-            },
-            head = &mut answered => Ok((head?, Sent::Part)),
+        match stream {
+            Stream::Plain(tcp) => {
+                let (reader, writer) = tcp.split();
+                send_and_read(reader, writer, buffered, out, body, head_only).await
+            }
+            Stream::Tls(tls) => {
+                let (reader, writer) = tokio::io::split(tls.as_mut());
+                send_and_read(reader, writer, buffered, out, body, head_only).await
+            }
         }
     })
+}
+
+async fn send_and_read<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut reader: R,
+    mut writer: W,
+    buffered: &mut BytesMut,
+    out: &impl RequestHead,
+    body: Body,
+    head_only: bool,
+) -> Result<Answered, ExchangeError> {
+    let mut sending = std::pin::pin!(write_request(&mut writer, out, body));
+    let mut answered = std::pin::pin!(read_head(&mut reader, buffered, head_only));
+    tokio::select! {
+        biased;
+        sent = &mut sending => match sent {
+            Ok(()) => Ok((answered.await?, Sent::All)),
+            // The upstream stopped reading: its answer may already be here.
+            Err(ExchangeError::Write(e)) => match answered.await {
+                Ok(head) => Ok((head, Sent::Part)),
+                Err(_) => Err(ExchangeError::Write(e)),
+            },
+            Err(e) => Err(e),
+        },
+        head = &mut answered => Ok((head?, Sent::Part)),
+    }
 }
 
 /// Reads until a final (non-1xx) response head is complete.
@@ -312,7 +334,9 @@ pub async fn write_request<W: AsyncWrite + Unpin>(
     }
     head.extend_from_slice(b"\r\n");
     if !has_body {
-        return stream.write_all(&head).await.map_err(ExchangeError::Write);
+        stream.write_all(&head).await.map_err(ExchangeError::Write)?;
+        // A no-op on TCP; TLS may hold the last record until flushed.
+        return stream.flush().await.map_err(ExchangeError::Write);
     }
     stream.write_all(&head).await.map_err(ExchangeError::Write)?;
     while let Some(frame) = body.frame().await {
@@ -326,11 +350,13 @@ pub async fn write_request<W: AsyncWrite + Unpin>(
         } else {
             stream.write_all(&data).await.map_err(ExchangeError::Write)?;
         }
+        // Each piece goes out as it came (a no-op on TCP; TLS buffers).
+        stream.flush().await.map_err(ExchangeError::Write)?;
     }
     if chunked {
         stream.write_all(b"0\r\n\r\n").await.map_err(ExchangeError::Write)?;
     }
-    Ok(())
+    stream.flush().await.map_err(ExchangeError::Write)
 }
 
 async fn write_chunk<W: AsyncWrite + Unpin>(stream: &mut W, data: Bytes) -> Result<(), ExchangeError> {

@@ -1,4 +1,4 @@
-//! Keep-alive HTTP/1.1 connections to one upstream, for one worker thread.
+//! Keep-alive HTTP/1.1 connections to one upstream target, for one worker thread.
 //!
 //! A connection is checked out for exactly one request and goes back to the
 //! pool when its response body has been read to the end, so a connection is
@@ -6,8 +6,10 @@
 //! A connection is only ever used by the worker thread that opened it, from
 //! the request's own task: forwarding never wakes another thread or task.
 
+use super::stream::{Stream, TlsTarget};
 use super::Connection;
 use http::HeaderValue;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -26,22 +28,29 @@ pub enum ConnectError {
     Timeout(String),
     #[error("connect to {0}: {1}")]
     Io(String, std::io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(String, std::io::Error),
 }
 
 /// Where to connect and how long to try.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `host:port` as written in the config (for logs and the `Host` header).
+    /// `host:port` as written in the config (for logs and metric labels).
     pub authority: String,
     host: String,
-    port: u16,
+    /// The port written in the config, if any (else 80, or 443 for TLS).
+    port: Option<u16>,
     /// The `Host` header every forwarded request carries.
     pub host_header: HeaderValue,
     connect_timeout: Duration,
+    tls: Option<TlsTarget>,
+    /// Connections checked out of this target's pools (one per request in
+    /// flight), shared by every worker's pool of the same target.
+    in_use: Arc<AtomicUsize>,
 }
 
 impl Target {
-    /// The target for an `http://` upstream authority.
+    /// The target for an upstream authority, over plain TCP.
     pub fn new(origin: &http::uri::Authority, connect_timeout: Duration) -> Target {
         let host = origin.host().trim_start_matches('[').trim_end_matches(']').to_string();
         // An authority is visible ASCII, always a valid header value.
@@ -49,10 +58,46 @@ impl Target {
         Target {
             authority: origin.as_str().to_string(),
             host,
-            port: origin.port_u16().unwrap_or(80),
+            port: origin.port_u16(),
             host_header,
             connect_timeout,
+            tls: None,
+            in_use: Arc::default(),
         }
+    }
+
+    /// Speaks TLS to this target.
+    pub fn with_tls(mut self, tls: TlsTarget) -> Target {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sends `host` as every request's `Host` (the upstream's name, when
+    /// the target is one address of several).
+    pub fn with_host_header(mut self, host: HeaderValue) -> Target {
+        self.host_header = host;
+        self
+    }
+
+    /// Requests in flight to this target, from every worker.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection as checked out until it is dropped or put back.
+pub(super) struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(count: &Arc<AtomicUsize>) -> Busy {
+        count.fetch_add(1, Ordering::Relaxed);
+        Busy(Arc::clone(count))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -83,6 +128,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut entry) = idle.pop() {
             if now.saturating_duration_since(entry.since) < IDLE_TIMEOUT && entry.conn.is_reusable() {
+                entry.conn.busy = Some(Busy::new(&self.target.in_use));
                 return Some(entry.conn);
             }
         }
@@ -90,7 +136,8 @@ impl Pool {
     }
 
     /// Takes back a connection whose last exchange completed.
-    pub(super) fn put_back(&self, conn: Connection) {
+    pub(super) fn put_back(&self, mut conn: Connection) {
+        conn.busy = None;
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // The oldest sit at the front: drop one that has gone stale, so a
@@ -103,16 +150,22 @@ impl Pool {
         }
     }
 
-    /// Opens a new connection.
+    /// Opens a new connection (and its TLS session, if the target speaks TLS).
     pub async fn connect(&self) -> Result<Connection, ConnectError> {
         let t = &self.target;
-        let stream = match tokio::time::timeout(t.connect_timeout, TcpStream::connect((t.host.as_str(), t.port))).await {
-            Err(_) => return Err(ConnectError::Timeout(t.authority.clone())),
-            Ok(Err(e)) => return Err(ConnectError::Io(t.authority.clone(), e)),
-            Ok(Ok(s)) => s,
+        let port = t.port.unwrap_or(if t.tls.is_some() { 443 } else { 80 });
+        let connected = async {
+            let tcp = TcpStream::connect((t.host.as_str(), port)).await.map_err(|e| ConnectError::Io(t.authority.clone(), e))?;
+            let _ = tcp.set_nodelay(true);
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+            Stream::over(tcp, t.tls.as_ref()).await.map_err(|e| ConnectError::Tls(t.authority.clone(), e))
         };
-        let _ = stream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-        Ok(Connection::new(stream))
+        let stream = match tokio::time::timeout(t.connect_timeout, connected).await {
+            Err(_) => return Err(ConnectError::Timeout(t.authority.clone())),
+            Ok(result) => result?,
+        };
+        let mut conn = Connection::new(stream);
+        conn.busy = Some(Busy::new(&t.in_use));
+        Ok(conn)
     }
 }
