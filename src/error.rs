@@ -112,7 +112,15 @@ impl GatewayError {
 
     /// `{"success": false, "error": ..., "code": ...}` plus the extras some codes carry.
     pub fn to_response(&self) -> Response<Body> {
+        self.to_response_for(None)
+    }
+
+    /// The response, its body naming the request's id.
+    pub fn to_response_for(&self, request_id: Option<&HeaderValue>) -> Response<Body> {
         let mut body = serde_json::json!({ "success": false, "error": self.to_string(), "code": self.code() });
+        if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+            body["requestId"] = id.into();
+        }
         match self {
             GatewayError::InsufficientPermissions { required } => body["required"] = required.clone().into(),
             GatewayError::RateLimited { retry_after } => body["retryAfter"] = (*retry_after).into(),

@@ -10,6 +10,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod correlation;
 pub mod credentials;
 pub mod demo;
 pub mod error;

@@ -2,7 +2,8 @@
 //! the configured patterns, so every label set is bounded.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric keygate exports.
@@ -31,6 +32,16 @@ pub struct Metrics {
     pub subscription_losses: IntCounter,
 }
 
+/// Label values each counter can take, created at zero at start so that
+/// `increase()` and absence alerts see a series before the first event.
+const STORE_OPERATIONS: [&str; 3] = ["key_by_hash", "changes_since", "list_roles"];
+const FALLBACK_POLICIES: [&str; 3] = ["allow", "deny", "local"];
+const INVALIDATION_KINDS: [&str; 3] = ["key", "role", "flush"];
+const RESULTS: [&str; 2] = ["ok", "error"];
+/// The Redis calls of the data plane, and their results.
+const REDIS_OPERATIONS: [&str; 4] = ["key_by_hash", "changes_since", "ratelimit_take", "ratelimit_return"];
+const REDIS_RESULTS: [&str; 5] = ["ok", "refused", "error", "timeout", "breaker_open"];
+
 const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -39,8 +50,8 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("keygate_requests_total", "Requests by route pattern, status and outcome"),
-            &["route", "status", "outcome"],
+            Opts::new("keygate_requests_total", "Requests by route pattern, status, outcome and refusal code (none when served)"),
+            &["route", "status", "outcome", "code"],
         )?;
         let gateway_latency = Histogram::with_opts(
             HistogramOpts::new("keygate_gateway_latency_seconds", "Time keygate adds to a request (everything but the upstream)")
@@ -100,6 +111,24 @@ impl Metrics {
             "keygate_change_subscription_losses_total",
             "Lost change-feed subscriptions (each flushes the caches)",
         )?;
+        let build_info =
+            IntGaugeVec::new(Opts::new("keygate_build_info", "Always 1; the labels say which keygate this is"), &["version"])?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        for op in STORE_OPERATIONS {
+            store_errors.with_label_values(&[op]);
+        }
+        for policy in FALLBACK_POLICIES {
+            ratelimit_fallbacks.with_label_values(&[policy]);
+        }
+        for kind in INVALIDATION_KINDS {
+            cache_invalidations.with_label_values(&[kind]);
+        }
+        for result in RESULTS {
+            config_reloads.with_label_values(&[result]);
+            usage_flushes.with_label_values(&[result]);
+        }
         registry.register(Box::new(redis_calls.clone()))?;
         registry.register(Box::new(ratelimit_fallbacks.clone()))?;
         registry.register(Box::new(lease_size.clone()))?;
@@ -141,6 +170,15 @@ impl Metrics {
             lease_size,
             subscription_losses,
         })
+    }
+
+    /// Creates the Redis call series at zero, for a node that uses Redis.
+    pub fn expect_redis(&self) {
+        for op in REDIS_OPERATIONS {
+            for result in REDIS_RESULTS {
+                self.redis_calls.with_label_values(&[op, result]);
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

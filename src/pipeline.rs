@@ -9,6 +9,7 @@
 use crate::body::Body;
 use crate::clock::{self, Moment};
 use crate::config::Config;
+use crate::correlation;
 use crate::credentials::{self, CredentialError};
 use crate::error::{json_response, GatewayError};
 use crate::http1::{BodyOutcome, Reply};
@@ -72,6 +73,8 @@ pub struct Trace {
     /// Set when the request was answered without a key (public route) or
     /// by keygate itself (`/whoami`): the `outcome` label.
     served_as: Option<&'static str>,
+    /// The request's `X-Request-Id`, forwarded and returned.
+    request_id: Option<HeaderValue>,
 }
 
 /// A forwarded request's exchange with its upstream.
@@ -95,11 +98,11 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     // Split once; every step below borrows the head. (Passed by value, it
     // would be copied into each step's future.)
     let (head, body) = req.into_parts();
-    let mut trace = Trace::default();
+    let mut trace = Trace { request_id: Some(correlation::request_id(&head.headers)), ..Trace::default() };
     let result = run(&app, &rt, (&head, body), &conn, arrived, &mut trace).await;
-    let outcome = match &result {
-        Ok(_) => trace.served_as.unwrap_or("forwarded"),
-        Err(e) => e.outcome(),
+    let (outcome, code) = match &result {
+        Ok(_) => (trace.served_as.unwrap_or("forwarded"), "none"),
+        Err(e) => (e.outcome(), e.code()),
     };
     // A body refused for its size or pace is not read on: the connection
     // closes after the answer.
@@ -107,8 +110,13 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
         Err(GatewayError::PayloadTooLarge | GatewayError::RequestTimeout) => BodyOutcome::Refused,
         _ => BodyOutcome::Complete,
     };
-    let mut reply = result.unwrap_or_else(|e| e.to_response().into());
+    let mut reply = result.unwrap_or_else(|e| e.to_response_for(trace.request_id.as_ref()).into());
     reply.body = body;
+    if let Some(id) = &trace.request_id {
+        // The request's id is keygate's to give: an upstream's own goes.
+        reply.upstream.remove(correlation::REQUEST_ID.as_str().as_bytes());
+        reply.response.headers_mut().insert(correlation::REQUEST_ID, id.clone());
+    }
     let rl = &rt.config.rate_limit;
     if let Some(decision) = trace.decision {
         let headers = RateHeaders { decision, now: arrived.unix(), algorithm: rl.algorithm, ietf: rl.ietf_headers };
@@ -116,7 +124,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     }
     // A forwarded request's time ends with the upstream's answer, read then.
     let elapsed = trace.upstream.map_or_else(Instant::now, |u| u.answered).saturating_duration_since(arrived.at);
-    record(&app, &rt, &head.method, reply.response.status(), &trace, outcome, elapsed);
+    record(&app, &rt, &head.method, reply.response.status(), &trace, (outcome, code), elapsed);
     reply
 }
 
@@ -273,6 +281,10 @@ async fn forward(
     let mut out = Outgoing::new(&head.method, target, &head.headers, key.is_some(), cfg.server.underscore_headers);
     let believed = ip::believes_forwarded_for(conn.peer.ip(), &cfg.server.trusted_proxies);
     out.set_forwarded(&conn.peer_header, conn.tls, host, believed);
+    if let Some(id) = &trace.request_id {
+        let parent = correlation::TraceParent::of(&head.headers);
+        out.set_correlation(id, parent.map(|p| (p.value(), correlation::tracestate(&head.headers))));
+    }
     if let Some(key) = key {
         out.set_identity(key.identity());
     }
@@ -307,13 +319,21 @@ fn whoami(app: &App, cfg: &Config, key: &ApiKey, decision: Option<&Decision>) ->
 }
 
 /// Metrics and the access log line (key id, never the token).
-fn record(app: &App, rt: &Runtime, method: &Method, status: StatusCode, trace: &Trace, outcome: &'static str, elapsed: Duration) {
+fn record(
+    app: &App,
+    rt: &Runtime,
+    method: &Method,
+    status: StatusCode,
+    trace: &Trace,
+    (outcome, code): (&'static str, &'static str),
+    elapsed: Duration,
+) {
     let route = match trace.route {
         RouteLabel::None => "(none)",
         RouteLabel::Whoami => WHOAMI_PATH,
         RouteLabel::Route(i) => rt.config.routes.routes().get(i).map_or("(none)", |r| r.pattern.as_str()),
     };
-    rt.count_request(&app.metrics, (trace.route_index(), status.as_u16(), outcome), route);
+    rt.count_request(&app.metrics, (trace.route_index(), status.as_u16(), outcome, code), route);
     let upstream_time = trace.upstream.map(|u| u.took()).unwrap_or_default();
     app.metrics.gateway_latency.observe(elapsed.saturating_sub(upstream_time).as_secs_f64());
     if let Some(u) = trace.upstream {
@@ -325,7 +345,9 @@ fn record(app: &App, rt: &Runtime, method: &Method, status: StatusCode, trace: &
         route,
         status = status.as_u16(),
         outcome,
+        code,
         key_id = trace.key.as_ref().map_or("-", |k| k.key.key_id.as_str()),
+        request_id = trace.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
         latency_us = elapsed.as_micros() as u64,
     );
 }

@@ -27,9 +27,10 @@ use tokio::sync::Notify;
 pub struct Runtime {
     pub config: Config,
     pub forwarder: Forwarder,
-    /// `keygate_requests_total` children by (route index, status, outcome),
-    /// so the hot path does not hash label strings under the registry's lock.
-    request_counters: DashMap<(usize, u16, &'static str), IntCounter, FastHash>,
+    /// `keygate_requests_total` children by (route index, status, outcome,
+    /// code), so the hot path does not hash label strings under the
+    /// registry's lock.
+    request_counters: DashMap<(usize, u16, &'static str, &'static str), IntCounter, FastHash>,
     /// Upstream latency histograms by upstream index.
     upstream_histograms: Vec<Histogram>,
 }
@@ -44,13 +45,13 @@ impl Runtime {
     }
 
     /// Counts one request; `route` is the label for a key seen the first time.
-    pub fn count_request(&self, metrics: &Metrics, key: (usize, u16, &'static str), route: &str) {
+    pub fn count_request(&self, metrics: &Metrics, key: (usize, u16, &'static str, &'static str), route: &str) {
         if let Some(c) = self.request_counters.get(&key) {
             c.inc();
             return;
         }
         let status = key.1.to_string();
-        let counter = metrics.requests.with_label_values(&[route, status.as_str(), key.2]);
+        let counter = metrics.requests.with_label_values(&[route, status.as_str(), key.2, key.3]);
         counter.inc();
         self.request_counters.insert(key, counter);
     }
@@ -115,6 +116,11 @@ impl App {
     /// Opens the store, seeds roles and loads them.
     pub async fn new(config: Config, config_path: PathBuf) -> Result<Arc<App>, StartError> {
         let metrics = Metrics::new()?;
+        if matches!(config.store.backend, crate::config::StoreBackend::Redis(_))
+            || matches!(config.rate_limit.backend, LimiterBackend::Redis(_))
+        {
+            metrics.expect_redis();
+        }
         let store::Opened { store, events } = store::open(&config.store, &metrics).await?;
         seed_roles(store.as_ref(), &config.roles).await?;
         let start_cursor = store.change_cursor().await?;

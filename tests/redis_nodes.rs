@@ -86,6 +86,8 @@ async fn revocation_reaches_every_node_fast() {
     assert!(p99 < Duration::from_secs(1), "revocation took {p99:?}");
     let text = client().get(others[0].admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("keygate_revocation_lag_seconds_count"), "{text}");
+    // A Redis node's failure series exist before the first failure.
+    assert!(text.contains(r#"keygate_redis_calls_total{op="ratelimit_take",result="timeout"} 0"#), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -347,15 +347,39 @@ async fn metrics_and_health_on_the_admin_listener() {
     let (_, token) = s.create_key(&["--name", "m", "--role", "read-only"]);
     let _gw = s.start();
     let c = client();
+    // Before any request, every counter an alert may watch is there at zero.
+    let fresh = c.get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in [
+        r#"keygate_config_reloads_total{result="error"} 0"#,
+        r#"keygate_config_reloads_total{result="ok"} 0"#,
+        r#"keygate_store_errors_total{operation="key_by_hash"} 0"#,
+        r#"keygate_store_errors_total{operation="changes_since"} 0"#,
+        r#"keygate_ratelimit_fallback_total{policy="local"} 0"#,
+        r#"keygate_cache_invalidations_total{kind="flush"} 0"#,
+        r#"keygate_usage_flushes_total{result="error"} 0"#,
+        r#"keygate_upstream_ejections_total{target="127.0.0.1:"#,
+        r#"keygate_build_info{version=""#,
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+    ] {
+        assert!(fresh.contains(series), "{series} missing:\n{fresh}");
+    }
+    assert!(!fresh.contains("keygate_redis_calls_total{"), "no Redis series on a SQLite node");
     c.get(s.url("/api/lists")).bearer_auth(&token).send().await.unwrap();
     c.get(s.url("/api/lists")).bearer_auth(&token).send().await.unwrap();
     c.get(s.url("/api/lists")).send().await.unwrap();
     assert_eq!(c.get(s.admin_url("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(s.admin_url("/readyz")).send().await.unwrap().status(), 200);
     let text = c.get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains(r#"keygate_requests_total{outcome="forwarded",route="GET /api/lists",status="200"} 2"#), "{text}");
     assert!(
-        text.contains(r#"keygate_requests_total{outcome="unauthenticated",route="GET /api/lists",status="401"} 1"#),
+        text.contains(r#"keygate_requests_total{code="none",outcome="forwarded",route="GET /api/lists",status="200"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"keygate_requests_total{code="missing_key",outcome="unauthenticated",route="GET /api/lists",status="401"} 1"#
+        ),
         "{text}"
     );
     assert!(text.contains("keygate_cache_hits_total 1"), "{text}");

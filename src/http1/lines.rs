@@ -108,6 +108,22 @@ impl HeaderLines {
         &self.text
     }
 
+    /// Takes out every field named `name` (lowercase), if there is one.
+    pub fn remove(&mut self, name: &[u8]) {
+        let named =
+            |line: &[u8]| line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name);
+        if !self.text.split(|b| *b == b'\n').any(named) {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.text.len());
+        for line in self.text.split_inclusive(|b| *b == b'\n') {
+            if !named(line) {
+                kept.extend_from_slice(line);
+            }
+        }
+        self.text = kept;
+    }
+
     /// The body length the upstream declared.
     pub fn content_length(&self) -> Option<u64> {
         self.content_length
@@ -141,6 +157,17 @@ mod tests {
         parsed.parse(raw.as_bytes()).unwrap();
         let (lines, hop) = HeaderLines::sort(parsed.headers).unwrap();
         (lines, hop.close, hop.keep_alive, hop.transfer_encoding.map(<[u8]>::to_vec))
+    }
+
+    #[test]
+    fn a_field_is_taken_out_by_name_in_any_case_and_only_it() {
+        let (mut lines, ..) =
+            sorted("HTTP/1.1 200 OK\r\nX-Request-Id: up\r\nX-Request-Ids: keep\r\nA: 1\r\nx-request-id: two\r\n\r\n");
+        lines.remove(b"x-request-id");
+        assert_eq!(lines.text(), b"X-Request-Ids: keep\r\nA: 1\r\n");
+        let before = lines.clone();
+        lines.remove(b"x-request-id");
+        assert_eq!(lines, before, "none left: unchanged");
     }
 
     #[test]

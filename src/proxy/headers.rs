@@ -34,6 +34,8 @@ pub fn fate(name: &str) -> Fate {
         "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip" | "client-ip" | "x-cluster-client-ip" => Fate::Drop,
         "x-http-method-override" | "x-method-override" | "x-http-method" | "x-original-method" => Fate::Drop,
         "x-original-url" | "x-rewrite-url" => Fate::Drop,
+        // Written by keygate: the id and trace context it settled on.
+        "x-request-id" | "traceparent" | "tracestate" => Fate::Drop,
         _ if name.starts_with("x-forwarded-")
             || name.starts_with(IDENTITY_PREFIX)
             || crate::http1::HOP_BY_HOP.contains(&name) =>

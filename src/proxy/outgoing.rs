@@ -91,6 +91,18 @@ impl<'a> Outgoing<'a> {
         }
     }
 
+    /// `X-Request-Id` and, when the client sent a valid one, its trace
+    /// context.
+    pub fn set_correlation(&mut self, request_id: &HeaderValue, trace: Option<(HeaderValue, Option<HeaderValue>)>) {
+        self.forwarded.push((crate::correlation::REQUEST_ID, request_id.clone()));
+        if let Some((parent, state)) = trace {
+            self.forwarded.push((crate::correlation::TRACEPARENT, parent));
+            if let Some(state) = state {
+                self.forwarded.push((crate::correlation::TRACESTATE, state));
+            }
+        }
+    }
+
     /// The key's `X-Keygate-*` fields (see `KeyLookup::identity`).
     pub fn set_identity(&mut self, fields: &'a FieldLines) {
         self.identity = Some(fields);

@@ -68,6 +68,10 @@ async fn answer(req: Request<Incoming>, served_by: SocketAddr, tls: Tls) -> Resu
     resp.headers_mut().insert("x-upstream", "yes".parse().unwrap());
     resp.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
     resp.headers_mut().insert("x-hop", "must-not-pass".parse().unwrap());
+    if path == "/api/contacts/own-headers" {
+        resp.headers_mut().insert("x-request-id", "upstream-own".parse().unwrap());
+        resp.headers_mut().insert("access-control-allow-origin", "*".parse().unwrap());
+    }
     Ok(resp)
 }
 
