@@ -28,6 +28,9 @@ pub enum GatewayError {
     InsufficientPermissions { required: String },
     #[error("no route matches this request")]
     NoRoute,
+    /// A browser's preflight that `[cors]` does not allow.
+    #[error("{0}")]
+    CorsRefused(String),
     #[error("rate limit exceeded")]
     RateLimited { retry_after: u64 },
     #[error("the request body is larger than this gateway accepts")]
@@ -65,7 +68,7 @@ impl GatewayError {
             MissingKey | InvalidKey | KeyDisabled | KeyExpired | WrongEnvironment | AmbiguousCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            IpBlocked | InsufficientPermissions { .. } => StatusCode::FORBIDDEN,
+            IpBlocked | InsufficientPermissions { .. } | CorsRefused(_) => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,6 +93,7 @@ impl GatewayError {
             IpBlocked => "ip_blocked",
             InsufficientPermissions { .. } => "insufficient_permissions",
             NoRoute => "no_route",
+            CorsRefused(_) => "cors_not_allowed",
             RateLimited { .. } => "rate_limited",
             PayloadTooLarge => "payload_too_large",
             RequestTimeout => "request_timeout",
@@ -165,6 +169,7 @@ mod tests {
             GatewayError::IpBlocked,
             GatewayError::InsufficientPermissions { required: "lists.view".into() },
             GatewayError::NoRoute,
+            GatewayError::CorsRefused("x".into()),
             GatewayError::RateLimited { retry_after: 7 },
             GatewayError::PayloadTooLarge,
             GatewayError::UpstreamUnavailable,

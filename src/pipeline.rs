@@ -2,7 +2,8 @@
 //! module of its concern; this file only puts them in the contract's order
 //! (docs/interface.md, "The request path") and turns the outcome into a response.
 //!
-//! 1. accept (in `server`)  2. normalise the path  3. match a route
+//! 1. accept (in `server`)  2. normalise the path  3. match a route, or
+//!    answer a browser's preflight under `[cors]`
 //! 4. extract the credential  5. resolve the key  6. status, expiry, env
 //! 7. IP allowlist  8. permission  9. rate limit  10. forward
 
@@ -17,7 +18,7 @@ use crate::keys::cache::Origin;
 use crate::keys::model::{ApiKey, KeyLookup};
 use crate::keys::token::{self, TokenHash};
 use crate::policy::routes::Route;
-use crate::policy::{ip, path};
+use crate::policy::{cors, ip, path};
 use crate::proxy::headers::{self, Underscores};
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody};
@@ -117,6 +118,13 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
         reply.upstream.remove(correlation::REQUEST_ID.as_str().as_bytes());
         reply.response.headers_mut().insert(correlation::REQUEST_ID, id.clone());
     }
+    if let Some(policy) = cors_policy(&rt.config, &trace) {
+        // keygate speaks for the route: an upstream's own CORS fields go.
+        reply.upstream.remove_prefixed(b"access-control-");
+        for (name, value) in policy.actual(head.headers.get(header::ORIGIN)) {
+            reply.response.headers_mut().append(name, value);
+        }
+    }
     let rl = &rt.config.rate_limit;
     if let Some(decision) = trace.decision {
         let headers = RateHeaders { decision, now: arrived.unix(), algorithm: rl.algorithm, ietf: rl.ietf_headers };
@@ -141,6 +149,17 @@ async fn run(
     let path = path::normalise(head.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     if cfg.server.underscore_headers == Underscores::Reject {
         headers::refuse_underscores(&head.headers).map_err(GatewayError::BadRequest)?;
+    }
+    // 3a. a browser's preflight for a route under `[cors]`: keygate's to
+    // answer (it carries no key, and the backend never sees it).
+    if let Some(pre) = cors::Preflight::of(&head.method, &head.headers) {
+        if let (Some(policy), Some((index, route))) = (&cfg.cors, cfg.routes.find(&pre.method, &path)) {
+            if route.cors {
+                trace.route = RouteLabel::Route(index);
+                trace.served_as = Some(PREFLIGHT);
+                return policy.preflight(&pre).map(preflight_answer).map_err(|r| GatewayError::CorsRefused(r.to_string()));
+            }
+        }
     }
     let client_ip = ip::client_ip(conn.peer.ip(), &head.headers, &cfg.server.trusted_proxies);
     if path == WHOAMI_PATH && (head.method == Method::GET || head.method == Method::HEAD) {
@@ -299,6 +318,25 @@ async fn forward(
     trace.upstream = Some(UpstreamTiming { index: route.upstream, sent, answered: Instant::now() });
     // Hop-by-hop response headers never got past the HTTP/1.1 client.
     result.map(Reply::from)
+}
+
+/// The `outcome` of a preflight keygate answered.
+const PREFLIGHT: &str = "preflight";
+
+/// 204 with the preflight's fields.
+fn preflight_answer(fields: cors::Fields) -> Reply {
+    let mut resp = Response::new(crate::body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp.headers_mut().extend(fields);
+    resp.into()
+}
+
+/// `[cors]`, when it governs the route that answered (and the answer was
+/// not a preflight, which carries its fields already).
+fn cors_policy<'a>(cfg: &'a Config, trace: &Trace) -> Option<&'a cors::CorsPolicy> {
+    let RouteLabel::Route(i) = trace.route else { return None };
+    let governed = cfg.routes.routes().get(i).is_some_and(|r| r.cors) && trace.served_as != Some(PREFLIGHT);
+    cfg.cors.as_ref().filter(|_| governed)
 }
 
 /// `GET /whoami`: what the presented key is and may do.

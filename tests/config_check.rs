@@ -194,3 +194,18 @@ fn upstream_tls_and_target_settings_are_checked() {
     let (ok, out) = check(&upstream(good));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn cors_settings_are_checked() {
+    let (ok, out) = check(&format!("{}\n[cors]\nallowed_origins = [\"https://app.example.com\", \"app.example.com\"]\n", base()));
+    assert!(!ok);
+    assert!(out.contains("cors.allowed_origins[1]") && out.contains("is not an origin"), "{out}");
+    let (ok, out) = check(&format!("{}\n[cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n", base()));
+    assert!(!ok);
+    assert!(out.contains("cors.allow_credentials"), "{out}");
+    let (ok, out) = check(&base().replace("match = \"GET /api/ping\"", "match = \"GET /api/ping\"\ncors = true"));
+    assert!(!ok);
+    assert!(out.contains(".cors") && out.contains("needs a [cors] table"), "{out}");
+    let (ok, out) = check(&format!("{}\n[cors]\nallowed_origins = [\"https://*.example.com\"]\nmax_age = \"2h\"\n", base()));
+    assert!(ok, "{out}");
+}

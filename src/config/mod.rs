@@ -88,6 +88,8 @@ pub struct Config {
     pub catalogue: Catalogue,
     pub routes: RouteTable,
     pub roles: Vec<RoleSeed>,
+    /// `[cors]`, if browsers on other origins may call.
+    pub cors: Option<crate::policy::cors::CorsPolicy>,
 }
 
 /// `[server]`.

@@ -31,6 +31,20 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub roles: Vec<RawRole>,
+    pub cors: Option<RawCors>,
+}
+
+/// `[cors]`: what browsers on other origins may do.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allowed_origins: Spanned<Vec<String>>,
+    pub allowed_methods: Option<Spanned<Vec<String>>>,
+    pub allowed_headers: Option<Spanned<Vec<String>>>,
+    pub expose_headers: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub allow_credentials: Option<Spanned<bool>>,
+    pub max_age: Option<Spanned<String>>,
 }
 
 /// `[server]`: the data listener.
@@ -181,6 +195,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub public: bool,
     pub on_redis_error: Option<Spanned<String>>,
+    pub cors: Option<Spanned<bool>>,
 }
 
 /// `[[roles]]`: seeded into the store when absent.

@@ -110,9 +110,18 @@ impl HeaderLines {
 
     /// Takes out every field named `name` (lowercase), if there is one.
     pub fn remove(&mut self, name: &[u8]) {
-        let named =
-            |line: &[u8]| line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name);
-        if !self.text.split(|b| *b == b'\n').any(named) {
+        self.remove_where(|line| {
+            line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name)
+        });
+    }
+
+    /// Takes out every field whose name starts with `prefix` (lowercase).
+    pub fn remove_prefixed(&mut self, prefix: &[u8]) {
+        self.remove_where(|line| line.len() > prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix));
+    }
+
+    fn remove_where(&mut self, named: impl Fn(&[u8]) -> bool) {
+        if !self.text.split(|b| *b == b'\n').any(&named) {
             return;
         }
         let mut kept = Vec::with_capacity(self.text.len());
@@ -168,6 +177,10 @@ mod tests {
         let before = lines.clone();
         lines.remove(b"x-request-id");
         assert_eq!(lines, before, "none left: unchanged");
+        let (mut lines, ..) =
+            sorted("HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nA: 1\r\naccess-control-max-age: 5\r\n\r\n");
+        lines.remove_prefixed(b"access-control-");
+        assert_eq!(lines.text(), b"A: 1\r\n");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Request policy that needs no store: path normalisation, route matching,
 //! client IP and allowlists, permission matching.
 
+pub mod cors;
 pub mod ip;
 pub mod path;
 pub mod permissions;

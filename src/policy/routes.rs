@@ -30,10 +30,18 @@ pub struct Route {
     pub public: bool,
     /// Overrides `rate_limit.on_redis_error` for this route.
     pub on_redis_error: Option<RedisErrorPolicy>,
+    /// Whether `[cors]` applies: keygate answers preflights and sets the
+    /// CORS fields of every answer.
+    pub cors: bool,
 }
 
 /// The methods a route may name: RFC 9110's and PATCH, upper case.
 const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+/// Whether a route may name `m` (upper case).
+pub fn is_known_method(m: &str) -> bool {
+    KNOWN_METHODS.contains(&m)
+}
 
 impl Route {
     /// Compiles a pattern like `GET /api/lists/{id}` or `* /api/public/*`.
@@ -91,6 +99,7 @@ impl Route {
             upstream,
             public,
             on_redis_error,
+            cors: false,
         })
     }
 

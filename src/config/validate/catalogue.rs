@@ -45,7 +45,7 @@ fn valid_ident(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
 }
 
-pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], catalogue: &Catalogue) -> RouteTable {
+pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], catalogue: &Catalogue, cors: bool) -> RouteTable {
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let field = format!("routes[{i}]");
@@ -80,7 +80,17 @@ pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], 
             r.public,
             on_redis_error,
         ) {
-            Ok(route) => out.push(route),
+            Ok(mut route) => {
+                route.cors = match &r.cors {
+                    Some(on) if *on.get_ref() && !cors => {
+                        c.problem(Some(on), format!("{field}.cors"), "cors = true needs a [cors] table");
+                        false
+                    }
+                    Some(on) => *on.get_ref(),
+                    None => cors,
+                };
+                out.push(route)
+            }
             Err(e) => c.problem(Some(&r.pattern), format!("{field}.match"), e),
         }
     }

@@ -126,13 +126,27 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     let upstreams = upstreams(&mut c, path, &raw.upstreams);
     let catalogue = catalogue::catalogue(&mut c, &raw.modules);
-    let routes = catalogue::routes(&mut c, &raw.routes, &upstreams, &catalogue);
+    let cors = cors(&mut c, raw.cors.as_ref());
+    let routes = catalogue::routes(&mut c, &raw.routes, &upstreams, &catalogue, cors.is_some());
     let roles = catalogue::roles(&mut c, &raw.roles, &catalogue);
 
     if !c.problems.is_empty() {
         return Err(ConfigError { file: path.to_path_buf(), problems: c.problems });
     }
-    Ok(Config { source: path.to_path_buf(), server, admin, store, rate_limit, keys, plans, upstreams, catalogue, routes, roles })
+    Ok(Config {
+        source: path.to_path_buf(),
+        server,
+        admin,
+        store,
+        rate_limit,
+        keys,
+        plans,
+        upstreams,
+        catalogue,
+        routes,
+        roles,
+        cors,
+    })
 }
 
 /// The full path of the field a parse error is about (`at`, from
@@ -462,6 +476,42 @@ fn upstream_tls(
             };
             let line = at.or(Some(u.url.span())).map(|s| line_at(c.text, s.start));
             c.problems.push(ConfigProblem { line, field: format!("{field}.{key}"), message: msg });
+            None
+        }
+    }
+}
+
+/// `[cors]`, checked whole.
+fn cors(c: &mut Checker, raw: Option<&RawCors>) -> Option<crate::policy::cors::CorsPolicy> {
+    use crate::policy::cors::{CorsPolicy, CorsSettings};
+    let raw = raw?;
+    fn list(v: &Option<Spanned<Vec<String>>>) -> Option<Vec<&str>> {
+        v.as_ref().map(|l| l.get_ref().iter().map(String::as_str).collect())
+    }
+    let settings = CorsSettings {
+        origins: raw.allowed_origins.get_ref().iter().map(String::as_str).collect(),
+        methods: list(&raw.allowed_methods),
+        headers: list(&raw.allowed_headers),
+        expose: list(&raw.expose_headers),
+        credentials: raw.allow_credentials.as_ref().is_some_and(|b| *b.get_ref()),
+        max_age: raw.max_age.as_ref().map(|_| c.duration(&raw.max_age, "cors.max_age", Duration::ZERO)),
+    };
+    match CorsPolicy::new(&settings) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let span = match e.field {
+                "allowed_methods" => raw.allowed_methods.as_ref().map(|s| s.span()),
+                "allowed_headers" => raw.allowed_headers.as_ref().map(|s| s.span()),
+                "expose_headers" => raw.expose_headers.as_ref().map(|s| s.span()),
+                "allow_credentials" => raw.allow_credentials.as_ref().map(|s| s.span()),
+                _ => Some(raw.allowed_origins.span()),
+            };
+            let field = match e.index {
+                Some(i) => format!("cors.{}[{i}]", e.field),
+                None => format!("cors.{}", e.field),
+            };
+            let line = span.map(|s| line_at(c.text, s.start));
+            c.problems.push(ConfigProblem { line, field, message: e.message });
             None
         }
     }
