@@ -19,11 +19,12 @@ fn main() -> ExitCode {
     let serving = matches!(cli.command, None | Some(keygate::cli::Command::Serve) | Some(keygate::cli::Command::Demo));
     let default_level = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match keygate::config::LogFormat::early(&cli.config) {
+        keygate::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Every field at the top level: `{"timestamp":..,"level":..,"target":..,"method":..}`.
+        keygate::config::LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     // The data plane runs on worker threads of its own (see `server.workers`);
     // this runtime accepts connections, serves the admin listener and runs
     // the background tasks, for which two threads are plenty.

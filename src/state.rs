@@ -166,6 +166,9 @@ impl App {
         if config.server.listen != old.config.server.listen || config.admin.listen != old.config.admin.listen {
             tracing::warn!("listen addresses changed in the config: they take effect at the next restart");
         }
+        if config.log_format != old.config.log_format {
+            tracing::warn!("[log] format changed in the config: it takes effect at the next restart");
+        }
         if config.server.tls.is_some() != old.config.server.tls.is_some() {
             tracing::warn!("[server.tls] added or removed: the listener changes to or from TLS at the next restart");
         } else if config.server.tls.is_some() {

@@ -209,3 +209,10 @@ fn cors_settings_are_checked() {
     let (ok, out) = check(&format!("{}\n[cors]\nallowed_origins = [\"https://*.example.com\"]\nmax_age = \"2h\"\n", base()));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn the_log_format_is_one_of_two() {
+    let (ok, out) = check(&format!("[log]\nformat = \"xml\"\n{}", base()));
+    assert!(!ok);
+    assert!(out.contains("gateway.toml:2: log.format") && out.contains("\"json\""), "{out}");
+}

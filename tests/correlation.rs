@@ -89,3 +89,28 @@ async fn a_valid_trace_context_is_passed_on_and_a_bad_one_dropped() {
     assert!(seen["headers"].get("traceparent").is_none(), "{seen}");
     assert!(seen["headers"].get("tracestate").is_none(), "a state without its parent goes too: {seen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_are_json_objects_when_the_config_says_so() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("[log]\nformat = \"json\"\n\n{text}")).unwrap();
+    let (key_id, token) = s.create_key(&["--name", "json", "--role", "read-only"]);
+    let gw = s.start();
+    let c = client();
+    c.get(s.url("/api/lists")).bearer_auth(&token).header("X-Request-Id", "json-1").send().await.unwrap();
+    c.get(s.url("/api/lists")).header("X-Request-Id", "json-2").send().await.unwrap();
+    let log = gw.log_text();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "keygate::access").collect();
+    assert_eq!(access.len(), 2, "{log}");
+    let (ok, refused) = (access[0], access[1]);
+    assert_eq!(ok["request_id"], "json-1");
+    assert_eq!(ok["key_id"], key_id.as_str());
+    assert_eq!((ok["status"].as_u64(), &ok["outcome"], &ok["code"]), (Some(200), &"forwarded".into(), &"none".into()));
+    assert_eq!((refused["status"].as_u64(), &refused["code"]), (Some(401), &"missing_key".into()));
+    assert!(ok["timestamp"].is_string() && ok["level"] == "INFO", "{ok}");
+    assert!(!log.contains(&token), "never a token");
+}

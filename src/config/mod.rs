@@ -90,6 +90,41 @@ pub struct Config {
     pub roles: Vec<RoleSeed>,
     /// `[cors]`, if browsers on other origins may call.
     pub cors: Option<crate::policy::cors::CorsPolicy>,
+    /// `[log] format`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `key=value` text, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for Loki, Elasticsearch and the like.
+    Json,
+}
+
+impl LogFormat {
+    /// The choices, as written in the file.
+    pub const CHOICES: [(&'static str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+    /// The format to start logging with, before the file is checked:
+    /// `KEYGATE_LOG_FORMAT` if set, else `[log] format` read on its own
+    /// (a file that does not parse is reported once logging runs).
+    pub fn early(path: &Path) -> LogFormat {
+        let pick = |name: &str| LogFormat::CHOICES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f);
+        if let Some(f) = std::env::var("KEYGATE_LOG_FORMAT").ok().as_deref().and_then(pick) {
+            return f;
+        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let value: Option<toml::Table> = toml::from_str(&text).ok();
+        value
+            .as_ref()
+            .and_then(|t| t.get("log")?.get("format")?.as_str().map(str::to_string))
+            .as_deref()
+            .and_then(pick)
+            .unwrap_or_default()
+    }
 }
 
 /// `[server]`.

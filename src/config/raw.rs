@@ -32,6 +32,15 @@ pub struct RawConfig {
     #[serde(default)]
     pub roles: Vec<RawRole>,
     pub cors: Option<RawCors>,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<Spanned<String>>,
 }
 
 /// `[cors]`: what browsers on other origins may do.

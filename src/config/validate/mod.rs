@@ -127,6 +127,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let upstreams = upstreams(&mut c, path, &raw.upstreams);
     let catalogue = catalogue::catalogue(&mut c, &raw.modules);
     let cors = cors(&mut c, raw.cors.as_ref());
+    let log_format = c.choice(&raw.log.format, "log.format", &LogFormat::CHOICES, LogFormat::Text);
     let routes = catalogue::routes(&mut c, &raw.routes, &upstreams, &catalogue, cors.is_some());
     let roles = catalogue::roles(&mut c, &raw.roles, &catalogue);
 
@@ -146,6 +147,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         routes,
         roles,
         cors,
+        log_format,
     })
 }
 
