@@ -24,6 +24,11 @@ impl Moment {
     pub fn unix(&self) -> i64 {
         self.unix_ms.div_euclid(1000)
     }
+
+    /// The wall-clock time (to the millisecond), for spans.
+    pub fn system(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_millis(self.unix_ms.max(0) as u64)
+    }
 }
 
 /// Unix seconds now.

@@ -27,6 +27,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 
 /// The hasher of keygate's in-memory maps (key cache, limiter windows,
 /// usage, metric children). Their keys are SHA-256 digests and ids that

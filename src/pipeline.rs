@@ -24,12 +24,14 @@ use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody};
 use crate::ratelimit::{Decision, RateHeaders};
 use crate::state::{App, Runtime};
+use crate::telemetry::RequestSpan;
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use opentelemetry::KeyValue;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Served by keygate itself on the data listener.
 pub const WHOAMI_PATH: &str = "/whoami";
@@ -76,6 +78,8 @@ pub struct Trace {
     served_as: Option<&'static str>,
     /// The request's `X-Request-Id`, forwarded and returned.
     request_id: Option<HeaderValue>,
+    /// Its spans, when `[tracing]` exports them.
+    span: Option<Box<RequestSpan>>,
 }
 
 /// A forwarded request's exchange with its upstream.
@@ -99,7 +103,12 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     // Split once; every step below borrows the head. (Passed by value, it
     // would be copied into each step's future.)
     let (head, body) = req.into_parts();
-    let mut trace = Trace { request_id: Some(correlation::request_id(&head.headers)), ..Trace::default() };
+    let span = app.telemetry.as_ref().map(|t| {
+        let parent = correlation::TraceParent::of(&head.headers);
+        let state = parent.and_then(|_| correlation::tracestate(&head.headers));
+        Box::new(t.request_span(format!("{} (no route)", head.method), arrived.system(), parent.as_ref(), state.as_ref()))
+    });
+    let mut trace = Trace { request_id: Some(correlation::request_id(&head.headers)), span, ..Trace::default() };
     let result = run(&app, &rt, (&head, body), &conn, arrived, &mut trace).await;
     let (outcome, code) = match &result {
         Ok(_) => (trace.served_as.unwrap_or("forwarded"), "none"),
@@ -133,6 +142,9 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     // A forwarded request's time ends with the upstream's answer, read then.
     let elapsed = trace.upstream.map_or_else(Instant::now, |u| u.answered).saturating_duration_since(arrived.at);
     record(&app, &rt, &head.method, reply.response.status(), &trace, (outcome, code), elapsed);
+    if let Some(span) = trace.span.take() {
+        end_span(*span, &rt, &head.method, reply.response.status(), &trace, (outcome, code));
+    }
     reply
 }
 
@@ -205,6 +217,9 @@ pub async fn authorise(
     // 5. resolve
     let found = resolve(app, cfg, &credential.token, now.at).await?;
     let key = &found.key;
+    if let Some(span) = trace.span.as_mut() {
+        span.event("key resolved", SystemTime::now(), vec![KeyValue::new("keygate.key_id", key.key_id.clone())]);
+    }
     // 6. status, expiry, environment
     let now_ms = now.unix_ms;
     if let Some(refusal) = GatewayError::of_state(found.state(now.unix(), cfg.server.environment)) {
@@ -228,6 +243,13 @@ pub async fn authorise(
     // 9. rate limit
     let decision = app.limiter.check(algorithm, &key.key_id, limit, now_ms, on_redis_error, &app.metrics).await;
     trace.decision = Some(decision);
+    if let Some(span) = trace.span.as_mut() {
+        let attributes = vec![
+            KeyValue::new("keygate.ratelimit.allowed", decision.allowed),
+            KeyValue::new("keygate.ratelimit.remaining", i64::from(decision.remaining)),
+        ];
+        span.event("rate limit", SystemTime::now(), attributes);
+    }
     if !decision.allowed {
         app.metrics.ratelimit_denied.inc();
         return Err(GatewayError::RateLimited { retry_after: decision.retry_after });
@@ -301,8 +323,15 @@ async fn forward(
     let believed = ip::believes_forwarded_for(conn.peer.ip(), &cfg.server.trusted_proxies);
     out.set_forwarded(&conn.peer_header, conn.tls, host, believed);
     if let Some(id) = &trace.request_id {
+        // With spans exported, the upstream's parent is keygate's span for
+        // the exchange; otherwise the client's context goes on as it came.
         let parent = correlation::TraceParent::of(&head.headers);
-        out.set_correlation(id, parent.map(|p| (p.value(), correlation::tracestate(&head.headers))));
+        let state = parent.and_then(|_| correlation::tracestate(&head.headers));
+        let traceparent = match trace.span.as_mut() {
+            Some(span) => Some(span.start_upstream(&upstream.name, SystemTime::now())),
+            None => parent.map(|p| p.value()),
+        };
+        out.set_correlation(id, traceparent.map(|t| (t, state)));
     }
     if let Some(key) = key {
         out.set_identity(key.identity());
@@ -316,6 +345,9 @@ async fn forward(
     let sent = Instant::now();
     let result = rt.forwarder.send(conn.worker, route.upstream, upstream, &mut out, body, sent).await;
     trace.upstream = Some(UpstreamTiming { index: route.upstream, sent, answered: Instant::now() });
+    if let Some(span) = trace.span.as_mut() {
+        span.end_upstream(SystemTime::now(), result.as_ref().ok().map(|r| r.response.status().as_u16()));
+    }
     // Hop-by-hop response headers never got past the HTTP/1.1 client.
     result.map(Reply::from)
 }
@@ -366,11 +398,7 @@ fn record(
     (outcome, code): (&'static str, &'static str),
     elapsed: Duration,
 ) {
-    let route = match trace.route {
-        RouteLabel::None => "(none)",
-        RouteLabel::Whoami => WHOAMI_PATH,
-        RouteLabel::Route(i) => rt.config.routes.routes().get(i).map_or("(none)", |r| r.pattern.as_str()),
-    };
+    let route = route_label(rt, trace);
     rt.count_request(&app.metrics, (trace.route_index(), status.as_u16(), outcome, code), route);
     let upstream_time = trace.upstream.map(|u| u.took()).unwrap_or_default();
     app.metrics.gateway_latency.observe(elapsed.saturating_sub(upstream_time).as_secs_f64());
@@ -388,6 +416,45 @@ fn record(
         request_id = trace.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
         latency_us = elapsed.as_micros() as u64,
     );
+}
+
+/// The `route` label: the pattern that answered.
+fn route_label<'a>(rt: &'a Runtime, trace: &Trace) -> &'a str {
+    match trace.route {
+        RouteLabel::None => "(none)",
+        RouteLabel::Whoami => WHOAMI_PATH,
+        RouteLabel::Route(i) => rt.config.routes.routes().get(i).map_or("(none)", |r| r.pattern.as_str()),
+    }
+}
+
+/// Ends a request's span, named and labelled as its access line.
+fn end_span(
+    span: RequestSpan,
+    rt: &Runtime,
+    method: &Method,
+    status: StatusCode,
+    trace: &Trace,
+    (outcome, code): (&'static str, &'static str),
+) {
+    let route = route_label(rt, trace);
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", method.to_string()),
+        KeyValue::new("http.route", route.to_string()),
+        KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+        KeyValue::new("keygate.outcome", outcome),
+        KeyValue::new("keygate.code", code),
+    ];
+    if let Some(k) = &trace.key {
+        attributes.push(KeyValue::new("keygate.key_id", k.key.key_id.clone()));
+    }
+    if let Some(id) = trace.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+        attributes.push(KeyValue::new("keygate.request_id", id.to_string()));
+    }
+    let name = match trace.route {
+        RouteLabel::None => format!("{method} (no route)"),
+        _ => route.to_string(),
+    };
+    span.end(name, SystemTime::now(), attributes, status.is_server_error());
 }
 
 impl Trace {

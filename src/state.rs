@@ -83,6 +83,8 @@ pub struct App {
     wake: Notify,
     /// Set at the shutdown signal: `/readyz` answers 503 from then on.
     draining: std::sync::atomic::AtomicBool,
+    /// Span export, with `[tracing]` (set at start; a reload keeps it).
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// Why the gateway could not start.
@@ -94,6 +96,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("tracing: {0}")]
+    Telemetry(String),
 }
 
 /// Creates the config's `[[roles]]` that the store does not have yet.
@@ -136,6 +140,12 @@ impl App {
             }
         };
         let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl, config.store.timeout);
+        let telemetry = match &config.tracing {
+            None => None,
+            Some(t) => {
+                Some(crate::telemetry::Telemetry::start(t, tokio::runtime::Handle::current()).map_err(StartError::Telemetry)?)
+            }
+        };
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config, &metrics)),
             config_path,
@@ -149,6 +159,7 @@ impl App {
             events,
             wake: Notify::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            telemetry,
         }))
     }
 
@@ -165,6 +176,9 @@ impl App {
         let old = self.runtime.load();
         if config.server.listen != old.config.server.listen || config.admin.listen != old.config.admin.listen {
             tracing::warn!("listen addresses changed in the config: they take effect at the next restart");
+        }
+        if config.tracing.as_ref().map(|t| &t.endpoint) != old.config.tracing.as_ref().map(|t| &t.endpoint) {
+            tracing::warn!("[tracing] changed in the config: it takes effect at the next restart");
         }
         if config.log_format != old.config.log_format {
             tracing::warn!("[log] format changed in the config: it takes effect at the next restart");

@@ -216,3 +216,19 @@ fn the_log_format_is_one_of_two() {
     assert!(!ok);
     assert!(out.contains("gateway.toml:2: log.format") && out.contains("\"json\""), "{out}");
 }
+
+#[test]
+fn tracing_settings_are_checked() {
+    for (table, field) in [
+        ("[tracing]\notlp_endpoint = \"collector:4318\"", "tracing.otlp_endpoint"),
+        ("[tracing]\notlp_endpoint = \"grpc://collector:4317\"", "tracing.otlp_endpoint"),
+        ("[tracing]\notlp_endpoint = \"http://collector:4318\"\nsample_ratio = 1.5", "tracing.sample_ratio"),
+        ("[tracing]\notlp_endpoint = \"https://collector:4318\"\nca_file = \"/nonexistent/ca.pem\"", "tracing.ca_file"),
+    ] {
+        let (ok, out) = check(&format!("{table}\n{}", base()));
+        assert!(!ok, "{table}");
+        assert!(out.contains(field), "{table}: {out}");
+    }
+    let (ok, out) = check(&format!("[tracing]\notlp_endpoint = \"http://collector:4318\"\nsample_ratio = 0.1\n{}", base()));
+    assert!(ok, "{out}");
+}

@@ -182,6 +182,13 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     let _ = admin_task.await;
     drop(rt);
     app.flush_usage().await;
+    let exporting = Arc::clone(&app);
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(t) = &exporting.telemetry {
+            t.shutdown();
+        }
+    })
+    .await;
     tracing::info!("keygate stopped");
     Ok(())
 }

@@ -92,6 +92,20 @@ pub struct Config {
     pub cors: Option<crate::policy::cors::CorsPolicy>,
     /// `[log] format`.
     pub log_format: LogFormat,
+    /// `[tracing]`, if spans are exported.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `[tracing]`, checked.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// Where spans are POSTed (`/v1/traces` added to a bare origin).
+    pub endpoint: http::Uri,
+    pub authority: http::uri::Authority,
+    pub tls: Option<crate::http1::client::stream::TlsTarget>,
+    pub service_name: String,
+    /// Share of new traces recorded (a caller's sampled flag is followed).
+    pub sample_ratio: f64,
 }
 
 /// How log lines are written (`[log] format`).

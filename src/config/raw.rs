@@ -34,6 +34,17 @@ pub struct RawConfig {
     pub cors: Option<RawCors>,
     #[serde(default)]
     pub log: RawLog,
+    pub tracing: Option<RawTracing>,
+}
+
+/// `[tracing]`: spans exported over OTLP/HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub otlp_endpoint: Spanned<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<Spanned<f64>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[log]`.

@@ -19,6 +19,15 @@ pub enum TlsProblem {
     ServerName(String),
 }
 
+impl TlsProblem {
+    /// What is wrong, whichever setting it is.
+    pub fn message(self) -> String {
+        match self {
+            TlsProblem::CaFile(m) | TlsProblem::Cert(m) | TlsProblem::Key(m) | TlsProblem::ServerName(m) => m,
+        }
+    }
+}
+
 /// The TLS settings of one upstream, checked.
 pub fn target(ca_file: Option<&Path>, client_cert: Option<(&Path, &Path)>, server_name: &str) -> Result<TlsTarget, TlsProblem> {
     let roots = match ca_file {

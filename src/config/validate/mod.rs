@@ -128,6 +128,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let catalogue = catalogue::catalogue(&mut c, &raw.modules);
     let cors = cors(&mut c, raw.cors.as_ref());
     let log_format = c.choice(&raw.log.format, "log.format", &LogFormat::CHOICES, LogFormat::Text);
+    let tracing = raw.tracing.as_ref().and_then(|t| tracing(&mut c, path, t));
     let routes = catalogue::routes(&mut c, &raw.routes, &upstreams, &catalogue, cors.is_some());
     let roles = catalogue::roles(&mut c, &raw.roles, &catalogue);
 
@@ -148,6 +149,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         roles,
         cors,
         log_format,
+        tracing,
     })
 }
 
@@ -481,6 +483,54 @@ fn upstream_tls(
             None
         }
     }
+}
+
+/// `[tracing]`: an http(s) collector URL, a ratio in 0..=1.
+fn tracing(c: &mut Checker, path: &Path, raw: &RawTracing) -> Option<TracingConfig> {
+    let at = &raw.otlp_endpoint;
+    let uri: Option<http::Uri> = at.get_ref().parse().ok();
+    let Some((scheme, authority, uri)) = uri.as_ref().and_then(|u| Some((u.scheme()?.clone(), u.authority()?.clone(), u))) else {
+        c.problem(Some(at), "tracing.otlp_endpoint", "must be a URL like http://otel-collector:4318");
+        return None;
+    };
+    let https = scheme == http::uri::Scheme::HTTPS;
+    if scheme != http::uri::Scheme::HTTP && !https {
+        c.problem(Some(at), "tracing.otlp_endpoint", "must start with http:// or https:// (OTLP over HTTP)");
+        return None;
+    }
+    let endpoint =
+        if matches!(uri.path(), "" | "/") { format!("{scheme}://{authority}/v1/traces").parse().ok()? } else { uri.clone() };
+    let sample_ratio = match &raw.sample_ratio {
+        None => 1.0,
+        Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+        Some(r) => {
+            c.problem(Some(r), "tracing.sample_ratio", "must be between 0 and 1");
+            1.0
+        }
+    };
+    let tls = if https {
+        let ca = raw.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        match crate::proxy::tls::target(ca.as_deref(), None, host) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                c.problem(raw.ca_file.as_ref().or(Some(at)), "tracing.ca_file", e.message());
+                None
+            }
+        }
+    } else {
+        if raw.ca_file.is_some() {
+            c.problem(raw.ca_file.as_ref(), "tracing.ca_file", "only applies to an https:// endpoint");
+        }
+        None
+    };
+    Some(TracingConfig {
+        endpoint,
+        authority,
+        tls,
+        service_name: raw.service_name.clone().unwrap_or_else(|| "keygate".into()),
+        sample_ratio,
+    })
 }
 
 /// `[cors]`, checked whole.

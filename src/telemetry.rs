@@ -1,0 +1,260 @@
+//! Traces exported over OTLP/HTTP (protobuf) with the OpenTelemetry SDK:
+//! a server span per request, with the key resolution and the rate-limit
+//! decision as its events and the upstream exchange as a child span whose
+//! id the upstream receives in `traceparent`. Spans are batched and sent
+//! from the SDK's own thread through keygate's HTTP/1.1 client (plain or
+//! TLS), so exporting never runs on a worker's event loop.
+
+use crate::config::TracingConfig;
+use crate::correlation::TraceParent;
+use crate::http1::client::pool::{Pool, Target};
+use crate::http1::client::RequestHead;
+use crate::http1::lines::FieldLines;
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use http_body_util::BodyExt;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Longest an export may take.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest collector answer read.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// The running exporter and the tracer requests take spans from.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
+
+impl Telemetry {
+    /// Starts exporting to `cfg.endpoint`; exports run on `runtime`.
+    pub fn start(cfg: &TracingConfig, runtime: tokio::runtime::Handle) -> Result<Telemetry, String> {
+        let mut target = Target::new(&cfg.authority, Duration::from_secs(5));
+        if let Some(tls) = &cfg.tls {
+            target = target.with_tls(tls.clone());
+        }
+        let client = Collector { pool: Pool::new(target), runtime };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_endpoint(cfg.endpoint.to_string())
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| format!("the OTLP exporter: {e}"))?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(cfg.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sample_ratio))))
+            .with_resource(resource)
+            .build();
+        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "keygate");
+        Ok(Telemetry { provider, tracer })
+    }
+
+    /// Sends what is batched and stops (blocks: call off the event loop).
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "could not send the last spans");
+        }
+    }
+
+    /// The server span of a request that arrived at `start`, a child of
+    /// the client's trace context if it sent one.
+    pub fn request_span(
+        &self,
+        name: String,
+        start: SystemTime,
+        parent: Option<&TraceParent>,
+        state: Option<&HeaderValue>,
+    ) -> RequestSpan {
+        let cx = match parent {
+            Some(p) => {
+                let state = state.and_then(|s| s.to_str().ok()).and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
+                let remote = SpanContext::new(
+                    TraceId::from_bytes(p.trace_id),
+                    SpanId::from_bytes(p.parent_id),
+                    TraceFlags::new(p.flags),
+                    true,
+                    state,
+                );
+                Context::new().with_remote_span_context(remote)
+            }
+            None => Context::new(),
+        };
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(start)
+            .start_with_context(&self.tracer, &cx);
+        RequestSpan { tracer: self.tracer.clone(), span, upstream: None }
+    }
+}
+
+/// One request's spans while it runs.
+pub struct RequestSpan {
+    tracer: SdkTracer,
+    span: Span,
+    upstream: Option<Span>,
+}
+
+impl std::fmt::Debug for RequestSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSpan").field("context", self.span.span_context()).finish()
+    }
+}
+
+impl RequestSpan {
+    /// Notes a step of the request as an event.
+    pub fn event(&mut self, name: &'static str, at: SystemTime, attributes: Vec<KeyValue>) {
+        self.span.add_event_with_timestamp(name, at, attributes);
+    }
+
+    /// Starts the upstream exchange's span; returns the `traceparent`
+    /// the upstream gets (naming that span as its parent).
+    pub fn start_upstream(&mut self, upstream: &str, at: SystemTime) -> HeaderValue {
+        let sc = self.span.span_context();
+        let parent = SpanContext::new(sc.trace_id(), sc.span_id(), sc.trace_flags(), false, sc.trace_state().clone());
+        let cx = Context::new().with_remote_span_context(parent);
+        let span = self
+            .tracer
+            .span_builder(format!("upstream {upstream}"))
+            .with_kind(SpanKind::Client)
+            .with_start_time(at)
+            .with_attributes([KeyValue::new("keygate.upstream", upstream.to_string())])
+            .start_with_context(&self.tracer, &cx);
+        let own = span.span_context();
+        let value = TraceParent {
+            trace_id: own.trace_id().to_bytes(),
+            parent_id: own.span_id().to_bytes(),
+            flags: own.trace_flags().to_u8(),
+        }
+        .value();
+        self.upstream = Some(span);
+        value
+    }
+
+    /// Ends the upstream span when its answer (or failure) came.
+    pub fn end_upstream(&mut self, at: SystemTime, status: Option<u16>) {
+        if let Some(mut span) = self.upstream.take() {
+            match status {
+                Some(code) => span.set_attribute(KeyValue::new("http.response.status_code", i64::from(code))),
+                None => span.set_status(Status::error("no answer from the upstream")),
+            }
+            span.end_with_timestamp(at);
+        }
+    }
+
+    /// Ends the request's span, named now its route is known, with what
+    /// the access line says.
+    pub fn end(mut self, name: String, at: SystemTime, attributes: Vec<KeyValue>, failed: bool) {
+        self.span.update_name(name);
+        self.span.set_attributes(attributes);
+        if failed {
+            self.span.set_status(Status::error("the gateway could not serve the request"));
+        }
+        self.span.end_with_timestamp(at);
+    }
+}
+
+/// Sends export requests to the collector through keygate's own client,
+/// on the main runtime (the SDK's batch thread waits for the answer).
+#[derive(Clone)]
+struct Collector {
+    pool: Arc<Pool>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector").field("target", &self.pool.target().authority).finish()
+    }
+}
+
+/// An export request as the HTTP/1.1 client writes it.
+struct Export {
+    method: Method,
+    target: String,
+    host: HeaderValue,
+    fields: Vec<(http::HeaderName, HeaderValue)>,
+}
+
+impl RequestHead for Export {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+    fn target(&self) -> &str {
+        &self.target
+    }
+    fn host(&self) -> Option<&HeaderValue> {
+        Some(&self.host)
+    }
+    fn each_field(&self, field: &mut dyn FnMut(&[u8], &[u8])) {
+        for (name, value) in &self.fields {
+            field(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    fn rendered(&self) -> &FieldLines {
+        static NONE: FieldLines = FieldLines::EMPTY;
+        &NONE
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for Collector {
+    async fn send_bytes(&self, request: http::Request<Bytes>) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+        let (parts, body) = request.into_parts();
+        let head = Export {
+            method: parts.method,
+            target: parts.uri.path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            host: self.pool.target().host_header.clone(),
+            fields: parts.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+        };
+        let pool = Arc::clone(&self.pool);
+        // On a blocking thread of the runtime, driven by its reactor: the
+        // exchange's future need not be `Send`, only what it starts from.
+        let runtime = self.runtime.clone();
+        let sent = self.runtime.spawn_blocking(move || runtime.block_on(export(pool, head, body)));
+        match sent.await {
+            Ok(result) => result.map_err(Into::into),
+            Err(e) => Err(e.to_string().into()),
+        }
+    }
+}
+
+/// One export request and its answer, within [`EXPORT_TIMEOUT`].
+async fn export(pool: Arc<Pool>, head: Export, body: Bytes) -> Result<http::Response<Bytes>, String> {
+    let deadline = tokio::time::Instant::now() + EXPORT_TIMEOUT;
+    let conn = match pool.take_idle(std::time::Instant::now()) {
+        Some(c) => c,
+        None => pool.connect().await.map_err(|e| e.to_string())?,
+    };
+    let body = crate::body::full(body);
+    let answer = conn.exchange(&head, body, &pool, (deadline, EXPORT_TIMEOUT)).await.map_err(|e| e.to_string())?;
+    let status = answer.response.status();
+    let limited = http_body_util::Limited::new(answer.response.into_body(), MAX_ANSWER);
+    let bytes = match tokio::time::timeout_at(deadline, limited.collect()).await {
+        Err(_) => return Err("the collector's answer took too long".into()),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let mut response = http::Response::new(bytes);
+    *response.status_mut() = status;
+    Ok(response)
+}
