@@ -197,3 +197,17 @@ fn import_reads_the_token_from_stdin() {
     // The same token cannot be imported twice.
     assert_eq!(fail(&s, &["keys", "import", "--token", "pfx.abcdefghijklmnopqrstuvwx", "--name", "again"])["code"], "conflict");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_asks_the_running_gateway() {
+    let s = setup();
+    let down = s.cli(&["health"]);
+    assert_eq!(down.status.code(), Some(1), "nothing is listening yet");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("/healthz"));
+    let gw = s.start();
+    for args in [&["health"][..], &["health", "--ready"]] {
+        let out = s.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    drop(gw);
+}

@@ -43,6 +43,11 @@ async fn sigterm_closes_the_listener_at_once_and_finishes_what_is_in_flight() {
     let body = json_of(ready).await;
     assert_eq!(body["code"], "draining", "{body}");
     assert!(signalled.elapsed() < Duration::from_secs(1));
+    // The container health check says the same: alive, not ready.
+    assert!(s.cli(&["health"]).status.success());
+    let probe = s.cli(&["health", "--ready"]);
+    assert_eq!(probe.status.code(), Some(1), "{}", String::from_utf8_lossy(&probe.stderr));
+    assert!(String::from_utf8_lossy(&probe.stderr).contains("503"));
     assert_eq!(in_flight.await.unwrap().unwrap(), 200, "the request in flight was not finished");
     let status = gw.stop();
     assert!(status.success(), "{status}");

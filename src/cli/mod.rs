@@ -60,6 +60,13 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminTokenCommand,
     },
+    /// Ask the running gateway's admin listener whether it is up (`/healthz`)
+    /// or, with --ready, taking traffic (`/readyz`): exit 0 if so. For
+    /// container health checks, where no HTTP client may be installed.
+    Health {
+        #[arg(long)]
+        ready: bool,
+    },
     /// Show the audit log of management changes, newest first.
     AuditLog {
         /// Only entries about this key or role id.
@@ -103,6 +110,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve::serve(&cli.config, false).await,
         Command::Demo => serve::serve(&cli.config, true).await,
         Command::Config { command: ConfigCommand::Check } => check_config(&cli.config),
+        Command::Health { ready } => health(&cli.config, ready).await,
         Command::AdminToken { command: AdminTokenCommand::New { name, scopes, json } } => new_admin_token(&name, &scopes, json),
         Command::Keys { command } => match open(&cli.config).await {
             Ok((config, store)) => {
@@ -199,6 +207,38 @@ fn check_config(path: &std::path::Path) -> Result<(), Failure> {
         config.roles.len()
     );
     Ok(())
+}
+
+/// `keygate health`: one GET to the admin listener, within two seconds.
+async fn health(path: &std::path::Path, ready: bool) -> Result<(), Failure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = Config::load(path).map_err(Failure::config)?;
+    let mut addr = config.admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() });
+    }
+    let probe = if ready { "/readyz" } else { "/healthz" };
+    let failed = |why: String| Failure { message: format!("{probe} on {addr}: {why}"), code: "unhealthy", json: false, exit: 1 };
+    let asked = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {probe} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = vec![0u8; 256];
+        let n = stream.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let answer = match tokio::time::timeout(std::time::Duration::from_secs(2), asked).await {
+        Err(_) => return Err(failed("no answer within 2 s".into())),
+        Ok(Err(e)) => return Err(failed(e.to_string())),
+        Ok(Ok(a)) => a,
+    };
+    let status = answer.lines().next().unwrap_or("").to_string();
+    if status.split_whitespace().nth(1) == Some("200") {
+        println!("{probe}: ok");
+        Ok(())
+    } else {
+        Err(failed(format!("answered `{status}`")))
+    }
 }
 
 /// Loads the config, opens its store and seeds the config's roles.
