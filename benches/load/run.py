@@ -13,6 +13,9 @@ JSON body):
   keygate       SQLite store, local limiter, every check on, cached key
   keygate-redis Redis store and Redis limiter (a redis-server of its own)
   keygate-tls   keygate over TLS (HTTP/1.1), SQLite, local limiter
+  keygate-https-upstream
+                keygate (SQLite, local limiter) forwarding over TLS to the
+                same upstream's HTTPS port (a private CA, verified)
 
 Throughput: wrk, closed loop, limits set effectively infinite, every non-2xx
 counted. Rounds are interleaved, each starting one configuration later
@@ -92,9 +95,24 @@ def keygate_binary(given=None):
 
 
 def start_upstream(work, workers, prefix=()):
-    """The upstream every configuration forwards to: an nginx returning a small JSON body."""
-    port = free_port()
-    return port, Proc([*prefix, nginx_bin(), "-c", str(nginx_conf(work, port, upstream_body(port), workers)), "-g", "daemon off;"], port)
+    """The upstream every configuration forwards to: an nginx returning a small
+    JSON body, over plain HTTP and (for keygate-https-upstream) over TLS with
+    a certificate from a private CA (`ca.pem` in `work`)."""
+    port, tls_port = free_port(), free_port()
+    upstream_ca(work)
+    body = upstream_body(port) + upstream_tls_body(tls_port, work)
+    return port, tls_port, Proc([*prefix, nginx_bin(), "-c", str(nginx_conf(work, port, body, workers)), "-g", "daemon off;"], port)
+
+
+def upstream_ca(work):
+    """A CA and a `localhost` certificate it signed, as an HTTPS backend has."""
+    w = Path(work)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    sh("openssl", "req", "-x509", *ec, "-keyout", f"{w}/ca.key", "-out", f"{w}/ca.pem", "-days", "2", "-subj", "/CN=bench CA")
+    sh("openssl", "req", *ec, "-keyout", f"{w}/up.key", "-out", f"{w}/up.csr", "-subj", "/CN=localhost")
+    (w / "up.ext").write_text("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    sh("openssl", "x509", "-req", "-in", f"{w}/up.csr", "-CA", f"{w}/ca.pem", "-CAkey", f"{w}/ca.key", "-CAcreateserial",
+       "-out", f"{w}/up.pem", "-days", "2", "-extfile", f"{w}/up.ext")
 
 
 def publish(table, filename):
@@ -181,6 +199,11 @@ def upstream_body(port):
     return f"""server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; return 200 '{{"success":true,"data":[1,2,3]}}'; }} }}"""
 
 
+def upstream_tls_body(port, work):
+    return f"""server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {work}/up.pem; ssl_certificate_key {work}/up.key;
+  location / {{ default_type application/json; return 200 '{{"success":true,"data":[1,2,3]}}'; }} }}"""
+
+
 def gateway_nginx_body(port, upstream_port, token):
     # The same job as keygate: find the key, refuse unknown ones, check the
     # client IP, limit per key, strip the credential, add identity headers.
@@ -207,7 +230,7 @@ def gateway_nginx_body(port, upstream_port, token):
 """
 
 
-def keygate_conf(work, name, port, admin, upstream_port, extra_server="", store='[store]\npath = "keygate.db"', rate="backend = \"local\""):
+def keygate_conf(work, name, port, admin, upstream, extra_server="", store='[store]\npath = "keygate.db"', rate="backend = \"local\""):
     text = f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -220,7 +243,7 @@ default_per_minute = 1000000000
 {rate}
 [[upstreams]]
 name = "backend"
-url = "http://127.0.0.1:{upstream_port}"
+{upstream}
 [[modules]]
 id = "lists"
 name = "List Management"
@@ -334,7 +357,7 @@ def main():
     work = tempfile.mkdtemp(prefix="keygate-load-")
     procs = []
     try:
-        up_port, upstream = start_upstream(work, place.load_threads, place.load)
+        up_port, up_tls_port, upstream = start_upstream(work, place.load_threads, place.load)
         procs.append(upstream)
         redis_port = free_port()
         procs.append(Proc([*place.load, "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], redis_port))
@@ -347,18 +370,21 @@ def main():
             ("keygate", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
             ("keygate-redis", keygate, "", f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"', 'backend = "redis"'),
             ("keygate-tls", keygate, f'tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}', '[store]\npath = "keygate.db"', 'backend = "local"'),
+            ("keygate-https-upstream", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
         ]
+        plain = f'url = "http://127.0.0.1:{up_port}"'
+        upstreams = {"keygate-https-upstream": f'url = "https://127.0.0.1:{up_tls_port}"\nserver_name = "localhost"\nca_file = "{work}/ca.pem"'}
         if args.baseline:
             specs.insert(1, ("keygate-baseline", args.baseline, "", '[store]\npath = "keygate.db"', 'backend = "local"'))
         for name, binary, extra, store, rate in specs:
             port, admin = free_port(), free_port()
-            conf = keygate_conf(work, name, port, admin, up_port, extra, store, rate)
+            conf = keygate_conf(work, name, port, admin, upstreams.get(name, plain), extra, store, rate)
             if token is None:
                 token = json.loads(sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
             else:
                 sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader")
             procs.append(Proc([*place.gateway, binary, "--config", str(conf), "serve"], port, env=env))
-            scheme = "https" if "tls" in name else "http"
+            scheme = "https" if name == "keygate-tls" else "http"
             configs[name] = (f"{scheme}://127.0.0.1:{port}/api/lists", procs[-1])
         ng_port = free_port()
         ng_conf = nginx_conf(work, ng_port, gateway_nginx_body(ng_port, up_port, token), place.workers)
