@@ -24,8 +24,15 @@ use std::net::IpAddr;
 pub type Check = fn(&[u8]);
 
 /// The targets, by the name of their corpus folder.
-pub const TARGETS: [(&str, Check); 5] =
-    [("request_head", request_head), ("chunked", chunked), ("path", path), ("query", query), ("forwarded_for", forwarded_for)];
+pub const TARGETS: [(&str, Check); 7] = [
+    ("request_head", request_head),
+    ("chunked", chunked),
+    ("path", path),
+    ("query", query),
+    ("forwarded_for", forwarded_for),
+    ("correlation", correlation),
+    ("cors_origin", cors_origin),
+];
 
 /// A request head (and what follows it) from a client: parsed as the
 /// HTTP/1.1 server does; if accepted, forwarded as the upstream client
@@ -158,6 +165,60 @@ pub fn forwarded_for(input: &[u8]) {
         .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
         .any(|ip| ip == client || ip.to_canonical() == client);
     assert!(client == peer || named, "{client} is neither the peer nor named in {}", show(input));
+}
+
+/// `X-Request-Id`, `traceparent` and `tracestate` lines (the input's
+/// lines, in turn): what keygate forwards is a sane id (the client's only
+/// when it sent exactly one sane one), a trace context that reads back as
+/// itself, and a bounded printable state.
+pub fn correlation(input: &[u8]) {
+    use crate::correlation::{self as c, TraceParent};
+    let mut headers = http::HeaderMap::new();
+    let names = [c::REQUEST_ID, c::TRACEPARENT, c::TRACESTATE];
+    for (i, line) in input.split(|b| *b == b'\n').enumerate() {
+        if let Ok(v) = HeaderValue::from_bytes(line) {
+            headers.append(names[i % 3].clone(), v);
+        }
+    }
+    let id = c::request_id(&headers);
+    let sane = |v: &[u8]| !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
+    assert!(sane(id.as_bytes()), "request id {id:?} from {}", show(input));
+    let sent: Vec<_> = headers.get_all(&c::REQUEST_ID).iter().collect();
+    if sent.len() == 1 && sane(sent[0].as_bytes()) {
+        assert_eq!(&id, sent[0], "a sane id was replaced");
+    } else {
+        assert!(id.len() == 32 && !sent.contains(&&id), "an insane id {sent:?} passed as {id:?}");
+    }
+    if let Some(tp) = TraceParent::of(&headers) {
+        let written = tp.value();
+        assert_eq!(TraceParent::parse(written.as_bytes()), Some(tp), "{written:?} does not read back");
+        assert!(written.as_bytes().iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b) || *b == b'-'));
+        let sent = headers.get(&c::TRACEPARENT).map(HeaderValue::as_bytes).unwrap_or_default();
+        if sent.starts_with(b"00-") {
+            assert_eq!(written.as_bytes(), sent, "a version-00 context was changed");
+        }
+    }
+    if let Some(state) = c::tracestate(&headers) {
+        assert!(state.len() <= c::MAX_TRACESTATE && state.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)));
+    }
+}
+
+/// An `Origin` against `[cors]` listing an exact origin and a subdomain
+/// wildcard: what is allowed is that origin, or `https://` and a host
+/// ending in `.mail.test` with a subdomain of DNS characters.
+pub fn cors_origin(input: &[u8]) {
+    use crate::policy::cors::{CorsPolicy, CorsSettings};
+    let Ok(origin) = HeaderValue::from_bytes(input) else { return };
+    let settings = CorsSettings { origins: vec!["https://app.example.com", "https://*.mail.test"], ..Default::default() };
+    let policy = CorsPolicy::new(&settings).unwrap_or_else(|e| panic!("{e:?}"));
+    if !policy.allows(&origin) {
+        return;
+    }
+    let text = origin.to_str().unwrap_or_else(|_| panic!("non-text origin {} allowed", show(input)));
+    let sub = text.strip_prefix("https://").and_then(|h| h.strip_suffix(".mail.test"));
+    let dns = sub
+        .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b)));
+    assert!(text == "https://app.example.com" || dns, "{text:?} was allowed");
 }
 
 fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<usize>), String> {

@@ -205,4 +205,29 @@ proptest! {
         let text: Vec<String> = lines.iter().map(|l| l.concat()).collect();
         fuzzing::forwarded_for(text.join("\n").as_bytes());
     }
+
+    #[test]
+    fn request_ids_and_trace_context_pass_only_when_sane(
+        lines in prop::collection::vec(prop::sample::select(vec![
+            "order-7", "a b", "", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "congo=t61rcWkgMzE", "\u{7f}", "x.y_z-0",
+        ]), 0..7),
+    ) {
+        fuzzing::correlation(lines.join("\n").as_bytes());
+    }
+
+    #[test]
+    fn arbitrary_bytes_as_correlation_headers(wire in prop::collection::vec(any::<u8>(), 0..256)) {
+        fuzzing::correlation(&wire);
+    }
+
+    #[test]
+    fn only_listed_origins_are_allowed(
+        pieces in prop::collection::vec(prop::sample::select(vec![
+            "https://", "http://", "app", ".example.com", ".mail.test", "mail.test", "x", "-", ".", ":443", "/", "@", "*", "evil", "A",
+        ]), 0..6),
+    ) {
+        fuzzing::cors_origin(pieces.concat().as_bytes());
+    }
 }
