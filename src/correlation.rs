@@ -7,6 +7,36 @@ use rand::Rng;
 
 /// The header both ways.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A request's id: a value the client sent (already checked to be a safe
+/// token), or 32 hex digits made for it, kept inline (no allocation and no
+/// value check on the path every request takes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestId {
+    Sent(HeaderValue),
+    Made([u8; 32]),
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Sent(v) => v.as_bytes(),
+            RequestId::Made(b) => b,
+        }
+    }
+
+    /// As text (both forms are ASCII).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    pub fn to_header_value(&self) -> Option<HeaderValue> {
+        match self {
+            RequestId::Sent(v) => Some(v.clone()),
+            RequestId::Made(b) => HeaderValue::from_bytes(b).ok(),
+        }
+    }
+}
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
@@ -19,11 +49,58 @@ pub const MAX_TRACESTATE: usize = 512;
 /// The request's id: the one the client (or a proxy in front) sent, if
 /// there is exactly one and it is at most 128 of `[A-Za-z0-9._-]`: safe in
 /// any log line, header or JSON string. Otherwise a new one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut sent = headers.get_all(&REQUEST_ID).iter();
-    match (sent.next(), sent.next()) {
-        (Some(one), None) if sane_id(one.as_bytes()) => one.clone(),
-        _ => new_id(),
+pub fn request_id(headers: &HeaderMap) -> RequestId {
+    Incoming::of(headers).request_id
+}
+
+/// What a request carries that ties it to others, read in one pass over
+/// its fields (three map lookups hashed three names on every request).
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub request_id: RequestId,
+    /// The client's trace context, when valid and alone.
+    pub parent: Option<TraceParent>,
+    /// Its `tracestate`, only with a valid parent.
+    pub state: Option<HeaderValue>,
+}
+
+impl Incoming {
+    pub fn of(headers: &HeaderMap) -> Incoming {
+        let (mut ids, mut parents, mut states) = (Seen::default(), Seen::default(), Seen::default());
+        for (name, value) in headers {
+            let seen = match name.as_str().len() {
+                12 if *name == REQUEST_ID => &mut ids,
+                11 if *name == TRACEPARENT => &mut parents,
+                10 if *name == TRACESTATE => &mut states,
+                _ => continue,
+            };
+            seen.add(value);
+        }
+        let request_id = match ids.one().filter(|v| sane_id(v.as_bytes())) {
+            Some(v) => RequestId::Sent(v.clone()),
+            None => RequestId::Made(new_id()),
+        };
+        let parent = parents.one().and_then(|v| TraceParent::parse(v.as_bytes()));
+        let state = parent.and(states.one()).filter(|v| sane_state(v)).cloned();
+        Incoming { request_id, parent, state }
+    }
+}
+
+/// The values of one field, as far as "exactly one" goes.
+#[derive(Default)]
+struct Seen<'a> {
+    first: Option<&'a HeaderValue>,
+    more: bool,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, v: &'a HeaderValue) {
+        self.more |= self.first.is_some();
+        self.first.get_or_insert(v);
+    }
+
+    fn one(&self) -> Option<&'a HeaderValue> {
+        self.first.filter(|_| !self.more)
     }
 }
 
@@ -34,11 +111,29 @@ fn sane_id(id: &[u8]) -> bool {
 }
 
 /// 128 random bits as 32 lowercase hex digits (the shape of a W3C trace id).
-pub fn new_id() -> HeaderValue {
-    let bits: u128 = rand::thread_rng().gen();
+/// From a per-thread wyrand seeded by the OS: an id must be unique, not
+/// secret, and a ChaCha draw per request cost more than the rest of the id.
+pub fn new_id() -> [u8; 32] {
+    let bits = IDS.with(|state| {
+        let mut s = state.get();
+        let (high, low) = (wyrand(&mut s), wyrand(&mut s));
+        state.set(s);
+        u128::from(high) << 64 | u128::from(low)
+    });
     let mut text = [0u8; 32];
     hex_into(&bits.to_be_bytes(), &mut text);
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    text
+}
+
+thread_local! {
+    static IDS: std::cell::Cell<u64> = std::cell::Cell::new(rand::rngs::OsRng.gen());
+}
+
+/// wyrand: one multiply per 64 bits, a full period over the state.
+fn wyrand(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0xa076_1d64_78bd_642f);
+    let t = u128::from(*state) * u128::from(*state ^ 0xe703_7ed1_a0b4_28db);
+    (t >> 64) as u64 ^ t as u64
 }
 
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
@@ -62,9 +157,7 @@ impl TraceParent {
     /// `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero
     /// (a later version's longer form is read by its first four parts).
     pub fn of(headers: &HeaderMap) -> Option<TraceParent> {
-        let mut sent = headers.get_all(&TRACEPARENT).iter();
-        let (Some(one), None) = (sent.next(), sent.next()) else { return None };
-        TraceParent::parse(one.as_bytes())
+        Incoming::of(headers).parent
     }
 
     pub fn parse(v: &[u8]) -> Option<TraceParent> {
@@ -108,10 +201,11 @@ impl TraceParent {
 /// `tracestate` as the client sent it, if it goes with a valid
 /// `traceparent`, is one line, bounded and printable.
 pub fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
-    let mut sent = headers.get_all(&TRACESTATE).iter();
-    let (Some(one), None) = (sent.next(), sent.next()) else { return None };
-    let ok = one.len() <= MAX_TRACESTATE && one.as_bytes().iter().all(|b| (0x20..0x7f).contains(b));
-    ok.then(|| one.clone())
+    Incoming::of(headers).state
+}
+
+fn sane_state(v: &HeaderValue) -> bool {
+    v.len() <= MAX_TRACESTATE && v.as_bytes().iter().all(|b| (0x20..0x7f).contains(b))
 }
 
 /// Lowercase hex digits only (W3C forbids upper case).
@@ -145,13 +239,13 @@ mod tests {
 
     #[test]
     fn a_sane_request_id_is_kept_and_any_other_replaced() {
-        assert_eq!(request_id(&with(&REQUEST_ID, &["abc-123_X.y"])), "abc-123_X.y");
+        assert_eq!(request_id(&with(&REQUEST_ID, &["abc-123_X.y"])).as_str(), "abc-123_X.y");
         let long = "a".repeat(MAX_REQUEST_ID);
-        assert_eq!(request_id(&with(&REQUEST_ID, &[&long])), long.as_str());
+        assert_eq!(request_id(&with(&REQUEST_ID, &[&long])).as_str(), long.as_str());
         for bad in [&["a".repeat(129)][..], &["has space".into()], &["quote\"".into()], &["".into()], &["a".into(), "b".into()]] {
             let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
             let id = request_id(&with(&REQUEST_ID, &bad));
-            assert_eq!(id.len(), 32, "{bad:?} gave {id:?}");
+            assert!(matches!(id, RequestId::Made(_)) && id.as_bytes().len() == 32, "{bad:?} gave {id:?}");
             assert!(id.as_bytes().iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         }
         assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()), "new ids differ");
@@ -180,9 +274,15 @@ mod tests {
     }
 
     #[test]
-    fn tracestate_passes_only_when_bounded_and_single() {
-        assert_eq!(tracestate(&with(&TRACESTATE, &["congo=t61rcWkgMzE"])).unwrap(), "congo=t61rcWkgMzE");
-        assert!(tracestate(&with(&TRACESTATE, &[&"a".repeat(MAX_TRACESTATE + 1)])).is_none());
-        assert!(tracestate(&with(&TRACESTATE, &["a=1", "b=2"])).is_none());
+    fn tracestate_passes_only_when_bounded_single_and_with_its_parent() {
+        let parent = |state: &[&str]| {
+            let mut h = with(&TRACESTATE, state);
+            h.insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+            h
+        };
+        assert_eq!(tracestate(&parent(&["congo=t61rcWkgMzE"])).unwrap(), "congo=t61rcWkgMzE");
+        assert!(tracestate(&parent(&[&"a".repeat(MAX_TRACESTATE + 1)])).is_none());
+        assert!(tracestate(&parent(&["a=1", "b=2"])).is_none());
+        assert!(tracestate(&with(&TRACESTATE, &["congo=t61rcWkgMzE"])).is_none(), "no parent, no state");
     }
 }

@@ -120,10 +120,10 @@ impl GatewayError {
     }
 
     /// The response, its body naming the request's id.
-    pub fn to_response_for(&self, request_id: Option<&HeaderValue>) -> Response<Body> {
+    pub fn to_response_for(&self, request_id: Option<&crate::correlation::RequestId>) -> Response<Body> {
         let mut body = serde_json::json!({ "success": false, "error": self.to_string(), "code": self.code() });
-        if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
-            body["requestId"] = id.into();
+        if let Some(id) = request_id {
+            body["requestId"] = id.as_str().into();
         }
         match self {
             GatewayError::InsufficientPermissions { required } => body["required"] = required.clone().into(),

@@ -77,9 +77,12 @@ pub struct Trace {
     /// by keygate itself (`/whoami`): the `outcome` label.
     served_as: Option<&'static str>,
     /// The request's `X-Request-Id`, forwarded and returned.
-    request_id: Option<HeaderValue>,
+    request_id: Option<correlation::RequestId>,
     /// Its spans, when `[tracing]` exports them.
     span: Option<Box<RequestSpan>>,
+    /// The client's valid trace context and its state (boxed: most
+    /// requests carry none, and every request's future holds the field).
+    context: Option<Box<(correlation::TraceParent, Option<HeaderValue>)>>,
 }
 
 /// A forwarded request's exchange with its upstream.
@@ -103,12 +106,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     // Split once; every step below borrows the head. (Passed by value, it
     // would be copied into each step's future.)
     let (head, body) = req.into_parts();
-    let span = app.telemetry.as_ref().map(|t| {
-        let parent = correlation::TraceParent::of(&head.headers);
-        let state = parent.and_then(|_| correlation::tracestate(&head.headers));
-        Box::new(t.request_span(format!("{} (no route)", head.method), arrived.system(), parent.as_ref(), state.as_ref()))
-    });
-    let mut trace = Trace { request_id: Some(correlation::request_id(&head.headers)), span, ..Trace::default() };
+    let mut trace = traced(&app, &head, arrived);
     let result = run(&app, &rt, (&head, body), &conn, arrived, &mut trace).await;
     let (outcome, code) = match &result {
         Ok(_) => (trace.served_as.unwrap_or("forwarded"), "none"),
@@ -122,11 +120,8 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     };
     let mut reply = result.unwrap_or_else(|e| e.to_response_for(trace.request_id.as_ref()).into());
     reply.body = body;
-    if let Some(id) = &trace.request_id {
-        // The request's id is keygate's to give: an upstream's own goes.
-        reply.upstream.remove(correlation::REQUEST_ID.as_str().as_bytes());
-        reply.response.headers_mut().insert(correlation::REQUEST_ID, id.clone());
-    }
+    // The request's id is keygate's to give: an upstream's own goes.
+    reply.upstream.remove_request_id();
     if let Some(policy) = cors_policy(&rt.config, &trace) {
         // keygate speaks for the route: an upstream's own CORS fields go.
         reply.upstream.remove_prefixed(b"access-control-");
@@ -145,7 +140,28 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     if let Some(span) = trace.span.take() {
         end_span(*span, &rt, &head.method, reply.response.status(), &trace, (outcome, code));
     }
+    if let Some(id) = trace.request_id.take() {
+        // With the upstream's fields: no header map is filled for it.
+        reply.upstream.push(b"X-Request-Id", id.as_bytes());
+    }
     reply
+}
+
+/// A request's trace, started with what it carries (its id and trace
+/// context) and, with `[tracing]`, its span. Out of line, so what it reads
+/// is not kept in every request's future.
+fn traced(app: &App, head: &Parts, arrived: Moment) -> Trace {
+    let incoming = correlation::Incoming::of(&head.headers);
+    let span = app.telemetry.as_ref().map(|t| {
+        let name = format!("{} (no route)", head.method);
+        Box::new(t.request_span(name, arrived.system(), incoming.parent.as_ref(), incoming.state.as_ref()))
+    });
+    Trace {
+        request_id: Some(incoming.request_id),
+        span,
+        context: incoming.parent.map(|p| Box::new((p, incoming.state))),
+        ..Trace::default()
+    }
 }
 
 async fn run(
@@ -322,14 +338,15 @@ async fn forward(
     let mut out = Outgoing::new(&head.method, target, &head.headers, key.is_some(), cfg.server.underscore_headers);
     let believed = ip::believes_forwarded_for(conn.peer.ip(), &cfg.server.trusted_proxies);
     out.set_forwarded(&conn.peer_header, conn.tls, host, believed);
-    if let Some(id) = &trace.request_id {
+    // Borrowed by the outgoing head while it is sent, then put back.
+    let request_id = trace.request_id.take();
+    if let Some(id) = &request_id {
         // With spans exported, the upstream's parent is keygate's span for
         // the exchange; otherwise the client's context goes on as it came.
-        let parent = correlation::TraceParent::of(&head.headers);
-        let state = parent.and_then(|_| correlation::tracestate(&head.headers));
+        let state = trace.context.as_ref().and_then(|c| c.1.clone());
         let traceparent = match trace.span.as_mut() {
             Some(span) => Some(span.start_upstream(&upstream.name, SystemTime::now())),
-            None => parent.map(|p| p.value()),
+            None => trace.context.as_ref().map(|c| c.0.value()),
         };
         out.set_correlation(id, traceparent.map(|t| (t, state)));
     }
@@ -344,6 +361,8 @@ async fn forward(
     };
     let sent = Instant::now();
     let result = rt.forwarder.send(conn.worker, route.upstream, upstream, &mut out, body, sent).await;
+    drop(out);
+    trace.request_id = request_id;
     trace.upstream = Some(UpstreamTiming { index: route.upstream, sent, answered: Instant::now() });
     if let Some(span) = trace.span.as_mut() {
         span.end_upstream(SystemTime::now(), result.as_ref().ok().map(|r| r.response.status().as_u16()));
@@ -413,7 +432,7 @@ fn record(
         outcome,
         code,
         key_id = trace.key.as_ref().map_or("-", |k| k.key.key_id.as_str()),
-        request_id = trace.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        request_id = trace.request_id.as_ref().map_or("-", |id| id.as_str()),
         latency_us = elapsed.as_micros() as u64,
     );
 }
@@ -447,8 +466,8 @@ fn end_span(
     if let Some(k) = &trace.key {
         attributes.push(KeyValue::new("keygate.key_id", k.key.key_id.clone()));
     }
-    if let Some(id) = trace.request_id.as_ref().and_then(|v| v.to_str().ok()) {
-        attributes.push(KeyValue::new("keygate.request_id", id.to_string()));
+    if let Some(id) = &trace.request_id {
+        attributes.push(KeyValue::new("keygate.request_id", id.as_str().to_string()));
     }
     let name = match trace.route {
         RouteLabel::None => format!("{method} (no route)"),

@@ -30,7 +30,9 @@ pub struct Runtime {
     /// `keygate_requests_total` children by (route index, status, outcome,
     /// code), so the hot path does not hash label strings under the
     /// registry's lock.
-    request_counters: DashMap<(usize, u16, &'static str, &'static str), IntCounter, FastHash>,
+    /// Keyed by the label texts' addresses: hashing the texts themselves
+    /// cost more than the rest of the lookup.
+    request_counters: DashMap<(usize, u16, usize, usize), IntCounter, FastHash>,
     /// Upstream latency histograms by upstream index.
     upstream_histograms: Vec<Histogram>,
 }
@@ -46,14 +48,16 @@ impl Runtime {
 
     /// Counts one request; `route` is the label for a key seen the first time.
     pub fn count_request(&self, metrics: &Metrics, key: (usize, u16, &'static str, &'static str), route: &str) {
-        if let Some(c) = self.request_counters.get(&key) {
+        let (index, status, outcome, code) = key;
+        let at = (index, status, outcome.as_ptr() as usize, code.as_ptr() as usize);
+        if let Some(c) = self.request_counters.get(&at) {
             c.inc();
             return;
         }
-        let status = key.1.to_string();
-        let counter = metrics.requests.with_label_values(&[route, status.as_str(), key.2, key.3]);
+        let status = status.to_string();
+        let counter = metrics.requests.with_label_values(&[route, status.as_str(), outcome, code]);
         counter.inc();
-        self.request_counters.insert(key, counter);
+        self.request_counters.insert(at, counter);
     }
 
     /// Records how long upstream `index` took to answer.

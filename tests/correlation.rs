@@ -54,6 +54,14 @@ async fn a_sane_request_id_goes_through_and_any_other_is_replaced() {
     let ids: Vec<_> = resp.headers().get_all("x-request-id").iter().collect();
     assert_eq!(ids, ["mine"]);
 
+    // HTTP/2 answers carry it too, forwarded or refused.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let resp = h2.get(s.url("/api/lists")).bearer_auth(&token).header("X-Request-Id", "over-h2").send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-request-id"], "over-h2");
+    let resp = h2.get(s.url("/api/lists")).send().await.unwrap();
+    assert!(is_new_id(resp.headers()["x-request-id"].to_str().unwrap()));
+
     assert!(gw.log_text().contains("request_id=\"no-key-1\""), "{}", gw.log_text());
 }
 

@@ -20,6 +20,15 @@ fn with_upstream(block: &str) -> Setup {
     s
 }
 
+/// A setup reaching `up` over HTTPS as `api.internal`, trusting `ca`.
+fn trusting(up: &upstream::Upstream, ca: &TestCa) -> Setup {
+    with_upstream(&format!(
+        "url = \"https://{}\"\nca_file = \"{}\"\nserver_name = \"api.internal\"",
+        up.addr,
+        toml_path(&ca.ca_file)
+    ))
+}
+
 fn toml_path(p: &std::path::Path) -> String {
     p.display().to_string()
 }
@@ -41,11 +50,7 @@ async fn an_https_upstream_is_reached_with_its_certificate_checked() {
     let ca = TestCa::new(dir.path(), "internal");
     // The certificate names the service, not the address it is reached at.
     let up = upstream::start_tls(ca.server(&["api.internal"], None)).await;
-    let s = with_upstream(&format!(
-        "url = \"https://{}\"\nca_file = \"{}\"\nserver_name = \"api.internal\"",
-        up.addr,
-        toml_path(&ca.ca_file)
-    ));
+    let s = trusting(&up, &ca);
     let (_, token) = s.create_key(&["--name", "tls", "--role", "read-only"]);
     let gw = s.start();
     for _ in 0..3 {
@@ -70,11 +75,7 @@ async fn an_upstream_certificate_keygate_cannot_check_gets_no_request() {
     let signed_by_stranger = upstream::start_tls(stranger.server(&["api.internal"], None)).await;
     let other_name = upstream::start_tls(ca.server(&["elsewhere.internal"], None)).await;
     for (up, what) in [(&signed_by_stranger, "another CA"), (&other_name, "another name")] {
-        let s = with_upstream(&format!(
-            "url = \"https://{}\"\nca_file = \"{}\"\nserver_name = \"api.internal\"",
-            up.addr,
-            toml_path(&ca.ca_file)
-        ));
+        let s = trusting(up, &ca);
         let (_, token) = s.create_key(&["--name", "tls", "--role", "read-only"]);
         let gw = s.start();
         let (status, body) = get(&s, &token, "/api/lists").await;

@@ -76,18 +76,18 @@ def main():
     global KEEP
     KEEP = args.keep
     ensure_valgrind()
-    run.ensure_tools()
+    run.ensure_tools(need_oha=False)
     binaries = [str(Path(b).resolve()) for b in args.keygate] if args.keygate else [run.keygate_binary()]
     work = tempfile.mkdtemp(prefix="keygate-instr-")
     procs = []
     try:
-        up_port, upstream = run.start_upstream(work, 1)
+        up_port, _, upstream = run.start_upstream(work, 1)
         procs.append(upstream)
         results = []
         token = None
         for i, binary in enumerate(binaries):
             port, admin = run.free_port(), run.free_port()
-            conf = run.keygate_conf(work, f"keygate{i}", port, admin, up_port, extra_server="workers = 1")
+            conf = run.keygate_conf(work, f"keygate{i}", port, admin, f'url = "http://127.0.0.1:{up_port}"', extra_server="workers = 1")
             if token is None:
                 token = json.loads(run.sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
             else:

@@ -83,10 +83,10 @@ def main():
     work = tempfile.mkdtemp(prefix="keygate-mem-")
     procs = []
     try:
-        up, upstream = start_upstream(work, 1)
+        up, _, upstream = start_upstream(work, 1)
         procs.append(upstream)
         port, admin = free_port(), free_port()
-        conf = keygate_conf(work, "mem", port, admin, up)
+        conf = keygate_conf(work, "mem", port, admin, f'url = "http://127.0.0.1:{up}"')
         subprocess.run([keygate, "--config", str(conf), "keys", "list"], check=True, capture_output=True)
         started = time.time()
         fill_store(str(conf.parent / "keygate.db"), args.keys)

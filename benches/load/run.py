@@ -72,13 +72,15 @@ def wait_port(port, timeout=20):
     raise SystemExit(f"nothing listens on {port}")
 
 
-def ensure_tools():
+def ensure_tools(need_oha=True):
     missing = [p for p in ("nginx", "wrk") if not shutil.which(p) and not Path(f"/usr/sbin/{p}").exists()]
     if missing:
         print(f"installing {missing} from Debian's packages", file=sys.stderr)
         subprocess.run(["apt-get", "update"], check=True, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", *missing], check=True, capture_output=True)
     oha = shutil.which("oha") or (TOOLS / "bin" / "oha")
+    if not need_oha:
+        return None
     if not Path(oha).exists():
         print("installing oha with cargo (once)", file=sys.stderr)
         subprocess.run(["cargo", "install", "--locked", "--root", str(TOOLS), "oha"], check=True)
@@ -352,7 +354,8 @@ def main():
     ap.add_argument("--only", help="comma-separated configurations to measure (nginx is always kept: ratios are to it)")
     args = ap.parse_args()
     place = Placement(args.pin, args.workers)
-    oha_bin = ensure_tools()
+    # oha only measures latency: a throughput-only run does not wait for its build.
+    oha_bin = ensure_tools(need_oha=not args.skip_latency)
     keygate = keygate_binary(args.keygate)
     work = tempfile.mkdtemp(prefix="keygate-load-")
     procs = []

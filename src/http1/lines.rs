@@ -19,6 +19,9 @@ pub struct HeaderLines {
     text: Vec<u8>,
     content_length: Option<u64>,
     has_date: bool,
+    /// Whether an `X-Request-Id` is among them (keygate answers with the
+    /// request's own, so the upstream's is taken out).
+    has_request_id: bool,
 }
 
 /// Fields rendered once as header lines, to be written as they are into
@@ -86,6 +89,7 @@ impl HeaderLines {
             text: Vec::with_capacity(fields.len() * 32),
             content_length: agreed_length(fields.iter().filter(|f| is_length(f)).map(|f| f.value))?,
             has_date: false,
+            has_request_id: false,
         };
         for field in fields {
             let name = field.name.as_bytes();
@@ -93,6 +97,7 @@ impl HeaderLines {
                 continue;
             }
             lines.has_date |= field.name.eq_ignore_ascii_case("date");
+            lines.has_request_id |= field.name.len() == 12 && field.name.eq_ignore_ascii_case("x-request-id");
             write_line(&mut lines.text, name, field.value);
         }
         if hop.transfer_encoding.is_some() {
@@ -106,6 +111,18 @@ impl HeaderLines {
     /// The lines, each `name: value\r\n`.
     pub fn text(&self) -> &[u8] {
         &self.text
+    }
+
+    /// Adds a field (written with the upstream's, after keygate's own).
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        write_line(&mut self.text, name, value);
+    }
+
+    /// Takes out the upstream's `X-Request-Id` fields, if it sent any.
+    pub fn remove_request_id(&mut self) {
+        if std::mem::take(&mut self.has_request_id) {
+            self.remove(b"x-request-id");
+        }
     }
 
     /// Takes out every field named `name` (lowercase), if there is one.
@@ -172,7 +189,7 @@ mod tests {
     fn a_field_is_taken_out_by_name_in_any_case_and_only_it() {
         let (mut lines, ..) =
             sorted("HTTP/1.1 200 OK\r\nX-Request-Id: up\r\nX-Request-Ids: keep\r\nA: 1\r\nx-request-id: two\r\n\r\n");
-        lines.remove(b"x-request-id");
+        lines.remove_request_id();
         assert_eq!(lines.text(), b"X-Request-Ids: keep\r\nA: 1\r\n");
         let before = lines.clone();
         lines.remove(b"x-request-id");

@@ -108,6 +108,9 @@ fn targets_of(u: &Upstream) -> Vec<Target> {
         .iter()
         .map(|authority| {
             let mut t = Target::new(authority, u.connect_timeout);
+            if u.balance == crate::config::Balance::LeastOutstanding {
+                t = t.counting_in_flight();
+            }
             if let Some(host) = &host {
                 t = t.with_host_header(host.clone());
             }

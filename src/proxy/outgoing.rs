@@ -33,6 +33,7 @@ pub struct Outgoing<'a> {
     strip_credentials: bool,
     underscores: Underscores,
     forwarded: Vec<(HeaderName, HeaderValue)>,
+    request_id: Option<&'a crate::correlation::RequestId>,
     identity: Option<&'a FieldLines>,
 }
 
@@ -56,6 +57,7 @@ impl<'a> Outgoing<'a> {
             strip_credentials,
             underscores,
             forwarded: Vec::new(),
+            request_id: None,
             identity: None,
         }
     }
@@ -93,8 +95,12 @@ impl<'a> Outgoing<'a> {
 
     /// `X-Request-Id` and, when the client sent a valid one, its trace
     /// context.
-    pub fn set_correlation(&mut self, request_id: &HeaderValue, trace: Option<(HeaderValue, Option<HeaderValue>)>) {
-        self.forwarded.push((crate::correlation::REQUEST_ID, request_id.clone()));
+    pub fn set_correlation(
+        &mut self,
+        request_id: &'a crate::correlation::RequestId,
+        trace: Option<(HeaderValue, Option<HeaderValue>)>,
+    ) {
+        self.request_id = Some(request_id);
         if let Some((parent, state)) = trace {
             self.forwarded.push((crate::correlation::TRACEPARENT, parent));
             if let Some(state) = state {
@@ -145,6 +151,9 @@ impl RequestHead for Outgoing<'_> {
         }
         for (name, value) in &self.forwarded {
             field(name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(id) = self.request_id {
+            field(crate::correlation::REQUEST_ID.as_str().as_bytes(), id.as_bytes());
         }
     }
 

@@ -45,8 +45,10 @@ pub struct Target {
     connect_timeout: Duration,
     tls: Option<TlsTarget>,
     /// Connections checked out of this target's pools (one per request in
-    /// flight), shared by every worker's pool of the same target.
-    in_use: Arc<AtomicUsize>,
+    /// flight), shared by every worker's pool of the same target; counted
+    /// only when asked for (two atomic operations and a reference count per
+    /// request otherwise spent for nothing).
+    in_use: Option<Arc<AtomicUsize>>,
 }
 
 impl Target {
@@ -62,7 +64,7 @@ impl Target {
             host_header,
             connect_timeout,
             tls: None,
-            in_use: Arc::default(),
+            in_use: None,
         }
     }
 
@@ -79,9 +81,15 @@ impl Target {
         self
     }
 
-    /// Requests in flight to this target, from every worker.
+    /// Counts the requests in flight to this target (see [`Target::in_use`]).
+    pub fn counting_in_flight(mut self) -> Target {
+        self.in_use = Some(Arc::default());
+        self
+    }
+
+    /// Requests in flight to this target, from every worker (0 unless counted).
     pub fn in_use(&self) -> usize {
-        self.in_use.load(Ordering::Relaxed)
+        self.in_use.as_ref().map_or(0, |n| n.load(Ordering::Relaxed))
     }
 }
 
@@ -89,9 +97,10 @@ impl Target {
 pub(super) struct Busy(Arc<AtomicUsize>);
 
 impl Busy {
-    fn new(count: &Arc<AtomicUsize>) -> Busy {
+    fn new(count: &Option<Arc<AtomicUsize>>) -> Option<Busy> {
+        let count = count.as_ref()?;
         count.fetch_add(1, Ordering::Relaxed);
-        Busy(Arc::clone(count))
+        Some(Busy(Arc::clone(count)))
     }
 }
 
@@ -124,11 +133,12 @@ impl Pool {
     }
 
     /// The most recently used idle connection that still looks usable.
+    #[inline]
     pub fn take_idle(&self, now: Instant) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut entry) = idle.pop() {
             if now.saturating_duration_since(entry.since) < IDLE_TIMEOUT && entry.conn.is_reusable() {
-                entry.conn.busy = Some(Busy::new(&self.target.in_use));
+                entry.conn.busy = Busy::new(&self.target.in_use);
                 return Some(entry.conn);
             }
         }
@@ -165,7 +175,7 @@ impl Pool {
             Ok(result) => result?,
         };
         let mut conn = Connection::new(stream);
-        conn.busy = Some(Busy::new(&t.in_use));
+        conn.busy = Busy::new(&t.in_use);
         Ok(conn)
     }
 }
