@@ -56,6 +56,18 @@ const ROWS: &[Row] = &[
         "POST /api/lists HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Length: {cl}\r\n\r\n{\"name\":\"x\"}",
         Forwarded(&[200], &["POST /api/lists HTTP/1.1\r\nhost: {up}\r\n{fwd}{id}content-length: {cl}\r\n\r\n{\"name\":\"x\"}"]),
     ),
+    // The request id: a sane one passes on, in keygate's place for it;
+    // any other is replaced (by a made one, left out of the comparison).
+    row(
+        "a sane X-Request-Id is forwarded once, in keygate's place",
+        "GET /api/lists HTTP/1.1\r\nHost: gw\r\nX-Request-Id: order-7\r\nAuthorization: Bearer {key}\r\n\r\n",
+        Forwarded(&[200], &["GET /api/lists HTTP/1.1\r\nhost: {up}\r\n{fwd}x-request-id: order-7\r\n{id}\r\n"]),
+    ),
+    row(
+        "two X-Request-Id lines, or one with a space, are replaced",
+        "GET /api/lists HTTP/1.1\r\nHost: gw\r\nX-Request-Id: a\r\nX-Request-Id: b\r\nX-Request-ID: c d\r\nAuthorization: Bearer {key}\r\n\r\n",
+        Forwarded(&[200], &["GET /api/lists HTTP/1.1\r\nhost: {up}\r\n{fwd}{id}\r\n"]),
+    ),
     // 1. Framing headers named in Connection.
     row(
         "Connection naming content-length does not unframe the body",
@@ -259,6 +271,25 @@ fn exchange(port: u16, bytes: &[u8], answers: usize) -> (Vec<u16>, bool) {
     }
 }
 
+/// `text` without its `x-request-id` line when that holds an id keygate
+/// made (32 lowercase hex digits); a head with none or several of either
+/// kind is noted in `wrong`.
+fn without_made_id(text: &str, wrong: &mut Vec<String>) -> String {
+    let head_end = text.find("\r\n\r\n").unwrap_or(text.len());
+    let ids: Vec<&str> = text[..head_end].split("\r\n").filter(|l| l.starts_with("x-request-id: ")).collect();
+    if ids.len() != 1 {
+        wrong.push(format!("{} x-request-id lines in {text:?}", ids.len()));
+        return text.to_string();
+    }
+    let value = &ids[0]["x-request-id: ".len()..];
+    let made = value.len() == 32 && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if made {
+        text.replacen(&format!("{}\r\n", ids[0]), "", 1)
+    } else {
+        text.to_string()
+    }
+}
+
 /// The statuses of the complete responses in `wire`.
 fn read_statuses(wire: &[u8]) -> Vec<u16> {
     let mut out = Vec::new();
@@ -300,7 +331,10 @@ fn the_edge_policy_table() {
         // What the upstream read has arrived before its answer did.
         std::thread::sleep(Duration::from_millis(50));
         let received = up.take();
-        let texts: Vec<&str> = received.iter().map(|r| r.text.as_str()).collect();
+        // The id keygate makes is new each time: each forwarded head must
+        // carry exactly one, and the table compares the rest.
+        let mut wrong_ids = Vec::new();
+        let texts: Vec<String> = received.iter().map(|r| without_made_id(&r.text, &mut wrong_ids)).collect();
         let (want_statuses, want_upstream): (Vec<u16>, Vec<String>) = match row.expect {
             Forwarded(statuses, messages) => (
                 statuses.to_vec(),
@@ -311,7 +345,7 @@ fn the_edge_policy_table() {
             ),
             Refused(status) => (vec![status], Vec::new()),
         };
-        let mut wrong = Vec::new();
+        let mut wrong = wrong_ids;
         if statuses != want_statuses {
             wrong.push(format!("statuses {statuses:?}, want {want_statuses:?}"));
         }
