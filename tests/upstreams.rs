@@ -167,6 +167,42 @@ async fn a_dead_target_is_skipped_then_ejected() {
     assert_eq!(metric(&metrics, &format!("keygate_upstream_requests_total{{result=\"connect_error\",{dead}")), Some(2.0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_killed_while_serving_is_routed_around() {
+    let (a, b) = (upstream::start().await, upstream::start().await);
+    let s = with_upstream(&format!(
+        "url = \"http://backend.internal\"\ntargets = [\"{}\", \"{}\"]\nhealth = {{ failures = 2, eject = \"30s\" }}",
+        a.url(),
+        b.url()
+    ));
+    let (_, token) = s.create_key(&["--name", "killed", "--role", "full-access"]);
+    let _gw = s.start();
+    let c = client();
+    // Both serve, each with kept-alive connections in keygate's pools.
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let (status, seen) = get(&s, &token, "/api/lists").await;
+        assert_eq!(status, StatusCode::OK);
+        served.insert(seen["servedBy"].as_str().unwrap().to_string());
+    }
+    assert_eq!(served.len(), 2);
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every request still gets its answer, POSTs too, from the survivor.
+    for i in 0..10 {
+        let resp = if i % 2 == 0 {
+            c.get(s.url("/api/lists")).bearer_auth(&token).send().await.unwrap()
+        } else {
+            c.post(s.url("/api/lists")).bearer_auth(&token).body("{}").send().await.unwrap()
+        };
+        assert_eq!(resp.status(), StatusCode::OK, "request {i} after the kill");
+        assert_eq!(json_of(resp).await["servedBy"], b.addr.to_string());
+    }
+    let metrics = c.get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let killed = format!("target=\"{}\",upstream=\"backend\"}}", a.addr);
+    assert_eq!(metric(&metrics, &format!("keygate_upstream_ejections_total{{{killed}")), Some(1.0), "{metrics}");
+}
+
 /// A target that reads each request and closes without answering,
 /// counting what it read.
 async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>) {

@@ -19,9 +19,17 @@ use tokio::net::TcpListener;
 /// A running upstream; it stops with the test's runtime.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Stops the listener and every connection it serves.
+    serving: tokio::task::AbortHandle,
 }
 
 impl Upstream {
+    /// Kills the upstream as a crash would: the listener and every open
+    /// connection close at once; new connections are refused.
+    pub fn kill(&self) {
+        self.serving.abort();
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -90,11 +98,13 @@ pub async fn start() -> Upstream {
 /// Starts an upstream on `listener`, speaking TLS with `tls` if given.
 pub fn start_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    let serving = tokio::spawn(async move {
+        // Connections live in the set, so aborting this task closes them too.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let tls = tls.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 match tls {
                     None => {
@@ -110,9 +120,11 @@ pub fn start_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -
                     }
                 }
             });
+            while connections.try_join_next().is_some() {}
         }
-    });
-    Upstream { addr }
+    })
+    .abort_handle();
+    Upstream { addr, serving }
 }
 
 /// A private CA and the certificates it issues, written to `dir` as PEM
