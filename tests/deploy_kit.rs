@@ -211,6 +211,7 @@ fn kubernetes_manifests_pass_the_schema_and_match_the_config() {
 #[test]
 fn the_compose_file_and_image_hold_together() {
     config_check(&repo("deploy/compose/gateway.toml"));
+    config_check(&repo("deploy/redis-node.toml"));
     let compose = read("deploy/docker-compose.yml");
     for service in ["keygate:", "redis:", "backend:", "prometheus:", "grafana:"] {
         assert!(compose.contains(&format!("\n  {service}")), "no {service} service");
