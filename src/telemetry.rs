@@ -241,12 +241,10 @@ impl opentelemetry_http::HttpClient for Collector {
 /// One export request and its answer, within [`EXPORT_TIMEOUT`].
 async fn export(pool: Arc<Pool>, head: Export, body: Bytes) -> Result<http::Response<Bytes>, String> {
     let deadline = tokio::time::Instant::now() + EXPORT_TIMEOUT;
-    let conn = match pool.take_idle(std::time::Instant::now()) {
-        Some(c) => c,
-        None => pool.connect().await.map_err(|e| e.to_string())?,
-    };
-    let body = crate::body::full(body);
-    let answer = conn.exchange(&head, body, &pool, (deadline, EXPORT_TIMEOUT)).await.map_err(|e| e.to_string())?;
+    let mut body = Some(crate::body::full(body));
+    let answer = crate::proxy::exchange(&pool, &head, &mut body, std::time::Instant::now(), (deadline, EXPORT_TIMEOUT))
+        .await
+        .map_err(|e| e.to_string())?;
     let status = answer.response.status();
     let limited = http_body_util::Limited::new(answer.response.into_body(), MAX_ANSWER);
     let bytes = match tokio::time::timeout_at(deadline, limited.collect()).await {

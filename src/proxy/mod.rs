@@ -13,7 +13,7 @@ use crate::body::Body;
 use crate::config::Upstream;
 use crate::error::GatewayError;
 use crate::http1::client::pool::{ConnectError, Pool, Target};
-use crate::http1::client::{ExchangeError, Upstreamed};
+use crate::http1::client::{ExchangeError, RequestHead, Upstreamed};
 use crate::metrics::Metrics;
 use http::HeaderValue;
 use outgoing::Outgoing;
@@ -32,7 +32,7 @@ pub struct Forwarder {
 
 /// Why an exchange with an upstream failed (logged, answered 502).
 #[derive(Debug, thiserror::Error)]
-enum ForwardError {
+pub(crate) enum ForwardError {
     #[error("{0}")]
     Connect(#[from] ConnectError),
     #[error("{0}")]
@@ -137,14 +137,14 @@ fn client_body_error(e: crate::body::BoxError) -> GatewayError {
 /// the upstream closed a moment ago fails before any answer; a bodiless
 /// idempotent request then goes out again on the next idle connection, or
 /// on a new one.
-async fn exchange(
+pub(crate) async fn exchange(
     pool: &Arc<Pool>,
-    head: &Outgoing<'_>,
+    head: &impl RequestHead,
     body: &mut Option<Body>,
     now: Instant,
     (deadline, timeout): (tokio::time::Instant, Duration),
 ) -> Result<Upstreamed, ForwardError> {
-    let replayable = body.as_ref().is_none_or(http_body::Body::is_end_stream) && head.method.is_idempotent();
+    let replayable = body.as_ref().is_none_or(http_body::Body::is_end_stream) && head.method().is_idempotent();
     loop {
         let (conn, reused) = match pool.take_idle(now) {
             Some(conn) => (conn, true),
