@@ -17,7 +17,12 @@ pub(super) struct Checker<'a> {
 
 impl Checker<'_> {
     pub(super) fn problem<T>(&mut self, at: Option<&Spanned<T>>, field: impl Into<String>, msg: impl Into<String>) {
-        let line = at.map(|s| line_at(self.text, s.span().start));
+        self.problem_at(at.map(Spanned::span), field, msg);
+    }
+
+    /// [`Checker::problem`] at a span chosen among several fields.
+    fn problem_at(&mut self, at: Option<std::ops::Range<usize>>, field: impl Into<String>, msg: impl Into<String>) {
+        let line = at.map(|s| line_at(self.text, s.start));
         self.problems.push(ConfigProblem { line, field: field.into(), message: msg.into() });
     }
 
@@ -456,6 +461,12 @@ fn upstream_targets(
     out
 }
 
+/// An authority's host without the brackets of an IPv6 literal: the name a
+/// certificate is checked against.
+fn bare_host(a: &http::uri::Authority) -> &str {
+    a.host().trim_start_matches('[').trim_end_matches(']')
+}
+
 /// `ca_file`, `client_cert` and `server_name` of an https:// upstream.
 fn upstream_tls(
     c: &mut Checker,
@@ -467,7 +478,7 @@ fn upstream_tls(
     use crate::proxy::tls::{self, TlsProblem};
     let ca = u.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
     let cert = u.client_cert.as_ref().map(|cc| (relative_to(path, cc.cert.get_ref()), relative_to(path, cc.key.get_ref())));
-    let host = origin.host().trim_start_matches('[').trim_end_matches(']');
+    let host = bare_host(origin);
     let name = u.server_name.as_ref().map_or(host, |n| n.get_ref().as_str());
     match tls::target(ca.as_deref(), cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())), name) {
         Ok(t) => Some(t),
@@ -478,8 +489,7 @@ fn upstream_tls(
                 TlsProblem::Key(m) => (u.client_cert.as_ref().map(|cc| cc.key.span()), "client_cert.key", m),
                 TlsProblem::ServerName(m) => (u.server_name.as_ref().map(|n| n.span()), "server_name", m),
             };
-            let line = at.or(Some(u.url.span())).map(|s| line_at(c.text, s.start));
-            c.problems.push(ConfigProblem { line, field: format!("{field}.{key}"), message: msg });
+            c.problem_at(at.or(Some(u.url.span())), format!("{field}.{key}"), msg);
             None
         }
     }
@@ -510,8 +520,7 @@ fn tracing(c: &mut Checker, path: &Path, raw: &RawTracing) -> Option<TracingConf
     };
     let tls = if https {
         let ca = raw.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        match crate::proxy::tls::target(ca.as_deref(), None, host) {
+        match crate::proxy::tls::target(ca.as_deref(), None, bare_host(&authority)) {
             Ok(t) => Some(t),
             Err(e) => {
                 c.problem(raw.ca_file.as_ref().or(Some(at)), "tracing.ca_file", e.message());
@@ -562,8 +571,7 @@ fn cors(c: &mut Checker, raw: Option<&RawCors>) -> Option<crate::policy::cors::C
                 Some(i) => format!("cors.{}[{i}]", e.field),
                 None => format!("cors.{}", e.field),
             };
-            let line = span.map(|s| line_at(c.text, s.start));
-            c.problems.push(ConfigProblem { line, field, message: e.message });
+            c.problem_at(span, field, e.message);
             None
         }
     }
