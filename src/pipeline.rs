@@ -152,10 +152,10 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
 /// is not kept in every request's future.
 fn traced(app: &App, head: &Parts, arrived: Moment) -> Trace {
     let incoming = correlation::Incoming::of(&head.headers);
-    let span = app.telemetry.as_ref().map(|t| {
-        let name = format!("{} (no route)", head.method);
-        Box::new(t.request_span(name, arrived.system(), incoming.parent.as_ref(), incoming.state.as_ref()))
-    });
+    let span = app
+        .telemetry
+        .as_ref()
+        .map(|t| Box::new(t.request_span(arrived.system(), incoming.parent.as_ref(), incoming.state.as_ref())));
     Trace {
         request_id: Some(incoming.request_id),
         span,

@@ -75,14 +75,9 @@ impl Telemetry {
     }
 
     /// The server span of a request that arrived at `start`, a child of
-    /// the client's trace context if it sent one.
-    pub fn request_span(
-        &self,
-        name: String,
-        start: SystemTime,
-        parent: Option<&TraceParent>,
-        state: Option<&HeaderValue>,
-    ) -> RequestSpan {
+    /// the client's trace context if it sent one. It is named when it ends,
+    /// once the route is known ([`RequestSpan::end`]).
+    pub fn request_span(&self, start: SystemTime, parent: Option<&TraceParent>, state: Option<&HeaderValue>) -> RequestSpan {
         let cx = match parent {
             Some(p) => {
                 let state = state.and_then(|s| s.to_str().ok()).and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
@@ -99,7 +94,7 @@ impl Telemetry {
         };
         let span = self
             .tracer
-            .span_builder(name)
+            .span_builder("request")
             .with_kind(SpanKind::Server)
             .with_start_time(start)
             .start_with_context(&self.tracer, &cx);
