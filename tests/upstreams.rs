@@ -20,6 +20,13 @@ fn with_upstream(block: &str) -> Setup {
     s
 }
 
+/// A setup whose upstream `backend.internal` is served by `targets`,
+/// with `extra` lines in its table.
+fn over_targets(targets: &[String], extra: &str) -> Setup {
+    let listed: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    with_upstream(&format!("url = \"http://backend.internal\"\ntargets = [{}]\n{extra}", listed.join(", ")))
+}
+
 /// A setup reaching `up` over HTTPS as `api.internal`, trusting `ca`.
 fn trusting(up: &upstream::Upstream, ca: &TestCa) -> Setup {
     with_upstream(&format!(
@@ -119,8 +126,8 @@ async fn an_upstream_that_asks_for_a_client_certificate_gets_keygates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_take_the_targets_in_turn() {
     let ups = [upstream::start().await, upstream::start().await, upstream::start().await];
-    let targets: Vec<String> = ups.iter().map(|u| format!("\"{}\"", u.url())).collect();
-    let s = with_upstream(&format!("url = \"http://backend.internal\"\ntargets = [{}]", targets.join(", ")));
+    let urls: Vec<String> = ups.iter().map(upstream::Upstream::url).collect();
+    let s = over_targets(&urls, "");
     let (_, token) = s.create_key(&["--name", "rr", "--role", "read-only"]);
     let _gw = s.start();
     let mut served = std::collections::HashMap::new();
@@ -144,11 +151,7 @@ async fn requests_take_the_targets_in_turn() {
 async fn a_dead_target_is_skipped_then_ejected() {
     let live = upstream::start().await;
     let dead_port = free_port();
-    let s = with_upstream(&format!(
-        "url = \"http://backend.internal\"\ntargets = [\"http://127.0.0.1:{dead_port}\", \"{}\"]\n\
-         health = {{ failures = 2, eject = \"30s\" }}",
-        live.url()
-    ));
+    let s = over_targets(&[format!("http://127.0.0.1:{dead_port}"), live.url()], "health = { failures = 2, eject = \"30s\" }");
     let (_, token) = s.create_key(&["--name", "dead", "--role", "full-access"]);
     let _gw = s.start();
     // Nothing of a refused request was sent: it goes to the other target,
@@ -170,11 +173,7 @@ async fn a_dead_target_is_skipped_then_ejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_killed_while_serving_is_routed_around() {
     let (a, b) = (upstream::start().await, upstream::start().await);
-    let s = with_upstream(&format!(
-        "url = \"http://backend.internal\"\ntargets = [\"{}\", \"{}\"]\nhealth = {{ failures = 2, eject = \"30s\" }}",
-        a.url(),
-        b.url()
-    ));
+    let s = over_targets(&[a.url(), b.url()], "health = { failures = 2, eject = \"30s\" }");
     let (_, token) = s.create_key(&["--name", "killed", "--role", "full-access"]);
     let _gw = s.start();
     let c = client();
@@ -229,10 +228,7 @@ async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 async fn a_request_a_target_received_is_never_sent_to_another() {
     let (hole, seen_by_hole) = black_hole().await;
     let live = upstream::start().await;
-    let s = with_upstream(&format!(
-        "url = \"http://backend.internal\"\ntargets = [\"http://{hole}\", \"{}\"]\nhealth = {{ failures = 100 }}",
-        live.url()
-    ));
+    let s = over_targets(&[format!("http://{hole}"), live.url()], "health = { failures = 100 }");
     let (_, token) = s.create_key(&["--name", "once", "--role", "full-access"]);
     let _gw = s.start();
     let (mut ok, mut failed) = (0, 0);
@@ -255,11 +251,7 @@ async fn a_request_a_target_received_is_never_sent_to_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_outstanding_sends_around_a_busy_target() {
     let (a, b) = (upstream::start().await, upstream::start().await);
-    let s = with_upstream(&format!(
-        "url = \"http://backend.internal\"\ntargets = [\"{}\", \"{}\"]\nbalance = \"least_outstanding\"",
-        a.url(),
-        b.url()
-    ));
+    let s = over_targets(&[a.url(), b.url()], "balance = \"least_outstanding\"");
     let (_, token) = s.create_key(&["--name", "lo", "--role", "read-only"]);
     let _gw = s.start();
     // One slow request holds a target busy...
