@@ -46,15 +46,16 @@ pub const MAX_REQUEST_ID: usize = 128;
 /// beyond this the context is dropped rather than cut).
 pub const MAX_TRACESTATE: usize = 512;
 
-/// The request's id: the one the client (or a proxy in front) sent, if
-/// there is exactly one and it is at most 128 of `[A-Za-z0-9._-]`: safe in
-/// any log line, header or JSON string. Otherwise a new one.
-pub fn request_id(headers: &HeaderMap) -> RequestId {
-    Incoming::of(headers).request_id
-}
-
 /// What a request carries that ties it to others, read in one pass over
 /// its fields (three map lookups hashed three names on every request).
+///
+/// The id is the one the client (or a proxy in front) sent, if there is
+/// exactly one and it is at most 128 of `[A-Za-z0-9._-]`: safe in any log
+/// line, header or JSON string; otherwise a new one. The trace context is
+/// the client's single valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`,
+/// ids not all zero; a later version's longer form is read by its first
+/// four parts), and `tracestate` goes with it when one line, bounded and
+/// printable.
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub request_id: RequestId,
@@ -153,13 +154,6 @@ pub struct TraceParent {
 }
 
 impl TraceParent {
-    /// The client's trace context, if it sent exactly one valid
-    /// `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero
-    /// (a later version's longer form is read by its first four parts).
-    pub fn of(headers: &HeaderMap) -> Option<TraceParent> {
-        Incoming::of(headers).parent
-    }
-
     pub fn parse(v: &[u8]) -> Option<TraceParent> {
         if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
             return None;
@@ -198,12 +192,6 @@ impl TraceParent {
     }
 }
 
-/// `tracestate` as the client sent it, if it goes with a valid
-/// `traceparent`, is one line, bounded and printable.
-pub fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
-    Incoming::of(headers).state
-}
-
 fn sane_state(v: &HeaderValue) -> bool {
     v.len() <= MAX_TRACESTATE && v.as_bytes().iter().all(|b| (0x20..0x7f).contains(b))
 }
@@ -239,22 +227,22 @@ mod tests {
 
     #[test]
     fn a_sane_request_id_is_kept_and_any_other_replaced() {
-        assert_eq!(request_id(&with(&REQUEST_ID, &["abc-123_X.y"])).as_str(), "abc-123_X.y");
+        assert_eq!(Incoming::of(&with(&REQUEST_ID, &["abc-123_X.y"])).request_id.as_str(), "abc-123_X.y");
         let long = "a".repeat(MAX_REQUEST_ID);
-        assert_eq!(request_id(&with(&REQUEST_ID, &[&long])).as_str(), long.as_str());
+        assert_eq!(Incoming::of(&with(&REQUEST_ID, &[&long])).request_id.as_str(), long.as_str());
         for bad in [&["a".repeat(129)][..], &["has space".into()], &["quote\"".into()], &["".into()], &["a".into(), "b".into()]] {
             let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
-            let id = request_id(&with(&REQUEST_ID, &bad));
+            let id = Incoming::of(&with(&REQUEST_ID, &bad)).request_id;
             assert!(matches!(id, RequestId::Made(_)) && id.as_bytes().len() == 32, "{bad:?} gave {id:?}");
             assert!(id.as_bytes().iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         }
-        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()), "new ids differ");
+        assert_ne!(Incoming::of(&HeaderMap::new()).request_id, Incoming::of(&HeaderMap::new()).request_id, "new ids differ");
     }
 
     #[test]
     fn traceparent_is_read_strictly_and_written_back_alike() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let tp = TraceParent::of(&with(&TRACEPARENT, &[good])).unwrap();
+        let tp = Incoming::of(&with(&TRACEPARENT, &[good])).parent.unwrap();
         assert!(tp.sampled());
         assert_eq!(tp.value(), good);
         for bad in [
@@ -270,7 +258,7 @@ mod tests {
         }
         // A later version may add fields after a dash.
         assert!(TraceParent::parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more").is_some());
-        assert_eq!(TraceParent::of(&with(&TRACEPARENT, &[good, good])), None, "two are ambiguous");
+        assert_eq!(Incoming::of(&with(&TRACEPARENT, &[good, good])).parent, None, "two are ambiguous");
     }
 
     #[test]
@@ -280,9 +268,9 @@ mod tests {
             h.insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
             h
         };
-        assert_eq!(tracestate(&parent(&["congo=t61rcWkgMzE"])).unwrap(), "congo=t61rcWkgMzE");
-        assert!(tracestate(&parent(&[&"a".repeat(MAX_TRACESTATE + 1)])).is_none());
-        assert!(tracestate(&parent(&["a=1", "b=2"])).is_none());
-        assert!(tracestate(&with(&TRACESTATE, &["congo=t61rcWkgMzE"])).is_none(), "no parent, no state");
+        assert_eq!(Incoming::of(&parent(&["congo=t61rcWkgMzE"])).state.unwrap(), "congo=t61rcWkgMzE");
+        assert!(Incoming::of(&parent(&[&"a".repeat(MAX_TRACESTATE + 1)])).state.is_none());
+        assert!(Incoming::of(&parent(&["a=1", "b=2"])).state.is_none());
+        assert!(Incoming::of(&with(&TRACESTATE, &["congo=t61rcWkgMzE"])).state.is_none(), "no parent, no state");
     }
 }

@@ -180,7 +180,8 @@ pub fn correlation(input: &[u8]) {
             headers.append(names[i % 3].clone(), v);
         }
     }
-    let id = c::request_id(&headers);
+    let incoming = c::Incoming::of(&headers);
+    let id = incoming.request_id;
     let sane = |v: &[u8]| !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
     assert!(sane(id.as_bytes()) && id.to_header_value().is_some(), "request id {id:?} from {}", show(input));
     let sent: Vec<_> = headers.get_all(&c::REQUEST_ID).iter().collect();
@@ -189,7 +190,7 @@ pub fn correlation(input: &[u8]) {
     } else {
         assert!(matches!(id, c::RequestId::Made(_)), "an insane id {sent:?} passed as {id:?}");
     }
-    if let Some(tp) = TraceParent::of(&headers) {
+    if let Some(tp) = incoming.parent {
         let written = tp.value();
         assert_eq!(TraceParent::parse(written.as_bytes()), Some(tp), "{written:?} does not read back");
         assert!(written.as_bytes().iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b) || *b == b'-'));
@@ -198,7 +199,7 @@ pub fn correlation(input: &[u8]) {
             assert_eq!(written.as_bytes(), sent, "a version-00 context was changed");
         }
     }
-    if let Some(state) = c::tracestate(&headers) {
+    if let Some(state) = incoming.state {
         assert!(state.len() <= c::MAX_TRACESTATE && state.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)));
     }
 }
