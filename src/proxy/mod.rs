@@ -84,7 +84,7 @@ impl Forwarder {
                     (Outcome::Timeout, Err(GatewayError::UpstreamTimeout))
                 }
                 Err(e) => {
-                    tracing::warn!(upstream = %upstream.name, target = group.authority(t), error = %e, "upstream request failed");
+                    tracing::warn!(upstream = %upstream.name, target = %pool.target().authority, error = %e, "upstream request failed");
                     let outcome = if matches!(e, ForwardError::Connect(_)) { Outcome::ConnectError } else { Outcome::Error };
                     (outcome, Err(GatewayError::UpstreamUnavailable))
                 }

@@ -146,11 +146,6 @@ impl Group {
             tracing::warn!(target = %t.authority, failures, eject_for = ?self.health.eject, "upstream target ejected");
         }
     }
-
-    /// A target's address, for logs.
-    pub fn authority(&self, i: usize) -> &str {
-        self.targets.get(i).map_or("-", |t| t.authority.as_str())
-    }
 }
 
 impl Outcome {
