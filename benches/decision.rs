@@ -5,6 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Request};
 use keygate::clock::Moment;
+use keygate::clock::Period;
 use keygate::config::{Algorithm, Config};
 use keygate::http1::client::RequestHead;
 use keygate::http1::lines::FieldLines;
@@ -15,6 +16,7 @@ use keygate::policy::{ip, path, permissions};
 use keygate::proxy::headers::{self, Underscores};
 use keygate::proxy::outgoing::Outgoing;
 use keygate::ratelimit::local::LocalLimiter;
+use keygate::ratelimit::Counter;
 use keygate::state::App;
 use std::future::Future;
 use std::hint::black_box;
@@ -41,7 +43,7 @@ fn fixture() -> Fixture {
     let (app, token) = rt.block_on(async {
         let app = App::new(config, path).await.unwrap();
         let runtime = app.runtime.load_full();
-        let m = Manager { store: app.store.as_ref(), config: &runtime.config, actor: "bench".into() };
+        let m = Manager::new(app.store.as_ref(), &runtime.config, "bench");
         let input = KeyInput {
             name: Some("bench".into()),
             role: Some("contact-sync".into()),
@@ -106,7 +108,8 @@ fn steps(c: &mut Criterion) {
     c.bench_function("permission_check", |b| b.iter(|| permissions::permits(grants.iter(), black_box("contacts.view"))));
     let limiter = LocalLimiter::default();
     c.bench_function("limiter_decision", |b| {
-        b.iter(|| limiter.check(Algorithm::FixedWindow, black_box("key_0123456789abcdef"), u32::MAX, keygate::clock::now_ms()))
+        let counter = Counter { id: "key_0123456789abcdef", period: Period::Minute };
+        b.iter(|| limiter.check(Algorithm::FixedWindow, black_box(counter), u32::MAX, 1, keygate::clock::now_ms()))
     });
     let identity = FieldLines::render([(&b"x-keygate-key-id"[..], &b"key_0123456789abcdef"[..]), (b"x-keygate-env", b"live")]);
     c.bench_function("header_rewrite", |b| b.iter(|| rewrite(black_box(req.headers()), &peer_header, &identity)));

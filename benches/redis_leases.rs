@@ -4,11 +4,18 @@
 //! minute of traffic at 10,000 requests per second runs in seconds.
 //! Commands are counted with `INFO commandstats`.
 //!
+//! Each request is counted against one window (a minute) or three
+//! (minute, day and month, as a plan with quotas has): each window holds
+//! its own lease, so three windows should cost about three times one, and
+//! stay far below one command per request.
+//!
 //! Run: `cargo bench --bench redis_leases` (needs `redis-server`).
 
+use keygate::clock::Period;
 use keygate::config::{Algorithm, RedisErrorPolicy};
 use keygate::metrics::Metrics;
 use keygate::ratelimit::redis::RedisLimiter;
+use keygate::ratelimit::Counter;
 use keygate::store::redis_conn::RedisHandle;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -79,8 +86,19 @@ struct Outcome {
 }
 
 /// Offers `rate` requests per second of one key, spread over the nodes,
-/// for `seconds` of simulated time starting at a window boundary.
-async fn run(port: u16, nodes: &[RedisLimiter], metrics: &Metrics, key: &str, rate: u64, seconds: u64, limit: u32) -> Outcome {
+/// for `seconds` of simulated time starting at a window boundary; each
+/// request is counted in every one of `windows` (all with `limit`), and
+/// admitted only when all admit it.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    port: u16,
+    nodes: &[RedisLimiter],
+    metrics: &Metrics,
+    key: &str,
+    (rate, seconds): (u64, u64),
+    limit: u32,
+    windows: &[Period],
+) -> Outcome {
     let start_ms = (keygate::clock::now_ms() / 60_000 + 1) * 60_000;
     let before = command_counts(port);
     let total = rate * seconds;
@@ -95,8 +113,13 @@ async fn run(port: u16, nodes: &[RedisLimiter], metrics: &Metrics, key: &str, ra
             next_sweep += 500;
         }
         let node = &nodes[i as usize % nodes.len()];
-        let d = node.check(Algorithm::FixedWindow, key, limit, now, RedisErrorPolicy::Deny, metrics).await;
-        admitted += u64::from(d.allowed);
+        let mut all = true;
+        for period in windows {
+            let counter = Counter { id: key, period: *period };
+            let d = node.check(Algorithm::FixedWindow, counter, limit, 1, now, RedisErrorPolicy::Deny, metrics).await;
+            all &= d.allowed;
+        }
+        admitted += u64::from(all);
     }
     let after = command_counts(port);
     Outcome { requests: total, admitted, trips: after.0 - before.0, all: after.1 - before.1 }
@@ -120,20 +143,23 @@ async fn main() {
         nodes.push(RedisLimiter::new(Arc::new(handle), NODES as u32));
     }
     println!(
-        "| offered rate per key (req/s) | requests | Redis round trips / request | Redis commands / request (incl. in scripts) |"
+        "| windows | offered rate per key (req/s) | requests | Redis round trips / request | Redis commands / request (incl. in scripts) |"
     );
-    println!("| ---: | ---: | ---: | ---: |");
-    for (rate, seconds) in [(1u64, 120u64), (100, 60), (10_000, 30)] {
-        let key = format!("key_rate_{rate}");
-        // A limit no burst reaches: this measures cost, not refusals.
-        let o = run(port, &nodes, &metrics, &key, rate, seconds, u32::MAX / 2).await;
-        assert_eq!(o.admitted, o.requests);
-        println!(
-            "| {rate} | {} | {:.4} | {:.4} |",
-            o.requests,
-            o.trips as f64 / o.requests as f64,
-            o.all as f64 / o.requests as f64
-        );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let three = [Period::Minute, Period::Day, Period::Month];
+    for (name, windows) in [("minute", &three[..1]), ("minute + day + month", &three[..])] {
+        for (rate, seconds) in [(1u64, 120u64), (100, 60), (10_000, 30)] {
+            let key = format!("key_rate_{rate}_{}", windows.len());
+            // A limit no burst reaches: this measures cost, not refusals.
+            let o = run(port, &nodes, &metrics, &key, (rate, seconds), u32::MAX / 2, windows).await;
+            assert_eq!(o.admitted, o.requests);
+            println!(
+                "| {name} | {rate} | {} | {:.4} | {:.4} |",
+                o.requests,
+                o.trips as f64 / o.requests as f64,
+                o.all as f64 / o.requests as f64
+            );
+        }
     }
     println!();
     println!("| scenario | limit / window | offered | admitted | over-admission | under-admission |");
@@ -143,7 +169,7 @@ async fn main() {
         ("at the limit: 100 req/s against 6,000/min", 100, 6_000),
     ] {
         let key = format!("key_exact_{rate}");
-        let o = run(port, &nodes, &metrics, &key, rate, 60, limit).await;
+        let o = run(port, &nodes, &metrics, &key, (rate, 60), limit, &[Period::Minute]).await;
         let expected = o.requests.min(u64::from(limit));
         println!(
             "| {name} | {limit} | {} | {} | {} | {} |",

@@ -33,6 +33,12 @@ pub enum GatewayError {
     CorsRefused(String),
     #[error("rate limit exceeded")]
     RateLimited { retry_after: u64 },
+    /// An hour, day or month quota has no room for the request's cost.
+    #[error("the {window} quota of this API key is used up")]
+    QuotaExceeded { window: &'static str, retry_after: u64 },
+    /// `retry_after` is the next refill, `None` when none will come.
+    #[error("this API key has no credits left for this request")]
+    CreditsExhausted { retry_after: Option<u64> },
     #[error("the request body is larger than this gateway accepts")]
     PayloadTooLarge,
     /// The client paused inside its request body for longer than
@@ -70,7 +76,7 @@ impl GatewayError {
             }
             IpBlocked | InsufficientPermissions { .. } | CorsRefused(_) => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | QuotaExceeded { .. } | CreditsExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -95,11 +101,22 @@ impl GatewayError {
             NoRoute => "no_route",
             CorsRefused(_) => "cors_not_allowed",
             RateLimited { .. } => "rate_limited",
+            QuotaExceeded { .. } => "quota_exceeded",
+            CreditsExhausted { .. } => "credits_exhausted",
             PayloadTooLarge => "payload_too_large",
             RequestTimeout => "request_timeout",
             UpstreamUnavailable => "upstream_unavailable",
             StoreUnavailable => "store_unavailable",
             UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// Seconds until a refused request could pass, when that is known.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::RateLimited { retry_after } | GatewayError::QuotaExceeded { retry_after, .. } => Some(*retry_after),
+            GatewayError::CreditsExhausted { retry_after } => *retry_after,
+            _ => None,
         }
     }
 
@@ -127,18 +144,18 @@ impl GatewayError {
         }
         match self {
             GatewayError::InsufficientPermissions { required } => body["required"] = required.clone().into(),
-            GatewayError::RateLimited { retry_after } => body["retryAfter"] = (*retry_after).into(),
+            GatewayError::QuotaExceeded { window, .. } => body["window"] = (*window).into(),
             _ => {}
         }
+        if let Some(retry_after) = self.retry_after() {
+            body["retryAfter"] = retry_after.into();
+        }
         let mut resp = json_response(self.status(), &body);
-        match self {
-            GatewayError::MissingKey => {
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            GatewayError::RateLimited { retry_after } => {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
-            }
-            _ => {}
+        if let GatewayError::MissingKey = self {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(retry_after) = self.retry_after() {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         resp
     }
@@ -171,6 +188,8 @@ mod tests {
             GatewayError::NoRoute,
             GatewayError::CorsRefused("x".into()),
             GatewayError::RateLimited { retry_after: 7 },
+            GatewayError::QuotaExceeded { window: "day", retry_after: 7 },
+            GatewayError::CreditsExhausted { retry_after: None },
             GatewayError::PayloadTooLarge,
             GatewayError::UpstreamUnavailable,
             GatewayError::StoreUnavailable,
@@ -185,5 +204,9 @@ mod tests {
         assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
         let r = GatewayError::RateLimited { retry_after: 7 }.to_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        let r = GatewayError::QuotaExceeded { window: "month", retry_after: 9 }.to_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "9");
+        let r = GatewayError::CreditsExhausted { retry_after: None }.to_response();
+        assert!(r.headers().get(header::RETRY_AFTER).is_none(), "no refill: no time to give");
     }
 }

@@ -22,7 +22,8 @@ use crate::policy::{cors, ip, path};
 use crate::proxy::headers::{self, Underscores};
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody};
-use crate::ratelimit::{Decision, RateHeaders};
+use crate::ratelimit::meter::{self, Charge, RateView, Refused};
+use crate::ratelimit::RateHeaders;
 use crate::state::{App, Runtime};
 use crate::telemetry::RequestSpan;
 use http::request::Parts;
@@ -70,7 +71,7 @@ pub struct Trace {
     /// The resolved key (for its id in the access log), shared, not copied.
     key: Option<Arc<KeyLookup>>,
     /// The rate-limit state to report in `X-RateLimit-*` headers.
-    pub decision: Option<Decision>,
+    pub rate: Option<RateView>,
     /// Which upstream was asked, when, and when its answer came.
     upstream: Option<UpstreamTiming>,
     /// Set when the request was answered without a key (public route) or
@@ -129,9 +130,8 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
             reply.response.headers_mut().append(name, value);
         }
     }
-    let rl = &rt.config.rate_limit;
-    if let Some(decision) = trace.decision {
-        let headers = RateHeaders { decision, now: arrived.unix(), algorithm: rl.algorithm, ietf: rl.ietf_headers };
+    if let Some(view) = trace.rate {
+        let headers = RateHeaders { view, now_ms: arrived.unix_ms, ietf: rt.config.rate_limit.ietf_headers };
         reply.extra = headers.fields();
     }
     // A forwarded request's time ends with the upstream's answer, read then.
@@ -194,7 +194,7 @@ async fn run(
         trace.route = RouteLabel::Whoami;
         trace.served_as = Some("whoami");
         let key = authorise(app, cfg, head, client_ip, None, now, trace).await?;
-        return Ok(whoami(app, cfg, &key.key, trace.decision.as_ref()).into());
+        return Ok(whoami(app, cfg, &key.key, trace.rate.as_ref()).into());
     }
     // 3. route
     let (index, route) = cfg.routes.find(&head.method, &path).ok_or(GatewayError::NoRoute)?;
@@ -242,36 +242,62 @@ pub async fn authorise(
         return Err(refusal);
     }
     trace.key = Some(Arc::clone(&found));
-    let limit = cfg.limit_for(key.rate_limit, key.plan.as_deref());
-    let algorithm = cfg.rate_limit.algorithm;
+    let subject = meter::subject_of(cfg.rate_limit.scope, key);
+    let route_counter = route.and_then(|r| Some((meter::route_counter_id(&subject, &r.pattern), r.per_minute?)));
+    let charge = Charge {
+        key_id: &key.key_id,
+        subject: &subject,
+        route: route_counter.as_ref().map(|(id, limit)| (id.as_str(), *limit)),
+        limits: cfg.limits_for(key),
+        credits: key.credits.as_ref(),
+        cost: route.map_or(1, |r| r.cost),
+        algorithm: cfg.rate_limit.algorithm,
+    };
     // 7. IP allowlist
     if !ip::allowed(client_ip, &key.allowed_ips) {
-        trace.decision = Some(app.limiter.peek(algorithm, &key.key_id, limit, now_ms));
+        trace.rate = meter::peek(&app.limiter, &charge, now_ms).view();
         return Err(GatewayError::IpBlocked);
     }
     // 8. permission
     if let Some(required) = permission {
         if !app.roles.permits(key, required) {
-            trace.decision = Some(app.limiter.peek(algorithm, &key.key_id, limit, now_ms));
+            trace.rate = meter::peek(&app.limiter, &charge, now_ms).view();
             return Err(GatewayError::InsufficientPermissions { required: required.to_string() });
         }
     }
-    // 9. rate limit
-    let decision = app.limiter.check(algorithm, &key.key_id, limit, now_ms, on_redis_error, &app.metrics).await;
-    trace.decision = Some(decision);
-    if let Some(span) = trace.span.as_mut() {
+    // 9. rate limits, quotas and credits
+    let credits = (&app.credits, app.store.as_ref());
+    let metered = match meter::charge(&app.limiter, credits, &charge, now_ms, on_redis_error, &app.metrics).await {
+        Ok(m) => m,
+        Err(e) => {
+            // Credits that cannot be read cannot be spent.
+            app.note_store_error("credit_balance", &e);
+            return Err(GatewayError::StoreUnavailable);
+        }
+    };
+    trace.rate = metered.view();
+    if let (Some(span), Some(view)) = (trace.span.as_mut(), trace.rate.as_ref()) {
         let attributes = vec![
-            KeyValue::new("keygate.ratelimit.allowed", decision.allowed),
-            KeyValue::new("keygate.ratelimit.remaining", i64::from(decision.remaining)),
+            KeyValue::new("keygate.ratelimit.allowed", metered.refused.is_none()),
+            KeyValue::new("keygate.ratelimit.remaining", i64::from(view.decision.remaining)),
+            KeyValue::new("keygate.ratelimit.policy", view.policy.name()),
         ];
         span.event("rate limit", SystemTime::now(), attributes);
     }
-    if !decision.allowed {
+    if let Some(refused) = metered.refused {
         app.metrics.ratelimit_denied.inc();
-        return Err(GatewayError::RateLimited { retry_after: decision.retry_after });
+        app.usage.refused(&key.key_id, &key.owner, now.unix());
+        let retry_after = metered.retry_after();
+        return Err(match refused {
+            Refused::Window(p) if p.is_quota() => {
+                GatewayError::QuotaExceeded { window: p.name(), retry_after: retry_after.unwrap_or(1) }
+            }
+            Refused::Window(_) => GatewayError::RateLimited { retry_after: retry_after.unwrap_or(1) },
+            Refused::Credits => GatewayError::CreditsExhausted { retry_after },
+        });
     }
     app.metrics.ratelimit_allowed.inc();
-    app.usage.record(&key.key_id, now.unix());
+    app.usage.record(&key.key_id, &key.owner, now.unix());
     Ok(found)
 }
 
@@ -391,7 +417,7 @@ fn cors_policy<'a>(cfg: &'a Config, trace: &Trace) -> Option<&'a cors::CorsPolic
 }
 
 /// `GET /whoami`: what the presented key is and may do.
-fn whoami(app: &App, cfg: &Config, key: &ApiKey, decision: Option<&Decision>) -> Response<Body> {
+fn whoami(app: &App, cfg: &Config, key: &ApiKey, rate: Option<&RateView>) -> Response<Body> {
     let data = serde_json::json!({
         "keyId": key.key_id,
         "name": key.name,
@@ -400,7 +426,7 @@ fn whoami(app: &App, cfg: &Config, key: &ApiKey, decision: Option<&Decision>) ->
         "permissions": app.roles.effective_permissions(key),
         "env": key.env.as_str(),
         "rateLimit": cfg.limit_for(key.rate_limit, key.plan.as_deref()),
-        "remaining": decision.map(|d| d.remaining),
+        "remaining": rate.map(|r| r.decision.remaining),
         "allowedIps": key.allowed_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "expiresAt": key.expires_at.map(clock::rfc3339),
     });

@@ -11,8 +11,8 @@ use crate::keys::roles::RoleSet;
 use crate::keys::usage::UsageRecorder;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
-use crate::ratelimit::{local::LocalLimiter, redis::RedisLimiter, Limiter};
-use crate::store::redis_conn::RedisHandle;
+use crate::ratelimit::credits::Credits;
+use crate::ratelimit::{local::LocalLimiter, Limiter};
 use crate::store::{self, ChangeTarget, SharedStore, Store, StoreError};
 use crate::FastHash;
 use arc_swap::ArcSwap;
@@ -76,6 +76,8 @@ pub struct App {
     pub cache: KeyCache,
     pub roles: RoleSet,
     pub limiter: Limiter,
+    /// Every key's credits this node spends from.
+    pub credits: Credits,
     pub usage: UsageRecorder,
     pub metrics: Metrics,
     /// The change-feed position read before the first request, so no change
@@ -134,13 +136,17 @@ impl App {
         let start_cursor = store.change_cursor().await?;
         let roles = RoleSet::load(store.as_ref()).await?;
         let limiter = match &config.rate_limit.backend {
-            LimiterBackend::Local => Limiter::Local(LocalLimiter::default()),
+            LimiterBackend::Local => {
+                // Counted on this node alone: start from what the store
+                // kept of the current hour, day and month.
+                let local = LocalLimiter::default();
+                for w in store.meter_windows(crate::clock::now_ms()).await? {
+                    local.restore(w.period, &w.id, w.index, u32::try_from(w.delta).unwrap_or(u32::MAX));
+                }
+                Limiter::Local(local)
+            }
             LimiterBackend::Redis(target) => {
-                let rl = &config.rate_limit;
-                let handle = RedisHandle::connect(&target.url, target.cluster, rl.redis_timeout, metrics.redis_calls.clone())
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("rate-limit redis: {e}")))?;
-                Limiter::Redis(RedisLimiter::new(Arc::new(handle), rl.nodes_hint.get()))
+                Limiter::connect_redis(target, &config.rate_limit, &metrics).await.map_err(StoreError::Unavailable)?
             }
         };
         let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl, config.store.timeout);
@@ -157,6 +163,7 @@ impl App {
             cache,
             roles,
             limiter,
+            credits: Credits::default(),
             usage: UsageRecorder::default(),
             metrics,
             start_cursor,
@@ -236,14 +243,42 @@ impl App {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Writes pending usage counts (also called at shutdown).
+    /// Writes pending usage counts, and what this node's calendar windows
+    /// counted and its keys' credits spent (also called at shutdown).
     pub async fn flush_usage(&self) {
-        match self.usage.flush(self.store.as_ref()).await {
+        let usage = self.usage.flush(self.store.as_ref()).await;
+        let meter = self.flush_meter().await;
+        match usage.and_then(|n| meter.map(|m| n + m)) {
             Ok(0) => {}
             Ok(_) => self.metrics.usage_flushes.with_label_values(&["ok"]).inc(),
             Err(e) => {
                 self.metrics.usage_flushes.with_label_values(&["error"]).inc();
                 tracing::warn!(error = %e, "usage flush failed; counts kept for the next try");
+            }
+        }
+    }
+
+    /// Writes what calendar windows counted (local limiter: on Redis they
+    /// are counted there) and credits spent since the last flush.
+    async fn flush_meter(&self) -> Result<usize, StoreError> {
+        let _writing = self.credits.writing().await;
+        let windows = match &self.limiter {
+            Limiter::Local(l) => l.take_unflushed(),
+            Limiter::Redis(_) => Vec::new(),
+        };
+        let spends = self.credits.take_unflushed();
+        if windows.is_empty() && spends.is_empty() {
+            return Ok(0);
+        }
+        let n = windows.len() + spends.len();
+        match self.store.record_meter(&windows, &spends).await {
+            Ok(()) => Ok(n),
+            Err(e) => {
+                if let Limiter::Local(l) = &self.limiter {
+                    l.put_back(windows);
+                }
+                self.credits.put_back(spends);
+                Err(e)
             }
         }
     }
@@ -313,6 +348,7 @@ impl App {
     /// if the store cannot answer).
     async fn flush_caches(&self) {
         self.cache.expire_all();
+        self.credits.forget_all();
         self.metrics.cache_invalidations.with_label_values(&["flush"]).inc();
         if let Err(e) = self.roles.reload(self.store.as_ref()).await {
             self.note_store_error("list_roles", &e);
@@ -326,6 +362,7 @@ impl App {
             match &change.target {
                 ChangeTarget::Key(id) => {
                     self.cache.invalidate_key(id);
+                    self.credits.forget(id);
                     self.metrics.cache_invalidations.with_label_values(&["key"]).inc();
                 }
                 ChangeTarget::Role(_) => roles_changed = true,

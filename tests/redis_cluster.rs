@@ -64,15 +64,19 @@ async fn store_limiter_and_gateway_on_a_three_master_cluster() {
     let now = keygate::clock::now_ms();
     let window_start = now - now.rem_euclid(60_000);
     let t = window_start + 1_000.max(now - window_start).min(50_000);
+    use keygate::clock::Period;
     for key in ["key_a", "key_b", "key_c", "key_d"] {
-        let mut admitted = 0;
-        for _ in 0..30 {
-            let d = limiter
-                .check(keygate::config::Algorithm::FixedWindow, key, 20, t, keygate::config::RedisErrorPolicy::Deny, &metrics)
-                .await;
-            admitted += u32::from(d.allowed);
+        // A minute window, and a month window (cost 2) in the same slot.
+        for (period, cost, admits) in [(Period::Minute, 1, 20), (Period::Month, 2, 10)] {
+            let counter = keygate::ratelimit::Counter { id: key, period };
+            let mut admitted = 0;
+            for _ in 0..30 {
+                let policy = keygate::config::RedisErrorPolicy::Deny;
+                let d = limiter.check(keygate::config::Algorithm::FixedWindow, counter, 20, cost, t, policy, &metrics).await;
+                admitted += u32::from(d.allowed);
+            }
+            assert_eq!(admitted, admits, "{key} {period:?}");
         }
-        assert_eq!(admitted, 20, "{key}");
     }
     let slots: Vec<u16> = ["key_a", "key_b", "key_c", "key_d"]
         .iter()

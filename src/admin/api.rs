@@ -61,6 +61,40 @@ fn with_secret(m: &Manager<'_>, key: &crate::keys::model::ApiKey, secret: &str) 
     data
 }
 
+/// `GET /usage?owner=&keyId=&from=YYYY-MM-DD&to=YYYY-MM-DD&granularity=day|hour`:
+/// `to` is included; the range is at most the retention.
+async fn usage_report(m: &Manager<'_>, query: &str) -> Result<crate::manage::UsageReport, ManageError> {
+    let date = |name: &str, default: i64| -> Result<i64, ManageError> {
+        match query_param(query, name).filter(|s| !s.is_empty()) {
+            None => Ok(default),
+            Some(s) => crate::clock::parse_date(&s).ok_or_else(|| ManageError::Invalid {
+                field: name.into(),
+                message: format!("`{s}` is not a date like 2026-12-01"),
+            }),
+        }
+    };
+    let today = crate::clock::now_unix().div_euclid(86_400) * 86_400;
+    let to = date("to", today)?;
+    let from = date("from", to - 29 * 86_400)?;
+    if from > to {
+        return Err(ManageError::Invalid { field: "from".into(), message: "must not be after `to`".into() });
+    }
+    if to - from >= crate::store::USAGE_REPORT_RETENTION_DAYS * 86_400 {
+        let days = crate::store::USAGE_REPORT_RETENTION_DAYS;
+        return Err(ManageError::Invalid { field: "from".into(), message: format!("the range may cover at most {days} days") });
+    }
+    let granularity = match query_param(query, "granularity").as_deref() {
+        None | Some("") | Some("day") => "day",
+        Some("hour") => "hour",
+        Some(other) => {
+            return Err(ManageError::Invalid { field: "granularity".into(), message: format!("`{other}` is not day or hour") })
+        }
+    };
+    let owner = query_param(query, "owner").filter(|s| !s.is_empty());
+    let key_id = query_param(query, "keyId").filter(|s| !s.is_empty());
+    m.usage_report(owner, key_id, (from, to + 86_400), granularity).await
+}
+
 /// Runs one authorised endpoint for `caller`.
 pub async fn run(
     m: &Manager<'_>,
@@ -68,7 +102,7 @@ pub async fn run(
     endpoint: Endpoint,
     id: Option<String>,
     query: &str,
-    body: &[u8],
+    (body, accept): (&[u8], Option<&str>),
 ) -> Result<Response<Body>, ManageError> {
     let id = id.unwrap_or_default();
     let resp = match endpoint {
@@ -124,13 +158,50 @@ pub async fn run(
         Endpoint::KeyUsage => {
             let key = m.get_key(&id).await?;
             let usage = m.usage(&id).await?;
+            let (windows, credits) = m.key_meter(&key).await?;
             let data = json!({
                 "keyId": id,
                 "lastHour": usage.last_hour,
                 "lastDay": usage.last_day,
                 "total": key.usage_count,
                 "lastUsed": key.last_used.map(crate::clock::rfc3339),
+                "windows": windows,
+                "credits": credits,
             });
+            ok(StatusCode::OK, data, json!({}))
+        }
+        Endpoint::KeyCredits => {
+            let credits = m.change_credits(&id, input::credits_change(body)?).await?;
+            ok(StatusCode::OK, json!({ "keyId": id, "credits": credits }), json!({}))
+        }
+        Endpoint::UsageReport => {
+            let report = usage_report(m, query).await?;
+            if accept.is_some_and(|a| a.contains("text/csv")) {
+                let mut resp = Response::new(crate::body::full(report.csv()));
+                resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/csv; charset=utf-8"));
+                return Ok(resp);
+            }
+            let meta = json!({ "granularity": report.granularity, "retentionDays": crate::store::USAGE_REPORT_RETENTION_DAYS });
+            ok(StatusCode::OK, report.json(), meta)
+        }
+        Endpoint::VerifyAndCharge => {
+            let (key, permission, cost) = input::verify_v1_input(body)?;
+            let v = m.verify_and_charge(&key, permission.as_deref(), cost).await?;
+            let code = v.verdict.refusal.or(v.limited.as_ref().map(|e| e.code()));
+            let mut data = json!({
+                "valid": code.is_none(),
+                "code": code,
+                "keyId": v.verdict.key.as_ref().map(|k| k.key_id.clone()),
+                "owner": v.verdict.key.as_ref().map(|k| k.owner.clone()),
+                "permissions": v.verdict.permissions,
+                "remaining": v.remaining,
+            });
+            if let Some(e) = &v.limited {
+                if let crate::error::GatewayError::QuotaExceeded { window, .. } = e {
+                    data["window"] = (*window).into();
+                }
+                data["retryAfter"] = e.retry_after().into();
+            }
             ok(StatusCode::OK, data, json!({}))
         }
         Endpoint::ListRoles => {
@@ -149,9 +220,18 @@ pub async fn run(
         Endpoint::Modules => {
             // The plans travel with the catalogue: the console's plan list
             // (an empty list made every edit clear the key's plan).
+            let per_minute =
+                |p: &crate::config::Plan| p.per_minute.map_or(m.config.rate_limit.default_per_minute.get(), |n| n.get());
             let plans: serde_json::Map<String, Value> =
-                m.config.plans.iter().map(|(name, per_minute)| (name.clone(), json!(per_minute.get()))).collect();
-            ok(StatusCode::OK, serde_json::to_value(m.config.catalogue.modules()).unwrap_or_default(), json!({ "plans": plans }))
+                m.config.plans.iter().map(|(name, p)| (name.clone(), json!(per_minute(p)))).collect();
+            let limits: serde_json::Map<String, Value> = m
+                .config
+                .plans
+                .iter()
+                .map(|(name, p)| (name.clone(), crate::manage::limits_json(per_minute(p), &p.quota)))
+                .collect();
+            let meta = json!({ "plans": plans, "planLimits": limits });
+            ok(StatusCode::OK, serde_json::to_value(m.config.catalogue.modules()).unwrap_or_default(), meta)
         }
         Endpoint::AuditLog => {
             let (page, per_page) = paging(query)?;

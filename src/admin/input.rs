@@ -1,7 +1,8 @@
 //! Reading admin API request bodies: JSON objects with the camelCase fields
 //! of docs/interface.md, "Keys, roles and plans". Every problem names the field it is about.
 
-use crate::manage::{KeyInput, ManageError, RoleInput, MAX_EXPIRY_DAYS};
+use crate::manage::{CreditsInput, KeyInput, ManageError, QuotaInput, RoleInput, MAX_EXPIRY_DAYS};
+use crate::store::CreditChange;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -77,6 +78,8 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         "expiresAt",
         "metadata",
         "enabled",
+        "quota",
+        "credits",
     ];
     let map = object(body, FIELDS)?;
     let required_text = |field: &str| -> Result<Option<String>, ManageError> {
@@ -127,7 +130,84 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         expires_at,
         metadata,
         enabled,
+        quota: quota_input(&map)?,
+        credits: credits_input(&map)?,
     })
+}
+
+/// A nested object's fields, each named `parent.field` in errors.
+fn nested(map: &Map<String, Value>, parent: &str, allowed: &[&str]) -> Result<Option<Map<String, Value>>, ManageError> {
+    match map.get(parent) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => {
+            if let Some(unknown) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+                return Err(invalid(
+                    &format!("{parent}.{unknown}"),
+                    format!("is not a known field (known: {})", allowed.join(", ")),
+                ));
+            }
+            Ok(Some(m.clone()))
+        }
+        Some(_) => Err(invalid(parent, "must be an object")),
+    }
+}
+
+/// `quota: {perHour, perDay, perMonth}`; a null window (or `quota: null`)
+/// goes back to the plan's.
+fn quota_input(map: &Map<String, Value>) -> Result<QuotaInput, ManageError> {
+    const WINDOWS: [&str; 3] = ["perHour", "perDay", "perMonth"];
+    if map.get("quota") == Some(&Value::Null) {
+        return Ok(QuotaInput { per_hour: Some(None), per_day: Some(None), per_month: Some(None) });
+    }
+    let Some(q) = nested(map, "quota", &WINDOWS)? else { return Ok(QuotaInput::default()) };
+    let window = |name: &str| -> Result<Option<Option<u32>>, ManageError> {
+        whole(&q, name, 1, u64::from(u32::MAX))
+            .map_err(|e| match e {
+                ManageError::Invalid { message, .. } => invalid(&format!("quota.{name}"), message),
+                other => other,
+            })
+            .map(|v| v.map(|n| n.map(|n| n as u32)))
+    };
+    Ok(QuotaInput { per_hour: window("perHour")?, per_day: window("perDay")?, per_month: window("perMonth")? })
+}
+
+/// `credits: {remaining, refillAmount, refillInterval}`, or `null` to stop
+/// spending credits.
+fn credits_input(map: &Map<String, Value>) -> Result<Option<Option<CreditsInput>>, ManageError> {
+    if map.get("credits") == Some(&Value::Null) {
+        return Ok(Some(None));
+    }
+    let Some(c) = nested(map, "credits", &["remaining", "refillAmount", "refillInterval"])? else { return Ok(None) };
+    let named = |e: ManageError, name: &str| match e {
+        ManageError::Invalid { message, .. } => invalid(&format!("credits.{name}"), message),
+        other => other,
+    };
+    let max = crate::manage::MAX_CREDITS;
+    let remaining = whole(&c, "remaining", 0, max).map_err(|e| named(e, "remaining"))?.flatten();
+    let refill_amount = whole(&c, "refillAmount", 0, max).map_err(|e| named(e, "refillAmount"))?;
+    let refill_interval = string(&c, "refillInterval").map_err(|e| named(e, "refillInterval"))?;
+    Ok(Some(Some(CreditsInput { remaining, refill_amount, refill_interval })))
+}
+
+/// `{"add": N}` or `{"set": N}` of `POST /api-keys/{id}/credits`.
+pub fn credits_change(body: &[u8]) -> Result<CreditChange, ManageError> {
+    let map = object(body, &["add", "set"])?;
+    let max = crate::manage::MAX_CREDITS as i64;
+    let number = |field: &str, min: i64| -> Result<Option<i64>, ManageError> {
+        match map.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .filter(|n| (min..=max).contains(n))
+                .map(Some)
+                .ok_or_else(|| invalid(field, format!("must be a whole number from {min} to {max}"))),
+        }
+    };
+    match (number("add", -max)?, number("set", 0)?) {
+        (Some(n), None) => Ok(CreditChange::Add(n)),
+        (None, Some(n)) => Ok(CreditChange::Set(n)),
+        _ => Err(invalid("body", "give exactly one of `add` and `set`")),
+    }
 }
 
 /// Role fields of `POST /api-roles` and `PATCH /api-roles/{id}`.
@@ -152,6 +232,19 @@ pub fn verify_input(body: &[u8]) -> Result<(String, Option<String>), ManageError
     };
     let key = text("key")?.ok_or_else(|| invalid("key", "is required"))?;
     Ok((key, text("permission")?))
+}
+
+/// `key` (required), `permission` and `cost` (0 charges nothing) of
+/// `POST /v1/keys/verify`.
+pub fn verify_v1_input(body: &[u8]) -> Result<(String, Option<String>, u32), ManageError> {
+    let map = object(body, &["key", "permission", "cost"])?;
+    let text = |field: &str| match string(&map, field)? {
+        Some(None) => Err(invalid(field, "must be a string")),
+        other => Ok(other.flatten()),
+    };
+    let key = text("key")?.ok_or_else(|| invalid("key", "is required"))?;
+    let cost = whole(&map, "cost", 0, 1_000_000)?.flatten().unwrap_or(0) as u32;
+    Ok((key, text("permission")?, cost))
 }
 
 /// `graceSeconds` (or `grace_seconds`) of a rotation.

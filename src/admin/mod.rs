@@ -160,6 +160,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
         Endpoint::ImportKeys | Endpoint::ImportRoles => MAX_IMPORT_BYTES,
         _ => MAX_BODY_BYTES,
     };
+    let accept = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let read = tokio::time::timeout(BODY_TIMEOUT, crate::body::read_to_bytes(req.into_body(), limit));
     let body = match read.await.unwrap_or_else(|_| Err(ReadError::Failed(format!("it took longer than {BODY_TIMEOUT:?}")))) {
         Ok(b) => b,
@@ -167,8 +168,9 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
         Err(e @ ReadError::Failed(_)) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
     let actor = format!("admin-api ({}@{})", caller.name, peer.ip());
-    let manager = Manager { store: app.store.as_ref(), config: &rt.config, actor };
-    match api::run(&manager, &caller, endpoint, id, &query, &body).await {
+    let live = crate::manage::Live { limiter: &app.limiter, credits: &app.credits, metrics: &app.metrics };
+    let manager = Manager { store: app.store.as_ref(), config: &rt.config, actor, meter: Some(live) };
+    match api::run(&manager, &caller, endpoint, id, &query, (&body, accept.as_deref())).await {
         Ok(resp) => resp,
         Err(e) => api::refusal(e),
     }

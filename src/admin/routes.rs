@@ -15,6 +15,9 @@ pub enum Endpoint {
     RotateKey,
     DeleteKey,
     KeyUsage,
+    KeyCredits,
+    UsageReport,
+    VerifyAndCharge,
     ExportKeys,
     ImportKeys,
     ExportRoles,
@@ -49,6 +52,9 @@ pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("POST", "/api-keys/{id}/disable", Endpoint::DisableKey),
     ("POST", "/api-keys/{id}/rotate", Endpoint::RotateKey),
     ("GET", "/api-keys/{id}/usage", Endpoint::KeyUsage),
+    ("POST", "/api-keys/{id}/credits", Endpoint::KeyCredits),
+    ("GET", "/usage", Endpoint::UsageReport),
+    ("POST", "/v1/keys/verify", Endpoint::VerifyAndCharge),
     ("GET", "/api-roles", Endpoint::ListRoles),
     ("GET", "/api-roles/export", Endpoint::ExportRoles),
     ("POST", "/api-roles/import", Endpoint::ImportRoles),
@@ -74,11 +80,10 @@ impl Endpoint {
             OpenApi | Metrics | Healthz | Readyz => None,
             // Any valid token may ask who it is.
             Session => Some(Scopes::default()),
-            ListKeys | GetKey | KeyUsage | ListRoles | GetRole | Modules | AuditLog => Some(Scopes::READ),
-            CreateKey | EditKey | EnableKey | DisableKey | RotateKey | DeleteKey | CreateRole | EditRole | DeleteRole => {
-                Some(Scopes::WRITE)
-            }
-            Verify => Some(Scopes::VERIFY),
+            ListKeys | GetKey | KeyUsage | UsageReport | ListRoles | GetRole | Modules | AuditLog => Some(Scopes::READ),
+            CreateKey | EditKey | EnableKey | DisableKey | RotateKey | DeleteKey | KeyCredits | CreateRole | EditRole
+            | DeleteRole => Some(Scopes::WRITE),
+            Verify | VerifyAndCharge => Some(Scopes::VERIFY),
             // An export holds every key's hashes; an import replaces keys whole.
             ExportKeys | ImportKeys | ExportRoles | ImportRoles => Some(Scopes::ADMIN),
         }

@@ -3,7 +3,7 @@
 use super::output::{print_json, print_table, read_input, write_export, Failure};
 use crate::clock;
 use crate::keys::model::ApiKey;
-use crate::manage::{KeyInput, Manager, SECRET_WARNING};
+use crate::manage::{CreditsInput, KeyInput, Manager, QuotaInput, SECRET_WARNING};
 use crate::store::KeyQuery;
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -51,6 +51,27 @@ pub struct KeyArgs {
     /// Metadata entry NAME=VALUE (repeatable), forwarded as X-Keygate-Meta-Name.
     #[arg(long = "meta")]
     pub meta: Vec<String>,
+    /// Requests (units of cost) per UTC hour (0 falls back to the plan).
+    #[arg(long)]
+    pub per_hour: Option<u32>,
+    /// Requests per UTC day (0 falls back to the plan).
+    #[arg(long)]
+    pub per_day: Option<u32>,
+    /// Requests per UTC month (0 falls back to the plan).
+    #[arg(long)]
+    pub per_month: Option<u32>,
+    /// Sets the key's credit balance: every request then spends its cost from it.
+    #[arg(long)]
+    pub credits: Option<u64>,
+    /// Credits the balance is set back to at each refill (0 removes the refill).
+    #[arg(long)]
+    pub refill: Option<u64>,
+    /// When credits are refilled: day or month (UTC).
+    #[arg(long)]
+    pub refill_interval: Option<String>,
+    /// The key stops spending credits.
+    #[arg(long, conflicts_with_all = ["credits", "refill", "refill_interval"])]
+    pub no_credits: bool,
 }
 
 impl KeyArgs {
@@ -91,6 +112,22 @@ impl KeyArgs {
             expires_at,
             metadata,
             enabled: None,
+            quota: QuotaInput {
+                per_hour: self.per_hour.map(|n| (n > 0).then_some(n)),
+                per_day: self.per_day.map(|n| (n > 0).then_some(n)),
+                per_month: self.per_month.map(|n| (n > 0).then_some(n)),
+            },
+            credits: if self.no_credits {
+                Some(None)
+            } else if self.credits.is_some() || self.refill.is_some() || self.refill_interval.is_some() {
+                Some(Some(CreditsInput {
+                    remaining: self.credits,
+                    refill_amount: self.refill.map(Some),
+                    refill_interval: self.refill_interval.map(Some),
+                }))
+            } else {
+                None
+            },
         })
     }
 }
@@ -161,6 +198,24 @@ pub enum KeysCommand {
     /// Delete a key for good.
     Delete {
         id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A key's use of each window (minute, hour, day, month) and its credits.
+    Usage {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add to or set a key's credit balance.
+    Credits {
+        id: String,
+        /// Credits to add (negative to take away).
+        #[arg(long, allow_hyphen_values = true, required_unless_present = "set", conflicts_with = "set")]
+        add: Option<i64>,
+        /// The new balance.
+        #[arg(long)]
+        set: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -240,9 +295,51 @@ fn print_key(m: &Manager<'_>, key: &ApiKey) {
     }
 }
 
+/// `keys usage`: each window, then the credits.
+async fn print_usage(m: &Manager<'_>, id: &str, json: bool) -> Result<(), Failure> {
+    let key = m.get_key(id).await.map_err(|e| Failure::manage(e, json))?;
+    let (windows, credits) = m.key_meter(&key).await.map_err(|e| Failure::manage(e, json))?;
+    if json {
+        print_json(json!({ "keyId": id, "windows": windows, "credits": credits }), json!({}));
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| if v.is_null() { "-".to_string() } else { v.to_string().trim_matches('"').to_string() };
+    let rows: Vec<Vec<String>> = windows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| ["window", "used", "limit", "remaining", "resetsAt"].iter().map(|f| text(&w[*f])).collect())
+        .collect();
+    print_table(&["WINDOW", "USED", "LIMIT", "REMAINING", "RESETS AT"], &rows);
+    if !credits.is_null() {
+        println!(
+            "credits: {} remaining, refill {} per {} (next {})",
+            text(&credits["remaining"]),
+            text(&credits["refillAmount"]),
+            text(&credits["refillInterval"]),
+            text(&credits["refillsAt"])
+        );
+    }
+    Ok(())
+}
+
 /// Runs a `keys` subcommand.
 pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
     match command {
+        KeysCommand::Usage { id, json } => print_usage(m, &id, json).await?,
+        KeysCommand::Credits { id, add, set, json } => {
+            let change = match (add, set) {
+                (Some(n), _) => crate::store::CreditChange::Add(n),
+                (None, Some(n)) => crate::store::CreditChange::Set(i64::try_from(n).unwrap_or(i64::MAX)),
+                (None, None) => return Err(usage(json)("give --add N or --set N".into())),
+            };
+            let credits = m.change_credits(&id, change).await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                print_json(json!({ "keyId": id, "credits": credits }), json!({}));
+            } else {
+                println!("{id}: {} credits remaining", credits["remaining"]);
+            }
+        }
         KeysCommand::Create { fields, json } => {
             let input = fields.into_input().map_err(usage(json))?;
             let (key, secret) = m.create_key(input, None).await.map_err(|e| Failure::manage(e, json))?;

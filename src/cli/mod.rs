@@ -114,19 +114,35 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::AdminToken { command: AdminTokenCommand::New { name, scopes, json } } => new_admin_token(&name, &scopes, json),
         Command::Keys { command } => match open(&cli.config).await {
             Ok((config, store)) => {
-                keys::run(&Manager { store: store.as_ref(), config: &config, actor: cli_actor() }, *command).await
+                {
+                    // On Redis the windows' counts live there: read them live.
+                    let metrics = crate::metrics::Metrics::new().ok();
+                    let limiter = match (&config.rate_limit.backend, &metrics, command.as_ref()) {
+                        (crate::config::LimiterBackend::Redis(target), Some(metrics), keys::KeysCommand::Usage { .. }) => {
+                            match crate::ratelimit::Limiter::connect_redis(target, &config.rate_limit, metrics).await {
+                                Ok(l) => Some(l),
+                                Err(e) => return Failure::store(StoreError::Unavailable(e)).report(),
+                            }
+                        }
+                        _ => None,
+                    };
+                    let credits = crate::ratelimit::credits::Credits::default();
+                    let mut m = Manager::new(store.as_ref(), &config, cli_actor());
+                    if let (Some(limiter), Some(metrics)) = (&limiter, &metrics) {
+                        m.meter = Some(crate::manage::Live { limiter, credits: &credits, metrics });
+                    }
+                    keys::run(&m, *command).await
+                }
             }
             Err(f) => Err(f),
         },
         Command::Roles { command } => match open(&cli.config).await {
-            Ok((config, store)) => {
-                roles::run(&Manager { store: store.as_ref(), config: &config, actor: cli_actor() }, command).await
-            }
+            Ok((config, store)) => roles::run(&Manager::new(store.as_ref(), &config, cli_actor()), command).await,
             Err(f) => Err(f),
         },
         Command::AuditLog { target, page, per_page, json } => match open(&cli.config).await {
             Ok((config, store)) => {
-                let m = Manager { store: store.as_ref(), config: &config, actor: cli_actor() };
+                let m = Manager::new(store.as_ref(), &config, cli_actor());
                 audit_log(&m, target.as_deref(), page.max(1), per_page.max(1), json).await
             }
             Err(f) => Err(f),

@@ -257,7 +257,7 @@ async fn print_demo_banner(
     admin: SocketAddr,
     backend: SocketAddr,
 ) -> Result<(), Failure> {
-    let m = Manager { store: app.store.as_ref(), config: cfg, actor: "demo".into() };
+    let m = Manager::new(app.store.as_ref(), cfg, "demo");
     let role = cfg.roles.iter().find(|r| r.permissions.iter().any(|p| p == "*")).map(|r| r.id.clone());
     let input = KeyInput {
         name: Some("demo key".into()),

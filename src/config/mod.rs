@@ -82,8 +82,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub rate_limit: RateLimitConfig,
     pub keys: KeysConfig,
-    /// Plan name -> requests per minute.
-    pub plans: BTreeMap<String, NonZeroU32>,
+    /// Plans by name.
+    pub plans: BTreeMap<String, Plan>,
     pub upstreams: Vec<Upstream>,
     pub catalogue: Catalogue,
     pub routes: RouteTable,
@@ -94,6 +94,31 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `[tracing]`, if spans are exported.
     pub tracing: Option<TracingConfig>,
+}
+
+/// One `[plans.*]` entry: the limits a key on the plan gets unless it has
+/// its own. `None`: the default (per minute) or no limit (longer windows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub per_minute: Option<NonZeroU32>,
+    pub quota: crate::keys::model::Quota,
+}
+
+/// The limits that apply to one key, its own beating its plan's beating
+/// the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub per_minute: u32,
+    pub quota: crate::keys::model::Quota,
+}
+
+/// Whose counters a request counts in (`rate_limit.scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Each key its own.
+    Key,
+    /// Keys with the same (non-empty) owner share every counter.
+    Owner,
 }
 
 /// `[tracing]`, checked.
@@ -287,6 +312,7 @@ pub struct RateLimitConfig {
     pub nodes_hint: NonZeroU32,
     /// Longest a limiter call to Redis may take before the fallback applies.
     pub redis_timeout: Duration,
+    pub scope: LimitScope,
 }
 
 /// How a minute's quota is counted.
@@ -424,7 +450,22 @@ impl Config {
     /// Requests per minute for a key with these settings.
     pub fn limit_for(&self, own: Option<u32>, plan: Option<&str>) -> u32 {
         own.filter(|n| *n > 0)
-            .or_else(|| plan.and_then(|p| self.plans.get(p)).map(|n| n.get()))
+            .or_else(|| plan.and_then(|p| self.plans.get(p)?.per_minute).map(|n| n.get()))
             .unwrap_or(self.rate_limit.default_per_minute.get())
+    }
+
+    /// Every limit of a key: its own, else its plan's, else the default.
+    pub fn limits_for(&self, key: &crate::keys::model::ApiKey) -> Limits {
+        let plan = key.plan.as_deref().and_then(|p| self.plans.get(p)).copied().unwrap_or_default();
+        let own = key.quota;
+        let plan_minute = plan.per_minute.map(NonZeroU32::get);
+        Limits {
+            per_minute: key.rate_limit.filter(|n| *n > 0).or(plan_minute).unwrap_or(self.rate_limit.default_per_minute.get()),
+            quota: crate::keys::model::Quota {
+                per_hour: own.per_hour.or(plan.quota.per_hour),
+                per_day: own.per_day.or(plan.quota.per_day),
+                per_month: own.per_month.or(plan.quota.per_month),
+            },
+        }
     }
 }

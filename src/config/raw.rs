@@ -21,8 +21,11 @@ pub struct RawConfig {
     pub rate_limit: RawRateLimit,
     #[serde(default)]
     pub keys: RawKeys,
+    /// `name = 10` (per minute) or a table of `per_minute`, `per_hour`,
+    /// `per_day`, `per_month`: read as values so each form gets its own
+    /// error message.
     #[serde(default)]
-    pub plans: BTreeMap<String, Spanned<i64>>,
+    pub plans: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
@@ -141,6 +144,7 @@ pub struct RawRateLimit {
     pub on_redis_error: Option<Spanned<String>>,
     pub nodes_hint: Option<Spanned<i64>>,
     pub redis_timeout: Option<Spanned<String>>,
+    pub scope: Option<Spanned<String>>,
 }
 
 /// `[keys]`: token format and cache tuning.
@@ -216,6 +220,15 @@ pub struct RawRoute {
     pub public: bool,
     pub on_redis_error: Option<Spanned<String>>,
     pub cors: Option<Spanned<bool>>,
+    pub cost: Option<Spanned<i64>>,
+    pub rate_limit: Option<Spanned<RawRouteLimit>>,
+}
+
+/// A route's own `rate_limit = { per_minute = 5 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteLimit {
+    pub per_minute: Spanned<i64>,
 }
 
 /// `[[roles]]`: seeded into the store when absent.

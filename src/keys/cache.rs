@@ -229,6 +229,27 @@ mod tests {
         async fn usage_summary(&self, id: &str, now: i64) -> Result<UsageSummary, StoreError> {
             self.inner.usage_summary(id, now).await
         }
+        async fn usage_report(&self, q: &crate::store::UsageQuery) -> Result<Vec<crate::store::UsageRow>, StoreError> {
+            self.inner.usage_report(q).await
+        }
+        async fn credit_balance(&self, id: &str) -> Result<Option<crate::store::CreditBalance>, StoreError> {
+            self.inner.credit_balance(id).await
+        }
+        async fn change_credits(
+            &self,
+            id: &str,
+            c: crate::store::CreditChange,
+            r: Option<u64>,
+            p: i64,
+        ) -> Result<crate::store::CreditBalance, StoreError> {
+            self.inner.change_credits(id, c, r, p).await
+        }
+        async fn record_meter(&self, w: &[crate::store::WindowCount], c: &[crate::store::CreditSpend]) -> Result<(), StoreError> {
+            self.inner.record_meter(w, c).await
+        }
+        async fn meter_windows(&self, now_ms: i64) -> Result<Vec<crate::store::WindowCount>, StoreError> {
+            self.inner.meter_windows(now_ms).await
+        }
         async fn ping(&self) -> Result<(), StoreError> {
             self.inner.ping().await
         }
@@ -258,6 +279,8 @@ mod tests {
             last_used: None,
             usage_count: 0,
             metadata: Default::default(),
+            quota: Default::default(),
+            credits: None,
             key_prefix: String::new(),
         }
     }

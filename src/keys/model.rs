@@ -57,6 +57,68 @@ pub struct ApiKey {
     pub metadata: BTreeMap<String, String>,
     /// Masked display form of the current secret.
     pub key_prefix: String,
+    /// Hour, day and month quotas of this key alone; each unset one falls
+    /// back to the plan's.
+    #[serde(default)]
+    pub quota: Quota,
+    /// Set when the key spends prepaid credits; the balance itself is kept
+    /// by the store beside the key (it changes with every request).
+    #[serde(default)]
+    pub credits: Option<CreditTerms>,
+}
+
+/// Long-period quotas: requests (units of cost) per calendar hour, day and
+/// month in UTC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_month: Option<u32>,
+}
+
+/// How a key's credits come back: `refill_amount` at the start of every
+/// UTC day or month (the balance is set to it, not added to).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditTerms {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_amount: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_interval: Option<RefillInterval>,
+}
+
+impl CreditTerms {
+    /// The refill, when both its amount and interval are set.
+    pub fn refill(&self) -> Option<(u64, RefillInterval)> {
+        Some((self.refill_amount?, self.refill_interval?))
+    }
+}
+
+/// When credits are refilled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefillInterval {
+    Day,
+    Month,
+}
+
+impl RefillInterval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefillInterval::Day => "day",
+            RefillInterval::Month => "month",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RefillInterval> {
+        match s {
+            "day" => Some(RefillInterval::Day),
+            "month" => Some(RefillInterval::Month),
+            _ => None,
+        }
+    }
 }
 
 impl ApiKey {
@@ -81,6 +143,8 @@ impl ApiKey {
             usage_count: 0,
             metadata: BTreeMap::new(),
             key_prefix,
+            quota: Quota::default(),
+            credits: None,
         }
     }
 }

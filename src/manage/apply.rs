@@ -84,6 +84,6 @@ impl Manager<'_> {
         if let Some(enabled) = input.enabled {
             key.enabled = enabled;
         }
-        Ok(())
+        self.apply_metering(key, input.quota, input.credits)
     }
 }

@@ -3,7 +3,10 @@
 //! config (declared permissions, plans, CIDRs) and names the bad field.
 
 mod apply;
+mod metering;
 mod transfer;
+
+pub use metering::{limits_json, CreditsInput, Live, QuotaInput, UsageReport, Verification, MAX_CREDITS};
 
 pub use transfer::{json_lines, ImportSummary, KeyLine, RoleLine};
 
@@ -77,6 +80,9 @@ pub struct KeyInput {
     pub expires_at: Option<Option<i64>>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub enabled: Option<bool>,
+    pub quota: QuotaInput,
+    /// `Some(None)`: the key stops spending credits.
+    pub credits: Option<Option<CreditsInput>>,
 }
 
 /// Fields of a role that create and edit accept.
@@ -95,6 +101,17 @@ pub struct Manager<'a> {
     pub config: &'a Config,
     /// Who makes the changes: `cli (<user>)` or `admin-api (<token name>@<address>)`.
     pub actor: String,
+    /// The running limiter and credits, when the caller is a gateway (the
+    /// admin API): live counts. Without them (the CLI) counts are read
+    /// from where they are kept: the store's last flush, or Redis.
+    pub meter: Option<Live<'a>>,
+}
+
+impl<'a> Manager<'a> {
+    /// A manager over a store and config, without a running gateway.
+    pub fn new(store: &'a dyn Store, config: &'a Config, actor: impl Into<String>) -> Manager<'a> {
+        Manager { store, config, actor: actor.into(), meter: None }
+    }
 }
 
 impl Manager<'_> {
@@ -145,8 +162,12 @@ impl Manager<'_> {
             None => token::generate(brand, env),
         };
         let mut key = ApiKey::blank(token::new_key_id(), env, token::mask(&secret, brand), clock::now_unix());
+        let balance = metering::balance_to_set(&input);
         self.apply(&mut key, input).await?;
         self.store.insert_key(&key, &TokenHash::of(&secret)).await.map_err(|e| from_store(e, &key.key_id))?;
+        if let Some(n) = balance {
+            self.set_balance(&key, crate::store::CreditChange::Set(n)).await?;
+        }
         let action = if imported { "key.import" } else { "key.create" };
         self.audit(action, &key.key_id, None, Some(self.key_json(&key))).await;
         Ok((key, secret))
@@ -174,8 +195,12 @@ impl Manager<'_> {
     async fn change_key(&self, key_id: &str, input: KeyInput, action: &str) -> Result<ApiKey, ManageError> {
         let mut key = self.get_key(key_id).await?;
         let before = self.key_json(&key);
+        let balance = metering::balance_to_set(&input);
         self.apply(&mut key, input).await?;
         self.store.update_key(&key).await.map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
+        if let Some(n) = balance {
+            self.set_balance(&key, crate::store::CreditChange::Set(n)).await?;
+        }
         self.audit(action, key_id, Some(before), Some(self.key_json(&key))).await;
         Ok(key)
     }
@@ -306,6 +331,8 @@ impl Manager<'_> {
             "usageCount": key.usage_count,
             "metadata": key.metadata,
             "keyPrefix": key.key_prefix,
+            "quota": metering::quota_json(&self.config.limits_for(key).quota),
+            "credits": key.credits.map(|c| metering::terms_json(&c)),
         })
     }
 }
@@ -327,6 +354,7 @@ fn dedup(items: Vec<String>) -> Vec<String> {
 
 /// What `POST /verify` says of a token: valid or not (and why), and the
 /// key's identity and effective permissions when it is.
+#[derive(Debug, Clone)]
 pub struct Verdict {
     /// `None` when the key may be used; else the data plane's code.
     pub refusal: Option<&'static str>,

@@ -33,6 +33,10 @@ pub struct Route {
     /// Whether `[cors]` applies: keygate answers preflights and sets the
     /// CORS fields of every answer.
     pub cors: bool,
+    /// Units a request takes from every window and from credits.
+    pub cost: u32,
+    /// An extra per-minute limit per key (or owner) on this route alone.
+    pub per_minute: Option<u32>,
 }
 
 /// The methods a route may name: RFC 9110's and PATCH, upper case.
@@ -100,6 +104,8 @@ impl Route {
             public,
             on_redis_error,
             cors: false,
+            cost: 1,
+            per_minute: None,
         })
     }
 

@@ -1,18 +1,24 @@
 //! A limiter that counts on this node alone: the embedded default, and the
-//! fallback when Redis cannot be asked. Each key has a small window record
-//! in a sharded map; nothing is shared by every request.
+//! fallback when Redis cannot be asked. Each counter has a small window
+//! record in a sharded map per period; nothing is shared by every request.
+//! Calendar windows (hour, day, month) also remember what they counted
+//! since the last flush, which the gateway writes to the store so a
+//! restart does not forget a day's consumption.
 
-use super::{Decision, WINDOW_MS};
+use super::{Counter, Decision};
+use crate::clock::Period;
 use crate::config::Algorithm;
 use crate::FastHash;
 use dashmap::DashMap;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Window {
-    /// Index of the current window (ms / 60_000).
+    /// Index of the current window (see [`Period::index`]).
     index: i64,
     current: u32,
     previous: u32,
+    /// Counted (or given back) since the last flush.
+    unflushed: i64,
 }
 
 impl Window {
@@ -27,94 +33,168 @@ impl Window {
     }
 }
 
-/// Counts requests per key on this node.
+use crate::store::WindowCount as WindowDelta;
+
+/// Counts requests per counter on this node.
 #[derive(Default)]
 pub struct LocalLimiter {
-    windows: DashMap<String, Window, FastHash>,
+    windows: [DashMap<String, Window, FastHash>; 4],
+}
+
+fn slot(period: Period) -> usize {
+    period as usize
 }
 
 impl LocalLimiter {
-    /// Counts one request if it fits within `limit`.
-    pub fn check(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64) -> Decision {
-        self.decide(algorithm, key_id, limit, now_ms, true)
+    /// Counts `cost` units if they fit within `limit`.
+    pub fn check(&self, algorithm: Algorithm, counter: Counter<'_>, limit: u32, cost: u32, now_ms: i64) -> Decision {
+        self.decide(algorithm, counter, limit, cost, now_ms, true)
     }
 
     /// What a check would say, without counting (for refused requests,
     /// which must not consume quota, and for `/whoami`).
-    pub fn peek(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64) -> Decision {
-        self.decide(algorithm, key_id, limit, now_ms, false)
+    pub fn peek(&self, algorithm: Algorithm, counter: Counter<'_>, limit: u32, now_ms: i64) -> Decision {
+        self.decide(algorithm, counter, limit, 1, now_ms, false)
     }
 
-    fn decide(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64, consume: bool) -> Decision {
-        let index = now_ms.div_euclid(WINDOW_MS);
-        let mut window = match self.windows.get_mut(key_id) {
+    fn decide(&self, algorithm: Algorithm, c: Counter<'_>, limit: u32, cost: u32, now_ms: i64, consume: bool) -> Decision {
+        let index = c.period.index(now_ms);
+        let map = &self.windows[slot(c.period)];
+        let mut window = match map.get_mut(c.id) {
             Some(w) => w,
-            None if !consume => return evaluate(algorithm, &mut Window { index, ..Window::default() }, limit, now_ms, false),
-            None => self.windows.entry(key_id.to_string()).or_insert(Window { index, ..Window::default() }),
+            None if !consume => {
+                return evaluate(algorithm, c.period, &mut Window { index, ..Window::default() }, limit, cost, now_ms, false)
+            }
+            None => map.entry(c.id.to_string()).or_insert(Window { index, ..Window::default() }),
         };
-        evaluate(algorithm, &mut window, limit, now_ms, consume)
+        evaluate(algorithm, c.period, &mut window, limit, cost, now_ms, consume)
     }
 
-    /// Forgets windows too old to matter; run now and then.
+    /// Gives back `cost` units a check took, when a later check of the
+    /// same request refused it (a refused request takes from none).
+    pub fn refund(&self, counter: Counter<'_>, cost: u32, now_ms: i64) {
+        let index = counter.period.index(now_ms);
+        if let Some(mut w) = self.windows[slot(counter.period)].get_mut(counter.id) {
+            if w.index == index {
+                w.current = w.current.saturating_sub(cost);
+                w.unflushed -= i64::from(cost);
+            }
+        }
+    }
+
+    /// Units counted in the counter's current window.
+    pub fn used(&self, counter: Counter<'_>, now_ms: i64) -> u32 {
+        let index = counter.period.index(now_ms);
+        self.windows[slot(counter.period)].get(counter.id).filter(|w| w.index == index).map_or(0, |w| w.current)
+    }
+
+    /// Forgets windows too old to matter; run now and then. Calendar
+    /// windows with unflushed counts stay until they are flushed.
     pub fn sweep(&self, now_ms: i64) {
-        let index = now_ms.div_euclid(WINDOW_MS);
-        self.windows.retain(|_, w| w.index + 1 >= index);
+        for period in Period::ALL {
+            let index = period.index(now_ms);
+            self.windows[slot(period)].retain(|_, w| w.index + 1 >= index || w.unflushed != 0);
+        }
     }
 
-    /// Keys with a live window.
+    /// Takes what calendar windows counted since the last call.
+    pub fn take_unflushed(&self) -> Vec<WindowDelta> {
+        let mut out = Vec::new();
+        for period in Period::ALL.into_iter().filter(|p| p.is_calendar()) {
+            for mut e in self.windows[slot(period)].iter_mut() {
+                if e.unflushed != 0 {
+                    let delta = std::mem::take(&mut e.unflushed);
+                    out.push(WindowDelta { period, id: e.key().clone(), index: e.index, delta });
+                }
+            }
+        }
+        out
+    }
+
+    /// Puts back deltas a failed flush could not write.
+    pub fn put_back(&self, deltas: Vec<WindowDelta>) {
+        for d in deltas {
+            let mut w = self.windows[slot(d.period)].entry(d.id).or_insert(Window { index: d.index, ..Window::default() });
+            w.unflushed += d.delta;
+        }
+    }
+
+    /// Starts a counter's current window from what the store holds (at
+    /// start, before any request).
+    pub fn restore(&self, period: Period, id: &str, index: i64, used: u32) {
+        let mut w = self.windows[slot(period)].entry(id.to_string()).or_insert(Window { index, ..Window::default() });
+        if w.index == index {
+            w.current = w.current.saturating_add(used);
+        }
+    }
+
+    /// Counters with a live window.
     pub fn len(&self) -> usize {
-        self.windows.len()
+        self.windows.iter().map(DashMap::len).sum()
     }
 
-    /// Whether no key has a live window.
+    /// Whether no counter has a live window.
     pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
+        self.len() == 0
     }
 }
 
 /// Applies one request to a window record.
-fn evaluate(algorithm: Algorithm, w: &mut Window, limit: u32, now_ms: i64, consume: bool) -> Decision {
-    let index = now_ms.div_euclid(WINDOW_MS);
+fn evaluate(algorithm: Algorithm, period: Period, w: &mut Window, limit: u32, cost: u32, now_ms: i64, consume: bool) -> Decision {
+    let index = period.index(now_ms);
     w.roll(index);
-    let window_end_ms = (index + 1) * WINDOW_MS;
-    let reset_at = window_end_ms.div_euclid(1000);
-    let elapsed = now_ms - index * WINDOW_MS;
-    // Requests the window holds now: the current count, plus, when sliding,
-    // the share of the previous window that still overlaps the last minute
-    // (rounded up, so the estimate never admits more than the limit).
+    let (start_ms, end_ms) = (period.start_ms(index), period.end_ms(index));
+    let reset_at = end_ms.div_euclid(1000);
+    let length_ms = end_ms - start_ms;
+    let elapsed = now_ms - start_ms;
+    // Units the window holds now: the current count, plus, when sliding,
+    // the share of the previous window that still overlaps the last
+    // window's length (rounded up, so the estimate never admits more than
+    // the limit).
     let carried = match algorithm {
-        Algorithm::FixedWindow => 0,
-        Algorithm::SlidingWindow => ((w.previous as i64 * (WINDOW_MS - elapsed) + WINDOW_MS - 1) / WINDOW_MS) as u32,
+        Algorithm::SlidingWindow if period == Period::Minute => {
+            ((w.previous as i64 * (length_ms - elapsed) + length_ms - 1) / length_ms) as u32
+        }
+        _ => 0,
     };
     let used = carried.saturating_add(w.current);
-    if used < limit {
+    if u64::from(used) + u64::from(cost) <= u64::from(limit) {
+        let taken = if consume { cost } else { 0 };
         if consume {
-            w.current += 1;
+            w.current += cost;
+            if period.is_calendar() {
+                w.unflushed += i64::from(cost);
+            }
         }
-        let after = used + u32::from(consume);
-        return Decision { allowed: true, limit, remaining: limit.saturating_sub(after), reset_at, retry_after: 0 };
+        let after = used + taken;
+        return Decision { allowed: true, limit, remaining: limit.saturating_sub(after), reset_at, retry_after: 0, period };
     }
-    Decision::refused(algorithm, limit, w.current, w.previous, now_ms)
+    Decision::refused(algorithm, period, limit, w.current, w.previous, now_ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::WINDOW_MS;
 
     const T0: i64 = 1_700_000_040_000; // the start of a window
 
     /// The limiter with one algorithm bound, to keep the tests short.
     struct Limiter(LocalLimiter, Algorithm);
 
+    fn minute(id: &str) -> Counter<'_> {
+        Counter { id, period: Period::Minute }
+    }
+
     impl Limiter {
         fn new(a: Algorithm) -> Limiter {
             Limiter(LocalLimiter::default(), a)
         }
         fn check(&self, k: &str, limit: u32, now: i64) -> Decision {
-            self.0.check(self.1, k, limit, now)
+            self.0.check(self.1, minute(k), limit, 1, now)
         }
         fn peek(&self, k: &str, limit: u32, now: i64) -> Decision {
-            self.0.peek(self.1, k, limit, now)
+            self.0.peek(self.1, minute(k), limit, now)
         }
         fn sweep(&self, now: i64) {
             self.0.sweep(now)
@@ -188,5 +268,53 @@ mod tests {
         assert!(!l.check("a", 1, T0).allowed);
         l.sweep(T0 + 3 * WINDOW_MS);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn cost_takes_several_units_and_refunds_give_them_back() {
+        let l = LocalLimiter::default();
+        let day = Counter { id: "k", period: Period::Day };
+        assert!(l.check(Algorithm::FixedWindow, day, 25, 10, T0).allowed);
+        assert!(l.check(Algorithm::FixedWindow, day, 25, 10, T0).allowed);
+        let d = l.check(Algorithm::FixedWindow, day, 25, 10, T0);
+        assert!(!d.allowed, "20 + 10 > 25");
+        assert_eq!(d.period, Period::Day);
+        assert!(l.check(Algorithm::FixedWindow, day, 25, 5, T0).allowed, "a cheaper request still fits");
+        l.refund(day, 5, T0);
+        assert_eq!(l.used(day, T0), 20);
+        // What was counted (net of refunds) is what a flush writes.
+        let deltas = l.take_unflushed();
+        assert_eq!(deltas, vec![WindowDelta { period: Period::Day, id: "k".into(), index: Period::Day.index(T0), delta: 20 }]);
+        assert!(l.take_unflushed().is_empty());
+        // Minute windows are not durable: nothing to flush.
+        l.check(Algorithm::FixedWindow, minute("k"), 5, 1, T0);
+        assert!(l.take_unflushed().is_empty());
+    }
+
+    #[test]
+    fn a_month_window_resets_on_the_first_at_midnight_utc() {
+        let l = LocalLimiter::default();
+        let month = Counter { id: "k", period: Period::Month };
+        let last = crate::clock::parse_rfc3339("2026-03-31T23:59:59Z").unwrap() * 1000 + 999;
+        for _ in 0..3 {
+            assert!(l.check(Algorithm::SlidingWindow, month, 3, 1, last - 86_400_000).allowed);
+        }
+        let d = l.check(Algorithm::SlidingWindow, month, 3, 1, last);
+        assert!(!d.allowed);
+        assert_eq!(d.reset_at, (last + 1) / 1000);
+        assert_eq!(d.retry_after, 1);
+        // April: no carry-over, whatever the minute algorithm.
+        assert!(l.check(Algorithm::SlidingWindow, month, 3, 1, last + 1).allowed);
+        assert_eq!(l.used(month, last + 1), 1);
+    }
+
+    #[test]
+    fn restored_counts_weigh_in_the_current_window_only() {
+        let l = LocalLimiter::default();
+        let day = Counter { id: "k", period: Period::Day };
+        l.restore(Period::Day, "k", Period::Day.index(T0), 4);
+        assert!(l.check(Algorithm::FixedWindow, day, 5, 1, T0).allowed);
+        assert!(!l.check(Algorithm::FixedWindow, day, 5, 1, T0).allowed);
+        assert_eq!(l.take_unflushed()[0].delta, 1, "only what this node counted is flushed");
     }
 }

@@ -1,17 +1,30 @@
-//! Per-key rate limits. `local` counts on this node; the Redis limiter
-//! (shared by every node) will sit behind the same [`Decision`].
+//! Per-key limits: windows of a minute, an hour, a day and a month, and
+//! the credits a key spends. `local` counts on this node; `redis` shares
+//! the counts between every node with leases; `meter` puts a request's
+//! windows together (all or nothing) and says which one refused it.
 
+pub mod credits;
 pub mod local;
+pub mod meter;
 pub mod redis;
 
+use crate::clock::Period;
 use crate::config::{Algorithm, RedisErrorPolicy};
 use crate::http1::Fields;
 use crate::metrics::Metrics;
 
-/// Length of a rate-limit window.
+/// Length of a minute window.
 pub const WINDOW_SECS: i64 = 60;
 /// The same in milliseconds.
 pub const WINDOW_MS: i64 = WINDOW_SECS * 1000;
+
+/// One counter: whose (a key's id, an owner, or either with a route's
+/// pattern), over which period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter<'a> {
+    pub id: &'a str,
+    pub period: Period,
+}
 
 /// The limiter a node runs: counters on this node, or shared through Redis.
 pub enum Limiter {
@@ -20,33 +33,69 @@ pub enum Limiter {
 }
 
 impl Limiter {
-    /// Counts one request if it fits within `limit` requests per minute.
-    /// `on_error` applies when Redis cannot be asked.
+    /// The limiter shared through the Redis `[rate_limit]` names.
+    pub async fn connect_redis(
+        target: &crate::config::RedisTarget,
+        rl: &crate::config::RateLimitConfig,
+        metrics: &Metrics,
+    ) -> Result<Limiter, String> {
+        let handle = crate::store::redis_conn::RedisHandle::connect(
+            &target.url,
+            target.cluster,
+            rl.redis_timeout,
+            metrics.redis_calls.clone(),
+        )
+        .await
+        .map_err(|e| format!("rate-limit redis: {e}"))?;
+        Ok(Limiter::Redis(redis::RedisLimiter::new(std::sync::Arc::new(handle), rl.nodes_hint.get())))
+    }
+
+    /// Counts `cost` units if they fit within `limit` in the counter's
+    /// window. `on_error` applies when Redis cannot be asked.
+    #[allow(clippy::too_many_arguments)]
     pub async fn check(
         &self,
         algorithm: Algorithm,
-        key_id: &str,
+        counter: Counter<'_>,
         limit: u32,
+        cost: u32,
         now_ms: i64,
         on_error: RedisErrorPolicy,
         metrics: &Metrics,
     ) -> Decision {
         match self {
-            Limiter::Local(l) => l.check(algorithm, key_id, limit, now_ms),
-            Limiter::Redis(r) => match r.try_spend(key_id, limit, now_ms) {
+            Limiter::Local(l) => l.check(algorithm, counter, limit, cost, now_ms),
+            Limiter::Redis(r) => match r.try_spend(counter, limit, cost, now_ms) {
                 Some(decision) => decision,
                 // Boxed so every request's future does not carry the state
                 // of a Redis call (it is moved at each await).
-                None => Box::pin(r.check(algorithm, key_id, limit, now_ms, on_error, metrics)).await,
+                None => Box::pin(r.check(algorithm, counter, limit, cost, now_ms, on_error, metrics)).await,
             },
         }
     }
 
-    /// What a check would say, without counting and without a network call.
-    pub fn peek(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64) -> Decision {
+    /// Gives back what a check took, for a request a later check refused.
+    pub fn refund(&self, counter: Counter<'_>, cost: u32, now_ms: i64) {
         match self {
-            Limiter::Local(l) => l.peek(algorithm, key_id, limit, now_ms),
-            Limiter::Redis(r) => r.peek(algorithm, key_id, limit, now_ms),
+            Limiter::Local(l) => l.refund(counter, cost, now_ms),
+            Limiter::Redis(r) => r.refund(counter, cost, now_ms),
+        }
+    }
+
+    /// What a check would say, without counting and without a network call.
+    pub fn peek(&self, algorithm: Algorithm, counter: Counter<'_>, limit: u32, now_ms: i64) -> Decision {
+        match self {
+            Limiter::Local(l) => l.peek(algorithm, counter, limit, now_ms),
+            Limiter::Redis(r) => r.peek(algorithm, counter, limit, now_ms),
+        }
+    }
+
+    /// Units counted in the counter's current window (on Redis, by every
+    /// node, less what this node holds unspent).
+    pub async fn used(&self, counter: Counter<'_>, now_ms: i64) -> Result<u32, String> {
+        match self {
+            Limiter::Local(l) => Ok(l.used(counter, now_ms)),
+            Limiter::Redis(r) => r.used(counter, now_ms).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -69,87 +118,149 @@ pub struct Decision {
     pub reset_at: i64,
     /// Seconds until a refused request could succeed (0 when allowed).
     pub retry_after: u64,
+    /// The window this decision is about.
+    pub period: Period,
 }
 
 impl Decision {
     /// A refusal, with the time until a request could pass.
-    pub fn refused(algorithm: Algorithm, limit: u32, current: u32, previous: u32, now_ms: i64) -> Decision {
-        let index = now_ms.div_euclid(WINDOW_MS);
-        let elapsed = now_ms - index * WINDOW_MS;
+    pub fn refused(algorithm: Algorithm, period: Period, limit: u32, current: u32, previous: u32, now_ms: i64) -> Decision {
+        let index = period.index(now_ms);
+        let end_ms = period.end_ms(index);
         let retry_ms = match algorithm {
-            Algorithm::FixedWindow => WINDOW_MS - elapsed,
-            Algorithm::SlidingWindow => sliding_retry_ms(limit, current, previous, elapsed),
+            Algorithm::SlidingWindow if period == Period::Minute => {
+                sliding_retry_ms(limit, current, previous, now_ms - period.start_ms(index))
+            }
+            _ => end_ms - now_ms,
         };
         Decision {
             allowed: false,
             limit,
             remaining: 0,
-            reset_at: ((index + 1) * WINDOW_MS).div_euclid(1000),
+            reset_at: end_ms.div_euclid(1000),
             retry_after: ((retry_ms + 999) / 1000).max(1) as u64,
+            period,
         }
+    }
+
+    /// An admission with the whole limit left (nothing counted yet).
+    pub fn fresh(period: Period, limit: u32, now_ms: i64) -> Decision {
+        let reset_at = period.end_ms(period.index(now_ms)).div_euclid(1000);
+        Decision { allowed: true, limit, remaining: limit, reset_at, retry_after: 0, period }
     }
 }
 
-/// The rate-limit headers a response carries: `X-RateLimit-*` and, when
-/// asked, the IETF draft's `RateLimit-Policy` and `RateLimit`. Kept as
-/// numbers until a protocol writer renders them: the HTTP/1.1 server
+/// The rate-limit headers a response carries: `X-RateLimit-*` for the
+/// window with the least room and, when asked, the IETF draft's
+/// `RateLimit-Policy` (every policy) and `RateLimit` (that window). Kept
+/// as numbers until a protocol writer renders them: the HTTP/1.1 server
 /// writes them as header lines, HTTP/2 puts them in the header map.
 #[derive(Debug, Clone, Copy)]
 pub struct RateHeaders {
-    pub decision: Decision,
-    /// Unix seconds when the response was made.
-    pub now: i64,
-    pub algorithm: Algorithm,
+    pub view: meter::RateView,
+    /// Unix milliseconds when the response was made.
+    pub now_ms: i64,
     pub ietf: bool,
 }
 
 impl RateHeaders {
     /// The headers as fields, rendered straight from the numbers when the
-    /// response is written: `X-RateLimit-*`, and with `ietf` the IETF
-    /// draft's `RateLimit-Policy` and `RateLimit` (`"fixed";q=100;w=60` and
-    /// `"fixed";r=99;t=42`).
+    /// response is written: `X-RateLimit-*`, and with `ietf`
+    /// `RateLimit-Policy: "minute";q=60;w=60, "day";q=500;w=86400` and
+    /// `RateLimit: "day";r=499;t=3600`.
     pub fn fields(&self) -> Fields {
-        let d = &self.decision;
-        let reset_in = (d.reset_at - self.now).clamp(0, WINDOW_SECS);
-        let kind = match (self.ietf, self.algorithm) {
-            (false, _) => 0,
-            (true, Algorithm::FixedWindow) => 1,
-            (true, Algorithm::SlidingWindow) => 2,
-        };
-        Fields::new([d.limit.into(), d.remaining.into(), d.reset_at, reset_in, kind, 0], render_fields)
+        let d = &self.view.decision;
+        let now = self.now_ms.div_euclid(1000);
+        let month_secs = Period::Month.length_secs(Period::Month.index(self.now_ms));
+        let reset_in = (d.reset_at - now).max(0);
+        let q = |p: meter::Policy| i64::from(self.view.quotas[p as usize]);
+        use meter::Policy::*;
+        let flags = i64::from(self.ietf) | (self.view.policy as i64) << 8;
+        Fields::new(
+            [
+                d.limit.into(),
+                d.remaining.into(),
+                d.reset_at,
+                reset_in,
+                flags,
+                q(Minute) | q(Route) << 32,
+                q(Hour) | q(Day) << 32,
+                q(Month) | month_secs << 32,
+            ],
+            render_fields,
+        )
     }
 }
 
-/// [`RateHeaders::fields`]: `[limit, remaining, reset_at, reset_in, kind, _]`,
-/// kind 0 without the IETF fields, 1 fixed, 2 sliding.
-fn render_fields(n: &[i64; 6], field: &mut dyn FnMut(&'static str, &[u8])) {
-    let [limit, remaining, reset_at, reset_in, kind, _] = *n;
+/// [`RateHeaders::fields`]: `[limit, remaining, reset_at, reset_in, ietf |
+/// policy << 8, minute | route << 32, hour | day << 32, month | month
+/// length << 32]`.
+fn render_fields(n: &[i64; 8], field: &mut dyn FnMut(&'static str, &[u8])) {
+    let [limit, remaining, reset_at, reset_in, flags, ..] = *n;
     let mut digits = itoa::Buffer::new();
     // Spelled as clients expect on HTTP/1.1 (HTTP/2 lowercases them).
     field("X-RateLimit-Limit", digits.format(limit).as_bytes());
     field("X-RateLimit-Remaining", digits.format(remaining).as_bytes());
     field("X-RateLimit-Reset", digits.format(reset_at).as_bytes());
-    let name: &[u8] = match kind {
-        1 => b"\"fixed\"",
-        2 => b"\"sliding\"",
-        _ => return,
-    };
-    // A header's name, then its `;key=value` parameters.
-    let mut value = [0u8; 64];
-    for (header, params) in
-        [("RateLimit-Policy", [(b";q=", limit), (b";w=", WINDOW_SECS)]), ("RateLimit", [(b";r=", remaining), (b";t=", reset_in)])]
-    {
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            value[at..at + bytes.len()].copy_from_slice(bytes);
-            at += bytes.len();
-        };
-        put(name);
-        for (key, number) in params {
-            put(key);
-            put(digits.format(number).as_bytes());
+    if flags & 1 == 0 {
+        return;
+    }
+    let half = |i: usize, high: bool| if high { n[i] >> 32 } else { n[i] & 0xffff_ffff };
+    let month_secs = half(7, true);
+    // (quota, window seconds) of each policy, in `Policy::ALL` order.
+    let policies = [
+        (half(5, false), 60),
+        (half(5, true), 60),
+        (half(6, false), 3600),
+        (half(6, true), 86_400),
+        (half(7, false), month_secs),
+    ];
+    let mut value = Text::default();
+    for (policy, (quota, window)) in meter::Policy::ALL.into_iter().zip(policies) {
+        if quota == 0 {
+            continue;
         }
-        field(header, &value[..at]);
+        if value.len > 0 {
+            value.put(b", ");
+        }
+        value.put_all(&[b"\"", policy.name().as_bytes(), b"\";q=", digits.format(quota).as_bytes()]);
+        value.put_all(&[b";w=", digits.format(window).as_bytes()]);
+    }
+    field("RateLimit-Policy", value.as_bytes());
+    let tight = meter::Policy::ALL.get((flags >> 8) as usize).copied().unwrap_or(meter::Policy::Minute);
+    let mut value = Text::default();
+    value.put_all(&[b"\"", tight.name().as_bytes(), b"\";r=", digits.format(remaining).as_bytes()]);
+    value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
+    field("RateLimit", value.as_bytes());
+}
+
+/// A header value built on the stack (five policies fit with room to spare).
+struct Text {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text { bytes: [0; 256], len: 0 }
+    }
+}
+
+impl Text {
+    fn put(&mut self, b: &[u8]) {
+        let end = (self.len + b.len()).min(self.bytes.len());
+        self.bytes[self.len..end].copy_from_slice(&b[..end - self.len]);
+        self.len = end;
+    }
+
+    fn put_all(&mut self, parts: &[&[u8]]) {
+        for p in parts {
+            self.put(p);
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -173,22 +284,47 @@ mod tests {
 
     #[test]
     fn both_renderings_of_the_rate_limit_headers_agree() {
-        let decision = Decision { allowed: true, limit: 100, remaining: 99, reset_at: 1_700_000_040, retry_after: 0 };
-        let r = RateHeaders { decision, now: 1_700_000_000, algorithm: Algorithm::SlidingWindow, ietf: true };
+        let decision = Decision {
+            allowed: true,
+            limit: 100,
+            remaining: 99,
+            reset_at: 1_700_000_040,
+            retry_after: 0,
+            period: Period::Minute,
+        };
+        let view = meter::RateView { policy: meter::Policy::Minute, decision, quotas: [100, 0, 0, 0, 0] };
+        let r = RateHeaders { view, now_ms: 1_700_000_000_000, ietf: true };
         let mut lines = Vec::new();
         r.fields().write_lines(&mut lines);
         assert_eq!(
             String::from_utf8(lines).unwrap(),
             "X-RateLimit-Limit: 100\r\nX-RateLimit-Remaining: 99\r\nX-RateLimit-Reset: 1700000040\r\n\
-             RateLimit-Policy: \"sliding\";q=100;w=60\r\nRateLimit: \"sliding\";r=99;t=40\r\n"
+             RateLimit-Policy: \"minute\";q=100;w=60\r\nRateLimit: \"minute\";r=99;t=40\r\n"
         );
         let mut map = http::HeaderMap::new();
         r.fields().insert_into(&mut map);
         assert_eq!(map.len(), 5);
-        assert_eq!(map["ratelimit"], "\"sliding\";r=99;t=40");
+        assert_eq!(map["ratelimit"], "\"minute\";r=99;t=40");
         assert_eq!(map["x-ratelimit-reset"], "1700000040");
         let mut plain = http::HeaderMap::new();
         RateHeaders { ietf: false, ..r }.fields().insert_into(&mut plain);
         assert_eq!(plain.len(), 3);
+    }
+
+    #[test]
+    fn every_policy_is_listed_and_the_tightest_described() {
+        // 2026-02-10: a 28-day month.
+        let now_ms = crate::clock::parse_rfc3339("2026-02-10T12:00:00Z").unwrap() * 1000;
+        let reset_at = crate::clock::parse_rfc3339("2026-02-11T00:00:00Z").unwrap();
+        let decision = Decision { allowed: true, limit: 500, remaining: 7, reset_at, retry_after: 0, period: Period::Day };
+        let view = meter::RateView { policy: meter::Policy::Day, decision, quotas: [60, 5, 0, 500, 10_000] };
+        let mut map = http::HeaderMap::new();
+        RateHeaders { view, now_ms, ietf: true }.fields().insert_into(&mut map);
+        assert_eq!(
+            map["ratelimit-policy"],
+            "\"minute\";q=60;w=60, \"route\";q=5;w=60, \"day\";q=500;w=86400, \"month\";q=10000;w=2419200"
+        );
+        assert_eq!(map["ratelimit"], "\"day\";r=7;t=43200");
+        assert_eq!(map["x-ratelimit-limit"], "500");
     }
 }

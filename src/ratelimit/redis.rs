@@ -9,7 +9,8 @@
 //! one seen 10,000 times a second costs about one call per 100 ms.
 
 use super::local::LocalLimiter;
-use super::{Decision, WINDOW_MS};
+use super::{Counter, Decision};
+use crate::clock::Period;
 use crate::config::{Algorithm, RedisErrorPolicy};
 use crate::metrics::Metrics;
 use crate::store::redis_conn::{RedisFailure, RedisHandle};
@@ -73,8 +74,16 @@ return v
     )
 });
 
-fn counter_key(key_id: &str, window: i64) -> String {
-    format!("kg:rl:{{{key_id}}}:{window}")
+/// The Redis key of a counter's window: `kg:rl:{id}:<minute>` (as
+/// before calendar windows existed) or `kg:rl:{id}:h|d|mo:<index>`.
+fn counter_key(counter: Counter<'_>, window: i64) -> String {
+    let id = counter.id;
+    match counter.period {
+        Period::Minute => format!("kg:rl:{{{id}}}:{window}"),
+        Period::Hour => format!("kg:rl:{{{id}}}:h:{window}"),
+        Period::Day => format!("kg:rl:{{{id}}}:d:{window}"),
+        Period::Month => format!("kg:rl:{{{id}}}:mo:{window}"),
+    }
 }
 
 /// What this node holds for one key.
@@ -125,13 +134,13 @@ impl Lease {
         by_rate.clamp(1, MAX_LEASE).min(share)
     }
 
-    /// One request from the lease, if it has quota left in `window`.
-    fn spend(&mut self, limit: u32, window: i64, now_ms: i64) -> Option<Decision> {
-        if self.window != window || self.left == 0 {
+    /// `cost` units from the lease, if it has them left in `window`.
+    fn spend(&mut self, period: Period, limit: u32, cost: u32, window: i64, now_ms: i64) -> Option<Decision> {
+        if self.window != window || self.left < cost {
             return None;
         }
         self.note_request(now_ms);
-        Some(self.allowed(limit, window))
+        Some(self.allowed(period, limit, cost, window))
     }
 
     /// How many requests the `local` fallback may still admit in this
@@ -146,14 +155,15 @@ impl Lease {
         }
     }
 
-    fn allowed(&mut self, limit: u32, window: i64) -> Decision {
-        self.left -= 1;
+    fn allowed(&mut self, period: Period, limit: u32, cost: u32, window: i64) -> Decision {
+        self.left -= cost;
         Decision {
             allowed: true,
             limit,
             remaining: self.redis_left.saturating_add(self.left).min(limit),
-            reset_at: ((window + 1) * WINDOW_MS) / 1000,
+            reset_at: period.end_ms(window) / 1000,
             retry_after: 0,
+            period,
         }
     }
 }
@@ -178,7 +188,8 @@ impl Slot {
 /// The distributed limiter.
 pub struct RedisLimiter {
     redis: Arc<RedisHandle>,
-    leases: DashMap<String, Arc<Slot>, FastHash>,
+    /// Leases by period, then by counter id.
+    leases: [DashMap<String, Arc<Slot>, FastHash>; 4],
     /// Used when Redis cannot be asked and the policy is `local`.
     fallback: LocalLimiter,
     nodes_hint: u32,
@@ -187,38 +198,66 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     /// A limiter over a Redis connection.
     pub fn new(redis: Arc<RedisHandle>, nodes_hint: u32) -> RedisLimiter {
-        RedisLimiter { redis, leases: DashMap::default(), fallback: LocalLimiter::default(), nodes_hint }
+        RedisLimiter { redis, leases: Default::default(), fallback: LocalLimiter::default(), nodes_hint }
     }
 
-    fn slot(&self, key_id: &str) -> Arc<Slot> {
-        if let Some(l) = self.leases.get(key_id) {
+    fn leases(&self, period: Period) -> &DashMap<String, Arc<Slot>, FastHash> {
+        &self.leases[period as usize]
+    }
+
+    fn slot(&self, counter: Counter<'_>) -> Arc<Slot> {
+        let leases = self.leases(counter.period);
+        if let Some(l) = leases.get(counter.id) {
             return Arc::clone(&l);
         }
-        Arc::clone(&self.leases.entry(key_id.to_string()).or_default())
+        Arc::clone(&leases.entry(counter.id.to_string()).or_default())
     }
 
-    /// The common case, without waiting: the key's lease for this window
-    /// still has quota and nobody holds it. `None`: ask [`Self::check`].
-    pub fn try_spend(&self, key_id: &str, limit: u32, now_ms: i64) -> Option<Decision> {
-        let window = now_ms.div_euclid(WINDOW_MS);
-        let slot = self.leases.get(key_id)?;
+    /// The common case, without waiting: the counter's lease for this
+    /// window still has the units and nobody holds it. `None`: ask
+    /// [`Self::check`].
+    pub fn try_spend(&self, counter: Counter<'_>, limit: u32, cost: u32, now_ms: i64) -> Option<Decision> {
+        let window = counter.period.index(now_ms);
+        let slot = self.leases(counter.period).get(counter.id)?;
         // Bound first: the lease guard must drop before `slot` does.
-        let spent = slot.lease().spend(limit, window, now_ms);
+        let spent = slot.lease().spend(counter.period, limit, cost, window, now_ms);
         spent
     }
 
-    /// Counts one request against the key's limit across every node.
+    /// Puts units a check took back into this node's lease (a later
+    /// check refused the request): they stay this node's to spend, and
+    /// go back to Redis with the rest of an idle lease.
+    pub fn refund(&self, counter: Counter<'_>, cost: u32, now_ms: i64) {
+        let window = counter.period.index(now_ms);
+        if let Some(slot) = self.leases(counter.period).get(counter.id) {
+            let mut l = slot.lease();
+            if l.window == window {
+                if l.owed >= cost && !l.heard {
+                    // Admitted by the fallback: it was never Redis's.
+                    l.owed -= cost;
+                    self.fallback.refund(counter, cost, now_ms);
+                } else {
+                    l.left += cost;
+                }
+            }
+        }
+    }
+
+    /// Counts `cost` units against the counter's limit across every node.
+    #[allow(clippy::too_many_arguments)]
     pub async fn check(
         &self,
         algorithm: Algorithm,
-        key_id: &str,
+        counter: Counter<'_>,
         limit: u32,
+        cost: u32,
         now_ms: i64,
         on_error: RedisErrorPolicy,
         metrics: &Metrics,
     ) -> Decision {
-        let window = now_ms.div_euclid(WINDOW_MS);
-        let slot = self.slot(key_id);
+        let period = counter.period;
+        let window = period.index(now_ms);
+        let slot = self.slot(counter);
         let _refilling = slot.refill.lock().await;
         let unused_before = {
             let mut l = slot.lease();
@@ -232,7 +271,7 @@ impl RedisLimiter {
                     window,
                     ..Lease::default()
                 };
-                if unused > 0 && old_window + 1 == window && algorithm == Algorithm::SlidingWindow {
+                if unused > 0 && old_window + 1 == window && algorithm == Algorithm::SlidingWindow && period == Period::Minute {
                     unused_before = Some((old_window, unused));
                 }
             }
@@ -240,20 +279,20 @@ impl RedisLimiter {
         };
         if let Some((old_window, unused)) = unused_before {
             // Unused quota of the previous window still weighs on a sliding estimate.
-            self.give_back(key_id, old_window, unused).await;
+            self.give_back(counter, old_window, unused).await;
         }
         let (want, owed) = {
             let mut l = slot.lease();
-            if let Some(spent) = l.spend(limit, window, now_ms) {
+            if let Some(spent) = l.spend(period, limit, cost, window, now_ms) {
                 return spent;
             }
             l.note_request(now_ms);
             if now_ms < l.full_until_ms {
-                return Decision::refused(algorithm, limit, l.current, l.previous, now_ms);
+                return Decision::refused(algorithm, period, limit, l.current, l.previous, now_ms);
             }
-            (l.wanted(limit, self.nodes_hint), l.owed)
+            (l.wanted(limit, self.nodes_hint).max(cost - l.left.min(cost)), l.owed)
         };
-        match self.take(algorithm, key_id, limit, want, owed, now_ms).await {
+        match self.take(algorithm, counter, limit, want, owed, now_ms).await {
             Ok((granted, redis_left, current, previous)) => {
                 metrics.lease_size.observe(f64::from(granted));
                 let mut l = slot.lease();
@@ -263,37 +302,63 @@ impl RedisLimiter {
                 l.redis_left = redis_left;
                 l.current = current;
                 l.previous = previous;
-                if granted == 0 {
-                    l.full_until_ms = match algorithm {
-                        Algorithm::FixedWindow => (window + 1) * WINDOW_MS,
-                        Algorithm::SlidingWindow => now_ms + SLIDING_RECHECK_MS,
-                    };
-                    return Decision::refused(algorithm, limit, current, previous, now_ms);
+                l.left = l.left.saturating_add(granted);
+                if l.left >= cost {
+                    return l.allowed(period, limit, cost, window);
                 }
-                l.left = granted;
-                l.allowed(limit, window)
+                if granted == 0 && redis_left == 0 {
+                    l.full_until_ms = match algorithm {
+                        Algorithm::SlidingWindow if period == Period::Minute => now_ms + SLIDING_RECHECK_MS,
+                        _ => period.end_ms(window),
+                    };
+                }
+                // What was granted stays in the lease for cheaper requests
+                // and goes back with it when idle.
+                Decision::refused(algorithm, period, limit, current, previous, now_ms)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "rate limiter cannot reach redis; applying on_redis_error");
-                self.fallback(algorithm, &slot, key_id, limit, now_ms, on_error, metrics)
+                self.fallback(algorithm, &slot, counter, limit, cost, now_ms, on_error, metrics)
             }
         }
     }
 
     /// What a check would say, from this node's view, without a Redis call.
-    pub fn peek(&self, algorithm: Algorithm, key_id: &str, limit: u32, now_ms: i64) -> Decision {
-        let window = now_ms.div_euclid(WINDOW_MS);
-        let reset_at = ((window + 1) * WINDOW_MS) / 1000;
-        let fresh = Decision { allowed: true, limit, remaining: limit, reset_at, retry_after: 0 };
-        let Some(slot) = self.leases.get(key_id).map(|l| Arc::clone(&l)) else { return fresh };
+    pub fn peek(&self, algorithm: Algorithm, counter: Counter<'_>, limit: u32, now_ms: i64) -> Decision {
+        let period = counter.period;
+        let window = period.index(now_ms);
+        let fresh = Decision::fresh(period, limit, now_ms);
+        let Some(slot) = self.leases(period).get(counter.id).map(|l| Arc::clone(&l)) else { return fresh };
         let l = slot.lease();
         if l.window != window {
             return fresh;
         }
         if l.left == 0 && now_ms < l.full_until_ms {
-            return Decision { retry_after: 0, ..Decision::refused(algorithm, limit, l.current, l.previous, now_ms) };
+            return Decision { retry_after: 0, ..Decision::refused(algorithm, period, limit, l.current, l.previous, now_ms) };
         }
         Decision { remaining: l.redis_left.saturating_add(l.left).min(limit), ..fresh }
+    }
+
+    /// Units of the counter's current window Redis has counted (leases
+    /// other nodes hold included), without this node's unspent lease.
+    pub async fn used(&self, counter: Counter<'_>, now_ms: i64) -> Result<u32, RedisFailure> {
+        let window = counter.period.index(now_ms);
+        let key = counter_key(counter, window);
+        let counted: Option<u32> =
+            self.redis.run("ratelimit_read", |mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await }).await?;
+        let unspent = self
+            .leases(counter.period)
+            .get(counter.id)
+            .map(|s| {
+                let l = s.lease();
+                if l.window == window {
+                    l.left
+                } else {
+                    0
+                }
+            })
+            .unwrap_or(0);
+        Ok(counted.unwrap_or(0).saturating_sub(unspent))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -301,13 +366,15 @@ impl RedisLimiter {
         &self,
         algorithm: Algorithm,
         slot: &Slot,
-        key_id: &str,
+        counter: Counter<'_>,
         limit: u32,
+        cost: u32,
         now_ms: i64,
         policy: RedisErrorPolicy,
         metrics: &Metrics,
     ) -> Decision {
-        let reset_at = ((now_ms.div_euclid(WINDOW_MS) + 1) * WINDOW_MS) / 1000;
+        let period = counter.period;
+        let reset_at = period.end_ms(period.index(now_ms)) / 1000;
         match policy {
             RedisErrorPolicy::Local => {
                 metrics.ratelimit_fallbacks.with_label_values(&["local"]).inc();
@@ -319,19 +386,19 @@ impl RedisLimiter {
                 let share = (limit / self.nodes_hint.max(1)).max(1);
                 let mut l = slot.lease();
                 let allowance = l.alone_allowance(share);
-                let decision = self.fallback.check(algorithm, key_id, allowance, now_ms);
+                let decision = self.fallback.check(algorithm, counter, allowance, cost, now_ms);
                 if decision.allowed {
-                    l.owed += 1;
+                    l.owed += cost;
                 }
                 Decision { limit, ..decision }
             }
             RedisErrorPolicy::Allow => {
                 metrics.ratelimit_fallbacks.with_label_values(&["allow"]).inc();
-                Decision { allowed: true, limit, remaining: limit, reset_at, retry_after: 0 }
+                Decision { allowed: true, limit, remaining: limit, reset_at, retry_after: 0, period }
             }
             RedisErrorPolicy::Deny => {
                 metrics.ratelimit_fallbacks.with_label_values(&["deny"]).inc();
-                Decision { allowed: false, limit, remaining: 0, reset_at, retry_after: 1 }
+                Decision { allowed: false, limit, remaining: 0, reset_at, retry_after: 1, period }
             }
         }
     }
@@ -339,16 +406,18 @@ impl RedisLimiter {
     async fn take(
         &self,
         algorithm: Algorithm,
-        key_id: &str,
+        counter: Counter<'_>,
         limit: u32,
         want: u32,
         owed: u32,
         now_ms: i64,
     ) -> Result<(u32, u32, u32, u32), RedisFailure> {
-        let window = now_ms.div_euclid(WINDOW_MS);
-        let (current_key, previous_key) = (counter_key(key_id, window), counter_key(key_id, window - 1));
-        let sliding = if algorithm == Algorithm::SlidingWindow { "s" } else { "f" };
-        let elapsed = now_ms - window * WINDOW_MS;
+        let period = counter.period;
+        let window = period.index(now_ms);
+        let (current_key, previous_key) = (counter_key(counter, window), counter_key(counter, window - 1));
+        let sliding = if algorithm == Algorithm::SlidingWindow && period == Period::Minute { "s" } else { "f" };
+        let start = period.start_ms(window);
+        let (elapsed, length) = (now_ms - start, period.end_ms(window) - start);
         self.redis
             .run("ratelimit_take", |mut c| async move {
                 TAKE.key(current_key)
@@ -357,7 +426,7 @@ impl RedisLimiter {
                     .arg(want)
                     .arg(sliding)
                     .arg(elapsed)
-                    .arg(WINDOW_MS)
+                    .arg(length)
                     .arg(owed)
                     .invoke_async(&mut c)
                     .await
@@ -365,8 +434,8 @@ impl RedisLimiter {
             .await
     }
 
-    async fn give_back(&self, key_id: &str, window: i64, unused: u32) {
-        let key = counter_key(key_id, window);
+    async fn give_back(&self, counter: Counter<'_>, window: i64, unused: u32) {
+        let key = counter_key(counter, window);
         let result = self
             .redis
             .run("ratelimit_return", |mut c| async move { GIVE_BACK.key(key).arg(unused).invoke_async::<i64>(&mut c).await })
@@ -378,10 +447,18 @@ impl RedisLimiter {
 
     /// Gives back the quota of leases idle for a while and forgets old ones.
     pub async fn sweep(&self, now_ms: i64) {
-        let window = now_ms.div_euclid(WINDOW_MS);
-        let ids: Vec<String> = self.leases.iter().map(|e| e.key().clone()).collect();
+        for period in Period::ALL {
+            self.sweep_period(period, now_ms).await;
+        }
+        self.fallback.sweep(now_ms);
+    }
+
+    async fn sweep_period(&self, period: Period, now_ms: i64) {
+        let window = period.index(now_ms);
+        let leases = self.leases(period);
+        let ids: Vec<String> = leases.iter().map(|e| e.key().clone()).collect();
         for id in ids {
-            let Some(slot) = self.leases.get(&id).map(|l| Arc::clone(&l)) else { continue };
+            let Some(slot) = leases.get(&id).map(|l| Arc::clone(&l)) else { continue };
             let Ok(_refilling) = slot.refill.try_lock() else { continue };
             let (idle_unused, old) = {
                 let mut l = slot.lease();
@@ -392,12 +469,11 @@ impl RedisLimiter {
                 (unused, l.window + 1 < window)
             };
             if idle_unused > 0 {
-                self.give_back(&id, window, idle_unused).await;
+                self.give_back(Counter { id: &id, period }, window, idle_unused).await;
             }
             if old {
-                self.leases.remove_if(&id, |_, v| Arc::strong_count(v) <= 2);
+                leases.remove_if(&id, |_, v| Arc::strong_count(v) <= 2);
             }
         }
-        self.fallback.sweep(now_ms);
     }
 }

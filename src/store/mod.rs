@@ -113,12 +113,81 @@ impl ChangeBatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
     pub key_id: String,
+    /// The key's owner at the time (reports group by it).
+    pub owner: String,
+    /// Requests admitted.
     pub count: u64,
+    /// Requests refused by a limit, quota or credits.
+    pub refused: u64,
     /// Unix seconds of the latest request.
     pub last_used: i64,
     /// Unix minute (seconds / 60) the requests fell in.
     pub minute: i64,
 }
+
+/// A key's credit balance as the store holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreditBalance {
+    pub remaining: i64,
+    /// The refill window (day or month index) it was last refilled in.
+    pub period: i64,
+    /// Bumped by every `set`: spending from before it no longer counts.
+    pub generation: i64,
+}
+
+/// Credits a node spent and has not written yet, in one refill window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditSpend {
+    pub key_id: String,
+    pub generation: i64,
+    /// The key's refill amount, when it has one.
+    pub refill: Option<u64>,
+    /// The refill window the units were spent in.
+    pub period: i64,
+    pub spent: i64,
+}
+
+/// An operator's change to a balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditChange {
+    Add(i64),
+    Set(i64),
+}
+
+/// Units a calendar window of one counter counted since the last flush
+/// (written), or in all (read back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowCount {
+    pub period: crate::clock::Period,
+    pub id: String,
+    pub index: i64,
+    pub delta: i64,
+}
+
+/// Which usage a report covers: hours `from_hour..to_hour` (Unix hours),
+/// optionally of one owner or one key.
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub owner: Option<String>,
+    pub key_id: Option<String>,
+    pub from_hour: i64,
+    pub to_hour: i64,
+}
+
+/// Requests of one key in one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub key_id: String,
+    pub owner: String,
+    /// Unix hour (seconds / 3600).
+    pub hour: i64,
+    pub admitted: u64,
+    pub refused: u64,
+}
+
+/// How long hourly usage is kept for reports: more than a year, so a
+/// year-on-year bill can be made.
+pub const USAGE_REPORT_RETENTION_DAYS: i64 = 420;
 
 /// A page of keys and how many matched in all.
 #[derive(Debug, Clone, Default)]
@@ -231,6 +300,25 @@ pub trait Store: Send + Sync {
     async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError>;
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
     async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError>;
+    /// Hourly admitted and refused counts, ordered by hour then key.
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+    /// A key's credit balance; `None` if it never had one.
+    async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError>;
+    /// Adds to or sets a key's balance (refilling it first when `refill`
+    /// is due in refill window `period`); a set starts a new generation.
+    /// Goes into the change feed, so every node reads the balance again.
+    async fn change_credits(
+        &self,
+        key_id: &str,
+        change: CreditChange,
+        refill: Option<u64>,
+        period: i64,
+    ) -> Result<CreditBalance, StoreError>;
+    /// Writes what calendar windows counted and credits spent since the
+    /// last flush; counts of deleted keys are dropped.
+    async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError>;
+    /// Totals of every counter's calendar windows current at `now_ms`.
+    async fn meter_windows(&self, now_ms: i64) -> Result<Vec<WindowCount>, StoreError>;
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Appends one management change to the audit log.

@@ -329,7 +329,8 @@ impl Store for RedisStore {
     }
 
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        let mut args = Vec::with_capacity(batch.len() * 5);
+        let mut args = Vec::with_capacity(1 + batch.len() * 7);
+        args.push((USAGE_REPORT_RETENTION_DAYS * 86_400).to_string());
         for d in batch {
             args.extend([
                 d.key_id.clone(),
@@ -337,6 +338,8 @@ impl Store for RedisStore {
                 d.last_used.to_string(),
                 d.minute.to_string(),
                 (d.minute / 1440).to_string(),
+                d.refused.to_string(),
+                d.owner.clone(),
             ]);
         }
         self.invoke::<i64>("record_usage", &scripts::RECORD_USAGE, args).await.map(|_| ())
@@ -363,6 +366,106 @@ impl Store for RedisStore {
             }
         }
         Ok(summary)
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let owners: HashMap<String, String> =
+            self.query("usage_report", ::redis::cmd("HGETALL").arg(format!("{PREFIX}usage_owner")).to_owned()).await?;
+        let mut rows: std::collections::BTreeMap<(i64, String), UsageRow> = Default::default();
+        let (first_day, last_day) = (query.from_hour.div_euclid(24), (query.to_hour - 1).div_euclid(24));
+        for day in first_day..=last_day {
+            let cmd = ::redis::cmd("HGETALL").arg(format!("{PREFIX}usage_d:{day}")).to_owned();
+            let counts: HashMap<String, u64> = self.query("usage_report", cmd).await?;
+            for (field, n) in counts {
+                let mut parts = field.rsplitn(3, '|');
+                let (Some(kind), Some(hour), Some(key_id)) = (parts.next(), parts.next(), parts.next()) else { continue };
+                let Ok(hour) = hour.parse::<i64>() else { continue };
+                let owner = owners.get(key_id).cloned().unwrap_or_default();
+                if hour < query.from_hour
+                    || hour >= query.to_hour
+                    || query.key_id.as_deref().is_some_and(|k| k != key_id)
+                    || query.owner.as_deref().is_some_and(|o| o != owner)
+                {
+                    continue;
+                }
+                let row = rows.entry((hour, key_id.to_string())).or_insert_with(|| UsageRow {
+                    key_id: key_id.to_string(),
+                    owner,
+                    hour,
+                    admitted: 0,
+                    refused: 0,
+                });
+                match kind {
+                    "a" => row.admitted += n,
+                    "r" => row.refused += n,
+                    _ => {}
+                }
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError> {
+        let cmd = ::redis::cmd("HMGET").arg(format!("{PREFIX}credits:{key_id}")).arg(&["remaining", "period", "gen"]).to_owned();
+        let (remaining, period, generation): (Option<i64>, Option<i64>, Option<i64>) = self.query("credit_balance", cmd).await?;
+        Ok(remaining.map(|remaining| CreditBalance {
+            remaining,
+            period: period.unwrap_or(0),
+            generation: generation.unwrap_or(0),
+        }))
+    }
+
+    async fn change_credits(
+        &self,
+        key_id: &str,
+        change: CreditChange,
+        refill: Option<u64>,
+        period: i64,
+    ) -> Result<CreditBalance, StoreError> {
+        let (op, n) = match change {
+            CreditChange::Add(n) => ("add", n),
+            CreditChange::Set(n) => ("set", n),
+        };
+        let args = vec![
+            key_id.to_string(),
+            op.to_string(),
+            n.to_string(),
+            refill.map(|r| r.to_string()).unwrap_or_default(),
+            period.to_string(),
+            now_unix_ms().to_string(),
+        ];
+        let (remaining, period, generation): (i64, i64, i64) =
+            self.invoke("change_credits", &scripts::CHANGE_CREDITS, args).await?;
+        Ok(CreditBalance { remaining, period, generation })
+    }
+
+    async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError> {
+        let mut args = vec![windows.len().to_string()];
+        for w in windows {
+            let ttl = 2 * w.period.length_secs(w.index) + 3600;
+            args.extend([w.period.as_str().to_string(), w.index.to_string(), w.id.clone(), w.delta.to_string(), ttl.to_string()]);
+        }
+        for c in credits {
+            args.extend([
+                c.key_id.clone(),
+                c.generation.to_string(),
+                c.refill.map(|r| r.to_string()).unwrap_or_default(),
+                c.period.to_string(),
+                c.spent.to_string(),
+            ]);
+        }
+        self.invoke::<i64>("record_meter", &scripts::RECORD_METER, args).await.map(|_| ())
+    }
+
+    async fn meter_windows(&self, now_ms: i64) -> Result<Vec<WindowCount>, StoreError> {
+        let mut out = Vec::new();
+        for period in crate::clock::Period::ALL.into_iter().filter(|p| p.is_calendar()) {
+            let index = period.index(now_ms);
+            let cmd = ::redis::cmd("HGETALL").arg(format!("{PREFIX}meter:{}:{index}", period.as_str())).to_owned();
+            let counts: HashMap<String, i64> = self.query("meter_windows", cmd).await?;
+            out.extend(counts.into_iter().map(|(id, delta)| WindowCount { period, id, index, delta }));
+        }
+        Ok(out)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

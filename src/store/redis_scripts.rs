@@ -79,7 +79,7 @@ if not old then return refuse('notfound') end
 for _, h in ipairs(redis.call('SMEMBERS', P .. 'secrets:' .. id)) do redis.call('DEL', P .. 'secret:' .. h) end
 local old_role = role_of(old)
 if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
-redis.call('DEL', P .. 'secrets:' .. id, P .. 'key:' .. id, P .. 'usage:' .. id)
+redis.call('DEL', P .. 'secrets:' .. id, P .. 'key:' .. id, P .. 'usage:' .. id, P .. 'credits:' .. id)
 redis.call('ZREM', P .. 'keys', id)
 return feed('key', id, at)
 "#,
@@ -210,23 +210,105 @@ return feed('role', ARGV[1], ARGV[2])
     )
 });
 
-/// ARGV: repeated (key_id, count, last_used, minute, day). Counts for deleted keys are dropped.
+/// ARGV: report retention in seconds, then repeated (key_id, count,
+/// last_used, minute, day, refused, owner). Counts for deleted keys are
+/// dropped. Hourly counts go to one hash per day (`<key>|<hour>|a` and
+/// `|r`), owners to `usage_owner`, for usage reports.
 pub static RECORD_USAGE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-for i = 1, #ARGV, 5 do
-  local id, n, last, minute, day = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+local keep = tonumber(ARGV[1])
+for i = 2, #ARGV, 7 do
+  local id, n, last, minute, day = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local refused, owner = tonumber(ARGV[i + 5]), ARGV[i + 6]
   if redis.call('EXISTS', P .. 'key:' .. id) == 1 then
-    local u = P .. 'usage:' .. id
-    redis.call('HINCRBY', u, 'count', n)
-    local prev = tonumber(redis.call('HGET', u, 'last') or '0')
-    if last > prev then redis.call('HSET', u, 'last', last) end
-    local m = P .. 'usage_min:' .. id .. ':' .. day
-    redis.call('HINCRBY', m, minute, n)
-    redis.call('EXPIRE', m, 8 * 86400)
+    local hour = math.floor(minute / 60)
+    local d = P .. 'usage_d:' .. day
+    if n > 0 then
+      local u = P .. 'usage:' .. id
+      redis.call('HINCRBY', u, 'count', n)
+      local prev = tonumber(redis.call('HGET', u, 'last') or '0')
+      if last > prev then redis.call('HSET', u, 'last', last) end
+      local m = P .. 'usage_min:' .. id .. ':' .. day
+      redis.call('HINCRBY', m, minute, n)
+      redis.call('EXPIRE', m, 8 * 86400)
+      redis.call('HINCRBY', d, id .. '|' .. hour .. '|a', n)
+    end
+    if refused > 0 then redis.call('HINCRBY', d, id .. '|' .. hour .. '|r', refused) end
+    redis.call('EXPIRE', d, keep)
+    redis.call('HSET', P .. 'usage_owner', id, owner)
   end
 end
 return 1
 "#,
     )
+});
+
+/// Refills a credits hash when its refill is due (the arithmetic of
+/// `credits::apply`); `refill` is '' for none.
+const CREDITS_APPLY: &str = r#"
+local function credits_apply(c, refill, period, spent)
+  local rem = tonumber(redis.call('HGET', c, 'remaining') or '0')
+  local per = tonumber(redis.call('HGET', c, 'period') or '0')
+  if refill ~= '' and per < period then
+    rem = tonumber(refill)
+    per = period
+  end
+  rem = rem - spent
+  redis.call('HSET', c, 'remaining', rem, 'period', per)
+  return {rem, per}
+end
+"#;
+
+/// ARGV: key_id, "add" or "set", n, refill ('' for none), period, at_ms.
+/// Returns {remaining, period, generation}.
+pub static CHANGE_CREDITS: LazyLock<Script> = LazyLock::new(|| {
+    script(&format!(
+        "{CREDITS_APPLY}{}",
+        r#"
+local id, op, n, refill, period, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
+if redis.call('EXISTS', P .. 'key:' .. id) == 0 then return refuse('notfound') end
+local c = P .. 'credits:' .. id
+local gen = tonumber(redis.call('HGET', c, 'gen') or '0')
+local r
+if op == 'set' then
+  gen = gen + 1
+  redis.call('HSET', c, 'remaining', n, 'period', period, 'gen', gen)
+  r = {n, period}
+else
+  r = credits_apply(c, refill, period, -n)
+  redis.call('HSET', c, 'gen', gen)
+end
+feed('key', id, at)
+return {r[1], r[2], gen}
+"#
+    ))
+});
+
+/// ARGV: count of windows, then (period name, index, id, delta, ttl
+/// seconds) per window, then (key_id, generation, refill or '', period,
+/// spent) per credit spend. Counts for deleted keys' credits are dropped.
+pub static RECORD_METER: LazyLock<Script> = LazyLock::new(|| {
+    script(&format!(
+        "{CREDITS_APPLY}{}",
+        r#"
+local windows = tonumber(ARGV[1])
+local i = 2
+for _ = 1, windows do
+  local h = P .. 'meter:' .. ARGV[i] .. ':' .. ARGV[i + 1]
+  redis.call('HINCRBY', h, ARGV[i + 2], ARGV[i + 3])
+  redis.call('EXPIRE', h, ARGV[i + 4])
+  i = i + 5
+end
+while i <= #ARGV do
+  local id, gen, refill, period, spent = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local c = P .. 'credits:' .. id
+  if redis.call('EXISTS', P .. 'key:' .. id) == 1 and (redis.call('HGET', c, 'gen') or '0') == gen then
+    credits_apply(c, refill, period, spent)
+  end
+  i = i + 5
+end
+return 1
+"#
+    ))
 });

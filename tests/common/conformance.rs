@@ -1,8 +1,13 @@
 //! The behaviour every `Store` must have, run against each implementation.
 
+use keygate::clock::Period;
 use keygate::keys::model::{ApiKey, Env, KeyStatus, Role};
+use keygate::keys::model::{CreditTerms, Quota, RefillInterval};
 use keygate::keys::token::TokenHash;
-use keygate::store::{ChangeTarget, FeedCursor, KeyPage, KeyQuery, SecretRecord, Store, StoreError, UsageDelta};
+use keygate::store::{
+    ChangeTarget, CreditBalance, CreditChange, CreditSpend, FeedCursor, KeyPage, KeyQuery, SecretRecord, Store, StoreError,
+    UsageDelta, UsageQuery, WindowCount,
+};
 use std::collections::BTreeMap;
 
 /// A key with every field set.
@@ -25,6 +30,8 @@ pub fn key(id: &str, name: &str, role: Option<&str>) -> ApiKey {
         usage_count: 0,
         metadata: BTreeMap::from([("default_optin_mailing".to_string(), "7".to_string())]),
         key_prefix: "kg_live_abcd****".into(),
+        quota: Quota { per_hour: None, per_day: Some(500), per_month: Some(10_000) },
+        credits: Some(CreditTerms { refill_amount: Some(100), refill_interval: Some(RefillInterval::Month) }),
     }
 }
 
@@ -146,16 +153,61 @@ pub async fn conformance(store: &dyn Store) {
     // Usage in batches.
     let now = keygate::clock::now_unix();
     let batch = vec![
-        UsageDelta { key_id: "key_b".into(), count: 5, last_used: now - 30, minute: (now - 30) / 60 },
-        UsageDelta { key_id: "key_b".into(), count: 2, last_used: now, minute: now / 60 },
+        UsageDelta {
+            key_id: "key_b".into(),
+            owner: "acme".into(),
+            count: 5,
+            refused: 1,
+            last_used: now - 30,
+            minute: (now - 30) / 60,
+        },
+        UsageDelta { key_id: "key_b".into(), owner: "acme".into(), count: 2, refused: 0, last_used: now, minute: now / 60 },
     ];
     store.record_usage(&batch).await.unwrap();
     let b_now = store.get_key("key_b").await.unwrap().unwrap();
     assert_eq!((b_now.usage_count, b_now.last_used), (7, Some(now)));
     let summary = store.usage_summary("key_b", now).await.unwrap();
     assert_eq!((summary.last_hour, summary.last_day), (7, 7));
+    // Hourly admitted and refused counts, by owner or key, for reports.
+    let hours = UsageQuery { owner: None, key_id: None, from_hour: now / 3600 - 2, to_hour: now / 3600 + 1 };
+    let rows = store.usage_report(&hours).await.unwrap();
+    let (admitted, refused): (u64, u64) =
+        rows.iter().map(|r| (r.admitted, r.refused)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!((admitted, refused), (7, 1));
+    assert!(rows.iter().all(|r| r.key_id == "key_b" && r.owner == "acme"));
+    let other = UsageQuery { owner: Some("someone else".into()), ..hours.clone() };
+    assert!(store.usage_report(&other).await.unwrap().is_empty());
+    let earlier = UsageQuery { from_hour: now / 3600 - 30, to_hour: now / 3600 - 20, ..hours };
+    assert!(store.usage_report(&earlier).await.unwrap().is_empty());
+
+    // Credits: set, add, spend (refilled first in a later window), and a
+    // set makes spending from before it count for nothing.
+    assert_eq!(store.credit_balance("key_b").await.unwrap(), None);
+    let set = store.change_credits("key_b", CreditChange::Set(50), Some(100), 7).await.unwrap();
+    assert_eq!((set.remaining, set.period), (50, 7));
+    let added = store.change_credits("key_b", CreditChange::Add(5), Some(100), 7).await.unwrap();
+    assert_eq!(added.remaining, 55);
+    let spend = |generation, period, spent| CreditSpend { key_id: "key_b".into(), generation, refill: Some(100), period, spent };
+    store.record_meter(&[], &[spend(set.generation, 7, 10), spend(set.generation, 8, 30)]).await.unwrap();
+    let b = store.credit_balance("key_b").await.unwrap().unwrap();
+    assert_eq!(b, CreditBalance { remaining: 70, period: 8, generation: set.generation });
+    let reset = store.change_credits("key_b", CreditChange::Set(3), None, 8).await.unwrap();
+    assert_eq!(reset.generation, set.generation + 1);
+    store.record_meter(&[], &[spend(set.generation, 8, 1)]).await.unwrap();
+    assert_eq!(store.credit_balance("key_b").await.unwrap().unwrap().remaining, 3, "spent before the set");
+    assert_eq!(store.change_credits("key_zz", CreditChange::Add(1), None, 0).await, Err(StoreError::NotFound));
+    // Calendar windows add up per counter and are read back for the current window only.
+    let now_ms = now * 1000;
+    let day = Period::Day.index(now_ms);
+    let w = |id: &str, index, delta| WindowCount { period: Period::Day, id: id.into(), index, delta };
+    store.record_meter(&[w("key_b", day, 4), w("o:acme", day, 2), w("key_b", day - 1, 9)], &[]).await.unwrap();
+    store.record_meter(&[w("key_b", day, 3)], &[]).await.unwrap();
+    let mut current = store.meter_windows(now_ms).await.unwrap();
+    current.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(current, vec![w("key_b", day, 7), w("o:acme", day, 2)]);
 
     store.delete_key("key_b").await.unwrap();
+    assert_eq!(store.credit_balance("key_b").await.unwrap(), None, "a deleted key's credits go with it");
     assert_eq!(store.key_by_hash(&hn).await.unwrap(), None);
     assert_eq!(store.key_by_hash(&hb).await.unwrap(), None);
     assert_eq!(store.delete_key("key_b").await, Err(StoreError::NotFound));

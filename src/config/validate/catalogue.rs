@@ -89,6 +89,25 @@ pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], 
                     Some(on) => *on.get_ref(),
                     None => cors,
                 };
+                if let Some(cost) = &r.cost {
+                    match u32::try_from(*cost.get_ref()).ok().filter(|n| (1..=1_000_000).contains(n)) {
+                        Some(n) => route.cost = n,
+                        None => c.problem(Some(cost), format!("{field}.cost"), "must be a whole number from 1 to 1000000"),
+                    }
+                }
+                if let Some(limit) = &r.rate_limit {
+                    let n = &limit.get_ref().per_minute;
+                    match u32::try_from(*n.get_ref()).ok().filter(|n| *n > 0) {
+                        Some(_) if r.public => {
+                            c.problem(Some(limit), format!("{field}.rate_limit"), "a public route has no key to limit");
+                        }
+                        Some(n) => route.per_minute = Some(n),
+                        None => c.problem(Some(n), format!("{field}.rate_limit.per_minute"), "must be a whole number, 1 or more"),
+                    }
+                }
+                if r.public && r.cost.is_some() {
+                    c.problem(r.cost.as_ref(), format!("{field}.cost"), "a public route has no key to charge");
+                }
                 out.push(route)
             }
             Err(e) => c.problem(Some(&r.pattern), format!("{field}.match"), e),

@@ -120,15 +120,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let store = store(&mut c, path, &raw.store);
     let rate_limit = rate_limit(&mut c, &raw.rate_limit, &store);
     let keys = keys(&mut c, &raw.keys);
-    let mut plans = BTreeMap::new();
-    for (name, n) in &raw.plans {
-        match u32::try_from(*n.get_ref()).ok().and_then(NonZeroU32::new) {
-            Some(v) => {
-                plans.insert(name.clone(), v);
-            }
-            None => c.problem(Some(n), format!("plans.{name}"), "must be a whole number of requests per minute, 1 or more"),
-        }
-    }
+    let plans = plans(&mut c, &raw.plans);
     let upstreams = upstreams(&mut c, path, &raw.upstreams);
     let catalogue = catalogue::catalogue(&mut c, &raw.modules);
     let cors = cors(&mut c, raw.cors.as_ref());
@@ -274,6 +266,54 @@ fn redis_target(c: &mut Checker, url: &Spanned<String>, field: &str, cluster: bo
     RedisTarget { url: url.get_ref().clone(), cluster }
 }
 
+/// `[plans]`: `name = 10` (per minute) or a table of windows.
+fn plans(c: &mut Checker, raw: &BTreeMap<String, Spanned<toml::Value>>) -> BTreeMap<String, Plan> {
+    const WINDOWS: [&str; 4] = ["per_minute", "per_hour", "per_day", "per_month"];
+    let mut out = BTreeMap::new();
+    for (name, value) in raw {
+        let field = format!("plans.{name}");
+        let whole = |v: &toml::Value| v.as_integer().and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0);
+        let mut plan = Plan::default();
+        match value.get_ref() {
+            toml::Value::Integer(_) => match whole(value.get_ref()) {
+                Some(n) => plan.per_minute = NonZeroU32::new(n),
+                None => c.problem(Some(value), field, "must be a whole number of requests per minute, 1 or more"),
+            },
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let Some(n) = whole(v) else {
+                        let msg = if WINDOWS.contains(&k.as_str()) {
+                            "must be a whole number, 1 or more".to_string()
+                        } else {
+                            format!("unknown field `{k}`, expected one of {}", WINDOWS.join(", "))
+                        };
+                        c.problem(Some(value), format!("{field}.{k}"), msg);
+                        continue;
+                    };
+                    match k.as_str() {
+                        "per_minute" => plan.per_minute = NonZeroU32::new(n),
+                        "per_hour" => plan.quota.per_hour = Some(n),
+                        "per_day" => plan.quota.per_day = Some(n),
+                        "per_month" => plan.quota.per_month = Some(n),
+                        _ => c.problem(
+                            Some(value),
+                            format!("{field}.{k}"),
+                            format!("unknown field `{k}`, expected one of {}", WINDOWS.join(", ")),
+                        ),
+                    }
+                }
+            }
+            _ => c.problem(
+                Some(value),
+                field,
+                "must be requests per minute (`free = 10`) or a table of per_minute, per_hour, per_day, per_month",
+            ),
+        }
+        out.insert(name.clone(), plan);
+    }
+    out
+}
+
 fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateLimitConfig {
     let default_per_minute = match &raw.default_per_minute {
         None => NonZeroU32::new(DEFAULT_PER_MINUTE),
@@ -313,6 +353,12 @@ fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateL
         on_redis_error,
         nodes_hint: u32::try_from(nodes_hint).ok().and_then(NonZeroU32::new).unwrap_or(NonZeroU32::MIN),
         redis_timeout: c.duration(&raw.redis_timeout, "rate_limit.redis_timeout", DEFAULT_REDIS_LIMITER_TIMEOUT),
+        scope: c.choice(
+            &raw.scope,
+            "rate_limit.scope",
+            &[("key", LimitScope::Key), ("owner", LimitScope::Owner)],
+            LimitScope::Key,
+        ),
     }
 }
 

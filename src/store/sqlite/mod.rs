@@ -28,6 +28,7 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        migrate(&conn).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         let reader = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: Arc::new(Mutex::new(reader)) })
@@ -90,7 +91,7 @@ impl Store for SqliteStore {
             let sql = format!(
                 "SELECT {KEY_COLUMNS}, s.expires_at FROM secrets s JOIN keys k ON k.key_id = s.key_id WHERE s.token_hash = ?1"
             );
-            c.query_row(&sql, params![&hash.0[..]], |row| Ok(KeyLookup::new(key_from_row(row)?, row.get(17)?)))
+            c.query_row(&sql, params![&hash.0[..]], |row| Ok(KeyLookup::new(key_from_row(row)?, row.get(19)?)))
                 .optional()
                 .map_err(unavailable)
         })
@@ -368,6 +369,16 @@ impl Store for SqliteStore {
             let tx = c.transaction().map_err(unavailable)?;
             for d in &batch {
                 tx.execute(
+                    "INSERT INTO usage_hours (key_id, hour, owner, admitted, refused) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (key_id, hour) DO UPDATE SET owner = excluded.owner, \
+                     admitted = admitted + excluded.admitted, refused = refused + excluded.refused",
+                    params![d.key_id, d.minute / 60, d.owner, d.count as i64, d.refused as i64],
+                )
+                .map_err(unavailable)?;
+                if d.count == 0 {
+                    continue;
+                }
+                tx.execute(
                     "UPDATE keys SET usage_count = usage_count + ?2, last_used = MAX(IFNULL(last_used, 0), ?3) WHERE key_id = ?1",
                     params![d.key_id, d.count as i64, d.last_used],
                 )
@@ -381,6 +392,8 @@ impl Store for SqliteStore {
             }
             let now = now_unix();
             tx.execute("DELETE FROM usage_minutes WHERE minute < ?1", params![(now - USAGE_RETENTION_SECS) / 60])
+                .map_err(unavailable)?;
+            tx.execute("DELETE FROM usage_hours WHERE hour < ?1", params![(now - USAGE_REPORT_RETENTION_DAYS * 86_400) / 3600])
                 .map_err(unavailable)?;
             tx.execute(
                 "DELETE FROM changes WHERE at_ms < ?1 AND seq < (SELECT MAX(seq) FROM changes)",
@@ -406,6 +419,146 @@ impl Store for SqliteStore {
                 .map_err(unavailable)
             };
             Ok(UsageSummary { last_hour: sum(minute - 60)?, last_day: sum(minute - 24 * 60)? })
+        })
+        .await
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let q = query.clone();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT key_id, owner, hour, admitted, refused FROM usage_hours \
+                     WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR owner = ?3) AND (?4 IS NULL OR key_id = ?4) \
+                     ORDER BY hour, key_id",
+                )
+                .map_err(unavailable)?;
+            stmt.query_map(params![q.from_hour, q.to_hour, q.owner, q.key_id], |r| {
+                Ok(UsageRow {
+                    key_id: r.get(0)?,
+                    owner: r.get(1)?,
+                    hour: r.get(2)?,
+                    admitted: r.get::<_, i64>(3)? as u64,
+                    refused: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError> {
+        let key_id = key_id.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT remaining, period, generation FROM credits WHERE key_id = ?1", params![key_id], |r| {
+                Ok(CreditBalance { remaining: r.get(0)?, period: r.get(1)?, generation: r.get(2)? })
+            })
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn change_credits(
+        &self,
+        key_id: &str,
+        change: CreditChange,
+        refill: Option<u64>,
+        period: i64,
+    ) -> Result<CreditBalance, StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let exists: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM keys WHERE key_id = ?1)", params![key_id], |r| r.get(0))
+                .map_err(unavailable)?;
+            if !exists {
+                return Err(StoreError::NotFound);
+            }
+            let mut b = tx
+                .query_row("SELECT remaining, period, generation FROM credits WHERE key_id = ?1", params![key_id], |r| {
+                    Ok(CreditBalance { remaining: r.get(0)?, period: r.get(1)?, generation: r.get(2)? })
+                })
+                .optional()
+                .map_err(unavailable)?
+                .unwrap_or_default();
+            match change {
+                CreditChange::Add(n) => {
+                    crate::ratelimit::credits::apply(&mut b, refill, period, 0);
+                    b.remaining = b.remaining.saturating_add(n);
+                }
+                CreditChange::Set(n) => b = CreditBalance { remaining: n, period, generation: b.generation + 1 },
+            }
+            tx.execute(
+                "INSERT INTO credits (key_id, remaining, period, generation) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period, \
+                 generation = excluded.generation",
+                params![key_id, b.remaining, b.period, b.generation],
+            )
+            .map_err(unavailable)?;
+            log_change(&tx, "key", &key_id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(b)
+        })
+        .await
+    }
+
+    async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError> {
+        let (windows, credits) = (windows.to_vec(), credits.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            for w in &windows {
+                tx.execute(
+                    "INSERT INTO meter_windows (id, period, idx, used) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (id, period, idx) DO UPDATE SET used = used + excluded.used",
+                    params![w.id, w.period.as_str(), w.index, w.delta],
+                )
+                .map_err(unavailable)?;
+            }
+            for s in &credits {
+                // A balance first spent without a row (terms set, never topped up) starts at 0.
+                tx.execute(
+                    "INSERT INTO credits (key_id, remaining, period, generation) \
+                     SELECT key_id, 0, 0, 0 FROM keys WHERE key_id = ?1 ON CONFLICT (key_id) DO NOTHING",
+                    params![s.key_id],
+                )
+                .map_err(unavailable)?;
+                // The same arithmetic as `credits::apply`.
+                tx.execute(
+                    "UPDATE credits SET \
+                       remaining = (CASE WHEN ?3 IS NOT NULL AND period < ?4 THEN ?3 ELSE remaining END) - ?5, \
+                       period = (CASE WHEN ?3 IS NOT NULL AND period < ?4 THEN ?4 ELSE period END) \
+                     WHERE key_id = ?1 AND generation = ?2",
+                    params![s.key_id, s.generation, s.refill.map(|r| r as i64), s.period, s.spent],
+                )
+                .map_err(unavailable)?;
+            }
+            let now = now_unix_ms();
+            for p in crate::clock::Period::ALL.into_iter().filter(|p| p.is_calendar()) {
+                tx.execute("DELETE FROM meter_windows WHERE period = ?1 AND idx < ?2", params![p.as_str(), p.index(now) - 1])
+                    .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn meter_windows(&self, now_ms: i64) -> Result<Vec<WindowCount>, StoreError> {
+        self.read(move |c| {
+            let mut out = Vec::new();
+            let mut stmt = c.prepare("SELECT id, used FROM meter_windows WHERE period = ?1 AND idx = ?2").map_err(unavailable)?;
+            for period in crate::clock::Period::ALL.into_iter().filter(|p| p.is_calendar()) {
+                let index = period.index(now_ms);
+                let rows = stmt
+                    .query_map(params![period.as_str(), index], |r| {
+                        Ok(WindowCount { period, id: r.get(0)?, index, delta: r.get(1)? })
+                    })
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                    .map_err(unavailable)?;
+                out.extend(rows);
+            }
+            Ok(out)
         })
         .await
     }

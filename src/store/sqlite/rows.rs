@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS keys (
     last_used INTEGER,
     usage_count INTEGER NOT NULL DEFAULT 0,
     metadata TEXT NOT NULL DEFAULT '{}',
-    key_prefix TEXT NOT NULL
+    key_prefix TEXT NOT NULL,
+    quota TEXT NOT NULL DEFAULT '{}',
+    credits TEXT
 );
 CREATE INDEX IF NOT EXISTS keys_role ON keys(role);
 CREATE TABLE IF NOT EXISTS secrets (
@@ -51,6 +53,28 @@ CREATE TABLE IF NOT EXISTS audit (
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_target ON audit(target);
+CREATE TABLE IF NOT EXISTS meter_windows (
+    id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (id, period, idx)
+);
+CREATE TABLE IF NOT EXISTS credits (
+    key_id TEXT PRIMARY KEY REFERENCES keys(key_id) ON DELETE CASCADE,
+    remaining INTEGER NOT NULL,
+    period INTEGER NOT NULL DEFAULT 0,
+    generation INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS usage_hours (
+    key_id TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    admitted INTEGER NOT NULL,
+    refused INTEGER NOT NULL,
+    PRIMARY KEY (key_id, hour)
+);
+CREATE INDEX IF NOT EXISTS usage_hours_hour ON usage_hours(hour);
 CREATE TABLE IF NOT EXISTS usage_minutes (
     key_id TEXT NOT NULL,
     minute INTEGER NOT NULL,
@@ -59,13 +83,26 @@ CREATE TABLE IF NOT EXISTS usage_minutes (
 );
 ";
 
+/// Brings a database made by an earlier version up to this schema: the
+/// columns added since are added (with their defaults), nothing else moves.
+pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = c.prepare("SELECT name FROM pragma_table_info('keys')")?;
+    let columns = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    for (name, definition) in [("quota", "TEXT NOT NULL DEFAULT '{}'"), ("credits", "TEXT")] {
+        if !columns.iter().any(|c| c == name) {
+            c.execute_batch(&format!("ALTER TABLE keys ADD COLUMN {name} {definition}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Changes older than this are trimmed; a gateway further behind flushes its cache.
 pub(super) const CHANGE_RETENTION_SECS: i64 = 24 * 3600;
 /// Per-minute usage rows kept for the console's charts.
 pub(super) const USAGE_RETENTION_SECS: i64 = 8 * 24 * 3600;
 
 pub(super) const KEY_COLUMNS: &str = "k.key_id, k.name, k.description, k.owner, k.role, k.permissions, k.plan, k.rate_limit, \
-     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix";
+     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix, k.quota, k.credits";
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -99,6 +136,8 @@ pub(super) fn key_from_row(row: &Row) -> rusqlite::Result<ApiKey> {
         usage_count: row.get::<_, i64>(14)? as u64,
         metadata: from_json(&row.get::<_, String>(15)?)?,
         key_prefix: row.get(16)?,
+        quota: from_json(&row.get::<_, String>(17)?)?,
+        credits: row.get::<_, Option<String>>(18)?.map(|c| from_json(&c)).transpose()?,
     })
 }
 
@@ -125,12 +164,12 @@ pub(super) fn is_constraint(e: &rusqlite::Error) -> bool {
 pub(super) fn write_key(tx: &Connection, key: &ApiKey, insert: bool) -> Result<usize, StoreError> {
     let sql = if insert {
         "INSERT INTO keys (key_id, name, description, owner, role, permissions, plan, rate_limit, allowed_ips, env, enabled, \
-         expires_at, created_at, last_used, usage_count, metadata, key_prefix) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+         expires_at, created_at, last_used, usage_count, metadata, key_prefix, quota, credits) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
     } else {
         "UPDATE keys SET name = ?2, description = ?3, owner = ?4, role = ?5, permissions = ?6, plan = ?7, rate_limit = ?8, \
          allowed_ips = ?9, env = ?10, enabled = ?11, expires_at = ?12, created_at = ?13, last_used = ?14, usage_count = ?15, \
-         metadata = ?16, key_prefix = ?17 WHERE key_id = ?1"
+         metadata = ?16, key_prefix = ?17, quota = ?18, credits = ?19 WHERE key_id = ?1"
     };
     tx.execute(
         sql,
@@ -152,6 +191,8 @@ pub(super) fn write_key(tx: &Connection, key: &ApiKey, insert: bool) -> Result<u
             key.usage_count as i64,
             json(&key.metadata)?,
             key.key_prefix,
+            json(&key.quota)?,
+            key.credits.as_ref().map(json).transpose()?,
         ],
     )
     .map_err(|e| if is_constraint(&e) { StoreError::Conflict(constraint_message(key)) } else { unavailable(e) })

@@ -1,0 +1,368 @@
+//! Quotas and credits in management: their fields on create and edit, a
+//! key's use of each window, credit top-ups and usage reports for billing.
+
+use super::{invalid, KeyInput, ManageError, Manager};
+use crate::clock::{self, Period};
+use crate::keys::model::{ApiKey, CreditTerms, Quota, RefillInterval};
+use crate::ratelimit::credits::{self, Credits};
+use crate::ratelimit::meter::{self, Policy};
+use crate::ratelimit::{Counter, Limiter};
+use crate::store::{CreditBalance, CreditChange, UsageQuery, UsageRow};
+use serde_json::{json, Value};
+
+/// The largest credit balance an operator may give (far beyond any bill).
+pub const MAX_CREDITS: u64 = 1_000_000_000_000;
+
+/// A running gateway's limiter and credits, for live counts.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    pub limiter: &'a Limiter,
+    pub credits: &'a Credits,
+    pub metrics: &'a crate::metrics::Metrics,
+}
+
+/// What `POST /v1/keys/verify` answers.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub verdict: super::Verdict,
+    /// The gateway's refusal code when a limit, quota or credits refused.
+    pub limited: Option<crate::error::GatewayError>,
+    /// Credits left when the key spends them, else the tightest window's room.
+    pub remaining: Option<i64>,
+}
+
+/// Quota fields of a create or edit: `Some(None)` removes the key's own
+/// value (the plan's applies again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaInput {
+    pub per_hour: Option<Option<u32>>,
+    pub per_day: Option<Option<u32>>,
+    pub per_month: Option<Option<u32>>,
+}
+
+/// Credit fields of a create or edit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreditsInput {
+    /// Sets the balance.
+    pub remaining: Option<u64>,
+    pub refill_amount: Option<Option<u64>>,
+    pub refill_interval: Option<Option<String>>,
+}
+
+/// The balance a create or edit sets, if it sets one.
+pub(super) fn balance_to_set(input: &KeyInput) -> Option<i64> {
+    input.credits.as_ref()?.as_ref()?.remaining.map(|n| n as i64)
+}
+
+/// `{"perMinute", "perHour", "perDay", "perMonth"}` (absent ones null).
+pub fn limits_json(per_minute: u32, quota: &Quota) -> Value {
+    let mut v = quota_json(quota);
+    v["perMinute"] = per_minute.into();
+    v
+}
+
+/// `{"perHour", "perDay", "perMonth"}` (absent ones null).
+pub fn quota_json(quota: &Quota) -> Value {
+    json!({ "perHour": quota.per_hour, "perDay": quota.per_day, "perMonth": quota.per_month })
+}
+
+/// `{"refillAmount", "refillInterval"}` of a key that spends credits.
+pub fn terms_json(terms: &CreditTerms) -> Value {
+    json!({ "refillAmount": terms.refill_amount, "refillInterval": terms.refill_interval.map(RefillInterval::as_str) })
+}
+
+/// Hourly or daily rows of a usage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageReport {
+    pub granularity: &'static str,
+    /// (period start, Unix seconds; key id; owner; admitted; refused).
+    pub rows: Vec<(i64, String, String, u64, u64)>,
+}
+
+impl UsageReport {
+    /// The rows as JSON objects.
+    pub fn json(&self) -> Value {
+        self.rows
+            .iter()
+            .map(|(at, key_id, owner, admitted, refused)| {
+                let period = if self.granularity == "day" { clock::date(*at) } else { clock::rfc3339(*at) };
+                json!({ "period": period, "keyId": key_id, "owner": owner, "admitted": admitted, "refused": refused })
+            })
+            .collect()
+    }
+
+    /// The rows as CSV with a header line.
+    pub fn csv(&self) -> String {
+        let mut out = String::from("period,key_id,owner,admitted,refused\n");
+        for v in self.json().as_array().into_iter().flatten() {
+            let field = |name: &str| csv_field(v[name].as_str().map_or_else(|| v[name].to_string(), str::to_string));
+            out.push_str(&format!(
+                "{},{},{},{},{}\n",
+                field("period"),
+                field("keyId"),
+                field("owner"),
+                v["admitted"],
+                v["refused"]
+            ));
+        }
+        out
+    }
+}
+
+/// A CSV field, quoted when it must be; a leading `=`, `+`, `-` or `@`
+/// is defused so a spreadsheet never runs an owner's name as a formula.
+fn csv_field(s: String) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+impl Manager<'_> {
+    /// Applies quota and credit fields to a key.
+    pub(super) fn apply_metering(
+        &self,
+        key: &mut ApiKey,
+        quota: QuotaInput,
+        credits: Option<Option<CreditsInput>>,
+    ) -> Result<(), ManageError> {
+        for (value, slot) in [
+            (quota.per_hour, &mut key.quota.per_hour),
+            (quota.per_day, &mut key.quota.per_day),
+            (quota.per_month, &mut key.quota.per_month),
+        ] {
+            if let Some(v) = value {
+                *slot = v.filter(|n| *n > 0);
+            }
+        }
+        match credits {
+            None => {}
+            Some(None) => key.credits = None,
+            Some(Some(input)) => {
+                let mut terms = key.credits.unwrap_or_default();
+                if let Some(n) = input.remaining {
+                    if n > MAX_CREDITS {
+                        return Err(invalid("credits.remaining", format!("must be at most {MAX_CREDITS}")));
+                    }
+                }
+                if let Some(amount) = input.refill_amount {
+                    if amount.is_some_and(|n| n > MAX_CREDITS) {
+                        return Err(invalid("credits.refillAmount", format!("must be at most {MAX_CREDITS}")));
+                    }
+                    terms.refill_amount = amount.filter(|n| *n > 0);
+                }
+                if let Some(interval) = input.refill_interval {
+                    terms.refill_interval = match interval.as_deref() {
+                        None | Some("") => None,
+                        Some(i) => Some(
+                            RefillInterval::parse(i)
+                                .ok_or_else(|| invalid("credits.refillInterval", "must be \"day\" or \"month\""))?,
+                        ),
+                    };
+                }
+                if terms.refill_amount.is_some() != terms.refill_interval.is_some() {
+                    return Err(invalid("credits.refillInterval", "a refill needs both refillAmount and refillInterval"));
+                }
+                key.credits = Some(terms);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to or sets a key's balance in the store; this node reads it
+    /// again at once (others through the change feed).
+    pub(super) async fn set_balance(&self, key: &ApiKey, change: CreditChange) -> Result<CreditBalance, ManageError> {
+        let terms = key.credits.unwrap_or_default();
+        let (refill, period) = match terms.refill() {
+            Some((amount, interval)) => (Some(amount), credits::refill_period(interval).index(clock::now_ms())),
+            None => (None, 0),
+        };
+        let balance = self
+            .store
+            .change_credits(&key.key_id, change, refill, period)
+            .await
+            .map_err(|e| super::from_store(e, &format!("key `{}`", key.key_id)))?;
+        if let Some(live) = self.meter {
+            live.credits.forget(&key.key_id);
+        }
+        Ok(balance)
+    }
+
+    /// `POST /api-keys/{id}/credits`: `{"add": N}` or `{"set": N}`.
+    pub async fn change_credits(&self, key_id: &str, change: CreditChange) -> Result<Value, ManageError> {
+        let mut key = self.get_key(key_id).await?;
+        let n = match change {
+            CreditChange::Add(n) | CreditChange::Set(n) => n,
+        };
+        if n.unsigned_abs() > MAX_CREDITS || (matches!(change, CreditChange::Set(_)) && n < 0) {
+            let field = if matches!(change, CreditChange::Add(_)) { "add" } else { "set" };
+            return Err(invalid(field, format!("must be a whole number up to {MAX_CREDITS}")));
+        }
+        let before = self.credits_json(&key).await?;
+        if key.credits.is_none() {
+            // Giving credits to a key makes it spend them.
+            key.credits = Some(CreditTerms::default());
+            self.store.update_key(&key).await.map_err(|e| super::from_store(e, &format!("key `{key_id}`")))?;
+        }
+        self.set_balance(&key, change).await?;
+        let after = self.credits_json(&key).await?;
+        self.audit("key.credits", key_id, Some(before.clone()), Some(after.clone())).await;
+        Ok(after)
+    }
+
+    /// A key's credits: balance now, refill terms and when the next comes.
+    async fn credits_json(&self, key: &ApiKey) -> Result<Value, ManageError> {
+        let Some(terms) = key.credits else { return Ok(Value::Null) };
+        let now_ms = clock::now_ms();
+        let stored = self.store.credit_balance(&key.key_id).await.map_err(ManageError::Store)?.unwrap_or_default();
+        // This node's own view is newer than the store's by what it has
+        // not written yet.
+        let known = self.meter.map_or(stored, |l| l.credits.seen(&key.key_id, stored));
+        let (remaining, refill_in) = credits::effective(known, &terms, now_ms);
+        let mut v = terms_json(&terms);
+        v["remaining"] = remaining.max(0).into();
+        v["refillsAt"] = refill_in.map(|s| clock::rfc3339(now_ms / 1000 + s as i64)).into();
+        Ok(v)
+    }
+
+    /// `GET /api-keys/{id}/usage`'s windows and credits: each window's
+    /// `used`, `limit` and `resetsAt`.
+    pub async fn key_meter(&self, key: &ApiKey) -> Result<(Value, Value), ManageError> {
+        let now_ms = clock::now_ms();
+        let limits = self.config.limits_for(key);
+        let subject = meter::subject_of(self.config.rate_limit.scope, key);
+        let stored = match self.meter {
+            Some(_) => Vec::new(),
+            None => self.store.meter_windows(now_ms).await.map_err(ManageError::Store)?,
+        };
+        let q = limits.quota;
+        let mut windows = Vec::new();
+        for (policy, limit) in [
+            (Policy::Minute, Some(limits.per_minute)),
+            (Policy::Hour, q.per_hour),
+            (Policy::Day, q.per_day),
+            (Policy::Month, q.per_month),
+        ] {
+            let Some(limit) = limit else { continue };
+            let period = policy.period();
+            let counter = Counter { id: &subject, period };
+            let used =
+                match self.meter {
+                    Some(live) => Some(live.limiter.used(counter, now_ms).await.map_err(|e| {
+                        ManageError::Store(crate::store::StoreError::Unavailable(format!("rate-limit redis: {e}")))
+                    })?),
+                    // Without a gateway, the store's last flush (minute windows are not kept).
+                    None if period == Period::Minute => None,
+                    None => Some(
+                        stored
+                            .iter()
+                            .find(|w| w.period == period && w.id == *subject)
+                            .map_or(0, |w| u32::try_from(w.delta).unwrap_or(0)),
+                    ),
+                };
+            let resets = period.end_ms(period.index(now_ms)) / 1000;
+            windows.push(json!({
+                "window": policy.name(),
+                "used": used,
+                "limit": limit,
+                "remaining": used.map(|u| limit.saturating_sub(u)),
+                "resetsAt": clock::rfc3339(resets),
+            }));
+        }
+        Ok((Value::Array(windows), self.credits_json(key).await?))
+    }
+
+    /// Checks a token as a request would and, with `cost` above 0, charges
+    /// it as a request would: every window and the credits, all or none.
+    pub async fn verify_and_charge(&self, token: &str, permission: Option<&str>, cost: u32) -> Result<Verification, ManageError> {
+        let verdict = self.verify(token, permission).await?;
+        let (Some(key), None, Some(live)) = (verdict.key.clone(), verdict.refusal, self.meter) else {
+            return Ok(Verification { verdict, limited: None, remaining: None });
+        };
+        let subject = meter::subject_of(self.config.rate_limit.scope, &key);
+        let charge = meter::Charge {
+            key_id: &key.key_id,
+            subject: &subject,
+            route: None,
+            limits: self.config.limits_for(&key),
+            credits: key.credits.as_ref(),
+            cost: cost.max(1),
+            algorithm: self.config.rate_limit.algorithm,
+        };
+        let now_ms = clock::now_ms();
+        let metered = if cost == 0 {
+            meter::peek(live.limiter, &charge, now_ms)
+        } else {
+            let policy = self.config.rate_limit.on_redis_error;
+            meter::charge(live.limiter, (live.credits, self.store), &charge, now_ms, policy, live.metrics)
+                .await
+                .map_err(ManageError::Store)?
+        };
+        let limited = metered.refused.map(|refused| {
+            let retry_after = metered.retry_after();
+            match refused {
+                meter::Refused::Window(p) if p.is_quota() => {
+                    crate::error::GatewayError::QuotaExceeded { window: p.name(), retry_after: retry_after.unwrap_or(1) }
+                }
+                meter::Refused::Window(_) => crate::error::GatewayError::RateLimited { retry_after: retry_after.unwrap_or(1) },
+                meter::Refused::Credits => crate::error::GatewayError::CreditsExhausted { retry_after },
+            }
+        });
+        let remaining = match (key.credits, metered.credits) {
+            (Some(_), Some(c)) => Some(c.remaining),
+            (Some(terms), None) => {
+                let stored = self.store.credit_balance(&key.key_id).await.map_err(ManageError::Store)?.unwrap_or_default();
+                Some(credits::effective(live.credits.seen(&key.key_id, stored), &terms, now_ms).0)
+            }
+            (None, _) => metered.view().map(|v| i64::from(v.decision.remaining)),
+        };
+        Ok(Verification { verdict, limited, remaining })
+    }
+
+    /// Admitted and refused requests per key per day or hour, for billing.
+    pub async fn usage_report(
+        &self,
+        owner: Option<String>,
+        key_id: Option<String>,
+        (from, to): (i64, i64),
+        granularity: &'static str,
+    ) -> Result<UsageReport, ManageError> {
+        let query = UsageQuery { owner, key_id, from_hour: from / 3600, to_hour: to / 3600 };
+        let rows: Vec<UsageRow> = self.store.usage_report(&query).await.map_err(ManageError::Store)?;
+        let mut out: Vec<(i64, String, String, u64, u64)> = Vec::new();
+        for r in rows {
+            let at = if granularity == "day" { (r.hour * 3600).div_euclid(86_400) * 86_400 } else { r.hour * 3600 };
+            match out.iter_mut().find(|(a, k, ..)| *a == at && *k == r.key_id) {
+                Some(row) => {
+                    row.3 += r.admitted;
+                    row.4 += r.refused;
+                }
+                None => out.push((at, r.key_id, r.owner, r.admitted, r.refused)),
+            }
+        }
+        out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Ok(UsageReport { granularity, rows: out })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_and_defuses_what_a_spreadsheet_would_run() {
+        let report = UsageReport {
+            granularity: "day",
+            rows: vec![
+                (1_764_547_200, "key_a".into(), "=HYPERLINK(\"x\")".into(), 5, 1),
+                (1_764_547_200, "key_b".into(), "a,b".into(), 0, 2),
+            ],
+        };
+        assert_eq!(
+            report.csv(),
+            "period,key_id,owner,admitted,refused\n2025-12-01,key_a,\"'=HYPERLINK(\"\"x\"\")\",5,1\n2025-12-01,key_b,\"a,b\",0,2\n"
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! A request's charge: every window that applies to its key and route, and
+//! its credits, taken together or not at all. Each window is checked in
+//! turn (minute, route, hour, day, month, then credits); when one refuses,
+//! what the earlier ones took is given back, so a refused request takes
+//! from none. On Redis the units go back into this node's lease, so the
+//! refusal costs no extra call.
+
+use super::credits::{CreditDecision, Credits};
+use super::{Counter, Decision, Limiter};
+use crate::clock::Period;
+use crate::config::{Algorithm, LimitScope, Limits, RedisErrorPolicy};
+use crate::keys::model::{ApiKey, CreditTerms};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use std::borrow::Cow;
+
+/// The limits a request may be counted against, in the order they are
+/// checked and listed in `RateLimit-Policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Minute,
+    /// A route's own `rate_limit = { per_minute }`.
+    Route,
+    Hour,
+    Day,
+    Month,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 5] = [Policy::Minute, Policy::Route, Policy::Hour, Policy::Day, Policy::Month];
+
+    /// The policy's name in headers and bodies.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Minute => "minute",
+            Policy::Route => "route",
+            Policy::Hour => "hour",
+            Policy::Day => "day",
+            Policy::Month => "month",
+        }
+    }
+
+    pub fn period(self) -> Period {
+        match self {
+            Policy::Minute | Policy::Route => Period::Minute,
+            Policy::Hour => Period::Hour,
+            Policy::Day => Period::Day,
+            Policy::Month => Period::Month,
+        }
+    }
+
+    /// Whether a refusal by it is `quota_exceeded` (else `rate_limited`).
+    pub fn is_quota(self) -> bool {
+        self.period().is_calendar()
+    }
+}
+
+/// Whose counters a key's requests count in: its own id, or with
+/// `scope = "owner"` its owner's (`o:` keeps owners apart from key ids).
+pub fn subject_of(scope: LimitScope, key: &ApiKey) -> Cow<'_, str> {
+    match scope {
+        LimitScope::Owner if !key.owner.is_empty() => Cow::Owned(format!("o:{}", key.owner)),
+        _ => Cow::Borrowed(&key.key_id),
+    }
+}
+
+/// The counter of a route's own limit for a subject.
+pub fn route_counter_id(subject: &str, route_pattern: &str) -> String {
+    // Owners and patterns carry no control characters: the separator is unambiguous.
+    format!("{subject}\u{1f}{route_pattern}")
+}
+
+/// What one request is charged against.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    pub key_id: &'a str,
+    pub subject: &'a str,
+    /// The route's counter, with the route's limit.
+    pub route: Option<(&'a str, u32)>,
+    pub limits: Limits,
+    pub credits: Option<&'a CreditTerms>,
+    pub cost: u32,
+    pub algorithm: Algorithm,
+}
+
+impl Charge<'_> {
+    /// The windows that apply, in order: (policy, counter, limit).
+    fn windows(&self) -> impl Iterator<Item = (Policy, Counter<'_>, u32)> {
+        let q = self.limits.quota;
+        let at = |policy: Policy, limit: Option<u32>| {
+            limit.map(|l| (policy, Counter { id: self.subject, period: policy.period() }, l))
+        };
+        [
+            at(Policy::Minute, Some(self.limits.per_minute)),
+            self.route.map(|(id, l)| (Policy::Route, Counter { id, period: Period::Minute }, l)),
+            at(Policy::Hour, q.per_hour),
+            at(Policy::Day, q.per_day),
+            at(Policy::Month, q.per_month),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// What refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Window(Policy),
+    Credits,
+}
+
+/// A charge's outcome: each window's decision and the credits'.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metered {
+    /// By `Policy as usize`.
+    pub windows: [Option<Decision>; 5],
+    pub credits: Option<CreditDecision>,
+    pub refused: Option<Refused>,
+}
+
+impl Metered {
+    /// The headers' view: the window with the least room (the refusing
+    /// one when a window refused), and every policy's quota.
+    pub fn view(&self) -> Option<RateView> {
+        let tight = match self.refused {
+            Some(Refused::Window(p)) => self.windows[p as usize].map(|d| (p, d)),
+            _ => Policy::ALL
+                .into_iter()
+                .filter_map(|p| self.windows[p as usize].map(|d| (p, d)))
+                // On a tie, the window that resets last: it is the one to wait for.
+                .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset_at))),
+        }?;
+        let mut quotas = [0; 5];
+        for p in Policy::ALL {
+            quotas[p as usize] = self.windows[p as usize].map_or(0, |d| d.limit);
+        }
+        Some(RateView { policy: tight.0, decision: tight.1, quotas })
+    }
+
+    /// Seconds until the refused request could pass (`None`: credits with
+    /// no refill coming).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self.refused? {
+            Refused::Window(p) => self.windows[p as usize].map(|d| d.retry_after),
+            Refused::Credits => self.credits?.refill_in,
+        }
+    }
+}
+
+/// What the rate-limit headers describe: the tightest window, and the
+/// quota of every policy that applies (0 for none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateView {
+    pub policy: Policy,
+    pub decision: Decision,
+    pub quotas: [u32; 5],
+}
+
+/// Charges a request: admitted only if every window and the credits have
+/// room for its cost, and then taken from all of them.
+pub async fn charge(
+    limiter: &Limiter,
+    (credits, store): (&Credits, &dyn Store),
+    charge: &Charge<'_>,
+    now_ms: i64,
+    on_error: RedisErrorPolicy,
+    metrics: &Metrics,
+) -> Result<Metered, StoreError> {
+    let mut out = Metered::default();
+    let mut taken: [Option<Counter<'_>>; 5] = [None; 5];
+    for (policy, counter, limit) in charge.windows() {
+        let d = limiter.check(charge.algorithm, counter, limit, charge.cost, now_ms, on_error, metrics).await;
+        out.windows[policy as usize] = Some(d);
+        if !d.allowed {
+            out.refused = Some(Refused::Window(policy));
+            give_back(limiter, &taken, charge.cost, now_ms);
+            return Ok(out);
+        }
+        taken[policy as usize] = Some(counter);
+    }
+    if let Some(terms) = charge.credits {
+        let spent = match credits.spend(store, charge.key_id, terms, charge.cost, now_ms).await {
+            Ok(spent) => spent,
+            Err(e) => {
+                give_back(limiter, &taken, charge.cost, now_ms);
+                return Err(e);
+            }
+        };
+        out.credits = Some(spent);
+        if !spent.allowed {
+            out.refused = Some(Refused::Credits);
+            give_back(limiter, &taken, charge.cost, now_ms);
+        }
+    }
+    Ok(out)
+}
+
+fn give_back(limiter: &Limiter, taken: &[Option<Counter<'_>>; 5], cost: u32, now_ms: i64) {
+    for counter in taken.iter().flatten() {
+        limiter.refund(*counter, cost, now_ms);
+    }
+}
+
+/// What a charge would say of every window, counting nothing (for
+/// requests refused before the limits, and `/whoami`).
+pub fn peek(limiter: &Limiter, charge: &Charge<'_>, now_ms: i64) -> Metered {
+    let mut out = Metered::default();
+    for (policy, counter, limit) in charge.windows() {
+        out.windows[policy as usize] = Some(limiter.peek(charge.algorithm, counter, limit, now_ms));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::model::Quota;
+    use crate::ratelimit::local::LocalLimiter;
+    use crate::store::sqlite::SqliteStore;
+
+    const T0: i64 = 1_700_000_040_000;
+
+    fn charge_of(quota: Quota, route: Option<(&'static str, u32)>, cost: u32) -> Charge<'static> {
+        Charge {
+            key_id: "key_a",
+            subject: "key_a",
+            route,
+            limits: Limits { per_minute: 100, quota },
+            credits: None,
+            cost,
+            algorithm: Algorithm::FixedWindow,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_by_any_window_takes_from_none() {
+        let limiter = Limiter::Local(LocalLimiter::default());
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        let credits = Credits::default();
+        let metrics = Metrics::new().unwrap();
+        let quota = Quota { per_hour: None, per_day: Some(25), per_month: Some(1000) };
+        let c = charge_of(quota, Some(("key_a\u{1f}POST /send", 40)), 10);
+        let run = |c: Charge<'static>| {
+            let (limiter, credits, store, metrics) = (&limiter, &credits, &store, &metrics);
+            async move { charge(limiter, (credits, store), &c, T0, RedisErrorPolicy::Deny, metrics).await.unwrap() }
+        };
+        assert!(run(c).await.refused.is_none());
+        assert!(run(c).await.refused.is_none());
+        // The day has 5 units left: a cost of 10 is refused by the day...
+        let m = run(c).await;
+        assert_eq!(m.refused, Some(Refused::Window(Policy::Day)));
+        assert_eq!(m.view().unwrap().policy, Policy::Day);
+        // ...and took nothing from the minute, the route or the month.
+        let minute = Counter { id: "key_a", period: Period::Minute };
+        let route = Counter { id: "key_a\u{1f}POST /send", period: Period::Minute };
+        let month = Counter { id: "key_a", period: Period::Month };
+        let Limiter::Local(l) = &limiter else { unreachable!() };
+        assert_eq!((l.used(minute, T0), l.used(route, T0), l.used(month, T0)), (20, 20, 20));
+        // The route's own limit refuses the second cheap request; the minute is untouched.
+        let cheap = charge_of(quota, Some(("key_a\u{1f}POST /send", 21)), 1);
+        assert!(run(cheap).await.refused.is_none());
+        assert_eq!(run(cheap).await.refused, Some(Refused::Window(Policy::Route)));
+        assert_eq!(l.used(minute, T0), 21);
+    }
+
+    #[test]
+    fn the_tightest_window_speaks_in_the_headers() {
+        let mut m = Metered::default();
+        let d = |limit, remaining, period| Decision { allowed: true, limit, remaining, reset_at: 0, retry_after: 0, period };
+        m.windows[Policy::Minute as usize] = Some(d(60, 59, Period::Minute));
+        m.windows[Policy::Day as usize] = Some(d(500, 3, Period::Day));
+        let v = m.view().unwrap();
+        assert_eq!((v.policy, v.decision.remaining, v.quotas), (Policy::Day, 3, [60, 0, 0, 500, 0]));
+    }
+}
