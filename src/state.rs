@@ -149,6 +149,11 @@ impl App {
                 Limiter::connect_redis(target, &config.rate_limit, &metrics).await.map_err(StoreError::Unavailable)?
             }
         };
+        // Several nodes spend each balance only with a shared limiter.
+        let credits = match &limiter {
+            Limiter::Local(_) => Credits::default(),
+            Limiter::Redis(_) => Credits::shared(config.rate_limit.nodes_hint.get()),
+        };
         let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl, config.store.timeout);
         let telemetry = match &config.tracing {
             None => None,
@@ -163,7 +168,7 @@ impl App {
             cache,
             roles,
             limiter,
-            credits: Credits::default(),
+            credits,
             usage: UsageRecorder::default(),
             metrics,
             start_cursor,
@@ -228,7 +233,9 @@ impl App {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                app.limiter.sweep(crate::clock::now_ms()).await;
+                let now_ms = crate::clock::now_ms();
+                app.limiter.sweep(now_ms).await;
+                app.credits.give_back_idle(app.store.as_ref(), now_ms, false).await;
             }
         });
     }

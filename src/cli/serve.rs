@@ -182,6 +182,10 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     let _ = admin_task.await;
     drop(rt);
     app.flush_usage().await;
+    // What this node took of shared limits and credits and did not spend
+    // goes back, so a restart strands none of it.
+    app.limiter.release(crate::clock::now_ms()).await;
+    app.credits.give_back_idle(app.store.as_ref(), crate::clock::now_ms(), true).await;
     let exporting = Arc::clone(&app);
     let _ = tokio::task::spawn_blocking(move || {
         if let Some(t) = &exporting.telemetry {

@@ -244,6 +244,16 @@ mod tests {
         ) -> Result<crate::store::CreditBalance, StoreError> {
             self.inner.change_credits(id, c, r, p).await
         }
+        async fn take_credits(
+            &self,
+            id: &str,
+            t: crate::store::CreditTake,
+        ) -> Result<(u64, crate::store::CreditBalance), StoreError> {
+            self.inner.take_credits(id, t).await
+        }
+        async fn return_credits(&self, id: &str, n: u64, from: crate::store::CreditBalance) -> Result<(), StoreError> {
+            self.inner.return_credits(id, n, from).await
+        }
         async fn record_meter(&self, w: &[crate::store::WindowCount], c: &[crate::store::CreditSpend]) -> Result<(), StoreError> {
             self.inner.record_meter(w, c).await
         }

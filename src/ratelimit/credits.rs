@@ -9,10 +9,17 @@
 //! outside makes the node read the balance again, minus what it spent and
 //! has not written yet. A `set` starts a new generation: spending from
 //! before it is dropped rather than taken from the new balance.
+//!
+//! When several nodes spend one balance (the Redis limiter), that would
+//! let each spend it whole. Instead a node takes units from the store in
+//! leases (the store grants them atomically, never more than the
+//! balance), spends them locally, and gives back what it did not spend
+//! once the key is idle or the node stops. A `set` or a refill makes the
+//! units of an older lease worthless: they are not given back.
 
 use crate::clock::Period;
 use crate::keys::model::{CreditTerms, RefillInterval};
-use crate::store::{CreditBalance, CreditSpend, Store, StoreError};
+use crate::store::{CreditBalance, CreditSpend, CreditTake, Store, StoreError};
 use crate::FastHash;
 use dashmap::DashMap;
 
@@ -68,7 +75,34 @@ struct Balance {
     known: Option<CreditBalance>,
     /// Spending not yet written: (generation, refill, window, units).
     pending: Vec<CreditSpend>,
+    /// Shared balances: units this node took and has not spent.
+    lease: u64,
+    /// The balance the lease came from, as the store left it.
+    taken_from: CreditBalance,
+    /// Requests this node saw in the current and the previous second.
+    second: i64,
+    this_second: u64,
+    last_second: u64,
+    last_used_ms: i64,
 }
+
+impl Balance {
+    fn note_request(&mut self, now_ms: i64) {
+        let second = now_ms.div_euclid(1000);
+        if second != self.second {
+            self.last_second = if second == self.second + 1 { self.this_second } else { 0 };
+            self.this_second = 0;
+            self.second = second;
+        }
+        self.this_second += 1;
+        self.last_used_ms = now_ms;
+    }
+}
+
+/// A shared balance's lease aims to last this long at the key's rate.
+const LEASE_HORIZON_MS: u64 = 100;
+/// A lease unused for this long is given back.
+const LEASE_IDLE_MS: i64 = 1_000;
 
 /// What spending credits said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +122,17 @@ pub struct Credits {
     /// balance read half way through a write would miss what is being
     /// written and count it twice the other way.
     writing: tokio::sync::Mutex<()>,
+    /// `Some(nodes)`: balances are shared by that many nodes and spent
+    /// from leases (see the module's comment).
+    shared: Option<u32>,
 }
 
 impl Credits {
+    /// Credits several nodes spend: each from leases it takes.
+    pub fn shared(nodes: u32) -> Credits {
+        Credits { shared: Some(nodes.max(1)), ..Credits::default() }
+    }
+
     /// Spends `cost` units of `key_id`'s credits if it has them. Reads the
     /// balance from the store the first time (and after a change).
     pub async fn spend(
@@ -101,6 +143,9 @@ impl Credits {
         cost: u32,
         now_ms: i64,
     ) -> Result<CreditDecision, StoreError> {
+        if let Some(nodes) = self.shared {
+            return self.spend_leased(store, key_id, terms, cost, now_ms, nodes).await;
+        }
         if let Some(d) = self.try_spend(key_id, terms, cost, now_ms) {
             return Ok(d);
         }
@@ -121,6 +166,75 @@ impl Credits {
             remaining: 0,
             refill_in: next_refill_in(terms, now_ms),
         }))
+    }
+
+    /// A shared balance: from this node's lease, taking more from the
+    /// store when it runs short.
+    async fn spend_leased(
+        &self,
+        store: &dyn Store,
+        key_id: &str,
+        terms: &CreditTerms,
+        cost: u32,
+        now_ms: i64,
+        nodes: u32,
+    ) -> Result<CreditDecision, StoreError> {
+        let (refill, period) = due(terms, now_ms);
+        let refill_in = next_refill_in(terms, now_ms);
+        let cost = u64::from(cost);
+        let spend = |b: &mut Balance| {
+            if b.taken_from.period != period && refill.is_some() {
+                // A refill came: what was left of the old balance is gone.
+                b.lease = 0;
+            }
+            b.note_request(now_ms);
+            let allowed = b.lease >= cost;
+            if allowed {
+                b.lease -= cost;
+            }
+            let remaining = b.taken_from.remaining.max(0) + b.lease as i64;
+            (CreditDecision { allowed, remaining, refill_in }, b.lease, b.last_second.max(b.this_second))
+        };
+        let (rate, held) = {
+            let mut b = self.balances.entry(key_id.to_string()).or_default();
+            let (decision, held, rate) = spend(&mut b);
+            if decision.allowed {
+                return Ok(decision);
+            }
+            (rate, held)
+        };
+        let need = cost - held.min(cost);
+        let want = need.max(rate * LEASE_HORIZON_MS / 1000 * cost);
+        let (granted, after) = store.take_credits(key_id, CreditTake { need, want, nodes, refill, period }).await?;
+        let mut b = self.balances.entry(key_id.to_string()).or_default();
+        if b.taken_from.generation != after.generation {
+            // A `set` came: the old lease is worth nothing.
+            b.lease = 0;
+        }
+        b.lease += granted;
+        b.taken_from = after;
+        b.this_second -= 1;
+        Ok(spend(&mut b).0)
+    }
+
+    /// Gives back the leases of shared balances idle for a while (all of
+    /// them with `all`, when the node stops).
+    pub async fn give_back_idle(&self, store: &dyn Store, now_ms: i64, all: bool) {
+        if self.shared.is_none() {
+            return;
+        }
+        let idle: Vec<(String, u64, CreditBalance)> = self
+            .balances
+            .iter_mut()
+            .filter(|b| b.lease > 0 && (all || now_ms - b.last_used_ms > LEASE_IDLE_MS))
+            .map(|mut b| (b.key().clone(), std::mem::take(&mut b.lease), b.taken_from))
+            .collect();
+        for (key_id, units, from) in idle {
+            if let Err(e) = store.return_credits(&key_id, units, from).await {
+                tracing::debug!(error = %e, "could not give back unspent credits; they stay spent");
+            }
+        }
+        self.balances.retain(|_, b| b.lease > 0 || !b.pending.is_empty() || now_ms - b.last_used_ms < 60_000);
     }
 
     /// Spends from a balance already read; `None` if it is not.
@@ -144,6 +258,12 @@ impl Credits {
 
     /// Gives back what a request took (a later check refused it).
     pub fn refund(&self, key_id: &str, cost: u32) {
+        if self.shared.is_some() {
+            if let Some(mut b) = self.balances.get_mut(key_id) {
+                b.lease += u64::from(cost);
+            }
+            return;
+        }
         if let Some(mut b) = self.balances.get_mut(key_id) {
             let Some(known) = b.known.as_mut() else { return };
             known.remaining += i64::from(cost);
@@ -162,6 +282,10 @@ impl Credits {
     /// or the store's less what it spent and has not written.
     pub fn seen(&self, key_id: &str, stored: CreditBalance) -> CreditBalance {
         let Some(b) = self.balances.get(key_id) else { return stored };
+        if self.shared.is_some() {
+            // What other nodes hold counts as spent.
+            return CreditBalance { remaining: stored.remaining + b.lease as i64, ..stored };
+        }
         if let Some(known) = b.known {
             return known;
         }
@@ -248,8 +372,10 @@ mod tests {
     fn a_balance_is_spent_whole_then_refused_and_refunds_give_back() {
         let c = Credits::default();
         let terms = CreditTerms::default();
-        c.balances
-            .insert("k".into(), Balance { known: Some(CreditBalance { remaining: 3, ..Default::default() }), pending: vec![] });
+        c.balances.insert(
+            "k".into(),
+            Balance { known: Some(CreditBalance { remaining: 3, ..Default::default() }), ..Balance::default() },
+        );
         assert_eq!(c.try_spend("k", &terms, 2, T0).unwrap().remaining, 1);
         let refused = c.try_spend("k", &terms, 2, T0).unwrap();
         assert!(!refused.allowed);

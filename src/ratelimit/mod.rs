@@ -99,6 +99,13 @@ impl Limiter {
         }
     }
 
+    /// Gives back what this node holds of shared limits (at shutdown).
+    pub async fn release(&self, now_ms: i64) {
+        if let Limiter::Redis(r) = self {
+            r.release(now_ms).await;
+        }
+    }
+
     /// Housekeeping: forget old windows, give back idle leases.
     pub async fn sweep(&self, now_ms: i64) {
         match self {

@@ -448,12 +448,20 @@ impl RedisLimiter {
     /// Gives back the quota of leases idle for a while and forgets old ones.
     pub async fn sweep(&self, now_ms: i64) {
         for period in Period::ALL {
-            self.sweep_period(period, now_ms).await;
+            self.sweep_period(period, now_ms, LEASE_IDLE_MS).await;
         }
         self.fallback.sweep(now_ms);
     }
 
-    async fn sweep_period(&self, period: Period, now_ms: i64) {
+    /// Gives back every unspent lease (the node is stopping): what it took
+    /// and did not spend goes back to the other nodes.
+    pub async fn release(&self, now_ms: i64) {
+        for period in Period::ALL {
+            self.sweep_period(period, now_ms, -1).await;
+        }
+    }
+
+    async fn sweep_period(&self, period: Period, now_ms: i64, idle_ms: i64) {
         let window = period.index(now_ms);
         let leases = self.leases(period);
         let ids: Vec<String> = leases.iter().map(|e| e.key().clone()).collect();
@@ -462,7 +470,7 @@ impl RedisLimiter {
             let Ok(_refilling) = slot.refill.try_lock() else { continue };
             let (idle_unused, old) = {
                 let mut l = slot.lease();
-                let idle = l.left > 0 && l.window == window && now_ms - l.last_used_ms > LEASE_IDLE_MS;
+                let idle = l.left > 0 && l.window == window && now_ms - l.last_used_ms > idle_ms;
                 let unused = if idle { std::mem::take(&mut l.left) } else { 0 };
                 l.redis_left += unused;
                 l.taken -= unused.min(l.taken);

@@ -147,6 +147,29 @@ pub struct CreditSpend {
     pub spent: i64,
 }
 
+/// What a node asks of a balance when it takes credits to spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditTake {
+    pub need: u64,
+    pub want: u64,
+    pub nodes: u32,
+    pub refill: Option<u64>,
+    pub period: i64,
+}
+
+impl CreditTake {
+    /// How much of `remaining` to grant: `need` or nothing, and more up to
+    /// `want` while it stays within a quarter of each node's share.
+    pub fn grant(&self, remaining: i64) -> u64 {
+        let remaining = remaining.max(0) as u64;
+        if remaining < self.need {
+            return 0;
+        }
+        let share = remaining / (4 * u64::from(self.nodes.max(1)));
+        self.want.min(share).max(self.need)
+    }
+}
+
 /// An operator's change to a balance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreditChange {
@@ -314,6 +337,14 @@ pub trait Store: Send + Sync {
         refill: Option<u64>,
         period: i64,
     ) -> Result<CreditBalance, StoreError>;
+    /// Takes credits for a node to spend (refilling first when due in
+    /// refill window `period`): `need` units or none, and up to `want`
+    /// when the balance is large enough to share between `nodes`.
+    /// Returns the units granted and the balance after.
+    async fn take_credits(&self, key_id: &str, take: CreditTake) -> Result<(u64, CreditBalance), StoreError>;
+    /// Gives back units a node took and did not spend, unless a `set` or
+    /// a refill came since (they belonged to a balance that is gone).
+    async fn return_credits(&self, key_id: &str, units: u64, taken_from: CreditBalance) -> Result<(), StoreError>;
     /// Writes what calendar windows counted and credits spent since the
     /// last flush; counts of deleted keys are dropped.
     async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError>;

@@ -439,6 +439,25 @@ impl Store for RedisStore {
         Ok(CreditBalance { remaining, period, generation })
     }
 
+    async fn take_credits(&self, key_id: &str, take: CreditTake) -> Result<(u64, CreditBalance), StoreError> {
+        let args = vec![
+            key_id.to_string(),
+            take.need.to_string(),
+            take.want.to_string(),
+            take.nodes.max(1).to_string(),
+            take.refill.map(|r| r.to_string()).unwrap_or_default(),
+            take.period.to_string(),
+        ];
+        let (granted, remaining, period, generation): (u64, i64, i64, i64) =
+            self.invoke("take_credits", &scripts::TAKE_CREDITS, args).await?;
+        Ok((granted, CreditBalance { remaining, period, generation }))
+    }
+
+    async fn return_credits(&self, key_id: &str, units: u64, taken_from: CreditBalance) -> Result<(), StoreError> {
+        let args = vec![key_id.to_string(), units.to_string(), taken_from.generation.to_string(), taken_from.period.to_string()];
+        self.invoke::<i64>("return_credits", &scripts::RETURN_CREDITS, args).await.map(|_| ())
+    }
+
     async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError> {
         let mut args = vec![windows.len().to_string()];
         for w in windows {

@@ -312,3 +312,39 @@ return 1
 "#
     ))
 });
+
+/// ARGV: key_id, need, want, nodes, refill ('' for none), period.
+/// Returns {granted, remaining, period, generation} (the grant rule of
+/// `CreditTake::grant`).
+pub static TAKE_CREDITS: LazyLock<Script> = LazyLock::new(|| {
+    script(&format!(
+        "{CREDITS_APPLY}{}",
+        r#"
+local id, need, want, nodes, refill, period = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+if redis.call('EXISTS', P .. 'key:' .. id) == 0 then return {0, 0, 0, 0} end
+local c = P .. 'credits:' .. id
+local r = credits_apply(c, refill, period, 0)
+local rem = r[1]
+local grant = 0
+if rem >= need then
+  grant = math.max(need, math.min(want, math.floor(rem / (4 * nodes))))
+  rem = redis.call('HINCRBY', c, 'remaining', -grant)
+end
+return {grant, rem, r[2], tonumber(redis.call('HGET', c, 'gen') or '0')}
+"#
+    ))
+});
+
+/// ARGV: key_id, units, generation, period: given back only to the
+/// balance they were taken from.
+pub static RETURN_CREDITS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local c = P .. 'credits:' .. ARGV[1]
+if redis.call('EXISTS', c) == 0 then return 0 end
+if (redis.call('HGET', c, 'gen') or '0') ~= ARGV[3] or (redis.call('HGET', c, 'period') or '0') ~= ARGV[4] then return 0 end
+redis.call('HINCRBY', c, 'remaining', ARGV[2])
+return 1
+"#,
+    )
+});

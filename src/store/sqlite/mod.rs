@@ -470,19 +470,7 @@ impl Store for SqliteStore {
         let key_id = key_id.to_string();
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
-            let exists: bool = tx
-                .query_row("SELECT EXISTS (SELECT 1 FROM keys WHERE key_id = ?1)", params![key_id], |r| r.get(0))
-                .map_err(unavailable)?;
-            if !exists {
-                return Err(StoreError::NotFound);
-            }
-            let mut b = tx
-                .query_row("SELECT remaining, period, generation FROM credits WHERE key_id = ?1", params![key_id], |r| {
-                    Ok(CreditBalance { remaining: r.get(0)?, period: r.get(1)?, generation: r.get(2)? })
-                })
-                .optional()
-                .map_err(unavailable)?
-                .unwrap_or_default();
+            let mut b = balance_for_update(&tx, &key_id)?.ok_or(StoreError::NotFound)?;
             match change {
                 CreditChange::Add(n) => {
                     crate::ratelimit::credits::apply(&mut b, refill, period, 0);
@@ -490,16 +478,38 @@ impl Store for SqliteStore {
                 }
                 CreditChange::Set(n) => b = CreditBalance { remaining: n, period, generation: b.generation + 1 },
             }
-            tx.execute(
-                "INSERT INTO credits (key_id, remaining, period, generation) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period, \
-                 generation = excluded.generation",
-                params![key_id, b.remaining, b.period, b.generation],
-            )
-            .map_err(unavailable)?;
+            write_balance(&tx, &key_id, &b)?;
             log_change(&tx, "key", &key_id).map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             Ok(b)
+        })
+        .await
+    }
+
+    async fn take_credits(&self, key_id: &str, take: CreditTake) -> Result<(u64, CreditBalance), StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let Some(mut b) = balance_for_update(&tx, &key_id)? else { return Ok((0, CreditBalance::default())) };
+            crate::ratelimit::credits::apply(&mut b, take.refill, take.period, 0);
+            let granted = take.grant(b.remaining);
+            b.remaining -= granted as i64;
+            write_balance(&tx, &key_id, &b)?;
+            tx.commit().map_err(unavailable)?;
+            Ok((granted, b))
+        })
+        .await
+    }
+
+    async fn return_credits(&self, key_id: &str, units: u64, taken_from: CreditBalance) -> Result<(), StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE credits SET remaining = remaining + ?2 WHERE key_id = ?1 AND generation = ?3 AND period = ?4",
+                params![key_id, units as i64, taken_from.generation, taken_from.period],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
         })
         .await
     }
@@ -599,6 +609,33 @@ impl Store for SqliteStore {
 }
 
 /// The text of the change-feed row at `seq`, if the table holds it.
+/// A key's balance (0 when it has none yet); `None` if the key is gone.
+fn balance_for_update(tx: &Connection, key_id: &str) -> Result<Option<CreditBalance>, StoreError> {
+    let exists: bool = tx
+        .query_row("SELECT EXISTS (SELECT 1 FROM keys WHERE key_id = ?1)", params![key_id], |r| r.get(0))
+        .map_err(unavailable)?;
+    if !exists {
+        return Ok(None);
+    }
+    tx.query_row("SELECT remaining, period, generation FROM credits WHERE key_id = ?1", params![key_id], |r| {
+        Ok(CreditBalance { remaining: r.get(0)?, period: r.get(1)?, generation: r.get(2)? })
+    })
+    .optional()
+    .map(|b| Some(b.unwrap_or_default()))
+    .map_err(unavailable)
+}
+
+fn write_balance(tx: &Connection, key_id: &str, b: &CreditBalance) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO credits (key_id, remaining, period, generation) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period, \
+         generation = excluded.generation",
+        params![key_id, b.remaining, b.period, b.generation],
+    )
+    .map(|_| ())
+    .map_err(unavailable)
+}
+
 fn entry_at(c: &Connection, seq: i64) -> Result<Option<String>, StoreError> {
     c.query_row("SELECT kind, id, at_ms FROM changes WHERE seq = ?1", params![seq], |r| {
         Ok(entry_text(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?, r.get(2)?))
