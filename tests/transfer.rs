@@ -62,6 +62,14 @@ fn populated(s: &Setup) -> Vec<String> {
         "30d",
         "--meta",
         "default_optin_mailing=7",
+        "--per-day",
+        "900",
+        "--credits",
+        "40",
+        "--refill",
+        "50",
+        "--refill-interval",
+        "month",
     ]);
     let (rotated_id, old) = s.create_key(&["--name", "rotated", "--role", "read-only"]);
     let new = s.cli_json(&["keys", "rotate", &rotated_id, "--grace-seconds", "3600"])["apiKey"].as_str().unwrap().to_string();
@@ -108,6 +116,13 @@ async fn a_backup_restores_into_a_fresh_sqlite_and_into_redis_with_every_secret_
         assert_eq!(everything["plan"], "pro");
         assert_eq!(everything["metadata"]["default_optin_mailing"], "7");
         assert_eq!(everything["allowedIps"], serde_json::json!(["127.0.0.0/8"]));
+        // Quotas and credits (terms and balance) travel with the key.
+        assert_eq!(everything["quota"]["perDay"], 900);
+        assert_eq!(everything["credits"], serde_json::json!({ "refillAmount": 50, "refillInterval": "month" }));
+        // Stopped, the gateway has written what it spent (the CLI reads the store).
+        assert!(gw.stop().success());
+        let usage = target.cli_json(&["keys", "usage", everything["keyId"].as_str().unwrap()]);
+        assert_eq!(usage["credits"]["remaining"], 39, "40 restored, one spent by the request above: {usage}");
     }
 }
 

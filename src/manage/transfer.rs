@@ -7,7 +7,7 @@
 //! checked whole before anything is written: one bad line and nothing
 //! changes.
 
-use super::{checked_text, dedup, from_store, invalid, role_json, KeyInput, ManageError, Manager};
+use super::{checked_text, dedup, from_store, invalid, role_json, CreditsInput, KeyInput, ManageError, Manager, QuotaInput};
 use crate::clock;
 use crate::keys::model::{self, ApiKey, Role};
 use crate::keys::token::{self, TokenHash};
@@ -66,6 +66,43 @@ pub struct KeyLine {
     /// written by an export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The key's own quotas (not its plan's).
+    #[serde(default, skip_serializing_if = "QuotaLine::is_empty")]
+    pub quota: QuotaLine,
+    /// Present when the key spends credits: its terms and its balance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsLine>,
+}
+
+/// A key line's own quotas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QuotaLine {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_month: Option<u32>,
+}
+
+impl QuotaLine {
+    fn is_empty(&self) -> bool {
+        *self == QuotaLine::default()
+    }
+}
+
+/// A key line's credits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreditsLine {
+    /// The balance at the export (an import sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_amount: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_interval: Option<String>,
 }
 
 fn yes() -> bool {
@@ -115,6 +152,8 @@ struct Checked {
     key: ApiKey,
     secrets: Vec<SecretRecord>,
     before: Option<ApiKey>,
+    /// The credit balance the line sets.
+    balance: Option<u64>,
 }
 
 /// The lines of a file that are not blank, numbered from 1.
@@ -164,6 +203,20 @@ impl Manager<'_> {
         for key in keys {
             let secrets = self.store.secrets_of(&key.key_id, now).await.map_err(ManageError::Store)?;
             let current = secrets.iter().find(|s| s.valid_until.is_none());
+            let credits = match key.credits {
+                None => None,
+                Some(terms) => {
+                    let stored = self.store.credit_balance(&key.key_id).await.map_err(ManageError::Store)?.unwrap_or_default();
+                    let seen = self.meter.map_or(stored, |l| l.credits.seen(&key.key_id, stored));
+                    let (remaining, _) = crate::ratelimit::credits::effective(seen, &terms, clock::now_ms());
+                    Some(CreditsLine {
+                        remaining: Some(remaining.max(0) as u64),
+                        refill_amount: terms.refill_amount,
+                        refill_interval: terms.refill_interval.map(|i| i.as_str().to_string()),
+                    })
+                }
+            };
+            let q = key.quota;
             out.push(KeyLine {
                 key_id: Some(key.key_id.clone()),
                 name: key.name,
@@ -188,6 +241,8 @@ impl Manager<'_> {
                     .filter_map(|s| Some(PreviousSecret { sha256: s.hash.to_hex(), valid_until: clock::rfc3339(s.valid_until?) }))
                     .collect(),
                 token: None,
+                quota: QuotaLine { per_hour: q.per_hour, per_day: q.per_day, per_month: q.per_month },
+                credits,
             });
         }
         Ok(out)
@@ -236,6 +291,9 @@ impl Manager<'_> {
                 let e = from_store(e, &format!("key `{}`", c.key.key_id));
                 invalid("lines", format!("{} ({written} line(s) before it were imported)", at_line(c.line, e)))
             })?;
+            if let Some(n) = c.balance {
+                self.set_balance(&c.key, crate::store::CreditChange::Set(n as i64)).await?;
+            }
             if created {
                 summary.created += 1;
             } else {
@@ -319,10 +377,25 @@ impl Manager<'_> {
             plan: Some(line.plan.unwrap_or_default()),
             allowed_ips: Some(line.allowed_ips),
             metadata: Some(line.metadata),
+            // The line says the whole key: what it leaves out is removed.
+            quota: QuotaInput {
+                per_hour: Some(line.quota.per_hour),
+                per_day: Some(line.quota.per_day),
+                per_month: Some(line.quota.per_month),
+            },
+            credits: Some(line.credits.as_ref().map(|c| CreditsInput {
+                remaining: None,
+                refill_amount: Some(c.refill_amount),
+                refill_interval: Some(c.refill_interval.clone()),
+            })),
             ..KeyInput::default()
         };
         self.apply(&mut key, input).await?;
-        Ok(Checked { line: n, key, secrets, before: existing })
+        let balance = line.credits.and_then(|c| c.remaining);
+        if balance.is_some_and(|n| n > super::MAX_CREDITS) {
+            return Err(invalid("credits.remaining", format!("must be at most {}", super::MAX_CREDITS)));
+        }
+        Ok(Checked { line: n, key, secrets, before: existing, balance })
     }
 
     /// Restores roles from JSON lines: by `id`, existing roles are replaced
