@@ -155,6 +155,23 @@ try {
   await admin("DELETE", `/api-keys/${made.data.keyId}`);
   await page.reload();
 
+  step("usage against each quota, and a credits top-up");
+  const metered = await admin("POST", "/api-keys", { name: "E2E metered", role: "read-only", quota: { perDay: 50 }, credits: { remaining: 5 } });
+  assert.equal(metered.success, true, JSON.stringify(metered));
+  assert.equal(await dataStatus(metered.data.apiKey), 200);
+  await page.reload();
+  const meteredRow = page.locator("tr", { hasText: "E2E metered" });
+  await eventually("a day quota bar", async () => /day: 1 of 50/.test(await meteredRow.locator(".usage").textContent()));
+  assert.equal(await meteredRow.getByRole("meter", { name: "E2E metered day quota" }).getAttribute("aria-valuenow"), "1");
+  assert.match(await meteredRow.locator(".usage").textContent(), /credits: 4/);
+  await meteredRow.getByRole("button", { name: "Top up E2E metered" }).click();
+  const topUp = page.getByRole("dialog", { name: "Top up credits" });
+  await topUp.getByLabel("Credits", { exact: true }).fill("10");
+  await topUp.getByRole("button", { name: "Add" }).click();
+  await eventually("credits topped up", async () => /credits: 14/.test(await meteredRow.locator(".usage").textContent()));
+  await admin("DELETE", `/api-keys/${metered.data.keyId}`);
+  await page.reload();
+
   step("an expired key does not look active; a long name does not widen the table");
   await page.locator("tr", { hasText: "E2E expired" }).locator(".switch.expired").waitFor();
   assert.match(await page.locator("tr", { hasText: "E2E expired" }).locator(".switch").textContent(), /expired/);

@@ -193,11 +193,42 @@ async function loadUsage(k) {
   const r = await api("GET", `/api-keys/${encodeURIComponent(k.keyId)}/usage`);
   const cell = document.querySelector(`tr[data-key="${CSS.escape(k.keyId)}"] .usage`);
   if (!cell || !r.ok) return;
-  const { lastHour, lastDay } = r.json.data;
+  const { lastHour, lastDay, windows, credits } = r.json.data;
   const bar = el("span", { class: "bar", "aria-hidden": "true" });
   bar.style.width = `${lastDay ? Math.max(4, Math.round((lastHour / lastDay) * 100)) : 0}%`;
   const label = `${lastHour} in the last hour, ${lastDay} in the last 24 hours`;
-  cell.replaceChildren(el("div", { title: label }, el("span", { text: `${lastHour} / 1 h · ${lastDay} / 24 h` }), el("span", { class: "bar-track", "aria-hidden": "true" }, bar)));
+  const parts = [el("div", { title: label }, el("span", { text: `${lastHour} / 1 h · ${lastDay} / 24 h` }), el("span", { class: "bar-track", "aria-hidden": "true" }, bar))];
+  // One bar per quota (hour, day, month): how much of it is used.
+  for (const w of (windows || []).filter((w) => w.window !== "minute" && w.used !== null)) {
+    const share = w.limit ? Math.min(100, Math.round((w.used / w.limit) * 100)) : 0;
+    const fill = el("span", { class: share >= 90 ? "bar full" : "bar" });
+    fill.style.width = `${share}%`;
+    const text = `${w.window}: ${w.used} of ${w.limit}`;
+    parts.push(el("div", { class: "quota", title: `${text}, resets ${new Date(w.resetsAt).toLocaleString()}` },
+      el("span", { text }),
+      el("span", { class: "bar-track", role: "meter", "aria-label": `${k.name} ${w.window} quota`, "aria-valuemin": "0", "aria-valuemax": String(w.limit), "aria-valuenow": String(w.used) }, fill)));
+  }
+  if (credits) {
+    parts.push(el("div", { class: "credits" },
+      el("span", { text: `credits: ${credits.remaining}`, title: credits.refillAmount ? `refilled to ${credits.refillAmount} each ${credits.refillInterval}` : "no refill" }),
+      el("button", { type: "button", class: "link needs-write", text: "Top up", "aria-label": `Top up ${k.name}`, disabled: !can("write"), onclick: () => topUp(k) })));
+  }
+  cell.replaceChildren(...parts);
+}
+
+async function topUp(k) {
+  const d = $("#credits-dialog");
+  $("#credits-text").textContent = `Credits of ${k.name}.`;
+  $("#credits-amount").value = "";
+  $("#credits-error").textContent = "";
+  d.returnValue = "";
+  d.showModal();
+  const go = await new Promise((resolve) => d.addEventListener("close", () => resolve(d.returnValue), { once: true }));
+  if (go !== "add" && go !== "set") return;
+  const n = Number($("#credits-amount").value);
+  const r = await api("POST", `/api-keys/${encodeURIComponent(k.keyId)}/credits`, { [go]: n });
+  notice(r.ok ? `${k.name}: ${r.json.data.credits.remaining} credits.` : r.json.error);
+  await loadUsage(k);
 }
 
 async function setEnabled(k, enabled) {
