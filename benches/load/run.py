@@ -16,6 +16,10 @@ JSON body):
   keygate-https-upstream
                 keygate (SQLite, local limiter) forwarding over TLS to the
                 same upstream's HTTPS port (a private CA, verified)
+  keygate-quotas
+                keygate (SQLite, local limiter) with the key on a plan of
+                three windows (minute, day and month quotas, none reached):
+                what quotas cost beside keygate's one window
 
 Throughput: wrk, closed loop, limits set effectively infinite, every non-2xx
 counted. Rounds are interleaved, each starting one configuration later
@@ -232,6 +236,11 @@ def gateway_nginx_body(port, upstream_port, token):
 """
 
 
+# keygate-quotas's plan: a day and a month quota beside the minute limit,
+# all far beyond what a run sends.
+QUOTA_PLAN = "[plans.metered]\nper_minute = 1000000000\nper_day = 2000000000\nper_month = 4000000000\n"
+
+
 def keygate_conf(work, name, port, admin, upstream, extra_server="", store='[store]\npath = "keygate.db"', rate="backend = \"local\""):
     text = f"""
 [server]
@@ -256,6 +265,7 @@ permission = "lists.view"
 [[roles]]
 id = "reader"
 permissions = ["lists.view"]
+{QUOTA_PLAN if name == "keygate-quotas" else ""}
 """
     d = Path(work) / name
     d.mkdir(exist_ok=True)
@@ -374,6 +384,7 @@ def main():
             ("keygate-redis", keygate, "", f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"', 'backend = "redis"'),
             ("keygate-tls", keygate, f'tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}', '[store]\npath = "keygate.db"', 'backend = "local"'),
             ("keygate-https-upstream", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
+            ("keygate-quotas", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
         ]
         plain = f'url = "http://127.0.0.1:{up_port}"'
         upstreams = {"keygate-https-upstream": f'url = "https://127.0.0.1:{up_tls_port}"\nserver_name = "localhost"\nca_file = "{work}/ca.pem"'}
@@ -385,7 +396,8 @@ def main():
             if token is None:
                 token = json.loads(sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
             else:
-                sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader")
+                plan = ["--plan", "metered"] if name == "keygate-quotas" else []
+                sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader", *plan)
             procs.append(Proc([*place.gateway, binary, "--config", str(conf), "serve"], port, env=env))
             scheme = "https" if name == "keygate-tls" else "http"
             configs[name] = (f"{scheme}://127.0.0.1:{port}/api/lists", procs[-1])
@@ -451,10 +463,12 @@ def main():
             vs_direct = f"{med[name] / med['direct']:.2f}" if "direct" in med else "-"
             lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {vs_direct} | {results[name]['non2xx']} | {cpu} | {lcols} |")
         lines += ["", *paired_ratios(results, lat)]
-        if "keygate-baseline" in results and "keygate" in results:
-            rps = [a / b for a, b in zip(results["keygate"]["rps"], results["keygate-baseline"]["rps"])]
-            cpu = [a / b for a, b in zip(results["keygate"]["cpu"], results["keygate-baseline"]["cpu"])]
-            lines.append(f"- keygate / keygate-baseline, round by round: throughput {', '.join(f'{x:.3f}' for x in rps)} "
+        for a, b in [("keygate", "keygate-baseline"), ("keygate-quotas", "keygate")]:
+            if a not in results or b not in results:
+                continue
+            rps = [x / y for x, y in zip(results[a]["rps"], results[b]["rps"])]
+            cpu = [x / y for x, y in zip(results[a]["cpu"], results[b]["cpu"])]
+            lines.append(f"- {a} / {b}, round by round: throughput {', '.join(f'{x:.3f}' for x in rps)} "
                          f"(median {statistics.median(rps):.3f}); CPU per request {', '.join(f'{x:.3f}' for x in cpu)} "
                          f"(median {statistics.median(cpu):.3f})")
         if light:

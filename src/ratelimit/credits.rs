@@ -213,7 +213,7 @@ impl Credits {
         }
         b.lease += granted;
         b.taken_from = after;
-        b.this_second -= 1;
+        b.this_second = b.this_second.saturating_sub(1);
         Ok(spend(&mut b).0)
     }
 
@@ -256,23 +256,6 @@ impl Credits {
         Some(CreditDecision { allowed: true, remaining, refill_in })
     }
 
-    /// Gives back what a request took (a later check refused it).
-    pub fn refund(&self, key_id: &str, cost: u32) {
-        if self.shared.is_some() {
-            if let Some(mut b) = self.balances.get_mut(key_id) {
-                b.lease += u64::from(cost);
-            }
-            return;
-        }
-        if let Some(mut b) = self.balances.get_mut(key_id) {
-            let Some(known) = b.known.as_mut() else { return };
-            known.remaining += i64::from(cost);
-            if let Some(p) = b.pending.last_mut() {
-                p.spent -= i64::from(cost);
-            }
-        }
-    }
-
     /// The balance this node sees now, if it has read it.
     pub fn known(&self, key_id: &str) -> Option<CreditBalance> {
         self.balances.get(key_id)?.known
@@ -302,14 +285,16 @@ impl Credits {
         if let Some(mut b) = self.balances.get_mut(key_id) {
             b.known = None;
         }
-        self.balances.remove_if(key_id, |_, b| b.pending.is_empty() && b.known.is_none());
+        // A lease stays: its units were taken from the store and go back
+        // (or are spent) whatever the change was.
+        self.balances.remove_if(key_id, |_, b| b.pending.is_empty() && b.known.is_none() && b.lease == 0);
     }
 
     /// Every balance changed (the node missed changes): read them again.
     pub fn forget_all(&self) {
         self.balances.retain(|_, b| {
             b.known = None;
-            !b.pending.is_empty()
+            !b.pending.is_empty() || b.lease > 0
         });
     }
 
@@ -369,7 +354,23 @@ mod tests {
     }
 
     #[test]
-    fn a_balance_is_spent_whole_then_refused_and_refunds_give_back() {
+    fn a_change_from_outside_keeps_a_shared_balances_lease() {
+        let c = Credits::shared(3);
+        for key in ["a", "b"] {
+            c.balances.insert(key.into(), Balance { lease: 5, ..Balance::default() });
+        }
+        c.forget("a");
+        c.forget_all();
+        for key in ["a", "b"] {
+            assert_eq!(c.balances.get(key).map(|b| b.lease), Some(5), "{key}: the units taken must go back or be spent");
+        }
+        c.balances.insert("idle".into(), Balance::default());
+        c.forget("idle");
+        assert!(c.balances.get("idle").is_none());
+    }
+
+    #[test]
+    fn a_balance_is_spent_whole_then_refused() {
         let c = Credits::default();
         let terms = CreditTerms::default();
         c.balances.insert(
@@ -380,8 +381,8 @@ mod tests {
         let refused = c.try_spend("k", &terms, 2, T0).unwrap();
         assert!(!refused.allowed);
         assert_eq!((refused.remaining, refused.refill_in), (1, None));
-        c.refund("k", 2);
-        assert_eq!(c.known("k").unwrap().remaining, 3);
-        assert!(c.take_unflushed().is_empty(), "spent and refunded: nothing to write");
+        let pending = c.take_unflushed();
+        assert_eq!(pending.iter().map(|p| p.spent).sum::<i64>(), 2, "only what was spent is written");
+        assert!(c.take_unflushed().is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! A request's charge: every window that applies to its key and route, and
 //! its credits, taken together or not at all. Each window is checked in
-//! turn (minute, route, hour, day, month, then credits); when one refuses,
+//! turn (minute, route, hour, day, month, then credits, last, so credits
+//! are never taken only to be given back); when one refuses,
 //! what the earlier ones took is given back, so a refused request takes
 //! from none. On Redis the units go back into this node's lease, so the
 //! refusal costs no extra call.
