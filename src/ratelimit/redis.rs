@@ -22,6 +22,10 @@ use tokio::sync::Mutex;
 
 /// A lease aims to last this long at the key's recent rate.
 pub const LEASE_HORIZON_MS: i64 = 100;
+/// The same for hour, day and month windows: their limits are far larger
+/// than a second of traffic, so a longer lease costs no exactness (a
+/// lease is never more than the limit leaves) and saves most of the calls.
+pub const CALENDAR_LEASE_HORIZON_MS: i64 = 1_000;
 /// The largest lease ever taken.
 pub const MAX_LEASE: u32 = 5_000;
 /// A lease unused for this long is given back.
@@ -126,9 +130,10 @@ impl Lease {
     }
 
     /// How much to ask for: enough for the horizon at the recent rate.
-    fn wanted(&self, limit: u32, nodes: u32) -> u32 {
-        let rate = self.last_second.max(self.this_second) as i64;
-        let by_rate = (rate * LEASE_HORIZON_MS / 1000) as u32;
+    fn wanted(&self, period: Period, limit: u32, cost: u32, nodes: u32) -> u32 {
+        let rate = self.last_second.max(self.this_second) as i64 * i64::from(cost);
+        let horizon = if period.is_calendar() { CALENDAR_LEASE_HORIZON_MS } else { LEASE_HORIZON_MS };
+        let by_rate = (rate * horizon / 1000).min(i64::from(u32::MAX)) as u32;
         // Never hoard more than a share of the limit: others may need it.
         let share = (limit / nodes.max(1) / 4).max(1);
         by_rate.clamp(1, MAX_LEASE).min(share)
@@ -290,7 +295,7 @@ impl RedisLimiter {
             if now_ms < l.full_until_ms {
                 return Decision::refused(algorithm, period, limit, l.current, l.previous, now_ms);
             }
-            (l.wanted(limit, self.nodes_hint).max(cost - l.left.min(cost)), l.owed)
+            (l.wanted(period, limit, cost, self.nodes_hint).max(cost - l.left.min(cost)), l.owed)
         };
         match self.take(algorithm, counter, limit, want, owed, now_ms).await {
             Ok((granted, redis_left, current, previous)) => {
