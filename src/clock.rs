@@ -120,10 +120,37 @@ impl Period {
         self.start_ms(index + 1)
     }
 
+    /// (index, start, end) of the window holding `ms`, each computed once.
+    pub fn bounds(self, ms: i64) -> (i64, i64, i64) {
+        if self == Period::Month {
+            return month_bounds(ms);
+        }
+        let index = self.index(ms);
+        (index, self.start_ms(index), self.end_ms(index))
+    }
+
     /// The window's length in seconds (a month's own length).
     pub fn length_secs(self, index: i64) -> i64 {
         (self.end_ms(index) - self.start_ms(index)) / 1000
     }
+}
+
+thread_local! {
+    /// The month last asked for on this thread: nearly every request falls
+    /// in the same one, so its calendar sums are done once a month.
+    static MONTH: std::cell::Cell<(i64, i64, i64)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
+
+/// [`Period::bounds`] of a month, remembered per thread.
+fn month_bounds(ms: i64) -> (i64, i64, i64) {
+    let last = MONTH.with(std::cell::Cell::get);
+    if ms >= last.1 && ms < last.2 {
+        return last;
+    }
+    let index = Period::Month.index(ms);
+    let bounds = (index, Period::Month.start_ms(index), Period::Month.end_ms(index));
+    MONTH.with(|m| m.set(bounds));
+    bounds
 }
 
 /// (year, month 1-12, day 1-31) of a count of days since 1970-01-01, in
@@ -191,6 +218,11 @@ mod tests {
         assert_eq!(Period::Month.end_ms(Period::Month.index(dec)), parse_rfc3339("2027-01-01T00:00:00Z").unwrap() * 1000);
         assert_eq!(Period::Day.end_ms(Period::Day.index(dec)), parse_rfc3339("2027-01-01T00:00:00Z").unwrap() * 1000);
         assert_eq!(Period::Hour.end_ms(Period::Hour.index(dec)), parse_rfc3339("2027-01-01T00:00:00Z").unwrap() * 1000);
+        // The remembered month answers as the sums do, across a boundary too.
+        for ms in [end_jan - 5, end_jan, feb, feb + 10, end_jan - 40 * 86_400_000, feb] {
+            let i = Period::Month.index(ms);
+            assert_eq!(Period::Month.bounds(ms), (i, Period::Month.start_ms(i), Period::Month.end_ms(i)));
+        }
         // Every day of 1969..2101 agrees with the `time` crate.
         for day in -365..48_000 {
             let t = time::OffsetDateTime::from_unix_timestamp(day * 86_400).unwrap();

@@ -243,7 +243,8 @@ pub async fn authorise(
     }
     trace.key = Some(Arc::clone(&found));
     let subject = meter::subject_of(cfg.rate_limit.scope, key);
-    let route_counter = route.and_then(|r| Some((meter::route_counter_id(&subject, &r.pattern), r.per_minute?)));
+    // Only a route with its own limit has a counter (its id is made per request).
+    let route_counter = route.and_then(|r| r.per_minute.map(|limit| (meter::route_counter_id(&subject, &r.pattern), limit)));
     let charge = Charge {
         key_id: &key.key_id,
         subject: &subject,
@@ -266,13 +267,21 @@ pub async fn authorise(
         }
     }
     // 9. rate limits, quotas and credits
-    let credits = (&app.credits, app.store.as_ref());
-    let metered = match meter::charge(&app.limiter, credits, &charge, now_ms, on_redis_error, &app.metrics).await {
-        Ok(m) => m,
-        Err(e) => {
-            // Credits that cannot be read cannot be spent.
-            app.note_store_error("credit_balance", &e);
-            return Err(GatewayError::StoreUnavailable);
+    let metered = match meter::charge_ready(&app.limiter, &charge, now_ms) {
+        meter::Progress::Done(m) => m,
+        meter::Progress::Wait(m, from) => {
+            let credits = (&app.credits, app.store.as_ref());
+            // Boxed: most requests never get here, and every request's
+            // future would otherwise carry this one's state.
+            let rest = meter::charge_rest(&app.limiter, credits, &charge, (m, from), now_ms, on_redis_error, &app.metrics);
+            match Box::pin(rest).await {
+                Ok(m) => m,
+                Err(e) => {
+                    // Credits that cannot be read cannot be spent.
+                    app.note_store_error("credit_balance", &e);
+                    return Err(GatewayError::StoreUnavailable);
+                }
+            }
         }
     };
     trace.rate = metered.view();

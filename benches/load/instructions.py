@@ -13,7 +13,9 @@ program's instructions over that window divided by the requests served.
 Kernel work (system calls, TCP) is not counted: both gateways make the same
 system calls per request (two reads, two writes), see BENCHMARKS.md.
 
-Give --keygate several times to compare builds (e.g. before/after a change).
+Give --keygate several times to compare builds (e.g. before/after a change);
+--keygate-quotas PATH measures a binary with the key on a plan of three
+windows (minute, day and month quotas), as the load script's keygate-quotas.
 Needs valgrind (installed from Debian's packages if missing), nginx and wrk.
 """
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
@@ -70,6 +72,7 @@ def count(name, cmd, port, url, token, work, seconds, cwd=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keygate", action="append", help="a keygate binary (repeatable); default: a fresh release build")
+    ap.add_argument("--keygate-quotas", action="append", default=[], help="a keygate binary measured with three windows (repeatable)")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--keep", help="a folder to copy each gateway's callgrind dump to, for callgrind_annotate")
     args = ap.parse_args()
@@ -77,7 +80,8 @@ def main():
     KEEP = args.keep
     ensure_valgrind()
     run.ensure_tools(need_oha=False)
-    binaries = [str(Path(b).resolve()) for b in args.keygate] if args.keygate else [run.keygate_binary()]
+    plain = [str(Path(b).resolve()) for b in args.keygate] if args.keygate or args.keygate_quotas else [run.keygate_binary()]
+    binaries = [(b, False) for b in plain] + [(str(Path(b).resolve()), True) for b in args.keygate_quotas]
     work = tempfile.mkdtemp(prefix="keygate-instr-")
     procs = []
     try:
@@ -85,15 +89,19 @@ def main():
         procs.append(upstream)
         results = []
         token = None
-        for i, binary in enumerate(binaries):
+        for i, (binary, quotas) in enumerate(binaries):
             port, admin = run.free_port(), run.free_port()
-            conf = run.keygate_conf(work, f"keygate{i}", port, admin, f'url = "http://127.0.0.1:{up_port}"', extra_server="workers = 1")
+            # keygate_conf adds the three-window plan to the config of that name.
+            name = "keygate-quotas" if quotas else f"keygate{i}"
+            conf = run.keygate_conf(work, name, port, admin, f'url = "http://127.0.0.1:{up_port}"', extra_server="workers = 1")
+            plan = ["--plan", "metered"] if quotas else []
             if token is None:
-                token = json.loads(run.sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", "--json").stdout)["data"]["apiKey"]
+                made = run.sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", *plan, "--json")
+                token = json.loads(made.stdout)["data"]["apiKey"]
             else:
-                run.sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader")
-            per, served = count(f"keygate{i}", [binary, "--config", str(conf), "serve"], port, f"http://127.0.0.1:{port}/api/lists", token, work, args.duration, cwd=conf.parent)
-            results.append((f"keygate ({binary})", per, served))
+                run.sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader", *plan)
+            per, served = count(name, [binary, "--config", str(conf), "serve"], port, f"http://127.0.0.1:{port}/api/lists", token, work, args.duration, cwd=conf.parent)
+            results.append((f"keygate ({binary}{', three windows' if quotas else ''})", per, served))
             print(f"keygate {binary}: {per:,.0f} instructions/request over {served} requests", file=sys.stderr)
         ng_port = run.free_port()
         conf = run.nginx_conf(work, ng_port, run.gateway_nginx_body(ng_port, up_port, token), 1)

@@ -141,9 +141,8 @@ impl LocalLimiter {
 
 /// Applies one request to a window record.
 fn evaluate(algorithm: Algorithm, period: Period, w: &mut Window, limit: u32, cost: u32, now_ms: i64, consume: bool) -> Decision {
-    let index = period.index(now_ms);
+    let (index, start_ms, end_ms) = period.bounds(now_ms);
     w.roll(index);
-    let (start_ms, end_ms) = (period.start_ms(index), period.end_ms(index));
     let reset_at = end_ms.div_euclid(1000);
     let length_ms = end_ms - start_ms;
     let elapsed = now_ms - start_ms;

@@ -123,19 +123,25 @@ impl Metered {
     /// The headers' view: the window with the least room (the refusing
     /// one when a window refused), and every policy's quota.
     pub fn view(&self) -> Option<RateView> {
-        let tight = match self.refused {
+        let mut tight: Option<(Policy, Decision)> = match self.refused {
             Some(Refused::Window(p)) => self.windows[p as usize].map(|d| (p, d)),
-            _ => Policy::ALL
-                .into_iter()
-                .filter_map(|p| self.windows[p as usize].map(|d| (p, d)))
-                // On a tie, the window that resets last: it is the one to wait for.
-                .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset_at))),
-        }?;
+            _ => None,
+        };
         let mut quotas = [0; 5];
         for p in Policy::ALL {
-            quotas[p as usize] = self.windows[p as usize].map_or(0, |d| d.limit);
+            let Some(d) = self.windows[p as usize] else { continue };
+            quotas[p as usize] = d.limit;
+            if matches!(self.refused, Some(Refused::Window(_))) {
+                continue;
+            }
+            // The least room; on a tie, the window that resets last: it is the one to wait for.
+            let tighter = tight.is_none_or(|(_, t)| (d.remaining, t.reset_at) < (t.remaining, d.reset_at));
+            if tighter {
+                tight = Some((p, d));
+            }
         }
-        Some(RateView { policy: tight.0, decision: tight.1, quotas })
+        let (policy, decision) = tight?;
+        Some(RateView { policy, decision, quotas })
     }
 
     /// Seconds until the refused request could pass (`None`: credits with
@@ -157,48 +163,97 @@ pub struct RateView {
     pub quotas: [u32; 5],
 }
 
+/// How far [`charge_ready`] got.
+#[derive(Debug)]
+pub enum Progress {
+    /// Every window answered (and the key spends no credits).
+    Done(Metered),
+    /// The windows before this one answered; the rest needs waiting
+    /// (a Redis call, or the credits).
+    Wait(Metered, usize),
+}
+
+/// The part of a charge that needs no waiting: the windows this node can
+/// answer at once, in order. Most requests end here, and make no future.
+pub fn charge_ready(limiter: &Limiter, charge: &Charge<'_>, now_ms: i64) -> Progress {
+    let mut out = Metered::default();
+    for (i, (policy, counter, limit)) in charge.windows().enumerate() {
+        let Some(d) = limiter.check_now(charge.algorithm, counter, limit, charge.cost, now_ms) else {
+            return Progress::Wait(out, i);
+        };
+        out.windows[policy as usize] = Some(d);
+        if !d.allowed {
+            out.refused = Some(Refused::Window(policy));
+            give_back(limiter, charge, Some(policy), now_ms);
+            return Progress::Done(out);
+        }
+    }
+    match charge.credits {
+        None => Progress::Done(out),
+        Some(_) => Progress::Wait(out, usize::MAX),
+    }
+}
+
 /// Charges a request: admitted only if every window and the credits have
 /// room for its cost, and then taken from all of them.
 pub async fn charge(
     limiter: &Limiter,
-    (credits, store): (&Credits, &dyn Store),
+    credits: (&Credits, &dyn Store),
     charge: &Charge<'_>,
     now_ms: i64,
     on_error: RedisErrorPolicy,
     metrics: &Metrics,
 ) -> Result<Metered, StoreError> {
-    let mut out = Metered::default();
-    let mut taken: [Option<Counter<'_>>; 5] = [None; 5];
-    for (policy, counter, limit) in charge.windows() {
+    match charge_ready(limiter, charge, now_ms) {
+        Progress::Done(m) => Ok(m),
+        Progress::Wait(m, from) => charge_rest(limiter, credits, charge, (m, from), now_ms, on_error, metrics).await,
+    }
+}
+
+/// The rest of a charge [`charge_ready`] could not finish: from window
+/// `from` on (`usize::MAX`: the windows are done), then the credits.
+pub async fn charge_rest(
+    limiter: &Limiter,
+    (credits, store): (&Credits, &dyn Store),
+    charge: &Charge<'_>,
+    (mut out, from): (Metered, usize),
+    now_ms: i64,
+    on_error: RedisErrorPolicy,
+    metrics: &Metrics,
+) -> Result<Metered, StoreError> {
+    for (policy, counter, limit) in charge.windows().skip(from) {
         let d = limiter.check(charge.algorithm, counter, limit, charge.cost, now_ms, on_error, metrics).await;
         out.windows[policy as usize] = Some(d);
         if !d.allowed {
             out.refused = Some(Refused::Window(policy));
-            give_back(limiter, &taken, charge.cost, now_ms);
+            give_back(limiter, charge, Some(policy), now_ms);
             return Ok(out);
         }
-        taken[policy as usize] = Some(counter);
     }
     if let Some(terms) = charge.credits {
         let spent = match credits.spend(store, charge.key_id, terms, charge.cost, now_ms).await {
             Ok(spent) => spent,
             Err(e) => {
-                give_back(limiter, &taken, charge.cost, now_ms);
+                give_back(limiter, charge, None, now_ms);
                 return Err(e);
             }
         };
         out.credits = Some(spent);
         if !spent.allowed {
             out.refused = Some(Refused::Credits);
-            give_back(limiter, &taken, charge.cost, now_ms);
+            give_back(limiter, charge, None, now_ms);
         }
     }
     Ok(out)
 }
 
-fn give_back(limiter: &Limiter, taken: &[Option<Counter<'_>>; 5], cost: u32, now_ms: i64) {
-    for counter in taken.iter().flatten() {
-        limiter.refund(*counter, cost, now_ms);
+/// Gives back what the windows before `refused` took (all of them for `None`).
+fn give_back(limiter: &Limiter, charge: &Charge<'_>, refused: Option<Policy>, now_ms: i64) {
+    for (policy, counter, _) in charge.windows() {
+        if Some(policy) == refused {
+            return;
+        }
+        limiter.refund(counter, charge.cost, now_ms);
     }
 }
 

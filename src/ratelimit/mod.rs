@@ -74,6 +74,15 @@ impl Limiter {
         }
     }
 
+    /// A check that needs no waiting: on this node's counters, or from a
+    /// Redis lease that has the units. `None`: ask [`Self::check`].
+    pub fn check_now(&self, algorithm: Algorithm, counter: Counter<'_>, limit: u32, cost: u32, now_ms: i64) -> Option<Decision> {
+        match self {
+            Limiter::Local(l) => Some(l.check(algorithm, counter, limit, cost, now_ms)),
+            Limiter::Redis(r) => r.try_spend(counter, limit, cost, now_ms),
+        }
+    }
+
     /// Gives back what a check took, for a request a later check refused.
     pub fn refund(&self, counter: Counter<'_>, cost: u32, now_ms: i64) {
         match self {
@@ -178,10 +187,16 @@ impl RateHeaders {
     pub fn fields(&self) -> Fields {
         let d = &self.view.decision;
         let now = self.now_ms.div_euclid(1000);
-        let month_secs = Period::Month.length_secs(Period::Month.index(self.now_ms));
-        let reset_in = (d.reset_at - now).max(0);
         let q = |p: meter::Policy| i64::from(self.view.quotas[p as usize]);
         use meter::Policy::*;
+        // Only a month quota needs the month's length (a calendar sum).
+        let month_secs = if self.ietf && q(Month) > 0 {
+            let (_, start, end) = Period::Month.bounds(self.now_ms);
+            (end - start) / 1000
+        } else {
+            0
+        };
+        let reset_in = (d.reset_at - now).max(0);
         let flags = i64::from(self.ietf) | (self.view.policy as i64) << 8;
         Fields::new(
             [
@@ -212,6 +227,32 @@ fn render_fields(n: &[i64; 8], field: &mut dyn FnMut(&'static str, &[u8])) {
     if flags & 1 == 0 {
         return;
     }
+    // A key's policies are the same on every answer: the value is made
+    // once per thread for each set of them, then copied.
+    POLICIES.with(|cached| match cached.try_borrow_mut() {
+        Ok(mut cached) => {
+            let key = [n[5], n[6], n[7]];
+            if cached.0 != key || cached.1.len == 0 {
+                *cached = (key, policy_value(n));
+            }
+            field("RateLimit-Policy", cached.1.as_bytes());
+        }
+        Err(_) => field("RateLimit-Policy", policy_value(n).as_bytes()),
+    });
+    let tight = meter::Policy::ALL.get((flags >> 8) as usize).copied().unwrap_or(meter::Policy::Minute);
+    let mut value = Text::default();
+    value.put_all(&[b"\"", tight.name().as_bytes(), b"\";r=", digits.format(remaining).as_bytes()]);
+    value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
+    field("RateLimit", value.as_bytes());
+}
+
+thread_local! {
+    /// The last `RateLimit-Policy` value made on this thread, by its numbers.
+    static POLICIES: std::cell::RefCell<([i64; 3], Text)> = std::cell::RefCell::new(([0; 3], Text::default()));
+}
+
+/// `RateLimit-Policy`'s value: every policy with a quota, in order.
+fn policy_value(n: &[i64; 8]) -> Text {
     let half = |i: usize, high: bool| if high { n[i] >> 32 } else { n[i] & 0xffff_ffff };
     let month_secs = half(7, true);
     // (quota, window seconds) of each policy, in `Policy::ALL` order.
@@ -222,6 +263,7 @@ fn render_fields(n: &[i64; 8], field: &mut dyn FnMut(&'static str, &[u8])) {
         (half(6, true), 86_400),
         (half(7, false), month_secs),
     ];
+    let mut digits = itoa::Buffer::new();
     let mut value = Text::default();
     for (policy, (quota, window)) in meter::Policy::ALL.into_iter().zip(policies) {
         if quota == 0 {
@@ -233,12 +275,7 @@ fn render_fields(n: &[i64; 8], field: &mut dyn FnMut(&'static str, &[u8])) {
         value.put_all(&[b"\"", policy.name().as_bytes(), b"\";q=", digits.format(quota).as_bytes()]);
         value.put_all(&[b";w=", digits.format(window).as_bytes()]);
     }
-    field("RateLimit-Policy", value.as_bytes());
-    let tight = meter::Policy::ALL.get((flags >> 8) as usize).copied().unwrap_or(meter::Policy::Minute);
-    let mut value = Text::default();
-    value.put_all(&[b"\"", tight.name().as_bytes(), b"\";r=", digits.format(remaining).as_bytes()]);
-    value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
-    field("RateLimit", value.as_bytes());
+    value
 }
 
 /// A header value built on the stack (five policies fit with room to spare).
