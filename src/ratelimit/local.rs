@@ -30,6 +30,10 @@ impl Window {
         self.previous = if index == self.index + 1 { self.current } else { 0 };
         self.current = 0;
         self.index = index;
+        // What the old window counted matters no more: only the current
+        // window is read back at start (and writing it would count it in
+        // the new one).
+        self.unflushed = 0;
     }
 }
 
@@ -38,11 +42,21 @@ use crate::store::WindowCount as WindowDelta;
 /// Counts requests per counter on this node.
 #[derive(Default)]
 pub struct LocalLimiter {
-    windows: [DashMap<String, Window, FastHash>; 4],
+    minutes: DashMap<String, Window, FastHash>,
+    /// A counter's hour, day and month windows, together: a request with
+    /// quotas finds all three in one lookup.
+    calendar: DashMap<String, [Window; 3], FastHash>,
 }
 
-fn slot(period: Period) -> usize {
-    period as usize
+/// The calendar periods, in the order `LocalLimiter::calendar` keeps them.
+const CALENDAR: [Period; 3] = [Period::Hour, Period::Day, Period::Month];
+
+fn calendar_slot(period: Period) -> usize {
+    match period {
+        Period::Hour => 0,
+        Period::Day => 1,
+        _ => 2,
+    }
 }
 
 impl LocalLimiter {
@@ -58,53 +72,95 @@ impl LocalLimiter {
     }
 
     fn decide(&self, algorithm: Algorithm, c: Counter<'_>, limit: u32, cost: u32, now_ms: i64, consume: bool) -> Decision {
+        let run = |w: &mut Window| evaluate(algorithm, c.period, w, limit, cost, now_ms, consume);
         let index = c.period.index(now_ms);
-        let map = &self.windows[slot(c.period)];
-        let mut window = match map.get_mut(c.id) {
-            Some(w) => w,
-            None if !consume => {
-                return evaluate(algorithm, c.period, &mut Window { index, ..Window::default() }, limit, cost, now_ms, false)
-            }
-            None => map.entry(c.id.to_string()).or_insert(Window { index, ..Window::default() }),
+        if c.period == Period::Minute {
+            return match self.minutes.get_mut(c.id) {
+                Some(mut w) => run(&mut w),
+                None if !consume => run(&mut Window { index, ..Window::default() }),
+                None => run(&mut self.minutes.entry(c.id.to_string()).or_insert(Window { index, ..Window::default() })),
+            };
+        }
+        let k = calendar_slot(c.period);
+        match self.calendar.get_mut(c.id) {
+            Some(mut ws) => run(&mut ws[k]),
+            None if !consume => run(&mut Window { index, ..Window::default() }),
+            None => run(&mut self.calendar.entry(c.id.to_string()).or_default()[k]),
+        }
+    }
+
+    /// The hour, day and month quotas of one counter, in one lookup: all
+    /// of `limits` that are set have room for `cost` and all take it, or
+    /// none does (the refusing window's decision is the last one set).
+    pub fn check_calendar(&self, id: &str, limits: [Option<u32>; 3], cost: u32, now_ms: i64) -> [Option<Decision>; 3] {
+        let mut ws = match self.calendar.get_mut(id) {
+            Some(ws) => ws,
+            None => self.calendar.entry(id.to_string()).or_default(),
         };
-        evaluate(algorithm, c.period, &mut window, limit, cost, now_ms, consume)
+        let mut out = [None; 3];
+        for k in 0..3 {
+            let Some(limit) = limits[k] else { continue };
+            let d = evaluate(Algorithm::FixedWindow, CALENDAR[k], &mut ws[k], limit, cost, now_ms, false);
+            out[k] = Some(d);
+            if !d.allowed {
+                return out;
+            }
+        }
+        for k in 0..3 {
+            if let Some(d) = out[k].as_mut() {
+                ws[k].current += cost;
+                ws[k].unflushed += i64::from(cost);
+                d.remaining = d.remaining.saturating_sub(cost);
+            }
+        }
+        out
+    }
+
+    /// The counter's window record, if it has one.
+    fn with<R>(&self, counter: Counter<'_>, f: impl FnOnce(&mut Window) -> R) -> Option<R> {
+        if counter.period == Period::Minute {
+            return self.minutes.get_mut(counter.id).map(|mut w| f(&mut w));
+        }
+        self.calendar.get_mut(counter.id).map(|mut ws| f(&mut ws[calendar_slot(counter.period)]))
     }
 
     /// Gives back `cost` units a check took, when a later check of the
     /// same request refused it (a refused request takes from none).
     pub fn refund(&self, counter: Counter<'_>, cost: u32, now_ms: i64) {
         let index = counter.period.index(now_ms);
-        if let Some(mut w) = self.windows[slot(counter.period)].get_mut(counter.id) {
+        self.with(counter, |w| {
             if w.index == index {
                 w.current = w.current.saturating_sub(cost);
-                w.unflushed -= i64::from(cost);
+                if counter.period.is_calendar() {
+                    w.unflushed -= i64::from(cost);
+                }
             }
-        }
+        });
     }
 
     /// Units counted in the counter's current window.
     pub fn used(&self, counter: Counter<'_>, now_ms: i64) -> u32 {
         let index = counter.period.index(now_ms);
-        self.windows[slot(counter.period)].get(counter.id).filter(|w| w.index == index).map_or(0, |w| w.current)
+        self.with(counter, |w| if w.index == index { w.current } else { 0 }).unwrap_or(0)
     }
 
     /// Forgets windows too old to matter; run now and then. Calendar
     /// windows with unflushed counts stay until they are flushed.
     pub fn sweep(&self, now_ms: i64) {
-        for period in Period::ALL {
-            let index = period.index(now_ms);
-            self.windows[slot(period)].retain(|_, w| w.index + 1 >= index || w.unflushed != 0);
-        }
+        let minute = Period::Minute.index(now_ms);
+        self.minutes.retain(|_, w| w.index + 1 >= minute);
+        let current = CALENDAR.map(|p| p.index(now_ms));
+        self.calendar.retain(|_, ws| (0..3).any(|k| ws[k].index + 1 >= current[k] || ws[k].unflushed != 0));
     }
 
     /// Takes what calendar windows counted since the last call.
     pub fn take_unflushed(&self) -> Vec<WindowDelta> {
         let mut out = Vec::new();
-        for period in Period::ALL.into_iter().filter(|p| p.is_calendar()) {
-            for mut e in self.windows[slot(period)].iter_mut() {
-                if e.unflushed != 0 {
-                    let delta = std::mem::take(&mut e.unflushed);
-                    out.push(WindowDelta { period, id: e.key().clone(), index: e.index, delta });
+        for mut e in self.calendar.iter_mut() {
+            for k in 0..3 {
+                if e[k].unflushed != 0 {
+                    let delta = std::mem::take(&mut e[k].unflushed);
+                    out.push(WindowDelta { period: CALENDAR[k], id: e.key().clone(), index: e[k].index, delta });
                 }
             }
         }
@@ -114,7 +170,11 @@ impl LocalLimiter {
     /// Puts back deltas a failed flush could not write.
     pub fn put_back(&self, deltas: Vec<WindowDelta>) {
         for d in deltas {
-            let mut w = self.windows[slot(d.period)].entry(d.id).or_insert(Window { index: d.index, ..Window::default() });
+            let mut ws = self.calendar.entry(d.id).or_default();
+            let w = &mut ws[calendar_slot(d.period)];
+            if w.index == 0 {
+                w.index = d.index;
+            }
             w.unflushed += d.delta;
         }
     }
@@ -122,15 +182,18 @@ impl LocalLimiter {
     /// Starts a counter's current window from what the store holds (at
     /// start, before any request).
     pub fn restore(&self, period: Period, id: &str, index: i64, used: u32) {
-        let mut w = self.windows[slot(period)].entry(id.to_string()).or_insert(Window { index, ..Window::default() });
-        if w.index == index {
-            w.current = w.current.saturating_add(used);
+        if !period.is_calendar() {
+            return;
         }
+        let mut ws = self.calendar.entry(id.to_string()).or_default();
+        let w = &mut ws[calendar_slot(period)];
+        w.roll(index);
+        w.current = w.current.saturating_add(used);
     }
 
-    /// Counters with a live window.
+    /// Counters with a live window (a counter's calendar windows count once).
     pub fn len(&self) -> usize {
-        self.windows.iter().map(DashMap::len).sum()
+        self.minutes.len() + self.calendar.len()
     }
 
     /// Whether no counter has a live window.
@@ -305,6 +368,37 @@ mod tests {
         // April: no carry-over, whatever the minute algorithm.
         assert!(l.check(Algorithm::SlidingWindow, month, 3, 1, last + 1).allowed);
         assert_eq!(l.used(month, last + 1), 1);
+    }
+
+    #[test]
+    fn a_day_that_ends_before_a_flush_is_not_written_into_the_next() {
+        let l = LocalLimiter::default();
+        let day = Counter { id: "k", period: Period::Day };
+        let end = (Period::Day.index(T0) + 1) * 86_400_000 - 1;
+        l.check(Algorithm::FixedWindow, day, 10, 4, end);
+        l.check(Algorithm::FixedWindow, day, 10, 1, end + 1);
+        let deltas = l.take_unflushed();
+        assert_eq!(
+            deltas,
+            vec![WindowDelta { period: Period::Day, id: "k".into(), index: Period::Day.index(end + 1), delta: 1 }]
+        );
+    }
+
+    #[test]
+    fn the_calendar_windows_of_a_counter_are_taken_together_or_not_at_all() {
+        let l = LocalLimiter::default();
+        let limits = [Some(100), Some(5), Some(1000)];
+        let all = l.check_calendar("k", limits, 3, T0);
+        assert!(all.iter().all(|d| d.is_some_and(|d| d.allowed)));
+        assert_eq!(all[1].unwrap().remaining, 2);
+        // The day has 2 left: a cost of 3 is refused by it, and nothing is taken.
+        let refused = l.check_calendar("k", limits, 3, T0);
+        assert_eq!(refused[1].map(|d| (d.allowed, d.period)), Some((false, Period::Day)));
+        assert_eq!(refused[2], None, "the month was not reached");
+        for period in [Period::Hour, Period::Day, Period::Month] {
+            assert_eq!(l.used(Counter { id: "k", period }, T0), 3, "{period:?}");
+        }
+        assert_eq!(l.check_calendar("k", [None, Some(5), None], 2, T0)[1].map(|d| d.remaining), Some(0));
     }
 
     #[test]

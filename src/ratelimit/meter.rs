@@ -178,6 +178,10 @@ pub enum Progress {
 pub fn charge_ready(limiter: &Limiter, charge: &Charge<'_>, now_ms: i64) -> Progress {
     let mut out = Metered::default();
     for (i, (policy, counter, limit)) in charge.windows().enumerate() {
+        if let (true, Limiter::Local(local)) = (policy.is_quota(), limiter) {
+            // This node's hour, day and month counts sit together: one lookup.
+            return local_calendar(local, limiter, charge, out, now_ms);
+        }
         let Some(d) = limiter.check_now(charge.algorithm, counter, limit, charge.cost, now_ms) else {
             return Progress::Wait(out, i);
         };
@@ -185,6 +189,32 @@ pub fn charge_ready(limiter: &Limiter, charge: &Charge<'_>, now_ms: i64) -> Prog
         if !d.allowed {
             out.refused = Some(Refused::Window(policy));
             give_back(limiter, charge, Some(policy), now_ms);
+            return Progress::Done(out);
+        }
+    }
+    match charge.credits {
+        None => Progress::Done(out),
+        Some(_) => Progress::Wait(out, usize::MAX),
+    }
+}
+
+/// [`charge_ready`]'s hour, day and month windows on the local limiter.
+fn local_calendar(
+    local: &super::local::LocalLimiter,
+    limiter: &Limiter,
+    charge: &Charge<'_>,
+    mut out: Metered,
+    now_ms: i64,
+) -> Progress {
+    let q = charge.limits.quota;
+    let decisions = local.check_calendar(charge.subject, [q.per_hour, q.per_day, q.per_month], charge.cost, now_ms);
+    for (policy, d) in [Policy::Hour, Policy::Day, Policy::Month].into_iter().zip(decisions) {
+        let Some(d) = d else { continue };
+        out.windows[policy as usize] = Some(d);
+        if !d.allowed {
+            out.refused = Some(Refused::Window(policy));
+            // The calendar took nothing; the minute and route windows did.
+            give_back(limiter, charge, Some(Policy::Hour), now_ms);
             return Progress::Done(out);
         }
     }
@@ -250,7 +280,7 @@ pub async fn charge_rest(
 /// Gives back what the windows before `refused` took (all of them for `None`).
 fn give_back(limiter: &Limiter, charge: &Charge<'_>, refused: Option<Policy>, now_ms: i64) {
     for (policy, counter, _) in charge.windows() {
-        if Some(policy) == refused {
+        if refused.is_some_and(|r| policy as usize >= r as usize) {
             return;
         }
         limiter.refund(counter, charge.cost, now_ms);
