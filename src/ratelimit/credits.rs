@@ -17,6 +17,7 @@
 //! once the key is idle or the node stops. A `set` or a refill makes the
 //! units of an older lease worthless: they are not given back.
 
+use super::RecentRate;
 use crate::clock::Period;
 use crate::keys::model::{CreditTerms, RefillInterval};
 use crate::store::{CreditBalance, CreditSpend, CreditTake, Store, StoreError};
@@ -79,24 +80,7 @@ struct Balance {
     lease: u64,
     /// The balance the lease came from, as the store left it.
     taken_from: CreditBalance,
-    /// Requests this node saw in the current and the previous second.
-    second: i64,
-    this_second: u64,
-    last_second: u64,
-    last_used_ms: i64,
-}
-
-impl Balance {
-    fn note_request(&mut self, now_ms: i64) {
-        let second = now_ms.div_euclid(1000);
-        if second != self.second {
-            self.last_second = if second == self.second + 1 { self.this_second } else { 0 };
-            self.this_second = 0;
-            self.second = second;
-        }
-        self.this_second += 1;
-        self.last_used_ms = now_ms;
-    }
+    rate: RecentRate,
 }
 
 /// A shared balance's lease aims to last this long at the key's rate.
@@ -187,13 +171,13 @@ impl Credits {
                 // A refill came: what was left of the old balance is gone.
                 b.lease = 0;
             }
-            b.note_request(now_ms);
+            b.rate.note(now_ms);
             let allowed = b.lease >= cost;
             if allowed {
                 b.lease -= cost;
             }
             let remaining = b.taken_from.remaining.max(0) + b.lease as i64;
-            (CreditDecision { allowed, remaining, refill_in }, b.lease, b.last_second.max(b.this_second))
+            (CreditDecision { allowed, remaining, refill_in }, b.lease, u64::from(b.rate.per_second()))
         };
         let (rate, held) = {
             let mut b = self.balances.entry(key_id.to_string()).or_default();
@@ -213,7 +197,7 @@ impl Credits {
         }
         b.lease += granted;
         b.taken_from = after;
-        b.this_second = b.this_second.saturating_sub(1);
+        b.rate.unnote();
         Ok(spend(&mut b).0)
     }
 
@@ -226,7 +210,7 @@ impl Credits {
         let idle: Vec<(String, u64, CreditBalance)> = self
             .balances
             .iter_mut()
-            .filter(|b| b.lease > 0 && (all || now_ms - b.last_used_ms > LEASE_IDLE_MS))
+            .filter(|b| b.lease > 0 && (all || now_ms - b.rate.last_used_ms > LEASE_IDLE_MS))
             .map(|mut b| (b.key().clone(), std::mem::take(&mut b.lease), b.taken_from))
             .collect();
         for (key_id, units, from) in idle {
@@ -234,7 +218,7 @@ impl Credits {
                 tracing::debug!(error = %e, "could not give back unspent credits; they stay spent");
             }
         }
-        self.balances.retain(|_, b| b.lease > 0 || !b.pending.is_empty() || now_ms - b.last_used_ms < 60_000);
+        self.balances.retain(|_, b| b.lease > 0 || !b.pending.is_empty() || now_ms - b.rate.last_used_ms < 60_000);
     }
 
     /// Spends from a balance already read; `None` if it is not.

@@ -85,21 +85,23 @@ pub struct Charge<'a> {
 }
 
 impl Charge<'_> {
-    /// The windows that apply, in order: (policy, counter, limit).
+    /// The windows that apply, in order: (policy, counter, limit), made
+    /// one at a time (no array of them per request).
     fn windows(&self) -> impl Iterator<Item = (Policy, Counter<'_>, u32)> {
+        Policy::ALL.into_iter().filter_map(move |p| self.window(p))
+    }
+
+    /// One policy's window, if it applies.
+    fn window(&self, policy: Policy) -> Option<(Policy, Counter<'_>, u32)> {
         let q = self.limits.quota;
-        let at = |policy: Policy, limit: Option<u32>| {
-            limit.map(|l| (policy, Counter { id: self.subject, period: policy.period() }, l))
+        let (id, limit) = match policy {
+            Policy::Minute => (self.subject, self.limits.per_minute),
+            Policy::Route => self.route?,
+            Policy::Hour => (self.subject, q.per_hour?),
+            Policy::Day => (self.subject, q.per_day?),
+            Policy::Month => (self.subject, q.per_month?),
         };
-        [
-            at(Policy::Minute, Some(self.limits.per_minute)),
-            self.route.map(|(id, l)| (Policy::Route, Counter { id, period: Period::Minute }, l)),
-            at(Policy::Hour, q.per_hour),
-            at(Policy::Day, q.per_day),
-            at(Policy::Month, q.per_month),
-        ]
-        .into_iter()
-        .flatten()
+        Some((policy, Counter { id, period: policy.period() }, limit))
     }
 }
 

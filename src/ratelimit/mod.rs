@@ -26,6 +26,40 @@ pub struct Counter<'a> {
     pub period: Period,
 }
 
+/// Requests one node saw of a key in the current and the previous second:
+/// what a lease is sized by.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RecentRate {
+    second: i64,
+    this_second: u32,
+    last_second: u32,
+    /// When the key was last seen (an idle lease goes back).
+    pub(crate) last_used_ms: i64,
+}
+
+impl RecentRate {
+    pub(crate) fn note(&mut self, now_ms: i64) {
+        let second = now_ms.div_euclid(1000);
+        if second != self.second {
+            self.last_second = if second == self.second + 1 { self.this_second } else { 0 };
+            self.this_second = 0;
+            self.second = second;
+        }
+        self.this_second = self.this_second.saturating_add(1);
+        self.last_used_ms = now_ms;
+    }
+
+    /// Takes back the last [`Self::note`] (a request noted twice).
+    pub(crate) fn unnote(&mut self) {
+        self.this_second = self.this_second.saturating_sub(1);
+    }
+
+    /// Requests per second lately.
+    pub(crate) fn per_second(&self) -> u32 {
+        self.last_second.max(self.this_second)
+    }
+}
+
 /// The limiter a node runs: counters on this node, or shared through Redis.
 pub enum Limiter {
     Local(local::LocalLimiter),

@@ -9,7 +9,7 @@
 //! one seen 10,000 times a second costs about one call per 100 ms.
 
 use super::local::LocalLimiter;
-use super::{Counter, Decision};
+use super::{Counter, Decision, RecentRate};
 use crate::clock::Period;
 use crate::config::{Algorithm, RedisErrorPolicy};
 use crate::metrics::Metrics;
@@ -110,28 +110,17 @@ struct Lease {
     previous: u32,
     /// Redis said the window is full: refuse locally until then.
     full_until_ms: i64,
-    /// Requests this node saw in the current and the previous second.
-    second: i64,
-    this_second: u32,
-    last_second: u32,
-    last_used_ms: i64,
+    rate: RecentRate,
 }
 
 impl Lease {
     fn note_request(&mut self, now_ms: i64) {
-        let second = now_ms / 1000;
-        if second != self.second {
-            self.last_second = if second == self.second + 1 { self.this_second } else { 0 };
-            self.this_second = 0;
-            self.second = second;
-        }
-        self.this_second += 1;
-        self.last_used_ms = now_ms;
+        self.rate.note(now_ms);
     }
 
     /// How much to ask for: enough for the horizon at the recent rate.
     fn wanted(&self, period: Period, limit: u32, cost: u32, nodes: u32) -> u32 {
-        let rate = self.last_second.max(self.this_second) as i64 * i64::from(cost);
+        let rate = i64::from(self.rate.per_second()) * i64::from(cost);
         let horizon = if period.is_calendar() { CALENDAR_LEASE_HORIZON_MS } else { LEASE_HORIZON_MS };
         let by_rate = (rate * horizon / 1000).min(i64::from(u32::MAX)) as u32;
         // Never hoard more than a share of the limit: others may need it.
@@ -269,13 +258,7 @@ impl RedisLimiter {
             let mut unused_before = None;
             if l.window != window {
                 let (old_window, unused) = (l.window, l.left);
-                *l = Lease {
-                    second: l.second,
-                    this_second: l.this_second,
-                    last_second: l.last_second,
-                    window,
-                    ..Lease::default()
-                };
+                *l = Lease { rate: l.rate, window, ..Lease::default() };
                 if unused > 0 && old_window + 1 == window && algorithm == Algorithm::SlidingWindow && period == Period::Minute {
                     unused_before = Some((old_window, unused));
                 }
@@ -475,7 +458,7 @@ impl RedisLimiter {
             let Ok(_refilling) = slot.refill.try_lock() else { continue };
             let (idle_unused, old) = {
                 let mut l = slot.lease();
-                let idle = l.left > 0 && l.window == window && now_ms - l.last_used_ms > idle_ms;
+                let idle = l.left > 0 && l.window == window && now_ms - l.rate.last_used_ms > idle_ms;
                 let unused = if idle { std::mem::take(&mut l.left) } else { 0 };
                 l.redis_left += unused;
                 l.taken -= unused.min(l.taken);
