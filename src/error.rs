@@ -66,6 +66,19 @@ impl GatewayError {
         }
     }
 
+    /// The refusal of a request its limits, quotas or credits refused.
+    pub fn of_metered(m: &crate::ratelimit::meter::Metered) -> Option<GatewayError> {
+        use crate::ratelimit::meter::Refused;
+        let retry_after = m.retry_after();
+        Some(match m.refused? {
+            Refused::Window(p) if p.is_quota() => {
+                GatewayError::QuotaExceeded { window: p.name(), retry_after: retry_after.unwrap_or(1) }
+            }
+            Refused::Window(_) => GatewayError::RateLimited { retry_after: retry_after.unwrap_or(1) },
+            Refused::Credits => GatewayError::CreditsExhausted { retry_after },
+        })
+    }
+
     /// The HTTP status of this refusal.
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;

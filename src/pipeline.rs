@@ -22,7 +22,7 @@ use crate::policy::{cors, ip, path};
 use crate::proxy::headers::{self, Underscores};
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody};
-use crate::ratelimit::meter::{self, Charge, RateView, Refused};
+use crate::ratelimit::meter::{self, Charge, RateView};
 use crate::ratelimit::RateHeaders;
 use crate::state::{App, Runtime};
 use crate::telemetry::RequestSpan;
@@ -293,17 +293,10 @@ pub async fn authorise(
         ];
         span.event("rate limit", SystemTime::now(), attributes);
     }
-    if let Some(refused) = metered.refused {
+    if let Some(refusal) = GatewayError::of_metered(&metered) {
         app.metrics.ratelimit_denied.inc();
         app.usage.refused(&key.key_id, &key.owner, now.unix());
-        let retry_after = metered.retry_after();
-        return Err(match refused {
-            Refused::Window(p) if p.is_quota() => {
-                GatewayError::QuotaExceeded { window: p.name(), retry_after: retry_after.unwrap_or(1) }
-            }
-            Refused::Window(_) => GatewayError::RateLimited { retry_after: retry_after.unwrap_or(1) },
-            Refused::Credits => GatewayError::CreditsExhausted { retry_after },
-        });
+        return Err(refusal);
     }
     app.metrics.ratelimit_allowed.inc();
     app.usage.record(&key.key_id, &key.owner, now.unix());

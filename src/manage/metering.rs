@@ -300,16 +300,7 @@ impl Manager<'_> {
                 .await
                 .map_err(ManageError::Store)?
         };
-        let limited = metered.refused.map(|refused| {
-            let retry_after = metered.retry_after();
-            match refused {
-                meter::Refused::Window(p) if p.is_quota() => {
-                    crate::error::GatewayError::QuotaExceeded { window: p.name(), retry_after: retry_after.unwrap_or(1) }
-                }
-                meter::Refused::Window(_) => crate::error::GatewayError::RateLimited { retry_after: retry_after.unwrap_or(1) },
-                meter::Refused::Credits => crate::error::GatewayError::CreditsExhausted { retry_after },
-            }
-        });
+        let limited = crate::error::GatewayError::of_metered(&metered);
         let remaining = match (key.credits, metered.credits) {
             (Some(_), Some(c)) => Some(c.remaining),
             (Some(terms), None) => {
