@@ -87,6 +87,18 @@ async fn each_token_may_do_what_its_scopes_say_and_is_named_in_the_audit_log() {
     let (status, v) = call(&s, &verifier, "POST", "/verify", Some(json!({}))).await;
     assert_eq!((status, v["field"].as_str()), (400, Some("key")), "{v}");
 
+    // The metering routes: verify-and-charge is verify's, reports are
+    // read's, credit changes write's.
+    let charge = json!({ "key": key, "cost": 1 });
+    assert_eq!(call(&s, &reader, "POST", "/v1/keys/verify", Some(charge.clone())).await.0, 403);
+    let (status, v) = call(&s, &verifier, "POST", "/v1/keys/verify", Some(charge)).await;
+    assert_eq!((status, v["data"]["valid"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(call(&s, &verifier, "GET", "/usage", None).await.0, 403);
+    assert_eq!(call(&s, &reader, "GET", "/usage", None).await.0, 200);
+    let top_up = format!("/api-keys/{id}/credits");
+    assert_eq!(call(&s, &reader, "POST", &top_up, Some(json!({ "add": 5 }))).await.0, 403);
+    assert_eq!(call(&s, &writer, "POST", &top_up, Some(json!({ "add": 5 }))).await.0, 200);
+
     // The full token does everything, exports included.
     assert_eq!(call(&s, ADMIN_TOKEN, "GET", "/api-keys/export", None).await.0, 200);
     drop(gw);
