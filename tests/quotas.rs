@@ -111,7 +111,7 @@ fn month_secs() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routes_own_limit_is_rate_limited_and_leaves_other_routes_alone() {
     let (_up, s) = setup("key").await;
-    let (_, token) = s.create_key(&["--name", "sender", "--role", "full-access", "--rate-limit", "1000"]);
+    let (key_id, token) = s.create_key(&["--name", "sender", "--role", "full-access", "--rate-limit", "1000"]);
     let _gw = s.start();
     away_from_window_edge(Duration::from_secs(10)).await;
     // Cost 2 against a route limit of 4: two sends fit, the third does not.
@@ -124,6 +124,14 @@ async fn a_routes_own_limit_is_rate_limited_and_leaves_other_routes_alone() {
     assert_eq!(v["code"], "rate_limited", "{v}");
     assert!(v.get("window").is_none());
     assert_eq!(get(&s, &token).await.status(), StatusCode::OK);
+    // The usage lists the route's own window beside the key's.
+    let (_, usage) = admin(&s, reqwest::Method::GET, &format!("/api-keys/{key_id}/usage"), None).await;
+    let windows = usage["data"]["windows"].as_array().unwrap();
+    let route = windows.iter().find(|w| w["window"] == "route").unwrap_or_else(|| panic!("{usage}"));
+    assert_eq!(
+        (route["route"].as_str(), route["used"].as_u64(), route["limit"].as_u64()),
+        (Some("POST /api/broadcasts/{id}/send"), Some(4), Some(4))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,38 +238,49 @@ impl Manager<'_> {
             None => self.store.meter_windows(now_ms).await.map_err(ManageError::Store)?,
         };
         let q = limits.quota;
-        let mut windows = Vec::new();
-        for (policy, limit) in [
+        // (policy, counter id, limit, the route's pattern for a route's own limit)
+        let mut all: Vec<(Policy, String, u32, Option<&str>)> = [
             (Policy::Minute, Some(limits.per_minute)),
             (Policy::Hour, q.per_hour),
             (Policy::Day, q.per_day),
             (Policy::Month, q.per_month),
-        ] {
-            let Some(limit) = limit else { continue };
+        ]
+        .into_iter()
+        .filter_map(|(p, limit)| Some((p, subject.to_string(), limit?, None)))
+        .collect();
+        for route in self.config.routes.routes().iter().filter(|r| !r.public) {
+            if let Some(limit) = route.per_minute {
+                all.push((Policy::Route, meter::route_counter_id(&subject, &route.pattern), limit, Some(route.pattern.as_str())));
+            }
+        }
+        let mut windows = Vec::new();
+        for (policy, id, limit, route) in all {
             let period = policy.period();
-            let counter = Counter { id: &subject, period };
-            let used =
-                match self.meter {
-                    Some(live) => Some(live.limiter.used(counter, now_ms).await.map_err(|e| {
+            let counter = Counter { id: &id, period };
+            let used = match self.meter {
+                Some(live) => {
+                    Some(live.limiter.used(counter, now_ms).await.map_err(|e| {
                         ManageError::Store(crate::store::StoreError::Unavailable(format!("rate-limit redis: {e}")))
-                    })?),
-                    // Without a gateway, the store's last flush (minute windows are not kept).
-                    None if period == Period::Minute => None,
-                    None => Some(
-                        stored
-                            .iter()
-                            .find(|w| w.period == period && w.id == *subject)
-                            .map_or(0, |w| u32::try_from(w.delta).unwrap_or(0)),
-                    ),
-                };
+                    })?)
+                }
+                // Without a gateway, the store's last flush (minute windows are not kept).
+                None if period == Period::Minute => None,
+                None => Some(
+                    stored.iter().find(|w| w.period == period && w.id == id).map_or(0, |w| u32::try_from(w.delta).unwrap_or(0)),
+                ),
+            };
             let resets = period.end_ms(period.index(now_ms)) / 1000;
-            windows.push(json!({
+            let mut w = json!({
                 "window": policy.name(),
                 "used": used,
                 "limit": limit,
                 "remaining": used.map(|u| limit.saturating_sub(u)),
                 "resetsAt": clock::rfc3339(resets),
-            }));
+            });
+            if let Some(pattern) = route {
+                w["route"] = pattern.into();
+            }
+            windows.push(w);
         }
         Ok((Value::Array(windows), self.credits_json(key).await?))
     }
