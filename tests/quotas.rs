@@ -175,6 +175,9 @@ async fn credits_are_spent_by_cost_topped_up_by_api_and_cli_and_refused_without_
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let audit = s.cli_json(&["audit-log", "--target", &key_id]);
     assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "key.credits"), "{audit}");
+    // --no-credits: the key stops spending them, and is admitted again.
+    assert_eq!(s.cli_json(&["keys", "edit", &key_id, "--no-credits"])["credits"], Value::Null);
+    assert!(eventually(Duration::from_secs(5), || async { get(&s, &token).await.status() == StatusCode::OK }).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
