@@ -212,15 +212,25 @@ impl Manager<'_> {
         Ok(after)
     }
 
+    /// A key's credit balance now (after the refill due) and the seconds
+    /// to its next refill: the store's, as this node sees it (its own view
+    /// is newer by what it has not written yet).
+    pub(super) async fn credit_remaining(
+        &self,
+        key_id: &str,
+        terms: &CreditTerms,
+        now_ms: i64,
+    ) -> Result<(i64, Option<u64>), ManageError> {
+        let stored = self.store.credit_balance(key_id).await.map_err(ManageError::Store)?.unwrap_or_default();
+        let seen = self.meter.map_or(stored, |l| l.credits.seen(key_id, stored));
+        Ok(credits::effective(seen, terms, now_ms))
+    }
+
     /// A key's credits: balance now, refill terms and when the next comes.
     async fn credits_json(&self, key: &ApiKey) -> Result<Value, ManageError> {
         let Some(terms) = key.credits else { return Ok(Value::Null) };
         let now_ms = clock::now_ms();
-        let stored = self.store.credit_balance(&key.key_id).await.map_err(ManageError::Store)?.unwrap_or_default();
-        // This node's own view is newer than the store's by what it has
-        // not written yet.
-        let known = self.meter.map_or(stored, |l| l.credits.seen(&key.key_id, stored));
-        let (remaining, refill_in) = credits::effective(known, &terms, now_ms);
+        let (remaining, refill_in) = self.credit_remaining(&key.key_id, &terms, now_ms).await?;
         let mut v = terms_json(&terms);
         v["remaining"] = remaining.max(0).into();
         v["refillsAt"] = refill_in.map(|s| clock::rfc3339(now_ms / 1000 + s as i64)).into();
@@ -314,10 +324,7 @@ impl Manager<'_> {
         let limited = crate::error::GatewayError::of_metered(&metered);
         let remaining = match (key.credits, metered.credits) {
             (Some(_), Some(c)) => Some(c.remaining),
-            (Some(terms), None) => {
-                let stored = self.store.credit_balance(&key.key_id).await.map_err(ManageError::Store)?.unwrap_or_default();
-                Some(credits::effective(live.credits.seen(&key.key_id, stored), &terms, now_ms).0)
-            }
+            (Some(terms), None) => Some(self.credit_remaining(&key.key_id, &terms, now_ms).await?.0),
             (None, _) => metered.view().map(|v| i64::from(v.decision.remaining)),
         };
         Ok(Verification { verdict, limited, remaining })

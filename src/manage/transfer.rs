@@ -206,9 +206,7 @@ impl Manager<'_> {
             let credits = match key.credits {
                 None => None,
                 Some(terms) => {
-                    let stored = self.store.credit_balance(&key.key_id).await.map_err(ManageError::Store)?.unwrap_or_default();
-                    let seen = self.meter.map_or(stored, |l| l.credits.seen(&key.key_id, stored));
-                    let (remaining, _) = crate::ratelimit::credits::effective(seen, &terms, clock::now_ms());
+                    let (remaining, _) = self.credit_remaining(&key.key_id, &terms, clock::now_ms()).await?;
                     Some(CreditsLine {
                         remaining: Some(remaining.max(0) as u64),
                         refill_amount: terms.refill_amount,

@@ -45,6 +45,16 @@ pub fn apply(balance: &mut CreditBalance, refill: Option<u64>, period: i64, spen
     balance.remaining -= spent;
 }
 
+/// A stored balance with this node's unwritten spending of the same
+/// generation applied (spending from before a `set` counts for nothing).
+fn replay(stored: CreditBalance, pending: &[CreditSpend]) -> CreditBalance {
+    let mut b = stored;
+    for p in pending.iter().filter(|p| p.generation == stored.generation) {
+        apply(&mut b, p.refill, p.period, p.spent);
+    }
+    b
+}
+
 /// The refill due now for these terms: (amount, refill window index).
 fn due(terms: &CreditTerms, now_ms: i64) -> (Option<u64>, i64) {
     match terms.refill() {
@@ -137,12 +147,8 @@ impl Credits {
         let stored = store.credit_balance(key_id).await?.unwrap_or_default();
         let mut b = self.balances.entry(key_id.to_string()).or_default();
         if b.known.is_none() {
-            let mut known = stored;
-            for p in b.pending.iter().filter(|p| p.generation == stored.generation) {
-                apply(&mut known, p.refill, p.period, p.spent);
-            }
             b.pending.retain(|p| p.generation == stored.generation);
-            b.known = Some(known);
+            b.known = Some(replay(stored, &b.pending));
         }
         drop(b);
         Ok(self.try_spend(key_id, terms, cost, now_ms).unwrap_or(CreditDecision {
@@ -240,11 +246,6 @@ impl Credits {
         Some(CreditDecision { allowed: true, remaining, refill_in })
     }
 
-    /// The balance this node sees now, if it has read it.
-    pub fn known(&self, key_id: &str) -> Option<CreditBalance> {
-        self.balances.get(key_id)?.known
-    }
-
     /// The balance as this node sees it, given the store's: what it read,
     /// or the store's less what it spent and has not written.
     pub fn seen(&self, key_id: &str, stored: CreditBalance) -> CreditBalance {
@@ -253,14 +254,7 @@ impl Credits {
             // What other nodes hold counts as spent.
             return CreditBalance { remaining: stored.remaining + b.lease as i64, ..stored };
         }
-        if let Some(known) = b.known {
-            return known;
-        }
-        let mut seen = stored;
-        for p in b.pending.iter().filter(|p| p.generation == stored.generation) {
-            apply(&mut seen, p.refill, p.period, p.spent);
-        }
-        seen
+        b.known.unwrap_or_else(|| replay(stored, &b.pending))
     }
 
     /// The key's balance changed outside this node (or the key did): read

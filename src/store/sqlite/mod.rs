@@ -450,14 +450,7 @@ impl Store for SqliteStore {
 
     async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError> {
         let key_id = key_id.to_string();
-        self.read(move |c| {
-            c.query_row("SELECT remaining, period, generation FROM credits WHERE key_id = ?1", params![key_id], |r| {
-                Ok(CreditBalance { remaining: r.get(0)?, period: r.get(1)?, generation: r.get(2)? })
-            })
-            .optional()
-            .map_err(unavailable)
-        })
-        .await
+        self.read(move |c| stored_balance(c, &key_id)).await
     }
 
     async fn change_credits(
@@ -617,11 +610,15 @@ fn balance_for_update(tx: &Connection, key_id: &str) -> Result<Option<CreditBala
     if !exists {
         return Ok(None);
     }
-    tx.query_row("SELECT remaining, period, generation FROM credits WHERE key_id = ?1", params![key_id], |r| {
+    Ok(Some(stored_balance(tx, key_id)?.unwrap_or_default()))
+}
+
+/// A key's row of `credits`, if it has one.
+fn stored_balance(c: &Connection, key_id: &str) -> Result<Option<CreditBalance>, StoreError> {
+    c.query_row("SELECT remaining, period, generation FROM credits WHERE key_id = ?1", params![key_id], |r| {
         Ok(CreditBalance { remaining: r.get(0)?, period: r.get(1)?, generation: r.get(2)? })
     })
     .optional()
-    .map(|b| Some(b.unwrap_or_default()))
     .map_err(unavailable)
 }
 
