@@ -136,7 +136,11 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
 }
 
 /// A nested object's fields, each named `parent.field` in errors.
-fn nested(map: &Map<String, Value>, parent: &str, allowed: &[&str]) -> Result<Option<Map<String, Value>>, ManageError> {
+fn nested<'a>(
+    map: &'a Map<String, Value>,
+    parent: &str,
+    allowed: &[&str],
+) -> Result<Option<&'a Map<String, Value>>, ManageError> {
     match map.get(parent) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => {
@@ -146,9 +150,18 @@ fn nested(map: &Map<String, Value>, parent: &str, allowed: &[&str]) -> Result<Op
                     format!("is not a known field (known: {})", allowed.join(", ")),
                 ));
             }
-            Ok(Some(m.clone()))
+            Ok(Some(m))
         }
         Some(_) => Err(invalid(parent, "must be an object")),
+    }
+}
+
+/// Names a nested field's refusal `parent.name`.
+fn under(parent: &str, name: &str) -> impl FnOnce(ManageError) -> ManageError {
+    let field = format!("{parent}.{name}");
+    move |e| match e {
+        ManageError::Invalid { message, .. } => invalid(&field, message),
+        other => other,
     }
 }
 
@@ -161,12 +174,7 @@ fn quota_input(map: &Map<String, Value>) -> Result<QuotaInput, ManageError> {
     }
     let Some(q) = nested(map, "quota", &WINDOWS)? else { return Ok(QuotaInput::default()) };
     let window = |name: &str| -> Result<Option<Option<u32>>, ManageError> {
-        whole(&q, name, 1, u64::from(u32::MAX))
-            .map_err(|e| match e {
-                ManageError::Invalid { message, .. } => invalid(&format!("quota.{name}"), message),
-                other => other,
-            })
-            .map(|v| v.map(|n| n.map(|n| n as u32)))
+        whole(q, name, 1, u64::from(u32::MAX)).map_err(under("quota", name)).map(|v| v.map(|n| n.map(|n| n as u32)))
     };
     Ok(QuotaInput { per_hour: window("perHour")?, per_day: window("perDay")?, per_month: window("perMonth")? })
 }
@@ -178,14 +186,10 @@ fn credits_input(map: &Map<String, Value>) -> Result<Option<Option<CreditsInput>
         return Ok(Some(None));
     }
     let Some(c) = nested(map, "credits", &["remaining", "refillAmount", "refillInterval"])? else { return Ok(None) };
-    let named = |e: ManageError, name: &str| match e {
-        ManageError::Invalid { message, .. } => invalid(&format!("credits.{name}"), message),
-        other => other,
-    };
     let max = crate::manage::MAX_CREDITS;
-    let remaining = whole(&c, "remaining", 0, max).map_err(|e| named(e, "remaining"))?.flatten();
-    let refill_amount = whole(&c, "refillAmount", 0, max).map_err(|e| named(e, "refillAmount"))?;
-    let refill_interval = string(&c, "refillInterval").map_err(|e| named(e, "refillInterval"))?;
+    let remaining = whole(c, "remaining", 0, max).map_err(under("credits", "remaining"))?.flatten();
+    let refill_amount = whole(c, "refillAmount", 0, max).map_err(under("credits", "refillAmount"))?;
+    let refill_interval = string(c, "refillInterval").map_err(under("credits", "refillInterval"))?;
     Ok(Some(Some(CreditsInput { remaining, refill_amount, refill_interval })))
 }
 
