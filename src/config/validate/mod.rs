@@ -281,25 +281,21 @@ fn plans(c: &mut Checker, raw: &BTreeMap<String, Spanned<toml::Value>>) -> BTree
             },
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let Some(n) = whole(v) else {
-                        let msg = if WINDOWS.contains(&k.as_str()) {
-                            "must be a whole number, 1 or more".to_string()
-                        } else {
-                            format!("unknown field `{k}`, expected one of {}", WINDOWS.join(", "))
-                        };
-                        c.problem(Some(value), format!("{field}.{k}"), msg);
-                        continue;
+                    let slot = match k.as_str() {
+                        "per_minute" => None,
+                        "per_hour" => Some(&mut plan.quota.per_hour),
+                        "per_day" => Some(&mut plan.quota.per_day),
+                        "per_month" => Some(&mut plan.quota.per_month),
+                        _ => {
+                            let msg = format!("unknown field `{k}`, expected one of {}", WINDOWS.join(", "));
+                            c.problem(Some(value), format!("{field}.{k}"), msg);
+                            continue;
+                        }
                     };
-                    match k.as_str() {
-                        "per_minute" => plan.per_minute = NonZeroU32::new(n),
-                        "per_hour" => plan.quota.per_hour = Some(n),
-                        "per_day" => plan.quota.per_day = Some(n),
-                        "per_month" => plan.quota.per_month = Some(n),
-                        _ => c.problem(
-                            Some(value),
-                            format!("{field}.{k}"),
-                            format!("unknown field `{k}`, expected one of {}", WINDOWS.join(", ")),
-                        ),
+                    match (whole(v), slot) {
+                        (None, _) => c.problem(Some(value), format!("{field}.{k}"), "must be a whole number, 1 or more"),
+                        (Some(n), None) => plan.per_minute = NonZeroU32::new(n),
+                        (Some(n), Some(slot)) => *slot = Some(n),
                     }
                 }
             }
