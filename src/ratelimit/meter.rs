@@ -146,6 +146,23 @@ impl Metered {
         Some(RateView { policy, decision, quotas })
     }
 
+    /// Records a window's decision; says whether it refused the request.
+    fn record(&mut self, policy: Policy, d: Decision) -> bool {
+        self.windows[policy as usize] = Some(d);
+        if !d.allowed {
+            self.refused = Some(Refused::Window(policy));
+        }
+        !d.allowed
+    }
+
+    /// The windows are done: the credits are what is left, if any.
+    fn windows_done(self, charge: &Charge<'_>) -> Progress {
+        match charge.credits {
+            None => Progress::Done(self),
+            Some(_) => Progress::Wait(self, usize::MAX),
+        }
+    }
+
     /// Seconds until the refused request could pass (`None`: credits with
     /// no refill coming).
     pub fn retry_after(&self) -> Option<u64> {
@@ -187,17 +204,12 @@ pub fn charge_ready(limiter: &Limiter, charge: &Charge<'_>, now_ms: i64) -> Prog
         let Some(d) = limiter.check_now(charge.algorithm, counter, limit, charge.cost, now_ms) else {
             return Progress::Wait(out, i);
         };
-        out.windows[policy as usize] = Some(d);
-        if !d.allowed {
-            out.refused = Some(Refused::Window(policy));
+        if out.record(policy, d) {
             give_back(limiter, charge, Some(policy), now_ms);
             return Progress::Done(out);
         }
     }
-    match charge.credits {
-        None => Progress::Done(out),
-        Some(_) => Progress::Wait(out, usize::MAX),
-    }
+    out.windows_done(charge)
 }
 
 /// [`charge_ready`]'s hour, day and month windows on the local limiter.
@@ -211,19 +223,13 @@ fn local_calendar(
     let q = charge.limits.quota;
     let decisions = local.check_calendar(charge.subject, [q.per_hour, q.per_day, q.per_month], charge.cost, now_ms);
     for (policy, d) in [Policy::Hour, Policy::Day, Policy::Month].into_iter().zip(decisions) {
-        let Some(d) = d else { continue };
-        out.windows[policy as usize] = Some(d);
-        if !d.allowed {
-            out.refused = Some(Refused::Window(policy));
+        if d.is_some_and(|d| out.record(policy, d)) {
             // The calendar took nothing; the minute and route windows did.
             give_back(limiter, charge, Some(Policy::Hour), now_ms);
             return Progress::Done(out);
         }
     }
-    match charge.credits {
-        None => Progress::Done(out),
-        Some(_) => Progress::Wait(out, usize::MAX),
-    }
+    out.windows_done(charge)
 }
 
 /// Charges a request: admitted only if every window and the credits have
@@ -255,9 +261,7 @@ pub async fn charge_rest(
 ) -> Result<Metered, StoreError> {
     for (policy, counter, limit) in charge.windows().skip(from) {
         let d = limiter.check(charge.algorithm, counter, limit, charge.cost, now_ms, on_error, metrics).await;
-        out.windows[policy as usize] = Some(d);
-        if !d.allowed {
-            out.refused = Some(Refused::Window(policy));
+        if out.record(policy, d) {
             give_back(limiter, charge, Some(policy), now_ms);
             return Ok(out);
         }
