@@ -324,6 +324,18 @@ pub enum Algorithm {
     SlidingWindow,
 }
 
+impl Algorithm {
+    /// How a window of `period` is counted: calendar windows are always
+    /// fixed (a month does not slide into the next).
+    pub fn for_period(self, period: crate::clock::Period) -> Algorithm {
+        if period.is_calendar() {
+            Algorithm::FixedWindow
+        } else {
+            self
+        }
+    }
+}
+
 /// Where counters live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimiterBackend {

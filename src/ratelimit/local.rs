@@ -72,19 +72,19 @@ impl LocalLimiter {
     }
 
     fn decide(&self, algorithm: Algorithm, c: Counter<'_>, limit: u32, cost: u32, now_ms: i64, consume: bool) -> Decision {
+        // A new record rolls to the current window as it is evaluated.
         let run = |w: &mut Window| evaluate(algorithm, c.period, w, limit, cost, now_ms, consume);
-        let index = c.period.index(now_ms);
         if c.period == Period::Minute {
             return match self.minutes.get_mut(c.id) {
                 Some(mut w) => run(&mut w),
-                None if !consume => run(&mut Window { index, ..Window::default() }),
-                None => run(&mut self.minutes.entry(c.id.to_string()).or_insert(Window { index, ..Window::default() })),
+                None if !consume => run(&mut Window::default()),
+                None => run(&mut self.minutes.entry(c.id.to_string()).or_default()),
             };
         }
         let k = calendar_slot(c.period);
         match self.calendar.get_mut(c.id) {
             Some(mut ws) => run(&mut ws[k]),
-            None if !consume => run(&mut Window { index, ..Window::default() }),
+            None if !consume => run(&mut Window::default()),
             None => run(&mut self.calendar.entry(c.id.to_string()).or_default()[k]),
         }
     }
@@ -213,10 +213,8 @@ fn evaluate(algorithm: Algorithm, period: Period, w: &mut Window, limit: u32, co
     // the share of the previous window that still overlaps the last
     // window's length (rounded up, so the estimate never admits more than
     // the limit).
-    let carried = match algorithm {
-        Algorithm::SlidingWindow if period == Period::Minute => {
-            ((w.previous as i64 * (length_ms - elapsed) + length_ms - 1) / length_ms) as u32
-        }
+    let carried = match algorithm.for_period(period) {
+        Algorithm::SlidingWindow => ((w.previous as i64 * (length_ms - elapsed) + length_ms - 1) / length_ms) as u32,
         _ => 0,
     };
     let used = carried.saturating_add(w.current);

@@ -177,10 +177,8 @@ impl Decision {
     pub fn refused(algorithm: Algorithm, period: Period, limit: u32, current: u32, previous: u32, now_ms: i64) -> Decision {
         let index = period.index(now_ms);
         let end_ms = period.end_ms(index);
-        let retry_ms = match algorithm {
-            Algorithm::SlidingWindow if period == Period::Minute => {
-                sliding_retry_ms(limit, current, previous, now_ms - period.start_ms(index))
-            }
+        let retry_ms = match algorithm.for_period(period) {
+            Algorithm::SlidingWindow => sliding_retry_ms(limit, current, previous, now_ms - period.start_ms(index)),
             _ => end_ms - now_ms,
         };
         Decision {

@@ -250,6 +250,9 @@ impl RedisLimiter {
         metrics: &Metrics,
     ) -> Decision {
         let period = counter.period;
+        // Everything below (give-backs, rechecks, the script) follows the
+        // window's own algorithm.
+        let algorithm = algorithm.for_period(period);
         let window = period.index(now_ms);
         let slot = self.slot(counter);
         let _refilling = slot.refill.lock().await;
@@ -259,7 +262,7 @@ impl RedisLimiter {
             if l.window != window {
                 let (old_window, unused) = (l.window, l.left);
                 *l = Lease { rate: l.rate, window, ..Lease::default() };
-                if unused > 0 && old_window + 1 == window && algorithm == Algorithm::SlidingWindow && period == Period::Minute {
+                if unused > 0 && old_window + 1 == window && algorithm == Algorithm::SlidingWindow {
                     unused_before = Some((old_window, unused));
                 }
             }
@@ -296,8 +299,8 @@ impl RedisLimiter {
                 }
                 if granted == 0 && redis_left == 0 {
                     l.full_until_ms = match algorithm {
-                        Algorithm::SlidingWindow if period == Period::Minute => now_ms + SLIDING_RECHECK_MS,
-                        _ => period.end_ms(window),
+                        Algorithm::SlidingWindow => now_ms + SLIDING_RECHECK_MS,
+                        Algorithm::FixedWindow => period.end_ms(window),
                     };
                 }
                 // What was granted stays in the lease for cheaper requests
@@ -403,7 +406,7 @@ impl RedisLimiter {
         let period = counter.period;
         let window = period.index(now_ms);
         let (current_key, previous_key) = (counter_key(counter, window), counter_key(counter, window - 1));
-        let sliding = if algorithm == Algorithm::SlidingWindow && period == Period::Minute { "s" } else { "f" };
+        let sliding = if algorithm == Algorithm::SlidingWindow { "s" } else { "f" };
         let start = period.start_ms(window);
         let (elapsed, length) = (now_ms - start, period.end_ms(window) - start);
         self.redis
