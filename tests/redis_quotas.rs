@@ -67,6 +67,17 @@ impl Nodes {
         }
     }
 
+    /// How many credit leases the nodes have asked of Redis.
+    async fn credit_takes(&self) -> u64 {
+        let series = r#"keygate_redis_calls_total{op="take_credits",result="ok"} "#;
+        let mut n = 0;
+        for s in &self.setups {
+            let text = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+            n += text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        }
+        n
+    }
+
     fn restart(&mut self) {
         let stopped: Vec<Gateway> = std::mem::take(&mut self.gateways);
         for g in stopped {
@@ -102,10 +113,24 @@ async fn credits_shared_by_three_nodes_are_spent_exactly_and_topped_up_once() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
     let (nodes, first) = Nodes::start(&up.url(), &redis);
-    let (key_id, token) = first.create_key(&["--name", "prepaid", "--role", "read-only", "--credits", "25"]);
+    // The minute window is wide: the credits alone decide.
+    let args = ["--name", "prepaid", "--role", "read-only", "--credits", "25", "--rate-limit", "100000"];
+    let (key_id, token) = first.create_key(&args);
     let (admitted, codes) = nodes.drain(&token, 90).await;
     assert_eq!(admitted, 25, "25 credits, bursts of 90 requests over three nodes");
     assert!(codes.iter().all(|c| c == "credits_exhausted"), "{codes:?}");
+    // A client calling on with no credits is refused from what the node
+    // knows, not with a Redis command each.
+    let before = nodes.credit_takes().await;
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        let (admitted, _) = nodes.burst(&token, 60).await;
+        assert_eq!(admitted, 0);
+    }
+    // Each node asks again at most every 250 ms.
+    let bound = 3 * (started.elapsed().as_millis() as u64 / 250 + 2);
+    let asked = nodes.credit_takes().await - before;
+    assert!(asked <= bound, "240 refusals asked Redis {asked} times (at most {bound})");
     // A top-up from the CLI reaches every node; leases are never more than the balance.
     first.cli_json(&["keys", "credits", &key_id, "--add", "7"]);
     let (admitted, _) = nodes.drain(&token, 30).await;

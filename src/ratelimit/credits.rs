@@ -90,6 +90,10 @@ struct Balance {
     lease: u64,
     /// The balance the lease came from, as the store left it.
     taken_from: CreditBalance,
+    /// Shared balances: the store could not grant what was needed; until
+    /// this time a request needing more than it had is refused without
+    /// asking again.
+    empty_until_ms: i64,
     rate: RecentRate,
 }
 
@@ -97,6 +101,11 @@ struct Balance {
 const LEASE_HORIZON_MS: u64 = 100;
 /// A lease unused for this long is given back.
 const LEASE_IDLE_MS: i64 = 1_000;
+/// An empty shared balance is asked again after this long (sooner after a
+/// top-up, which comes by the change feed): a client calling on with no
+/// credits costs the store a few commands a second, not one per request.
+/// Units other nodes give back are seen at most this late.
+const EMPTY_RECHECK_MS: i64 = 250;
 
 /// What spending credits said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +185,7 @@ impl Credits {
             if b.taken_from.period != period && refill.is_some() {
                 // A refill came: what was left of the old balance is gone.
                 b.lease = 0;
+                b.empty_until_ms = 0;
             }
             b.rate.note(now_ms);
             let allowed = b.lease >= cost;
@@ -185,15 +195,20 @@ impl Credits {
             let remaining = b.taken_from.remaining.max(0) + b.lease as i64;
             (CreditDecision { allowed, remaining, refill_in }, b.lease, u64::from(b.rate.per_second()))
         };
-        let (rate, held) = {
+        let (rate, need) = {
             let mut b = self.balances.entry(key_id.to_string()).or_default();
             let (decision, held, rate) = spend(&mut b);
-            if decision.allowed {
+            let need = cost - held.min(cost);
+            let short = need > b.taken_from.remaining.max(0) as u64 && b.empty_until_ms != 0;
+            if decision.allowed || (short && now_ms < b.empty_until_ms) {
                 return Ok(decision);
             }
-            (rate, held)
+            if short {
+                // One request asks again; the others keep the refusal meanwhile.
+                b.empty_until_ms = now_ms + EMPTY_RECHECK_MS;
+            }
+            (rate, need)
         };
-        let need = cost - held.min(cost);
         let want = need.max(rate * LEASE_HORIZON_MS / 1000 * cost);
         let (granted, after) = store.take_credits(key_id, CreditTake { need, want, nodes, refill, period }).await?;
         let mut b = self.balances.entry(key_id.to_string()).or_default();
@@ -203,6 +218,7 @@ impl Credits {
         }
         b.lease += granted;
         b.taken_from = after;
+        b.empty_until_ms = if granted < need { now_ms + EMPTY_RECHECK_MS } else { 0 };
         b.rate.unnote();
         Ok(spend(&mut b).0)
     }
@@ -262,6 +278,7 @@ impl Credits {
     pub fn forget(&self, key_id: &str) {
         if let Some(mut b) = self.balances.get_mut(key_id) {
             b.known = None;
+            b.empty_until_ms = 0;
         }
         // A lease stays: its units were taken from the store and go back
         // (or are spent) whatever the change was.
@@ -272,6 +289,7 @@ impl Credits {
     pub fn forget_all(&self) {
         self.balances.retain(|_, b| {
             b.known = None;
+            b.empty_until_ms = 0;
             !b.pending.is_empty() || b.lease > 0
         });
     }
@@ -362,5 +380,34 @@ mod tests {
         let pending = c.take_unflushed();
         assert_eq!(pending.iter().map(|p| p.spent).sum::<i64>(), 2, "only what was spent is written");
         assert!(c.take_unflushed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_empty_shared_balance_is_asked_again_only_after_a_pause_or_a_top_up() {
+        use crate::keys::model::{ApiKey, Env};
+        use crate::keys::token::TokenHash;
+        use crate::store::{sqlite::SqliteStore, CreditChange};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        let key = ApiKey::blank("key_a".into(), Env::Live, "kg_live_a".into(), 0);
+        store.insert_key(&key, &TokenHash::of("token-a")).await.unwrap();
+        store.change_credits("key_a", CreditChange::Set(2), None, 0).await.unwrap();
+        let terms = CreditTerms::default();
+        let (node, other) = (Credits::shared(2), Credits::shared(2));
+        assert!(other.spend(&store, "key_a", &terms, 1, T0).await.unwrap().allowed);
+        assert!(node.spend(&store, "key_a", &terms, 1, T0).await.unwrap().allowed);
+        assert!(!node.spend(&store, "key_a", &terms, 1, T0).await.unwrap().allowed);
+        // Units come back behind the node's back (another node gives back,
+        // with `other`'s lease ending): the node is short from memory...
+        store.return_credits("key_a", 1, store.credit_balance("key_a").await.unwrap().unwrap()).await.unwrap();
+        assert!(!node.spend(&store, "key_a", &terms, 1, T0 + 100).await.unwrap().allowed);
+        // ...until the pause is over.
+        assert!(node.spend(&store, "key_a", &terms, 1, T0 + EMPTY_RECHECK_MS).await.unwrap().allowed);
+        let later = T0 + EMPTY_RECHECK_MS + 1;
+        assert!(!node.spend(&store, "key_a", &terms, 1, later).await.unwrap().allowed);
+        // A top-up comes by the change feed and is seen at once.
+        store.change_credits("key_a", CreditChange::Add(5), None, 0).await.unwrap();
+        node.forget("key_a");
+        assert!(node.spend(&store, "key_a", &terms, 1, later).await.unwrap().allowed);
     }
 }
