@@ -174,11 +174,7 @@ impl Manager<'_> {
     /// Adds to or sets a key's balance in the store; this node reads it
     /// again at once (others through the change feed).
     pub(super) async fn set_balance(&self, key: &ApiKey, change: CreditChange) -> Result<CreditBalance, ManageError> {
-        let terms = key.credits.unwrap_or_default();
-        let (refill, period) = match terms.refill() {
-            Some((amount, interval)) => (Some(amount), credits::refill_period(interval).index(clock::now_ms())),
-            None => (None, 0),
-        };
+        let (refill, period) = credits::due(&key.credits.unwrap_or_default(), clock::now_ms());
         let balance = self
             .store
             .change_credits(&key.key_id, change, refill, period)

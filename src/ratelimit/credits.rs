@@ -56,7 +56,7 @@ fn replay(stored: CreditBalance, pending: &[CreditSpend]) -> CreditBalance {
 }
 
 /// The refill due now for these terms: (amount, refill window index).
-fn due(terms: &CreditTerms, now_ms: i64) -> (Option<u64>, i64) {
+pub fn due(terms: &CreditTerms, now_ms: i64) -> (Option<u64>, i64) {
     match terms.refill() {
         Some((amount, interval)) => (Some(amount), refill_period(interval).index(now_ms)),
         None => (None, 0),
