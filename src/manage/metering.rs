@@ -9,6 +9,7 @@ use crate::ratelimit::meter::{self, Policy};
 use crate::ratelimit::{Counter, Limiter};
 use crate::store::{CreditBalance, CreditChange, UsageQuery, UsageRow};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// The largest credit balance an operator may give (far beyond any bill).
 pub const MAX_CREDITS: u64 = 1_000_000_000_000;
@@ -80,6 +81,20 @@ pub struct UsageReport {
 }
 
 impl UsageReport {
+    /// Hourly rows summed per (period, key), in that order; a key's owner
+    /// as its first row has it.
+    fn of(rows: Vec<UsageRow>, granularity: &'static str) -> UsageReport {
+        let mut totals: BTreeMap<(i64, String), (String, u64, u64)> = BTreeMap::new();
+        for r in rows {
+            let at = if granularity == "day" { (r.hour * 3600).div_euclid(86_400) * 86_400 } else { r.hour * 3600 };
+            let t = totals.entry((at, r.key_id)).or_insert((r.owner, 0, 0));
+            t.1 += r.admitted;
+            t.2 += r.refused;
+        }
+        let rows = totals.into_iter().map(|((at, key_id), (owner, admitted, refused))| (at, key_id, owner, admitted, refused));
+        UsageReport { granularity, rows: rows.collect() }
+    }
+
     /// The rows as JSON objects.
     pub fn json(&self) -> Value {
         self.rows
@@ -335,26 +350,44 @@ impl Manager<'_> {
         granularity: &'static str,
     ) -> Result<UsageReport, ManageError> {
         let query = UsageQuery { owner, key_id, from_hour: from / 3600, to_hour: to / 3600 };
-        let rows: Vec<UsageRow> = self.store.usage_report(&query).await.map_err(ManageError::Store)?;
-        let mut out: Vec<(i64, String, String, u64, u64)> = Vec::new();
-        for r in rows {
-            let at = if granularity == "day" { (r.hour * 3600).div_euclid(86_400) * 86_400 } else { r.hour * 3600 };
-            match out.iter_mut().find(|(a, k, ..)| *a == at && *k == r.key_id) {
-                Some(row) => {
-                    row.3 += r.admitted;
-                    row.4 += r.refused;
-                }
-                None => out.push((at, r.key_id, r.owner, r.admitted, r.refused)),
-            }
-        }
-        out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        Ok(UsageReport { granularity, rows: out })
+        let rows = self.store.usage_report(&query).await.map_err(ManageError::Store)?;
+        Ok(UsageReport::of(rows, granularity))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hourly_rows_sum_per_day_and_key_in_order() {
+        let row = |key_id: &str, hour: i64, admitted: u64, refused: u64| UsageRow {
+            key_id: key_id.into(),
+            owner: format!("owner-of-{key_id}"),
+            hour,
+            admitted,
+            refused,
+        };
+        let day = 20_416 * 24; // the hour of some day's 00:00 UTC
+        let rows = vec![
+            row("key_b", day + 3, 1, 0),
+            row("key_a", day + 25, 4, 1),
+            row("key_a", day, 2, 0),
+            row("key_a", day + 23, 3, 2),
+        ];
+        let daily = UsageReport::of(rows.clone(), "day");
+        let at = |h: i64| h * 3600;
+        assert_eq!(
+            daily.rows,
+            vec![
+                (at(day), "key_a".into(), "owner-of-key_a".into(), 5, 2),
+                (at(day), "key_b".into(), "owner-of-key_b".into(), 1, 0),
+                (at(day + 24), "key_a".into(), "owner-of-key_a".into(), 4, 1),
+            ]
+        );
+        let hourly = UsageReport::of(rows, "hour");
+        assert_eq!(hourly.rows.iter().map(|r| r.0 / 3600 - day).collect::<Vec<_>>(), vec![0, 3, 23, 25]);
+    }
 
     #[test]
     fn csv_quotes_and_defuses_what_a_spreadsheet_would_run() {
