@@ -95,13 +95,21 @@ impl UsageReport {
         UsageReport { granularity, rows: rows.collect() }
     }
 
+    /// A row's period as the report names it: its date, or its hour's start.
+    fn period(&self, at: i64) -> String {
+        if self.granularity == "day" {
+            clock::date(at)
+        } else {
+            clock::rfc3339(at)
+        }
+    }
+
     /// The rows as JSON objects.
     pub fn json(&self) -> Value {
         self.rows
             .iter()
             .map(|(at, key_id, owner, admitted, refused)| {
-                let period = if self.granularity == "day" { clock::date(*at) } else { clock::rfc3339(*at) };
-                json!({ "period": period, "keyId": key_id, "owner": owner, "admitted": admitted, "refused": refused })
+                json!({ "period": self.period(*at), "keyId": key_id, "owner": owner, "admitted": admitted, "refused": refused })
             })
             .collect()
     }
@@ -109,16 +117,9 @@ impl UsageReport {
     /// The rows as CSV with a header line.
     pub fn csv(&self) -> String {
         let mut out = String::from("period,key_id,owner,admitted,refused\n");
-        for v in self.json().as_array().into_iter().flatten() {
-            let field = |name: &str| csv_field(v[name].as_str().map_or_else(|| v[name].to_string(), str::to_string));
-            out.push_str(&format!(
-                "{},{},{},{},{}\n",
-                field("period"),
-                field("keyId"),
-                field("owner"),
-                v["admitted"],
-                v["refused"]
-            ));
+        for (at, key_id, owner, admitted, refused) in &self.rows {
+            let (period, key_id, owner) = (csv_field(&self.period(*at)), csv_field(key_id), csv_field(owner));
+            out.push_str(&format!("{period},{key_id},{owner},{admitted},{refused}\n"));
         }
         out
     }
@@ -126,8 +127,8 @@ impl UsageReport {
 
 /// A CSV field, quoted when it must be; a leading `=`, `+`, `-` or `@`
 /// is defused so a spreadsheet never runs an owner's name as a formula.
-fn csv_field(s: String) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s };
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.to_string() };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
