@@ -461,22 +461,26 @@ impl Config {
 
     /// Requests per minute for a key with these settings.
     pub fn limit_for(&self, own: Option<u32>, plan: Option<&str>) -> u32 {
+        self.per_minute(own, plan.and_then(|p| self.plans.get(p)))
+    }
+
+    /// A key's own per-minute limit, else its plan's, else the default.
+    fn per_minute(&self, own: Option<u32>, plan: Option<&Plan>) -> u32 {
         own.filter(|n| *n > 0)
-            .or_else(|| plan.and_then(|p| self.plans.get(p)?.per_minute).map(|n| n.get()))
+            .or_else(|| plan?.per_minute.map(NonZeroU32::get))
             .unwrap_or(self.rate_limit.default_per_minute.get())
     }
 
     /// Every limit of a key: its own, else its plan's, else the default.
     pub fn limits_for(&self, key: &crate::keys::model::ApiKey) -> Limits {
-        let plan = key.plan.as_deref().and_then(|p| self.plans.get(p)).copied().unwrap_or_default();
-        let own = key.quota;
-        let plan_minute = plan.per_minute.map(NonZeroU32::get);
+        let plan = key.plan.as_deref().and_then(|p| self.plans.get(p));
+        let (own, of_plan) = (key.quota, plan.map(|p| p.quota).unwrap_or_default());
         Limits {
-            per_minute: key.rate_limit.filter(|n| *n > 0).or(plan_minute).unwrap_or(self.rate_limit.default_per_minute.get()),
+            per_minute: self.per_minute(key.rate_limit, plan),
             quota: crate::keys::model::Quota {
-                per_hour: own.per_hour.or(plan.quota.per_hour),
-                per_day: own.per_day.or(plan.quota.per_day),
-                per_month: own.per_month.or(plan.quota.per_month),
+                per_hour: own.per_hour.or(of_plan.per_hour),
+                per_day: own.per_day.or(of_plan.per_day),
+                per_month: own.per_month.or(of_plan.per_month),
             },
         }
     }
