@@ -8,6 +8,7 @@
 use super::{Counter, Decision};
 use crate::clock::Period;
 use crate::config::Algorithm;
+use crate::store::WindowCount as WindowDelta;
 use crate::FastHash;
 use dashmap::DashMap;
 
@@ -36,8 +37,6 @@ impl Window {
         self.unflushed = 0;
     }
 }
-
-use crate::store::WindowCount as WindowDelta;
 
 /// Counts requests per counter on this node.
 #[derive(Default)]
