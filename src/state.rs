@@ -114,6 +114,7 @@ pub async fn seed_roles(store: &dyn Store, seeds: &[RoleSeed]) -> Result<(), Sto
             name: seed.name.clone(),
             description: seed.description.clone(),
             permissions: seed.permissions.clone(),
+            version: crate::keys::model::first_version(),
         };
         if store.insert_role_if_absent(&role).await? {
             tracing::info!(role = %role.id, "created role from config");

@@ -23,13 +23,50 @@ pub fn refusal(e: ManageError) -> Response<Body> {
         ManageError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         ManageError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         ManageError::RoleInUse { .. } => (StatusCode::CONFLICT, "role_in_use"),
+        ManageError::VersionConflict { .. } => (StatusCode::PRECONDITION_FAILED, "version_conflict"),
         ManageError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
     };
     let mut body = json!({ "success": false, "error": e.to_string(), "code": code });
-    if let ManageError::Invalid { field, .. } = &e {
-        body["field"] = field.as_str().into();
+    match &e {
+        ManageError::Invalid { field, .. } => body["field"] = field.as_str().into(),
+        ManageError::VersionConflict { current, .. } => body["currentVersion"] = (*current).into(),
+        _ => {}
     }
-    crate::error::json_response(status, &body)
+    let mut resp = crate::error::json_response(status, &body);
+    if let ManageError::VersionConflict { current, .. } = &e {
+        with_etag(&mut resp, *current);
+    }
+    resp
+}
+
+/// `ETag: "N"`: the version a later `If-Match` names.
+fn with_etag(resp: &mut Response<Body>, version: u64) {
+    if let Ok(v) = http::HeaderValue::from_str(&format!("\"{version}\"")) {
+        resp.headers_mut().insert(http::header::ETAG, v);
+    }
+}
+
+/// The answer for one key or role: its JSON and its `ETag`.
+fn record(data: Value, version: u64) -> Response<Body> {
+    let mut resp = ok(StatusCode::OK, data, json!({}));
+    with_etag(&mut resp, version);
+    resp
+}
+
+/// What an admin request asked, beyond its endpoint.
+pub struct Asked<'a> {
+    pub id: Option<String>,
+    pub query: &'a str,
+    pub body: &'a [u8],
+    pub accept: Option<&'a str>,
+    /// The version `If-Match` names.
+    pub if_match: Option<u64>,
+}
+
+/// Whether an endpoint takes `If-Match`: the changes of one key or role.
+fn takes_if_match(endpoint: Endpoint) -> bool {
+    use Endpoint::*;
+    matches!(endpoint, EditKey | EnableKey | DisableKey | RotateKey | DeleteKey | KeyCredits | EditRole | DeleteRole)
 }
 
 /// `page` (from 1) and `per_page` of a query string.
@@ -100,11 +137,16 @@ pub async fn run(
     m: &Manager<'_>,
     caller: &super::Caller,
     endpoint: Endpoint,
-    id: Option<String>,
-    query: &str,
-    (body, accept): (&[u8], Option<&str>),
+    asked: Asked<'_>,
 ) -> Result<Response<Body>, ManageError> {
+    let Asked { id, query, body, accept, if_match } = asked;
     let id = id.unwrap_or_default();
+    if if_match.is_some() && !takes_if_match(endpoint) {
+        return Err(ManageError::Invalid {
+            field: "If-Match".into(),
+            message: "this request changes no key or role by version".into(),
+        });
+    }
     let resp = match endpoint {
         Endpoint::ListKeys => {
             let (page, per_page) = paging(query)?;
@@ -127,7 +169,10 @@ pub async fn run(
             let (key, secret) = m.create_key(input::key_input(body)?, None).await?;
             ok(StatusCode::CREATED, with_secret(m, &key, &secret), json!({ "warning": SECRET_WARNING }))
         }
-        Endpoint::GetKey => ok(StatusCode::OK, m.key_json(&m.get_key(&id).await?), json!({})),
+        Endpoint::GetKey => {
+            let key = m.get_key(&id).await?;
+            record(m.key_json(&key), key.version)
+        }
         Endpoint::EditKey => {
             let mut input = input::key_input(body)?;
             if input.env.is_some() {
@@ -137,22 +182,25 @@ pub async fn run(
                 });
             }
             input.env = None;
-            ok(StatusCode::OK, m.key_json(&m.edit_key(&id, input).await?), json!({}))
+            let key = m.edit_key(&id, input, if_match).await?;
+            record(m.key_json(&key), key.version)
         }
         Endpoint::EnableKey | Endpoint::DisableKey => {
             input::object(body, &[])?;
-            let key = m.set_enabled(&id, endpoint == Endpoint::EnableKey).await?;
-            ok(StatusCode::OK, m.key_json(&key), json!({}))
+            let key = m.set_enabled(&id, endpoint == Endpoint::EnableKey, if_match).await?;
+            record(m.key_json(&key), key.version)
         }
         Endpoint::RotateKey => {
             let grace = input::grace_seconds(body)?;
-            let (key, secret) = m.rotate_key(&id, grace).await?;
+            let (key, secret) = m.rotate_key(&id, grace, if_match).await?;
             let mut data = with_secret(m, &key, &secret);
             data["previousSecretValidUntil"] = crate::clock::rfc3339(crate::clock::now_unix() + grace as i64).into();
-            ok(StatusCode::OK, data, json!({ "warning": SECRET_WARNING }))
+            let mut resp = ok(StatusCode::OK, data, json!({ "warning": SECRET_WARNING }));
+            with_etag(&mut resp, key.version);
+            resp
         }
         Endpoint::DeleteKey => {
-            m.delete_key(&id).await?;
+            m.delete_key(&id, if_match).await?;
             ok(StatusCode::OK, json!({ "keyId": id, "revoked": true }), json!({}))
         }
         Endpoint::KeyUsage => {
@@ -171,7 +219,7 @@ pub async fn run(
             ok(StatusCode::OK, data, json!({}))
         }
         Endpoint::KeyCredits => {
-            let credits = m.change_credits(&id, input::credits_change(body)?).await?;
+            let credits = m.change_credits(&id, input::credits_change(body)?, if_match).await?;
             ok(StatusCode::OK, json!({ "keyId": id, "credits": credits }), json!({}))
         }
         Endpoint::UsageReport => {
@@ -211,10 +259,16 @@ pub async fn run(
         Endpoint::CreateRole => {
             ok(StatusCode::CREATED, role_json(&m.create_role(input::role_input(body, true)?).await?), json!({}))
         }
-        Endpoint::GetRole => ok(StatusCode::OK, role_json(&m.get_role(&id).await?), json!({})),
-        Endpoint::EditRole => ok(StatusCode::OK, role_json(&m.edit_role(&id, input::role_input(body, false)?).await?), json!({})),
+        Endpoint::GetRole => {
+            let role = m.get_role(&id).await?;
+            record(role_json(&role), role.version)
+        }
+        Endpoint::EditRole => {
+            let role = m.edit_role(&id, input::role_input(body, false)?, if_match).await?;
+            record(role_json(&role), role.version)
+        }
         Endpoint::DeleteRole => {
-            m.delete_role(&id).await?;
+            m.delete_role(&id, if_match).await?;
             ok(StatusCode::OK, json!({ "id": id, "deleted": true }), json!({}))
         }
         Endpoint::Modules => {
@@ -263,7 +317,16 @@ pub async fn run(
         }
         Endpoint::ExportKeys => ndjson(json_lines(&m.export_keys().await?)),
         Endpoint::ExportRoles => ndjson(json_lines(&m.export_roles().await?)),
-        Endpoint::ImportKeys => ok(StatusCode::OK, summary(m.import_keys(utf8(body)?).await?), json!({})),
+        Endpoint::ImportKeys => {
+            let recreate = match query_param(query, "recreateDeleted").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(ManageError::Invalid { field: "recreateDeleted".into(), message: "must be true or false".into() })
+                }
+            };
+            ok(StatusCode::OK, summary(m.import_keys(utf8(body)?, recreate).await?), json!({}))
+        }
         Endpoint::ImportRoles => ok(StatusCode::OK, summary(m.import_roles(utf8(body)?).await?), json!({})),
         Endpoint::OpenApi | Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz => {
             error(StatusCode::NOT_FOUND, "not_found", "served elsewhere")

@@ -251,6 +251,24 @@ pub fn verify_v1_input(body: &[u8]) -> Result<(String, Option<String>, u32), Man
     Ok((key, text("permission")?, cost))
 }
 
+/// The version an `If-Match` header names: one strong entity tag of a
+/// version number (`"3"`). Anything else (`*`, a weak tag, a list, two
+/// headers) is refused rather than guessed at.
+pub fn if_match(headers: &http::HeaderMap) -> Result<Option<u64>, ManageError> {
+    let mut values = headers.get_all(http::header::IF_MATCH).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    let refused = || invalid("If-Match", "must be one version in quotes, as the ETag gives it (like \"3\")");
+    if values.next().is_some() {
+        return Err(refused());
+    }
+    let text = value.to_str().map_err(|_| refused())?.trim();
+    let digits = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).ok_or_else(refused)?;
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(refused());
+    }
+    digits.parse().map(Some).map_err(|_| refused())
+}
+
 /// `graceSeconds` (or `grace_seconds`) of a rotation.
 pub fn grace_seconds(body: &[u8]) -> Result<u64, ManageError> {
     let map = object(body, &["graceSeconds", "grace_seconds"])?;
@@ -261,6 +279,25 @@ pub fn grace_seconds(body: &[u8]) -> Result<u64, ManageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_match_names_one_version() {
+        let with = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(http::header::IF_MATCH, http::HeaderValue::from_str(v).unwrap());
+            }
+            if_match(&h)
+        };
+        assert_eq!(with(&[]).unwrap(), None);
+        assert_eq!(with(&["\"3\""]).unwrap(), Some(3));
+        assert_eq!(with(&[" \"12\" "]).unwrap(), Some(12));
+        for bad in ["3", "*", "W/\"3\"", "\"3\", \"4\"", "\"\"", "\"-1\"", "\"99999999999999999999\"", "\"1e3\""] {
+            let e = with(&[bad]).unwrap_err();
+            assert!(matches!(&e, ManageError::Invalid { field, .. } if field == "If-Match"), "{bad}: {e}");
+        }
+        assert!(with(&["\"3\"", "\"3\""]).is_err(), "two headers");
+    }
 
     #[test]
     fn key_fields() {

@@ -161,6 +161,10 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
         _ => MAX_BODY_BYTES,
     };
     let accept = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let if_match = match input::if_match(req.headers()) {
+        Ok(v) => v,
+        Err(e) => return api::refusal(e),
+    };
     let read = tokio::time::timeout(BODY_TIMEOUT, crate::body::read_to_bytes(req.into_body(), limit));
     let body = match read.await.unwrap_or_else(|_| Err(ReadError::Failed(format!("it took longer than {BODY_TIMEOUT:?}")))) {
         Ok(b) => b,
@@ -170,7 +174,8 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
     let actor = format!("admin-api ({}@{})", caller.name, peer.ip());
     let live = crate::manage::Live { limiter: &app.limiter, credits: &app.credits, metrics: &app.metrics };
     let manager = Manager { store: app.store.as_ref(), config: &rt.config, actor, meter: Some(live) };
-    match api::run(&manager, &caller, endpoint, id, &query, (&body, accept.as_deref())).await {
+    let asked = api::Asked { id, query: &query, body: &body, accept: accept.as_deref(), if_match };
+    match api::run(&manager, &caller, endpoint, asked).await {
         Ok(resp) => resp,
         Err(e) => api::refusal(e),
     }

@@ -150,6 +150,10 @@ pub enum KeysCommand {
         token: Option<String>,
         #[arg(long)]
         file: Option<std::path::PathBuf>,
+        /// Create again keys of the file that were deleted from the store
+        /// (without it, such lines are reported as conflicts).
+        #[arg(long, requires = "file")]
+        recreate_deleted: bool,
         #[command(flatten)]
         fields: KeyArgs,
         #[arg(long)]
@@ -178,6 +182,9 @@ pub enum KeysCommand {
     /// Change fields of a key.
     Edit {
         id: String,
+        /// Only if the key is still at this version (as `keys show` gives it).
+        #[arg(long)]
+        if_version: Option<u64>,
         #[command(flatten)]
         fields: KeyArgs,
         #[arg(long)]
@@ -186,18 +193,27 @@ pub enum KeysCommand {
     /// Let a disabled key work again.
     Enable {
         id: String,
+        /// Only if the key is still at this version (as `keys show` gives it).
+        #[arg(long)]
+        if_version: Option<u64>,
         #[arg(long)]
         json: bool,
     },
     /// Refuse every request with this key (401 key_disabled).
     Disable {
         id: String,
+        /// Only if the key is still at this version (as `keys show` gives it).
+        #[arg(long)]
+        if_version: Option<u64>,
         #[arg(long)]
         json: bool,
     },
     /// Delete a key for good.
     Delete {
         id: String,
+        /// Only if the key is still at this version (as `keys show` gives it).
+        #[arg(long)]
+        if_version: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -210,6 +226,9 @@ pub enum KeysCommand {
     /// Add to or set a key's credit balance.
     Credits {
         id: String,
+        /// Only if the key is still at this version (as `keys show` gives it).
+        #[arg(long)]
+        if_version: Option<u64>,
         /// Credits to add (negative to take away).
         #[arg(long, allow_hyphen_values = true, required_unless_present = "set", conflicts_with = "set")]
         add: Option<i64>,
@@ -222,6 +241,9 @@ pub enum KeysCommand {
     /// Give a key a new secret; the old one keeps working for the grace period.
     Rotate {
         id: String,
+        /// Only if the key is still at this version (as `keys show` gives it).
+        #[arg(long)]
+        if_version: Option<u64>,
         #[arg(long, default_value_t = 0)]
         grace_seconds: u64,
         #[arg(long)]
@@ -229,13 +251,23 @@ pub enum KeysCommand {
     },
 }
 
-/// What an import did, as the envelope or a sentence.
-pub fn print_summary(summary: crate::manage::ImportSummary, what: &str, json: bool) {
+/// What an import did, as the envelope or a sentence; a failure (exit 1)
+/// when some lines were not written, after saying which and why.
+pub fn print_summary(summary: crate::manage::ImportSummary, what: &str, json: bool) -> Result<(), Failure> {
+    let conflicts = summary.conflicts.len();
     if json {
-        print_json(serde_json::to_value(summary).unwrap_or_default(), json!({}));
+        print_json(serde_json::to_value(&summary).unwrap_or_default(), json!({}));
     } else {
         println!("imported: {} {what}(s) created, {} updated", summary.created, summary.updated);
+        for c in &summary.conflicts {
+            println!("not imported: line {} ({}): {}", c.line, c.key_id, c.reason);
+        }
     }
+    if conflicts == 0 {
+        return Ok(());
+    }
+    // Said already, in the envelope or above: only the exit status is left.
+    Err(Failure { message: format!("{conflicts} line(s) were not imported"), code: "import_conflicts", json: false, exit: 1 })
 }
 
 fn read_token(arg: String) -> Result<String, Failure> {
@@ -290,6 +322,7 @@ fn print_key(m: &Manager<'_>, key: &ApiKey) {
         "usageCount",
         "metadata",
         "keyPrefix",
+        "version",
     ] {
         println!("{:<12} {}", format!("{field}:"), text(field));
     }
@@ -327,13 +360,13 @@ async fn print_usage(m: &Manager<'_>, id: &str, json: bool) -> Result<(), Failur
 pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
     match command {
         KeysCommand::Usage { id, json } => print_usage(m, &id, json).await?,
-        KeysCommand::Credits { id, add, set, json } => {
+        KeysCommand::Credits { id, if_version, add, set, json } => {
             let change = match (add, set) {
                 (Some(n), _) => crate::store::CreditChange::Add(n),
                 (None, Some(n)) => crate::store::CreditChange::Set(i64::try_from(n).unwrap_or(i64::MAX)),
                 (None, None) => return Err(usage(json)("give --add N or --set N".into())),
             };
-            let credits = m.change_credits(&id, change).await.map_err(|e| Failure::manage(e, json))?;
+            let credits = m.change_credits(&id, change, if_version).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(json!({ "keyId": id, "credits": credits }), json!({}));
             } else {
@@ -345,13 +378,13 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
             let (key, secret) = m.create_key(input, None).await.map_err(|e| Failure::manage(e, json))?;
             print_secret(m, &key, &secret, json);
         }
-        KeysCommand::Import { file: Some(file), fields, json, .. } => {
+        KeysCommand::Import { file: Some(file), fields, recreate_deleted, json, .. } => {
             if fields != KeyArgs::default() {
                 return Err(usage(json)("--file takes the fields from its lines: give no other key option".into()));
             }
             let text = read_input(&file)?;
-            let summary = m.import_keys(&text).await.map_err(|e| Failure::manage(e, json))?;
-            print_summary(summary, "key", json);
+            let summary = m.import_keys(&text, recreate_deleted).await.map_err(|e| Failure::manage(e, json))?;
+            print_summary(summary, "key", json)?;
         }
         KeysCommand::Export { file } => {
             let lines = m.export_keys().await.map_err(|e| Failure::manage(e, false))?;
@@ -406,35 +439,35 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
                 }
             }
         }
-        KeysCommand::Edit { id, fields, json } => {
+        KeysCommand::Edit { id, if_version, fields, json } => {
             let input = fields.into_input().map_err(usage(json))?;
-            let key = m.edit_key(&id, input).await.map_err(|e| Failure::manage(e, json))?;
+            let key = m.edit_key(&id, input, if_version).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(m.key_json(&key), json!({}));
             } else {
                 print_key(m, &key);
             }
         }
-        KeysCommand::Enable { id, json } => toggle(m, &id, true, json).await?,
-        KeysCommand::Disable { id, json } => toggle(m, &id, false, json).await?,
-        KeysCommand::Delete { id, json } => {
-            m.delete_key(&id).await.map_err(|e| Failure::manage(e, json))?;
+        KeysCommand::Enable { id, if_version, json } => toggle(m, &id, true, if_version, json).await?,
+        KeysCommand::Disable { id, if_version, json } => toggle(m, &id, false, if_version, json).await?,
+        KeysCommand::Delete { id, if_version, json } => {
+            m.delete_key(&id, if_version).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(json!({ "keyId": id, "revoked": true }), json!({}));
             } else {
                 println!("deleted {id}");
             }
         }
-        KeysCommand::Rotate { id, grace_seconds, json } => {
-            let (key, secret) = m.rotate_key(&id, grace_seconds).await.map_err(|e| Failure::manage(e, json))?;
+        KeysCommand::Rotate { id, if_version, grace_seconds, json } => {
+            let (key, secret) = m.rotate_key(&id, grace_seconds, if_version).await.map_err(|e| Failure::manage(e, json))?;
             print_secret(m, &key, &secret, json);
         }
     }
     Ok(())
 }
 
-async fn toggle(m: &Manager<'_>, id: &str, enabled: bool, json: bool) -> Result<(), Failure> {
-    let key = m.set_enabled(id, enabled).await.map_err(|e| Failure::manage(e, json))?;
+async fn toggle(m: &Manager<'_>, id: &str, enabled: bool, if_version: Option<u64>, json: bool) -> Result<(), Failure> {
+    let key = m.set_enabled(id, enabled, if_version).await.map_err(|e| Failure::manage(e, json))?;
     if json {
         print_json(m.key_json(&key), json!({}));
     } else {

@@ -35,6 +35,7 @@ impl Failure {
             ManageError::NotFound(_) => "not_found",
             ManageError::Conflict(_) => "conflict",
             ManageError::RoleInUse { .. } => "role_in_use",
+            ManageError::VersionConflict { .. } => "version_conflict",
             ManageError::Store(_) => "store_unavailable",
         };
         Failure { message: e.to_string(), code, json, exit: 1 }

@@ -43,12 +43,18 @@ pub enum RolesCommand {
         /// Replaces the role's permissions (repeatable).
         #[arg(long = "permission")]
         permissions: Vec<String>,
+        /// Only if the role is still at this version (as `roles show` gives it).
+        #[arg(long)]
+        if_version: Option<u64>,
         #[arg(long)]
         json: bool,
     },
     /// Delete a role no key uses.
     Delete {
         id: String,
+        /// Only if the role is still at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -72,11 +78,12 @@ fn print_role(role: &crate::keys::model::Role, json: bool) {
         print_json(role_json(role), json!({}));
     } else {
         println!(
-            "id:          {}\nname:        {}\ndescription: {}\npermissions: {}",
+            "id:          {}\nname:        {}\ndescription: {}\npermissions: {}\nversion:     {}",
             role.id,
             role.name,
             role.description,
-            role.permissions.join(", ")
+            role.permissions.join(", "),
+            role.version
         );
     }
 }
@@ -91,7 +98,7 @@ pub async fn run(m: &Manager<'_>, command: RolesCommand) -> Result<(), Failure> 
         RolesCommand::Import { file, json } => {
             let text = read_input(&file)?;
             let summary = m.import_roles(&text).await.map_err(|e| Failure::manage(e, json))?;
-            super::keys::print_summary(summary, "role", json);
+            super::keys::print_summary(summary, "role", json)?;
         }
         RolesCommand::Create { id, name, description, permissions, json } => {
             let input = RoleInput { id: Some(id), name, description, permissions: Some(permissions) };
@@ -114,13 +121,13 @@ pub async fn run(m: &Manager<'_>, command: RolesCommand) -> Result<(), Failure> 
             let role = m.get_role(&id).await.map_err(|e| Failure::manage(e, json))?;
             print_role(&role, json);
         }
-        RolesCommand::Edit { id, name, description, permissions, json } => {
+        RolesCommand::Edit { id, name, description, permissions, if_version, json } => {
             let input = RoleInput { id: None, name, description, permissions: (!permissions.is_empty()).then_some(permissions) };
-            let role = m.edit_role(&id, input).await.map_err(|e| Failure::manage(e, json))?;
+            let role = m.edit_role(&id, input, if_version).await.map_err(|e| Failure::manage(e, json))?;
             print_role(&role, json);
         }
-        RolesCommand::Delete { id, json } => {
-            m.delete_role(&id).await.map_err(|e| Failure::manage(e, json))?;
+        RolesCommand::Delete { id, if_version, json } => {
+            m.delete_role(&id, if_version).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(json!({ "id": id, "deleted": true }), json!({}));
             } else {

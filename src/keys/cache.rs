@@ -187,11 +187,11 @@ mod tests {
         async fn update_key(&self, k: &ApiKey) -> Result<(), StoreError> {
             self.inner.update_key(k).await
         }
-        async fn delete_key(&self, id: &str) -> Result<(), StoreError> {
-            self.inner.delete_key(id).await
+        async fn delete_key(&self, id: &str, v: u64) -> Result<(), StoreError> {
+            self.inner.delete_key(id, v).await
         }
-        async fn rotate_secret(&self, id: &str, h: &TokenHash, p: &str, until: i64) -> Result<(), StoreError> {
-            self.inner.rotate_secret(id, h, p, until).await
+        async fn rotate_secret(&self, id: &str, h: &TokenHash, p: &str, until: i64, v: u64) -> Result<(), StoreError> {
+            self.inner.rotate_secret(id, h, p, until, v).await
         }
         async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
             self.inner.list_roles().await
@@ -208,14 +208,14 @@ mod tests {
         async fn update_role(&self, r: &Role) -> Result<(), StoreError> {
             self.inner.update_role(r).await
         }
-        async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
-            self.inner.delete_role(id).await
+        async fn delete_role(&self, id: &str, v: u64) -> Result<(), StoreError> {
+            self.inner.delete_role(id, v).await
         }
         async fn secrets_of(&self, id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError> {
             self.inner.secrets_of(id, now).await
         }
-        async fn put_key(&self, k: &ApiKey, s: &[SecretRecord]) -> Result<bool, StoreError> {
-            self.inner.put_key(k, s).await
+        async fn put_key(&self, k: &ApiKey, s: &[SecretRecord], e: PutExpect) -> Result<bool, StoreError> {
+            self.inner.put_key(k, s, e).await
         }
         async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
             self.inner.change_cursor().await
@@ -241,8 +241,9 @@ mod tests {
             c: crate::store::CreditChange,
             r: Option<u64>,
             p: i64,
+            e: Option<u64>,
         ) -> Result<crate::store::CreditBalance, StoreError> {
-            self.inner.change_credits(id, c, r, p).await
+            self.inner.change_credits(id, c, r, p, e).await
         }
         async fn take_credits(
             &self,
@@ -292,6 +293,7 @@ mod tests {
             quota: Default::default(),
             credits: None,
             key_prefix: String::new(),
+            version: 1,
         }
     }
 

@@ -65,6 +65,16 @@ pub struct ApiKey {
     /// by the store beside the key (it changes with every request).
     #[serde(default)]
     pub credits: Option<CreditTerms>,
+    /// 1 when created, +1 with every change to the fields above (not usage,
+    /// nor the credit balance): what `If-Match` compares and what every
+    /// store write is conditional on.
+    #[serde(default = "first_version")]
+    pub version: u64,
+}
+
+/// The version of a record written before versions existed, or just created.
+pub fn first_version() -> u64 {
+    1
 }
 
 /// Long-period quotas: requests (units of cost) per calendar hour, day and
@@ -145,6 +155,7 @@ impl ApiKey {
             key_prefix,
             quota: Quota::default(),
             credits: None,
+            version: first_version(),
         }
     }
 }
@@ -245,6 +256,9 @@ pub struct Role {
     pub name: String,
     pub description: String,
     pub permissions: Vec<String>,
+    /// As a key's: 1 when created, +1 per change.
+    #[serde(default = "first_version")]
+    pub version: u64,
 }
 
 /// Longest key name, as the reference platforms allow.

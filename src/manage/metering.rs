@@ -189,11 +189,16 @@ impl Manager<'_> {
 
     /// Adds to or sets a key's balance in the store; this node reads it
     /// again at once (others through the change feed).
-    pub(super) async fn set_balance(&self, key: &ApiKey, change: CreditChange) -> Result<CreditBalance, ManageError> {
+    pub(super) async fn set_balance(
+        &self,
+        key: &ApiKey,
+        change: CreditChange,
+        expect: Option<u64>,
+    ) -> Result<CreditBalance, ManageError> {
         let (refill, period) = credits::due(&key.credits.unwrap_or_default(), clock::now_ms());
         let balance = self
             .store
-            .change_credits(&key.key_id, change, refill, period)
+            .change_credits(&key.key_id, change, refill, period, expect)
             .await
             .map_err(|e| super::from_store(e, &format!("key `{}`", key.key_id)))?;
         if let Some(live) = self.meter {
@@ -202,9 +207,11 @@ impl Manager<'_> {
         Ok(balance)
     }
 
-    /// `POST /api-keys/{id}/credits`: `{"add": N}` or `{"set": N}`.
-    pub async fn change_credits(&self, key_id: &str, change: CreditChange) -> Result<Value, ManageError> {
+    /// `POST /api-keys/{id}/credits`: `{"add": N}` or `{"set": N}`; with
+    /// `expect`, only if the key is at that version.
+    pub async fn change_credits(&self, key_id: &str, change: CreditChange, expect: Option<u64>) -> Result<Value, ManageError> {
         let mut key = self.get_key(key_id).await?;
+        super::expected(&format!("key `{key_id}`"), key.version, expect)?;
         let n = match change {
             CreditChange::Add(n) | CreditChange::Set(n) => n,
         };
@@ -213,12 +220,14 @@ impl Manager<'_> {
             return Err(invalid(field, format!("must be a whole number up to {MAX_CREDITS}")));
         }
         let before = self.credits_json(&key).await?;
+        let mut expect = expect;
         if key.credits.is_none() {
             // Giving credits to a key makes it spend them.
-            key.credits = Some(CreditTerms::default());
-            self.store.update_key(&key).await.map_err(|e| super::from_store(e, &format!("key `{key_id}`")))?;
+            let input = KeyInput { credits: Some(Some(CreditsInput::default())), ..KeyInput::default() };
+            key = self.change_key(key_id, input, "key.edit", expect).await?;
+            expect = expect.map(|_| key.version);
         }
-        self.set_balance(&key, change).await?;
+        self.set_balance(&key, change, expect).await?;
         let after = self.credits_json(&key).await?;
         self.audit("key.credits", key_id, Some(before.clone()), Some(after.clone())).await;
         Ok(after)

@@ -38,6 +38,10 @@ pub enum ManageError {
     Conflict(String),
     #[error("role `{role}` is used by {keys} key(s): reassign or delete them first")]
     RoleInUse { role: String, keys: u64 },
+    /// `If-Match` (or `--if-version`) named another version than the
+    /// record has: nothing was changed.
+    #[error("{what} is at version {current}, not the version this change was made for: read it again")]
+    VersionConflict { what: String, current: u64 },
     #[error("{0}")]
     Store(StoreError),
 }
@@ -53,9 +57,33 @@ fn checked_text(field: &str, value: String, max: usize) -> Result<String, Manage
     Ok(value)
 }
 
+/// How many times a change is made again when another change lands
+/// between its read and its conditional write.
+const CHANGE_TRIES: usize = 32;
+
+/// The refusal when every try of a change met another change first.
+fn too_busy(what: &str) -> ManageError {
+    ManageError::Conflict(format!("{what} changed {CHANGE_TRIES} times while this change was being made: try again"))
+}
+
+/// Refuses a change made for another version than the record is at.
+fn expected(what: &str, current: u64, expect: Option<u64>) -> Result<(), ManageError> {
+    match expect {
+        Some(want) if want != current => Err(ManageError::VersionConflict { what: what.into(), current }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a conditional write lost to another change and may be made
+/// again: only when the caller named no version of its own.
+fn retry(e: &StoreError, expect: Option<u64>) -> bool {
+    matches!(e, StoreError::VersionConflict { .. }) && expect.is_none()
+}
+
 fn from_store(e: StoreError, what: &str) -> ManageError {
     match e {
         StoreError::NotFound => ManageError::NotFound(what.into()),
+        StoreError::VersionConflict { current } => ManageError::VersionConflict { what: what.into(), current },
         StoreError::Conflict(m) => ManageError::Conflict(m),
         StoreError::RoleInUse { keys } => ManageError::RoleInUse { role: what.into(), keys },
         other => ManageError::Store(other),
@@ -166,7 +194,7 @@ impl Manager<'_> {
         self.apply(&mut key, input).await?;
         self.store.insert_key(&key, &TokenHash::of(&secret)).await.map_err(|e| from_store(e, &key.key_id))?;
         if let Some(n) = balance {
-            self.set_balance(&key, crate::store::CreditChange::Set(n)).await?;
+            self.set_balance(&key, crate::store::CreditChange::Set(n), None).await?;
         }
         let action = if imported { "key.import" } else { "key.create" };
         self.audit(action, &key.key_id, None, Some(self.key_json(&key))).await;
@@ -187,57 +215,91 @@ impl Manager<'_> {
             .ok_or_else(|| ManageError::NotFound(format!("key `{key_id}`")))
     }
 
-    /// Changes the given fields of a key.
-    pub async fn edit_key(&self, key_id: &str, input: KeyInput) -> Result<ApiKey, ManageError> {
-        self.change_key(key_id, input, "key.edit").await
+    /// Changes the given fields of a key; with `expect`, only if the key
+    /// is at that version.
+    pub async fn edit_key(&self, key_id: &str, input: KeyInput, expect: Option<u64>) -> Result<ApiKey, ManageError> {
+        self.change_key(key_id, input, "key.edit", expect).await
     }
 
-    async fn change_key(&self, key_id: &str, input: KeyInput, action: &str) -> Result<ApiKey, ManageError> {
-        let mut key = self.get_key(key_id).await?;
-        let before = self.key_json(&key);
+    /// Reads the key, applies `input` and writes it if the key is still at
+    /// the version read (another change in between: read again and apply
+    /// again), so a change never writes back a field it did not name.
+    async fn change_key(&self, key_id: &str, input: KeyInput, action: &str, expect: Option<u64>) -> Result<ApiKey, ManageError> {
+        let what = format!("key `{key_id}`");
         let balance = metering::balance_to_set(&input);
-        self.apply(&mut key, input).await?;
-        self.store.update_key(&key).await.map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
-        if let Some(n) = balance {
-            self.set_balance(&key, crate::store::CreditChange::Set(n)).await?;
+        for _ in 0..CHANGE_TRIES {
+            let before = self.get_key(key_id).await?;
+            expected(&what, before.version, expect)?;
+            let mut key = before.clone();
+            self.apply(&mut key, input.clone()).await?;
+            match self.store.update_key(&key).await {
+                Ok(()) => key.version += 1,
+                Err(e) if retry(&e, expect) => continue,
+                Err(e) => return Err(from_store(e, &what)),
+            }
+            if let Some(n) = balance {
+                self.set_balance(&key, crate::store::CreditChange::Set(n), None).await?;
+            }
+            self.audit(action, key_id, Some(self.key_json(&before)), Some(self.key_json(&key))).await;
+            return Ok(key);
         }
-        self.audit(action, key_id, Some(before), Some(self.key_json(&key))).await;
-        Ok(key)
+        Err(too_busy(&what))
     }
 
     /// Enables or disables a key.
-    pub async fn set_enabled(&self, key_id: &str, enabled: bool) -> Result<ApiKey, ManageError> {
+    pub async fn set_enabled(&self, key_id: &str, enabled: bool, expect: Option<u64>) -> Result<ApiKey, ManageError> {
         let action = if enabled { "key.enable" } else { "key.disable" };
-        self.change_key(key_id, KeyInput { enabled: Some(enabled), ..KeyInput::default() }, action).await
+        self.change_key(key_id, KeyInput { enabled: Some(enabled), ..KeyInput::default() }, action, expect).await
     }
 
-    /// Deletes a key: it stops working on every node.
-    pub async fn delete_key(&self, key_id: &str) -> Result<(), ManageError> {
-        let before = self.get_key(key_id).await?;
-        self.store.delete_key(key_id).await.map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
-        self.audit("key.delete", key_id, Some(self.key_json(&before)), None).await;
-        Ok(())
+    /// Deletes a key: it stops working on every node, and its id is
+    /// remembered so that no import brings it back unasked.
+    pub async fn delete_key(&self, key_id: &str, expect: Option<u64>) -> Result<(), ManageError> {
+        let what = format!("key `{key_id}`");
+        for _ in 0..CHANGE_TRIES {
+            let before = self.get_key(key_id).await?;
+            expected(&what, before.version, expect)?;
+            match self.store.delete_key(key_id, before.version).await {
+                Ok(()) => {}
+                Err(e) if retry(&e, expect) => continue,
+                Err(e) => return Err(from_store(e, &what)),
+            }
+            self.audit("key.delete", key_id, Some(self.key_json(&before)), None).await;
+            return Ok(());
+        }
+        Err(too_busy(&what))
     }
 
     /// Gives a key a new secret; the old one works for `grace_seconds` more.
-    pub async fn rotate_key(&self, key_id: &str, grace_seconds: u64) -> Result<(ApiKey, String), ManageError> {
+    pub async fn rotate_key(
+        &self,
+        key_id: &str,
+        grace_seconds: u64,
+        expect: Option<u64>,
+    ) -> Result<(ApiKey, String), ManageError> {
         if grace_seconds > MAX_GRACE_SECONDS {
             return Err(invalid("graceSeconds", format!("must be at most {MAX_GRACE_SECONDS}")));
         }
-        let mut key = self.get_key(key_id).await?;
-        let before = self.key_json(&key);
-        let brand = &self.config.keys.brand;
-        let secret = token::generate(brand, key.env);
-        key.key_prefix = token::mask(&secret, brand);
-        let until = clock::now_unix() + grace_seconds as i64;
-        self.store
-            .rotate_secret(key_id, &TokenHash::of(&secret), &key.key_prefix, until)
-            .await
-            .map_err(|e| from_store(e, &format!("key `{key_id}`")))?;
-        let mut after = self.key_json(&key);
-        after["previousSecretValidUntil"] = clock::rfc3339(until).into();
-        self.audit("key.rotate", key_id, Some(before), Some(after)).await;
-        Ok((key, secret))
+        let what = format!("key `{key_id}`");
+        for _ in 0..CHANGE_TRIES {
+            let before = self.get_key(key_id).await?;
+            expected(&what, before.version, expect)?;
+            let mut key = before.clone();
+            let brand = &self.config.keys.brand;
+            let secret = token::generate(brand, key.env);
+            key.key_prefix = token::mask(&secret, brand);
+            let until = clock::now_unix() + grace_seconds as i64;
+            match self.store.rotate_secret(key_id, &TokenHash::of(&secret), &key.key_prefix, until, before.version).await {
+                Ok(()) => key.version += 1,
+                Err(e) if retry(&e, expect) => continue,
+                Err(e) => return Err(from_store(e, &what)),
+            }
+            let mut after = self.key_json(&key);
+            after["previousSecretValidUntil"] = clock::rfc3339(until).into();
+            self.audit("key.rotate", key_id, Some(self.key_json(&before)), Some(after)).await;
+            return Ok((key, secret));
+        }
+        Err(too_busy(&what))
     }
 
     fn check_role_permissions(&self, perms: &[String]) -> Result<(), ManageError> {
@@ -259,7 +321,7 @@ impl Manager<'_> {
         let name = input.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| id.clone());
         let name = checked_text("name", name, model::MAX_NAME_CHARS)?;
         let description = checked_text("description", input.description.unwrap_or_default(), model::MAX_TEXT_CHARS)?;
-        let role = Role { id, name, description, permissions };
+        let role = Role { id, name, description, permissions, version: model::first_version() };
         self.store.insert_role(&role).await.map_err(|e| from_store(e, &role.id))?;
         self.audit("role.create", &role.id, None, Some(role_json(&role))).await;
         Ok(role)
@@ -275,38 +337,57 @@ impl Manager<'_> {
         self.store.get_role(id).await.map_err(ManageError::Store)?.ok_or_else(|| ManageError::NotFound(format!("role `{id}`")))
     }
 
-    /// Changes the given fields of a role; every node sees it at once.
-    pub async fn edit_role(&self, id: &str, input: RoleInput) -> Result<Role, ManageError> {
-        let mut role = self.get_role(id).await?;
-        let before = role_json(&role);
-        if let Some(name) = input.name {
-            role.name = checked_text("name", name, model::MAX_NAME_CHARS)?;
-        }
-        if let Some(d) = input.description {
-            role.description = checked_text("description", d, model::MAX_TEXT_CHARS)?;
-        }
-        if let Some(perms) = input.permissions {
-            let perms = dedup(perms);
-            if perms.is_empty() {
-                return Err(invalid("permissions", "a role needs at least one permission"));
+    /// Changes the given fields of a role (every node sees it at once);
+    /// with `expect`, only if the role is at that version.
+    pub async fn edit_role(&self, id: &str, input: RoleInput, expect: Option<u64>) -> Result<Role, ManageError> {
+        let what = format!("role `{id}`");
+        let name = input.name.map(|n| checked_text("name", n, model::MAX_NAME_CHARS)).transpose()?;
+        let description = input.description.map(|d| checked_text("description", d, model::MAX_TEXT_CHARS)).transpose()?;
+        let permissions = match input.permissions {
+            None => None,
+            Some(perms) => {
+                let perms = dedup(perms);
+                if perms.is_empty() {
+                    return Err(invalid("permissions", "a role needs at least one permission"));
+                }
+                self.check_role_permissions(&perms)?;
+                Some(perms)
             }
-            self.check_role_permissions(&perms)?;
-            role.permissions = perms;
+        };
+        for _ in 0..CHANGE_TRIES {
+            let before = self.get_role(id).await?;
+            expected(&what, before.version, expect)?;
+            let mut role = before.clone();
+            role.name = name.clone().unwrap_or(role.name);
+            role.description = description.clone().unwrap_or(role.description);
+            role.permissions = permissions.clone().unwrap_or(role.permissions);
+            match self.store.update_role(&role).await {
+                Ok(()) => role.version += 1,
+                Err(e) if retry(&e, expect) => continue,
+                Err(e) => return Err(from_store(e, &what)),
+            }
+            self.audit("role.edit", id, Some(role_json(&before)), Some(role_json(&role))).await;
+            return Ok(role);
         }
-        self.store.update_role(&role).await.map_err(|e| from_store(e, &format!("role `{id}`")))?;
-        self.audit("role.edit", id, Some(before), Some(role_json(&role))).await;
-        Ok(role)
+        Err(too_busy(&what))
     }
 
     /// Deletes a role that no key uses.
-    pub async fn delete_role(&self, id: &str) -> Result<(), ManageError> {
-        let before = self.get_role(id).await?;
-        self.store.delete_role(id).await.map_err(|e| match e {
-            StoreError::RoleInUse { keys } => ManageError::RoleInUse { role: id.into(), keys },
-            other => from_store(other, &format!("role `{id}`")),
-        })?;
-        self.audit("role.delete", id, Some(role_json(&before)), None).await;
-        Ok(())
+    pub async fn delete_role(&self, id: &str, expect: Option<u64>) -> Result<(), ManageError> {
+        let what = format!("role `{id}`");
+        for _ in 0..CHANGE_TRIES {
+            let before = self.get_role(id).await?;
+            expected(&what, before.version, expect)?;
+            match self.store.delete_role(id, before.version).await {
+                Ok(()) => {}
+                Err(e) if retry(&e, expect) => continue,
+                Err(StoreError::RoleInUse { keys }) => return Err(ManageError::RoleInUse { role: id.into(), keys }),
+                Err(e) => return Err(from_store(e, &what)),
+            }
+            self.audit("role.delete", id, Some(role_json(&before)), None).await;
+            return Ok(());
+        }
+        Err(too_busy(&what))
     }
 
     /// The JSON form of a key (camelCase, masked, never a secret or hash).
@@ -333,13 +414,20 @@ impl Manager<'_> {
             "keyPrefix": key.key_prefix,
             "quota": metering::quota_json(&self.config.limits_for(key).quota),
             "credits": key.credits.map(|c| metering::terms_json(&c)),
+            "version": key.version,
         })
     }
 }
 
 /// The JSON form of a role.
 pub fn role_json(role: &Role) -> Value {
-    json!({ "id": role.id, "name": role.name, "description": role.description, "permissions": role.permissions })
+    json!({
+        "id": role.id,
+        "name": role.name,
+        "description": role.description,
+        "permissions": role.permissions,
+        "version": role.version,
+    })
 }
 
 fn dedup(items: Vec<String>) -> Vec<String> {

@@ -5,13 +5,16 @@
 //! an import restores it so the same secret keeps working. A line may carry
 //! a `token` instead (an existing platform's tokens, in bulk). An import is
 //! checked whole before anything is written: one bad line and nothing
-//! changes.
+//! changes. Each line is then written only if its key is still as the
+//! check found it (at the same version, or absent and never deleted): a
+//! line that lost to a change made since is reported as a conflict, and
+//! nothing of it is written.
 
 use super::{checked_text, dedup, from_store, invalid, role_json, CreditsInput, KeyInput, ManageError, Manager, QuotaInput};
 use crate::clock;
 use crate::keys::model::{self, ApiKey, Role};
 use crate::keys::token::{self, TokenHash};
-use crate::store::{KeyQuery, SecretRecord};
+use crate::store::{KeyQuery, PutExpect, SecretRecord, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
@@ -140,10 +143,45 @@ pub fn json_lines<T: Serialize>(items: &[T]) -> String {
 }
 
 /// What an import did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ImportSummary {
     pub created: usize,
     pub updated: usize,
+    /// Lines not written: their key changed since the import checked it.
+    pub conflicts: Vec<ImportConflict>,
+}
+
+/// A line of an import that was not written, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportConflict {
+    pub line: usize,
+    pub key_id: String,
+    pub reason: String,
+}
+
+impl ImportSummary {
+    fn conflict(&mut self, line: usize, key_id: &str, reason: String) {
+        self.conflicts.push(ImportConflict { line, key_id: key_id.to_string(), reason });
+    }
+}
+
+/// Why a line's conditional write found another state than the check did,
+/// or `None` when the store refused it for another reason.
+fn conflict_reason(expect: PutExpect, e: &StoreError) -> Option<String> {
+    Some(match (expect, e) {
+        (PutExpect::Version(_), StoreError::NotFound) => "deleted since the import was checked".to_string(),
+        (PutExpect::Version(v), StoreError::VersionConflict { current }) => {
+            format!("changed since the import was checked (version {v} then, {current} now)")
+        }
+        (PutExpect::Absent { .. }, StoreError::VersionConflict { current }) => {
+            format!("created since the import was checked (now at version {current})")
+        }
+        (PutExpect::Absent { .. }, StoreError::Deleted) => {
+            "this key was deleted: give recreateDeleted (--recreate-deleted) to create it again".to_string()
+        }
+        _ => return None,
+    })
 }
 
 /// A key ready to be written, from line `line`, and the key it replaces.
@@ -152,6 +190,8 @@ struct Checked {
     key: ApiKey,
     secrets: Vec<SecretRecord>,
     before: Option<ApiKey>,
+    /// What the check found: the write happens only if the store still holds it.
+    expect: PutExpect,
     /// The credit balance the line sets.
     balance: Option<u64>,
 }
@@ -256,13 +296,14 @@ impl Manager<'_> {
     }
 
     /// Restores keys from JSON lines: by `keyId`, existing keys are
-    /// replaced by the line and others created. Checked whole first.
-    pub async fn import_keys(&self, text: &str) -> Result<ImportSummary, ManageError> {
+    /// replaced by the line and others created (a deleted key only with
+    /// `recreate_deleted`). Checked whole first.
+    pub async fn import_keys(&self, text: &str, recreate_deleted: bool) -> Result<ImportSummary, ManageError> {
         let (mut checked, mut errors) = (Vec::new(), Vec::new());
         let (mut ids, mut hashes) = (HashSet::new(), HashSet::new());
         for (n, text) in lines(text) {
             let result = match serde_json::from_str::<KeyLine>(text) {
-                Ok(line) => self.check_key_line(n, line).await,
+                Ok(line) => self.check_key_line(n, line, recreate_deleted).await,
                 Err(e) => Err(not_a_line(&e, "key")),
             };
             match result {
@@ -284,27 +325,44 @@ impl Manager<'_> {
         let mut summary = ImportSummary::default();
         for c in checked {
             let before = c.before.as_ref().map(|k| self.key_json(k));
-            let created = self.store.put_key(&c.key, &c.secrets).await.map_err(|e| {
-                let written = summary.created + summary.updated;
-                let e = from_store(e, &format!("key `{}`", c.key.key_id));
-                invalid("lines", format!("{} ({written} line(s) before it were imported)", at_line(c.line, e)))
-            })?;
+            let created = match self.store.put_key(&c.key, &c.secrets, c.expect).await {
+                Ok(created) => created,
+                Err(e) => match conflict_reason(c.expect, &e) {
+                    Some(reason) => {
+                        summary.conflict(c.line, &c.key.key_id, reason);
+                        continue;
+                    }
+                    None => {
+                        let written = summary.created + summary.updated;
+                        let e = from_store(e, &format!("key `{}`", c.key.key_id));
+                        return Err(invalid(
+                            "lines",
+                            format!("{} ({written} line(s) before it were imported)", at_line(c.line, e)),
+                        ));
+                    }
+                },
+            };
+            let mut key = c.key;
+            key.version = match c.expect {
+                PutExpect::Version(v) => v + 1,
+                PutExpect::Absent { .. } => self.get_key(&key.key_id).await.map(|k| k.version).unwrap_or(key.version),
+            };
             if let Some(n) = c.balance {
-                self.set_balance(&c.key, crate::store::CreditChange::Set(n as i64)).await?;
+                self.set_balance(&key, crate::store::CreditChange::Set(n as i64), None).await?;
             }
             if created {
                 summary.created += 1;
             } else {
                 summary.updated += 1;
             }
-            self.audit("key.import", &c.key.key_id, before, Some(self.key_json(&c.key))).await;
+            self.audit("key.import", &key.key_id, before, Some(self.key_json(&key))).await;
         }
         Ok(summary)
     }
 
     /// One line made into a key and its secrets, checked as create would,
     /// and against the store (role, plan, who holds each secret).
-    async fn check_key_line(&self, n: usize, line: KeyLine) -> Result<Checked, ManageError> {
+    async fn check_key_line(&self, n: usize, line: KeyLine, recreate_deleted: bool) -> Result<Checked, ManageError> {
         let now = clock::now_unix();
         let brand = &self.config.keys.brand;
         let key_id = match &line.key_id {
@@ -393,7 +451,11 @@ impl Manager<'_> {
         if balance.is_some_and(|n| n > super::MAX_CREDITS) {
             return Err(invalid("credits.remaining", format!("must be at most {}", super::MAX_CREDITS)));
         }
-        Ok(Checked { line: n, key, secrets, before: existing, balance })
+        let expect = match &existing {
+            Some(k) => PutExpect::Version(k.version),
+            None => PutExpect::Absent { recreate_deleted },
+        };
+        Ok(Checked { line: n, key, secrets, before: existing, expect, balance })
     }
 
     /// Restores roles from JSON lines: by `id`, existing roles are replaced
@@ -414,14 +476,30 @@ impl Manager<'_> {
             return Err(refusal(errors));
         }
         let mut summary = ImportSummary::default();
-        for (n, role) in roles {
+        for (n, mut role) in roles {
             let before = self.store.get_role(&role.id).await.map_err(ManageError::Store)?;
             let written = match &before {
-                Some(_) => self.store.update_role(&role).await,
+                Some(b) => {
+                    role.version = b.version;
+                    self.store.update_role(&role).await
+                }
                 None => self.store.insert_role(&role).await,
             };
-            written.map_err(|e| invalid("lines", at_line(n, from_store(e, &format!("role `{}`", role.id)))))?;
+            match written {
+                Ok(()) => {}
+                // Another change came between the read and the write.
+                Err(StoreError::VersionConflict { current }) => {
+                    summary.conflict(n, &role.id, format!("changed while the import ran (now at version {current})"));
+                    continue;
+                }
+                Err(StoreError::Conflict(_)) if before.is_none() => {
+                    summary.conflict(n, &role.id, "created while the import ran".into());
+                    continue;
+                }
+                Err(e) => return Err(invalid("lines", at_line(n, from_store(e, &format!("role `{}`", role.id))))),
+            }
             if before.is_some() {
+                role.version += 1;
                 summary.updated += 1;
             } else {
                 summary.created += 1;
@@ -444,6 +522,7 @@ impl Manager<'_> {
             description: checked_text("description", line.description, model::MAX_TEXT_CHARS)?,
             id: line.id,
             permissions,
+            version: model::first_version(),
         })
     }
 }

@@ -391,7 +391,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
         let key = ApiKey::blank("key_a".into(), Env::Live, "kg_live_a".into(), 0);
         store.insert_key(&key, &TokenHash::of("token-a")).await.unwrap();
-        store.change_credits("key_a", CreditChange::Set(2), None, 0).await.unwrap();
+        store.change_credits("key_a", CreditChange::Set(2), None, 0, None).await.unwrap();
         let terms = CreditTerms::default();
         let (node, other) = (Credits::shared(2), Credits::shared(2));
         assert!(other.spend(&store, "key_a", &terms, 1, T0).await.unwrap().allowed);
@@ -406,7 +406,7 @@ mod tests {
         let later = T0 + EMPTY_RECHECK_MS + 1;
         assert!(!node.spend(&store, "key_a", &terms, 1, later).await.unwrap().allowed);
         // A top-up comes by the change feed and is seen at once.
-        store.change_credits("key_a", CreditChange::Add(5), None, 0).await.unwrap();
+        store.change_credits("key_a", CreditChange::Add(5), None, 0, None).await.unwrap();
         node.forget("key_a");
         assert!(node.spend(&store, "key_a", &terms, 1, later).await.unwrap().allowed);
     }

@@ -28,7 +28,30 @@ pub enum StoreError {
     RoleInUse { keys: u64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A conditional write found another version: another change came
+    /// first, and nothing was written.
+    #[error("changed since it was read: it is at version {current} now")]
+    VersionConflict { current: u64 },
+    /// A restore meant to create a key whose id was deleted (a tombstone
+    /// remembers it): nothing was written.
+    #[error("was deleted")]
+    Deleted,
 }
+
+/// What a restore (`put_key`) expects to find under the key's id; the write
+/// happens only if it finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutExpect {
+    /// No key. With `recreate_deleted`, an id that was deleted may be
+    /// created again (its versions go on from the deleted key's).
+    Absent { recreate_deleted: bool },
+    /// The key at exactly this version: it is replaced.
+    Version(u64),
+}
+
+/// How long a deleted key's id is remembered, so that an import or a
+/// restore does not bring the key back unasked.
+pub const TOMBSTONE_RETENTION_DAYS: i64 = 400;
 
 /// What a change-feed entry touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,23 +313,31 @@ pub trait Store: Send + Sync {
     async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError>;
     /// Stores a new key with its secret's hash; `Conflict` if either exists.
     async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError>;
-    /// Replaces every field of an existing key (not its secrets).
+    /// Writes a key's fields (not its secrets, usage or creation time) if
+    /// the stored key is still at `key.version`, and makes it
+    /// `key.version + 1`; `VersionConflict` if another change came first.
     async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError>;
-    /// Removes a key and its secrets; `NotFound` if absent.
-    async fn delete_key(&self, key_id: &str) -> Result<(), StoreError>;
+    /// Removes a key and its secrets if it is still at `version`, keeping a
+    /// tombstone of its id; `NotFound` if absent.
+    async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError>;
     /// A key's secrets (hashes) that still work at `now`, the current one first.
     async fn secrets_of(&self, key_id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError>;
-    /// Writes a key whole, creating it or replacing the key with its id, with
-    /// exactly these secrets (what an import restores); says whether it
-    /// created it. `Conflict` if a secret belongs to another key.
-    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord]) -> Result<bool, StoreError>;
-    /// Adds a new secret; older ones stop working at `old_valid_until` (Unix seconds).
+    /// Writes a key whole with exactly these secrets (what an import
+    /// restores) if the store holds what `expect` says, else `NotFound`,
+    /// `VersionConflict` or `Deleted` and nothing is written. Says whether it
+    /// created the key. Usage counts only go up: a replaced key keeps the
+    /// larger of its own and the restored ones. `Conflict` if a secret
+    /// belongs to another key.
+    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError>;
+    /// Adds a new secret if the key is still at `version` (and makes it
+    /// `version + 1`); older ones stop working at `old_valid_until` (Unix seconds).
     async fn rotate_secret(
         &self,
         key_id: &str,
         hash: &TokenHash,
         key_prefix: &str,
         old_valid_until: i64,
+        version: u64,
     ) -> Result<(), StoreError>;
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError>;
     async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError>;
@@ -314,9 +345,11 @@ pub trait Store: Send + Sync {
     async fn insert_role(&self, role: &Role) -> Result<(), StoreError>;
     /// Creates a role only when its id is free; says whether it did.
     async fn insert_role_if_absent(&self, role: &Role) -> Result<bool, StoreError>;
+    /// Writes a role if it is still at `role.version`, making it
+    /// `role.version + 1`; `VersionConflict` if another change came first.
     async fn update_role(&self, role: &Role) -> Result<(), StoreError>;
-    /// Deletes a role no key uses: `RoleInUse` otherwise.
-    async fn delete_role(&self, id: &str) -> Result<(), StoreError>;
+    /// Deletes a role no key uses (`RoleInUse` otherwise) if it is still at `version`.
+    async fn delete_role(&self, id: &str, version: u64) -> Result<(), StoreError>;
     /// The feed's newest entry (sequence 0 for none).
     async fn change_cursor(&self) -> Result<FeedCursor, StoreError>;
     /// Changes after `from`.
@@ -329,13 +362,16 @@ pub trait Store: Send + Sync {
     async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError>;
     /// Adds to or sets a key's balance (refilling it first when `refill`
     /// is due in refill window `period`); a set starts a new generation.
-    /// Goes into the change feed, so every node reads the balance again.
+    /// With `expect`, only if the key is at that version (the balance is
+    /// not one of the key's fields: its version stays). Goes into the
+    /// change feed, so every node reads the balance again.
     async fn change_credits(
         &self,
         key_id: &str,
         change: CreditChange,
         refill: Option<u64>,
         period: i64,
+        expect: Option<u64>,
     ) -> Result<CreditBalance, StoreError>;
     /// Takes credits for a node to spend (refilling first when due in
     /// refill window `period`): `need` units or none, and up to `want`

@@ -37,6 +37,11 @@ fn to_store_error(e: RedisFailure) -> StoreError {
                 "notfound" => StoreError::NotFound,
                 "roleinuse" => StoreError::RoleInUse { keys: rest.trim().parse().unwrap_or(1) },
                 "conflict" => StoreError::Conflict(rest.to_string()),
+                "stale" => match rest.trim().parse() {
+                    Ok(current) => StoreError::VersionConflict { current },
+                    Err(_) => StoreError::Corrupt(format!("a version `{rest}`")),
+                },
+                "deleted" => StoreError::Deleted,
                 _ => StoreError::Unavailable(msg),
             }
         }
@@ -48,8 +53,10 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-fn key_json(key: &ApiKey) -> Result<String, StoreError> {
+/// The stored JSON of a key at version `version`.
+fn key_json_at(key: &ApiKey, version: u64) -> Result<String, StoreError> {
     let mut stored = key.clone();
+    stored.version = version;
     // Usage lives in its own hash, written in batches.
     stored.usage_count = 0;
     stored.last_used = None;
@@ -173,7 +180,7 @@ impl Store for RedisStore {
     async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
         let args = vec![
             key.key_id.clone(),
-            key_json(key)?,
+            key_json_at(key, key.version)?,
             hash.to_hex(),
             key.role.clone().unwrap_or_default(),
             key.created_at.to_string(),
@@ -183,7 +190,13 @@ impl Store for RedisStore {
     }
 
     async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let args = vec![key.key_id.clone(), key_json(key)?, key.role.clone().unwrap_or_default(), now_unix_ms().to_string()];
+        let args = vec![
+            key.key_id.clone(),
+            key_json_at(key, key.version + 1)?,
+            key.role.clone().unwrap_or_default(),
+            now_unix_ms().to_string(),
+            key.version.to_string(),
+        ];
         self.invoke::<i64>("update_key", &scripts::UPDATE_KEY, args).await.map(|_| ())
     }
 
@@ -210,15 +223,26 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord]) -> Result<bool, StoreError> {
+    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError> {
+        // The version written, and what the script must find for it to hold.
+        let (version, expect) = match expect {
+            PutExpect::Version(v) => (v + 1, format!("v{v}")),
+            PutExpect::Absent { recreate_deleted: false } => (crate::keys::model::first_version(), "absent".to_string()),
+            PutExpect::Absent { recreate_deleted: true } => {
+                let tomb: Option<u64> =
+                    self.query("put_key", ::redis::cmd("GET").arg(format!("{PREFIX}tomb:{}", key.key_id)).to_owned()).await?;
+                (tomb.unwrap_or(0) + 1, format!("tomb{}", tomb.unwrap_or(0)))
+            }
+        };
         let mut args = vec![
             key.key_id.clone(),
-            key_json(key)?,
+            key_json_at(key, version)?,
             key.role.clone().unwrap_or_default(),
             key.created_at.to_string(),
             now_unix_ms().to_string(),
             key.usage_count.to_string(),
             key.last_used.map(|t| t.to_string()).unwrap_or_default(),
+            expect,
         ];
         for s in secrets {
             args.push(s.hash.to_hex());
@@ -227,8 +251,13 @@ impl Store for RedisStore {
         self.invoke::<i64>("put_key", &scripts::PUT_KEY, args).await.map(|n| n == 1)
     }
 
-    async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
-        let args = vec![key_id.to_string(), now_unix_ms().to_string()];
+    async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError> {
+        let args = vec![
+            key_id.to_string(),
+            now_unix_ms().to_string(),
+            version.to_string(),
+            (TOMBSTONE_RETENTION_DAYS * 86_400).to_string(),
+        ];
         self.invoke::<i64>("delete_key", &scripts::DELETE_KEY, args).await.map(|_| ())
     }
 
@@ -238,16 +267,22 @@ impl Store for RedisStore {
         hash: &TokenHash,
         key_prefix: &str,
         old_valid_until: i64,
+        version: u64,
     ) -> Result<(), StoreError> {
         let mut key = self.get_key(key_id).await?.ok_or(StoreError::NotFound)?;
+        if key.version != version {
+            return Err(StoreError::VersionConflict { current: key.version });
+        }
         key.key_prefix = key_prefix.to_string();
+        // The script writes it only if nothing changed since the read.
         let args = vec![
             key_id.to_string(),
-            key_json(&key)?,
+            key_json_at(&key, version + 1)?,
             hash.to_hex(),
             old_valid_until.to_string(),
             now_unix().to_string(),
             now_unix_ms().to_string(),
+            version.to_string(),
         ];
         self.invoke::<i64>("rotate_secret", &scripts::ROTATE_SECRET, args).await.map(|_| ())
     }
@@ -281,14 +316,19 @@ impl Store for RedisStore {
     }
 
     async fn update_role(&self, role: &Role) -> Result<(), StoreError> {
-        let args = vec![role.id.clone(), serde_json::to_string(role).map_err(corrupt)?, now_unix_ms().to_string()];
+        let next = Role { version: role.version + 1, ..role.clone() };
+        let args = vec![
+            role.id.clone(),
+            serde_json::to_string(&next).map_err(corrupt)?,
+            now_unix_ms().to_string(),
+            role.version.to_string(),
+        ];
         self.invoke::<i64>("update_role", &scripts::UPDATE_ROLE, args).await.map(|_| ())
     }
 
-    async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
-        self.invoke::<i64>("delete_role", &scripts::DELETE_ROLE, vec![id.to_string(), now_unix_ms().to_string()])
-            .await
-            .map(|_| ())
+    async fn delete_role(&self, id: &str, version: u64) -> Result<(), StoreError> {
+        let args = vec![id.to_string(), now_unix_ms().to_string(), version.to_string()];
+        self.invoke::<i64>("delete_role", &scripts::DELETE_ROLE, args).await.map(|_| ())
     }
 
     async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
@@ -421,6 +461,7 @@ impl Store for RedisStore {
         change: CreditChange,
         refill: Option<u64>,
         period: i64,
+        expect: Option<u64>,
     ) -> Result<CreditBalance, StoreError> {
         let (op, n) = match change {
             CreditChange::Add(n) => ("add", n),
@@ -433,6 +474,7 @@ impl Store for RedisStore {
             refill.map(|r| r.to_string()).unwrap_or_default(),
             period.to_string(),
             now_unix_ms().to_string(),
+            expect.map(|v| v.to_string()).unwrap_or_default(),
         ];
         let (remaining, period, generation): (i64, i64, i64) =
             self.invoke("change_credits", &scripts::CHANGE_CREDITS, args).await?;

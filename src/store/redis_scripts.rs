@@ -28,6 +28,19 @@ local function role_of(json)
   if type(r) == 'string' then return r end
   return ''
 end
+-- A record's version (1 for one written before versions existed).
+local function version_of(json)
+  local v = cjson.decode(json)['version']
+  if type(v) == 'number' then return v end
+  return 1
+end
+-- Refuses unless the record `json` (false when absent) is at `want`.
+local function check_version(json, want)
+  if not json then return refuse('notfound') end
+  local v = version_of(json)
+  if v ~= tonumber(want) then return refuse('stale ' .. v) end
+  return nil
+end
 "#;
 
 fn script(body: &str) -> Script {
@@ -52,13 +65,15 @@ return feed('key', id, at)
     )
 });
 
-/// ARGV: key_id, json, role ('' for none), at_ms.
+/// ARGV: key_id, json (at the new version), role ('' for none), at_ms,
+/// the version the key must still be at.
 pub static UPDATE_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local id, json, role, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local old = redis.call('GET', P .. 'key:' .. id)
-if not old then return refuse('notfound') end
+local stale = check_version(old, ARGV[5])
+if stale then return stale end
 if role ~= '' and redis.call('EXISTS', P .. 'role:' .. role) == 0 then return refuse('conflict role `' .. role .. '` does not exist') end
 local old_role = role_of(old)
 if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
@@ -69,13 +84,16 @@ return feed('key', id, at)
     )
 });
 
-/// ARGV: key_id, at_ms.
+/// ARGV: key_id, at_ms, the version the key must still be at, seconds to
+/// keep its tombstone.
 pub static DELETE_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local id, at = ARGV[1], ARGV[2]
 local old = redis.call('GET', P .. 'key:' .. id)
-if not old then return refuse('notfound') end
+local stale = check_version(old, ARGV[3])
+if stale then return stale end
+redis.call('SET', P .. 'tomb:' .. id, ARGV[3], 'EX', ARGV[4])
 for _, h in ipairs(redis.call('SMEMBERS', P .. 'secrets:' .. id)) do redis.call('DEL', P .. 'secret:' .. h) end
 local old_role = role_of(old)
 if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
@@ -86,12 +104,14 @@ return feed('key', id, at)
     )
 });
 
-/// ARGV: key_id, new json (with the new prefix), new hash, old_valid_until, now, at_ms.
+/// ARGV: key_id, new json (with the new prefix, at the new version), new
+/// hash, old_valid_until, now, at_ms, the version the key must still be at.
 pub static ROTATE_SECRET: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local id, json, hash, untl, now, at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-if redis.call('EXISTS', P .. 'key:' .. id) == 0 then return refuse('notfound') end
+local stale = check_version(redis.call('GET', P .. 'key:' .. id), ARGV[7])
+if stale then return stale end
 if redis.call('EXISTS', P .. 'secret:' .. hash) == 1 then return refuse('conflict that token is already in use') end
 for _, h in ipairs(redis.call('SMEMBERS', P .. 'secrets:' .. id)) do
   local v = redis.call('GET', P .. 'secret:' .. h)
@@ -117,18 +137,30 @@ return feed('key', id, at)
 });
 
 /// ARGV: key_id, json, role ('' for none), created_at, at_ms, usage count,
-/// last used ('' for never), then pairs of secret hash and its expiry ('' for
-/// none). Returns 1 created, 0 replaced.
+/// last used ('' for never), what the store must hold (`v<N>`: the key at
+/// version N; `absent`: no key and no tombstone; `tomb<N>`: no key, and a
+/// tombstone at version N or none for N = 0), then pairs of secret hash and
+/// its expiry ('' for none). Returns 1 created, 0 replaced.
 pub static PUT_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local id, json, role, created, at, count, last = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-for i = 8, #ARGV, 2 do
+local id, json, role, created, at, count, last, expect = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local old = redis.call('GET', P .. 'key:' .. id)
+local tomb = redis.call('GET', P .. 'tomb:' .. id)
+if string.sub(expect, 1, 1) == 'v' then
+  local stale = check_version(old, string.sub(expect, 2))
+  if stale then return stale end
+else
+  if old then return refuse('stale ' .. version_of(old)) end
+  if expect == 'absent' and tomb then return refuse('deleted') end
+  if expect ~= 'absent' and (tomb or '0') ~= string.sub(expect, 5) then return refuse('deleted') end
+end
+for i = 9, #ARGV, 2 do
   local v = redis.call('GET', P .. 'secret:' .. ARGV[i])
   if v and string.match(v, '^(.*)|') ~= id then return refuse('conflict that token is already in use by another key') end
 end
 if role ~= '' and redis.call('EXISTS', P .. 'role:' .. role) == 0 then return refuse('conflict role `' .. role .. '` does not exist') end
-local old = redis.call('GET', P .. 'key:' .. id)
+redis.call('DEL', P .. 'tomb:' .. id)
 if old then
   local old_role = role_of(old)
   if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
@@ -138,14 +170,16 @@ end
 redis.call('SET', P .. 'key:' .. id, json)
 redis.call('ZADD', P .. 'keys', created, id)
 if role ~= '' then redis.call('SADD', P .. 'role_users:' .. role, id) end
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local h, exp = ARGV[i], ARGV[i + 1]
   redis.call('SET', P .. 'secret:' .. h, id .. '|' .. exp)
   if exp ~= '' then redis.call('EXPIREAT', P .. 'secret:' .. h, tonumber(exp) + 60) end
   redis.call('SADD', P .. 'secrets:' .. id, h)
 end
-redis.call('HSET', P .. 'usage:' .. id, 'count', count)
-if last ~= '' then redis.call('HSET', P .. 'usage:' .. id, 'last', last) end
+-- Usage only goes up: a replaced key keeps the larger counts.
+local u = P .. 'usage:' .. id
+if tonumber(count) > tonumber(redis.call('HGET', u, 'count') or '0') then redis.call('HSET', u, 'count', count) end
+if last ~= '' and tonumber(last) > tonumber(redis.call('HGET', u, 'last') or '0') then redis.call('HSET', u, 'last', last) end
 feed('key', id, at)
 if old then return 0 end
 return 1
@@ -186,24 +220,27 @@ return 1
     )
 });
 
-/// ARGV: role id, json, at_ms.
+/// ARGV: role id, json (at the new version), at_ms, the version it must still be at.
 pub static UPDATE_ROLE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', P .. 'role:' .. ARGV[1]) == 0 then return refuse('notfound') end
+local stale = check_version(redis.call('GET', P .. 'role:' .. ARGV[1]), ARGV[4])
+if stale then return stale end
 redis.call('SET', P .. 'role:' .. ARGV[1], ARGV[2])
 return feed('role', ARGV[1], ARGV[3])
 "#,
     )
 });
 
-/// ARGV: role id, at_ms.
+/// ARGV: role id, at_ms, the version it must still be at.
 pub static DELETE_ROLE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local users = redis.call('SCARD', P .. 'role_users:' .. ARGV[1])
 if users > 0 then return refuse('roleinuse ' .. users) end
-if redis.call('DEL', P .. 'role:' .. ARGV[1]) == 0 then return refuse('notfound') end
+local stale = check_version(redis.call('GET', P .. 'role:' .. ARGV[1]), ARGV[3])
+if stale then return stale end
+redis.call('DEL', P .. 'role:' .. ARGV[1])
 redis.call('SREM', P .. 'roles', ARGV[1])
 return feed('role', ARGV[1], ARGV[2])
 "#,
@@ -260,14 +297,20 @@ local function credits_apply(c, refill, period, spent)
 end
 "#;
 
-/// ARGV: key_id, "add" or "set", n, refill ('' for none), period, at_ms.
+/// ARGV: key_id, "add" or "set", n, refill ('' for none), period, at_ms,
+/// the version the key must be at ('' for any).
 /// Returns {remaining, period, generation}.
 pub static CHANGE_CREDITS: LazyLock<Script> = LazyLock::new(|| {
     script(&format!(
         "{CREDITS_APPLY}{}",
         r#"
 local id, op, n, refill, period, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
-if redis.call('EXISTS', P .. 'key:' .. id) == 0 then return refuse('notfound') end
+local json = redis.call('GET', P .. 'key:' .. id)
+if not json then return refuse('notfound') end
+if ARGV[7] ~= '' then
+  local stale = check_version(json, ARGV[7])
+  if stale then return stale end
+end
 local c = P .. 'credits:' .. id
 local gen = tonumber(redis.call('HGET', c, 'gen') or '0')
 local r

@@ -5,8 +5,8 @@ use keygate::keys::model::{ApiKey, Env, KeyStatus, Role};
 use keygate::keys::model::{CreditTerms, Quota, RefillInterval};
 use keygate::keys::token::TokenHash;
 use keygate::store::{
-    ChangeTarget, CreditBalance, CreditChange, CreditSpend, FeedCursor, KeyPage, KeyQuery, SecretRecord, Store, StoreError,
-    UsageDelta, UsageQuery, WindowCount,
+    ChangeTarget, CreditBalance, CreditChange, CreditSpend, FeedCursor, KeyPage, KeyQuery, PutExpect, SecretRecord, Store,
+    StoreError, UsageDelta, UsageQuery, WindowCount,
 };
 use std::collections::BTreeMap;
 
@@ -32,7 +32,13 @@ pub fn key(id: &str, name: &str, role: Option<&str>) -> ApiKey {
         key_prefix: "kg_live_abcd****".into(),
         quota: Quota { per_hour: None, per_day: Some(500), per_month: Some(10_000) },
         credits: Some(CreditTerms { refill_amount: Some(100), refill_interval: Some(RefillInterval::Month) }),
+        version: 1,
     }
+}
+
+/// `key` as the store holds it at `version`.
+fn at(key: &ApiKey, version: u64) -> ApiKey {
+    ApiKey { version, ..key.clone() }
 }
 
 /// The behaviour every store must have.
@@ -41,8 +47,13 @@ pub async fn conformance(store: &dyn Store) {
     let start = store.change_cursor().await.unwrap();
 
     // Roles.
-    let role =
-        Role { id: "reader".into(), name: "Reader".into(), description: "reads".into(), permissions: vec!["lists.view".into()] };
+    let role = Role {
+        id: "reader".into(),
+        name: "Reader".into(),
+        description: "reads".into(),
+        permissions: vec!["lists.view".into()],
+        version: 1,
+    };
     store.insert_role(&role).await.unwrap();
     assert!(matches!(store.insert_role(&role).await, Err(StoreError::Conflict(_))));
     assert!(!store.insert_role_if_absent(&role).await.unwrap());
@@ -50,8 +61,12 @@ pub async fn conformance(store: &dyn Store) {
     let mut edited = role.clone();
     edited.permissions = vec!["lists.*".into()];
     store.update_role(&edited).await.unwrap();
-    assert_eq!(store.get_role("reader").await.unwrap().unwrap().permissions, vec!["lists.*".to_string()]);
+    let stored = store.get_role("reader").await.unwrap().unwrap();
+    assert_eq!((stored.permissions, stored.version), (vec!["lists.*".to_string()], 2));
     assert_eq!(store.update_role(&Role { id: "ghost".into(), ..role.clone() }).await, Err(StoreError::NotFound));
+    // A write made for a version the role is no longer at changes nothing.
+    assert_eq!(store.update_role(&role).await, Err(StoreError::VersionConflict { current: 2 }));
+    assert_eq!(store.get_role("reader").await.unwrap().unwrap().permissions, vec!["lists.*".to_string()]);
 
     // Keys.
     let a = key("key_a", "Alpha integration", Some("reader"));
@@ -106,7 +121,12 @@ pub async fn conformance(store: &dyn Store) {
     store.update_key(&off).await.unwrap();
     assert_eq!(ids(store.list_keys(&by(None, Some(KeyStatus::Disabled), now)).await.unwrap()), vec!["key_b"]);
     assert_eq!(ids(store.list_keys(&by(Some("reader"), Some(KeyStatus::Active), now)).await.unwrap()), vec!["key_a"]);
-    store.update_key(&b).await.unwrap();
+    // The same edit again was made for version 1: the key is at 2 now, and
+    // the racing edit that would re-enable it writes nothing.
+    assert_eq!(store.update_key(&b).await, Err(StoreError::VersionConflict { current: 2 }));
+    assert!(!store.get_key("key_b").await.unwrap().unwrap().enabled, "a stale write brought the key back");
+    store.update_key(&at(&b, 2)).await.unwrap();
+    assert_eq!(store.get_key("key_b").await.unwrap(), Some(at(&b, 3)));
 
     // Restoring keys whole, secrets by hash (what an import does).
     let now = keygate::clock::now_unix();
@@ -114,41 +134,60 @@ pub async fn conformance(store: &dyn Store) {
     let restored = key("key_r", "Restored", Some("reader"));
     let (hr, hr_old) = (TokenHash::of("token-r"), TokenHash::of("token-r-old"));
     let both = [SecretRecord { hash: hr, valid_until: None }, SecretRecord { hash: hr_old, valid_until: Some(now + 3600) }];
-    assert!(store.put_key(&restored, &both).await.unwrap(), "created");
+    let fresh = PutExpect::Absent { recreate_deleted: false };
+    assert!(store.put_key(&restored, &both, fresh).await.unwrap(), "created");
     assert_eq!(store.secrets_of("key_r", now).await.unwrap(), both.to_vec());
     assert_eq!(store.key_by_hash(&hr_old).await.unwrap().unwrap().secret_expires_at, Some(now + 3600));
+    assert_eq!(store.put_key(&restored, &both, fresh).await, Err(StoreError::VersionConflict { current: 1 }), "exists");
     let mut renamed = restored.clone();
     renamed.name = "Restored again".into();
-    assert!(!store.put_key(&renamed, &both[..1]).await.unwrap(), "replaced");
-    assert_eq!(store.get_key("key_r").await.unwrap().unwrap().name, "Restored again");
+    assert!(!store.put_key(&renamed, &both[..1], PutExpect::Version(1)).await.unwrap(), "replaced");
+    assert_eq!(store.get_key("key_r").await.unwrap(), Some(at(&renamed, 2)));
     assert_eq!(store.key_by_hash(&hr_old).await.unwrap(), None, "a secret left out of the restore is gone");
+    assert_eq!(store.put_key(&renamed, &both[..1], PutExpect::Version(1)).await, Err(StoreError::VersionConflict { current: 2 }));
     assert!(matches!(
-        store.put_key(&renamed, &[SecretRecord { hash: ha, valid_until: None }]).await,
+        store.put_key(&renamed, &[SecretRecord { hash: ha, valid_until: None }], PutExpect::Version(2)).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.key_by_hash(&hr).await.unwrap().unwrap().key.key_id, "key_r", "a refused restore changes nothing");
-    store.delete_key("key_r").await.unwrap();
+    assert_eq!(store.delete_key("key_r", 1).await, Err(StoreError::VersionConflict { current: 2 }));
+    assert!(store.get_key("key_r").await.unwrap().is_some(), "a stale delete deleted");
+    store.delete_key("key_r", 2).await.unwrap();
+    // A deleted id is remembered: a restore made for a key that was never
+    // there does not bring it back, nor one made for the key it was.
+    assert_eq!(store.put_key(&restored, &both, fresh).await, Err(StoreError::Deleted));
+    assert_eq!(store.put_key(&restored, &both, PutExpect::Version(2)).await, Err(StoreError::NotFound));
+    assert_eq!(store.get_key("key_r").await.unwrap(), None);
+    // Asked to, it does, and its versions go on from the deleted key's.
+    assert!(store.put_key(&restored, &both, PutExpect::Absent { recreate_deleted: true }).await.unwrap());
+    assert_eq!(store.get_key("key_r").await.unwrap().unwrap().version, 3);
+    store.delete_key("key_r", 3).await.unwrap();
 
     // Role in use.
-    assert_eq!(store.delete_role("reader").await, Err(StoreError::RoleInUse { keys: 1 }));
+    assert_eq!(store.delete_role("reader", 2).await, Err(StoreError::RoleInUse { keys: 1 }));
 
     // Update and delete.
     let mut a2 = a.clone();
     a2.enabled = false;
     a2.role = None;
     store.update_key(&a2).await.unwrap();
-    assert_eq!(store.key_by_hash(&ha).await.unwrap().unwrap().key, a2);
+    assert_eq!(store.key_by_hash(&ha).await.unwrap().unwrap().key, at(&a2, 2));
     assert_eq!(store.update_key(&key("key_zz", "ghost", None)).await, Err(StoreError::NotFound));
-    store.delete_role("reader").await.unwrap();
-    assert_eq!(store.delete_role("reader").await, Err(StoreError::NotFound));
+    assert_eq!(store.delete_key("key_zz", 1).await, Err(StoreError::NotFound));
+    assert_eq!(store.delete_role("reader", 1).await, Err(StoreError::VersionConflict { current: 2 }));
+    store.delete_role("reader", 2).await.unwrap();
+    assert_eq!(store.delete_role("reader", 2).await, Err(StoreError::NotFound));
 
     // Rotation: the old secret gets an end, the new one none.
     let hn = TokenHash::of("token-b-new");
-    store.rotate_secret("key_b", &hn, "kg_live_wxyz****", 2_100_000_000).await.unwrap();
+    let stale = store.rotate_secret("key_b", &hn, "kg_live_wxyz****", 2_100_000_000, 2).await;
+    assert_eq!(stale, Err(StoreError::VersionConflict { current: 3 }));
+    assert_eq!(store.key_by_hash(&hn).await.unwrap(), None, "a stale rotation added a secret");
+    store.rotate_secret("key_b", &hn, "kg_live_wxyz****", 2_100_000_000, 3).await.unwrap();
     assert_eq!(store.key_by_hash(&hb).await.unwrap().unwrap().secret_expires_at, Some(2_100_000_000));
     let new = store.key_by_hash(&hn).await.unwrap().unwrap();
-    assert_eq!((new.secret_expires_at, new.key.key_prefix.as_str()), (None, "kg_live_wxyz****"));
-    assert_eq!(store.rotate_secret("key_zz", &TokenHash::of("x"), "p", 0).await, Err(StoreError::NotFound));
+    assert_eq!((new.secret_expires_at, new.key.key_prefix.as_str(), new.key.version), (None, "kg_live_wxyz****", 4));
+    assert_eq!(store.rotate_secret("key_zz", &TokenHash::of("x"), "p", 0, 1).await, Err(StoreError::NotFound));
 
     // Usage in batches.
     let now = keygate::clock::now_unix();
@@ -166,6 +205,12 @@ pub async fn conformance(store: &dyn Store) {
     store.record_usage(&batch).await.unwrap();
     let b_now = store.get_key("key_b").await.unwrap().unwrap();
     assert_eq!((b_now.usage_count, b_now.last_used), (7, Some(now)));
+    // An edit never writes usage back, whatever the key it was made from says.
+    let mut edited = b_now.clone();
+    (edited.usage_count, edited.last_used, edited.description) = (0, None, "edited".into());
+    store.update_key(&edited).await.unwrap();
+    let b_now = store.get_key("key_b").await.unwrap().unwrap();
+    assert_eq!((b_now.usage_count, b_now.last_used, b_now.description.as_str()), (7, Some(now), "edited"));
     let summary = store.usage_summary("key_b", now).await.unwrap();
     assert_eq!((summary.last_hour, summary.last_day), (7, 7));
     // Hourly admitted and refused counts, by owner or key, for reports.
@@ -183,19 +228,24 @@ pub async fn conformance(store: &dyn Store) {
     // Credits: set, add, spend (refilled first in a later window), and a
     // set makes spending from before it count for nothing.
     assert_eq!(store.credit_balance("key_b").await.unwrap(), None);
-    let set = store.change_credits("key_b", CreditChange::Set(50), Some(100), 7).await.unwrap();
+    let set = store.change_credits("key_b", CreditChange::Set(50), Some(100), 7, None).await.unwrap();
     assert_eq!((set.remaining, set.period), (50, 7));
-    let added = store.change_credits("key_b", CreditChange::Add(5), Some(100), 7).await.unwrap();
+    // Made for another version of the key: nothing changes.
+    let v = store.get_key("key_b").await.unwrap().unwrap().version;
+    let stale = store.change_credits("key_b", CreditChange::Add(5), Some(100), 7, Some(v - 1)).await;
+    assert_eq!(stale, Err(StoreError::VersionConflict { current: v }));
+    let added = store.change_credits("key_b", CreditChange::Add(5), Some(100), 7, Some(v)).await.unwrap();
+    assert_eq!(store.get_key("key_b").await.unwrap().unwrap().version, v, "a balance is not one of the key's fields");
     assert_eq!(added.remaining, 55);
     let spend = |generation, period, spent| CreditSpend { key_id: "key_b".into(), generation, refill: Some(100), period, spent };
     store.record_meter(&[], &[spend(set.generation, 7, 10), spend(set.generation, 8, 30)]).await.unwrap();
     let b = store.credit_balance("key_b").await.unwrap().unwrap();
     assert_eq!(b, CreditBalance { remaining: 70, period: 8, generation: set.generation });
-    let reset = store.change_credits("key_b", CreditChange::Set(3), None, 8).await.unwrap();
+    let reset = store.change_credits("key_b", CreditChange::Set(3), None, 8, None).await.unwrap();
     assert_eq!(reset.generation, set.generation + 1);
     store.record_meter(&[], &[spend(set.generation, 8, 1)]).await.unwrap();
     assert_eq!(store.credit_balance("key_b").await.unwrap().unwrap().remaining, 3, "spent before the set");
-    assert_eq!(store.change_credits("key_zz", CreditChange::Add(1), None, 0).await, Err(StoreError::NotFound));
+    assert_eq!(store.change_credits("key_zz", CreditChange::Add(1), None, 0, None).await, Err(StoreError::NotFound));
     // Calendar windows add up per counter and are read back for the current window only.
     let now_ms = now * 1000;
     let day = Period::Day.index(now_ms);
@@ -206,11 +256,11 @@ pub async fn conformance(store: &dyn Store) {
     current.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(current, vec![w("key_b", day, 7), w("o:acme", day, 2)]);
 
-    store.delete_key("key_b").await.unwrap();
+    store.delete_key("key_b", v).await.unwrap();
     assert_eq!(store.credit_balance("key_b").await.unwrap(), None, "a deleted key's credits go with it");
     assert_eq!(store.key_by_hash(&hn).await.unwrap(), None);
     assert_eq!(store.key_by_hash(&hb).await.unwrap(), None);
-    assert_eq!(store.delete_key("key_b").await, Err(StoreError::NotFound));
+    assert_eq!(store.delete_key("key_b", v).await, Err(StoreError::NotFound));
 
     // The audit log, newest first, filterable by target.
     use keygate::store::AuditEntry;

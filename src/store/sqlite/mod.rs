@@ -91,7 +91,7 @@ impl Store for SqliteStore {
             let sql = format!(
                 "SELECT {KEY_COLUMNS}, s.expires_at FROM secrets s JOIN keys k ON k.key_id = s.key_id WHERE s.token_hash = ?1"
             );
-            c.query_row(&sql, params![&hash.0[..]], |row| Ok(KeyLookup::new(key_from_row(row)?, row.get(19)?)))
+            c.query_row(&sql, params![&hash.0[..]], |row| Ok(KeyLookup::new(key_from_row(row)?, row.get(AFTER_KEY_COLUMNS)?)))
                 .optional()
                 .map_err(unavailable)
         })
@@ -140,7 +140,7 @@ impl Store for SqliteStore {
     async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
         let (key, hash) = (key.clone(), *hash);
         self.logged_change("key", key.key_id.clone(), move |tx| {
-            write_key(tx, &key, true)?;
+            insert_key_row(tx, &key)?;
             add_secret(tx, &hash, &key.key_id)
         })
         .await
@@ -148,19 +148,27 @@ impl Store for SqliteStore {
 
     async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let key = key.clone();
-        self.logged_change("key", key.key_id.clone(), move |tx| match write_key(tx, &key, false)? {
-            0 => Err(StoreError::NotFound),
-            _ => Ok(()),
+        self.logged_change("key", key.key_id.clone(), move |tx| match update_key_row(tx, &key)? {
+            true => Ok(()),
+            false => Err(version_check(tx, "keys", "key_id", &key.key_id)),
         })
         .await
     }
 
-    async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
+    async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError> {
         let key_id = key_id.to_string();
         self.logged_change("key", key_id.clone(), move |tx| {
-            if tx.execute("DELETE FROM keys WHERE key_id = ?1", params![key_id]).map_err(unavailable)? == 0 {
-                return Err(StoreError::NotFound);
+            let n = tx
+                .execute("DELETE FROM keys WHERE key_id = ?1 AND version = ?2", params![key_id, version as i64])
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(version_check(tx, "keys", "key_id", &key_id));
             }
+            tx.execute(
+                "INSERT OR REPLACE INTO tombstones (key_id, version, deleted_at) VALUES (?1, ?2, ?3)",
+                params![key_id, version as i64, now_unix()],
+            )
+            .map_err(unavailable)?;
             tx.execute("DELETE FROM usage_minutes WHERE key_id = ?1", params![key_id]).map_err(unavailable)?;
             Ok(())
         })
@@ -173,13 +181,18 @@ impl Store for SqliteStore {
         hash: &TokenHash,
         key_prefix: &str,
         old_valid_until: i64,
+        version: u64,
     ) -> Result<(), StoreError> {
         let (key_id, hash, prefix) = (key_id.to_string(), *hash, key_prefix.to_string());
         self.logged_change("key", key_id.clone(), move |tx| {
-            let n =
-                tx.execute("UPDATE keys SET key_prefix = ?2 WHERE key_id = ?1", params![key_id, prefix]).map_err(unavailable)?;
+            let n = tx
+                .execute(
+                    "UPDATE keys SET key_prefix = ?2, version = version + 1 WHERE key_id = ?1 AND version = ?3",
+                    params![key_id, prefix, version as i64],
+                )
+                .map_err(unavailable)?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(version_check(tx, "keys", "key_id", &key_id));
             }
             tx.execute(
                 "UPDATE secrets SET expires_at = MIN(IFNULL(expires_at, ?2), ?2) WHERE key_id = ?1",
@@ -217,16 +230,43 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord]) -> Result<bool, StoreError> {
-        let (key, secrets) = (key.clone(), secrets.to_vec());
+    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError> {
+        let (mut key, secrets) = (key.clone(), secrets.to_vec());
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            let exists = tx
-                .query_row("SELECT 1 FROM keys WHERE key_id = ?1", params![key.key_id], |_| Ok(()))
-                .optional()
-                .map_err(unavailable)?
-                .is_some();
-            write_key(&tx, &key, !exists)?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+            let current = key_version(&tx, &key.key_id)?;
+            let exists = current.is_some();
+            match (expect, current) {
+                (PutExpect::Absent { .. }, Some(v)) => return Err(StoreError::VersionConflict { current: v }),
+                (PutExpect::Version(_), None) => return Err(StoreError::NotFound),
+                (PutExpect::Version(want), Some(v)) if want != v => return Err(StoreError::VersionConflict { current: v }),
+                (PutExpect::Version(want), Some(_)) => {
+                    key.version = want;
+                    update_key_row(&tx, &key)?;
+                    tx.execute(
+                        "UPDATE keys SET usage_count = MAX(usage_count, ?2), \
+                         last_used = CASE WHEN ?3 IS NULL THEN last_used ELSE MAX(IFNULL(last_used, 0), ?3) END \
+                         WHERE key_id = ?1",
+                        params![key.key_id, key.usage_count as i64, key.last_used],
+                    )
+                    .map_err(unavailable)?;
+                }
+                (PutExpect::Absent { recreate_deleted }, None) => {
+                    let tomb: Option<i64> = tx
+                        .query_row("SELECT version FROM tombstones WHERE key_id = ?1", params![key.key_id], |r| r.get(0))
+                        .optional()
+                        .map_err(unavailable)?;
+                    match tomb {
+                        Some(_) if !recreate_deleted => return Err(StoreError::Deleted),
+                        // Versions go on from the deleted key's: an `If-Match` of
+                        // the old key never matches the new one.
+                        Some(v) => key.version = v as u64 + 1,
+                        None => key.version = crate::keys::model::first_version(),
+                    }
+                    tx.execute("DELETE FROM tombstones WHERE key_id = ?1", params![key.key_id]).map_err(unavailable)?;
+                    insert_key_row(&tx, &key)?;
+                }
+            }
             tx.execute("DELETE FROM secrets WHERE key_id = ?1", params![key.key_id]).map_err(unavailable)?;
             for s in &secrets {
                 add_secret(&tx, &s.hash, &key.key_id)?;
@@ -244,7 +284,7 @@ impl Store for SqliteStore {
 
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare("SELECT id, name, description, permissions FROM roles ORDER BY id").map_err(unavailable)?;
+            let mut stmt = c.prepare(&format!("SELECT {ROLE_COLUMNS} FROM roles ORDER BY id")).map_err(unavailable)?;
             let roles =
                 stmt.query_map([], role_from_row).and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>()).map_err(unavailable)?;
             Ok(roles)
@@ -255,7 +295,7 @@ impl Store for SqliteStore {
     async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
-            c.query_row("SELECT id, name, description, permissions FROM roles WHERE id = ?1", params![id], role_from_row)
+            c.query_row(&format!("SELECT {ROLE_COLUMNS} FROM roles WHERE id = ?1"), params![id], role_from_row)
                 .optional()
                 .map_err(unavailable)
         })
@@ -276,8 +316,8 @@ impl Store for SqliteStore {
             let tx = c.transaction().map_err(unavailable)?;
             let n = tx
                 .execute(
-                    "INSERT OR IGNORE INTO roles (id, name, description, permissions) VALUES (?1, ?2, ?3, ?4)",
-                    params![role.id, role.name, role.description, json(&role.permissions)?],
+                    "INSERT OR IGNORE INTO roles (id, name, description, permissions, version) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![role.id, role.name, role.description, json(&role.permissions)?, role.version as i64],
                 )
                 .map_err(unavailable)?;
             if n > 0 {
@@ -294,19 +334,20 @@ impl Store for SqliteStore {
         self.logged_change("role", role.id.clone(), move |tx| {
             let n = tx
                 .execute(
-                    "UPDATE roles SET name = ?2, description = ?3, permissions = ?4 WHERE id = ?1",
-                    params![role.id, role.name, role.description, json(&role.permissions)?],
+                    "UPDATE roles SET name = ?2, description = ?3, permissions = ?4, version = version + 1 \
+                     WHERE id = ?1 AND version = ?5",
+                    params![role.id, role.name, role.description, json(&role.permissions)?, role.version as i64],
                 )
                 .map_err(unavailable)?;
             match n {
-                0 => Err(StoreError::NotFound),
+                0 => Err(version_check(tx, "roles", "id", &role.id)),
                 _ => Ok(()),
             }
         })
         .await
     }
 
-    async fn delete_role(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_role(&self, id: &str, version: u64) -> Result<(), StoreError> {
         let id = id.to_string();
         self.logged_change("role", id.clone(), move |tx| {
             let users: i64 =
@@ -314,8 +355,11 @@ impl Store for SqliteStore {
             if users > 0 {
                 return Err(StoreError::RoleInUse { keys: users as u64 });
             }
-            match tx.execute("DELETE FROM roles WHERE id = ?1", params![id]).map_err(unavailable)? {
-                0 => Err(StoreError::NotFound),
+            match tx
+                .execute("DELETE FROM roles WHERE id = ?1 AND version = ?2", params![id, version as i64])
+                .map_err(unavailable)?
+            {
+                0 => Err(version_check(tx, "roles", "id", &id)),
                 _ => Ok(()),
             }
         })
@@ -395,6 +439,8 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?;
             tx.execute("DELETE FROM usage_hours WHERE hour < ?1", params![(now - USAGE_REPORT_RETENTION_DAYS * 86_400) / 3600])
                 .map_err(unavailable)?;
+            tx.execute("DELETE FROM tombstones WHERE deleted_at < ?1", params![now - TOMBSTONE_RETENTION_DAYS * 86_400])
+                .map_err(unavailable)?;
             tx.execute(
                 "DELETE FROM changes WHERE at_ms < ?1 AND seq < (SELECT MAX(seq) FROM changes)",
                 params![(now - CHANGE_RETENTION_SECS) * 1000],
@@ -459,10 +505,17 @@ impl Store for SqliteStore {
         change: CreditChange,
         refill: Option<u64>,
         period: i64,
+        expect: Option<u64>,
     ) -> Result<CreditBalance, StoreError> {
         let key_id = key_id.to_string();
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
+            if let Some(want) = expect {
+                match key_version(&tx, &key_id)? {
+                    Some(v) if v != want => return Err(StoreError::VersionConflict { current: v }),
+                    _ => {}
+                }
+            }
             let mut b = balance_for_update(&tx, &key_id)?.ok_or(StoreError::NotFound)?;
             match change {
                 CreditChange::Add(n) => {

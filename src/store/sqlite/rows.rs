@@ -2,7 +2,7 @@
 
 use super::super::*;
 use crate::keys::model::Env;
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub(super) const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS roles (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     description TEXT NOT NULL DEFAULT '',
-    permissions TEXT NOT NULL DEFAULT '[]'
+    permissions TEXT NOT NULL DEFAULT '[]',
+    version INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS keys (
     key_id TEXT PRIMARY KEY,
@@ -32,7 +33,13 @@ CREATE TABLE IF NOT EXISTS keys (
     metadata TEXT NOT NULL DEFAULT '{}',
     key_prefix TEXT NOT NULL,
     quota TEXT NOT NULL DEFAULT '{}',
-    credits TEXT
+    credits TEXT,
+    version INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS tombstones (
+    key_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    deleted_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_role ON keys(role);
 CREATE TABLE IF NOT EXISTS secrets (
@@ -86,11 +93,17 @@ CREATE TABLE IF NOT EXISTS usage_minutes (
 /// Brings a database made by an earlier version up to this schema: the
 /// columns added since are added (with their defaults), nothing else moves.
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    let mut stmt = c.prepare("SELECT name FROM pragma_table_info('keys')")?;
-    let columns = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-    for (name, definition) in [("quota", "TEXT NOT NULL DEFAULT '{}'"), ("credits", "TEXT")] {
+    let added = [
+        ("keys", "quota", "TEXT NOT NULL DEFAULT '{}'"),
+        ("keys", "credits", "TEXT"),
+        ("keys", "version", "INTEGER NOT NULL DEFAULT 1"),
+        ("roles", "version", "INTEGER NOT NULL DEFAULT 1"),
+    ];
+    for (table, name, definition) in added {
+        let mut stmt = c.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let columns = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
         if !columns.iter().any(|c| c == name) {
-            c.execute_batch(&format!("ALTER TABLE keys ADD COLUMN {name} {definition}"))?;
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {definition}"))?;
         }
     }
     Ok(())
@@ -102,7 +115,10 @@ pub(super) const CHANGE_RETENTION_SECS: i64 = 24 * 3600;
 pub(super) const USAGE_RETENTION_SECS: i64 = 8 * 24 * 3600;
 
 pub(super) const KEY_COLUMNS: &str = "k.key_id, k.name, k.description, k.owner, k.role, k.permissions, k.plan, k.rate_limit, \
-     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix, k.quota, k.credits";
+     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix, k.quota, k.credits, k.version";
+/// The column after `KEY_COLUMNS` in a query that selects more.
+pub(super) const AFTER_KEY_COLUMNS: usize = 20;
+pub(super) const ROLE_COLUMNS: &str = "id, name, description, permissions, version";
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -138,11 +154,18 @@ pub(super) fn key_from_row(row: &Row) -> rusqlite::Result<ApiKey> {
         key_prefix: row.get(16)?,
         quota: from_json(&row.get::<_, String>(17)?)?,
         credits: row.get::<_, Option<String>>(18)?.map(|c| from_json(&c)).transpose()?,
+        version: row.get::<_, i64>(19)? as u64,
     })
 }
 
 pub(super) fn role_from_row(row: &Row) -> rusqlite::Result<Role> {
-    Ok(Role { id: row.get(0)?, name: row.get(1)?, description: row.get(2)?, permissions: from_json(&row.get::<_, String>(3)?)? })
+    Ok(Role {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        description: row.get(2)?,
+        permissions: from_json(&row.get::<_, String>(3)?)?,
+        version: row.get::<_, i64>(4)? as u64,
+    })
 }
 
 pub(super) fn log_change(tx: &Connection, kind: &str, id: &str) -> rusqlite::Result<()> {
@@ -161,18 +184,12 @@ pub(super) fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
-pub(super) fn write_key(tx: &Connection, key: &ApiKey, insert: bool) -> Result<usize, StoreError> {
-    let sql = if insert {
-        "INSERT INTO keys (key_id, name, description, owner, role, permissions, plan, rate_limit, allowed_ips, env, enabled, \
-         expires_at, created_at, last_used, usage_count, metadata, key_prefix, quota, credits) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
-    } else {
-        "UPDATE keys SET name = ?2, description = ?3, owner = ?4, role = ?5, permissions = ?6, plan = ?7, rate_limit = ?8, \
-         allowed_ips = ?9, env = ?10, enabled = ?11, expires_at = ?12, created_at = ?13, last_used = ?14, usage_count = ?15, \
-         metadata = ?16, key_prefix = ?17, quota = ?18, credits = ?19 WHERE key_id = ?1"
-    };
+/// Inserts a new key row whole, usage and version included.
+pub(super) fn insert_key_row(tx: &Connection, key: &ApiKey) -> Result<(), StoreError> {
     tx.execute(
-        sql,
+        "INSERT INTO keys (key_id, name, description, owner, role, permissions, plan, rate_limit, allowed_ips, env, enabled, \
+         expires_at, created_at, last_used, usage_count, metadata, key_prefix, quota, credits, version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         params![
             key.key_id,
             key.name,
@@ -193,9 +210,63 @@ pub(super) fn write_key(tx: &Connection, key: &ApiKey, insert: bool) -> Result<u
             key.key_prefix,
             json(&key.quota)?,
             key.credits.as_ref().map(json).transpose()?,
+            key.version as i64,
         ],
     )
+    .map(|_| ())
     .map_err(|e| if is_constraint(&e) { StoreError::Conflict(constraint_message(key)) } else { unavailable(e) })
+}
+
+/// Writes a key's editable fields if the row is still at `key.version`,
+/// and bumps it; usage and the creation time are not touched. `Ok(false)`
+/// when no row at that version was found (see [`version_check`]).
+pub(super) fn update_key_row(tx: &Connection, key: &ApiKey) -> Result<bool, StoreError> {
+    tx.execute(
+        "UPDATE keys SET name = ?2, description = ?3, owner = ?4, role = ?5, permissions = ?6, plan = ?7, rate_limit = ?8, \
+         allowed_ips = ?9, env = ?10, enabled = ?11, expires_at = ?12, metadata = ?13, key_prefix = ?14, quota = ?15, \
+         credits = ?16, version = version + 1 WHERE key_id = ?1 AND version = ?17",
+        params![
+            key.key_id,
+            key.name,
+            key.description,
+            key.owner,
+            key.role,
+            json(&key.permissions)?,
+            key.plan,
+            key.rate_limit,
+            json(&key.allowed_ips)?,
+            key.env.as_str(),
+            key.enabled,
+            key.expires_at,
+            json(&key.metadata)?,
+            key.key_prefix,
+            json(&key.quota)?,
+            key.credits.as_ref().map(json).transpose()?,
+            key.version as i64,
+        ],
+    )
+    .map(|n| n > 0)
+    .map_err(|e| if is_constraint(&e) { StoreError::Conflict(constraint_message(key)) } else { unavailable(e) })
+}
+
+/// Why a conditional write on `table`'s row `id` found nothing to write:
+/// the row is gone, or at another version.
+pub(super) fn version_check(tx: &Connection, table: &str, column: &str, id: &str) -> StoreError {
+    let current =
+        tx.query_row(&format!("SELECT version FROM {table} WHERE {column} = ?1"), params![id], |r| r.get::<_, i64>(0)).optional();
+    match current {
+        Ok(Some(v)) => StoreError::VersionConflict { current: v as u64 },
+        Ok(None) => StoreError::NotFound,
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The version a key row is at, if it exists.
+pub(super) fn key_version(tx: &Connection, key_id: &str) -> Result<Option<u64>, StoreError> {
+    tx.query_row("SELECT version FROM keys WHERE key_id = ?1", params![key_id], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+        .map_err(unavailable)
 }
 
 pub(super) fn constraint_message(key: &ApiKey) -> String {
