@@ -18,12 +18,22 @@ def ok(desc, data, meta=None, status="200"):
 
 def errors(*codes):
     names = {"400": "Invalid input; `field` names the offending field", "401": "Missing or wrong admin token",
-             "404": "No such key or role", "403": "The admin token lacks the scope (`insufficient_scope`, with `required`)", "409": "Conflict (`conflict` or `role_in_use`)", "503": "The store is unavailable"}
+             "404": "No such key or role", "403": "The admin token lacks the scope (`insufficient_scope`, with `required`)", "409": "Conflict (`conflict` or `role_in_use`)",
+             "412": "`If-Match` names another version than the record is at (`version_conflict`, with `currentVersion`; the answer's ETag is the current one): nothing changed",
+             "503": "The store is unavailable"}
     return {c: {"description": names[c], "content": {"application/json": {"schema": ref("Error")}}} for c in codes}
 
 def body(schema): return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+if_match = [{"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+             "description": 'The version this change is made for, as the ETag gave it ("3"); another version is 412 and nothing changes'}]
+etag = {"ETag": {"description": 'The record\'s version, for If-Match ("3")', "schema": {"type": "string"}}}
+
+def tagged(responses):
+    """Adds the ETag header to a 200 answer."""
+    responses["200"]["headers"] = etag
+    return responses
 paging = [{"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
           {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}}]
 list_meta = {"type": "object", "properties": {"total": {"type": "integer"}, "page": {"type": "integer"}, "perPage": {"type": "integer"}}}
@@ -41,28 +51,29 @@ paths = {
              "responses": {**ok("The key and its secret", ref("ApiKeyWithSecret"), secret_meta, "201"), **errors("400", "401", "409", "503")}}},
   "/api-keys/export": {"get": {"summary": "Every key as one JSON line: every field, secrets by SHA-256 only", "security": auth,
       "responses": {"200": {"description": "JSON lines of KeyLine", "content": {"application/x-ndjson": {"schema": ref("KeyLine")}}}, **errors("401", "503")}}},
-  "/api-keys/import": {"post": {"summary": "Restore keys from JSON lines (an export, or lines with a token): by keyId, replaced or created; checked whole first", "security": auth,
+  "/api-keys/import": {"post": {"summary": "Restore keys from JSON lines (an export, or lines with a token): by keyId, replaced or created; checked whole first, then each line written only if its key is still as checked (else listed in conflicts); a deleted keyId is created again only with recreateDeleted", "security": auth,
+      "parameters": [{"name": "recreateDeleted", "in": "query", "schema": {"type": "boolean", "default": False}, "description": "Create again keys that were deleted from the store"}],
       "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": ref("KeyLine")}}},
       "responses": {**ok("What was done", ref("ImportSummary")), **errors("400", "401", "503")}}},
   "/api-keys/{id}": {
     "parameters": id_param,
-    "get": {"summary": "One key", "security": auth, "responses": {**ok("The key", ref("ApiKey")), **errors("401", "404", "503")}},
-    "patch": {"summary": "Edit any field but the secret and env", "security": auth, "requestBody": body(ref("KeyInput")),
-              "responses": {**ok("The edited key", ref("ApiKey")), **errors("400", "401", "404", "503")}},
-    "delete": {"summary": "Delete (revoke) a key", "security": auth,
-               "responses": {**ok("Revoked", {"type": "object", "properties": {"keyId": {"type": "string"}, "revoked": {"type": "boolean"}}}), **errors("401", "404", "503")}}},
-  "/api-keys/{id}/enable": {"parameters": id_param, "post": {"summary": "Enable a key", "security": auth, "responses": {**ok("The key", ref("ApiKey")), **errors("401", "404", "503")}}},
-  "/api-keys/{id}/disable": {"parameters": id_param, "post": {"summary": "Disable a key (401 key_disabled on every node)", "security": auth, "responses": {**ok("The key", ref("ApiKey")), **errors("401", "404", "503")}}},
+    "get": {"summary": "One key", "security": auth, "responses": tagged({**ok("The key", ref("ApiKey")), **errors("401", "404", "503")})},
+    "patch": {"summary": "Edit any field but the secret and env: only the fields sent are written", "security": auth, "parameters": if_match, "requestBody": body(ref("KeyInput")),
+              "responses": tagged({**ok("The edited key", ref("ApiKey")), **errors("400", "401", "404", "412", "503")})},
+    "delete": {"summary": "Delete (revoke) a key", "security": auth, "parameters": if_match,
+               "responses": {**ok("Revoked", {"type": "object", "properties": {"keyId": {"type": "string"}, "revoked": {"type": "boolean"}}}), **errors("400", "401", "404", "412", "503")}}},
+  "/api-keys/{id}/enable": {"parameters": id_param, "post": {"summary": "Enable a key", "security": auth, "parameters": if_match, "responses": tagged({**ok("The key", ref("ApiKey")), **errors("400", "401", "404", "412", "503")})}},
+  "/api-keys/{id}/disable": {"parameters": id_param, "post": {"summary": "Disable a key (401 key_disabled on every node)", "security": auth, "parameters": if_match, "responses": tagged({**ok("The key", ref("ApiKey")), **errors("400", "401", "404", "412", "503")})}},
   "/api-keys/{id}/rotate": {"parameters": id_param, "post": {
-      "summary": "New secret; the old one stays valid for graceSeconds", "security": auth,
+      "summary": "New secret; the old one stays valid for graceSeconds", "security": auth, "parameters": if_match,
       "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {"graceSeconds": {"type": "integer", "minimum": 0, "maximum": 2592000}}}}}},
-      "responses": {**ok("The key and its new secret", ref("ApiKeyWithSecret"), secret_meta), **errors("400", "401", "404", "503")}}},
+      "responses": tagged({**ok("The key and its new secret", ref("ApiKeyWithSecret"), secret_meta), **errors("400", "401", "404", "412", "503")})}},
   "/api-keys/{id}/usage": {"parameters": id_param, "get": {"summary": "Requests over the last hour and day, each window's use (minute, hour, day, month) and the credits", "security": auth,
       "responses": {**ok("Usage", ref("Usage")), **errors("401", "404", "503")}}},
-  "/api-keys/{id}/credits": {"parameters": id_param, "post": {"summary": "Add to or set a key's credit balance (a key given credits spends them from then on)", "security": auth,
+  "/api-keys/{id}/credits": {"parameters": id_param, "post": {"summary": "Add to or set a key's credit balance (a key given credits spends them from then on); the key's version stays", "security": auth, "parameters": if_match,
       "requestBody": body({"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1, "properties": {
           "add": {"type": "integer", "description": "Credits to add (negative takes away)"}, "set": {"type": "integer", "minimum": 0, "description": "The new balance"}}}),
-      "responses": {**ok("The key's credits after the change", {"type": "object", "properties": {"keyId": {"type": "string"}, "credits": ref("Credits")}}), **errors("400", "401", "404", "503")}}},
+      "responses": {**ok("The key's credits after the change", {"type": "object", "properties": {"keyId": {"type": "string"}, "credits": ref("Credits")}}), **errors("400", "401", "404", "412", "503")}}},
   "/usage": {"get": {"summary": "Admitted and refused requests per key per day or hour, for billing (JSON, or CSV with Accept: text/csv); hourly counts are kept 420 days", "security": auth,
       "parameters": [{"name": "owner", "in": "query", "schema": {"type": "string"}, "description": "Only keys of this owner"},
                      {"name": "keyId", "in": "query", "schema": {"type": "string"}, "description": "Only this key"},
@@ -92,11 +103,11 @@ paths = {
       "responses": {**ok("What was done", ref("ImportSummary")), **errors("400", "401", "503")}}},
   "/api-roles/{id}": {
     "parameters": id_param,
-    "get": {"summary": "One role", "security": auth, "responses": {**ok("The role", ref("Role")), **errors("401", "404", "503")}},
-    "patch": {"summary": "Edit a role (takes effect on every node)", "security": auth, "requestBody": body(ref("RoleInput")),
-              "responses": {**ok("The role", ref("Role")), **errors("400", "401", "404", "503")}},
-    "delete": {"summary": "Delete a role no key uses", "security": auth,
-               "responses": {**ok("Deleted", {"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}}}), **errors("401", "404", "409", "503")}}},
+    "get": {"summary": "One role", "security": auth, "responses": tagged({**ok("The role", ref("Role")), **errors("401", "404", "503")})},
+    "patch": {"summary": "Edit a role (takes effect on every node): only the fields sent are written", "security": auth, "parameters": if_match, "requestBody": body(ref("RoleInput")),
+              "responses": tagged({**ok("The role", ref("Role")), **errors("400", "401", "404", "412", "503")})},
+    "delete": {"summary": "Delete a role no key uses", "security": auth, "parameters": if_match,
+               "responses": {**ok("Deleted", {"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}}}), **errors("400", "401", "404", "409", "412", "503")}}},
   "/modules": {"get": {"summary": "The permission catalogue, and the plans in meta", "security": auth, "responses": {**ok("Modules", {"type": "array", "items": ref("Module")},
       {"type": "object", "properties": {"plans": {"type": "object", "description": "Plan name to requests per minute, from the config", "additionalProperties": {"type": "integer"}},
           "planLimits": {"type": "object", "description": "Plan name to its limits", "additionalProperties": ref("Limits")}}}),
@@ -126,6 +137,7 @@ key_props = {
   "expiresAt": nullable_str, "createdAt": {"type": "string"}, "lastUsed": nullable_str, "usageCount": {"type": "integer"},
   "metadata": {"type": "object", "additionalProperties": {"type": "string"}}, "keyPrefix": {"type": "string", "description": "Masked form, never the secret"},
   "quota": ref("Quota"), "credits": {"oneOf": [ref("CreditTerms"), {"type": "null"}], "description": "Set when the key spends credits"},
+  "version": {"type": "integer", "minimum": 1, "description": "1 when created, +1 per change of the key's fields (not usage or the balance); the ETag and If-Match name it"},
 }
 nullable_int = {"type": ["integer", "null"], "minimum": 1}
 quota = {"type": "object", "properties": {"perHour": nullable_int, "perDay": nullable_int, "perMonth": nullable_int}}
@@ -156,7 +168,8 @@ schemas = {
   "UsageRow": {"type": "object", "properties": {"period": {"type": "string", "description": "YYYY-MM-DD, or the hour's RFC 3339 start"}, "keyId": {"type": "string"},
                "owner": {"type": "string"}, "admitted": {"type": "integer"}, "refused": {"type": "integer"}}},
   "Role": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
-           "permissions": {"type": "array", "items": {"type": "string"}}}, "required": ["id", "name", "description", "permissions"]},
+           "permissions": {"type": "array", "items": {"type": "string"}}, "version": {"type": "integer", "minimum": 1}},
+           "required": ["id", "name", "description", "permissions", "version"]},
   "RoleInput": {"type": "object", "additionalProperties": False, "properties": {"id": {"type": "string", "description": "Create only"},
            "name": {"type": "string"}, "description": {"type": "string"}, "permissions": {"type": "array", "items": {"type": "string"}}}},
   "Module": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
@@ -176,9 +189,12 @@ schemas = {
       "token": {"type": "string", "description": "A secret in clear, to import an existing platform's token; never in an export"}}},
   "RoleLine": {"type": "object", "required": ["id", "permissions"], "additionalProperties": False, "properties": {
       "id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"}, "permissions": {"type": "array", "items": {"type": "string"}}}},
-  "ImportSummary": {"type": "object", "properties": {"created": {"type": "integer"}, "updated": {"type": "integer"}}},
+  "ImportSummary": {"type": "object", "properties": {"created": {"type": "integer"}, "updated": {"type": "integer"},
+      "conflicts": {"type": "array", "description": "Lines not written: their key changed, was created or was deleted since the import checked it",
+                    "items": {"type": "object", "properties": {"line": {"type": "integer"}, "keyId": {"type": "string"}, "reason": {"type": "string"}}}}}},
   "Error": {"type": "object", "required": ["success", "error", "code"], "properties": {"success": {"type": "boolean", "const": False},
-           "error": {"type": "string"}, "code": {"type": "string"}, "field": {"type": "string"}}},
+           "error": {"type": "string"}, "code": {"type": "string"}, "field": {"type": "string"},
+           "currentVersion": {"type": "integer", "description": "With version_conflict: the version the record is at"}}},
 }
 doc = {"openapi": "3.1.0",
        "info": {"title": "keygate admin API", "version": "1", "description": "Key and role management on the admin listener. Every route but /metrics, /healthz, /readyz and /openapi.json needs `Authorization: Bearer <admin token>`."},
