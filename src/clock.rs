@@ -41,17 +41,36 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// `2026-01-15T10:30:00Z` for Unix seconds (the JSON form of every time).
+/// The latest time keygate takes or writes, 9999-12-31T23:59:59Z: past it
+/// RFC 3339 has no four-digit year, and an export would hold a time that
+/// no import reads back.
+pub const LATEST: i64 = 253_402_300_799;
+
+/// `2026-01-15T10:30:00Z` for Unix seconds (the JSON form of every time),
+/// kept within 1970 and [`LATEST`] so that it always reads back.
 pub fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
+    time::OffsetDateTime::from_unix_timestamp(secs.clamp(0, LATEST))
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| secs.to_string())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
-/// Parses an RFC 3339 time into Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
+/// Parses an RFC 3339 time from 1970 to [`LATEST`] into Unix seconds; the
+/// error says what is wrong with it.
+pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("`{s}` is not an RFC 3339 time (like 2026-12-31T18:00:00Z)"))?
+        .unix_timestamp();
+    within_bounds(t).map_err(|m| format!("`{s}` {m}"))
+}
+
+/// `t` if it lies from 1970 to [`LATEST`].
+pub fn within_bounds(t: i64) -> Result<i64, String> {
+    match t {
+        t if t > LATEST => Err("is after 9999-12-31T23:59:59Z, the latest time keygate takes".into()),
+        t if t < 0 => Err("is before 1970-01-01T00:00:00Z".into()),
+        t => Ok(t),
+    }
 }
 
 /// The windows a limit is counted over. Minute windows are 60 s long
@@ -203,6 +222,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn times_are_taken_and_written_from_1970_to_year_9999_only() {
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Ok(LATEST));
+        // Within year 9999 as written, but year 10000 in UTC.
+        let e = parse_rfc3339("9999-12-31T23:59:59-23:59").unwrap_err();
+        assert!(e.contains("after 9999-12-31T23:59:59Z"), "{e}");
+        assert!(parse_rfc3339("1969-12-31T23:59:59Z").unwrap_err().contains("before 1970"));
+        assert!(parse_rfc3339("tomorrow").unwrap_err().contains("not an RFC 3339 time"));
+        assert_eq!(rfc3339(LATEST), "9999-12-31T23:59:59Z");
+        // Whatever a corrupt record holds, what is written reads back.
+        for t in [LATEST + 86_400, i64::MAX, -1, i64::MIN] {
+            assert!(parse_rfc3339(&rfc3339(t)).is_ok(), "{t}: {}", rfc3339(t));
+        }
+    }
+
+    #[test]
     fn calendar_windows_follow_utc() {
         // 2026-01-31T23:59:59.999Z, then the first instant of February.
         let end_jan = parse_rfc3339("2026-01-31T23:59:59Z").unwrap() * 1000 + 999;
@@ -234,7 +268,7 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(date(parse_rfc3339("2026-03-05T10:00:00Z").unwrap()), "2026-03-05");
-        assert_eq!(parse_date("2026-03-05"), parse_rfc3339("2026-03-05T00:00:00Z"));
+        assert_eq!(parse_date("2026-03-05"), parse_rfc3339("2026-03-05T00:00:00Z").ok());
         for bad in ["2026-02-30", "2026-3-05", "20260305", "2026-03-0x", "+026-03-05"] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
@@ -243,8 +277,8 @@ mod tests {
     #[test]
     fn round_trip() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(parse_rfc3339("2024-01-15T10:30:00Z"), Some(1_705_314_600));
-        assert_eq!(parse_rfc3339(&rfc3339(1_705_314_600)), Some(1_705_314_600));
-        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2024-01-15T10:30:00Z"), Ok(1_705_314_600));
+        assert_eq!(parse_rfc3339(&rfc3339(1_705_314_600)), Ok(1_705_314_600));
+        assert!(parse_rfc3339("yesterday").is_err());
     }
 }

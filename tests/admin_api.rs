@@ -296,3 +296,75 @@ async fn openapi_document_matches_the_routes() {
     returned.remove("apiKey");
     assert_eq!(key_fields, returned);
 }
+
+/// Every door refuses what would break a later read: a time past year
+/// 9999 (an export would hold bare digits no import reads back), a
+/// balance pushed below 0 or past the cap, a planted secret outliving
+/// every rotation, metadata names that are one header, invisible format
+/// characters in names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_at_every_door() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let _gw = s.start();
+    let api = Admin::new(&s);
+    let (_, v) = api.post("/api-keys", json!({ "name": "bounded", "role": "read-only" })).await;
+    let id = v["data"]["keyId"].as_str().unwrap().to_string();
+    let path = format!("/api-keys/{id}");
+    let refused = |(status, v): (u16, Value), field: &str| {
+        assert_eq!((status, v["field"].as_str()), (400, Some(field)), "{v}");
+        v["error"].as_str().unwrap().to_string()
+    };
+
+    // Year 10000 in UTC, written as year 9999 with an offset.
+    let e = refused(api.patch(&path, json!({ "expiresAt": "9999-12-31T23:59:59-23:59" })).await, "expiresAt");
+    assert!(e.contains("9999-12-31T23:59:59Z"), "{e}");
+    let out = s.cli(&["keys", "edit", &id, "--expires-in", "99999999999d"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("expiresAt"), "{out:?}");
+    assert_eq!(api.get(&path).await.1["data"]["expiresAt"], Value::Null, "a refused expiry was written");
+    let export =
+        client().get(s.admin_url("/api-keys/export")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().text().await.unwrap();
+    let mut line: Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
+    line["expiresAt"] = "9999-12-31T23:59:59-23:59".into();
+    let resp =
+        client().post(s.admin_url("/api-keys/import")).bearer_auth(ADMIN_TOKEN).body(line.to_string()).send().await.unwrap();
+    let v = json_of(resp).await;
+    assert!(v["error"].as_str().unwrap().contains("line 1: expiresAt"), "{v}");
+
+    // An import cannot plant a rotated-out secret valid for years.
+    let mut line: Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
+    line["previousSecrets"] = json!([{ "sha256": "ab".repeat(32), "validUntil": "2999-01-01T00:00:00Z" }]);
+    let resp =
+        client().post(s.admin_url("/api-keys/import")).bearer_auth(ADMIN_TOKEN).body(line.to_string()).send().await.unwrap();
+    let v = json_of(resp).await;
+    assert!(v["error"].as_str().unwrap().contains("line 1: previousSecrets"), "{v}");
+    // What a rotation leaves is shown by when it ends, never by its hash.
+    let (status, _) = api.post(&format!("{path}/rotate"), json!({ "graceSeconds": 3600 })).await;
+    assert_eq!(status, 200);
+    let (_, v) = api.get(&path).await;
+    let previous = v["meta"]["previousSecrets"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(previous.len(), 1, "{v}");
+    let until = keygate::clock::parse_rfc3339(previous[0]["validUntil"].as_str().unwrap()).unwrap();
+    assert!((until - keygate::clock::now_unix() - 3600).abs() < 30, "{v}");
+    assert!(!v.to_string().contains(&"ab".repeat(32)));
+
+    // A balance stays from 0 to the cap, whatever an add says.
+    let credits = format!("{path}/credits");
+    assert_eq!(api.post(&credits, json!({ "set": 10 })).await.0, 200);
+    let e = refused(api.post(&credits, json!({ "add": -11 })).await, "add");
+    assert!(e.contains("below 0"), "{e}");
+    let e = refused(api.post(&credits, json!({ "add": 1_000_000_000_000i64 })).await, "add");
+    assert!(e.contains("above"), "{e}");
+    let (_, v) = api.post(&credits, json!({ "add": -10 })).await;
+    assert_eq!(v["data"]["credits"]["remaining"], 0, "{v}");
+
+    // Two metadata names that are one header; invisible characters in text.
+    let e = refused(api.patch(&path, json!({ "metadata": { "Tier": "gold", "tier": "free" } })).await, "metadata");
+    assert!(e.contains("same header"), "{e}");
+    refused(api.patch(&path, json!({ "metadata": { "a_b": "1", "a-b": "2" } })).await, "metadata");
+    refused(api.patch(&path, json!({ "name": "invoice\u{202e}fdp.exe" })).await, "name");
+    refused(api.patch(&path, json!({ "description": "zero\u{200b}width" })).await, "description");
+    refused(api.patch(&path, json!({ "metadata": { "plan": "\u{2066}gold" } })).await, "metadata");
+    let (_, v) = api.get(&path).await;
+    assert_eq!((v["data"]["name"].as_str(), v["data"]["metadata"].as_object().map(|m| m.len())), (Some("bounded"), Some(0)));
+}

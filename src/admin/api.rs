@@ -171,7 +171,11 @@ pub async fn run(
         }
         Endpoint::GetKey => {
             let key = m.get_key(&id).await?;
-            record(m.key_json(&key), key.version)
+            let previous = m.previous_secrets(&id).await?;
+            let previous: Vec<Value> = previous.iter().map(|t| json!({ "validUntil": crate::clock::rfc3339(*t) })).collect();
+            let mut resp = ok(StatusCode::OK, m.key_json(&key), json!({ "previousSecrets": previous }));
+            with_etag(&mut resp, key.version);
+            resp
         }
         Endpoint::EditKey => {
             let mut input = input::key_input(body)?;

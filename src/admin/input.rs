@@ -105,10 +105,7 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
     let expires_at = match map.get("expiresAt") {
         None => None,
         Some(Value::Null) => Some(None),
-        Some(Value::String(s)) => Some(Some(
-            crate::clock::parse_rfc3339(s)
-                .ok_or_else(|| invalid("expiresAt", format!("`{s}` is not an RFC 3339 time (like 2026-12-31T18:00:00Z)")))?,
-        )),
+        Some(Value::String(s)) => Some(Some(crate::clock::parse_rfc3339(s).map_err(|m| invalid("expiresAt", m))?)),
         Some(_) => return Err(invalid("expiresAt", "must be an RFC 3339 time or null")),
     };
     let enabled = match map.get("enabled") {

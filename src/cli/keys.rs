@@ -86,18 +86,15 @@ impl KeyArgs {
             }
             Some(m)
         };
-        let expires_at =
-            match (self.expires_at.as_deref(), self.expires_in.as_deref()) {
-                (Some("never" | ""), _) => Some(None),
-                (Some(at), _) => Some(Some(clock::parse_rfc3339(at).ok_or_else(|| {
-                    format!("expiresAt: --expires-at `{at}` is not an RFC 3339 time (like 2026-12-31T18:00:00Z)")
-                })?)),
-                (None, Some(span)) => {
-                    let span = crate::config::parse_duration(span).map_err(|e| format!("expiresAt: --expires-in: {e}"))?;
-                    Some(Some(clock::now_unix().saturating_add(i64::try_from(span.as_secs()).unwrap_or(i64::MAX))))
-                }
-                (None, None) => None,
-            };
+        let expires_at = match (self.expires_at.as_deref(), self.expires_in.as_deref()) {
+            (Some("never" | ""), _) => Some(None),
+            (Some(at), _) => Some(Some(clock::parse_rfc3339(at).map_err(|m| format!("expiresAt: --expires-at {m}"))?)),
+            (None, Some(span)) => {
+                let span = crate::config::parse_duration(span).map_err(|e| format!("expiresAt: --expires-in: {e}"))?;
+                Some(Some(clock::now_unix().saturating_add(i64::try_from(span.as_secs()).unwrap_or(i64::MAX))))
+            }
+            (None, None) => None,
+        };
         Ok(KeyInput {
             name: self.name,
             description: self.description,

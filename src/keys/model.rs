@@ -278,7 +278,9 @@ pub fn validate_role_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// Free text that is forwarded in headers must carry no control characters.
+/// Free text that is forwarded in headers and shown to operators must carry
+/// no control characters, nor format characters (bidi overrides, zero-width
+/// spaces) that make it read otherwise than it is.
 pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), String> {
     if value.chars().count() > max {
         return Err(format!("{field} must be at most {max} characters"));
@@ -286,7 +288,40 @@ pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), String>
     if value.chars().any(char::is_control) {
         return Err(format!("{field} must not contain control characters"));
     }
+    if let Some(c) = value.chars().find(|c| is_format_char(*c)) {
+        return Err(format!("{field} must not contain invisible format characters (found U+{:04X})", c as u32));
+    }
     Ok(())
+}
+
+/// Whether `c` is of Unicode's general category Cf (format): bidi
+/// controls, zero-width characters, the BOM, tags (Unicode 15.1).
+pub fn is_format_char(c: char) -> bool {
+    const CF: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = c as u32;
+    CF.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c))
 }
 
 /// Metadata names become `X-Keygate-Meta-<Name>` headers.
@@ -296,6 +331,19 @@ pub fn validate_metadata(key: &str, value: &str) -> Result<(), String> {
         return Err(format!("metadata name `{key}` must be 1-64 letters, digits, '_' or '-'"));
     }
     validate_text(&format!("metadata `{key}`"), value, MAX_TEXT_CHARS)
+}
+
+/// Refuses two metadata names that would be one header (`Tier` and
+/// `tier`, `a_b` and `a-b`): the upstream would read two conflicting lines.
+pub fn validate_metadata_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for name in names {
+        let header = name.to_ascii_lowercase().replace('_', "-");
+        if let Some(other) = seen.insert(header.clone(), name) {
+            return Err(format!("metadata names `{other}` and `{name}` are the same header X-Keygate-Meta-{header}"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -314,5 +362,20 @@ mod tests {
         assert!(validate_metadata("default_optin_mailing", "42").is_ok());
         assert!(validate_metadata("bad name", "x").is_err());
         assert!(validate_metadata("ok", "line\nbreak").is_err());
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(validate_metadata_names(&names(&["tier", "plan_id"])).is_ok());
+        for clash in [&["Tier", "tier"][..], &["a_b", "a-b"], &["A_B", "a-b"]] {
+            let e = validate_metadata_names(&names(clash)).unwrap_err();
+            assert!(e.contains("the same header"), "{clash:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn text_refuses_what_reads_otherwise_than_it_is() {
+        assert!(validate_text("name", "Zapier – prod ✓ 日本", 100).is_ok());
+        for bad in ["evil\u{202E}gpj.exe", "zero\u{200B}width", "\u{FEFF}bom", "tag\u{E0041}", "soft\u{00AD}hyphen"] {
+            let e = validate_text("name", bad, 100).unwrap_err();
+            assert!(e.contains("format characters"), "{bad:?}: {e}");
+        }
     }
 }

@@ -67,6 +67,9 @@ impl Manager<'_> {
             if at.is_some_and(|t| t <= clock::now_unix()) {
                 return Err(invalid("expiresAt", "is in the past: a key cannot be created or edited already expired"));
             }
+            if let Some(t) = at {
+                clock::within_bounds(t).map_err(|m| invalid("expiresAt", m))?;
+            }
             key.expires_at = at;
         }
         if let Some(days) = input.expires_in_days {
@@ -79,6 +82,7 @@ impl Manager<'_> {
             for (k, v) in &meta {
                 model::validate_metadata(k, v).map_err(|m| invalid("metadata", m))?;
             }
+            model::validate_metadata_names(meta.keys()).map_err(|m| invalid("metadata", m))?;
             key.metadata = meta;
         }
         if let Some(enabled) = input.enabled {

@@ -11,8 +11,7 @@ use crate::store::{CreditBalance, CreditChange, UsageQuery, UsageRow};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-/// The largest credit balance an operator may give (far beyond any bill).
-pub const MAX_CREDITS: u64 = 1_000_000_000_000;
+pub use crate::store::MAX_CREDITS;
 
 /// A running gateway's limiter and credits, for live counts.
 #[derive(Clone, Copy)]
@@ -125,10 +124,13 @@ impl UsageReport {
     }
 }
 
-/// A CSV field, quoted when it must be; a leading `=`, `+`, `-` or `@`
-/// is defused so a spreadsheet never runs an owner's name as a formula.
+/// A CSV field, quoted when it must be; a leading `=`, `+`, `-`, `@`, tab
+/// or carriage return, even behind spaces or invisible format characters
+/// (which a spreadsheet skips), is defused so it never runs an owner's
+/// name as a formula.
 fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.to_string() };
+    let start = s.trim_start_matches(|c: char| c == ' ' || crate::keys::model::is_format_char(c));
+    let s = if start.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -408,6 +410,10 @@ mod tests {
                 (1_764_547_200, "key_b".into(), "a,b".into(), 0, 2),
             ],
         };
+        for hidden in [" =1+1", "\u{200b}=1+1", " \u{2066}@SUM(A1)", "\t=1"] {
+            assert!(csv_field(hidden).trim_start_matches('"').starts_with('\''), "{hidden:?}: {}", csv_field(hidden));
+        }
+        assert_eq!(csv_field("plain owner"), "plain owner");
         assert_eq!(
             report.csv(),
             "period,key_id,owner,admitted,refused\n2025-12-01,key_a,\"'=HYPERLINK(\"\"x\"\")\",5,1\n2025-12-01,key_b,\"a,b\",0,2\n"

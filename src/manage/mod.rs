@@ -84,6 +84,13 @@ fn from_store(e: StoreError, what: &str) -> ManageError {
     match e {
         StoreError::NotFound => ManageError::NotFound(what.into()),
         StoreError::VersionConflict { current } => ManageError::VersionConflict { what: what.into(), current },
+        StoreError::BalanceBound { remaining, add } => {
+            let bound = if add < 0 { "below 0".to_string() } else { format!("above {MAX_CREDITS}") };
+            invalid(
+                "add",
+                format!("would take the balance of {what} from {remaining} to {}, {bound}", remaining.saturating_add(add)),
+            )
+        }
         StoreError::Conflict(m) => ManageError::Conflict(m),
         StoreError::RoleInUse { keys } => ManageError::RoleInUse { role: what.into(), keys },
         other => ManageError::Store(other),
@@ -199,6 +206,13 @@ impl Manager<'_> {
         let action = if imported { "key.import" } else { "key.create" };
         self.audit(action, &key.key_id, None, Some(self.key_json(&key))).await;
         Ok((key, secret))
+    }
+
+    /// When each of a key's rotated-out secrets that still work stops
+    /// working (Unix seconds), latest first; never their hashes.
+    pub async fn previous_secrets(&self, key_id: &str) -> Result<Vec<i64>, ManageError> {
+        let secrets = self.store.secrets_of(key_id, clock::now_unix()).await.map_err(ManageError::Store)?;
+        Ok(secrets.iter().filter_map(|s| s.valid_until).collect())
     }
 
     /// A page of keys.

@@ -230,7 +230,7 @@ fn at_line(line: usize, e: ManageError) -> String {
 fn time_field(field: &str, value: &Option<String>) -> Result<Option<i64>, ManageError> {
     match value {
         None => Ok(None),
-        Some(t) => clock::parse_rfc3339(t).map(Some).ok_or_else(|| invalid(field, format!("`{t}` is not an RFC 3339 time"))),
+        Some(t) => clock::parse_rfc3339(t).map(Some).map_err(|m| invalid(field, m)),
     }
 }
 
@@ -400,6 +400,12 @@ impl Manager<'_> {
             let hash =
                 TokenHash::from_hex(&p.sha256).ok_or_else(|| invalid("previousSecrets", "sha256 must be 64 hex digits"))?;
             let until = time_field("previousSecrets", &Some(p.valid_until.clone()))?.unwrap_or(0);
+            // As long as a rotation's grace at most: an import cannot plant
+            // a second secret that outlives every rotation.
+            if until > now + super::MAX_GRACE_SECONDS as i64 {
+                let days = super::MAX_GRACE_SECONDS / 86_400;
+                return Err(invalid("previousSecrets", format!("validUntil `{}` is more than {days} days ahead", p.valid_until)));
+            }
             if until > now {
                 secrets.push(SecretRecord { hash, valid_until: Some(until) });
             }

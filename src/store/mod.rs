@@ -36,7 +36,14 @@ pub enum StoreError {
     /// remembers it): nothing was written.
     #[error("was deleted")]
     Deleted,
+    /// An `add` would take a balance below 0 or above [`MAX_CREDITS`]: the
+    /// balance (after any refill due) is left as it is.
+    #[error("the balance is {remaining}: adding {add} would take it below 0 or above {MAX_CREDITS}")]
+    BalanceBound { remaining: i64, add: i64 },
 }
+
+/// The largest credit balance a key may hold (far beyond any bill).
+pub const MAX_CREDITS: u64 = 1_000_000_000_000;
 
 /// What a restore (`put_key`) expects to find under the key's id; the write
 /// happens only if it finds it.

@@ -42,6 +42,7 @@ fn to_store_error(e: RedisFailure) -> StoreError {
                     Err(_) => StoreError::Corrupt(format!("a version `{rest}`")),
                 },
                 "deleted" => StoreError::Deleted,
+                "bound" => StoreError::BalanceBound { remaining: rest.trim().parse().unwrap_or(0), add: 0 },
                 _ => StoreError::Unavailable(msg),
             }
         }
@@ -475,9 +476,13 @@ impl Store for RedisStore {
             period.to_string(),
             now_unix_ms().to_string(),
             expect.map(|v| v.to_string()).unwrap_or_default(),
+            MAX_CREDITS.to_string(),
         ];
-        let (remaining, period, generation): (i64, i64, i64) =
-            self.invoke("change_credits", &scripts::CHANGE_CREDITS, args).await?;
+        let result = self.invoke("change_credits", &scripts::CHANGE_CREDITS, args).await;
+        let (remaining, period, generation): (i64, i64, i64) = match result {
+            Err(StoreError::BalanceBound { remaining, .. }) => return Err(StoreError::BalanceBound { remaining, add: n }),
+            other => other?,
+        };
         Ok(CreditBalance { remaining, period, generation })
     }
 

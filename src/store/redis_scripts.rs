@@ -281,24 +281,30 @@ return 1
     )
 });
 
-/// Refills a credits hash when its refill is due (the arithmetic of
-/// `credits::apply`); `refill` is '' for none.
+/// A credits hash's balance after the refill due (the arithmetic of
+/// `credits::apply`; `refill` is '' for none), and that balance less
+/// `spent` written back.
 const CREDITS_APPLY: &str = r#"
-local function credits_apply(c, refill, period, spent)
+local function credits_due(c, refill, period)
   local rem = tonumber(redis.call('HGET', c, 'remaining') or '0')
   local per = tonumber(redis.call('HGET', c, 'period') or '0')
   if refill ~= '' and per < period then
     rem = tonumber(refill)
     per = period
   end
-  rem = rem - spent
-  redis.call('HSET', c, 'remaining', rem, 'period', per)
   return {rem, per}
+end
+local function credits_apply(c, refill, period, spent)
+  local r = credits_due(c, refill, period)
+  local rem = r[1] - spent
+  redis.call('HSET', c, 'remaining', rem, 'period', r[2])
+  return {rem, r[2]}
 end
 "#;
 
 /// ARGV: key_id, "add" or "set", n, refill ('' for none), period, at_ms,
-/// the version the key must be at ('' for any).
+/// the version the key must be at ('' for any), the largest balance (an
+/// add that crosses 0 or it is refused).
 /// Returns {remaining, period, generation}.
 pub static CHANGE_CREDITS: LazyLock<Script> = LazyLock::new(|| {
     script(&format!(
@@ -319,6 +325,8 @@ if op == 'set' then
   redis.call('HSET', c, 'remaining', n, 'period', period, 'gen', gen)
   r = {n, period}
 else
+  local due = credits_due(c, refill, period)
+  if due[1] + n < 0 or due[1] + n > tonumber(ARGV[8]) then return refuse('bound ' .. due[1]) end
   r = credits_apply(c, refill, period, -n)
   redis.call('HSET', c, 'gen', gen)
 end

@@ -237,6 +237,16 @@ pub async fn conformance(store: &dyn Store) {
     let added = store.change_credits("key_b", CreditChange::Add(5), Some(100), 7, Some(v)).await.unwrap();
     assert_eq!(store.get_key("key_b").await.unwrap().unwrap().version, v, "a balance is not one of the key's fields");
     assert_eq!(added.remaining, 55);
+    // An add never takes a balance below 0 or above the cap, and a refused
+    // one changes nothing.
+    let max = keygate::store::MAX_CREDITS as i64;
+    for add in [-56, max - 54] {
+        let refused = store.change_credits("key_b", CreditChange::Add(add), Some(100), 7, None).await;
+        assert_eq!(refused, Err(StoreError::BalanceBound { remaining: 55, add }));
+    }
+    assert_eq!(store.credit_balance("key_b").await.unwrap().unwrap().remaining, 55);
+    assert_eq!(store.change_credits("key_b", CreditChange::Add(-55), Some(100), 7, None).await.unwrap().remaining, 0);
+    assert_eq!(store.change_credits("key_b", CreditChange::Add(55), Some(100), 7, None).await.unwrap().remaining, 55);
     let spend = |generation, period, spent| CreditSpend { key_id: "key_b".into(), generation, refill: Some(100), period, spent };
     store.record_meter(&[], &[spend(set.generation, 7, 10), spend(set.generation, 8, 30)]).await.unwrap();
     let b = store.credit_balance("key_b").await.unwrap().unwrap();

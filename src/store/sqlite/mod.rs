@@ -520,7 +520,11 @@ impl Store for SqliteStore {
             match change {
                 CreditChange::Add(n) => {
                     crate::ratelimit::credits::apply(&mut b, refill, period, 0);
-                    b.remaining = b.remaining.saturating_add(n);
+                    let after = b.remaining.saturating_add(n);
+                    if !(0..=MAX_CREDITS as i64).contains(&after) {
+                        return Err(StoreError::BalanceBound { remaining: b.remaining, add: n });
+                    }
+                    b.remaining = after;
                 }
                 CreditChange::Set(n) => b = CreditBalance { remaining: n, period, generation: b.generation + 1 },
             }
