@@ -23,6 +23,34 @@ fn the_shipped_example_is_valid() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_route_that_costs_more_than_its_own_limit_is_refused() {
+    let text = base().replace(
+        "match = \"POST /api/broadcasts/{id}/send\"",
+        "match = \"POST /api/broadcasts/{id}/send\"\ncost = 10\nrate_limit = { per_minute = 5 }",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::with_text(dir, &text, free_port(), free_port());
+    let out = s.cli(&["config", "check"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let line = text.lines().position(|l| l == "cost = 10").unwrap() + 1;
+    assert!(said.contains(&format!("gateway.toml:{line}: routes[5].cost:")), "{said}");
+    assert!(said.contains("every request would be refused"), "{said}");
+    // Within its own limit it loads; a plan whose smallest window is below
+    // the cost is named in a warning (the file still loads: other keys may
+    // have their own limits).
+    let text = text.replace("per_minute = 5 }", "per_minute = 50 }")
+        + "\n[plans.tiny]\nper_minute = 5\n\n[plans.daily]\nper_minute = 100\nper_day = 8\n";
+    let (ok, out) = check(&text);
+    assert!(ok, "{out}");
+    for plan in ["plans.tiny: its smallest window (5 per minute)", "plans.daily: its smallest window (8 per day)"] {
+        assert!(out.contains(plan) && out.contains("`POST /api/broadcasts/{id}/send` (10)"), "{plan}: {out}");
+    }
+    assert!(!out.contains("default_per_minute"), "{out}");
 }
 
 #[test]

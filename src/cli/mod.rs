@@ -222,6 +222,9 @@ fn check_config(path: &std::path::Path) -> Result<(), Failure> {
         config.routes.routes().len(),
         config.roles.len()
     );
+    for (field, message) in config.warnings() {
+        eprintln!("warning: {}: {field}: {message}", path.display());
+    }
     Ok(())
 }
 

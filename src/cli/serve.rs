@@ -108,6 +108,9 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
             crate::admin::MIN_ADMIN_TOKEN_LEN
         );
     }
+    for (field, message) in cfg.warnings() {
+        tracing::warn!(field, "config: {message}");
+    }
     let data = bind(cfg.server.listen, "server.listen").await?;
     let admin = bind(cfg.admin.listen, "admin.listen").await?;
     let data_addr = data.local_addr().map_err(|e| io_failure("data listener".into(), e))?;

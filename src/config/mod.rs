@@ -471,6 +471,38 @@ impl Config {
             .unwrap_or(self.rate_limit.default_per_minute.get())
     }
 
+    /// What loads but cannot be what was meant: each plan (and the default
+    /// limit) whose smallest window is below a route's cost, so that a key
+    /// on it can never call that route. `(field path, message)`.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let default = self.rate_limit.default_per_minute.get();
+        let mut limits: Vec<(String, Limits)> =
+            vec![("rate_limit.default_per_minute".into(), Limits { per_minute: default, quota: Default::default() })];
+        for (name, plan) in &self.plans {
+            let per_minute = plan.per_minute.map_or(default, NonZeroU32::get);
+            limits.push((format!("plans.{name}"), Limits { per_minute, quota: plan.quota }));
+        }
+        for (field, l) in limits {
+            let q = l.quota;
+            let windows = [("minute", Some(l.per_minute)), ("hour", q.per_hour), ("day", q.per_day), ("month", q.per_month)];
+            let Some((window, smallest)) = windows.into_iter().filter_map(|(w, n)| Some((w, n?))).min_by_key(|(_, n)| *n) else {
+                continue;
+            };
+            for route in self.routes.routes().iter().filter(|r| !r.public && r.cost > smallest) {
+                out.push((
+                    field.clone(),
+                    format!(
+                        "its smallest window ({smallest} per {window}) is below the cost of `{}` ({}): \
+                         a key on it is refused that route every time",
+                        route.pattern, route.cost
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// Every limit of a key: its own, else its plan's, else the default.
     pub fn limits_for(&self, key: &crate::keys::model::ApiKey) -> Limits {
         let plan = key.plan.as_deref().and_then(|p| self.plans.get(p));

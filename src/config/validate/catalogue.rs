@@ -108,6 +108,17 @@ pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], 
                 if r.public && r.cost.is_some() {
                     c.problem(r.cost.as_ref(), format!("{field}.cost"), "a public route has no key to charge");
                 }
+                if let Some(limit) = route.per_minute.filter(|l| *l < route.cost) {
+                    let cost = route.cost;
+                    c.problem(
+                        r.cost.as_ref(),
+                        format!("{field}.cost"),
+                        format!(
+                            "a request costs {cost}, more than the route's own rate_limit.per_minute of {limit}: \
+                             every request would be refused (the limit counts units of cost: {cost} per request)"
+                        ),
+                    );
+                }
                 out.push(route)
             }
             Err(e) => c.problem(Some(&r.pattern), format!("{field}.match"), e),
