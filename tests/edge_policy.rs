@@ -98,6 +98,11 @@ const ROWS: &[Row] = &[
         "GET /api/lists HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nX_Keygate_Role: admin\r\n\r\n",
         Forwarded(&[200], &["GET /api/lists HTTP/1.1\r\nhost: {up}\r\n{fwd}{id}\r\n"]),
     ),
+    row(
+        "look-alikes of framing, identity and credential names with runs of - are dropped",
+        "GET /api/lists HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nTransfer---Encoding: chunked\r\nContent--Length: 5\r\nX-Keygate--Owner: forged\r\nX--Api-Key: other\r\nX--Custom: 1\r\n\r\n",
+        Forwarded(&[200], &["GET /api/lists HTTP/1.1\r\nhost: {up}\r\nx--custom: 1\r\n{fwd}{id}\r\n"]),
+    ),
     // 3. `;` path parameters a servlet container would resolve.
     row(
         "..; climbs in a servlet container",

@@ -71,14 +71,35 @@ pub fn refuse_underscores(headers: &http::HeaderMap) -> Result<(), String> {
 }
 
 /// The fate of a client's header line under `underscores`.
+///
+/// A name with a run of `-` (`Transfer---Encoding`, `Content--Length`)
+/// that is a framing, identity or credential field once the run is one
+/// `-` is dropped: some backends and proxies collapse the run and would
+/// read it as the field it imitates.
 pub fn fate_of(name: &HeaderName, underscores: Underscores) -> Fate {
     let text = name.as_str();
-    if !text.as_bytes().contains(&b'_') {
+    let bytes = text.as_bytes();
+    let underscore = bytes.contains(&b'_');
+    let run = bytes.windows(2).any(|w| w == b"--");
+    if !underscore && !run {
         return fate(text);
     }
-    match underscores {
-        Underscores::Drop | Underscores::Reject => Fate::Drop,
-        Underscores::Allow => fate(&text.replace('_', "-")),
+    if underscore && underscores != Underscores::Allow {
+        return Fate::Drop;
+    }
+    // What a lenient reader takes the name for: `_` as `-` (when allowed
+    // through), each run of separators as one `-`.
+    let mut read_as = String::with_capacity(text.len());
+    for c in text.chars().map(|c| if c == '_' { '-' } else { c }) {
+        if !(c == '-' && read_as.ends_with('-')) {
+            read_as.push(c);
+        }
+    }
+    match fate(&read_as) {
+        Fate::Pass => Fate::Pass,
+        // An allowed `_` look-alike meets the fate of the field it imitates.
+        imitated if !run => imitated,
+        _ => Fate::Drop,
     }
 }
 
@@ -135,6 +156,21 @@ pub fn text_value(s: &str) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn look_alikes_of_framing_and_credential_fields_are_dropped() {
+        let of = |name: &str, u| fate_of(&HeaderName::from_bytes(name.as_bytes()).unwrap(), u);
+        for name in ["Transfer---Encoding", "Content--Length", "X-Api--Key", "X--Forwarded--For", "Transfer-_Encoding"] {
+            for u in [Underscores::Drop, Underscores::Allow] {
+                assert_eq!(of(name, u), Fate::Drop, "{name} {u:?}");
+            }
+        }
+        assert_eq!(of("X--Custom", Underscores::Drop), Fate::Pass, "a run alone is not refused");
+        assert_eq!(of("X_Custom", Underscores::Allow), Fate::Pass);
+        assert_eq!(of("X_Api_Key", Underscores::Allow), Fate::Credential, "an allowed `_` meets its field's fate");
+        assert_eq!(of("X_Custom", Underscores::Drop), Fate::Drop);
+        assert_eq!(of("Content-Length", Underscores::Drop), Fate::Drop);
+    }
 
     #[test]
     fn metadata_names() {
