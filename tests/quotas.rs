@@ -347,6 +347,57 @@ async fn verify_answers_as_the_gateway_would_and_consumes_with_cost() {
     assert_eq!((status, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("cost")), "{v}");
 }
 
+/// A charged verify counts in the key's usage as one request, admitted or
+/// refused, as the data plane counts it; a verify without a cost is the
+/// verdict a request would get now, and takes and counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_is_billed_like_a_request_and_a_peek_tells_the_gateways_verdict() {
+    let (_up, s) = setup("key").await;
+    let (key_id, token) = s.create_key(&["--name", "service", "--role", "read-only", "--plan", "metered", "--owner", "acme"]);
+    let (credit_id, credit_token) = s.create_key(&["--name", "prepaid", "--role", "read-only", "--credits", "1"]);
+    let _gw = s.start();
+    let verify = |body: Value| {
+        let s = &s;
+        async move { admin(s, reqwest::Method::POST, "/v1/keys/verify", Some(body)).await.1["data"].clone() }
+    };
+    let said = |d: &Value| (d["valid"].as_bool(), d["code"].as_str().map(str::to_string));
+    assert_eq!(said(&verify(json!({ "key": token, "cost": 4 })).await), (Some(true), None));
+    let d = verify(json!({ "key": token, "cost": 3 })).await;
+    assert_eq!(said(&d), (Some(false), Some("quota_exceeded".into())), "{d}");
+    let d = verify(json!({ "key": token })).await;
+    assert_eq!((said(&d), d["remaining"].as_i64()), ((Some(true), None), Some(2)), "{d}");
+    assert_eq!(get(&s, &token).await.status(), StatusCode::OK);
+    assert_eq!(get(&s, &token).await.status(), StatusCode::OK);
+    // The day is spent: the gateway would refuse, and the peek says so.
+    let d = verify(json!({ "key": token })).await;
+    assert_eq!(said(&d), (Some(false), Some("quota_exceeded".into())), "{d}");
+    assert_eq!(d["window"], "day");
+    assert!(d["retryAfter"].as_u64().is_some_and(|n| n >= 1), "{d}");
+    assert_eq!(get(&s, &token).await.status(), StatusCode::TOO_MANY_REQUESTS, "a peek took something");
+    // Credits: the peek sees the balance, takes none of it.
+    for _ in 0..2 {
+        assert_eq!(said(&verify(json!({ "key": credit_token })).await), (Some(true), None));
+    }
+    assert_eq!(said(&verify(json!({ "key": credit_token, "cost": 1 })).await), (Some(true), None));
+    let d = verify(json!({ "key": credit_token })).await;
+    assert_eq!(said(&d), (Some(false), Some("credits_exhausted".into())), "{d}");
+
+    // Billed: one admitted and one refused verify, beside the two served
+    // and one refused requests (peeks count for nothing).
+    let counted = eventually(Duration::from_secs(5), || async {
+        let (_, v) = admin(&s, reqwest::Method::GET, &format!("/usage?keyId={key_id}"), None).await;
+        v["data"][0]["admitted"] == 3 && v["data"][0]["refused"] == 2
+    })
+    .await;
+    let (_, report) = admin(&s, reqwest::Method::GET, &format!("/usage?keyId={key_id}"), None).await;
+    assert!(counted.is_some(), "{report}");
+    let (_, key) = admin(&s, reqwest::Method::GET, &format!("/api-keys/{key_id}"), None).await;
+    assert_eq!(key["data"]["usageCount"], 3, "{key}");
+    let (_, prepaid) = admin(&s, reqwest::Method::GET, &format!("/api-keys/{credit_id}"), None).await;
+    assert_eq!(prepaid["data"]["usageCount"], 1, "{prepaid}");
+    assert!(prepaid["data"]["lastUsed"].is_string(), "a charged verify left lastUsed empty: {prepaid}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_and_routes_with_bad_quota_settings_are_refused_naming_the_field() {
     let up = upstream::start().await;

@@ -19,6 +19,8 @@ pub struct Live<'a> {
     pub limiter: &'a Limiter,
     pub credits: &'a Credits,
     pub metrics: &'a crate::metrics::Metrics,
+    /// Where a charged verify counts as a request.
+    pub usage: &'a crate::keys::usage::UsageRecorder,
 }
 
 /// What `POST /v1/keys/verify` answers.
@@ -319,7 +321,10 @@ impl Manager<'_> {
     }
 
     /// Checks a token as a request would and, with `cost` above 0, charges
-    /// it as a request would: every window and the credits, all or none.
+    /// it as a request would: every window and the credits, all or none,
+    /// counted in the key's usage as one admitted or refused request.
+    /// Without a cost it is a peek: the verdict a request would get now,
+    /// nothing taken or counted.
     pub async fn verify_and_charge(&self, token: &str, permission: Option<&str>, cost: u32) -> Result<Verification, ManageError> {
         let verdict = self.verify(token, permission).await?;
         let (Some(key), None, Some(live)) = (verdict.key.clone(), verdict.refusal, self.meter) else {
@@ -337,12 +342,22 @@ impl Manager<'_> {
         };
         let now_ms = clock::now_ms();
         let metered = if cost == 0 {
-            meter::peek(live.limiter, &charge, now_ms)
+            let balance = match key.credits {
+                Some(terms) => Some(self.credit_remaining(&key.key_id, &terms, now_ms).await?),
+                None => None,
+            };
+            meter::verdict_now(live.limiter, &charge, now_ms, balance)
         } else {
             let policy = self.config.rate_limit.on_redis_error;
-            meter::charge(live.limiter, (live.credits, self.store), &charge, now_ms, policy, live.metrics)
+            let m = meter::charge(live.limiter, (live.credits, self.store), &charge, now_ms, policy, live.metrics)
                 .await
-                .map_err(ManageError::Store)?
+                .map_err(ManageError::Store)?;
+            // Counted as the data plane counts a request.
+            match m.refused {
+                Some(_) => live.usage.refused(&key.key_id, &key.owner, now_ms / 1000),
+                None => live.usage.record(&key.key_id, &key.owner, now_ms / 1000),
+            }
+            m
         };
         let limited = crate::error::GatewayError::of_metered(&metered);
         let remaining = match (key.credits, metered.credits) {

@@ -293,6 +293,29 @@ fn give_back(limiter: &Limiter, charge: &Charge<'_>, refused: Option<Policy>, no
     }
 }
 
+/// The verdict a request of `charge` would get now, taking nothing: the
+/// first window without room refuses it, then the credits, given as the
+/// balance this node sees and the seconds to its next refill.
+pub fn verdict_now(limiter: &Limiter, charge: &Charge<'_>, now_ms: i64, credits: Option<(i64, Option<u64>)>) -> Metered {
+    let mut out = Metered::default();
+    for (policy, counter, limit) in charge.windows() {
+        let d = limiter.peek(charge.algorithm, counter, limit, now_ms);
+        if out.refused.is_none() {
+            out.record(policy, d);
+        } else {
+            out.windows[policy as usize] = Some(d);
+        }
+    }
+    if let (None, Some((remaining, refill_in))) = (out.refused, credits) {
+        let allowed = remaining >= i64::from(charge.cost);
+        out.credits = Some(CreditDecision { allowed, remaining, refill_in });
+        if !allowed {
+            out.refused = Some(Refused::Credits);
+        }
+    }
+    out
+}
+
 /// What a charge would say of every window, counting nothing (for
 /// requests refused before the limits, and `/whoami`).
 pub fn peek(limiter: &Limiter, charge: &Charge<'_>, now_ms: i64) -> Metered {
