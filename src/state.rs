@@ -150,10 +150,14 @@ impl App {
                 Limiter::connect_redis(target, &config.rate_limit, &metrics).await.map_err(StoreError::Unavailable)?
             }
         };
-        // Several nodes spend each balance only with a shared limiter.
-        let credits = match &limiter {
-            Limiter::Local(_) => Credits::default(),
-            Limiter::Redis(_) => Credits::shared(config.rate_limit.nodes_hint.get()),
+        // A balance in a store other nodes reach is spent from leases of
+        // the store's balance, whatever limiter counts the windows: copies
+        // per node would each spend it whole.
+        let credits = match (&config.store.backend, &limiter) {
+            (crate::config::StoreBackend::Redis(_), _) | (_, Limiter::Redis(_)) => {
+                Credits::shared(config.rate_limit.nodes_hint.get())
+            }
+            _ => Credits::default(),
         };
         let cache = KeyCache::new(config.keys.cache_ttl, config.keys.negative_cache_ttl, config.store.timeout);
         let telemetry = match &config.tracing {

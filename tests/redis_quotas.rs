@@ -174,3 +174,40 @@ async fn a_month_window_on_redis_resets_at_midnight_utc_on_the_first() {
     let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
     assert!(ttl > 40 * 86_400_000 && ttl < 70 * 86_400_000, "{ttl}");
 }
+
+/// Two nodes on one Redis store with the local limiter (their minute
+/// windows their own): the credits still come from the store's one
+/// balance, so 10 credits admit 10 requests over both nodes, not 10 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credits_on_a_shared_store_are_exact_with_the_local_limiter_too() {
+    let Some(redis) = RedisServer::start() else { return };
+    let up = upstream::start().await;
+    let first = Setup::redis(&up.url(), &redis.url(), "");
+    let text = std::fs::read_to_string(&first.config).unwrap();
+    let local = text.replace("[rate_limit]\nbackend = \"redis\"\n", "[rate_limit]\nbackend = \"local\"\n");
+    assert_ne!(local, text);
+    std::fs::write(&first.config, local).unwrap();
+    let setups: Vec<Setup> = (0..2).map(|_| first.another_node()).collect();
+    let _gateways: Vec<Gateway> = setups.iter().map(Setup::start).collect();
+    let (key_id, token) =
+        first.create_key(&["--name", "prepaid", "--role", "read-only", "--credits", "10", "--rate-limit", "100000"]);
+    let c = client();
+    let mut admitted = 0;
+    for round in 0..4 {
+        let sends = (0..30).map(|i| c.get(setups[i % 2].url("/api/lists")).bearer_auth(&token).send());
+        for r in futures_util::future::join_all(sends).await {
+            match r.unwrap().status().as_u16() {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        if round < 3 {
+            // Leases left unspent go back to the balance.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+    assert_eq!(admitted, 10, "10 credits over two nodes with local limiters");
+    let usage = first.cli_json(&["keys", "usage", &key_id]);
+    assert_eq!(usage["credits"]["remaining"], 0, "{usage}");
+}
