@@ -125,7 +125,8 @@ try {
   await planned.waitFor({ state: "hidden" });
   const after = (await admin("GET", `/api-keys/${made.data.keyId}`)).data;
   assert.equal(after.description, "after");
-  assert.deepEqual({ ...after, description: "before" }, before, "every other field is as it was");
+  assert.deepEqual({ ...after, description: "before", version: before.version }, before, "every other field is as it was");
+  assert.equal(after.version, before.version + 1);
   assert.equal(after.plan, "pro");
 
   step("expiry to the minute: a local time becomes the key's expiresAt");
@@ -198,6 +199,63 @@ try {
   await page.keyboard.press("Escape");
   await page.getByRole("dialog", { name: "Create an API Key" }).waitFor({ state: "hidden" });
 
+  step("editing only a description keeps wildcards and explicit lists as written");
+  const modules = (await admin("GET", "/modules")).data;
+  const everyId = modules.flatMap((m) => m.permissions.map((p) => p.id));
+  for (const [id, permissions] of [["e2e-wild", ["lists.*", "contacts.view"]], ["e2e-every", everyId]]) {
+    assert.equal((await admin("POST", "/api-roles", { id, name: id, description: "before", permissions })).success, true);
+  }
+  const wildKey = await admin("POST", "/api-keys", { name: "E2E wildcard", description: "before", role: "e2e-wild", permissions: ["lists.*"] });
+  assert.equal(wildKey.success, true, JSON.stringify(wildKey));
+  const roleBefore = {};
+  for (const id of ["e2e-wild", "e2e-every"]) roleBefore[id] = (await admin("GET", `/api-roles/${id}`)).data;
+  const keyBefore = (await admin("GET", `/api-keys/${wildKey.data.keyId}`)).data;
+  await page.reload();
+  await page.getByRole("tab", { name: "API Roles" }).click();
+  for (const id of ["e2e-wild", "e2e-every"]) {
+    await page.locator(`li.role[data-role="${id}"]`).getByRole("button", { name: `Edit role ${id}` }).click();
+    const dialog = page.getByRole("dialog", { name: `Edit ${id}` });
+    await dialog.getByRole("option", { name: "List Management" }).click();
+    assert.equal(await dialog.getByLabel("Add New List", { exact: true }).isChecked(), true, `${id}: a wildcard shows as its boxes`);
+    await dialog.getByLabel("Description", { exact: true }).fill("after");
+    await dialog.getByRole("button", { name: "Save" }).click();
+    await dialog.waitFor({ state: "hidden" });
+    const after = (await admin("GET", `/api-roles/${id}`)).data;
+    assert.deepEqual({ ...after, description: "before", version: roleBefore[id].version }, roleBefore[id], `${id}: only the description changed`);
+    assert.equal(after.version, roleBefore[id].version + 1);
+  }
+  await page.getByRole("tab", { name: "API Keys" }).click();
+  await page.locator("tr", { hasText: "E2E wildcard" }).getByRole("button", { name: "Edit E2E wildcard" }).click();
+  const wildEdit = page.getByRole("dialog", { name: "Edit E2E wildcard" });
+  assert.equal(await wildEdit.getByLabel("View List", { exact: true }).isChecked(), true, "the key's lists.* shows as ticked boxes");
+  await wildEdit.getByLabel("Description", { exact: true }).fill("after");
+  await wildEdit.getByRole("button", { name: "Update" }).click();
+  await wildEdit.waitFor({ state: "hidden" });
+  const keyAfter = (await admin("GET", `/api-keys/${wildKey.data.keyId}`)).data;
+  assert.deepEqual({ ...keyAfter, description: "before", version: keyBefore.version }, keyBefore, "only the key's description changed");
+  step("unticking one box of a wildcard names the rest, and widens nothing");
+  await page.getByRole("tab", { name: "API Roles" }).click();
+  await page.locator('li.role[data-role="e2e-wild"]').getByRole("button", { name: "Edit role e2e-wild" }).click();
+  const wild = page.getByRole("dialog", { name: "Edit e2e-wild" });
+  await wild.getByRole("option", { name: "List Management" }).click();
+  await wild.getByLabel("Add New List", { exact: true }).uncheck();
+  await wild.getByRole("button", { name: "Save" }).click();
+  await wild.waitFor({ state: "hidden" });
+  assert.deepEqual((await admin("GET", "/api-roles/e2e-wild")).data.permissions, ["contacts.view", "lists.view"]);
+  step("a save made from a stale form is refused, not written over a newer change");
+  await page.locator('li.role[data-role="e2e-every"]').getByRole("button", { name: "Edit role e2e-every" }).click();
+  const stale = page.getByRole("dialog", { name: "Edit e2e-every" });
+  assert.equal((await admin("PATCH", "/api-roles/e2e-every", { description: "meanwhile" })).success, true);
+  await stale.getByLabel("Description", { exact: true }).fill("stale");
+  await stale.getByRole("button", { name: "Save" }).click();
+  await stale.getByText(/changed by someone else/).waitFor();
+  await stale.getByRole("button", { name: "Cancel" }).click();
+  assert.equal((await admin("GET", "/api-roles/e2e-every")).data.description, "meanwhile");
+  await admin("DELETE", `/api-keys/${wildKey.data.keyId}`);
+  for (const id of ["e2e-wild", "e2e-every"]) await admin("DELETE", `/api-roles/${id}`);
+  await page.reload();
+  await page.getByRole("tab", { name: "API Roles" }).click();
+
   step("roles: create with the two-panel editor");
   await page.getByRole("tab", { name: "API Roles" }).click();
   await page.getByRole("button", { name: "Add API Role" }).click();
@@ -213,8 +271,12 @@ try {
   const roleItem = page.locator("li.role", { hasText: "E2E Role" });
   await roleItem.waitFor();
   await roleItem.getByText(/Click to expand/).click();
-  assert.match(await roleItem.textContent(), /All of List Management/);
+  assert.match(await roleItem.textContent(), /Add New List/);
   assert.match(await roleItem.textContent(), /View Contacts/);
+  // "Check all" ticks the module's boxes; it grants no wildcard, so a
+  // permission added to the module later is not granted unasked.
+  const created = (await admin("GET", "/api-roles/e2e-role")).data;
+  assert.deepEqual(created.permissions, ["lists.create", "lists.view", "contacts.view"]);
   await page.locator("li.role", { hasText: "Read Only" }).or(page.locator("li.role", { hasText: "read-only" })).first().getByText(/Click to expand/).click();
   await page.screenshot({ path: `${SHOTS}/console-roles.png`, fullPage: true });
 

@@ -19,9 +19,12 @@ const NO_ROLE = "\u0000none";
 
 // ---- API -----------------------------------------------------------------
 
-async function api(method, path, body) {
+async function api(method, path, body, version) {
   const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  // An edit is made for the version the form was filled from: a change
+  // made meanwhile by someone else is refused (412), not overwritten.
+  if (version !== undefined) headers["If-Match"] = `"${version}"`;
   let resp;
   try {
     resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -262,7 +265,32 @@ function permissionChecks(container, selected, name) {
   container.replaceChildren(...state.modules.map((m) => el("div", { class: "module-group" },
     el("strong", { text: m.name }),
     ...m.permissions.map((p) => el("label", { class: "inline" },
-      el("input", { type: "checkbox", name, value: p.id, checked: selected.includes(p.id) }), ` ${p.label}`)))));
+      el("input", { type: "checkbox", name, value: p.id, checked: selected.has(p.id) }), ` ${p.label}`)))));
+}
+
+function sameSet(a, b) {
+  return a.size === b.size && [...a].every((x) => b.has(x));
+}
+
+// The grants to send for the ticked boxes of a record that had `original`:
+// each grant it had is kept while every box it covers is still ticked (a
+// wildcard stays as written), the other ticked boxes are named one by one,
+// and no wildcard is ever made up, so a permission added to a module later
+// is had only by those granted it.
+function grantsFor(original, selected) {
+  const out = [];
+  const covered = new Set();
+  for (const grant of original) {
+    const ids = [...expand([grant])];
+    if (ids.every((id) => selected.has(id))) {
+      out.push(grant);
+      ids.forEach((id) => covered.add(id));
+    }
+  }
+  for (const m of state.modules) for (const p of m.permissions) {
+    if (selected.has(p.id) && !covered.has(p.id)) out.push(p.id);
+  }
+  return out;
 }
 
 function openKeyDialog(k) {
@@ -274,7 +302,9 @@ function openKeyDialog(k) {
   $("#key-submit").textContent = k ? "Update" : "Create";
   $("#k-role").replaceChildren(el("option", { value: "", text: "— no role —" }), ...state.roles.map((r) => el("option", { value: r.id, text: r.name })));
   $("#k-plan").replaceChildren(el("option", { value: "", text: "— no plan —" }), ...Object.entries(state.plans).map(([p, n]) => el("option", { value: p, text: `${p} (${n}/min)` })));
-  permissionChecks($("#k-permissions"), k ? k.permissions : [], "permission");
+  // Wildcards (`*`, `lists.*`) show as the boxes they cover.
+  state.editingPermissions = expand(k ? k.permissions : []);
+  permissionChecks($("#k-permissions"), state.editingPermissions, "permission");
   $("#k-env").disabled = Boolean(k);
   if (k) {
     $("#k-name").value = k.name;
@@ -313,7 +343,6 @@ function keyBody() {
     owner: $("#k-owner").value,
     role: $("#k-role").value || null,
     plan: $("#k-plan").value || null,
-    permissions: [...document.querySelectorAll("#k-permissions input:checked")].map((i) => i.value),
     allowedIps: $("#k-ip-toggle").checked ? $("#k-ips").value.split("\n").map((l) => l.trim()).filter(Boolean) : [],
     metadata,
   };
@@ -325,14 +354,19 @@ function keyBody() {
   if (days !== null) body.expirationDays = days;
   const at = $("#k-expires-at").value;
   if (at) body.expiresAt = new Date(at).toISOString().replace(/\.\d{3}Z$/, "Z");
+  const ticked = new Set([...document.querySelectorAll("#k-permissions input:checked")].map((i) => i.value));
   if (!k) {
     body.env = $("#k-env").value;
+    body.permissions = grantsFor([], ticked);
     return body;
   }
+  // Permissions go only when the boxes changed, as grants that keep what
+  // the key had (see grantsFor).
+  if (!sameSet(ticked, state.editingPermissions)) body.permissions = grantsFor(k.permissions, ticked);
   // An edit sends only what the operator changed: no field they did not
   // touch may change (an empty plan list once cleared every key's plan).
   const same = (a, b) => JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
-  for (const field of ["name", "description", "owner", "role", "plan", "permissions", "allowedIps", "metadata"]) {
+  for (const field of ["name", "description", "owner", "role", "plan", "allowedIps", "metadata"]) {
     if (same(body[field], k[field] ?? null)) delete body[field];
   }
   return body;
@@ -352,7 +386,8 @@ async function submitKey(event) {
   clearErrors(form);
   if (!$("#k-name").value.trim()) { showError(form, { field: "name", error: "name: is required" }); return; }
   const k = state.editing;
-  const r = k ? await api("PATCH", `/api-keys/${encodeURIComponent(k.keyId)}`, keyBody()) : await api("POST", "/api-keys", keyBody());
+  const r = k ? await api("PATCH", `/api-keys/${encodeURIComponent(k.keyId)}`, keyBody(), k.version) : await api("POST", "/api-keys", keyBody());
+  if (r.status === 412) r.json.error = "This key was changed by someone else since you opened it: close and open it again.";
   if (!r.ok) { showError(form, r.json); return; }
   $("#key-dialog").close();
   notice(k ? `${r.json.data.name} updated.` : `${r.json.data.name} created.`);
@@ -455,17 +490,6 @@ function expand(grants) {
   return out;
 }
 
-function compress(selected) {
-  const all = state.modules.every((m) => m.permissions.every((p) => selected.has(p.id)));
-  if (all) return ["*"];
-  const out = [];
-  for (const m of state.modules) {
-    if (m.permissions.length && m.permissions.every((p) => selected.has(p.id))) out.push(`${m.id}.*`);
-    else m.permissions.filter((p) => selected.has(p.id)).forEach((p) => out.push(p.id));
-  }
-  return out;
-}
-
 function showModule(index) {
   const m = state.modules[index];
   const sel = state.roleEditing.selected;
@@ -485,7 +509,8 @@ function openRoleDialog(role) {
   const form = $("#role-form");
   form.reset();
   clearErrors(form);
-  state.roleEditing = { role: role || null, selected: expand(role ? role.permissions : []) };
+  const selected = expand(role ? role.permissions : []);
+  state.roleEditing = { role: role || null, selected, initial: new Set(selected) };
   $("#role-dialog-title").textContent = role ? `Edit ${role.name}` : "Add API Role";
   $("#r-id").disabled = Boolean(role);
   if (role) { $("#r-id").value = role.id; $("#r-name").value = role.name; $("#r-description").value = role.description; }
@@ -499,10 +524,20 @@ async function submitRole(event) {
   event.preventDefault();
   const form = $("#role-form");
   clearErrors(form);
-  const editing = state.roleEditing.role;
-  const body = { name: $("#r-name").value.trim(), description: $("#r-description").value, permissions: compress(state.roleEditing.selected) };
-  if (!editing) body.id = $("#r-id").value.trim();
-  const r = editing ? await api("PATCH", `/api-roles/${encodeURIComponent(editing.id)}`, body) : await api("POST", "/api-roles", body);
+  const { role: editing, selected, initial } = state.roleEditing;
+  const body = { name: $("#r-name").value.trim(), description: $("#r-description").value };
+  if (!editing) {
+    body.id = $("#r-id").value.trim();
+    body.permissions = grantsFor([], selected);
+  } else {
+    // Only what the operator changed goes: the boxes only when ticked or
+    // unticked, and then never widened into a wildcard the role lacked.
+    if (body.name === editing.name) delete body.name;
+    if (body.description === editing.description) delete body.description;
+    if (!sameSet(selected, initial)) body.permissions = grantsFor(editing.permissions, selected);
+  }
+  const r = editing ? await api("PATCH", `/api-roles/${encodeURIComponent(editing.id)}`, body, editing.version) : await api("POST", "/api-roles", body);
+  if (r.status === 412) r.json.error = "This role was changed by someone else since you opened it: close and open it again.";
   if (!r.ok) { showError(form, r.json, "r-"); return; }
   $("#role-dialog").close();
   notice(`${r.json.data.name} saved.`);
