@@ -368,3 +368,42 @@ async fn bounds_at_every_door() {
     let (_, v) = api.get(&path).await;
     assert_eq!((v["data"]["name"].as_str(), v["data"]["metadata"].as_object().map(|m| m.len())), (Some("bounded"), Some(0)));
 }
+
+/// A web page that rebinds its own name to the admin listener's address
+/// sends its own name as `Host`: the listener answers loopback names and
+/// addresses and `admin.allowed_hosts` only (421 otherwise), so such a
+/// page reads nothing, not even `/metrics` or the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_only_loopback_and_listed_hosts() {
+    use std::io::{Read, Write};
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text.replacen("[admin]\n", "[admin]\nallowed_hosts = [\"keygate-admin.ops.example\", \"192.0.2.0/24\"]\n", 1);
+    let s = Setup::with_text(s.dir, &text, s.data_port, s.admin_port);
+    let _gw = s.start();
+    let status = |path: &str, host: Option<&str>| {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.admin_port)).unwrap();
+        let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        write!(conn, "GET {path} HTTP/1.1\r\n{host}Authorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer.split(' ').nth(1).unwrap_or("").to_string()
+    };
+    for path in ["/api-keys", "/metrics", "/healthz", "/console/", "/openapi.json"] {
+        for host in ["127.0.0.1:1", "localhost", "[::1]:9180", "keygate-admin.ops.example", "192.0.2.9:9180"] {
+            assert_eq!(status(path, Some(host)), "200", "{path} {host}");
+        }
+        for host in ["evil.example", "evil.example:9180", "keygate-admin.ops.example.evil.example", "203.0.113.9"] {
+            assert_eq!(status(path, Some(host)), "421", "{path} {host}");
+        }
+    }
+    let resp = client().get(s.admin_url("/healthz")).header("Host", "rebound.example").send().await.unwrap();
+    assert_eq!(resp.status(), 421);
+    assert_eq!(json_of(resp).await["code"], "host_not_allowed");
+    // A name that is not a host name is refused at load, naming the entry.
+    let bad = text.replace("\"192.0.2.0/24\"", "\"*.ops.example\"");
+    let bad = Setup::with_text(tempfile::tempdir().unwrap(), &bad, free_port(), free_port());
+    let out = bad.cli(&["config", "check"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.allowed_hosts[1]"), "{out:?}");
+}

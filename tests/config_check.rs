@@ -54,6 +54,14 @@ fn a_route_that_costs_more_than_its_own_limit_is_refused() {
 }
 
 #[test]
+fn an_admin_listener_off_loopback_without_allowed_hosts_is_named() {
+    let (ok, out) = check(&format!("[admin]\nlisten = \"0.0.0.0:9180\"\n{}", base()));
+    assert!(ok && out.contains("warning") && out.contains("admin.allowed_hosts"), "{out}");
+    let (ok, out) = check(&format!("[admin]\nlisten = \"0.0.0.0:9180\"\nallowed_hosts = [\"admin.internal\"]\n{}", base()));
+    assert!(ok && !out.contains("warning"), "{out}");
+}
+
+#[test]
 fn the_multi_node_example_is_valid() {
     let out = std::process::Command::new(keygate_bin())
         .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/redis-node.toml"), "config", "check"])

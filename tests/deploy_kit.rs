@@ -162,12 +162,12 @@ fn kubernetes_manifests_pass_the_schema_and_match_the_config() {
     if !have(&K8S_VALIDATE, "k8s", "pip install kubernetes-validate") {
         return;
     }
-    let files = ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "pdb.yaml"];
+    let files = ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "pdb.yaml", "networkpolicy.yaml"];
     let dir = repo("deploy/k8s");
     let mut args = vec!["--strict"];
     args.extend(files);
     let text = run(&K8S_VALIDATE, &args, &dir);
-    assert!(!text.contains("ERROR") && text.matches("passed").count() == 6, "{text}");
+    assert!(!text.contains("ERROR") && text.matches("passed").count() == 7, "{text}");
     let kustomization = read("deploy/k8s/kustomization.yaml");
     for f in files {
         assert!(kustomization.contains(&format!("- {f}")), "kustomization.yaml does not list {f}");
@@ -206,6 +206,14 @@ fn kubernetes_manifests_pass_the_schema_and_match_the_config() {
     assert!(grace > pre_stop + drain, "grace {grace} s <= preStop {pre_stop} s + drain {drain} s");
     assert!(deployment.contains("path: /readyz") && deployment.contains("path: /healthz"));
     assert!(deployment.contains("name: keygate-admin"), "the admin token comes from the Secret");
+    // The admin port admits only the scrape and the operators' namespace.
+    let policy = read("deploy/k8s/networkpolicy.yaml");
+    let admin_rule = policy.split("- port: admin").nth(1).expect("no rule for the admin port");
+    assert!(admin_rule.contains("from:") && admin_rule.contains("prometheus") && admin_rule.contains("operators"), "{policy}");
+    // The admin listener answers the names the cluster reaches it by, and
+    // nothing else (no warning left).
+    let out = std::process::Command::new(keygate_bin()).arg("--config").arg(&file).args(["config", "check"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -98,6 +98,20 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// Handles one admin request.
 pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAddr) -> Response<Body> {
+    let rt = app.runtime.load_full();
+    // A Host that is not text names no host this listener answers.
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}")),
+    };
+    if !rt.config.admin.allowed_hosts.admits(host) {
+        let host = host.unwrap_or_default().chars().take(100).collect::<String>();
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            format!("this admin listener does not answer for `{host}`: use a loopback address, or list the name in admin.allowed_hosts"),
+        );
+    }
     let path = req.uri().path().to_string();
     if let Some(resp) = console::serve(req.method(), &path) {
         return resp;
@@ -139,7 +153,6 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
         }
         _ => {}
     }
-    let rt = app.runtime.load_full();
     let caller = match authorised(&req, &rt.config.admin) {
         Ok(caller) => caller,
         Err(resp) => return *resp,

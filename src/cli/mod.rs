@@ -242,7 +242,9 @@ async fn health(path: &std::path::Path, ready: bool) -> Result<(), Failure> {
     let failed = |why: String| Failure { message: format!("{probe} on {addr}: {why}"), code: "unhealthy", json: false, exit: 1 };
     let asked = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {probe} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        // A loopback name: the probe runs beside the gateway, whatever
+        // address it listens on (see admin.allowed_hosts).
+        let request = format!("GET {probe} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut head = vec![0u8; 256];
         let n = stream.read(&mut head).await?;

@@ -214,6 +214,8 @@ pub struct AdminConfig {
     pub token_env: String,
     /// `[[admin.tokens]]`, by hash.
     pub tokens: Vec<AdminToken>,
+    /// The `Host` values answered beside loopback (`admin.allowed_hosts`).
+    pub allowed_hosts: crate::policy::hosts::AllowedHosts,
 }
 
 /// A named admin token with the scopes it grants.
@@ -476,6 +478,16 @@ impl Config {
     /// on it can never call that route. `(field path, message)`.
     pub fn warnings(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        let admin = self.admin.listen.ip();
+        if !admin.is_loopback() && self.admin.allowed_hosts == crate::policy::hosts::AllowedHosts::default() {
+            out.push((
+                "admin.allowed_hosts".to_string(),
+                format!(
+                    "the admin listener is on {admin}, but answers only requests naming a loopback host (421 for others): \
+                     list the names and addresses Prometheus and operators use"
+                ),
+            ));
+        }
         let default = self.rate_limit.default_per_minute.get();
         let mut limits: Vec<(String, Limits)> =
             vec![("rate_limit.default_per_minute".into(), Limits { per_minute: default, quota: Default::default() })];

@@ -107,6 +107,8 @@ pub struct RawAdmin {
     pub token_env: Option<String>,
     #[serde(default)]
     pub tokens: Vec<RawAdminToken>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<Spanned<String>>,
 }
 
 /// `[[admin.tokens]]`: a named admin token, kept as its hash.

@@ -2,6 +2,7 @@
 //! client IP and allowlists, permission matching.
 
 pub mod cors;
+pub mod hosts;
 pub mod ip;
 pub mod path;
 pub mod permissions;

@@ -116,6 +116,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         listen: c.socket(&raw.admin.listen, "admin.listen", DEFAULT_ADMIN_LISTEN),
         token_env: raw.admin.token_env.clone().unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_ENV.into()),
         tokens: admin_tokens(&mut c, &raw.admin.tokens),
+        allowed_hosts: allowed_hosts(&mut c, &raw.admin.allowed_hosts),
     };
     let store = store(&mut c, path, &raw.store);
     let rate_limit = rate_limit(&mut c, &raw.rate_limit, &store);
@@ -617,6 +618,17 @@ fn cors(c: &mut Checker, raw: Option<&RawCors>) -> Option<crate::policy::cors::C
             None
         }
     }
+}
+
+/// `admin.allowed_hosts`: host names, addresses or networks.
+fn allowed_hosts(c: &mut Checker, raw: &[Spanned<String>]) -> crate::policy::hosts::AllowedHosts {
+    let mut out = crate::policy::hosts::AllowedHosts::default();
+    for (i, entry) in raw.iter().enumerate() {
+        if let Err(e) = out.add(entry.get_ref()) {
+            c.problem(Some(entry), format!("admin.allowed_hosts[{i}]"), e);
+        }
+    }
+    out
 }
 
 /// `[[admin.tokens]]`: unique names (`admin` is the `token_env` token's),
