@@ -181,12 +181,16 @@ async fn run(
     // 3a. a browser's preflight for a route under `[cors]`: keygate's to
     // answer (it carries no key, and the backend never sees it).
     if let Some(pre) = cors::Preflight::of(&head.method, &head.headers) {
-        if let (Some(policy), Some((index, route))) = (&cfg.cors, cfg.routes.find(&pre.method, &path)) {
-            if route.cors {
-                trace.route = RouteLabel::Route(index);
-                trace.served_as = Some(PREFLIGHT);
-                return policy.preflight(&pre).map(preflight_answer).map_err(|r| GatewayError::CorsRefused(r.to_string()));
-            }
+        // `/whoami` is keygate's own route, under `[cors]` as every route is by default.
+        let governed = if path == WHOAMI_PATH && (pre.method == Method::GET || pre.method == Method::HEAD) {
+            Some(RouteLabel::Whoami)
+        } else {
+            cfg.routes.find(&pre.method, &path).filter(|(_, r)| r.cors).map(|(index, _)| RouteLabel::Route(index))
+        };
+        if let (Some(policy), Some(label)) = (&cfg.cors, governed) {
+            trace.route = label;
+            trace.served_as = Some(PREFLIGHT);
+            return policy.preflight(&pre).map(preflight_answer).map_err(|r| GatewayError::CorsRefused(r.to_string()));
         }
     }
     let client_ip = ip::client_ip(conn.peer.ip(), &head.headers, &cfg.server.trusted_proxies);
@@ -413,9 +417,12 @@ fn preflight_answer(fields: cors::Fields) -> Reply {
 /// `[cors]`, when it governs the route that answered (and the answer was
 /// not a preflight, which carries its fields already).
 fn cors_policy<'a>(cfg: &'a Config, trace: &Trace) -> Option<&'a cors::CorsPolicy> {
-    let RouteLabel::Route(i) = trace.route else { return None };
-    let governed = cfg.routes.routes().get(i).is_some_and(|r| r.cors) && trace.served_as != Some(PREFLIGHT);
-    cfg.cors.as_ref().filter(|_| governed)
+    let governed = match trace.route {
+        RouteLabel::Route(i) => cfg.routes.routes().get(i).is_some_and(|r| r.cors),
+        RouteLabel::Whoami => true,
+        _ => false,
+    };
+    cfg.cors.as_ref().filter(|_| governed && trace.served_as != Some(PREFLIGHT))
 }
 
 /// `GET /whoami`: what the presented key is and may do.

@@ -105,3 +105,26 @@ async fn answers_carry_cors_fields_for_allowed_origins_only() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resp.headers()["access-control-allow-origin"], APP);
 }
+
+/// `/whoami` is keygate's own route: under `[cors]` its preflight is
+/// answered and its answers (a refusal too) carry the CORS fields, so a
+/// browser app can ask which key it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_answers_browsers_like_a_route() {
+    let up = upstream::start().await;
+    let s = setup(&up);
+    let (_, token) = s.create_key(&["--name", "browser app", "--role", "read-only"]);
+    let _gw = s.start();
+    let resp = preflight(&s, "/whoami", APP, "GET").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(resp.headers()["access-control-allow-origin"], APP);
+    let resp = client().get(s.url("/whoami")).header("Origin", APP).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["access-control-allow-origin"], APP);
+    assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
+    let resp = client().get(s.url("/whoami")).header("Origin", APP).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["access-control-allow-origin"], APP, "a browser reads the refusal too");
+    let resp = client().get(s.url("/whoami")).header("Origin", "https://evil.test").bearer_auth(&token).send().await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+}
