@@ -270,3 +270,50 @@ async fn least_outstanding_sends_around_a_busy_target() {
     let busy = slow.await.unwrap()["servedBy"].as_str().unwrap().to_string();
     assert!(quick.iter().all(|q| *q != busy), "busy {busy}, quick ones went to {quick:?}");
 }
+
+/// Any client can ask for a page whose answer is 503: such answers count
+/// against a target only when `health.statuses` lists them, so six of
+/// them eject nothing by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_statuses_count_against_a_target() {
+    let (a, b) = (upstream::start().await, upstream::start().await);
+    let ejections = |metrics: &str, up: &upstream::Upstream| {
+        let line = format!("keygate_upstream_ejections_total{{target=\"{}\",upstream=\"backend\"}}", up.addr);
+        metric(metrics, &line).unwrap_or(0.0)
+    };
+    for (statuses, ejected) in [("", 0.0), (", statuses = [503]", 1.0)] {
+        let s = over_targets(&[a.url(), b.url()], &format!("health = {{ failures = 2, eject = \"30s\"{statuses} }}"));
+        let (_, token) = s.create_key(&["--name", "asker", "--role", "full-access"]);
+        let _gw = s.start();
+        for _ in 0..6 {
+            assert_eq!(get(&s, &token, "/api/contacts/unavailable").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let metrics = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert_eq!((ejections(&metrics, &a), ejections(&metrics, &b)), (ejected, ejected), "statuses{statuses}: {metrics}");
+    }
+}
+
+/// A JSON log line never holds a key twice: the failing target's address
+/// goes by its own name, beside the line's own `target` (its module).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_name_the_failing_target_once() {
+    let live = upstream::start().await;
+    let dead_port = free_port();
+    let s = over_targets(&[format!("http://127.0.0.1:{dead_port}"), live.url()], "health = { failures = 1, eject = \"30s\" }");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("[log]\nformat = \"json\"\n\n{text}")).unwrap();
+    let (_, token) = s.create_key(&["--name", "logged", "--role", "full-access"]);
+    let gw = s.start();
+    for _ in 0..3 {
+        assert_eq!(get(&s, &token, "/api/lists").await.0, StatusCode::OK);
+    }
+    let log = gw.log_text();
+    let warned: Vec<&str> =
+        log.lines().filter(|l| l.contains("upstream request failed") || l.contains("target ejected")).collect();
+    assert_eq!(warned.len(), 2, "{log}");
+    for line in warned {
+        assert_eq!(line.matches("\"target\":").count(), 1, "a key twice: {line}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["target_addr"], format!("127.0.0.1:{dead_port}"), "{line}");
+    }
+}

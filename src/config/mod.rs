@@ -391,15 +391,37 @@ pub enum Balance {
 }
 
 /// Passive health checking: `failures` failed exchanges in a row take a
-/// target out of rotation for `eject`.
+/// target out of rotation for `eject`. A failure is a transport failure
+/// (connect, reset, timeout, a broken answer), or an answer with one of
+/// `statuses` (none by default: a client can ask for a page whose answer
+/// is 503, and must not eject a target by it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
     pub failures: u32,
     pub eject: Duration,
+    pub statuses: StatusSet,
 }
 
 /// Default passive health settings.
-pub const DEFAULT_HEALTH: Health = Health { failures: 5, eject: Duration::from_secs(10) };
+pub const DEFAULT_HEALTH: Health = Health { failures: 5, eject: Duration::from_secs(10), statuses: StatusSet::NONE };
+
+/// A set of HTTP status codes (100 to 599).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusSet([u64; 10]);
+
+impl StatusSet {
+    pub const NONE: StatusSet = StatusSet([0; 10]);
+
+    pub fn insert(&mut self, status: u16) {
+        if let Some(word) = self.0.get_mut(usize::from(status / 64)) {
+            *word |= 1 << (status % 64);
+        }
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.get(usize::from(status / 64)).is_some_and(|w| w & (1 << (status % 64)) != 0)
+    }
+}
 
 /// A role from `[[roles]]`, created in the store when absent.
 #[derive(Debug, Clone)]

@@ -190,6 +190,8 @@ pub struct RawClientCert {
 pub struct RawHealth {
     pub failures: Option<Spanned<i64>>,
     pub eject: Option<Spanned<String>>,
+    #[serde(default)]
+    pub statuses: Vec<Spanned<i64>>,
 }
 
 /// `[[modules]]`: one entry of the permission catalogue.

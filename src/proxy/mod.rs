@@ -77,14 +77,15 @@ impl Forwarder {
             head.host = Some(pool.target().host_header.clone());
             let result = exchange(pool, head, &mut body, now, (deadline, upstream.timeout)).await;
             let (outcome, answer) = match result {
-                Ok(resp) => (Outcome::of_status(resp.response.status()), Ok(resp)),
+                Ok(resp) => (group.outcome_of(resp.response.status()), Ok(resp)),
                 // The client's body failed, not the upstream.
                 Err(ForwardError::Exchange(ExchangeError::RequestBody(e))) => return Err(client_body_error(e)),
                 Err(ForwardError::Exchange(ExchangeError::TimedOut) | ForwardError::ConnectTimedOut) => {
                     (Outcome::Timeout, Err(GatewayError::UpstreamTimeout))
                 }
                 Err(e) => {
-                    tracing::warn!(upstream = %upstream.name, target = %pool.target().authority, error = %e, "upstream request failed");
+                    // `target` is the log line's own field (the module): the address goes by its own name.
+                    tracing::warn!(upstream = %upstream.name, target_addr = %pool.target().authority, error = %e, "upstream request failed");
                     let outcome = if matches!(e, ForwardError::Connect(_)) { Outcome::ConnectError } else { Outcome::Error };
                     (outcome, Err(GatewayError::UpstreamUnavailable))
                 }

@@ -143,18 +143,19 @@ impl Group {
             let until = self.clock(now) + self.health.eject.as_millis() as u64;
             t.ejected_until.store(until, Ordering::Relaxed);
             t.counts.ejections.inc();
-            tracing::warn!(target = %t.authority, failures, eject_for = ?self.health.eject, "upstream target ejected");
+            tracing::warn!(target_addr = %t.authority, failures, eject_for = ?self.health.eject, "upstream target ejected");
         }
     }
 }
 
-impl Outcome {
-    /// How an answered status counts: a gateway error from the target
-    /// itself says it cannot serve.
-    pub fn of_status(status: http::StatusCode) -> Outcome {
-        match status.as_u16() {
-            502..=504 => Outcome::FailedStatus,
-            _ => Outcome::Answered,
+impl Group {
+    /// How an answered status counts: as a failure only when
+    /// `health.statuses` lists it.
+    pub fn outcome_of(&self, status: http::StatusCode) -> Outcome {
+        if self.health.statuses.contains(status.as_u16()) {
+            Outcome::FailedStatus
+        } else {
+            Outcome::Answered
         }
     }
 }
@@ -176,7 +177,7 @@ mod tests {
             targets: (0..targets).map(authority).collect(),
             tls: None,
             balance: Balance::RoundRobin,
-            health: Health { failures, eject: Duration::from_secs(10) },
+            health: Health { failures, eject: Duration::from_secs(10), statuses: crate::config::StatusSet::NONE },
         };
         Group::new(&upstream, &Metrics::new().unwrap())
     }
@@ -251,9 +252,18 @@ mod tests {
     }
 
     #[test]
-    fn a_gateway_error_from_the_target_counts_as_a_failure() {
-        assert_eq!(Outcome::of_status(http::StatusCode::SERVICE_UNAVAILABLE), Outcome::FailedStatus);
-        assert_eq!(Outcome::of_status(http::StatusCode::INTERNAL_SERVER_ERROR), Outcome::Answered);
-        assert_eq!(Outcome::of_status(http::StatusCode::NOT_FOUND), Outcome::Answered);
+    fn an_answer_counts_as_a_failure_only_when_its_status_is_listed() {
+        let mut g = group(2, 1);
+        for status in [http::StatusCode::SERVICE_UNAVAILABLE, http::StatusCode::BAD_GATEWAY, http::StatusCode::NOT_FOUND] {
+            assert_eq!(g.outcome_of(status), Outcome::Answered, "{status}: a client may ask for any page");
+        }
+        g.health.statuses.insert(503);
+        assert_eq!(g.outcome_of(http::StatusCode::SERVICE_UNAVAILABLE), Outcome::FailedStatus);
+        assert_eq!(g.outcome_of(http::StatusCode::BAD_GATEWAY), Outcome::Answered);
+        let mut set = crate::config::StatusSet::NONE;
+        for s in [100, 599, 503] {
+            set.insert(s);
+        }
+        assert!(set.contains(100) && set.contains(599) && set.contains(503) && !set.contains(504) && !set.contains(99));
     }
 }

@@ -441,6 +441,18 @@ fn upstreams(c: &mut Checker, path: &Path, raw: &[RawUpstream]) -> Vec<Upstream>
                 failures: c.positive(&h.failures, &format!("{field}.health.failures"), DEFAULT_HEALTH.failures.into()).min(1000)
                     as u32,
                 eject: c.duration(&h.eject, &format!("{field}.health.eject"), DEFAULT_HEALTH.eject),
+                statuses: {
+                    let mut set = crate::config::StatusSet::NONE;
+                    for (j, s) in h.statuses.iter().enumerate() {
+                        match u16::try_from(*s.get_ref()).ok().filter(|n| (100..=599).contains(n)) {
+                            Some(n) => set.insert(n),
+                            None => {
+                                c.problem(Some(s), format!("{field}.health.statuses[{j}]"), "must be an HTTP status, 100 to 599")
+                            }
+                        }
+                    }
+                    set
+                },
             },
         };
         out.push(Upstream {
