@@ -31,6 +31,8 @@ const MAX_ANSWER: usize = 1 << 20;
 pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// `sample_ratio`, for callers whose sampled flag is not believed.
+    ratio: f64,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -64,7 +66,7 @@ impl Telemetry {
             .with_resource(resource)
             .build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "keygate");
-        Ok(Telemetry { provider, tracer })
+        Ok(Telemetry { provider, tracer, ratio: cfg.sample_ratio })
     }
 
     /// Sends what is batched and stops (blocks: call off the event loop).
@@ -76,15 +78,24 @@ impl Telemetry {
 
     /// The server span of a request that arrived at `start`, a child of
     /// the client's trace context if it sent one. It is named when it ends,
-    /// once the route is known ([`RequestSpan::end`]).
-    pub fn request_span(&self, start: SystemTime, parent: Option<&TraceParent>, state: Option<&HeaderValue>) -> RequestSpan {
+    /// once the route is known ([`RequestSpan::end`]). The caller's sampled
+    /// flag is followed only when it is `believed` (it came through a
+    /// trusted proxy): any other client could make every span exported.
+    pub fn request_span(
+        &self,
+        start: SystemTime,
+        parent: Option<&TraceParent>,
+        state: Option<&HeaderValue>,
+        believed: bool,
+    ) -> RequestSpan {
         let cx = match parent {
             Some(p) => {
+                let flags = if believed { p.flags } else { (p.flags & !1) | u8::from(ratio_samples(self.ratio, &p.trace_id)) };
                 let state = state.and_then(|s| s.to_str().ok()).and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
                 let remote = SpanContext::new(
                     TraceId::from_bytes(p.trace_id),
                     SpanId::from_bytes(p.parent_id),
-                    TraceFlags::new(p.flags),
+                    TraceFlags::new(flags),
                     true,
                     state,
                 );
@@ -100,6 +111,19 @@ impl Telemetry {
             .start_with_context(&self.tracer, &cx);
         RequestSpan { tracer: self.tracer.clone(), span, upstream: None }
     }
+}
+
+/// Whether `ratio` samples a trace: the SDK's own rule for a trace of no
+/// parent (the low 63 bits of the id against the ratio), so a caller
+/// whose flag is not believed is sampled as if it had sent none.
+fn ratio_samples(ratio: f64, trace_id: &[u8; 16]) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    (u64::from_be_bytes(low) >> 1) < bound
 }
 
 /// One request's spans while it runs.

@@ -15,7 +15,8 @@ fn hex(b: &[u8]) -> String {
 async fn each_request_is_a_span_in_the_callers_trace() {
     let receiver = otlp::start().await;
     let up = upstream::start().await;
-    let s = Setup::new(&up.url(), "", "");
+    // The caller comes through a trusted proxy: its sampling is followed.
+    let s = Setup::new(&up.url(), "trusted_proxies = [\"127.0.0.1/32\"]", "");
     let text = std::fs::read_to_string(&s.config).unwrap();
     let tracing = format!("[tracing]\notlp_endpoint = \"{}\"\nservice_name = \"gateway-test\"\n\n", receiver.url());
     std::fs::write(&s.config, format!("{tracing}{text}")).unwrap();
@@ -63,4 +64,28 @@ async fn each_request_is_a_span_in_the_callers_trace() {
     assert!(!spans.iter().any(|(_, s)| hex(&s.trace_id).starts_with("1111")), "an unsampled trace was recorded");
     let refused = spans.iter().map(|(_, s)| s).find(|s| hex(&s.trace_id) != trace_id).expect("the refused request's span");
     assert!(attr(refused, "keygate.code").unwrap().contains("missing_key"), "{refused:?}");
+}
+
+/// Any client can send `traceparent …-01`: from one that is not a trusted
+/// proxy, the flag is not followed and `sample_ratio` decides, so a client
+/// cannot make every span exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_callers_sampled_flag_is_not_followed() {
+    let receiver = otlp::start().await;
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let tracing = format!("[tracing]\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\n\n", receiver.url());
+    std::fs::write(&s.config, format!("{tracing}{text}")).unwrap();
+    let (_, token) = s.create_key(&["--name", "forcing", "--role", "read-only"]);
+    let gw = s.start();
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    for i in 0..20 {
+        let caller = format!("00-{trace_id}-00f067aa0ba902{i:02x}-01");
+        let resp = client().get(s.url("/api/lists")).bearer_auth(&token).header("traceparent", &caller).send().await.unwrap();
+        let passed = json_of(resp).await["headers"]["traceparent"].as_str().unwrap().to_string();
+        assert!(passed.starts_with(&format!("00-{trace_id}-")) && passed.ends_with("-00"), "{passed}");
+    }
+    gw.stop();
+    assert!(receiver.spans().is_empty(), "sample_ratio 0 exported spans a client asked for: {:?}", receiver.spans().len());
 }
