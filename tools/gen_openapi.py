@@ -57,7 +57,10 @@ paths = {
       "responses": {**ok("What was done", ref("ImportSummary")), **errors("400", "401", "503")}}},
   "/api-keys/{id}": {
     "parameters": id_param,
-    "get": {"summary": "One key", "security": auth, "responses": tagged({**ok("The key", ref("ApiKey")), **errors("401", "404", "503")})},
+    "get": {"summary": "One key", "security": auth, "responses": tagged({**ok("The key", ref("ApiKey"), {"type": "object", "properties": {
+        "previousSecrets": {"type": "array", "description": "Rotated-out secrets that still work: when each stops (never a hash)",
+                            "items": {"type": "object", "properties": {"validUntil": {"type": "string", "format": "date-time"}}}}}}),
+        **errors("401", "404", "503")})},
     "patch": {"summary": "Edit any field but the secret and env: only the fields sent are written", "security": auth, "parameters": if_match, "requestBody": body(ref("KeyInput")),
               "responses": tagged({**ok("The edited key", ref("ApiKey")), **errors("400", "401", "404", "412", "503")})},
     "delete": {"summary": "Delete (revoke) a key", "security": auth, "parameters": if_match,
@@ -83,9 +86,9 @@ paths = {
       "responses": {"200": {"description": "Rows by period, then key", "content": {
           "application/json": {"schema": envelope({"type": "array", "items": ref("UsageRow")}, {"type": "object", "properties": {"granularity": {"type": "string"}, "retentionDays": {"type": "integer"}}})},
           "text/csv": {"schema": {"type": "string", "description": "period,key_id,owner,admitted,refused"}}}}, **errors("400", "401", "503")}}},
-  "/v1/keys/verify": {"post": {"summary": "Check a token as the gateway would and, with a cost, charge it as a request would (every window and the credits, all or nothing); needs the verify scope", "security": auth,
+  "/v1/keys/verify": {"post": {"summary": "Check a token as the gateway would and, with a cost, charge it as a request would (every window and the credits, all or nothing; counted in usage as one request); without a cost, the verdict a request would get now, nothing taken; needs the verify scope", "security": auth,
       "requestBody": body({"type": "object", "required": ["key"], "additionalProperties": False, "properties": {"key": {"type": "string"}, "permission": {"type": "string"},
-          "cost": {"type": "integer", "minimum": 0, "maximum": 1000000, "description": "Units to take; 0 or absent takes none"}}}),
+          "cost": {"type": "integer", "minimum": 0, "maximum": 1000000, "description": "Units to take; 0 or absent takes none and counts nothing"}}}),
       "responses": {**ok("The verdict", {"type": "object", "required": ["valid", "code", "keyId", "owner", "permissions", "remaining"], "properties": {
           "valid": {"type": "boolean"}, "code": {"type": ["string", "null"], "description": "The gateway's code when not valid"},
           "keyId": nullable_str, "owner": nullable_str, "permissions": {"type": "array", "items": {"type": "string"}},
@@ -197,7 +200,7 @@ schemas = {
            "currentVersion": {"type": "integer", "description": "With version_conflict: the version the record is at"}}},
 }
 doc = {"openapi": "3.1.0",
-       "info": {"title": "keygate admin API", "version": "1", "description": "Key and role management on the admin listener. Every route but /metrics, /healthz, /readyz and /openapi.json needs `Authorization: Bearer <admin token>`."},
+       "info": {"title": "keygate admin API", "version": "1", "description": "Key and role management on the admin listener. Every route but /metrics, /healthz, /readyz and /openapi.json needs `Authorization: Bearer <admin token>`. Every route answers 421 `host_not_allowed` to a request whose Host is neither a loopback name or address nor one of admin.allowed_hosts."},
        "security": auth, "paths": paths,
        "components": {"securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}, "schemas": schemas}}
 out = pathlib.Path(__file__).resolve().parent.parent / "src" / "admin" / "openapi.json"
