@@ -107,7 +107,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     // Split once; every step below borrows the head. (Passed by value, it
     // would be copied into each step's future.)
     let (head, body) = req.into_parts();
-    let mut trace = traced(&app, &rt.config, &head, conn.peer.ip(), arrived);
+    let mut trace = traced(&app, &rt.config, &head, &conn, arrived);
     let result = run(&app, &rt, (&head, body), &conn, arrived, &mut trace).await;
     let (outcome, code) = match &result {
         Ok(_) => (trace.served_as.unwrap_or("forwarded"), "none"),
@@ -150,11 +150,11 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
 /// A request's trace, started with what it carries (its id and trace
 /// context) and, with `[tracing]`, its span. Out of line, so what it reads
 /// is not kept in every request's future.
-fn traced(app: &App, cfg: &Config, head: &Parts, peer: std::net::IpAddr, arrived: Moment) -> Trace {
+fn traced(app: &App, cfg: &Config, head: &Parts, conn: &ConnInfo, arrived: Moment) -> Trace {
     let incoming = correlation::Incoming::of(&head.headers);
     let span = app.telemetry.as_ref().map(|t| {
         // A caller's sampling decision is believed from a trusted proxy only.
-        let believed = ip::believes_forwarded_for(peer, &cfg.server.trusted_proxies);
+        let believed = ip::believes_forwarded_for(conn.peer.ip(), &cfg.server.trusted_proxies);
         Box::new(t.request_span(arrived.system(), incoming.parent.as_ref(), incoming.state.as_ref(), believed))
     });
     Trace {
