@@ -2,7 +2,8 @@
 
 use super::super::*;
 use crate::keys::model::Env;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 pub(super) const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -184,69 +185,79 @@ pub(super) fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
-/// Inserts a new key row whole, usage and version included.
-pub(super) fn insert_key_row(tx: &Connection, key: &ApiKey) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO keys (key_id, name, description, owner, role, permissions, plan, rate_limit, allowed_ips, env, enabled, \
-         expires_at, created_at, last_used, usage_count, metadata, key_prefix, quota, credits, version) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-        params![
-            key.key_id,
-            key.name,
-            key.description,
-            key.owner,
-            key.role,
-            json(&key.permissions)?,
-            key.plan,
-            key.rate_limit,
-            json(&key.allowed_ips)?,
-            key.env.as_str(),
-            key.enabled,
-            key.expires_at,
-            key.created_at,
-            key.last_used,
-            key.usage_count as i64,
-            json(&key.metadata)?,
-            key.key_prefix,
-            json(&key.quota)?,
-            key.credits.as_ref().map(json).transpose()?,
-            key.version as i64,
-        ],
-    )
-    .map(|_| ())
-    .map_err(|e| if is_constraint(&e) { StoreError::Conflict(constraint_message(key)) } else { unavailable(e) })
+/// The columns of a key a change writes, in the order of [`editable`].
+const EDITABLE: [&str; 15] = [
+    "name",
+    "description",
+    "owner",
+    "role",
+    "permissions",
+    "plan",
+    "rate_limit",
+    "allowed_ips",
+    "env",
+    "enabled",
+    "expires_at",
+    "metadata",
+    "key_prefix",
+    "quota",
+    "credits",
+];
+
+/// The values of a key's [`EDITABLE`] columns.
+fn editable(key: &ApiKey) -> Result<Vec<Value>, StoreError> {
+    let text = |s: &str| Value::Text(s.to_string());
+    let optional = |s: &Option<String>| s.clone().map_or(Value::Null, Value::Text);
+    Ok(vec![
+        text(&key.name),
+        text(&key.description),
+        text(&key.owner),
+        optional(&key.role),
+        Value::Text(json(&key.permissions)?),
+        optional(&key.plan),
+        key.rate_limit.map_or(Value::Null, |n| Value::Integer(i64::from(n))),
+        Value::Text(json(&key.allowed_ips)?),
+        text(key.env.as_str()),
+        Value::Integer(i64::from(key.enabled)),
+        key.expires_at.map_or(Value::Null, Value::Integer),
+        Value::Text(json(&key.metadata)?),
+        text(&key.key_prefix),
+        Value::Text(json(&key.quota)?),
+        key.credits.as_ref().map(json).transpose()?.map_or(Value::Null, Value::Text),
+    ])
 }
 
-/// Writes a key's editable fields if the row is still at `key.version`,
-/// and bumps it; usage and the creation time are not touched. `Ok(false)`
-/// when no row at that version was found (see [`version_check`]).
+fn key_write_error(key: &ApiKey) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| if is_constraint(&e) { StoreError::Conflict(constraint_message(key)) } else { unavailable(e) }
+}
+
+/// Inserts a new key row whole, usage and version included.
+pub(super) fn insert_key_row(tx: &Connection, key: &ApiKey) -> Result<(), StoreError> {
+    let columns = EDITABLE.join(", ");
+    let marks = (1..=EDITABLE.len() + 5).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let sql = format!("INSERT INTO keys ({columns}, key_id, created_at, last_used, usage_count, version) VALUES ({marks})");
+    let mut values = editable(key)?;
+    values.extend([
+        Value::Text(key.key_id.clone()),
+        Value::Integer(key.created_at),
+        key.last_used.map_or(Value::Null, Value::Integer),
+        Value::Integer(key.usage_count as i64),
+        Value::Integer(key.version as i64),
+    ]);
+    tx.execute(&sql, params_from_iter(values)).map(|_| ()).map_err(key_write_error(key))
+}
+
+/// Writes a key's [`EDITABLE`] columns if the row is still at
+/// `key.version`, and bumps it; usage and the creation time are not
+/// touched. `Ok(false)` when no row at that version was found (see
+/// [`version_check`]).
 pub(super) fn update_key_row(tx: &Connection, key: &ApiKey) -> Result<bool, StoreError> {
-    tx.execute(
-        "UPDATE keys SET name = ?2, description = ?3, owner = ?4, role = ?5, permissions = ?6, plan = ?7, rate_limit = ?8, \
-         allowed_ips = ?9, env = ?10, enabled = ?11, expires_at = ?12, metadata = ?13, key_prefix = ?14, quota = ?15, \
-         credits = ?16, version = version + 1 WHERE key_id = ?1 AND version = ?17",
-        params![
-            key.key_id,
-            key.name,
-            key.description,
-            key.owner,
-            key.role,
-            json(&key.permissions)?,
-            key.plan,
-            key.rate_limit,
-            json(&key.allowed_ips)?,
-            key.env.as_str(),
-            key.enabled,
-            key.expires_at,
-            json(&key.metadata)?,
-            key.key_prefix,
-            json(&key.quota)?,
-            key.credits.as_ref().map(json).transpose()?,
-            key.version as i64,
-        ],
-    )
-    .map(|n| n > 0)
-    .map_err(|e| if is_constraint(&e) { StoreError::Conflict(constraint_message(key)) } else { unavailable(e) })
+    let n = EDITABLE.len();
+    let set = EDITABLE.iter().enumerate().map(|(i, c)| format!("{c} = ?{}", i + 1)).collect::<Vec<_>>().join(", ");
+    let sql = format!("UPDATE keys SET {set}, version = version + 1 WHERE key_id = ?{} AND version = ?{}", n + 1, n + 2);
+    let mut values = editable(key)?;
+    values.extend([Value::Text(key.key_id.clone()), Value::Integer(key.version as i64)]);
+    tx.execute(&sql, params_from_iter(values)).map(|n| n > 0).map_err(key_write_error(key))
 }
 
 /// Why a conditional write on `table`'s row `id` found nothing to write:
