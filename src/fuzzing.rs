@@ -1,6 +1,6 @@
 //! Fuzz targets: each takes untrusted bytes and panics if keygate breaks
 //! one of its edge promises on them (docs/security.md). The same checks are
-//! driven three ways: by `proptest` in `tests/fuzz.rs`, by the inputs kept
+//! driven three ways: by `proptest` in `tests/it/fuzz.rs`, by the inputs kept
 //! in `tests/corpus/<target>/` (replayed by `cargo test`), and by the
 //! coverage-guided targets in `fuzz/` (`cargo fuzz run <target>`).
 //!

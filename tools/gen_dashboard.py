@@ -2,7 +2,7 @@
 """Writes deploy/grafana/keygate.json, the Grafana dashboard for keygate.
 
 Edit the panels here and run `python3 tools/gen_dashboard.py`; the test
-suite (tests/deploy_kit.rs) checks that the committed file is this
+suite (tests/it/deploy_kit.rs) checks that the committed file is this
 script's output and that every metric it reads is one keygate exports.
 """
 import json

@@ -2,7 +2,7 @@
 """Writes src/admin/openapi.json, the OpenAPI 3 document of the admin API.
 
 Run after changing the admin API: `python3 tools/gen_openapi.py`.
-tests/admin_api.rs checks that the document and the route table agree.
+tests/it/admin_api.rs checks that the document and the route table agree.
 """
 import json, pathlib
 

@@ -87,7 +87,7 @@ fn authorised(req: &Request<Body>, admin: &AdminConfig) -> Result<Caller, Box<Re
     }
 }
 
-/// The OpenAPI 3 document of this API (kept true by `tests/admin_api.rs`).
+/// The OpenAPI 3 document of this API (kept true by `tests/it/admin_api.rs`).
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// Largest admin request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

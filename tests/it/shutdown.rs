@@ -1,0 +1,73 @@
+//! Shutdown as a load balancer sees it: on SIGTERM the data listener closes
+//! at once (new clients are refused, not left hanging), `/readyz` answers
+//! 503 `draining` from the first instant, requests in flight finish, and
+//! `server.drain_timeout` bounds how long that may take.
+
+use crate::common::*;
+use std::time::{Duration, Instant};
+
+/// Polls `ok` every 10 ms for at most `within`.
+fn soon(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_the_listener_at_once_and_finishes_what_is_in_flight() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let (_, token) = s.create_key(&["--name", "drain", "--role", "read-only"]);
+    let gw = s.start();
+    let in_flight = tokio::spawn({
+        let (url, token) = (s.url("/api/slow/1500"), token.clone());
+        async move { client().get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    let data = gw.data;
+    let refused = tokio::task::spawn_blocking(move || {
+        soon(Duration::from_millis(500), || std::net::TcpStream::connect_timeout(&data, Duration::from_millis(50)).is_err())
+    });
+    assert!(refused.await.unwrap(), "new connections were still accepted 500 ms after SIGTERM");
+    let ready = client().get(s.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "readyz during the drain");
+    let body = json_of(ready).await;
+    assert_eq!(body["code"], "draining", "{body}");
+    assert!(signalled.elapsed() < Duration::from_secs(1));
+    // The container health check says the same: alive, not ready.
+    assert!(s.cli(&["health"]).status.success());
+    let probe = s.cli(&["health", "--ready"]);
+    assert_eq!(probe.status.code(), Some(1), "{}", String::from_utf8_lossy(&probe.stderr));
+    assert!(String::from_utf8_lossy(&probe.stderr).contains("503"));
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200, "the request in flight was not finished");
+    let status = gw.stop();
+    assert!(status.success(), "{status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "exited {:?} after SIGTERM, with nothing left in flight",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_timeout_bounds_the_wait_for_requests_in_flight() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "drain_timeout = \"1s\"", "");
+    let (_, token) = s.create_key(&["--name", "drain", "--role", "read-only"]);
+    let gw = s.start();
+    let url = s.url("/api/slow/10000");
+    let _held = tokio::spawn(async move { client().get(url).bearer_auth(token).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    let status = gw.stop();
+    assert!(status.success(), "{status}");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(4), "a 1 s drain took {took:?}");
+}
