@@ -345,14 +345,7 @@ pub enum LimiterBackend {
     Redis(RedisTarget),
 }
 
-/// What the limiter does when Redis cannot be asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RedisErrorPolicy {
-    /// Each node enforces limit / `nodes_hint` on its own.
-    Local,
-    Deny,
-    Allow,
-}
+pub use crate::policy::routes::RedisErrorPolicy;
 
 /// `[keys]`.
 #[derive(Debug, Clone)]

@@ -2,9 +2,19 @@
 //! permission they need and the upstream they forward to. Anything that
 //! matches no route is refused (deny by default).
 
-use crate::config::RedisErrorPolicy;
 use http::Method;
 use std::collections::HashMap;
+
+/// What the limiter does when Redis cannot be asked (`on_redis_error`, in
+/// `[rate_limit]` or on a route). Here, beside the routes that may set it,
+/// so that the route table needs nothing of the config that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisErrorPolicy {
+    /// Each node enforces limit / `nodes_hint` on its own.
+    Local,
+    Deny,
+    Allow,
+}
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
