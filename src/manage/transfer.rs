@@ -345,7 +345,11 @@ impl Manager<'_> {
             let mut key = c.key;
             key.version = match c.expect {
                 PutExpect::Version(v) => v + 1,
-                PutExpect::Absent { .. } => self.get_key(&key.key_id).await.map(|k| k.version).unwrap_or(key.version),
+                PutExpect::Absent { recreate_deleted: false } => model::first_version(),
+                // A recreated key's versions go on from the deleted key's: only the store knows from where.
+                PutExpect::Absent { recreate_deleted: true } => {
+                    self.get_key(&key.key_id).await.map(|k| k.version).unwrap_or(key.version)
+                }
             };
             if let Some(n) = c.balance {
                 self.set_balance(&key, crate::store::CreditChange::Set(n as i64), None).await?;

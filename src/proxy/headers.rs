@@ -102,10 +102,10 @@ pub fn fate_of(name: &HeaderName, underscores: Underscores) -> Fate {
     }
 }
 
-/// Whether a header name holds a `_`, and whether it holds `--`, a word at
-/// a time: every header name of every request is asked, and two scans of
-/// its bytes cost a request ~150 instructions. Words overlap by at least a
-/// byte, so no pair falls between two.
+/// Whether a header name holds a `_`, and whether it holds `--`, in one
+/// pass of words: it is asked of every header name of every request (the
+/// cost is in BENCHMARKS.md, issue 25). Words overlap by at least a byte,
+/// so no pair falls between two.
 fn separators(bytes: &[u8]) -> (bool, bool) {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     const DASHES: u64 = 0x2d2d_2d2d_2d2d_2d2d;

@@ -271,11 +271,8 @@ impl Store for RedisStore {
         version: u64,
     ) -> Result<(), StoreError> {
         let mut key = self.get_key(key_id).await?.ok_or(StoreError::NotFound)?;
-        if key.version != version {
-            return Err(StoreError::VersionConflict { current: key.version });
-        }
         key.key_prefix = key_prefix.to_string();
-        // The script writes it only if nothing changed since the read.
+        // Written only if the key is still at `version` (the script compares).
         let args = vec![
             key_id.to_string(),
             key_json_at(&key, version + 1)?,

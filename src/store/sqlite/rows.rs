@@ -263,21 +263,24 @@ pub(super) fn update_key_row(tx: &Connection, key: &ApiKey) -> Result<bool, Stor
 /// Why a conditional write on `table`'s row `id` found nothing to write:
 /// the row is gone, or at another version.
 pub(super) fn version_check(tx: &Connection, table: &str, column: &str, id: &str) -> StoreError {
-    let current =
-        tx.query_row(&format!("SELECT version FROM {table} WHERE {column} = ?1"), params![id], |r| r.get::<_, i64>(0)).optional();
-    match current {
-        Ok(Some(v)) => StoreError::VersionConflict { current: v as u64 },
+    match version_of(tx, table, column, id) {
+        Ok(Some(current)) => StoreError::VersionConflict { current },
         Ok(None) => StoreError::NotFound,
-        Err(e) => unavailable(e),
+        Err(e) => e,
     }
+}
+
+/// The version `table`'s row `id` is at, if it exists.
+fn version_of(tx: &Connection, table: &str, column: &str, id: &str) -> Result<Option<u64>, StoreError> {
+    tx.query_row(&format!("SELECT version FROM {table} WHERE {column} = ?1"), params![id], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+        .map_err(unavailable)
 }
 
 /// The version a key row is at, if it exists.
 pub(super) fn key_version(tx: &Connection, key_id: &str) -> Result<Option<u64>, StoreError> {
-    tx.query_row("SELECT version FROM keys WHERE key_id = ?1", params![key_id], |r| r.get::<_, i64>(0))
-        .optional()
-        .map(|v| v.map(|v| v as u64))
-        .map_err(unavailable)
+    version_of(tx, "keys", "key_id", key_id)
 }
 
 pub(super) fn constraint_message(key: &ApiKey) -> String {
