@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Request};
 use keygate::clock::Moment;
 use keygate::clock::Period;
+use keygate::config::Underscores;
 use keygate::config::{Algorithm, Config};
 use keygate::http1::client::RequestHead;
 use keygate::http1::lines::FieldLines;
@@ -13,7 +14,7 @@ use keygate::keys::token::TokenHash;
 use keygate::manage::{KeyInput, Manager};
 use keygate::pipeline::{authorise, Trace};
 use keygate::policy::{ip, path, permissions};
-use keygate::proxy::headers::{self, Underscores};
+use keygate::proxy::headers;
 use keygate::proxy::outgoing::Outgoing;
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::Counter;
@@ -124,7 +125,7 @@ fn steps(c: &mut Criterion) {
                 authorise(&f.app, cfg, black_box(&head), client, Some(route), Moment::now(), &mut trace),
             )
             .unwrap();
-            rewrite(req.headers(), &peer_header, key.identity())
+            rewrite(req.headers(), &peer_header, headers::identity_lines(&key))
         })
     });
 }

@@ -9,9 +9,10 @@
 //! 6, written here apart from keygate's own framing code), which must see
 //! exactly one request, the checked method, target and body.
 
+use crate::config::Underscores;
 use crate::http1::framing::{Framing, Step};
 use crate::policy::{ip, path};
-use crate::proxy::headers::{self, Underscores};
+use crate::proxy::headers;
 use crate::proxy::outgoing::Outgoing;
 use crate::{credentials, proxy};
 use bytes::{Bytes, BytesMut};

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 /// The hasher of keygate's in-memory maps (key cache, limiter windows,
 /// usage, metric children). Their keys are SHA-256 digests and ids that

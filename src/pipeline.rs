@@ -8,18 +8,19 @@
 //! 7. IP allowlist  8. permission  9. rate limit  10. forward
 
 use crate::body::Body;
+use crate::cache::Origin;
 use crate::clock::{self, Moment};
 use crate::config::Config;
+use crate::config::Underscores;
 use crate::correlation;
 use crate::credentials::{self, CredentialError};
 use crate::error::{json_response, GatewayError};
 use crate::http1::{BodyOutcome, Reply};
-use crate::keys::cache::Origin;
 use crate::keys::model::{ApiKey, KeyLookup};
 use crate::keys::token::{self, TokenHash};
 use crate::policy::routes::Route;
 use crate::policy::{cors, ip, path};
-use crate::proxy::headers::{self, Underscores};
+use crate::proxy::headers;
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody};
 use crate::ratelimit::meter::{self, Charge, RateView};
@@ -384,7 +385,7 @@ async fn forward(
         out.set_correlation(id, traceparent.map(|t| (t, state)));
     }
     if let Some(key) = key {
-        out.set_identity(key.identity());
+        out.set_identity(headers::identity_lines(key));
     }
     // A request without a body (most GETs) needs no size or pause guard.
     let body = if http_body::Body::is_end_stream(&body) {

@@ -3,12 +3,10 @@
 //! a bad file keeps the old one. What must outlive a reload (store, caches,
 //! rate-limit counters, metrics) lives beside it in [`App`].
 
+use crate::cache::{KeyCache, RoleSet, UsageRecorder};
 use crate::config::LimiterBackend;
 use crate::config::{Config, ConfigError, RoleSeed};
-use crate::keys::cache::KeyCache;
 use crate::keys::model::Role;
-use crate::keys::roles::RoleSet;
-use crate::keys::usage::UsageRecorder;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
 use crate::ratelimit::credits::Credits;

@@ -128,7 +128,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                     };
                     let credits = crate::ratelimit::credits::Credits::default();
                     // Read only: no CLI command charges a key.
-                    let usage = crate::keys::usage::UsageRecorder::default();
+                    let usage = crate::cache::UsageRecorder::default();
                     let mut m = Manager::new(store.as_ref(), &config, cli_actor());
                     if let (Some(limiter), Some(metrics)) = (&limiter, &metrics) {
                         m.meter = Some(crate::manage::Live { limiter, credits: &credits, metrics, usage: &usage });

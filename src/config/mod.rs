@@ -185,7 +185,22 @@ pub struct ServerConfig {
     /// Threads serving the data listener, each with its own event loop.
     pub workers: usize,
     /// What becomes of client header names with `_` in them.
-    pub underscore_headers: crate::proxy::headers::Underscores,
+    pub underscore_headers: Underscores,
+}
+
+/// `server.underscore_headers`: header names with `_`, which CGI, WSGI,
+/// PHP-FPM and Rack backends read as if it were `-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// Not forwarded (nginx's default).
+    #[default]
+    Drop,
+    /// The request is refused (400).
+    Reject,
+    /// Forwarded, except where the name with `_` read as `-` would be
+    /// dropped: a look-alike of a framing, identity or credential header
+    /// meets the fate of the header it imitates.
+    Allow,
 }
 
 /// Loaded TLS material; loading at validation is how an unreadable file is
@@ -301,6 +316,18 @@ pub struct RedisTarget {
     /// `redis://host:port/db`; for a cluster, seeds separated by commas.
     pub url: String,
     pub cluster: bool,
+}
+
+impl RedisTarget {
+    /// `redis://a:1,redis://b:2` -> the seed URLs.
+    pub fn seeds(&self) -> Vec<String> {
+        redis_seeds(&self.url)
+    }
+}
+
+/// The seed URLs of a comma-separated list.
+pub fn redis_seeds(url: &str) -> Vec<String> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 /// `[rate_limit]`.

@@ -1,9 +1,5 @@
-//! API keys: what a key is (`model`), how tokens look and are hashed
-//! (`token`), and the per-node cache that keeps the hot path off the store
-//! (`cache`, `roles`, `usage`).
+//! API keys: what a key and a role are (`model`), and how tokens look and
+//! are hashed (`token`). What a node caches of them is [`crate::cache`].
 
-pub mod cache;
 pub mod model;
-pub mod roles;
 pub mod token;
-pub mod usage;

@@ -204,8 +204,8 @@ pub struct KeyLookup {
     pub key: ApiKey,
     pub secret_expires_at: Option<i64>,
     /// The `X-Keygate-*` fields this key adds to forwarded requests,
-    /// rendered by the HTTP/1.1 module on first use and kept as long as the
-    /// cached lookup: copied as they are into every forwarded head.
+    /// rendered on first use and kept as long as the cached lookup: copied
+    /// as they are into every forwarded head.
     identity: OnceLock<crate::http1::lines::FieldLines>,
 }
 
@@ -227,12 +227,10 @@ impl KeyLookup {
         KeyLookup { key, secret_expires_at, identity: OnceLock::new() }
     }
 
-    /// The identity fields for the upstream (see the field).
-    pub fn identity(&self) -> &crate::http1::lines::FieldLines {
-        self.identity.get_or_init(|| {
-            let fields = crate::proxy::headers::identity(&self.key);
-            crate::http1::lines::FieldLines::render(fields.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))
-        })
+    /// The identity fields for the upstream (see the field), rendered by
+    /// `render` on first use: what they are is the proxy's business.
+    pub fn identity(&self, render: impl FnOnce(&ApiKey) -> crate::http1::lines::FieldLines) -> &crate::http1::lines::FieldLines {
+        self.identity.get_or_init(|| render(&self.key))
     }
 
     /// Checks, in the contract's order: secret, status, expiry, environment.

@@ -20,7 +20,7 @@ pub struct Live<'a> {
     pub credits: &'a Credits,
     pub metrics: &'a crate::metrics::Metrics,
     /// Where a charged verify counts as a request.
-    pub usage: &'a crate::keys::usage::UsageRecorder,
+    pub usage: &'a crate::cache::UsageRecorder,
 }
 
 /// What `POST /v1/keys/verify` answers.

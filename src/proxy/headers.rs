@@ -1,6 +1,8 @@
 //! Header rewriting for forwarded requests and returned responses.
 
-use crate::keys::model::ApiKey;
+use crate::config::Underscores;
+use crate::http1::lines::FieldLines;
+use crate::keys::model::{ApiKey, KeyLookup};
 use http::header::HeaderName;
 use http::HeaderValue;
 use std::net::IpAddr;
@@ -44,21 +46,6 @@ pub fn fate(name: &str) -> Fate {
         }
         _ => Fate::Pass,
     }
-}
-
-/// `server.underscore_headers`: header names with `_`, which CGI, WSGI,
-/// PHP-FPM and Rack backends read as if it were `-`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Underscores {
-    /// Not forwarded (nginx's default).
-    #[default]
-    Drop,
-    /// The request is refused (400).
-    Reject,
-    /// Forwarded, except where the name with `_` read as `-` would be
-    /// dropped: a look-alike of a framing, identity or credential header
-    /// meets the fate of the header it imitates.
-    Allow,
 }
 
 /// With `underscore_headers = "reject"`: the refusal for a head with a
@@ -182,6 +169,15 @@ pub fn identity(key: &ApiKey) -> Vec<(HeaderName, HeaderValue)> {
         }
     }
     out
+}
+
+/// The identity fields of a resolved key as forwarded head lines,
+/// rendered once per cached lookup.
+pub fn identity_lines(lookup: &KeyLookup) -> &FieldLines {
+    lookup.identity(|key| {
+        let fields = identity(key);
+        FieldLines::render(fields.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))
+    })
 }
 
 /// `default_optin_mailing` -> `x-keygate-meta-default-optin-mailing`.

@@ -7,7 +7,6 @@ pub mod body;
 pub mod headers;
 pub mod outgoing;
 pub mod targets;
-pub mod tls;
 
 use crate::body::Body;
 use crate::config::Upstream;

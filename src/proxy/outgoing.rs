@@ -4,7 +4,8 @@
 //! costs no header-map inserts or removals (they were a tenth of keygate's
 //! own instructions per request).
 
-use super::headers::{connection_named, fate_of, Fate, Underscores};
+use super::headers::{connection_named, fate_of, Fate};
+use crate::config::Underscores;
 use crate::http1::client::RequestHead;
 use crate::http1::lines::FieldLines;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

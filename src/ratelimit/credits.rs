@@ -32,25 +32,12 @@ pub fn refill_period(interval: RefillInterval) -> Period {
     }
 }
 
-/// Applies one batch of spending to a balance, refilling first when it
-/// happened in a later refill window than the balance was last refilled
-/// in. The store applies spending the same way, so both agree.
-pub fn apply(balance: &mut CreditBalance, refill: Option<u64>, period: i64, spent: i64) {
-    if let Some(amount) = refill {
-        if balance.period < period {
-            balance.remaining = amount as i64;
-            balance.period = period;
-        }
-    }
-    balance.remaining -= spent;
-}
-
 /// A stored balance with this node's unwritten spending of the same
 /// generation applied (spending from before a `set` counts for nothing).
 fn replay(stored: CreditBalance, pending: &[CreditSpend]) -> CreditBalance {
     let mut b = stored;
     for p in pending.iter().filter(|p| p.generation == stored.generation) {
-        apply(&mut b, p.refill, p.period, p.spent);
+        b.apply(p.refill, p.period, p.spent);
     }
     b
 }
@@ -68,7 +55,7 @@ pub fn due(terms: &CreditTerms, now_ms: i64) -> (Option<u64>, i64) {
 pub fn effective(stored: CreditBalance, terms: &CreditTerms, now_ms: i64) -> (i64, Option<u64>) {
     let (refill, period) = due(terms, now_ms);
     let mut b = stored;
-    apply(&mut b, refill, period, 0);
+    b.apply(refill, period, 0);
     (b.remaining, next_refill_in(terms, now_ms))
 }
 
@@ -248,7 +235,7 @@ impl Credits {
         let mut b = self.balances.get_mut(key_id)?;
         let known = b.known.as_mut()?;
         let (refill, period) = due(terms, now_ms);
-        apply(known, refill, period, 0);
+        known.apply(refill, period, 0);
         let refill_in = next_refill_in(terms, now_ms);
         if known.remaining < i64::from(cost) {
             return Some(CreditDecision { allowed: false, remaining: known.remaining.max(0), refill_in });
@@ -337,10 +324,10 @@ mod tests {
         // Spend 5 today, 30 tomorrow, as a flush would replay it.
         let batches = [(Period::Day.index(T0), 5), (Period::Day.index(T0 + DAY), 30)];
         for (period, spent) in batches {
-            apply(&mut node, Some(100), period, spent);
+            node.apply(Some(100), period, spent);
         }
         for (period, spent) in batches {
-            apply(&mut store, Some(100), period, spent);
+            store.apply(Some(100), period, spent);
         }
         assert_eq!(node.remaining, 70);
         assert_eq!(node, store);

@@ -165,6 +165,22 @@ pub struct CreditBalance {
     pub generation: i64,
 }
 
+impl CreditBalance {
+    /// Applies one batch of spending, refilling first when it happened in
+    /// a later refill window than the balance was last refilled in. The
+    /// one definition of this arithmetic: nodes replay their spending with
+    /// it, SQLite applies it, and the Redis scripts mirror it.
+    pub fn apply(&mut self, refill: Option<u64>, period: i64, spent: i64) {
+        if let Some(amount) = refill {
+            if self.period < period {
+                self.remaining = amount as i64;
+                self.period = period;
+            }
+        }
+        self.remaining -= spent;
+    }
+}
+
 /// Credits a node spent and has not written yet, in one refill window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreditSpend {

@@ -101,11 +101,6 @@ pub struct RedisHandle {
     calls: IntCounterVec,
 }
 
-/// `redis://a:1,redis://b:2` -> the seed URLs.
-pub fn seeds(url: &str) -> Vec<String> {
-    url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
-}
-
 /// One PING through the connection manager at start. The manager connects
 /// lazily, so that a Redis down at start does not keep keygate from
 /// starting, and its later failures only say that Redis did not answer;
@@ -131,7 +126,7 @@ impl RedisHandle {
         // redis-rs builds its TLS settings (for rediss:// URLs) with rustls's
         // process-wide provider: the one keygate's own TLS names.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let seeds = seeds(url);
+        let seeds = crate::config::redis_seeds(url);
         let first = seeds.first().ok_or_else(|| RedisFailure::Redis("no redis URL given".into()))?;
         let pubsub_client = redis::Client::open(first.as_str()).map_err(|e| RedisFailure::Redis(e.to_string()))?;
         let connect_timeout = timeout.max(Duration::from_secs(1));

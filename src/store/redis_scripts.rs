@@ -281,9 +281,9 @@ return 1
     )
 });
 
-/// A credits hash's balance after the refill due (the arithmetic of
-/// `credits::apply`; `refill` is '' for none), and that balance less
-/// `spent` written back.
+/// A credits hash's balance after the refill due, and that balance less
+/// `spent` written back: the arithmetic of `CreditBalance::apply` in
+/// store/mod.rs, its one definition (`refill` is '' for none).
 const CREDITS_APPLY: &str = r#"
 local function credits_due(c, refill, period)
   local rem = tonumber(redis.call('HGET', c, 'remaining') or '0')

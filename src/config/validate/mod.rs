@@ -5,7 +5,7 @@ mod catalogue;
 
 use super::raw::*;
 use super::*;
-use crate::proxy::headers::Underscores;
+use crate::config::Underscores;
 use std::collections::HashSet;
 use toml::Spanned;
 
@@ -178,13 +178,13 @@ fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
     let tls = raw.tls.as_ref().and_then(|t| {
         let cert_path = relative_to(path, t.cert.get_ref());
         let key_path = relative_to(path, t.key.get_ref());
-        match crate::server::tls::load_server_config(&cert_path, &key_path) {
+        match crate::tls::load_server_config(&cert_path, &key_path) {
             Ok(server_config) => Some(TlsSettings { cert_path, key_path, server_config }),
-            Err(crate::server::tls::TlsError::Cert(e)) => {
+            Err(crate::tls::TlsError::Cert(e)) => {
                 c.problem(Some(&t.cert), "server.tls.cert", e);
                 None
             }
-            Err(crate::server::tls::TlsError::Key(e)) => {
+            Err(crate::tls::TlsError::Key(e)) => {
                 c.problem(Some(&t.key), "server.tls.key", e);
                 None
             }
@@ -245,7 +245,7 @@ fn store(c: &mut Checker, path: &Path, raw: &RawStore) -> StoreConfig {
 
 /// Checks `redis://` and `rediss://` (TLS) seed URLs.
 fn redis_target(c: &mut Checker, url: &Spanned<String>, field: &str, cluster: bool) -> RedisTarget {
-    let seeds = crate::store::redis_conn::seeds(url.get_ref());
+    let seeds = crate::config::redis_seeds(url.get_ref());
     if seeds.is_empty() {
         c.problem(Some(url), field, "is empty");
     }
@@ -530,7 +530,7 @@ fn upstream_tls(
     u: &RawUpstream,
     origin: &http::uri::Authority,
 ) -> Option<crate::http1::client::stream::TlsTarget> {
-    use crate::proxy::tls::{self, TlsProblem};
+    use crate::tls::{self, TlsProblem};
     let ca = u.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
     let cert = u.client_cert.as_ref().map(|cc| (relative_to(path, cc.cert.get_ref()), relative_to(path, cc.key.get_ref())));
     let host = bare_host(origin);
@@ -575,7 +575,7 @@ fn tracing(c: &mut Checker, path: &Path, raw: &RawTracing) -> Option<TracingConf
     };
     let tls = if https {
         let ca = raw.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
-        match crate::proxy::tls::target(ca.as_deref(), None, bare_host(&authority)) {
+        match crate::tls::target(ca.as_deref(), None, bare_host(&authority)) {
             Ok(t) => Some(t),
             Err(e) => {
                 c.problem(raw.ca_file.as_ref().or(Some(at)), "tracing.ca_file", e.message());

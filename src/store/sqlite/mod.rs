@@ -519,7 +519,7 @@ impl Store for SqliteStore {
             let mut b = balance_for_update(&tx, &key_id)?.ok_or(StoreError::NotFound)?;
             match change {
                 CreditChange::Add(n) => {
-                    crate::ratelimit::credits::apply(&mut b, refill, period, 0);
+                    b.apply(refill, period, 0);
                     let after = b.remaining.saturating_add(n);
                     if !(0..=MAX_CREDITS as i64).contains(&after) {
                         return Err(StoreError::BalanceBound { remaining: b.remaining, add: n });
@@ -541,7 +541,7 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
             let Some(mut b) = balance_for_update(&tx, &key_id)? else { return Ok((0, CreditBalance::default())) };
-            crate::ratelimit::credits::apply(&mut b, take.refill, take.period, 0);
+            b.apply(take.refill, take.period, 0);
             let granted = take.grant(b.remaining);
             b.remaining -= granted as i64;
             write_balance(&tx, &key_id, &b)?;
@@ -584,7 +584,7 @@ impl Store for SqliteStore {
                     params![s.key_id],
                 )
                 .map_err(unavailable)?;
-                // The same arithmetic as `credits::apply`.
+                // The same arithmetic as `CreditBalance::apply`.
                 tx.execute(
                     "UPDATE credits SET \
                        remaining = (CASE WHEN ?3 IS NOT NULL AND period < ?4 THEN ?3 ELSE remaining END) - ?5, \

@@ -1,7 +1,7 @@
 //! Every role, held in memory and swapped whole when any role changes, so a
 //! role edit reaches every request at once without touching key entries.
 
-use super::model::{ApiKey, Role};
+use crate::keys::model::{ApiKey, Role};
 use crate::store::{Store, StoreError};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;

@@ -1,14 +1,58 @@
-//! TLS to upstreams: whose certificates are trusted, which certificate
-//! keygate shows (mTLS), which name the upstream's certificate must carry.
-//! Built when the config is validated, so a bad file stops the start (or
-//! reload) with its field named. There is no switch to skip verification.
+//! Loading TLS material, for every side that speaks TLS: the data
+//! listener's certificate, and the roots, client certificate and server
+//! name of an upstream. Loaded when the config is validated, so a bad file
+//! stops the start (or reload) with its field named, not the first
+//! handshake. There is no switch to skip verification.
 
 use crate::http1::client::stream::TlsTarget;
-use crate::server::tls::{read_certs, read_key};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+
+/// Which file failed, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}")]
+    Cert(String),
+    #[error("{0}")]
+    Key(String),
+}
+
+/// Builds a server config (HTTP/2 and HTTP/1.1 offered by ALPN).
+pub fn load_server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = read_certs(cert_path).map_err(TlsError::Cert)?;
+    let key = read_key(key_path).map_err(TlsError::Key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Cert(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Key(format!("the key does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Every certificate of a PEM file, at least one.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate chain: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{} is not a PEM private key: {e}", path.display()))?
+        .ok_or_else(|| format!("{} holds no PEM private key", path.display()))
+}
 
 /// Which setting a problem belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,8 @@
 //! (negative cache), and a store error is never cached: a cached key keeps
 //! working while the store is down, an uncached one gets 503.
 
-use super::model::KeyLookup;
-use super::token::TokenHash;
+use crate::keys::model::KeyLookup;
+use crate::keys::token::TokenHash;
 use crate::store::{Store, StoreError};
 use crate::FastHash;
 use dashmap::DashMap;
