@@ -21,6 +21,7 @@ mod fuzz;
 mod harness;
 mod listener;
 mod management_races;
+mod module_graph;
 mod paths;
 mod quotas;
 mod redis_cluster;
