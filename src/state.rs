@@ -1,7 +1,8 @@
 //! The running gateway's state. What comes from the config file lives in
 //! one [`Runtime`] snapshot behind an `ArcSwap`: a reload swaps it whole, and
 //! a bad file keeps the old one. What must outlive a reload (store, caches,
-//! rate-limit counters, metrics) lives beside it in [`App`].
+//! rate-limit counters, metrics) lives beside it in [`App`]; the tasks that
+//! keep it current are [`crate::background`].
 
 use crate::cache::{KeyCache, RoleSet, UsageRecorder};
 use crate::config::LimiterBackend;
@@ -11,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
 use crate::ratelimit::credits::Credits;
 use crate::ratelimit::{local::LocalLimiter, Limiter};
-use crate::store::{self, ChangeTarget, SharedStore, Store, StoreError};
+use crate::store::{self, SharedStore, Store, StoreError};
 use crate::FastHash;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -19,7 +20,6 @@ use prometheus::{Histogram, IntCounter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Everything derived from one config file.
 pub struct Runtime {
@@ -81,10 +81,6 @@ pub struct App {
     /// The change-feed position read before the first request, so no change
     /// made after the cache started filling can be missed.
     start_cursor: store::FeedCursor,
-    /// Pub/sub source of change events (Redis store), if any.
-    events: Option<::redis::Client>,
-    /// Wakes the change follower at once when an event arrives.
-    wake: Notify,
     /// Set at the shutdown signal: `/readyz` answers 503 from then on.
     draining: std::sync::atomic::AtomicBool,
     /// Span export, with `[tracing]` (set at start; a reload keeps it).
@@ -130,7 +126,7 @@ impl App {
         {
             metrics.expect_redis();
         }
-        let store::Opened { store, events } = store::open(&config.store, &metrics).await?;
+        let store = store::open(&config.store, &metrics).await?;
         seed_roles(store.as_ref(), &config.roles).await?;
         let start_cursor = store.change_cursor().await?;
         let roles = RoleSet::load(store.as_ref()).await?;
@@ -175,8 +171,6 @@ impl App {
             usage: UsageRecorder::default(),
             metrics,
             start_cursor,
-            events,
-            wake: Notify::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
             telemetry,
         }))
@@ -215,34 +209,6 @@ impl App {
         Ok(())
     }
 
-    /// Starts the background tasks: change feed, usage flush, limiter sweep.
-    pub fn spawn_background(self: &Arc<Self>) {
-        let app = Arc::clone(self);
-        tokio::spawn(async move { app.follow_changes().await });
-        if let Some(client) = self.events.clone() {
-            let app = Arc::clone(self);
-            tokio::spawn(async move { app.listen_for_changes(client).await });
-        }
-        let app = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let every = app.runtime.load().config.keys.usage_flush_interval;
-                tokio::time::sleep(every).await;
-                app.flush_usage().await;
-            }
-        });
-        let app = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let now_ms = crate::clock::now_ms();
-                app.limiter.sweep(now_ms).await;
-                app.credits.give_back_idle(app.store.as_ref(), now_ms, false).await;
-            }
-        });
-    }
-
     /// Marks the node as shutting down (see [`App::draining`]).
     pub fn start_draining(&self) {
         self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -253,138 +219,10 @@ impl App {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Writes pending usage counts, and what this node's calendar windows
-    /// counted and its keys' credits spent (also called at shutdown).
-    pub async fn flush_usage(&self) {
-        let usage = self.usage.flush(self.store.as_ref()).await;
-        let meter = self.flush_meter().await;
-        match usage.and_then(|n| meter.map(|m| n + m)) {
-            Ok(0) => {}
-            Ok(_) => self.metrics.usage_flushes.with_label_values(&["ok"]).inc(),
-            Err(e) => {
-                self.metrics.usage_flushes.with_label_values(&["error"]).inc();
-                tracing::warn!(error = %e, "usage flush failed; counts kept for the next try");
-            }
-        }
-    }
-
-    /// Writes what calendar windows counted (local limiter: on Redis they
-    /// are counted there) and credits spent since the last flush.
-    async fn flush_meter(&self) -> Result<usize, StoreError> {
-        let _writing = self.credits.writing().await;
-        let windows = match &self.limiter {
-            Limiter::Local(l) => l.take_unflushed(),
-            Limiter::Redis(_) => Vec::new(),
-        };
-        let spends = self.credits.take_unflushed();
-        if windows.is_empty() && spends.is_empty() {
-            return Ok(0);
-        }
-        let n = windows.len() + spends.len();
-        match self.store.record_meter(&windows, &spends).await {
-            Ok(()) => Ok(n),
-            Err(e) => {
-                if let Limiter::Local(l) = &self.limiter {
-                    l.put_back(windows);
-                }
-                self.credits.put_back(spends);
-                Err(e)
-            }
-        }
-    }
-
-    /// Reads the store's change feed, every `poll_interval` or at once when
-    /// an event says there is news, and drops what changed from the caches.
-    /// Both paths read the same feed from the same cursor, so each change is
-    /// applied exactly once and a lost event is caught by the next poll.
-    async fn follow_changes(&self) {
-        let mut cursor = self.start_cursor.clone();
-        loop {
-            let every = self.runtime.load().config.store.poll_interval;
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = self.wake.notified() => {}
-            }
-            match self.store.changes_since(&cursor).await {
-                Ok(batch) => {
-                    if batch.gap {
-                        tracing::warn!("change feed has a gap or went back: revalidating every cached key");
-                        self.flush_caches().await;
-                    }
-                    self.apply_changes(&batch.changes).await;
-                    cursor = batch.latest;
-                }
-                Err(e) => self.note_store_error("changes_since", &e),
-            }
-        }
-    }
-
-    /// Subscribes to the store's change events; each one wakes the follower.
-    /// After a lost subscription every cache is flushed, since events may
-    /// have been missed while it was down.
-    async fn listen_for_changes(&self, client: ::redis::Client) {
-        use futures_util::StreamExt;
-        let mut first = true;
-        loop {
-            let subscribed = async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(store::redis::EVENTS_CHANNEL).await?;
-                Ok::<_, ::redis::RedisError>(pubsub)
-            };
-            match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
-                Ok(Ok(pubsub)) => {
-                    if !first {
-                        tracing::warn!("change subscription restored: flushing every cache");
-                        self.flush_caches().await;
-                    }
-                    first = false;
-                    self.wake.notify_one();
-                    let mut messages = pubsub.into_on_message();
-                    while messages.next().await.is_some() {
-                        self.wake.notify_one();
-                    }
-                    self.metrics.subscription_losses.inc();
-                    tracing::warn!("change subscription lost; reconnecting");
-                }
-                Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to change events yet"),
-                Err(_) => tracing::debug!("subscribing to change events timed out"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Has every cached key asked of the store again (served meanwhile only
-    /// while the store cannot answer), and reloads roles (kept as they are
-    /// if the store cannot answer).
-    async fn flush_caches(&self) {
-        self.cache.expire_all();
-        self.credits.forget_all();
-        self.metrics.cache_invalidations.with_label_values(&["flush"]).inc();
-        if let Err(e) = self.roles.reload(self.store.as_ref()).await {
-            self.note_store_error("list_roles", &e);
-        }
-    }
-
-    async fn apply_changes(&self, changes: &[store::Change]) {
-        let mut roles_changed = false;
-        let now_ms = store::now_unix_ms();
-        for change in changes {
-            match &change.target {
-                ChangeTarget::Key(id) => {
-                    self.cache.invalidate_key(id);
-                    self.credits.forget(id);
-                    self.metrics.cache_invalidations.with_label_values(&["key"]).inc();
-                }
-                ChangeTarget::Role(_) => roles_changed = true,
-            }
-            self.metrics.revocation_lag.observe(((now_ms - change.at_ms).max(0) as f64) / 1000.0);
-        }
-        if roles_changed {
-            self.metrics.cache_invalidations.with_label_values(&["role"]).inc();
-            if let Err(e) = self.roles.reload(self.store.as_ref()).await {
-                self.note_store_error("list_roles", &e);
-            }
-        }
+    /// The change-feed position read before the first request: where the
+    /// node's follower starts.
+    pub fn start_cursor(&self) -> &store::FeedCursor {
+        &self.start_cursor
     }
 
     /// Counts and logs a failed store call.

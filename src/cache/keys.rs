@@ -7,7 +7,7 @@
 
 use crate::keys::model::KeyLookup;
 use crate::keys::token::TokenHash;
-use crate::store::{Store, StoreError};
+use crate::store::{Resolver, StoreError};
 use crate::FastHash;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +65,7 @@ impl KeyCache {
     pub async fn resolve(
         &self,
         hash: &TokenHash,
-        store: &dyn Store,
+        store: &dyn Resolver,
         now: Instant,
     ) -> Result<(Option<Arc<KeyLookup>>, Origin), StoreError> {
         let stale = match self.entries.get(hash) {
@@ -87,7 +87,7 @@ impl KeyCache {
     async fn fetch(
         &self,
         hash: &TokenHash,
-        store: &dyn Store,
+        store: &dyn Resolver,
         stale: Option<Arc<KeyLookup>>,
     ) -> Result<(Option<Arc<KeyLookup>>, Origin), StoreError> {
         let generation = self.generation.load(Ordering::Acquire);
@@ -165,8 +165,9 @@ mod tests {
         delay: Duration,
     }
 
+    /// Only the part of the store the cache uses.
     #[async_trait]
-    impl Store for Instrumented {
+    impl Resolver for Instrumented {
         async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError> {
             self.lookups.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
@@ -175,100 +176,11 @@ mod tests {
             }
             self.inner.key_by_hash(hash).await
         }
-        async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
-            self.inner.get_key(id).await
-        }
-        async fn list_keys(&self, q: &KeyQuery) -> Result<KeyPage, StoreError> {
-            self.inner.list_keys(q).await
-        }
-        async fn insert_key(&self, k: &ApiKey, h: &TokenHash) -> Result<(), StoreError> {
-            self.inner.insert_key(k, h).await
-        }
-        async fn update_key(&self, k: &ApiKey) -> Result<(), StoreError> {
-            self.inner.update_key(k).await
-        }
-        async fn delete_key(&self, id: &str, v: u64) -> Result<(), StoreError> {
-            self.inner.delete_key(id, v).await
-        }
-        async fn rotate_secret(&self, id: &str, h: &TokenHash, p: &str, until: i64, v: u64) -> Result<(), StoreError> {
-            self.inner.rotate_secret(id, h, p, until, v).await
-        }
         async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
             self.inner.list_roles().await
         }
-        async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
-            self.inner.get_role(id).await
-        }
-        async fn insert_role(&self, r: &Role) -> Result<(), StoreError> {
-            self.inner.insert_role(r).await
-        }
-        async fn insert_role_if_absent(&self, r: &Role) -> Result<bool, StoreError> {
-            self.inner.insert_role_if_absent(r).await
-        }
-        async fn update_role(&self, r: &Role) -> Result<(), StoreError> {
-            self.inner.update_role(r).await
-        }
-        async fn delete_role(&self, id: &str, v: u64) -> Result<(), StoreError> {
-            self.inner.delete_role(id, v).await
-        }
-        async fn secrets_of(&self, id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError> {
-            self.inner.secrets_of(id, now).await
-        }
-        async fn put_key(&self, k: &ApiKey, s: &[SecretRecord], e: PutExpect) -> Result<bool, StoreError> {
-            self.inner.put_key(k, s, e).await
-        }
-        async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
-            self.inner.change_cursor().await
-        }
-        async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError> {
-            self.inner.changes_since(from).await
-        }
-        async fn record_usage(&self, b: &[UsageDelta]) -> Result<(), StoreError> {
-            self.inner.record_usage(b).await
-        }
-        async fn usage_summary(&self, id: &str, now: i64) -> Result<UsageSummary, StoreError> {
-            self.inner.usage_summary(id, now).await
-        }
-        async fn usage_report(&self, q: &crate::store::UsageQuery) -> Result<Vec<crate::store::UsageRow>, StoreError> {
-            self.inner.usage_report(q).await
-        }
-        async fn credit_balance(&self, id: &str) -> Result<Option<crate::store::CreditBalance>, StoreError> {
-            self.inner.credit_balance(id).await
-        }
-        async fn change_credits(
-            &self,
-            id: &str,
-            c: crate::store::CreditChange,
-            r: Option<u64>,
-            p: i64,
-            e: Option<u64>,
-        ) -> Result<crate::store::CreditBalance, StoreError> {
-            self.inner.change_credits(id, c, r, p, e).await
-        }
-        async fn take_credits(
-            &self,
-            id: &str,
-            t: crate::store::CreditTake,
-        ) -> Result<(u64, crate::store::CreditBalance), StoreError> {
-            self.inner.take_credits(id, t).await
-        }
-        async fn return_credits(&self, id: &str, n: u64, from: crate::store::CreditBalance) -> Result<(), StoreError> {
-            self.inner.return_credits(id, n, from).await
-        }
-        async fn record_meter(&self, w: &[crate::store::WindowCount], c: &[crate::store::CreditSpend]) -> Result<(), StoreError> {
-            self.inner.record_meter(w, c).await
-        }
-        async fn meter_windows(&self, now_ms: i64) -> Result<Vec<crate::store::WindowCount>, StoreError> {
-            self.inner.meter_windows(now_ms).await
-        }
         async fn ping(&self) -> Result<(), StoreError> {
             self.inner.ping().await
-        }
-        async fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-            self.inner.append_audit(e).await
-        }
-        async fn list_audit(&self, t: Option<&str>, o: u64, l: u64) -> Result<AuditPage, StoreError> {
-            self.inner.list_audit(t, o, l).await
         }
     }
 

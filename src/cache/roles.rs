@@ -2,7 +2,7 @@
 //! role edit reaches every request at once without touching key entries.
 
 use crate::keys::model::{ApiKey, Role};
-use crate::store::{Store, StoreError};
+use crate::store::{Resolver, StoreError};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,14 +15,14 @@ pub struct RoleSet {
 
 impl RoleSet {
     /// Loads every role from the store.
-    pub async fn load(store: &dyn Store) -> Result<RoleSet, StoreError> {
+    pub async fn load(store: &dyn Resolver) -> Result<RoleSet, StoreError> {
         let set = RoleSet { roles: ArcSwap::from_pointee(HashMap::default()) };
         set.reload(store).await?;
         Ok(set)
     }
 
     /// Replaces the set with the store's current roles.
-    pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
+    pub async fn reload(&self, store: &dyn Resolver) -> Result<(), StoreError> {
         let roles = store.list_roles().await?;
         self.roles.store(Arc::new(roles.into_iter().map(|r| (r.id.clone(), Arc::new(r))).collect()));
         Ok(())

@@ -3,7 +3,7 @@
 //! write keeps its counts for the next try, so nothing is lost while the
 //! store is down.
 
-use crate::store::{Store, StoreError, UsageDelta};
+use crate::store::{StoreError, UsageDelta, UsageLog};
 use crate::FastHash;
 use dashmap::DashMap;
 
@@ -70,7 +70,7 @@ impl UsageRecorder {
     }
 
     /// Writes what is pending; on failure puts it back.
-    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
+    pub async fn flush(&self, store: &dyn UsageLog) -> Result<usize, StoreError> {
         let batch = self.take();
         if batch.is_empty() {
             return Ok(0);

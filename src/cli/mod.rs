@@ -268,7 +268,7 @@ async fn health(path: &std::path::Path, ready: bool) -> Result<(), Failure> {
 async fn open(path: &std::path::Path) -> Result<(Config, SharedStore), Failure> {
     let config = Config::load(path).map_err(Failure::config)?;
     let metrics = crate::metrics::Metrics::new().map_err(|e| Failure::store(StoreError::Unavailable(e.to_string())))?;
-    let store = store::open(&config.store, &metrics).await.map_err(Failure::store)?.store;
+    let store = store::open(&config.store, &metrics).await.map_err(Failure::store)?;
     seed_roles(store.as_ref(), &config.roles).await.map_err(Failure::store)?;
     Ok((config, store))
 }

@@ -120,7 +120,7 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     if let Some(backend) = backend {
         print_demo_banner(&app, cfg, reachable(data_addr), scheme, reachable(admin_addr), backend).await?;
     }
-    app.spawn_background();
+    let background = crate::background::Background::start(&app);
 
     // The data plane stops at the signal; the admin listener only once the
     // data plane has drained, so `/readyz` can say `draining` meanwhile.
@@ -184,18 +184,7 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
     drop(rt);
-    app.flush_usage().await;
-    // What this node took of shared limits and credits and did not spend
-    // goes back, so a restart strands none of it.
-    app.limiter.release(crate::clock::now_ms()).await;
-    app.credits.give_back_idle(app.store.as_ref(), crate::clock::now_ms(), true).await;
-    let exporting = Arc::clone(&app);
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Some(t) = &exporting.telemetry {
-            t.shutdown();
-        }
-    })
-    .await;
+    background.stop().await;
     tracing::info!("keygate stopped");
     Ok(())
 }

@@ -20,7 +20,7 @@
 use super::RecentRate;
 use crate::clock::Period;
 use crate::keys::model::{CreditTerms, RefillInterval};
-use crate::store::{CreditBalance, CreditSpend, CreditTake, Store, StoreError};
+use crate::store::{CreditBalance, CreditLedger, CreditSpend, CreditTake, StoreError};
 use crate::FastHash;
 use dashmap::DashMap;
 
@@ -127,7 +127,7 @@ impl Credits {
     /// balance from the store the first time (and after a change).
     pub async fn spend(
         &self,
-        store: &dyn Store,
+        store: &dyn CreditLedger,
         key_id: &str,
         terms: &CreditTerms,
         cost: u32,
@@ -158,7 +158,7 @@ impl Credits {
     /// store when it runs short.
     async fn spend_leased(
         &self,
-        store: &dyn Store,
+        store: &dyn CreditLedger,
         key_id: &str,
         terms: &CreditTerms,
         cost: u32,
@@ -212,7 +212,7 @@ impl Credits {
 
     /// Gives back the leases of shared balances idle for a while (all of
     /// them with `all`, when the node stops).
-    pub async fn give_back_idle(&self, store: &dyn Store, now_ms: i64, all: bool) {
+    pub async fn give_back_idle(&self, store: &dyn CreditLedger, now_ms: i64, all: bool) {
         if self.shared.is_none() {
             return;
         }
@@ -373,7 +373,7 @@ mod tests {
     async fn an_empty_shared_balance_is_asked_again_only_after_a_pause_or_a_top_up() {
         use crate::keys::model::{ApiKey, Env};
         use crate::keys::token::TokenHash;
-        use crate::store::{sqlite::SqliteStore, CreditChange};
+        use crate::store::{sqlite::SqliteStore, CreditChange, Records};
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
         let key = ApiKey::blank("key_a".into(), Env::Live, "kg_live_a".into(), 0);

@@ -1,6 +1,8 @@
-//! Where keys and roles live. One [`Store`] trait, implemented by the
-//! embedded SQLite store (and, for many nodes, by Redis), so the request
-//! path, the CLI and the admin API never care which one runs.
+//! Where keys and roles live. Two backends, the embedded SQLite store and
+//! (for many nodes) Redis, implement one trait per kind of consumer:
+//! [`Resolver`] for the request path, [`ChangeFeed`] for the nodes'
+//! caches, [`Records`] for operators' changes, [`UsageLog`] for metering
+//! and [`CreditLedger`] for balances. [`Store`] is all of them.
 
 pub mod redis;
 pub mod redis_conn;
@@ -327,11 +329,58 @@ pub struct AuditPage {
     pub total: u64,
 }
 
-/// Storage of keys, roles, the change feed and usage counts.
+/// Every part of a store: what a backend implements and what a node
+/// opens. Each consumer takes the one part it uses, so a test of it
+/// implements only that part.
+pub trait Store: Resolver + ChangeFeed + Records + UsageLog + CreditLedger {}
+
+impl<T: Resolver + ChangeFeed + Records + UsageLog + CreditLedger> Store for T {}
+
+/// What the request path asks of the store: the key a token belongs to,
+/// every role, and whether the store answers. The key cache and the role
+/// set read through it.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Resolver: Send + Sync {
     /// The key holding this secret, if any.
     async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError>;
+    async fn list_roles(&self) -> Result<Vec<Role>, StoreError>;
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The feed of committed changes every node follows to keep its caches
+/// current.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
+    /// The feed's newest entry (sequence 0 for none).
+    async fn change_cursor(&self) -> Result<FeedCursor, StoreError>;
+    /// Changes after `from`.
+    async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError>;
+    /// Tells `heard` of each change the store announces as it is
+    /// committed, so a follower reads the feed at once instead of at its
+    /// next poll; runs until `heard` is closed. A store that announces
+    /// nothing (SQLite: followers poll) returns at once.
+    async fn announce(&self, heard: tokio::sync::mpsc::Sender<Heard>) {
+        drop(heard);
+    }
+}
+
+/// What a store's announcements tell the node following its change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// A change was committed: read the feed now.
+    News,
+    /// The subscription was lost: announcements are missed until it is back.
+    Lost,
+    /// The subscription is back after a loss: changes made meanwhile may
+    /// never be announced, so every cache must be asked again.
+    Restored,
+}
+
+/// What operators change: keys, their secrets, roles, and the audit log.
+/// Every write is conditional on the version that was read.
+#[async_trait]
+pub trait Records: Resolver + Send + Sync {
     async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError>;
     async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError>;
     /// Stores a new key with its secret's hash; `Conflict` if either exists.
@@ -362,7 +411,6 @@ pub trait Store: Send + Sync {
         old_valid_until: i64,
         version: u64,
     ) -> Result<(), StoreError>;
-    async fn list_roles(&self) -> Result<Vec<Role>, StoreError>;
     async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError>;
     /// Creates a role; `Conflict` if the id exists.
     async fn insert_role(&self, role: &Role) -> Result<(), StoreError>;
@@ -373,14 +421,30 @@ pub trait Store: Send + Sync {
     async fn update_role(&self, role: &Role) -> Result<(), StoreError>;
     /// Deletes a role no key uses (`RoleInUse` otherwise) if it is still at `version`.
     async fn delete_role(&self, id: &str, version: u64) -> Result<(), StoreError>;
-    /// The feed's newest entry (sequence 0 for none).
-    async fn change_cursor(&self) -> Result<FeedCursor, StoreError>;
-    /// Changes after `from`.
-    async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError>;
+    /// Appends one management change to the audit log.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Audit entries, newest first, optionally only those about one target.
+    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError>;
+}
+
+/// Counted usage: per-key request counts and reports, and the calendar
+/// windows of quotas.
+#[async_trait]
+pub trait UsageLog: Send + Sync {
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
     async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError>;
     /// Hourly admitted and refused counts, ordered by hour then key.
     async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+    /// Writes what calendar windows counted and credits spent since the
+    /// last flush; counts of deleted keys are dropped.
+    async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError>;
+    /// Totals of every counter's calendar windows current at `now_ms`.
+    async fn meter_windows(&self, now_ms: i64) -> Result<Vec<WindowCount>, StoreError>;
+}
+
+/// Prepaid credit balances: read, changed by operators, leased by nodes.
+#[async_trait]
+pub trait CreditLedger: Send + Sync {
     /// A key's credit balance; `None` if it never had one.
     async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError>;
     /// Adds to or sets a key's balance (refilling it first when `refill`
@@ -404,42 +468,21 @@ pub trait Store: Send + Sync {
     /// Gives back units a node took and did not spend, unless a `set` or
     /// a refill came since (they belonged to a balance that is gone).
     async fn return_credits(&self, key_id: &str, units: u64, taken_from: CreditBalance) -> Result<(), StoreError>;
-    /// Writes what calendar windows counted and credits spent since the
-    /// last flush; counts of deleted keys are dropped.
-    async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError>;
-    /// Totals of every counter's calendar windows current at `now_ms`.
-    async fn meter_windows(&self, now_ms: i64) -> Result<Vec<WindowCount>, StoreError>;
-    /// Cheap liveness check for `/readyz`.
-    async fn ping(&self) -> Result<(), StoreError>;
-    /// Appends one management change to the audit log.
-    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
-    /// Audit entries, newest first, optionally only those about one target.
-    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError>;
 }
 
 /// A shared handle to whichever store the config names.
 pub type SharedStore = Arc<dyn Store>;
 
-/// An opened store, and where to hear about its changes as they happen.
-pub struct Opened {
-    pub store: SharedStore,
-    /// Pub/sub source of the change feed (Redis); `None` means poll only.
-    pub events: Option<::redis::Client>,
-}
-
 /// Opens the store the config names; `metrics` counts its Redis calls.
-pub async fn open(config: &crate::config::StoreConfig, metrics: &crate::metrics::Metrics) -> Result<Opened, StoreError> {
+pub async fn open(config: &crate::config::StoreConfig, metrics: &crate::metrics::Metrics) -> Result<SharedStore, StoreError> {
     match &config.backend {
-        crate::config::StoreBackend::Sqlite { path } => {
-            Ok(Opened { store: Arc::new(sqlite::SqliteStore::open(path)?), events: None })
-        }
+        crate::config::StoreBackend::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
         crate::config::StoreBackend::Redis(target) => {
             let handle =
                 redis_conn::RedisHandle::connect(&target.url, target.cluster, config.timeout, metrics.redis_calls.clone())
                     .await
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let events = Some(handle.pubsub_client.clone());
-            Ok(Opened { store: Arc::new(redis::RedisStore::new(Arc::new(handle))), events })
+            Ok(Arc::new(redis::RedisStore::new(Arc::new(handle))))
         }
     }
 }

@@ -8,6 +8,7 @@ use super::redis_scripts as scripts;
 use super::*;
 use ::redis::Script;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// Every store key starts with this (one hash tag: one cluster slot).
 pub const PREFIX: &str = "{kg}:";
@@ -141,150 +142,13 @@ fn matches(key: &ApiKey, needle: &str) -> bool {
 }
 
 #[async_trait]
-impl Store for RedisStore {
+impl Resolver for RedisStore {
     async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError> {
         let found: Option<(String, String, String, String)> =
             self.invoke("key_by_hash", &scripts::LOOKUP, vec![hash.to_hex()]).await?;
         let Some((json, exp, count, last)) = found else { return Ok(None) };
         Ok(Some(KeyLookup::new(parse_key(&json, &count, &last)?, exp.parse().ok())))
     }
-
-    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
-        Ok(self.keys_by_id(&[key_id.to_string()]).await?.pop())
-    }
-
-    async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
-        let limit = if query.limit == 0 { u64::MAX } else { query.limit };
-        let needle = query.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
-        let filtered = needle.is_some() || query.role.is_some() || query.status.is_some();
-        if !filtered {
-            let total: u64 = self.query("list_keys", ::redis::cmd("ZCARD").arg(format!("{PREFIX}keys")).to_owned()).await?;
-            let stop = query.offset.saturating_add(limit).saturating_sub(1).min(i64::MAX as u64) as i64;
-            let ids: Vec<String> = self
-                .query("list_keys", ::redis::cmd("ZREVRANGE").arg(format!("{PREFIX}keys")).arg(query.offset).arg(stop).to_owned())
-                .await?;
-            return Ok(KeyPage { keys: self.keys_by_id(&ids).await?, total });
-        }
-        let ids: Vec<String> =
-            self.query("list_keys", ::redis::cmd("ZREVRANGE").arg(format!("{PREFIX}keys")).arg(0).arg(-1).to_owned()).await?;
-        let all: Vec<ApiKey> = self
-            .keys_by_id(&ids)
-            .await?
-            .into_iter()
-            .filter(|k| needle.as_deref().is_none_or(|n| matches(k, n)) && query.admits(k))
-            .collect();
-        let total = all.len() as u64;
-        let keys = all.into_iter().skip(query.offset as usize).take(limit.min(usize::MAX as u64) as usize).collect();
-        Ok(KeyPage { keys, total })
-    }
-
-    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
-        let args = vec![
-            key.key_id.clone(),
-            key_json_at(key, key.version)?,
-            hash.to_hex(),
-            key.role.clone().unwrap_or_default(),
-            key.created_at.to_string(),
-            now_unix_ms().to_string(),
-        ];
-        self.invoke::<i64>("insert_key", &scripts::INSERT_KEY, args).await.map(|_| ())
-    }
-
-    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let args = vec![
-            key.key_id.clone(),
-            key_json_at(key, key.version + 1)?,
-            key.role.clone().unwrap_or_default(),
-            now_unix_ms().to_string(),
-            key.version.to_string(),
-        ];
-        self.invoke::<i64>("update_key", &scripts::UPDATE_KEY, args).await.map(|_| ())
-    }
-
-    async fn secrets_of(&self, key_id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError> {
-        let hashes: Vec<String> =
-            self.query("secrets_of", ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}secrets:{key_id}")).to_owned()).await?;
-        if hashes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = hashes.iter().map(|h| format!("{PREFIX}secret:{h}")).collect();
-        let values: Vec<Option<String>> = self.query("secrets_of", ::redis::cmd("MGET").arg(&keys).to_owned()).await?;
-        let mut out = Vec::new();
-        for (hex, value) in hashes.iter().zip(values) {
-            // `secret:<hash>` holds `<key id>|<expiry or nothing>`.
-            let Some((owner, expiry)) = value.as_deref().and_then(|v| v.rsplit_once('|')) else { continue };
-            let valid_until = expiry.parse::<i64>().ok();
-            if owner != key_id || valid_until.is_some_and(|t| t <= now) {
-                continue;
-            }
-            let hash = TokenHash::from_hex(hex).ok_or_else(|| corrupt(format!("secret hash `{hex}`")))?;
-            out.push(SecretRecord { hash, valid_until });
-        }
-        out.sort_by_key(|s| (s.valid_until.is_some(), std::cmp::Reverse(s.valid_until)));
-        Ok(out)
-    }
-
-    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError> {
-        // The version written, and what the script must find for it to hold.
-        let (version, expect) = match expect {
-            PutExpect::Version(v) => (v + 1, format!("v{v}")),
-            PutExpect::Absent { recreate_deleted: false } => (crate::keys::model::first_version(), "absent".to_string()),
-            PutExpect::Absent { recreate_deleted: true } => {
-                let tomb: Option<u64> =
-                    self.query("put_key", ::redis::cmd("GET").arg(format!("{PREFIX}tomb:{}", key.key_id)).to_owned()).await?;
-                (tomb.unwrap_or(0) + 1, format!("tomb{}", tomb.unwrap_or(0)))
-            }
-        };
-        let mut args = vec![
-            key.key_id.clone(),
-            key_json_at(key, version)?,
-            key.role.clone().unwrap_or_default(),
-            key.created_at.to_string(),
-            now_unix_ms().to_string(),
-            key.usage_count.to_string(),
-            key.last_used.map(|t| t.to_string()).unwrap_or_default(),
-            expect,
-        ];
-        for s in secrets {
-            args.push(s.hash.to_hex());
-            args.push(s.valid_until.map(|t| t.to_string()).unwrap_or_default());
-        }
-        self.invoke::<i64>("put_key", &scripts::PUT_KEY, args).await.map(|n| n == 1)
-    }
-
-    async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError> {
-        let args = vec![
-            key_id.to_string(),
-            now_unix_ms().to_string(),
-            version.to_string(),
-            (TOMBSTONE_RETENTION_DAYS * 86_400).to_string(),
-        ];
-        self.invoke::<i64>("delete_key", &scripts::DELETE_KEY, args).await.map(|_| ())
-    }
-
-    async fn rotate_secret(
-        &self,
-        key_id: &str,
-        hash: &TokenHash,
-        key_prefix: &str,
-        old_valid_until: i64,
-        version: u64,
-    ) -> Result<(), StoreError> {
-        let mut key = self.get_key(key_id).await?.ok_or(StoreError::NotFound)?;
-        key.key_prefix = key_prefix.to_string();
-        // Written only if the key is still at `version` (the script compares).
-        let args = vec![
-            key_id.to_string(),
-            key_json_at(&key, version + 1)?,
-            hash.to_hex(),
-            old_valid_until.to_string(),
-            now_unix().to_string(),
-            now_unix_ms().to_string(),
-            version.to_string(),
-        ];
-        self.invoke::<i64>("rotate_secret", &scripts::ROTATE_SECRET, args).await.map(|_| ())
-    }
-
     async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
         let mut ids: Vec<String> =
             self.query("list_roles", ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}roles")).to_owned()).await?;
@@ -296,39 +160,13 @@ impl Store for RedisStore {
         let jsons: Vec<Option<String>> = self.query("list_roles", ::redis::cmd("MGET").arg(keys).to_owned()).await?;
         jsons.into_iter().flatten().map(|j| serde_json::from_str(&j).map_err(corrupt)).collect()
     }
-
-    async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
-        let json: Option<String> =
-            self.query("get_role", ::redis::cmd("GET").arg(format!("{PREFIX}role:{id}")).to_owned()).await?;
-        json.map(|j| serde_json::from_str(&j).map_err(corrupt)).transpose()
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<String>("ping", ::redis::cmd("PING")).await.map(|_| ())
     }
+}
 
-    async fn insert_role(&self, role: &Role) -> Result<(), StoreError> {
-        let args = vec![role.id.clone(), serde_json::to_string(role).map_err(corrupt)?, "0".into(), now_unix_ms().to_string()];
-        self.invoke::<i64>("insert_role", &scripts::INSERT_ROLE, args).await.map(|_| ())
-    }
-
-    async fn insert_role_if_absent(&self, role: &Role) -> Result<bool, StoreError> {
-        let args = vec![role.id.clone(), serde_json::to_string(role).map_err(corrupt)?, "1".into(), now_unix_ms().to_string()];
-        self.invoke::<i64>("insert_role", &scripts::INSERT_ROLE, args).await.map(|n| n == 1)
-    }
-
-    async fn update_role(&self, role: &Role) -> Result<(), StoreError> {
-        let next = Role { version: role.version + 1, ..role.clone() };
-        let args = vec![
-            role.id.clone(),
-            serde_json::to_string(&next).map_err(corrupt)?,
-            now_unix_ms().to_string(),
-            role.version.to_string(),
-        ];
-        self.invoke::<i64>("update_role", &scripts::UPDATE_ROLE, args).await.map(|_| ())
-    }
-
-    async fn delete_role(&self, id: &str, version: u64) -> Result<(), StoreError> {
-        let args = vec![id.to_string(), now_unix_ms().to_string(), version.to_string()];
-        self.invoke::<i64>("delete_role", &scripts::DELETE_ROLE, args).await.map(|_| ())
-    }
-
+#[async_trait]
+impl ChangeFeed for RedisStore {
     async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
         let seq: Option<u64> = self.query("change_cursor", ::redis::cmd("GET").arg(ROUTE).to_owned()).await?;
         let seq = seq.unwrap_or(0);
@@ -337,7 +175,6 @@ impl Store for RedisStore {
             self.query("change_cursor", ::redis::cmd("ZRANGEBYSCORE").arg(&key).arg(seq).arg(seq).to_owned()).await?;
         Ok(FeedCursor { seq, mark: here.into_iter().next().unwrap_or_default() })
     }
-
     async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError> {
         let (seq, key) = (from.seq, format!("{PREFIX}changes"));
         let mut pipe = ::redis::pipe();
@@ -365,7 +202,226 @@ impl Store for RedisStore {
         }
         Ok(batch)
     }
+    async fn announce(&self, heard: tokio::sync::mpsc::Sender<Heard>) {
+        use futures_util::StreamExt;
+        let mut first = true;
+        while !heard.is_closed() {
+            let client = &self.redis.pubsub_client;
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(EVENTS_CHANNEL).await?;
+                Ok::<_, ::redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+                Ok(Ok(pubsub)) => {
+                    let back = if first { Heard::News } else { Heard::Restored };
+                    first = false;
+                    if heard.send(back).await.is_err() {
+                        return;
+                    }
+                    let mut messages = pubsub.into_on_message();
+                    while messages.next().await.is_some() {
+                        // A full channel already holds news: one read sees this change too.
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = heard.try_send(Heard::News) {
+                            return;
+                        }
+                    }
+                    if heard.send(Heard::Lost).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to change events yet"),
+                Err(_) => tracing::debug!("subscribing to change events timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
 
+#[async_trait]
+impl Records for RedisStore {
+    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.keys_by_id(&[key_id.to_string()]).await?.pop())
+    }
+    async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
+        let limit = if query.limit == 0 { u64::MAX } else { query.limit };
+        let needle = query.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+        let filtered = needle.is_some() || query.role.is_some() || query.status.is_some();
+        if !filtered {
+            let total: u64 = self.query("list_keys", ::redis::cmd("ZCARD").arg(format!("{PREFIX}keys")).to_owned()).await?;
+            let stop = query.offset.saturating_add(limit).saturating_sub(1).min(i64::MAX as u64) as i64;
+            let ids: Vec<String> = self
+                .query("list_keys", ::redis::cmd("ZREVRANGE").arg(format!("{PREFIX}keys")).arg(query.offset).arg(stop).to_owned())
+                .await?;
+            return Ok(KeyPage { keys: self.keys_by_id(&ids).await?, total });
+        }
+        let ids: Vec<String> =
+            self.query("list_keys", ::redis::cmd("ZREVRANGE").arg(format!("{PREFIX}keys")).arg(0).arg(-1).to_owned()).await?;
+        let all: Vec<ApiKey> = self
+            .keys_by_id(&ids)
+            .await?
+            .into_iter()
+            .filter(|k| needle.as_deref().is_none_or(|n| matches(k, n)) && query.admits(k))
+            .collect();
+        let total = all.len() as u64;
+        let keys = all.into_iter().skip(query.offset as usize).take(limit.min(usize::MAX as u64) as usize).collect();
+        Ok(KeyPage { keys, total })
+    }
+    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
+        let args = vec![
+            key.key_id.clone(),
+            key_json_at(key, key.version)?,
+            hash.to_hex(),
+            key.role.clone().unwrap_or_default(),
+            key.created_at.to_string(),
+            now_unix_ms().to_string(),
+        ];
+        self.invoke::<i64>("insert_key", &scripts::INSERT_KEY, args).await.map(|_| ())
+    }
+    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let args = vec![
+            key.key_id.clone(),
+            key_json_at(key, key.version + 1)?,
+            key.role.clone().unwrap_or_default(),
+            now_unix_ms().to_string(),
+            key.version.to_string(),
+        ];
+        self.invoke::<i64>("update_key", &scripts::UPDATE_KEY, args).await.map(|_| ())
+    }
+    async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError> {
+        let args = vec![
+            key_id.to_string(),
+            now_unix_ms().to_string(),
+            version.to_string(),
+            (TOMBSTONE_RETENTION_DAYS * 86_400).to_string(),
+        ];
+        self.invoke::<i64>("delete_key", &scripts::DELETE_KEY, args).await.map(|_| ())
+    }
+    async fn secrets_of(&self, key_id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError> {
+        let hashes: Vec<String> =
+            self.query("secrets_of", ::redis::cmd("SMEMBERS").arg(format!("{PREFIX}secrets:{key_id}")).to_owned()).await?;
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = hashes.iter().map(|h| format!("{PREFIX}secret:{h}")).collect();
+        let values: Vec<Option<String>> = self.query("secrets_of", ::redis::cmd("MGET").arg(&keys).to_owned()).await?;
+        let mut out = Vec::new();
+        for (hex, value) in hashes.iter().zip(values) {
+            // `secret:<hash>` holds `<key id>|<expiry or nothing>`.
+            let Some((owner, expiry)) = value.as_deref().and_then(|v| v.rsplit_once('|')) else { continue };
+            let valid_until = expiry.parse::<i64>().ok();
+            if owner != key_id || valid_until.is_some_and(|t| t <= now) {
+                continue;
+            }
+            let hash = TokenHash::from_hex(hex).ok_or_else(|| corrupt(format!("secret hash `{hex}`")))?;
+            out.push(SecretRecord { hash, valid_until });
+        }
+        out.sort_by_key(|s| (s.valid_until.is_some(), std::cmp::Reverse(s.valid_until)));
+        Ok(out)
+    }
+    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError> {
+        // The version written, and what the script must find for it to hold.
+        let (version, expect) = match expect {
+            PutExpect::Version(v) => (v + 1, format!("v{v}")),
+            PutExpect::Absent { recreate_deleted: false } => (crate::keys::model::first_version(), "absent".to_string()),
+            PutExpect::Absent { recreate_deleted: true } => {
+                let tomb: Option<u64> =
+                    self.query("put_key", ::redis::cmd("GET").arg(format!("{PREFIX}tomb:{}", key.key_id)).to_owned()).await?;
+                (tomb.unwrap_or(0) + 1, format!("tomb{}", tomb.unwrap_or(0)))
+            }
+        };
+        let mut args = vec![
+            key.key_id.clone(),
+            key_json_at(key, version)?,
+            key.role.clone().unwrap_or_default(),
+            key.created_at.to_string(),
+            now_unix_ms().to_string(),
+            key.usage_count.to_string(),
+            key.last_used.map(|t| t.to_string()).unwrap_or_default(),
+            expect,
+        ];
+        for s in secrets {
+            args.push(s.hash.to_hex());
+            args.push(s.valid_until.map(|t| t.to_string()).unwrap_or_default());
+        }
+        self.invoke::<i64>("put_key", &scripts::PUT_KEY, args).await.map(|n| n == 1)
+    }
+    async fn rotate_secret(
+        &self,
+        key_id: &str,
+        hash: &TokenHash,
+        key_prefix: &str,
+        old_valid_until: i64,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let mut key = self.get_key(key_id).await?.ok_or(StoreError::NotFound)?;
+        key.key_prefix = key_prefix.to_string();
+        // Written only if the key is still at `version` (the script compares).
+        let args = vec![
+            key_id.to_string(),
+            key_json_at(&key, version + 1)?,
+            hash.to_hex(),
+            old_valid_until.to_string(),
+            now_unix().to_string(),
+            now_unix_ms().to_string(),
+            version.to_string(),
+        ];
+        self.invoke::<i64>("rotate_secret", &scripts::ROTATE_SECRET, args).await.map(|_| ())
+    }
+    async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
+        let json: Option<String> =
+            self.query("get_role", ::redis::cmd("GET").arg(format!("{PREFIX}role:{id}")).to_owned()).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(corrupt)).transpose()
+    }
+    async fn insert_role(&self, role: &Role) -> Result<(), StoreError> {
+        let args = vec![role.id.clone(), serde_json::to_string(role).map_err(corrupt)?, "0".into(), now_unix_ms().to_string()];
+        self.invoke::<i64>("insert_role", &scripts::INSERT_ROLE, args).await.map(|_| ())
+    }
+    async fn insert_role_if_absent(&self, role: &Role) -> Result<bool, StoreError> {
+        let args = vec![role.id.clone(), serde_json::to_string(role).map_err(corrupt)?, "1".into(), now_unix_ms().to_string()];
+        self.invoke::<i64>("insert_role", &scripts::INSERT_ROLE, args).await.map(|n| n == 1)
+    }
+    async fn update_role(&self, role: &Role) -> Result<(), StoreError> {
+        let next = Role { version: role.version + 1, ..role.clone() };
+        let args = vec![
+            role.id.clone(),
+            serde_json::to_string(&next).map_err(corrupt)?,
+            now_unix_ms().to_string(),
+            role.version.to_string(),
+        ];
+        self.invoke::<i64>("update_role", &scripts::UPDATE_ROLE, args).await.map(|_| ())
+    }
+    async fn delete_role(&self, id: &str, version: u64) -> Result<(), StoreError> {
+        let args = vec![id.to_string(), now_unix_ms().to_string(), version.to_string()];
+        self.invoke::<i64>("delete_role", &scripts::DELETE_ROLE, args).await.map(|_| ())
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry).map_err(corrupt)?;
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("LPUSH").arg(AUDIT_LOG).arg(&json).ignore();
+        pipe.cmd("LTRIM").arg(AUDIT_LOG).arg(0).arg(AUDIT_KEEP - 1).ignore();
+        pipe.cmd("LPUSH").arg(format!("{PREFIX}audit:{}", entry.target)).arg(&json).ignore();
+        pipe.cmd("LTRIM").arg(format!("{PREFIX}audit:{}", entry.target)).arg(0).arg(AUDIT_KEEP - 1).ignore();
+        self.redis.run("append_audit", |mut c| async move { pipe.query_async::<()>(&mut c).await }).await.map_err(to_store_error)
+    }
+    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError> {
+        let list = match target {
+            Some(t) => format!("{PREFIX}audit:{t}"),
+            None => AUDIT_LOG.to_string(),
+        };
+        let stop = if limit == 0 { -1 } else { offset.saturating_add(limit).saturating_sub(1).min(i64::MAX as u64) as i64 };
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("LLEN").arg(&list);
+        pipe.cmd("LRANGE").arg(&list).arg(offset).arg(stop);
+        let (total, rows): (u64, Vec<String>) =
+            self.redis.run("list_audit", |mut c| async move { pipe.query_async(&mut c).await }).await.map_err(to_store_error)?;
+        let entries = rows.iter().map(|j| serde_json::from_str(j).map_err(corrupt)).collect::<Result<_, _>>()?;
+        Ok(AuditPage { entries, total })
+    }
+}
+
+#[async_trait]
+impl UsageLog for RedisStore {
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
         let mut args = Vec::with_capacity(1 + batch.len() * 7);
         args.push((USAGE_REPORT_RETENTION_DAYS * 86_400).to_string());
@@ -382,7 +438,6 @@ impl Store for RedisStore {
         }
         self.invoke::<i64>("record_usage", &scripts::RECORD_USAGE, args).await.map(|_| ())
     }
-
     async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError> {
         let minute = now / 60;
         let day = minute / 1440;
@@ -405,7 +460,6 @@ impl Store for RedisStore {
         }
         Ok(summary)
     }
-
     async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let owners: HashMap<String, String> =
             self.query("usage_report", ::redis::cmd("HGETALL").arg(format!("{PREFIX}usage_owner")).to_owned()).await?;
@@ -442,7 +496,37 @@ impl Store for RedisStore {
         }
         Ok(rows.into_values().collect())
     }
+    async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError> {
+        let mut args = vec![windows.len().to_string()];
+        for w in windows {
+            let ttl = 2 * w.period.length_secs(w.index) + 3600;
+            args.extend([w.period.as_str().to_string(), w.index.to_string(), w.id.clone(), w.delta.to_string(), ttl.to_string()]);
+        }
+        for c in credits {
+            args.extend([
+                c.key_id.clone(),
+                c.generation.to_string(),
+                c.refill.map(|r| r.to_string()).unwrap_or_default(),
+                c.period.to_string(),
+                c.spent.to_string(),
+            ]);
+        }
+        self.invoke::<i64>("record_meter", &scripts::RECORD_METER, args).await.map(|_| ())
+    }
+    async fn meter_windows(&self, now_ms: i64) -> Result<Vec<WindowCount>, StoreError> {
+        let mut out = Vec::new();
+        for period in crate::clock::Period::ALL.into_iter().filter(|p| p.is_calendar()) {
+            let index = period.index(now_ms);
+            let cmd = ::redis::cmd("HGETALL").arg(format!("{PREFIX}meter:{}:{index}", period.as_str())).to_owned();
+            let counts: HashMap<String, i64> = self.query("meter_windows", cmd).await?;
+            out.extend(counts.into_iter().map(|(id, delta)| WindowCount { period, id, index, delta }));
+        }
+        Ok(out)
+    }
+}
 
+#[async_trait]
+impl CreditLedger for RedisStore {
     async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError> {
         let cmd = ::redis::cmd("HMGET").arg(format!("{PREFIX}credits:{key_id}")).arg(&["remaining", "period", "gen"]).to_owned();
         let (remaining, period, generation): (Option<i64>, Option<i64>, Option<i64>) = self.query("credit_balance", cmd).await?;
@@ -452,7 +536,6 @@ impl Store for RedisStore {
             generation: generation.unwrap_or(0),
         }))
     }
-
     async fn change_credits(
         &self,
         key_id: &str,
@@ -482,7 +565,6 @@ impl Store for RedisStore {
         };
         Ok(CreditBalance { remaining, period, generation })
     }
-
     async fn take_credits(&self, key_id: &str, take: CreditTake) -> Result<(u64, CreditBalance), StoreError> {
         let args = vec![
             key_id.to_string(),
@@ -496,68 +578,9 @@ impl Store for RedisStore {
             self.invoke("take_credits", &scripts::TAKE_CREDITS, args).await?;
         Ok((granted, CreditBalance { remaining, period, generation }))
     }
-
     async fn return_credits(&self, key_id: &str, units: u64, taken_from: CreditBalance) -> Result<(), StoreError> {
         let args = vec![key_id.to_string(), units.to_string(), taken_from.generation.to_string(), taken_from.period.to_string()];
         self.invoke::<i64>("return_credits", &scripts::RETURN_CREDITS, args).await.map(|_| ())
-    }
-
-    async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError> {
-        let mut args = vec![windows.len().to_string()];
-        for w in windows {
-            let ttl = 2 * w.period.length_secs(w.index) + 3600;
-            args.extend([w.period.as_str().to_string(), w.index.to_string(), w.id.clone(), w.delta.to_string(), ttl.to_string()]);
-        }
-        for c in credits {
-            args.extend([
-                c.key_id.clone(),
-                c.generation.to_string(),
-                c.refill.map(|r| r.to_string()).unwrap_or_default(),
-                c.period.to_string(),
-                c.spent.to_string(),
-            ]);
-        }
-        self.invoke::<i64>("record_meter", &scripts::RECORD_METER, args).await.map(|_| ())
-    }
-
-    async fn meter_windows(&self, now_ms: i64) -> Result<Vec<WindowCount>, StoreError> {
-        let mut out = Vec::new();
-        for period in crate::clock::Period::ALL.into_iter().filter(|p| p.is_calendar()) {
-            let index = period.index(now_ms);
-            let cmd = ::redis::cmd("HGETALL").arg(format!("{PREFIX}meter:{}:{index}", period.as_str())).to_owned();
-            let counts: HashMap<String, i64> = self.query("meter_windows", cmd).await?;
-            out.extend(counts.into_iter().map(|(id, delta)| WindowCount { period, id, index, delta }));
-        }
-        Ok(out)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.query::<String>("ping", ::redis::cmd("PING")).await.map(|_| ())
-    }
-
-    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let json = serde_json::to_string(entry).map_err(corrupt)?;
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("LPUSH").arg(AUDIT_LOG).arg(&json).ignore();
-        pipe.cmd("LTRIM").arg(AUDIT_LOG).arg(0).arg(AUDIT_KEEP - 1).ignore();
-        pipe.cmd("LPUSH").arg(format!("{PREFIX}audit:{}", entry.target)).arg(&json).ignore();
-        pipe.cmd("LTRIM").arg(format!("{PREFIX}audit:{}", entry.target)).arg(0).arg(AUDIT_KEEP - 1).ignore();
-        self.redis.run("append_audit", |mut c| async move { pipe.query_async::<()>(&mut c).await }).await.map_err(to_store_error)
-    }
-
-    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError> {
-        let list = match target {
-            Some(t) => format!("{PREFIX}audit:{t}"),
-            None => AUDIT_LOG.to_string(),
-        };
-        let stop = if limit == 0 { -1 } else { offset.saturating_add(limit).saturating_sub(1).min(i64::MAX as u64) as i64 };
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("LLEN").arg(&list);
-        pipe.cmd("LRANGE").arg(&list).arg(offset).arg(stop);
-        let (total, rows): (u64, Vec<String>) =
-            self.redis.run("list_audit", |mut c| async move { pipe.query_async(&mut c).await }).await.map_err(to_store_error)?;
-        let entries = rows.iter().map(|j| serde_json::from_str(j).map_err(corrupt)).collect::<Result<_, _>>()?;
-        Ok(AuditPage { entries, total })
     }
 }
 

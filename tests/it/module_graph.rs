@@ -17,7 +17,7 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("storage", &["store"]),
     ("node", &["cache", "ratelimit"]),
     ("answers", &["error", "proxy", "telemetry"]),
-    ("decisions", &["state", "pipeline", "manage"]),
+    ("decisions", &["state", "background", "pipeline", "manage"]),
     ("surfaces", &["server", "admin", "demo", "fuzzing"]),
     ("commands", &["cli"]),
 ];

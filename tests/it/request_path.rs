@@ -154,7 +154,7 @@ async fn expired_keys_are_refused() {
     let (key_id, token) = s.create_key(&["--name", "short-lived", "--role", "read-only", "--expires-in-days", "1"]);
     // Move the expiry into the past through the real store.
     let store = keygate::store::sqlite::SqliteStore::open(&s.dir.path().join("keygate.db")).unwrap();
-    use keygate::store::Store;
+    use keygate::store::Records;
     let mut key = store.get_key(&key_id).await.unwrap().unwrap();
     key.expires_at = Some(keygate::clock::now_unix() - 5);
     store.update_key(&key).await.unwrap();

@@ -6,7 +6,7 @@ use keygate::keys::token::TokenHash;
 use keygate::store::redis::RedisStore;
 use keygate::store::redis_conn::RedisHandle;
 use keygate::store::sqlite::SqliteStore;
-use keygate::store::Store;
+use keygate::store::{ChangeFeed, Records, Resolver};
 use std::sync::Arc;
 use std::time::Duration;
 

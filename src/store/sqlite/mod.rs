@@ -84,7 +84,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Resolver for SqliteStore {
     async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<KeyLookup>, StoreError> {
         let hash = *hash;
         self.read(move |c| {
@@ -97,7 +97,65 @@ impl Store for SqliteStore {
         })
         .await
     }
+    async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {ROLE_COLUMNS} FROM roles ORDER BY id")).map_err(unavailable)?;
+            let roles =
+                stmt.query_map([], role_from_row).and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>()).map_err(unavailable)?;
+            Ok(roles)
+        })
+        .await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+}
 
+#[async_trait]
+impl ChangeFeed for SqliteStore {
+    async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
+        self.read(|c| {
+            let seq = c.query_row("SELECT IFNULL(MAX(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0)).map_err(unavailable)?;
+            Ok(FeedCursor { seq: seq as u64, mark: entry_at(c, seq)?.unwrap_or_default() })
+        })
+        .await
+    }
+    async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError> {
+        let from = from.clone();
+        self.read(move |c| {
+            let seq = from.seq;
+            let (oldest, newest): (Option<i64>, Option<i64>) =
+                c.query_row("SELECT MIN(seq), MAX(seq) FROM changes", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(unavailable)?;
+            let here = entry_at(c, seq as i64)?;
+            // Behind the cursor, or another entry at it: the file was
+            // restored from an older copy.
+            let mut batch = match ChangeBatch::open(&from, newest.unwrap_or(0) as u64, oldest.map(|o| o as u64), here) {
+                Ok(batch) => batch,
+                Err(resync) => return Ok(resync),
+            };
+            let mut stmt = c
+                .prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![seq as i64, FEED_PAGE as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                })
+                .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(unavailable)?;
+            batch.gap |= rows.len() >= FEED_PAGE;
+            for (s, kind, id, at_ms) in rows {
+                let mark = entry_text(&kind, &id, at_ms);
+                let target = if kind == "role" { ChangeTarget::Role(id) } else { ChangeTarget::Key(id) };
+                batch.push(s as u64, mark, Change { target, at_ms });
+            }
+            Ok(batch)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Records for SqliteStore {
     async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
         let key_id = key_id.to_string();
         self.read(move |c| {
@@ -107,7 +165,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError> {
         let q = query.clone();
         self.read(move |c| {
@@ -136,7 +193,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
         let (key, hash) = (key.clone(), *hash);
         self.logged_change("key", key.key_id.clone(), move |tx| {
@@ -145,7 +201,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let key = key.clone();
         self.logged_change("key", key.key_id.clone(), move |tx| match update_key_row(tx, &key)? {
@@ -154,7 +209,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError> {
         let key_id = key_id.to_string();
         self.logged_change("key", key_id.clone(), move |tx| {
@@ -174,38 +228,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn rotate_secret(
-        &self,
-        key_id: &str,
-        hash: &TokenHash,
-        key_prefix: &str,
-        old_valid_until: i64,
-        version: u64,
-    ) -> Result<(), StoreError> {
-        let (key_id, hash, prefix) = (key_id.to_string(), *hash, key_prefix.to_string());
-        self.logged_change("key", key_id.clone(), move |tx| {
-            let n = tx
-                .execute(
-                    "UPDATE keys SET key_prefix = ?2, version = version + 1 WHERE key_id = ?1 AND version = ?3",
-                    params![key_id, prefix, version as i64],
-                )
-                .map_err(unavailable)?;
-            if n == 0 {
-                return Err(version_check(tx, "keys", "key_id", &key_id));
-            }
-            tx.execute(
-                "UPDATE secrets SET expires_at = MIN(IFNULL(expires_at, ?2), ?2) WHERE key_id = ?1",
-                params![key_id, old_valid_until],
-            )
-            .map_err(unavailable)?;
-            tx.execute("DELETE FROM secrets WHERE key_id = ?1 AND expires_at <= ?2", params![key_id, now_unix()])
-                .map_err(unavailable)?;
-            add_secret(tx, &hash, &key_id)
-        })
-        .await
-    }
-
     async fn secrets_of(&self, key_id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError> {
         let key_id = key_id.to_string();
         self.read(move |c| {
@@ -229,7 +251,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError> {
         let (mut key, secrets) = (key.clone(), secrets.to_vec());
         self.with(move |c| {
@@ -281,17 +302,36 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {ROLE_COLUMNS} FROM roles ORDER BY id")).map_err(unavailable)?;
-            let roles =
-                stmt.query_map([], role_from_row).and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>()).map_err(unavailable)?;
-            Ok(roles)
+    async fn rotate_secret(
+        &self,
+        key_id: &str,
+        hash: &TokenHash,
+        key_prefix: &str,
+        old_valid_until: i64,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let (key_id, hash, prefix) = (key_id.to_string(), *hash, key_prefix.to_string());
+        self.logged_change("key", key_id.clone(), move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE keys SET key_prefix = ?2, version = version + 1 WHERE key_id = ?1 AND version = ?3",
+                    params![key_id, prefix, version as i64],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(version_check(tx, "keys", "key_id", &key_id));
+            }
+            tx.execute(
+                "UPDATE secrets SET expires_at = MIN(IFNULL(expires_at, ?2), ?2) WHERE key_id = ?1",
+                params![key_id, old_valid_until],
+            )
+            .map_err(unavailable)?;
+            tx.execute("DELETE FROM secrets WHERE key_id = ?1 AND expires_at <= ?2", params![key_id, now_unix()])
+                .map_err(unavailable)?;
+            add_secret(tx, &hash, &key_id)
         })
         .await
     }
-
     async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
@@ -301,7 +341,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn insert_role(&self, role: &Role) -> Result<(), StoreError> {
         if self.insert_role_if_absent(role).await? {
             Ok(())
@@ -309,7 +348,6 @@ impl Store for SqliteStore {
             Err(StoreError::Conflict(format!("role `{}` already exists", role.id)))
         }
     }
-
     async fn insert_role_if_absent(&self, role: &Role) -> Result<bool, StoreError> {
         let role = role.clone();
         self.with(move |c| {
@@ -328,7 +366,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn update_role(&self, role: &Role) -> Result<(), StoreError> {
         let role = role.clone();
         self.logged_change("role", role.id.clone(), move |tx| {
@@ -346,7 +383,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn delete_role(&self, id: &str, version: u64) -> Result<(), StoreError> {
         let id = id.to_string();
         self.logged_change("role", id.clone(), move |tx| {
@@ -365,48 +401,38 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn change_cursor(&self) -> Result<FeedCursor, StoreError> {
-        self.read(|c| {
-            let seq = c.query_row("SELECT IFNULL(MAX(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0)).map_err(unavailable)?;
-            Ok(FeedCursor { seq: seq as u64, mark: entry_at(c, seq)?.unwrap_or_default() })
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let (target, json) = (entry.target.clone(), json(entry)?);
+        self.with(move |c| {
+            c.execute("INSERT INTO audit (target, entry) VALUES (?1, ?2)", params![target, json]).map(|_| ()).map_err(unavailable)
         })
         .await
     }
-
-    async fn changes_since(&self, from: &FeedCursor) -> Result<ChangeBatch, StoreError> {
-        let from = from.clone();
+    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError> {
+        let target = target.map(str::to_string);
         self.read(move |c| {
-            let seq = from.seq;
-            let (oldest, newest): (Option<i64>, Option<i64>) =
-                c.query_row("SELECT MIN(seq), MAX(seq) FROM changes", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(unavailable)?;
-            let here = entry_at(c, seq as i64)?;
-            // Behind the cursor, or another entry at it: the file was
-            // restored from an older copy.
-            let mut batch = match ChangeBatch::open(&from, newest.unwrap_or(0) as u64, oldest.map(|o| o as u64), here) {
-                Ok(batch) => batch,
-                Err(resync) => return Ok(resync),
-            };
-            let mut stmt = c
-                .prepare_cached("SELECT seq, kind, id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-                .map_err(unavailable)?;
+            let filter = "FROM audit WHERE (?1 IS NULL OR target = ?1)";
+            let total: i64 =
+                c.query_row(&format!("SELECT COUNT(*) {filter}"), params![target], |r| r.get(0)).map_err(unavailable)?;
+            let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+            let mut stmt =
+                c.prepare(&format!("SELECT entry {filter} ORDER BY id DESC LIMIT ?2 OFFSET ?3")).map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![seq as i64, FEED_PAGE as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
-                })
+                .query_map(params![target, limit, offset as i64], |r| r.get::<_, String>(0))
                 .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(unavailable)?;
-            batch.gap |= rows.len() >= FEED_PAGE;
-            for (s, kind, id, at_ms) in rows {
-                let mark = entry_text(&kind, &id, at_ms);
-                let target = if kind == "role" { ChangeTarget::Role(id) } else { ChangeTarget::Key(id) };
-                batch.push(s as u64, mark, Change { target, at_ms });
-            }
-            Ok(batch)
+            let entries = rows
+                .iter()
+                .map(|j| serde_json::from_str(j).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            Ok(AuditPage { entries, total: total as u64 })
         })
         .await
     }
+}
 
+#[async_trait]
+impl UsageLog for SqliteStore {
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
         let batch = batch.to_vec();
         self.with(move |c| {
@@ -450,7 +476,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn usage_summary(&self, key_id: &str, now: i64) -> Result<UsageSummary, StoreError> {
         let key_id = key_id.to_string();
         self.read(move |c| {
@@ -468,7 +493,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let q = query.clone();
         self.read(move |c| {
@@ -493,77 +517,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError> {
-        let key_id = key_id.to_string();
-        self.read(move |c| stored_balance(c, &key_id)).await
-    }
-
-    async fn change_credits(
-        &self,
-        key_id: &str,
-        change: CreditChange,
-        refill: Option<u64>,
-        period: i64,
-        expect: Option<u64>,
-    ) -> Result<CreditBalance, StoreError> {
-        let key_id = key_id.to_string();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            if let Some(want) = expect {
-                match key_version(&tx, &key_id)? {
-                    Some(v) if v != want => return Err(StoreError::VersionConflict { current: v }),
-                    _ => {}
-                }
-            }
-            let mut b = balance_for_update(&tx, &key_id)?.ok_or(StoreError::NotFound)?;
-            match change {
-                CreditChange::Add(n) => {
-                    b.apply(refill, period, 0);
-                    let after = b.remaining.saturating_add(n);
-                    if !(0..=MAX_CREDITS as i64).contains(&after) {
-                        return Err(StoreError::BalanceBound { remaining: b.remaining, add: n });
-                    }
-                    b.remaining = after;
-                }
-                CreditChange::Set(n) => b = CreditBalance { remaining: n, period, generation: b.generation + 1 },
-            }
-            write_balance(&tx, &key_id, &b)?;
-            log_change(&tx, "key", &key_id).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
-            Ok(b)
-        })
-        .await
-    }
-
-    async fn take_credits(&self, key_id: &str, take: CreditTake) -> Result<(u64, CreditBalance), StoreError> {
-        let key_id = key_id.to_string();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            let Some(mut b) = balance_for_update(&tx, &key_id)? else { return Ok((0, CreditBalance::default())) };
-            b.apply(take.refill, take.period, 0);
-            let granted = take.grant(b.remaining);
-            b.remaining -= granted as i64;
-            write_balance(&tx, &key_id, &b)?;
-            tx.commit().map_err(unavailable)?;
-            Ok((granted, b))
-        })
-        .await
-    }
-
-    async fn return_credits(&self, key_id: &str, units: u64, taken_from: CreditBalance) -> Result<(), StoreError> {
-        let key_id = key_id.to_string();
-        self.with(move |c| {
-            c.execute(
-                "UPDATE credits SET remaining = remaining + ?2 WHERE key_id = ?1 AND generation = ?3 AND period = ?4",
-                params![key_id, units as i64, taken_from.generation, taken_from.period],
-            )
-            .map(|_| ())
-            .map_err(unavailable)
-        })
-        .await
-    }
-
     async fn record_meter(&self, windows: &[WindowCount], credits: &[CreditSpend]) -> Result<(), StoreError> {
         let (windows, credits) = (windows.to_vec(), credits.to_vec());
         self.with(move |c| {
@@ -603,7 +556,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
     async fn meter_windows(&self, now_ms: i64) -> Result<Vec<WindowCount>, StoreError> {
         self.read(move |c| {
             let mut out = Vec::new();
@@ -622,37 +574,73 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+#[async_trait]
+impl CreditLedger for SqliteStore {
+    async fn credit_balance(&self, key_id: &str) -> Result<Option<CreditBalance>, StoreError> {
+        let key_id = key_id.to_string();
+        self.read(move |c| stored_balance(c, &key_id)).await
     }
-
-    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let (target, json) = (entry.target.clone(), json(entry)?);
+    async fn change_credits(
+        &self,
+        key_id: &str,
+        change: CreditChange,
+        refill: Option<u64>,
+        period: i64,
+        expect: Option<u64>,
+    ) -> Result<CreditBalance, StoreError> {
+        let key_id = key_id.to_string();
         self.with(move |c| {
-            c.execute("INSERT INTO audit (target, entry) VALUES (?1, ?2)", params![target, json]).map(|_| ()).map_err(unavailable)
+            let tx = c.transaction().map_err(unavailable)?;
+            if let Some(want) = expect {
+                match key_version(&tx, &key_id)? {
+                    Some(v) if v != want => return Err(StoreError::VersionConflict { current: v }),
+                    _ => {}
+                }
+            }
+            let mut b = balance_for_update(&tx, &key_id)?.ok_or(StoreError::NotFound)?;
+            match change {
+                CreditChange::Add(n) => {
+                    b.apply(refill, period, 0);
+                    let after = b.remaining.saturating_add(n);
+                    if !(0..=MAX_CREDITS as i64).contains(&after) {
+                        return Err(StoreError::BalanceBound { remaining: b.remaining, add: n });
+                    }
+                    b.remaining = after;
+                }
+                CreditChange::Set(n) => b = CreditBalance { remaining: n, period, generation: b.generation + 1 },
+            }
+            write_balance(&tx, &key_id, &b)?;
+            log_change(&tx, "key", &key_id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(b)
         })
         .await
     }
-
-    async fn list_audit(&self, target: Option<&str>, offset: u64, limit: u64) -> Result<AuditPage, StoreError> {
-        let target = target.map(str::to_string);
-        self.read(move |c| {
-            let filter = "FROM audit WHERE (?1 IS NULL OR target = ?1)";
-            let total: i64 =
-                c.query_row(&format!("SELECT COUNT(*) {filter}"), params![target], |r| r.get(0)).map_err(unavailable)?;
-            let limit = if limit == 0 { i64::MAX } else { limit as i64 };
-            let mut stmt =
-                c.prepare(&format!("SELECT entry {filter} ORDER BY id DESC LIMIT ?2 OFFSET ?3")).map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![target, limit, offset as i64], |r| r.get::<_, String>(0))
-                .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(unavailable)?;
-            let entries = rows
-                .iter()
-                .map(|j| serde_json::from_str(j).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .collect::<Result<_, _>>()?;
-            Ok(AuditPage { entries, total: total as u64 })
+    async fn take_credits(&self, key_id: &str, take: CreditTake) -> Result<(u64, CreditBalance), StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let Some(mut b) = balance_for_update(&tx, &key_id)? else { return Ok((0, CreditBalance::default())) };
+            b.apply(take.refill, take.period, 0);
+            let granted = take.grant(b.remaining);
+            b.remaining -= granted as i64;
+            write_balance(&tx, &key_id, &b)?;
+            tx.commit().map_err(unavailable)?;
+            Ok((granted, b))
+        })
+        .await
+    }
+    async fn return_credits(&self, key_id: &str, units: u64, taken_from: CreditBalance) -> Result<(), StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE credits SET remaining = remaining + ?2 WHERE key_id = ?1 AND generation = ?3 AND period = ?4",
+                params![key_id, units as i64, taken_from.generation, taken_from.period],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
         })
         .await
     }

@@ -1,0 +1,205 @@
+//! A node's work besides requests: following the store's change feed into
+//! the caches, writing usage behind, and sweeping limiter windows and idle
+//! credit leases. [`Background`] holds every task, and [`Background::stop`]
+//! is the one shutdown: the tasks end at their next pause (never in the
+//! middle of a write), then what the node holds is written or given back.
+
+use crate::state::App;
+use crate::store::{Change, ChangeTarget, Heard, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// How often idle limiter windows and credit leases are swept.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// The running background tasks.
+pub struct Background {
+    app: Arc<App>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Ends with its store's subscription; nothing it holds needs writing.
+    announcer: JoinHandle<()>,
+}
+
+impl Background {
+    /// Starts every task for `app`.
+    pub fn start(app: &Arc<App>) -> Background {
+        let (stop, stopped) = watch::channel(false);
+        let (heard_tx, heard) = mpsc::channel(1);
+        let store = Arc::clone(&app.store);
+        let announcer = tokio::spawn(async move { store.announce(heard_tx).await });
+        let tasks = vec![
+            tokio::spawn(follow_changes(Arc::clone(app), heard, stopped.clone())),
+            tokio::spawn(write_usage_behind(Arc::clone(app), stopped.clone())),
+            tokio::spawn(sweep(Arc::clone(app), stopped)),
+        ];
+        Background { app: Arc::clone(app), stop, tasks, announcer }
+    }
+
+    /// Ends every task, then writes pending usage and gives back what this
+    /// node took of shared limits and credits and did not spend, so a
+    /// restart strands none of it; last, sends the spans not yet exported.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.announcer.abort();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let app = self.app;
+        flush_usage(&app).await;
+        let now_ms = crate::clock::now_ms();
+        app.limiter.release(now_ms).await;
+        app.credits.give_back_idle(app.store.as_ref(), now_ms, true).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(t) = &app.telemetry {
+                t.shutdown();
+            }
+        })
+        .await;
+    }
+}
+
+/// Sleeps `pause`; false if the stop signal came first.
+async fn pause(pause: Duration, stopped: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => !*stopped.borrow(),
+        _ = stopped.changed() => false,
+    }
+}
+
+/// Reads the store's change feed, every `poll_interval` or at once when the
+/// store announces news, and drops what changed from the caches. Both read
+/// the same feed from the same cursor, so each change is applied exactly
+/// once and a lost announcement is caught by the next poll.
+async fn follow_changes(app: Arc<App>, mut heard: mpsc::Receiver<Heard>, mut stopped: watch::Receiver<bool>) {
+    let mut cursor = app.start_cursor().clone();
+    let mut announcing = true;
+    loop {
+        let every = app.runtime.load().config.store.poll_interval;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.changed() => return,
+            news = heard.recv(), if announcing => match news {
+                Some(Heard::News) => {}
+                Some(Heard::Lost) => {
+                    app.metrics.subscription_losses.inc();
+                    tracing::warn!("change subscription lost; reconnecting");
+                    continue;
+                }
+                Some(Heard::Restored) => {
+                    tracing::warn!("change subscription restored: flushing every cache");
+                    flush_caches(&app).await;
+                }
+                None => announcing = false,
+            },
+        }
+        match app.store.changes_since(&cursor).await {
+            Ok(batch) => {
+                if batch.gap {
+                    tracing::warn!("change feed has a gap or went back: revalidating every cached key");
+                    flush_caches(&app).await;
+                }
+                apply_changes(&app, &batch.changes).await;
+                cursor = batch.latest;
+            }
+            Err(e) => app.note_store_error("changes_since", &e),
+        }
+    }
+}
+
+/// Has every cached key asked of the store again (served meanwhile only
+/// while the store cannot answer), and reloads roles (kept as they are if
+/// the store cannot answer).
+async fn flush_caches(app: &App) {
+    app.cache.expire_all();
+    app.credits.forget_all();
+    app.metrics.cache_invalidations.with_label_values(&["flush"]).inc();
+    if let Err(e) = app.roles.reload(app.store.as_ref()).await {
+        app.note_store_error("list_roles", &e);
+    }
+}
+
+async fn apply_changes(app: &App, changes: &[Change]) {
+    let mut roles_changed = false;
+    let now_ms = crate::clock::now_ms();
+    for change in changes {
+        match &change.target {
+            ChangeTarget::Key(id) => {
+                app.cache.invalidate_key(id);
+                app.credits.forget(id);
+                app.metrics.cache_invalidations.with_label_values(&["key"]).inc();
+            }
+            ChangeTarget::Role(_) => roles_changed = true,
+        }
+        app.metrics.revocation_lag.observe(((now_ms - change.at_ms).max(0) as f64) / 1000.0);
+    }
+    if roles_changed {
+        app.metrics.cache_invalidations.with_label_values(&["role"]).inc();
+        if let Err(e) = app.roles.reload(app.store.as_ref()).await {
+            app.note_store_error("list_roles", &e);
+        }
+    }
+}
+
+/// Writes usage every `keys.usage_flush_interval`.
+async fn write_usage_behind(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let every = app.runtime.load().config.keys.usage_flush_interval;
+        if !pause(every, &mut stopped).await {
+            return;
+        }
+        flush_usage(&app).await;
+    }
+}
+
+/// Drops idle limiter windows and gives back idle credit leases.
+async fn sweep(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    while pause(SWEEP_EVERY, &mut stopped).await {
+        let now_ms = crate::clock::now_ms();
+        app.limiter.sweep(now_ms).await;
+        app.credits.give_back_idle(app.store.as_ref(), now_ms, false).await;
+    }
+}
+
+/// Writes pending usage counts, and what this node's calendar windows
+/// counted and its keys' credits spent.
+async fn flush_usage(app: &App) {
+    let usage = app.usage.flush(app.store.as_ref()).await;
+    let meter = flush_meter(app).await;
+    match usage.and_then(|n| meter.map(|m| n + m)) {
+        Ok(0) => {}
+        Ok(_) => app.metrics.usage_flushes.with_label_values(&["ok"]).inc(),
+        Err(e) => {
+            app.metrics.usage_flushes.with_label_values(&["error"]).inc();
+            tracing::warn!(error = %e, "usage flush failed; counts kept for the next try");
+        }
+    }
+}
+
+/// Writes what calendar windows counted (local limiter: on Redis they are
+/// counted there) and credits spent since the last flush.
+async fn flush_meter(app: &App) -> Result<usize, StoreError> {
+    use crate::ratelimit::Limiter;
+    let _writing = app.credits.writing().await;
+    let windows = match &app.limiter {
+        Limiter::Local(l) => l.take_unflushed(),
+        Limiter::Redis(_) => Vec::new(),
+    };
+    let spends = app.credits.take_unflushed();
+    if windows.is_empty() && spends.is_empty() {
+        return Ok(0);
+    }
+    let n = windows.len() + spends.len();
+    match app.store.record_meter(&windows, &spends).await {
+        Ok(()) => Ok(n),
+        Err(e) => {
+            if let Limiter::Local(l) = &app.limiter {
+                l.put_back(windows);
+            }
+            app.credits.put_back(spends);
+            Err(e)
+        }
+    }
+}
