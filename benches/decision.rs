@@ -8,11 +8,11 @@ use keygate::clock::Moment;
 use keygate::clock::Period;
 use keygate::config::Underscores;
 use keygate::config::{Algorithm, Config};
+use keygate::decide::{decide, Ask, Means};
 use keygate::http1::client::RequestHead;
 use keygate::http1::lines::FieldLines;
 use keygate::keys::token::TokenHash;
 use keygate::manage::{KeyInput, Manager};
-use keygate::pipeline::{authorise, Trace};
 use keygate::policy::{ip, path, permissions};
 use keygate::proxy::headers;
 use keygate::proxy::outgoing::Outgoing;
@@ -119,12 +119,11 @@ fn steps(c: &mut Criterion) {
             let p = path::normalise(req.uri().path()).unwrap();
             let (_, route) = cfg.routes.find(req.method(), &p).unwrap();
             let client = ip::client_ip(peer, req.headers(), &cfg.server.trusted_proxies);
-            let mut trace = Trace::default();
-            let key = ready_or_block_on(
-                &f.rt,
-                authorise(&f.app, cfg, black_box(&head), client, Some(route), Moment::now(), &mut trace),
-            )
-            .unwrap();
+            let head = black_box(&head);
+            let credential = keygate::credentials::extract(&head.headers, head.uri.query()).unwrap().unwrap();
+            let ask = Ask::request(cfg, Some(route), client);
+            let decision = ready_or_block_on(&f.rt, decide(&Means::node(&f.app, cfg), &credential.token, &ask, Moment::now()));
+            let key = decision.found.filter(|_| decision.refusal.is_none()).unwrap();
             rewrite(req.headers(), &peer_header, headers::identity_lines(&key))
         })
     });

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod correlation;
 pub mod credentials;
+pub mod decide;
 pub mod demo;
 pub mod error;
 #[doc(hidden)]

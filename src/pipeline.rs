@@ -1,29 +1,32 @@
-//! The request path, top to bottom. Each step is a small function in the
-//! module of its concern; this file only puts them in the contract's order
-//! (docs/interface.md, "The request path") and turns the outcome into a response.
+//! The request path, top to bottom, in five phases over one request
+//! context ([`Ctx`]). Each step is a small function in the module of its
+//! concern; this file only puts them in the contract's order
+//! (docs/interface.md, "The request path") and turns the outcome into a
+//! response.
 //!
-//! 1. accept (in `server`)  2. normalise the path  3. match a route, or
-//!    answer a browser's preflight under `[cors]`
-//! 4. extract the credential  5. resolve the key  6. status, expiry, env
-//! 7. IP allowlist  8. permission  9. rate limit  10. forward
+//! 1. `route`: normalise the path, answer a browser's preflight under
+//!    `[cors]`, match `/whoami` or a route
+//! 2. `authorise`: the credential, then [`decide`] (the key, its state,
+//!    IP allowlist, permission, limits), shared with the verify API
+//! 3. `forward`: rewrite the request for the upstream and send it
+//! 4. `decorate`: the refusal's body, CORS and rate-limit fields
+//! 5. `record`: metrics, the access line, the span
 
 use crate::body::Body;
-use crate::cache::Origin;
 use crate::clock::{self, Moment};
-use crate::config::Config;
-use crate::config::Underscores;
+use crate::config::{Config, Underscores, Upstream};
 use crate::correlation;
 use crate::credentials::{self, CredentialError};
+use crate::decide::{decide, Ask, Decision, Means};
 use crate::error::{json_response, GatewayError};
 use crate::http1::{BodyOutcome, Reply};
 use crate::keys::model::{ApiKey, KeyLookup};
-use crate::keys::token::{self, TokenHash};
 use crate::policy::routes::Route;
 use crate::policy::{cors, ip, path};
 use crate::proxy::headers;
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody};
-use crate::ratelimit::meter::{self, Charge, RateView};
+use crate::ratelimit::meter::{Metered, RateView};
 use crate::ratelimit::RateHeaders;
 use crate::state::{App, Runtime};
 use crate::telemetry::RequestSpan;
@@ -31,7 +34,7 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use opentelemetry::KeyValue;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,14 +68,15 @@ enum RouteLabel {
     Route(usize),
 }
 
-/// What the access log and metrics learn while a request goes through.
+/// What the answer, the access log and metrics learn while a request goes
+/// through.
 #[derive(Default)]
-pub struct Trace {
+struct Trace {
     route: RouteLabel,
     /// The resolved key (for its id in the access log), shared, not copied.
     key: Option<Arc<KeyLookup>>,
     /// The rate-limit state to report in `X-RateLimit-*` headers.
-    pub rate: Option<RateView>,
+    rate: Option<RateView>,
     /// Which upstream was asked, when, and when its answer came.
     upstream: Option<UpstreamTiming>,
     /// Set when the request was answered without a key (public route) or
@@ -85,6 +89,8 @@ pub struct Trace {
     /// The client's valid trace context and its state (boxed: most
     /// requests carry none, and every request's future holds the field).
     context: Option<Box<(correlation::TraceParent, Option<HeaderValue>)>>,
+    /// The `outcome` and `code` labels, set when the answer is made.
+    outcome: (&'static str, &'static str),
 }
 
 /// A forwarded request's exchange with its upstream.
@@ -101,62 +107,42 @@ impl UpstreamTiming {
     }
 }
 
-/// Handles one request from start to response.
+/// One request on its way through: what every phase reads, and the trace
+/// it leaves for the answer's fields, the metrics, the access line and the
+/// span.
+struct Ctx<'a> {
+    app: &'a App,
+    rt: &'a Runtime,
+    head: &'a Parts,
+    conn: &'a ConnInfo,
+    arrived: Moment,
+    trace: Trace,
+}
+
+/// Handles one request from start to response, in five phases: `route`,
+/// `authorise` (which calls [`decide`]), `forward`, `decorate`, `record`.
 pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply {
     let arrived = Moment::now();
     let rt = app.runtime.load_full();
-    // Split once; every step below borrows the head. (Passed by value, it
-    // would be copied into each step's future.)
+    // Split once; every phase borrows the head. (Passed by value, it would
+    // be copied into each phase's future.)
     let (head, body) = req.into_parts();
-    let mut trace = traced(&app, &rt.config, &head, &conn, arrived);
-    let result = run(&app, &rt, (&head, body), &conn, arrived, &mut trace).await;
-    let (outcome, code) = match &result {
-        Ok(_) => (trace.served_as.unwrap_or("forwarded"), "none"),
-        Err(e) => (e.outcome(), e.code()),
-    };
-    // A body refused for its size or pace is not read on: the connection
-    // closes after the answer.
-    let body = match &result {
-        Err(GatewayError::PayloadTooLarge | GatewayError::RequestTimeout) => BodyOutcome::Refused,
-        _ => BodyOutcome::Complete,
-    };
-    let mut reply = result.unwrap_or_else(|e| e.to_response_for(trace.request_id.as_ref()).into());
-    reply.body = body;
-    // The request's id is keygate's to give: an upstream's own goes.
-    reply.upstream.remove_request_id();
-    if let Some(policy) = cors_policy(&rt.config, &trace) {
-        // keygate speaks for the route: an upstream's own CORS fields go.
-        reply.upstream.remove_prefixed(b"access-control-");
-        for (name, value) in policy.actual(head.headers.get(header::ORIGIN)) {
-            reply.response.headers_mut().append(name, value);
-        }
-    }
-    if let Some(view) = trace.rate {
-        let headers = RateHeaders { view, now_ms: arrived.unix_ms, ietf: rt.config.rate_limit.ietf_headers };
-        reply.extra = headers.fields();
-    }
-    // A forwarded request's time ends with the upstream's answer, read then.
-    let elapsed = trace.upstream.map_or_else(Instant::now, |u| u.answered).saturating_duration_since(arrived.at);
-    record(&app, &rt, &head.method, reply.response.status(), &trace, (outcome, code), elapsed);
-    if let Some(span) = trace.span.take() {
-        end_span(*span, &rt, &head.method, reply.response.status(), &trace, (outcome, code));
-    }
-    if let Some(id) = trace.request_id.take() {
-        // With the upstream's fields: no header map is filled for it.
-        reply.upstream.push(b"X-Request-Id", id.as_bytes());
-    }
-    reply
+    let mut cx = Ctx { app: &app, rt: &rt, head: &head, conn: &conn, arrived, trace: Trace::default() };
+    cx.trace = traced(&cx);
+    let answer = respond(&mut cx, body).await;
+    let reply = decorate(&mut cx, answer);
+    record(&mut cx, reply)
 }
 
 /// A request's trace, started with what it carries (its id and trace
 /// context) and, with `[tracing]`, its span. Out of line, so what it reads
 /// is not kept in every request's future.
-fn traced(app: &App, cfg: &Config, head: &Parts, conn: &ConnInfo, arrived: Moment) -> Trace {
-    let incoming = correlation::Incoming::of(&head.headers);
-    let span = app.telemetry.as_ref().map(|t| {
+fn traced(cx: &Ctx<'_>) -> Trace {
+    let incoming = correlation::Incoming::of(&cx.head.headers);
+    let span = cx.app.telemetry.as_ref().map(|t| {
         // A caller's sampling decision is believed from a trusted proxy only.
-        let believed = ip::believes_forwarded_for(conn.peer.ip(), &cfg.server.trusted_proxies);
-        Box::new(t.request_span(arrived.system(), incoming.parent.as_ref(), incoming.state.as_ref(), believed))
+        let believed = ip::believes_forwarded_for(cx.conn.peer.ip(), &cx.rt.config.server.trusted_proxies);
+        Box::new(t.request_span(cx.arrived.system(), incoming.parent.as_ref(), incoming.state.as_ref(), believed))
     });
     Trace {
         request_id: Some(incoming.request_id),
@@ -166,172 +152,103 @@ fn traced(app: &App, cfg: &Config, head: &Parts, conn: &ConnInfo, arrived: Momen
     }
 }
 
-async fn run(
-    app: &App,
-    rt: &Runtime,
-    (head, body): (&Parts, Body),
-    conn: &ConnInfo,
-    now: Moment,
-    trace: &mut Trace,
-) -> Result<Reply, GatewayError> {
-    let cfg = &rt.config;
-    // 2. normalise
-    let path = path::normalise(head.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    if cfg.server.underscore_headers == Underscores::Reject {
-        headers::refuse_underscores(&head.headers).map_err(GatewayError::BadRequest)?;
-    }
-    // 3a. a browser's preflight for a route under `[cors]`: keygate's to
-    // answer (it carries no key, and the backend never sees it).
-    if let Some(pre) = cors::Preflight::of(&head.method, &head.headers) {
-        // `/whoami` is keygate's own route, under `[cors]` as every route is by default.
-        let governed = if path == WHOAMI_PATH && (pre.method == Method::GET || pre.method == Method::HEAD) {
-            Some(RouteLabel::Whoami)
-        } else {
-            cfg.routes.find(&pre.method, &path).filter(|(_, r)| r.cors).map(|(index, _)| RouteLabel::Route(index))
-        };
-        if let (Some(policy), Some(label)) = (&cfg.cors, governed) {
-            trace.route = label;
-            trace.served_as = Some(PREFLIGHT);
-            return policy.preflight(&pre).map(preflight_answer).map_err(|r| GatewayError::CorsRefused(r.to_string()));
-        }
-    }
-    let client_ip = ip::client_ip(conn.peer.ip(), &head.headers, &cfg.server.trusted_proxies);
-    if path == WHOAMI_PATH && (head.method == Method::GET || head.method == Method::HEAD) {
-        trace.route = RouteLabel::Whoami;
-        trace.served_as = Some("whoami");
-        let key = authorise(app, cfg, head, client_ip, None, now, trace).await?;
-        return Ok(whoami(app, cfg, &key.key, trace.rate.as_ref()).into());
-    }
-    // 3. route
-    let (index, route) = cfg.routes.find(&head.method, &path).ok_or(GatewayError::NoRoute)?;
-    trace.route = RouteLabel::Route(index);
-    check_declared_length(&body, cfg)?;
-    if route.public {
-        trace.served_as = Some("public");
-        return forward(rt, route, head, body, &path, conn, None, trace).await;
-    }
-    // 4-9. authenticate and authorise
-    let key = authorise(app, cfg, head, client_ip, Some(route), now, trace).await?;
-    // 10. forward
-    forward(rt, route, head, body, &path, conn, Some(&key), trace).await
+/// Where a request goes.
+enum Routed<'r> {
+    /// keygate answered it: a browser's preflight (rare: boxed).
+    Answered(Box<Reply>),
+    Whoami,
+    Upstream(Target<'r>),
 }
 
-/// Steps 4 to 9: the key, its state, its IP allowlist, its permission, its
-/// quota. Public so the benchmarks can time the whole decision without a socket.
-pub async fn authorise(
-    app: &App,
-    cfg: &Config,
-    head: &Parts,
-    client_ip: IpAddr,
-    route: Option<&Route>,
-    now: Moment,
-    trace: &mut Trace,
-) -> Result<Arc<KeyLookup>, GatewayError> {
-    let permission = route.and_then(|r| r.permission.as_deref());
-    let on_redis_error = route.and_then(|r| r.on_redis_error).unwrap_or(cfg.rate_limit.on_redis_error);
-    // 4. credential
-    let credential = credentials::extract(&head.headers, head.uri.query())
+/// A route and the normalised path it matched.
+struct Target<'r> {
+    route: &'r Route,
+    path: String,
+}
+
+/// The phases that make the answer: route, authorise, forward.
+async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
+    match route(cx)? {
+        Routed::Answered(reply) => Ok(*reply),
+        Routed::Whoami => {
+            let found = authorise(cx, None).await?;
+            Ok(whoami(cx, &found.key).into())
+        }
+        Routed::Upstream(target) => {
+            check_declared_length(&body, &cx.rt.config)?;
+            if target.route.public {
+                cx.trace.served_as = Some("public");
+                return forward(cx, &target, body, None).await;
+            }
+            let found = authorise(cx, Some(target.route)).await?;
+            forward(cx, &target, body, Some(&found)).await
+        }
+    }
+}
+
+/// Phase 1: the normalised path, then a browser's preflight under
+/// `[cors]`, `/whoami` or a route.
+fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
+    let cfg = &cx.rt.config;
+    let path = path::normalise(cx.head.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    if cfg.server.underscore_headers == Underscores::Reject {
+        headers::refuse_underscores(&cx.head.headers).map_err(GatewayError::BadRequest)?;
+    }
+    if let Some(answer) = preflight(cx, &path) {
+        return answer.map(|reply| Routed::Answered(Box::new(reply)));
+    }
+    if path == WHOAMI_PATH && reads(&cx.head.method) {
+        cx.trace.route = RouteLabel::Whoami;
+        cx.trace.served_as = Some("whoami");
+        return Ok(Routed::Whoami);
+    }
+    let (index, route) = cfg.routes.find(&cx.head.method, &path).ok_or(GatewayError::NoRoute)?;
+    cx.trace.route = RouteLabel::Route(index);
+    Ok(Routed::Upstream(Target { route, path }))
+}
+
+/// GET or HEAD: the methods `/whoami` answers.
+fn reads(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// A browser's preflight for a route under `[cors]`: keygate's to answer
+/// (it carries no key, and the backend never sees it).
+fn preflight(cx: &mut Ctx<'_>, path: &str) -> Option<Result<Reply, GatewayError>> {
+    let pre = cors::Preflight::of(&cx.head.method, &cx.head.headers)?;
+    let cfg = &cx.rt.config;
+    // `/whoami` is keygate's own route, under `[cors]` as every route is by default.
+    let governed = if path == WHOAMI_PATH && reads(&pre.method) {
+        Some(RouteLabel::Whoami)
+    } else {
+        cfg.routes.find(&pre.method, path).filter(|(_, r)| r.cors).map(|(index, _)| RouteLabel::Route(index))
+    };
+    let (policy, label) = (cfg.cors.as_ref()?, governed?);
+    cx.trace.route = label;
+    cx.trace.served_as = Some(PREFLIGHT);
+    Some(policy.preflight(&pre).map(preflight_answer).map_err(|r| GatewayError::CorsRefused(r.to_string())))
+}
+
+/// Phase 2: the request's credential, then [`decide`] for its route (none
+/// for `/whoami`), noted in the trace.
+async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLookup>, GatewayError> {
+    let credential = credentials::extract(&cx.head.headers, cx.head.uri.query())
         .map_err(|e| match e {
             CredentialError::Malformed(m) => GatewayError::BadRequest(m.into()),
             CredentialError::Ambiguous => GatewayError::AmbiguousCredentials,
         })?
         .ok_or(GatewayError::MissingKey)?;
-    // 5. resolve
-    let found = resolve(app, cfg, &credential.token, now.at).await?;
-    let key = &found.key;
-    if let Some(span) = trace.span.as_mut() {
-        span.event("key resolved", SystemTime::now(), vec![KeyValue::new("keygate.key_id", key.key_id.clone())]);
+    let cfg = &cx.rt.config;
+    let client_ip = ip::client_ip(cx.conn.peer.ip(), &cx.head.headers, &cfg.server.trusted_proxies);
+    let ask = Ask::request(cfg, route, client_ip);
+    let decision = decide(&Means::node(cx.app, cfg), &credential.token, &ask, cx.arrived).await;
+    if let Some((operation, e)) = &decision.failure {
+        cx.app.note_store_error(operation, e);
     }
-    // 6. status, expiry, environment
-    let now_ms = now.unix_ms;
-    if let Some(refusal) = GatewayError::of_state(found.state(now.unix(), cfg.server.environment)) {
-        return Err(refusal);
-    }
-    trace.key = Some(Arc::clone(&found));
-    let subject = meter::subject_of(cfg.rate_limit.scope, key);
-    // Only a route with its own limit has a counter (its id is made per request).
-    let route_counter = route.and_then(|r| r.per_minute.map(|limit| (meter::route_counter_id(&subject, &r.pattern), limit)));
-    let charge = Charge {
-        key_id: &key.key_id,
-        subject: &subject,
-        route: route_counter.as_ref().map(|(id, limit)| (id.as_str(), *limit)),
-        limits: cfg.limits_for(key),
-        credits: key.credits.as_ref(),
-        cost: route.map_or(1, |r| r.cost),
-        algorithm: cfg.rate_limit.algorithm,
-    };
-    // 7. IP allowlist
-    if !ip::allowed(client_ip, &key.allowed_ips) {
-        trace.rate = meter::peek(&app.limiter, &charge, now_ms).view();
-        return Err(GatewayError::IpBlocked);
-    }
-    // 8. permission
-    if let Some(required) = permission {
-        if !app.roles.permits(key, required) {
-            trace.rate = meter::peek(&app.limiter, &charge, now_ms).view();
-            return Err(GatewayError::InsufficientPermissions { required: required.to_string() });
-        }
-    }
-    // 9. rate limits, quotas and credits
-    let metered = match meter::charge_ready(&app.limiter, &charge, now_ms) {
-        meter::Progress::Done(m) => m,
-        meter::Progress::Wait(m, from) => {
-            let credits = (&app.credits, app.store.as_ref());
-            // Boxed: most requests never get here, and every request's
-            // future would otherwise carry this one's state.
-            let rest = meter::charge_rest(&app.limiter, credits, &charge, (m, from), now_ms, on_redis_error, &app.metrics);
-            match Box::pin(rest).await {
-                Ok(m) => m,
-                Err(e) => {
-                    // Credits that cannot be read cannot be spent.
-                    app.note_store_error("credit_balance", &e);
-                    return Err(GatewayError::StoreUnavailable);
-                }
-            }
-        }
-    };
-    trace.rate = metered.view();
-    if let (Some(span), Some(view)) = (trace.span.as_mut(), trace.rate.as_ref()) {
-        let attributes = vec![
-            KeyValue::new("keygate.ratelimit.allowed", metered.refused.is_none()),
-            KeyValue::new("keygate.ratelimit.remaining", i64::from(view.decision.remaining)),
-            KeyValue::new("keygate.ratelimit.policy", view.policy.name()),
-        ];
-        span.event("rate limit", SystemTime::now(), attributes);
-    }
-    if let Some(refusal) = GatewayError::of_metered(&metered) {
-        app.metrics.ratelimit_denied.inc();
-        app.usage.refused(&key.key_id, &key.owner, now.unix());
-        return Err(refusal);
-    }
-    app.metrics.ratelimit_allowed.inc();
-    app.usage.record(&key.key_id, &key.owner, now.unix());
-    Ok(found)
-}
-
-/// Step 5: token shape, then cache, then store.
-async fn resolve(app: &App, cfg: &Config, token: &str, now: Instant) -> Result<Arc<KeyLookup>, GatewayError> {
-    if !token::shape(token, &cfg.keys.brand).may_be_known() {
-        return Err(GatewayError::InvalidKey);
-    }
-    let hash = TokenHash::of(token);
-    match app.cache.resolve(&hash, app.store.as_ref(), now).await {
-        Ok((found, origin)) => {
-            match origin {
-                Origin::Cache => app.metrics.cache_hits.inc(),
-                Origin::Store => app.metrics.cache_misses.inc(),
-                Origin::Stale => {
-                    app.metrics.cache_misses.inc();
-                    app.metrics.store_errors.with_label_values(&["key_by_hash"]).inc();
-                }
-            }
-            found.ok_or(GatewayError::InvalidKey)
-        }
-        Err(e) => {
-            app.metrics.cache_misses.inc();
-            app.note_store_error("key_by_hash", &e);
-            Err(GatewayError::StoreUnavailable)
-        }
+    cx.trace.note(&decision);
+    match (decision.refusal, decision.found) {
+        (None, Some(found)) => Ok(found),
+        (refusal, _) => Err(refusal.unwrap_or(GatewayError::InvalidKey)),
     }
 }
 
@@ -345,64 +262,119 @@ fn check_declared_length(body: &Body, cfg: &Config) -> Result<(), GatewayError> 
     }
 }
 
-/// Step 10: rewrite the request for the upstream and send it.
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    rt: &Runtime,
-    route: &Route,
-    head: &Parts,
-    body: Body,
-    path: &str,
-    conn: &ConnInfo,
-    key: Option<&KeyLookup>,
-    trace: &mut Trace,
-) -> Result<Reply, GatewayError> {
-    let cfg = &rt.config;
-    let upstream = cfg.upstream(route.upstream).ok_or(GatewayError::UpstreamUnavailable)?;
-    let query = head.uri.query().and_then(|q| credentials::forwarded_query(q, key.is_some()));
+/// Phase 3: rewrite the request for the upstream and send it.
+async fn forward(cx: &mut Ctx<'_>, target: &Target<'_>, body: Body, key: Option<&KeyLookup>) -> Result<Reply, GatewayError> {
+    let (rt, index) = (cx.rt, target.route.upstream);
+    let upstream = rt.config.upstream(index).ok_or(GatewayError::UpstreamUnavailable)?;
+    let mut out = outgoing(cx, target, upstream, key.is_some())?;
+    // Borrowed by the outgoing head while it is sent, then put back.
+    let request_id = cx.trace.request_id.take();
+    if let Some(id) = &request_id {
+        correlate(&mut cx.trace, &mut out, id, &upstream.name);
+    }
+    if let Some(key) = key {
+        out.set_identity(headers::identity_lines(key));
+    }
+    let body = guarded(body, &rt.config);
+    let sent = Instant::now();
+    let result = rt.forwarder.send(cx.conn.worker, index, upstream, &mut out, body, sent).await;
+    drop(out);
+    cx.trace.request_id = request_id;
+    cx.trace.upstream = Some(UpstreamTiming { index, sent, answered: Instant::now() });
+    if let Some(span) = cx.trace.span.as_mut() {
+        span.end_upstream(SystemTime::now(), result.as_ref().ok().map(|r| r.response.status().as_u16()));
+    }
+    // Hop-by-hop response headers never got past the HTTP/1.1 client.
+    result.map(Reply::from)
+}
+
+/// The request's head as the upstream gets it. Hop-by-hop, framing,
+/// client-sent X-Keygate-*, address claims, overrides and (for keyed
+/// routes) credential fields stay behind (`headers::fate`); forwarding
+/// fields are added.
+fn outgoing<'a>(cx: &Ctx<'a>, target: &Target<'_>, upstream: &Upstream, keyed: bool) -> Result<Outgoing<'a>, GatewayError> {
+    let (head, cfg) = (cx.head, &cx.rt.config);
+    let query = head.uri.query().and_then(|q| credentials::forwarded_query(q, keyed));
     let host = head
         .headers
         .get(header::HOST)
         .cloned()
         .or_else(|| head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let target = proxy::upstream_target(upstream, path, query.as_deref())?;
-    // Hop-by-hop, framing, client-sent X-Keygate-*, address claims,
-    // overrides and (for keyed routes) credential headers stay behind
-    // (`headers::fate`); forwarding and identity headers are added.
-    let mut out = Outgoing::new(&head.method, target, &head.headers, key.is_some(), cfg.server.underscore_headers);
-    let believed = ip::believes_forwarded_for(conn.peer.ip(), &cfg.server.trusted_proxies);
-    out.set_forwarded(&conn.peer_header, conn.tls, host, believed);
-    // Borrowed by the outgoing head while it is sent, then put back.
-    let request_id = trace.request_id.take();
-    if let Some(id) = &request_id {
-        // With spans exported, the upstream's parent is keygate's span for
-        // the exchange; otherwise the client's context goes on as it came.
-        let state = trace.context.as_ref().and_then(|c| c.1.clone());
-        let traceparent = match trace.span.as_mut() {
-            Some(span) => Some(span.start_upstream(&upstream.name, SystemTime::now())),
-            None => trace.context.as_ref().map(|c| c.0.value()),
-        };
-        out.set_correlation(id, traceparent.map(|t| (t, state)));
-    }
-    if let Some(key) = key {
-        out.set_identity(headers::identity_lines(key));
-    }
-    // A request without a body (most GETs) needs no size or pause guard.
-    let body = if http_body::Body::is_end_stream(&body) {
+    let uri = proxy::upstream_target(upstream, &target.path, query.as_deref())?;
+    let mut out = Outgoing::new(&head.method, uri, &head.headers, keyed, cfg.server.underscore_headers);
+    let believed = ip::believes_forwarded_for(cx.conn.peer.ip(), &cfg.server.trusted_proxies);
+    out.set_forwarded(&cx.conn.peer_header, cx.conn.tls, host, believed);
+    Ok(out)
+}
+
+/// The request's id and trace context for the upstream. With spans
+/// exported, the upstream's parent is keygate's span for the exchange;
+/// otherwise the client's context goes on as it came.
+fn correlate<'o>(trace: &mut Trace, out: &mut Outgoing<'o>, id: &'o correlation::RequestId, upstream: &str) {
+    let state = trace.context.as_ref().and_then(|c| c.1.clone());
+    let traceparent = match trace.span.as_mut() {
+        Some(span) => Some(span.start_upstream(upstream, SystemTime::now())),
+        None => trace.context.as_ref().map(|c| c.0.value()),
+    };
+    out.set_correlation(id, traceparent.map(|t| (t, state)));
+}
+
+/// The body as the upstream reads it: bounded in size and pace. A request
+/// without one (most GETs) needs no guard.
+fn guarded(body: Body, cfg: &Config) -> Body {
+    if http_body::Body::is_end_stream(&body) {
         crate::body::empty()
     } else {
         GuardedBody::new(body, cfg.server.max_body_bytes, cfg.server.body_read_timeout).boxed()
-    };
-    let sent = Instant::now();
-    let result = rt.forwarder.send(conn.worker, route.upstream, upstream, &mut out, body, sent).await;
-    drop(out);
-    trace.request_id = request_id;
-    trace.upstream = Some(UpstreamTiming { index: route.upstream, sent, answered: Instant::now() });
-    if let Some(span) = trace.span.as_mut() {
-        span.end_upstream(SystemTime::now(), result.as_ref().ok().map(|r| r.response.status().as_u16()));
     }
-    // Hop-by-hop response headers never got past the HTTP/1.1 client.
-    result.map(Reply::from)
+}
+
+/// Phase 4: what keygate adds to every answer, its own or the upstream's:
+/// the refusal's body, CORS fields for a route under `[cors]`, and the
+/// rate-limit fields.
+fn decorate(cx: &mut Ctx<'_>, answer: Result<Reply, GatewayError>) -> Reply {
+    cx.trace.outcome = match &answer {
+        Ok(_) => (cx.trace.served_as.unwrap_or("forwarded"), "none"),
+        Err(e) => (e.outcome(), e.code()),
+    };
+    // A body refused for its size or pace is not read on: the connection
+    // closes after the answer.
+    let body = match &answer {
+        Err(GatewayError::PayloadTooLarge | GatewayError::RequestTimeout) => BodyOutcome::Refused,
+        _ => BodyOutcome::Complete,
+    };
+    let mut reply = answer.unwrap_or_else(|e| e.to_response_for(cx.trace.request_id.as_ref()).into());
+    reply.body = body;
+    // The request's id is keygate's to give: an upstream's own goes.
+    reply.upstream.remove_request_id();
+    if let Some(policy) = cors_policy(&cx.rt.config, &cx.trace) {
+        // keygate speaks for the route: an upstream's own CORS fields go.
+        reply.upstream.remove_prefixed(b"access-control-");
+        for (name, value) in policy.actual(cx.head.headers.get(header::ORIGIN)) {
+            reply.response.headers_mut().append(name, value);
+        }
+    }
+    if let Some(view) = cx.trace.rate {
+        let headers = RateHeaders { view, now_ms: cx.arrived.unix_ms, ietf: cx.rt.config.rate_limit.ietf_headers };
+        reply.extra = headers.fields();
+    }
+    reply
+}
+
+/// Phase 5: metrics, the access line and the span; last, the request's id
+/// for the client (with the upstream's fields: no header map is filled).
+fn record(cx: &mut Ctx<'_>, mut reply: Reply) -> Reply {
+    let status = reply.response.status();
+    // A forwarded request's time ends with the upstream's answer, read then.
+    let elapsed = cx.trace.upstream.map_or_else(Instant::now, |u| u.answered).saturating_duration_since(cx.arrived.at);
+    count_and_log(cx, status, elapsed);
+    if let Some(span) = cx.trace.span.take() {
+        end_span(*span, cx, status);
+    }
+    if let Some(id) = cx.trace.request_id.take() {
+        reply.upstream.push(b"X-Request-Id", id.as_bytes());
+    }
+    reply
 }
 
 /// The `outcome` of a preflight keygate answered.
@@ -428,7 +400,8 @@ fn cors_policy<'a>(cfg: &'a Config, trace: &Trace) -> Option<&'a cors::CorsPolic
 }
 
 /// `GET /whoami`: what the presented key is and may do.
-fn whoami(app: &App, cfg: &Config, key: &ApiKey, rate: Option<&RateView>) -> Response<Body> {
+fn whoami(cx: &Ctx<'_>, key: &ApiKey) -> Response<Body> {
+    let (app, cfg) = (cx.app, &cx.rt.config);
     let data = serde_json::json!({
         "keyId": key.key_id,
         "name": key.name,
@@ -437,7 +410,7 @@ fn whoami(app: &App, cfg: &Config, key: &ApiKey, rate: Option<&RateView>) -> Res
         "permissions": app.roles.effective_permissions(key),
         "env": key.env.as_str(),
         "rateLimit": cfg.limit_for(key.rate_limit, key.plan.as_deref()),
-        "remaining": rate.map(|r| r.decision.remaining),
+        "remaining": cx.trace.rate.as_ref().map(|r| r.decision.remaining),
         "allowedIps": key.allowed_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "expiresAt": key.expires_at.map(clock::rfc3339),
     });
@@ -445,15 +418,9 @@ fn whoami(app: &App, cfg: &Config, key: &ApiKey, rate: Option<&RateView>) -> Res
 }
 
 /// Metrics and the access log line (key id, never the token).
-fn record(
-    app: &App,
-    rt: &Runtime,
-    method: &Method,
-    status: StatusCode,
-    trace: &Trace,
-    (outcome, code): (&'static str, &'static str),
-    elapsed: Duration,
-) {
+fn count_and_log(cx: &Ctx<'_>, status: StatusCode, elapsed: Duration) {
+    let (app, rt, trace) = (cx.app, cx.rt, &cx.trace);
+    let (outcome, code) = trace.outcome;
     let route = route_label(rt, trace);
     rt.count_request(&app.metrics, (trace.route_index(), status.as_u16(), outcome, code), route);
     let upstream_time = trace.upstream.map(|u| u.took()).unwrap_or_default();
@@ -463,7 +430,7 @@ fn record(
     }
     tracing::info!(
         target: "keygate::access",
-        method = %method,
+        method = %cx.head.method,
         route,
         status = status.as_u16(),
         outcome,
@@ -484,15 +451,10 @@ fn route_label<'a>(rt: &'a Runtime, trace: &Trace) -> &'a str {
 }
 
 /// Ends a request's span, named and labelled as its access line.
-fn end_span(
-    span: RequestSpan,
-    rt: &Runtime,
-    method: &Method,
-    status: StatusCode,
-    trace: &Trace,
-    (outcome, code): (&'static str, &'static str),
-) {
-    let route = route_label(rt, trace);
+fn end_span(span: RequestSpan, cx: &Ctx<'_>, status: StatusCode) {
+    let (trace, method) = (&cx.trace, &cx.head.method);
+    let (outcome, code) = trace.outcome;
+    let route = route_label(cx.rt, trace);
     let mut attributes = vec![
         KeyValue::new("http.request.method", method.to_string()),
         KeyValue::new("http.route", route.to_string()),
@@ -514,6 +476,26 @@ fn end_span(
 }
 
 impl Trace {
+    /// What a decision found, for the answer's fields, the access line and
+    /// the span's events.
+    fn note(&mut self, decision: &Decision) {
+        self.key = decision.found.clone();
+        self.rate = decision.metered.as_ref().and_then(Metered::view);
+        let Some(span) = self.span.as_mut() else { return };
+        if let Some(found) = &decision.found {
+            let id = KeyValue::new("keygate.key_id", found.key.key_id.clone());
+            span.event("key resolved", SystemTime::now(), vec![id]);
+        }
+        if let (true, Some(metered), Some(view)) = (decision.charged, &decision.metered, self.rate.as_ref()) {
+            let attributes = vec![
+                KeyValue::new("keygate.ratelimit.allowed", metered.refused.is_none()),
+                KeyValue::new("keygate.ratelimit.remaining", i64::from(view.decision.remaining)),
+                KeyValue::new("keygate.ratelimit.policy", view.policy.name()),
+            ];
+            span.event("rate limit", SystemTime::now(), attributes);
+        }
+    }
+
     /// A small number per route label, for the metrics cache.
     fn route_index(&self) -> usize {
         match self.route {
@@ -523,3 +505,6 @@ impl Trace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

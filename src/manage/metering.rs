@@ -3,10 +3,11 @@
 
 use super::{invalid, KeyInput, ManageError, Manager};
 use crate::clock::{self, Period};
+use crate::decide;
 use crate::keys::model::{ApiKey, CreditTerms, Quota, RefillInterval};
-use crate::ratelimit::credits::{self, Credits};
+use crate::ratelimit::credits;
 use crate::ratelimit::meter::{self, Policy};
-use crate::ratelimit::{Counter, Limiter};
+use crate::ratelimit::Counter;
 use crate::store::{CreditBalance, CreditChange, UsageQuery, UsageRow};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -14,14 +15,7 @@ use std::collections::BTreeMap;
 pub use crate::store::MAX_CREDITS;
 
 /// A running gateway's limiter and credits, for live counts.
-#[derive(Clone, Copy)]
-pub struct Live<'a> {
-    pub limiter: &'a Limiter,
-    pub credits: &'a Credits,
-    pub metrics: &'a crate::metrics::Metrics,
-    /// Where a charged verify counts as a request.
-    pub usage: &'a crate::cache::UsageRecorder,
-}
+pub use crate::decide::Live;
 
 /// What `POST /v1/keys/verify` answers.
 #[derive(Debug, Clone)]
@@ -326,38 +320,21 @@ impl Manager<'_> {
     /// Without a cost it is a peek: the verdict a request would get now,
     /// nothing taken or counted.
     pub async fn verify_and_charge(&self, token: &str, permission: Option<&str>, cost: u32) -> Result<Verification, ManageError> {
-        let verdict = self.verify(token, permission).await?;
+        let charged = Some(cost).filter(|c| *c > 0 && self.meter.is_some());
+        let (verdict, decision) = self.decide(token, permission, charged).await?;
         let (Some(key), None, Some(live)) = (verdict.key.clone(), verdict.refusal, self.meter) else {
             return Ok(Verification { verdict, limited: None, remaining: None });
         };
-        let subject = meter::subject_of(self.config.rate_limit.scope, &key);
-        let charge = meter::Charge {
-            key_id: &key.key_id,
-            subject: &subject,
-            route: None,
-            limits: self.config.limits_for(&key),
-            credits: key.credits.as_ref(),
-            cost: cost.max(1),
-            algorithm: self.config.rate_limit.algorithm,
-        };
         let now_ms = clock::now_ms();
-        let metered = if cost == 0 {
-            let balance = match key.credits {
-                Some(terms) => Some(self.credit_remaining(&key.key_id, &terms, now_ms).await?),
-                None => None,
-            };
-            meter::verdict_now(live.limiter, &charge, now_ms, balance)
-        } else {
-            let policy = self.config.rate_limit.on_redis_error;
-            let m = meter::charge(live.limiter, (live.credits, self.store), &charge, now_ms, policy, live.metrics)
-                .await
-                .map_err(ManageError::Store)?;
-            // Counted as the data plane counts a request.
-            match m.refused {
-                Some(_) => live.usage.refused(&key.key_id, &key.owner, now_ms / 1000),
-                None => live.usage.record(&key.key_id, &key.owner, now_ms / 1000),
+        let metered = match decision.metered {
+            Some(m) => m,
+            None => {
+                let balance = match key.credits {
+                    Some(terms) => Some(self.credit_remaining(&key.key_id, &terms, now_ms).await?),
+                    None => None,
+                };
+                decide::verdict_now(self.config, live, &key, 1, balance)
             }
-            m
         };
         let limited = crate::error::GatewayError::of_metered(&metered);
         let remaining = match (key.credits, metered.credits) {

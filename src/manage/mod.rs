@@ -10,8 +10,9 @@ pub use metering::{limits_json, CreditsInput, Live, QuotaInput, UsageReport, Ver
 
 pub use transfer::{json_lines, ImportSummary, KeyLine, RoleLine};
 
-use crate::clock;
+use crate::clock::{self, Moment};
 use crate::config::Config;
+use crate::decide::{self, Ask, Cost, Decision, KeySource, Means};
 use crate::error::GatewayError;
 use crate::keys::model::{self, ApiKey, Env, KeyStatus, Role};
 use crate::keys::token::{self, TokenHash};
@@ -469,29 +470,38 @@ impl Manager<'_> {
     /// status, expiry, environment, and `permission` when given), without
     /// the IP allowlist or the rate limit, which belong to a request.
     pub async fn verify(&self, token_text: &str, permission: Option<&str>) -> Result<Verdict, ManageError> {
-        let unknown = || Verdict { refusal: Some(GatewayError::InvalidKey.code()), key: None, permissions: Vec::new() };
-        if !token::shape(token_text, &self.config.keys.brand).may_be_known() {
-            return Ok(unknown());
+        Ok(self.decide(token_text, permission, None).await?.0)
+    }
+
+    /// The data plane's decision for a token, read from the store itself
+    /// so that a change made a moment ago is seen, charging `cost` when
+    /// given; and the verdict it makes.
+    async fn decide(
+        &self,
+        token_text: &str,
+        permission: Option<&str>,
+        cost: Option<u32>,
+    ) -> Result<(Verdict, Decision), ManageError> {
+        let means = Means { config: self.config, keys: KeySource::Store(self.store), live: self.meter, ledger: self.store };
+        let on_redis_error = self.config.rate_limit.on_redis_error;
+        let cost = cost.map(|units| Cost { units, route_limit: None, on_redis_error });
+        let decision = decide::decide(&means, token_text, &Ask { permission, client_ip: None, cost }, Moment::now()).await;
+        if let Some((_, e)) = decision.failure {
+            return Err(ManageError::Store(e));
         }
-        let Some(found) = self.store.key_by_hash(&TokenHash::of(token_text)).await.map_err(ManageError::Store)? else {
-            return Ok(unknown());
+        let Some(found) = &decision.found else {
+            let unknown = Verdict { refusal: Some(GatewayError::InvalidKey.code()), key: None, permissions: Vec::new() };
+            return Ok((unknown, decision));
         };
-        let refusal = GatewayError::of_state(found.state(clock::now_unix(), self.config.server.environment));
-        if refusal == Some(GatewayError::InvalidKey) {
-            // A rotated-out secret past its grace: as unknown as any other.
-            return Ok(unknown());
-        }
         let mut permissions = found.key.permissions.clone();
         if let Some(role) = &found.key.role {
             if let Some(r) = self.store.get_role(role).await.map_err(ManageError::Store)? {
                 permissions.extend(r.permissions);
             }
         }
-        let permissions = dedup(permissions);
-        let refusal = refusal.or_else(|| {
-            let required = permission.filter(|p| !crate::policy::permissions::permits(permissions.iter(), p))?;
-            Some(GatewayError::InsufficientPermissions { required: required.to_string() })
-        });
-        Ok(Verdict { refusal: refusal.map(|e| e.code()), key: Some(found.key), permissions })
+        // A limit's refusal is the verify API's `limited`, not the verdict's.
+        let limited = decision.metered.as_ref().is_some_and(|m| m.refused.is_some());
+        let refusal = decision.refusal.as_ref().filter(|_| !limited).map(GatewayError::code);
+        Ok((Verdict { refusal, key: Some(found.key.clone()), permissions: dedup(permissions) }, decision))
     }
 }

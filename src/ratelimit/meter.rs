@@ -12,7 +12,7 @@ use crate::clock::Period;
 use crate::config::{Algorithm, LimitScope, Limits, RedisErrorPolicy};
 use crate::keys::model::{ApiKey, CreditTerms};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{CreditLedger, StoreError};
 use std::borrow::Cow;
 
 /// The limits a request may be counted against, in the order they are
@@ -236,7 +236,7 @@ fn local_calendar(
 /// room for its cost, and then taken from all of them.
 pub async fn charge(
     limiter: &Limiter,
-    credits: (&Credits, &dyn Store),
+    credits: (&Credits, &dyn CreditLedger),
     charge: &Charge<'_>,
     now_ms: i64,
     on_error: RedisErrorPolicy,
@@ -252,7 +252,7 @@ pub async fn charge(
 /// `from` on (`usize::MAX`: the windows are done), then the credits.
 pub async fn charge_rest(
     limiter: &Limiter,
-    (credits, store): (&Credits, &dyn Store),
+    (credits, store): (&Credits, &dyn CreditLedger),
     charge: &Charge<'_>,
     (mut out, from): (Metered, usize),
     now_ms: i64,

@@ -17,7 +17,7 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("storage", &["store"]),
     ("node", &["cache", "ratelimit"]),
     ("answers", &["error", "proxy", "telemetry"]),
-    ("decisions", &["state", "background", "pipeline", "manage"]),
+    ("decisions", &["state", "background", "decide", "pipeline", "manage"]),
     ("surfaces", &["server", "admin", "demo", "fuzzing"]),
     ("commands", &["cli"]),
 ];

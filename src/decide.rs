@@ -1,0 +1,280 @@
+//! Whether a token may do what is asked, now: the checks every request
+//! passes (docs/interface.md, "The request path", steps 5 to 9), in the
+//! contract's order. The data plane ([`crate::pipeline`]) and the verify
+//! API ([`crate::manage`]) both call [`decide`], so they cannot drift.
+//!
+//! 5. the key (token shape, then cache or store)
+//! 6. status, expiry, environment
+//! 7. IP allowlist  8. permission  9. limits, quotas, credits
+
+use crate::cache::Origin;
+use crate::clock::Moment;
+use crate::config::{Config, RedisErrorPolicy};
+use crate::error::GatewayError;
+use crate::keys::model::{ApiKey, KeyLookup};
+use crate::keys::token::{self, TokenHash};
+use crate::metrics::Metrics;
+use crate::policy::routes::Route;
+use crate::policy::{ip, permissions};
+use crate::ratelimit::credits::Credits;
+use crate::ratelimit::meter::{self, Charge, Metered};
+use crate::ratelimit::Limiter;
+use crate::state::App;
+use crate::store::{CreditLedger, Records, StoreError};
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What is asked of a key besides its token: from a request's route, or
+/// from the verify API's body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask<'a> {
+    /// The permission required.
+    pub permission: Option<&'a str>,
+    /// The caller's address, for the key's allowlist; `None` when there is
+    /// no request to take it from (the verify API).
+    pub client_ip: Option<IpAddr>,
+    /// What is charged; `None` charges nothing and reads no limit.
+    pub cost: Option<Cost<'a>>,
+}
+
+impl<'a> Ask<'a> {
+    /// What a request from `client_ip` asks: its route's permission and
+    /// cost (`None`: keygate's own `/whoami`, which costs 1).
+    pub fn request(config: &Config, route: Option<&'a Route>, client_ip: IpAddr) -> Ask<'a> {
+        Ask {
+            permission: route.and_then(|r| r.permission.as_deref()),
+            client_ip: Some(client_ip),
+            cost: Some(Cost {
+                units: route.map_or(1, |r| r.cost),
+                route_limit: route.and_then(|r| Some((r.pattern.as_str(), r.per_minute?))),
+                on_redis_error: route.and_then(|r| r.on_redis_error).unwrap_or(config.rate_limit.on_redis_error),
+            }),
+        }
+    }
+}
+
+/// A charge against the key's windows and credits.
+#[derive(Debug, Clone, Copy)]
+pub struct Cost<'a> {
+    pub units: u32,
+    /// A route's own per-minute limit: its pattern and limit.
+    pub route_limit: Option<(&'a str, u32)>,
+    pub on_redis_error: RedisErrorPolicy,
+}
+
+/// Where a decision reads keys and roles.
+#[derive(Clone, Copy)]
+pub enum KeySource<'a> {
+    /// The node's caches, kept current by the change feed: requests.
+    Cached(&'a App),
+    /// The store itself, so a change made a moment ago is seen: the verify
+    /// API and the CLI.
+    Store(&'a dyn Records),
+}
+
+/// A running node's limiter, credits and usage counts: what a charge
+/// takes from and is counted in.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    pub limiter: &'a Limiter,
+    pub credits: &'a Credits,
+    pub metrics: &'a Metrics,
+    pub usage: &'a crate::cache::UsageRecorder,
+}
+
+impl<'a> Live<'a> {
+    /// The node's own.
+    pub fn of(app: &'a App) -> Live<'a> {
+        Live { limiter: &app.limiter, credits: &app.credits, metrics: &app.metrics, usage: &app.usage }
+    }
+}
+
+/// What a decision reads from and charges to.
+#[derive(Clone, Copy)]
+pub struct Means<'a> {
+    pub config: &'a Config,
+    pub keys: KeySource<'a>,
+    /// `None` where no gateway runs (the CLI): nothing can be charged.
+    pub live: Option<Live<'a>>,
+    /// Where credit balances are leased from.
+    pub ledger: &'a dyn CreditLedger,
+}
+
+impl<'a> Means<'a> {
+    /// A node deciding its own requests.
+    pub fn node(app: &'a App, config: &'a Config) -> Means<'a> {
+        Means { config, keys: KeySource::Cached(app), live: Some(Live::of(app)), ledger: app.store.as_ref() }
+    }
+}
+
+/// What was decided.
+#[derive(Debug, Default)]
+pub struct Decision {
+    /// The key, once the token is known and its secret current.
+    pub found: Option<Arc<KeyLookup>>,
+    /// Why the key may not do what was asked; `None`: it may.
+    pub refusal: Option<GatewayError>,
+    /// What the limits said: the charge, or a look at them (taking
+    /// nothing) when an earlier step refused.
+    pub metered: Option<Metered>,
+    /// Whether `metered` is a charge (not a look).
+    pub charged: bool,
+    /// The store call that failed, when the refusal is `store_unavailable`.
+    pub failure: Option<(&'static str, StoreError)>,
+}
+
+impl Decision {
+    fn refused(found: Option<Arc<KeyLookup>>, refusal: GatewayError) -> Decision {
+        Decision { found, refusal: Some(refusal), ..Decision::default() }
+    }
+
+    fn failed(operation: &'static str, e: StoreError) -> Decision {
+        Decision { failure: Some((operation, e)), ..Decision::refused(None, GatewayError::StoreUnavailable) }
+    }
+}
+
+/// Steps 5 to 9 for `token`.
+pub async fn decide(means: &Means<'_>, token: &str, ask: &Ask<'_>, now: Moment) -> Decision {
+    let found = match find(means, token, now).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return Decision::refused(None, GatewayError::InvalidKey),
+        Err(e) => return Decision::failed("key_by_hash", e),
+    };
+    match GatewayError::of_state(found.state(now.unix(), means.config.server.environment)) {
+        // A rotated-out secret past its grace is as unknown as any other.
+        Some(GatewayError::InvalidKey) => return Decision::refused(None, GatewayError::InvalidKey),
+        Some(refusal) => return Decision::refused(Some(found), refusal),
+        None => {}
+    }
+    let refusal = match admits(means, &found.key, ask).await {
+        Ok(refusal) => refusal,
+        Err(e) => return Decision::failed("get_role", e),
+    };
+    let mut decision = Decision { found: Some(found), refusal, ..Decision::default() };
+    if let Some(cost) = ask.cost {
+        charge(&mut decision, means, cost, now).await;
+    }
+    decision
+}
+
+/// Step 5: the token's shape, then the cache or the store.
+async fn find(means: &Means<'_>, token: &str, now: Moment) -> Result<Option<Arc<KeyLookup>>, StoreError> {
+    if !token::shape(token, &means.config.keys.brand).may_be_known() {
+        return Ok(None);
+    }
+    let hash = TokenHash::of(token);
+    match means.keys {
+        KeySource::Cached(app) => cached(app, &hash, now).await,
+        KeySource::Store(store) => Ok(store.key_by_hash(&hash).await?.map(Arc::new)),
+    }
+}
+
+/// The cache's answer, counted.
+async fn cached(app: &App, hash: &TokenHash, now: Moment) -> Result<Option<Arc<KeyLookup>>, StoreError> {
+    let answer = app.cache.resolve(hash, app.store.as_ref(), now.at).await;
+    match &answer {
+        Ok((_, Origin::Cache)) => app.metrics.cache_hits.inc(),
+        Ok((_, Origin::Store)) | Err(_) => app.metrics.cache_misses.inc(),
+        Ok((_, Origin::Stale)) => {
+            app.metrics.cache_misses.inc();
+            app.metrics.store_errors.with_label_values(&["key_by_hash"]).inc();
+        }
+    }
+    answer.map(|(found, _)| found)
+}
+
+/// Steps 7 and 8: the caller's address and the permission.
+async fn admits(means: &Means<'_>, key: &ApiKey, ask: &Ask<'_>) -> Result<Option<GatewayError>, StoreError> {
+    if ask.client_ip.is_some_and(|client| !ip::allowed(client, &key.allowed_ips)) {
+        return Ok(Some(GatewayError::IpBlocked));
+    }
+    let Some(required) = ask.permission else { return Ok(None) };
+    let permitted = match means.keys {
+        KeySource::Cached(app) => app.roles.permits(key, required),
+        KeySource::Store(store) => {
+            let role = match key.role.as_deref() {
+                Some(id) => store.get_role(id).await?,
+                None => None,
+            };
+            permissions::permits(key.permissions.iter().chain(role.iter().flat_map(|r| r.permissions.iter())), required)
+        }
+    };
+    Ok((!permitted).then(|| GatewayError::InsufficientPermissions { required: required.to_string() }))
+}
+
+/// The counters a key's charge names, kept while the charge borrows them.
+struct Counters<'k> {
+    subject: Cow<'k, str>,
+    /// Only a route with its own limit has a counter (its id is made per request).
+    route: Option<(String, u32)>,
+}
+
+impl<'k> Counters<'k> {
+    fn of(config: &Config, key: &'k ApiKey, route_limit: Option<(&str, u32)>) -> Counters<'k> {
+        let subject = meter::subject_of(config.rate_limit.scope, key);
+        let route = route_limit.map(|(pattern, limit)| (meter::route_counter_id(&subject, pattern), limit));
+        Counters { subject, route }
+    }
+
+    fn charge<'c>(&'c self, config: &Config, key: &'c ApiKey, units: u32) -> Charge<'c> {
+        Charge {
+            key_id: &key.key_id,
+            subject: &self.subject,
+            route: self.route.as_ref().map(|(id, limit)| (id.as_str(), *limit)),
+            limits: config.limits_for(key),
+            credits: key.credits.as_ref(),
+            cost: units,
+            algorithm: config.rate_limit.algorithm,
+        }
+    }
+}
+
+/// Step 9: the charge, or only a look at the windows when an earlier step
+/// refused. A charge is counted in usage, admitted or refused.
+async fn charge(out: &mut Decision, means: &Means<'_>, cost: Cost<'_>, now: Moment) {
+    let (Some(found), Some(live)) = (out.found.as_ref(), means.live) else { return };
+    let key = &found.key;
+    let counters = Counters::of(means.config, key, cost.route_limit);
+    let charge = counters.charge(means.config, key, cost.units);
+    if out.refusal.is_some() {
+        out.metered = Some(meter::peek(live.limiter, &charge, now.unix_ms));
+        return;
+    }
+    let metered = match meter::charge_ready(live.limiter, &charge, now.unix_ms) {
+        meter::Progress::Done(m) => m,
+        meter::Progress::Wait(m, from) => {
+            let credits = (live.credits, means.ledger);
+            let rest =
+                meter::charge_rest(live.limiter, credits, &charge, (m, from), now.unix_ms, cost.on_redis_error, live.metrics);
+            // Boxed: most requests never get here, and every request's
+            // future would otherwise carry this one's state.
+            match Box::pin(rest).await {
+                Ok(m) => m,
+                // Credits that cannot be read cannot be spent.
+                Err(e) => {
+                    out.refusal = Some(GatewayError::StoreUnavailable);
+                    out.failure = Some(("credit_balance", e));
+                    return;
+                }
+            }
+        }
+    };
+    out.refusal = GatewayError::of_metered(&metered);
+    out.charged = true;
+    if out.refusal.is_some() {
+        live.metrics.ratelimit_denied.inc();
+        live.usage.refused(&key.key_id, &key.owner, now.unix());
+    } else {
+        live.metrics.ratelimit_allowed.inc();
+        live.usage.record(&key.key_id, &key.owner, now.unix());
+    }
+    out.metered = Some(metered);
+}
+
+/// The verdict a request of `units` by `key` would get now, taking
+/// nothing; `credits` is the balance and the seconds to its next refill.
+pub fn verdict_now(config: &Config, live: Live<'_>, key: &ApiKey, units: u32, credits: Option<(i64, Option<u64>)>) -> Metered {
+    let counters = Counters::of(config, key, None);
+    meter::verdict_now(live.limiter, &counters.charge(config, key, units), crate::clock::now_ms(), credits)
+}
