@@ -320,3 +320,19 @@ async fn the_verify_api_and_a_request_decide_alike() {
         assert_eq!(cached.found.map(|k| k.key.key_id.clone()), stored.found.map(|k| k.key.key_id.clone()));
     }
 }
+
+/// A request's future is moved at every `.await`, so its size is copied
+/// several times per request; rare paths (a store lookup, a Redis call,
+/// connecting to an upstream, a preflight's answer) are boxed to keep it
+/// small (docs/decisions/006-small-request-futures.md). A change that makes it
+/// grow past the bound boxes its own rare path, or raises the bound in
+/// the same commit with a measurement that says why.
+#[tokio::test]
+async fn the_request_future_stays_within_its_bound() {
+    const BOUND: usize = 3_200;
+    let f = fixture().await;
+    let conn = ConnInfo::new("127.0.0.1:40000".parse().unwrap(), false, 0);
+    let future = handle(Arc::clone(&f.app), get("/").body(crate::body::empty()).unwrap(), conn);
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= BOUND, "the request's future is {size} bytes, over {BOUND}");
+}

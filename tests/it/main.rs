@@ -15,6 +15,7 @@ mod correlation;
 mod cors;
 mod demo;
 mod deploy_kit;
+mod docs;
 mod edge_policy;
 mod edge_timeouts;
 mod fuzz;

@@ -1,0 +1,134 @@
+//! The documents are references: every link between them (and into the
+//! tree) leads somewhere, every `#anchor` names a heading of its target,
+//! and docs/interface.md's contents list names each of its sections once.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// README.md, BENCHMARKS.md and every Markdown file under docs/.
+fn documents() -> Vec<PathBuf> {
+    let mut out = vec![root().join("README.md"), root().join("BENCHMARKS.md")];
+    let mut dirs = vec![root().join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces
+/// as `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every heading's anchor in a Markdown text (a repeated one gets `-1`,
+/// `-2`, ... as GitHub gives it); code blocks are skipped.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced || !line.starts_with('#') {
+            continue;
+        }
+        let base = slug(line.trim_start_matches('#').replace('`', "").as_str());
+        let mut anchor = base.clone();
+        let mut n = 0;
+        while out.contains(&anchor) {
+            n += 1;
+            anchor = format!("{base}-{n}");
+        }
+        out.insert(anchor);
+    }
+    out
+}
+
+/// The targets of `[text](target)` links outside code blocks and spans.
+fn links(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced {
+            continue;
+        }
+        let mut from = 0;
+        while let Some(at) = line[from..].find("](").map(|i| from + i) {
+            let Some(end) = line[at + 2..].find(')').map(|i| at + 2 + i) else { break };
+            // A link inside a code span is no link.
+            if line[..at].matches('`').count() % 2 == 0 {
+                out.push(line[at + 2..end].to_string());
+            }
+            from = end;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_link_and_anchor_in_the_documents_resolves() {
+    let mut broken = Vec::new();
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for link in links(&text) {
+            if link.starts_with("http://") || link.starts_with("https://") || link.starts_with("mailto:") {
+                continue;
+            }
+            let (path, anchor) = link.split_once('#').map_or((link.as_str(), None), |(p, a)| (p, Some(a)));
+            let target = if path.is_empty() { doc.clone() } else { doc.parent().unwrap().join(path) };
+            let shown = doc.strip_prefix(root()).unwrap().display().to_string();
+            if !target.exists() {
+                broken.push(format!("{shown}: {link} (no such file)"));
+                continue;
+            }
+            if let Some(anchor) = anchor {
+                let heads = anchors(&std::fs::read_to_string(&target).unwrap_or_default());
+                if !heads.contains(anchor) {
+                    broken.push(format!("{shown}: {link} (no such heading)"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n  {}", broken.join("\n  "));
+}
+
+#[test]
+fn the_interface_contents_list_names_every_section_once() {
+    let text = std::fs::read_to_string(root().join("docs/interface.md")).unwrap();
+    let start = text.find("\nContents:").expect("docs/interface.md has a `Contents:` paragraph");
+    let paragraph = &text[start..start + 1 + text[start + 1..].find("\n\n").unwrap()];
+    let listed: Vec<String> = links(paragraph).into_iter().filter_map(|l| l.strip_prefix('#').map(str::to_string)).collect();
+    let sections: Vec<String> = text.lines().filter(|l| l.starts_with("## ")).map(|l| slug(&l[3..].replace('`', ""))).collect();
+    assert_eq!(listed, sections, "the contents list, in order, against the `## ` sections");
+}
+
+#[test]
+fn the_link_checker_sees_a_missing_file_and_a_missing_anchor() {
+    let text = "# A title\n\n## Browsers (CORS)\n\nSee [x](#browsers-cors), `[y](no)` and [z](../README.md#tests).\n```\n[q](nope)\n```\n";
+    assert_eq!(links(text), ["#browsers-cors", "../README.md#tests"]);
+    assert!(anchors(text).contains("browsers-cors"));
+    assert!(!anchors(text).contains("rate-limits"));
+    assert!(Path::new(&root()).join("README.md").exists());
+}
