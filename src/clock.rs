@@ -3,9 +3,8 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// The time a request arrived, read once. Every step of the request (cache
-/// freshness, expiry, the rate-limit window, the reset headers) uses it:
-/// the clock was read a dozen times per request before, about 2% of the
-/// gateway's CPU time.
+/// freshness, expiry, the rate-limit window, the reset headers) uses it
+/// (docs/decisions/005-one-clock-reading.md).
 #[derive(Debug, Clone, Copy)]
 pub struct Moment {
     /// For durations (monotonic).

@@ -1,11 +1,10 @@
 //! An upstream response's header fields kept as HTTP/1.1 text.
 //!
-//! Building a header map for every upstream response (a name parsed and
-//! hashed, a shared buffer counted per field) only to write the same fields
-//! out again to an HTTP/1.1 client was a tenth of keygate's own work per
-//! request. The client reads the head once, keeps the fields that may go on
-//! as `name: value\r\n` lines, and the server copies them out as they are.
-//! HTTP/2 clients (and tests) turn them into a map.
+//! The client reads an upstream's head once, keeps the fields that may go
+//! on as `name: value\r\n` lines, and the server copies them out as they
+//! are, with no header map in between
+//! (docs/decisions/004-header-lines-not-maps.md). HTTP/2 clients (and
+//! tests) turn them into a map.
 
 use super::{is_hop_by_hop_any_case, read_lines, write_line};
 use crate::http1::framing::agreed_length;

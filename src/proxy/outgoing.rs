@@ -1,8 +1,8 @@
 //! The head of a forwarded request, described rather than rewritten: the
 //! client's headers as received, which of them go on, and what keygate
 //! adds. The HTTP/1.1 client writes it out line by line, so forwarding
-//! costs no header-map inserts or removals (they were a tenth of keygate's
-//! own instructions per request).
+//! costs no header-map inserts or removals
+//! (docs/decisions/004-header-lines-not-maps.md).
 
 use super::headers::{connection_named, fate_of, Fate};
 use crate::config::Underscores;

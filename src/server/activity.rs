@@ -3,7 +3,7 @@
 //! one is in flight (to close it once idle), whether a response body waits
 //! on the client (a flow-control window never opened), and whether a header
 //! block was begun and not finished. (HTTP/1.1 connections time their own
-//! waits, see `super::h1`.)
+//! waits, see `crate::http1::server`.)
 //!
 //! Only request boundaries count as activity: frames that move without a
 //! request (pings) must not keep a connection open.

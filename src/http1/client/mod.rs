@@ -1,13 +1,13 @@
 //! A small HTTP/1.1 client for upstream connections, run inside the
 //! request's own task.
 //!
-//! A general client (hyper's) drives each connection from a task of its
-//! own and passes requests, responses and body chunks through channels: at
-//! least three task switches per request, which showed as the largest part
-//! of keygate's own time in the profile. A gateway needs far less: send one
-//! request on an idle connection, read the response head, stream the body,
-//! put the connection back. That is what this module does, on the request
-//! task, with the framing rules of RFC 9112 (section 6) and nothing else.
+//! A general client drives each connection from a task of its own and
+//! passes requests, responses and body chunks through channels, three task
+//! switches per request (docs/decisions/002-own-http1-client.md). A gateway
+//! needs far less: send one request on an idle connection, read the
+//! response head, stream the body, put the connection back. That is what
+//! this module does, on the request task, with the framing rules of RFC
+//! 9112 (section 6) and nothing else.
 
 pub mod body;
 pub mod pool;

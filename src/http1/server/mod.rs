@@ -1,14 +1,13 @@
 //! keygate's HTTP/1.1 server connection: read a head, run the handler,
 //! write the response, again, on the connection's own task.
 //!
-//! hyper's server connection was a quarter of keygate's own instructions
-//! per request (a dispatcher, a body channel, two timers re-armed per
-//! request). A gateway's connection needs less: one request at a time,
-//! the body handed to the handler on demand, one lazily moved deadline
-//! (`Deadline`) for every wait on the client. Owning the loop also lets
-//! keep-alive idleness and a slow head have their own limits
-//! (`server.idle_timeout`, `server.header_read_timeout`).
-//! HTTP/2 stays with hyper (`super::h2`).
+//! A gateway's connection needs less than a general server's: one request
+//! at a time, the body handed to the handler on demand, one lazily moved
+//! deadline (`Deadline`) for every wait on the client, and keep-alive
+//! idleness and a slow head with limits of their own
+//! (`server.idle_timeout`, `server.header_read_timeout`). Why it is not
+//! hyper's: docs/decisions/003-own-http1-server.md. HTTP/2 stays with
+//! hyper (`crate::server::h2`).
 
 mod body;
 mod head;
