@@ -5,12 +5,14 @@
 //! coverage-guided targets in `fuzz/` (`cargo fuzz run <target>`).
 //!
 //! The request-head target is differential: what keygate would forward is
-//! read back by an independent strict parser (httparse and RFC 9112 section
-//! 6, written here apart from keygate's own framing code), which must see
-//! exactly one request, the checked method, target and body.
+//! read back by a strict parser of RFC 9112 written here, apart from both
+//! httparse (which keygate's server uses) and keygate's own framing code,
+//! which must see exactly one request, the checked method, target and body.
+//! What keygate accepts from a client, the strict parser must accept too,
+//! as the same method and target.
 
 use crate::config::Underscores;
-use crate::http1::framing::{Framing, Step};
+use crate::http1::fuzzing::{parse_head, write_request, Framing, Step};
 use crate::policy::{ip, path};
 use crate::proxy::headers;
 use crate::proxy::outgoing::Outgoing;
@@ -40,8 +42,13 @@ pub const TARGETS: [(&str, Check); 7] = [
 /// would write it, with a body of the framing the head declared.
 pub fn request_head(input: &[u8]) {
     let mut buf = BytesMut::from(input);
-    let Ok(Some(head)) = crate::http1::server::parse_head(&mut buf, 16 * 1024, 100) else { return };
+    let Ok(Some(head)) = parse_head(&mut buf, 16 * 1024, 100) else { return };
     let (parts, ()) = head.request.into_parts();
+    let strict = strict_head(input).unwrap_or_else(|e| panic!("keygate accepted a head RFC 9112 refuses ({e}): {}", show(input)));
+    assert_eq!(strict.method, parts.method.as_str(), "the method read differently: {}", show(input));
+    if strict.target.starts_with('/') {
+        assert_eq!(strict.target, parts.uri.to_string(), "the target read differently: {}", show(input));
+    }
     let Ok(normal) = path::normalise(parts.uri.path()) else { return };
     let query = parts.uri.query().and_then(|q| credentials::forwarded_query(q, true));
     let Ok(target) = proxy::upstream_target_of("", &normal, query.as_deref()) else { return };
@@ -68,7 +75,7 @@ pub fn request_head(input: &[u8]) {
         false,
     );
     let mut wire = Vec::new();
-    let written = crate::http1::client::write_request(&mut wire, &out, body).now_or_never();
+    let written = write_request(&mut wire, &out, body).now_or_never();
     assert!(matches!(written, Some(Ok(()))), "writing to memory finishes at once: {written:?}");
     let read =
         strict_read(&wire).unwrap_or_else(|e| panic!("keygate forwarded what a strict parser refuses ({e}): {}", show(&wire)));
@@ -287,39 +294,145 @@ struct Read {
 }
 
 fn strict_read(wire: &[u8]) -> Result<Read, String> {
-    let mut fields = [httparse::EMPTY_HEADER; 256];
-    let mut req = httparse::Request::new(&mut fields);
-    let head_len = match req.parse(wire) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err("incomplete head".into()),
-        Err(e) => return Err(e.to_string()),
-    };
-    if req.version != Some(1) {
+    let head = strict_head(wire)?;
+    if head.version != "HTTP/1.1" {
         return Err("not HTTP/1.1".into());
     }
-    let named = |name: &'static str| req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+    let named = |name: &'static str| head.fields.iter().filter(move |(n, _)| n == name);
     let lengths: Vec<_> = named("content-length").collect();
     let codings: Vec<_> = named("transfer-encoding").collect();
-    let rest = &wire[head_len..];
+    let rest = &wire[head.len..];
     let (body, body_len) = match (lengths.as_slice(), codings.as_slice()) {
         ([], []) => (Vec::new(), 0),
-        ([one], []) => {
-            let n: usize = std::str::from_utf8(one.value).ok().and_then(|v| v.parse().ok()).ok_or("bad Content-Length")?;
+        ([(_, one)], []) => {
+            let digits = one.iter().all(u8::is_ascii_digit) && !one.is_empty();
+            let n: usize =
+                std::str::from_utf8(one).ok().filter(|_| digits).and_then(|v| v.parse().ok()).ok_or("bad Content-Length")?;
             (rest.get(..n).ok_or("body shorter than its length")?.to_vec(), n)
         }
-        ([], [one]) if one.value == b"chunked" => reference_chunked(rest)?,
+        ([], [(_, one)]) if one == b"chunked" => reference_chunked(rest)?,
         _ => return Err("ambiguous framing".into()),
     };
     Ok(Read {
-        used: head_len + body_len,
-        method: req.method.unwrap_or("").to_string(),
-        target: req.path.unwrap_or("").to_string(),
+        used: head.len + body_len,
+        method: head.method,
+        target: head.target,
         hosts: named("host").count(),
-        names: req.headers.iter().map(|h| h.name.to_ascii_lowercase()).collect(),
+        names: head.fields.iter().map(|(n, _)| n.clone()).collect(),
         body,
     })
 }
 
+/// A request head as RFC 9112 (sections 3 and 5) reads it, written here
+/// apart from httparse, the parser keygate's server uses, so that the two
+/// cannot share a mistake.
+struct StrictHead {
+    method: String,
+    target: String,
+    version: String,
+    /// Names in lower case, values without their surrounding white space.
+    fields: Vec<(String, Vec<u8>)>,
+    /// Bytes of the head, its empty line included.
+    len: usize,
+}
+
+/// `tchar` of RFC 9110 section 5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn strict_head(wire: &[u8]) -> Result<StrictHead, String> {
+    // Lines end in CRLF; a recipient may take a lone LF for one, and a
+    // server ignores empty lines before the request line (section 2.2).
+    // The head ends at the first empty line after it.
+    let mut at = 0;
+    let mut head_lines = Vec::new();
+    loop {
+        let nl = wire[at..].iter().position(|b| *b == b'\n').ok_or("incomplete head")?;
+        let line = &wire[at..at + nl];
+        at += nl + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match (line.is_empty(), head_lines.is_empty()) {
+            (true, true) => continue,
+            (true, false) => break,
+            (false, _) => head_lines.push(line),
+        }
+    }
+    let (end, mut lines) = (at, head_lines.into_iter());
+    let mut next_line = || lines.next();
+    let request_line = next_line().ok_or("no request line")?;
+    let mut parts = request_line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err("a request line is method SP target SP version".into());
+    };
+    if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) {
+        return Err("the method is not a token".into());
+    }
+    if target.is_empty() || !target.iter().all(|b| b.is_ascii_graphic()) {
+        return Err("the target has a byte outside VCHAR".into());
+    }
+    let digits = version.len() == 8 && version.starts_with(b"HTTP/") && version[5].is_ascii_digit() && version[6] == b'.';
+    if !digits || !version[7].is_ascii_digit() {
+        return Err("the version is not HTTP/d.d".into());
+    }
+    let mut fields = Vec::new();
+    while let Some(line) = next_line() {
+        if line.contains(&b'\r') {
+            return Err("a bare CR".into());
+        }
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            return Err("obsolete line folding".into());
+        }
+        let colon = line.iter().position(|b| *b == b':').ok_or("a field line without a colon")?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+            return Err("a field name is not a token".into());
+        }
+        let value = value.trim_ascii();
+        if value.iter().any(|b| (b.is_ascii_control() && *b != b'\t') || *b == 0x7f) {
+            return Err("a control character in a field value".into());
+        }
+        fields.push((String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec()));
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ok(StrictHead { method: text(method), target: text(target), version: text(version), fields, len: end })
+}
+
 fn show(bytes: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_strict_parser_reads_rfc_9112_and_nothing_looser() {
+        let head = strict_head(b"GET /a?b HTTP/1.1\r\nHost: x\r\nX-A:  v w \r\n\r\nbody").unwrap();
+        assert_eq!((head.method.as_str(), head.target.as_str(), head.version.as_str()), ("GET", "/a?b", "HTTP/1.1"));
+        assert_eq!(head.fields, [("host".to_string(), b"x".to_vec()), ("x-a".to_string(), b"v w".to_vec())]);
+        assert_eq!(head.len, 42);
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/11\r\n\r\n",
+            b"G(T / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+        ] {
+            assert!(strict_head(bad).is_err(), "{}", show(bad));
+        }
+    }
+
+    #[test]
+    fn a_head_keygate_reads_with_bare_line_feeds_is_checked_alike() {
+        request_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        request_head(b"GET / HTTP/1.1\nHost: a\n\n");
+        assert_eq!(strict_head(b"GET / HTTP/1.1\nHost: a\n\nrest").unwrap().len, 24);
+        request_head(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(strict_head(b"\r\nGET / HTTP/1.1\r\n\r\n").unwrap().len, 20);
+    }
 }

@@ -17,7 +17,7 @@ pub mod credentials;
 pub mod decide;
 pub mod demo;
 pub mod error;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http1;
 pub mod keys;

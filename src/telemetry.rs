@@ -7,9 +7,9 @@
 
 use crate::config::TracingConfig;
 use crate::correlation::TraceParent;
-use crate::http1::client::pool::{Pool, Target};
-use crate::http1::client::RequestHead;
-use crate::http1::lines::FieldLines;
+use crate::http1::FieldLines;
+use crate::http1::RequestHead;
+use crate::http1::{Pool, Target};
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 use http_body_util::BodyExt;

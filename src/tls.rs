@@ -4,7 +4,7 @@
 //! stops the start (or reload) with its field named, not the first
 //! handshake. There is no switch to skip verification.
 
-use crate::http1::client::stream::TlsTarget;
+use crate::http1::TlsTarget;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 use std::path::Path;

@@ -21,6 +21,7 @@ const ADMIN_LIMITS: Limits = Limits {
     max_connections: 256,
     drain_timeout: std::time::Duration::from_secs(5),
     refusal: crate::server::refusal,
+    spellings: crate::server::SPELLINGS,
 };
 
 fn io_failure(what: String, e: std::io::Error) -> Failure {

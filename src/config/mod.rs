@@ -127,7 +127,7 @@ pub struct TracingConfig {
     /// Where spans are POSTed (`/v1/traces` added to a bare origin).
     pub endpoint: http::Uri,
     pub authority: http::uri::Authority,
-    pub tls: Option<crate::http1::client::stream::TlsTarget>,
+    pub tls: Option<crate::http1::TlsTarget>,
     pub service_name: String,
     /// Share of new traces recorded (a caller's sampled flag is followed).
     pub sample_ratio: f64,
@@ -397,7 +397,7 @@ pub struct Upstream {
     /// Where requests go: `targets`, or the URL's own authority.
     pub targets: Vec<http::uri::Authority>,
     /// Set for `https://`: roots, client certificate, expected name.
-    pub tls: Option<crate::http1::client::stream::TlsTarget>,
+    pub tls: Option<crate::http1::TlsTarget>,
     pub balance: Balance,
     pub health: Health,
 }

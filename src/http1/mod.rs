@@ -9,16 +9,31 @@
 //! [`client::RequestHead`]. What a field means, and which may pass, is the
 //! caller's business; how it goes on the wire is this module's.
 
-pub mod client;
-pub mod deadline;
-pub mod framing;
-pub mod lines;
-pub mod server;
+mod client;
+mod deadline;
+mod framing;
+mod lines;
+mod server;
+
+// The whole surface the rest of keygate sees.
+pub use client::pool::{ConnectError, Pool, Target};
+pub use client::stream::TlsTarget;
+pub use client::{ExchangeError, RequestHead, Upstreamed};
+pub use deadline::Deadline;
+pub use lines::{FieldLines, HeaderLines};
+pub use server::{serve, Ended, Limits};
+
+/// What the fuzz targets drive directly (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use super::client::write_request;
+    pub use super::framing::{Framing, Step};
+    pub use super::server::parse_head;
+}
 
 use crate::body::Body;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Response;
-use lines::HeaderLines;
 
 /// Fields that never cross a proxy (RFC 9110 section 7.6.1, and the
 /// classic list), lowercase.
@@ -27,12 +42,12 @@ pub const HOP_BY_HOP: [&str; 8] =
 
 /// Whether a header is hop-by-hop. Names are lowercase, so a match on the
 /// text settles it without building names.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// [`is_hop_by_hop`] for a name as received, in any case.
-pub fn is_hop_by_hop_any_case(name: &[u8]) -> bool {
+fn is_hop_by_hop_any_case(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|hop| hop.as_bytes().eq_ignore_ascii_case(name))
 }
 
@@ -45,24 +60,15 @@ pub(crate) fn frames_or_hops(name: &[u8]) -> bool {
         && (name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"host") || is_hop_by_hop_any_case(name))
 }
 
-/// Appends one header line, `name: value\r\n`.
-/// How a response header field keygate writes itself is spelled on an
-/// HTTP/1.1 wire: as the ecosystem spells it (`X-RateLimit-Remaining`,
-/// `Retry-After`, `WWW-Authenticate`), since many clients look the names up
-/// case-sensitively. `name` is the lowercase form a header map holds; the
-/// answer is written into `buf` unless it is a known one.
-pub fn spelled<'a>(name: &'a str, buf: &'a mut [u8; 64]) -> &'a [u8] {
-    let known: Option<&'static str> = match name {
-        "www-authenticate" => Some("WWW-Authenticate"),
-        "x-ratelimit-limit" => Some("X-RateLimit-Limit"),
-        "x-ratelimit-remaining" => Some("X-RateLimit-Remaining"),
-        "x-ratelimit-reset" => Some("X-RateLimit-Reset"),
-        "ratelimit" => Some("RateLimit"),
-        "ratelimit-policy" => Some("RateLimit-Policy"),
-        _ => None,
-    };
-    if let Some(k) = known {
-        return k.as_bytes();
+/// How a response header field of a handler's header map is spelled on
+/// an HTTP/1.1 wire: as the caller's `spellings` list it (compared without
+/// case), else with each word capitalised (`retry-after` as `Retry-After`),
+/// since many clients look names up case-sensitively. `name` is the
+/// lowercase form a header map holds; the answer is written into `buf`
+/// unless the list has it.
+fn spelled<'a>(name: &'a str, spellings: &'static [&'static str], buf: &'a mut [u8; 64]) -> &'a [u8] {
+    if let Some(known) = spellings.iter().find(|s| s.eq_ignore_ascii_case(name)) {
+        return known.as_bytes();
     }
     if name.len() > buf.len() {
         return name.as_bytes();
@@ -75,7 +81,8 @@ pub fn spelled<'a>(name: &'a str, buf: &'a mut [u8; 64]) -> &'a [u8] {
     &buf[..name.len()]
 }
 
-pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends one header line, `name: value\r\n`.
+fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -84,7 +91,7 @@ pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// The fields of header lines written by [`write_line`], as names and values.
-pub fn read_lines(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+fn read_lines(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     text.split(|b| *b == b'\n').filter_map(|line| {
         let line = line.strip_suffix(b"\r")?;
         let colon = line.iter().position(|b| *b == b':')?;
@@ -192,15 +199,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn own_header_names_are_spelled_as_clients_expect() {
+    fn names_are_spelled_as_the_caller_lists_them_else_capitalised() {
         let mut buf = [0u8; 64];
-        assert_eq!(spelled("x-ratelimit-remaining", &mut buf), b"X-RateLimit-Remaining");
-        assert_eq!(spelled("retry-after", &mut buf), b"Retry-After");
-        assert_eq!(spelled("www-authenticate", &mut buf), b"WWW-Authenticate");
-        assert_eq!(spelled("content-type", &mut buf), b"Content-Type");
-        assert_eq!(spelled("x", &mut buf), b"X");
+        let listed: &[&str] = &["X-RateLimit-Remaining", "WWW-Authenticate"];
+        assert_eq!(spelled("x-ratelimit-remaining", listed, &mut buf), b"X-RateLimit-Remaining");
+        assert_eq!(spelled("x-ratelimit-remaining", &[], &mut buf), b"X-Ratelimit-Remaining");
+        assert_eq!(spelled("retry-after", listed, &mut buf), b"Retry-After");
+        assert_eq!(spelled("www-authenticate", listed, &mut buf), b"WWW-Authenticate");
+        assert_eq!(spelled("content-type", listed, &mut buf), b"Content-Type");
+        assert_eq!(spelled("x", listed, &mut buf), b"X");
         let long = "a".repeat(80);
-        assert_eq!(spelled(&long, &mut buf), long.as_bytes(), "longer than the buffer: as it is");
+        assert_eq!(spelled(&long, listed, &mut buf), long.as_bytes(), "longer than the buffer: as it is");
     }
 
     #[test]

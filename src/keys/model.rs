@@ -206,7 +206,7 @@ pub struct KeyLookup {
     /// The `X-Keygate-*` fields this key adds to forwarded requests,
     /// rendered on first use and kept as long as the cached lookup: copied
     /// as they are into every forwarded head.
-    identity: OnceLock<crate::http1::lines::FieldLines>,
+    identity: OnceLock<crate::http1::FieldLines>,
 }
 
 /// Whether a resolved key may be used right now.
@@ -229,7 +229,7 @@ impl KeyLookup {
 
     /// The identity fields for the upstream (see the field), rendered by
     /// `render` on first use: what they are is the proxy's business.
-    pub fn identity(&self, render: impl FnOnce(&ApiKey) -> crate::http1::lines::FieldLines) -> &crate::http1::lines::FieldLines {
+    pub fn identity(&self, render: impl FnOnce(&ApiKey) -> crate::http1::FieldLines) -> &crate::http1::FieldLines {
         self.identity.get_or_init(|| render(&self.key))
     }
 

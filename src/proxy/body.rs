@@ -3,7 +3,7 @@
 //! endless upload cannot hold a connection (or memory) forever.
 
 use crate::body::BoxError;
-use crate::http1::deadline::Deadline;
+use crate::http1::Deadline;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;

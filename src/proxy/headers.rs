@@ -1,7 +1,7 @@
 //! Header rewriting for forwarded requests and returned responses.
 
 use crate::config::Underscores;
-use crate::http1::lines::FieldLines;
+use crate::http1::FieldLines;
 use crate::keys::model::{ApiKey, KeyLookup};
 use http::header::HeaderName;
 use http::HeaderValue;

@@ -6,8 +6,8 @@
 
 use super::headers::{connection_named, fate_of, Fate};
 use crate::config::Underscores;
-use crate::http1::client::RequestHead;
-use crate::http1::lines::FieldLines;
+use crate::http1::FieldLines;
+use crate::http1::RequestHead;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 

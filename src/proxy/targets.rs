@@ -4,7 +4,7 @@
 //! Shared by every worker; the pools themselves are per worker.
 
 use crate::config::{Balance, Health, Upstream};
-use crate::http1::client::pool::Pool;
+use crate::http1::Pool;
 use crate::metrics::Metrics;
 use prometheus::IntCounter;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};

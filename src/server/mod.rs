@@ -10,7 +10,7 @@ pub mod h2;
 pub mod tls;
 
 use crate::body::Body;
-use crate::http1::server as h1;
+use crate::http1 as h1;
 use crate::pipeline::ConnInfo;
 use http::{Request, Response};
 use std::future::Future;
@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-pub use crate::http1::server::Limits;
+pub use crate::http1::Limits;
 pub use crate::http1::Reply;
 
 impl Limits {
@@ -34,9 +34,15 @@ impl Limits {
             max_connections: s.max_connections,
             drain_timeout: s.drain_timeout,
             refusal,
+            spellings: SPELLINGS,
         }
     }
 }
+
+/// The fields keygate writes whose usual spelling is not each word
+/// capitalised; clients look some of them up case-sensitively.
+pub const SPELLINGS: &[&str] =
+    &["WWW-Authenticate", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "RateLimit", "RateLimit-Policy"];
 
 /// A refused head answered in the contract's JSON shape (`bad_request`).
 pub fn refusal(status: http::StatusCode, message: String) -> Response<Body> {

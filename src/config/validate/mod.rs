@@ -529,7 +529,7 @@ fn upstream_tls(
     field: &str,
     u: &RawUpstream,
     origin: &http::uri::Authority,
-) -> Option<crate::http1::client::stream::TlsTarget> {
+) -> Option<crate::http1::TlsTarget> {
     use crate::tls::{self, TlsProblem};
     let ca = u.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
     let cert = u.client_cert.as_ref().map(|cc| (relative_to(path, cc.cert.get_ref()), relative_to(path, cc.key.get_ref())));

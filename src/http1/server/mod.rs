@@ -16,7 +16,9 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-pub use head::{parse as parse_head, Head, HeadError};
+#[cfg(feature = "fuzzing")]
+pub use head::parse as parse_head;
+pub use head::HeadError;
 
 use super::deadline::{Deadline, Expired};
 use super::framing::{Framing, Step};
@@ -59,6 +61,9 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// The answer to a refused head (400, 431), in the caller's own shape.
     pub refusal: fn(StatusCode, String) -> Response<Body>,
+    /// How the caller's own field names are spelled on the wire where
+    /// capitalising each word would not do (`X-RateLimit-Limit`).
+    pub spellings: &'static [&'static str],
 }
 
 /// How a connection's request loop ended.
@@ -121,6 +126,7 @@ where
         first = false;
         conn.served = true;
         let how = Answering {
+            spellings: conn.limits.spellings,
             version: head.request.version(),
             head_only: head.request.method() == Method::HEAD,
             keep_alive: head.keep_alive,
@@ -271,7 +277,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         };
         let resp = (self.limits.refusal)(status, error.to_string());
         tracing::debug!(error = %error, "request head refused");
-        let how = Answering { version: http::Version::HTTP_11, head_only: false, keep_alive: false };
+        let how =
+            Answering { spellings: self.limits.spellings, version: http::Version::HTTP_11, head_only: false, keep_alive: false };
         let _ = self.respond(resp.into(), how).await;
     }
 

@@ -27,6 +27,7 @@ fn limits() -> Limits {
             *resp.status_mut() = status;
             resp
         },
+        spellings: &[],
     }
 }
 

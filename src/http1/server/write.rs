@@ -32,6 +32,8 @@ enum Wire {
 /// What the request says about how to answer it.
 #[derive(Debug, Clone, Copy)]
 pub struct Answering {
+    /// How the caller spells its own field names (see `spelled`).
+    pub spellings: &'static [&'static str],
     pub version: Version,
     pub head_only: bool,
     /// Whether the connection may carry another request after this one.
@@ -150,7 +152,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, extra: Extra<'_>, exact: Option
             continue;
         }
         let mut buf = [0u8; 64];
-        write_line(out, spelled(name.as_str(), &mut buf), value.as_bytes());
+        write_line(out, spelled(name.as_str(), how.spellings, &mut buf), value.as_bytes());
     }
     out.extend_from_slice(extra.upstream.text());
     extra.fields.write_lines(out);
@@ -229,7 +231,7 @@ mod tests {
         (String::from_utf8(sink.0).unwrap(), keep)
     }
 
-    const HTTP11: Answering = Answering { version: Version::HTTP_11, head_only: false, keep_alive: true };
+    const HTTP11: Answering = Answering { spellings: &[], version: Version::HTTP_11, head_only: false, keep_alive: true };
 
     #[tokio::test]
     async fn known_sizes_get_a_length_and_unknown_ones_are_chunked() {
