@@ -151,7 +151,7 @@ impl GatewayError {
 
     /// The response, its body naming the request's id.
     pub fn to_response_for(&self, request_id: Option<&crate::correlation::RequestId>) -> Response<Body> {
-        let mut body = serde_json::json!({ "success": false, "error": self.to_string(), "code": self.code() });
+        let mut body = crate::envelope::failure(self.code(), self.to_string());
         if let Some(id) = request_id {
             body["requestId"] = id.as_str().into();
         }

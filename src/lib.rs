@@ -16,6 +16,7 @@ pub mod correlation;
 pub mod credentials;
 pub mod decide;
 pub mod demo;
+pub mod envelope;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -414,7 +414,7 @@ fn whoami(cx: &Ctx<'_>, key: &ApiKey) -> Response<Body> {
         "allowedIps": key.allowed_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "expiresAt": key.expires_at.map(clock::rfc3339),
     });
-    json_response(StatusCode::OK, &serde_json::json!({ "success": true, "data": data }))
+    json_response(StatusCode::OK, &crate::envelope::success(data, None))
 }
 
 /// Metrics and the access log line (key id, never the token).

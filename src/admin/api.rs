@@ -26,7 +26,7 @@ pub fn refusal(e: ManageError) -> Response<Body> {
         ManageError::VersionConflict { .. } => (StatusCode::PRECONDITION_FAILED, "version_conflict"),
         ManageError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
     };
-    let mut body = json!({ "success": false, "error": e.to_string(), "code": code });
+    let mut body = crate::envelope::failure(code, e.to_string());
     match &e {
         ManageError::Invalid { field, .. } => body["field"] = field.as_str().into(),
         ManageError::VersionConflict { current, .. } => body["currentVersion"] = (*current).into(),

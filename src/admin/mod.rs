@@ -25,12 +25,12 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// The error envelope shared with the data plane.
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
-    json_response(status, &json!({ "success": false, "error": message.into(), "code": code }))
+    json_response(status, &crate::envelope::failure(code, message))
 }
 
 /// `{"success": true, "data": ..., "meta": ...}`.
 pub fn ok(status: StatusCode, data: serde_json::Value, meta: serde_json::Value) -> Response<Body> {
-    json_response(status, &json!({ "success": true, "data": data, "meta": meta }))
+    json_response(status, &crate::envelope::success(data, Some(meta)))
 }
 
 /// The full-scope token in the variable `token_env`, if it holds one long
@@ -160,12 +160,9 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
     if let Some(needed) = endpoint.scope() {
         if !caller.scopes.grants(needed) {
             let needed = needed.names().join(", ");
-            let body = json!({
-                "success": false,
-                "error": format!("the admin token `{}` lacks the `{needed}` scope this endpoint needs", caller.name),
-                "code": "insufficient_scope",
-                "required": needed,
-            });
+            let message = format!("the admin token `{}` lacks the `{needed}` scope this endpoint needs", caller.name);
+            let mut body = crate::envelope::failure("insufficient_scope", message);
+            body["required"] = needed.into();
             return json_response(StatusCode::FORBIDDEN, &body);
         }
     }

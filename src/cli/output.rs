@@ -4,7 +4,7 @@
 use crate::config::ConfigError;
 use crate::manage::ManageError;
 use crate::store::StoreError;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -44,7 +44,7 @@ impl Failure {
     /// Prints the failure and gives the exit code.
     pub fn report(self) -> ExitCode {
         if self.json {
-            println!("{}", json!({ "success": false, "error": self.message, "code": self.code }));
+            println!("{}", crate::envelope::failure(self.code, self.message));
         } else {
             eprintln!("error: {}", self.message);
         }
@@ -86,7 +86,7 @@ pub fn read_input(file: &Path) -> Result<String, Failure> {
 }
 
 pub fn print_json(data: Value, meta: Value) {
-    println!("{}", json!({ "success": true, "data": data, "meta": meta }));
+    println!("{}", crate::envelope::success(data, Some(meta)));
 }
 
 /// Prints rows as aligned columns.
