@@ -16,7 +16,7 @@ use crate::decide::{self, Ask, Cost, Decision, KeySource, Means};
 use crate::error::GatewayError;
 use crate::keys::model::{self, ApiKey, Env, KeyStatus, Role};
 use crate::keys::token::{self, TokenHash};
-use crate::store::{AuditEntry, AuditPage, KeyPage, KeyQuery, Store, StoreError, UsageSummary};
+use crate::store::{AuditEntry, AuditPage, KeyPage, KeyQuery, Rotation, Store, StoreError, UsageSummary};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -304,7 +304,10 @@ impl Manager<'_> {
             let secret = token::generate(brand, key.env);
             key.key_prefix = token::mask(&secret, brand);
             let until = clock::now_unix() + grace_seconds as i64;
-            match self.store.rotate_secret(key_id, &TokenHash::of(&secret), &key.key_prefix, until, before.version).await {
+            let hash = TokenHash::of(&secret);
+            let rotation =
+                Rotation { key_id, hash: &hash, key_prefix: &key.key_prefix, old_valid_until: until, version: before.version };
+            match self.store.rotate_secret(&rotation).await {
                 Ok(()) => key.version += 1,
                 Err(e) if retry(&e, expect) => continue,
                 Err(e) => return Err(from_store(e, &what)),

@@ -276,6 +276,19 @@ pub struct SecretRecord {
     pub valid_until: Option<i64>,
 }
 
+/// A new secret for a key, and when its older ones stop working.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    pub key_id: &'a str,
+    pub hash: &'a TokenHash,
+    /// The masked form of the new secret, shown in listings.
+    pub key_prefix: &'a str,
+    /// Unix seconds.
+    pub old_valid_until: i64,
+    /// The key's version the rotation was made for.
+    pub version: u64,
+}
+
 /// Which keys a listing wants.
 #[derive(Debug, Clone, Default)]
 pub struct KeyQuery {
@@ -401,16 +414,10 @@ pub trait Records: Resolver + Send + Sync {
     /// larger of its own and the restored ones. `Conflict` if a secret
     /// belongs to another key.
     async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError>;
-    /// Adds a new secret if the key is still at `version` (and makes it
-    /// `version + 1`); older ones stop working at `old_valid_until` (Unix seconds).
-    async fn rotate_secret(
-        &self,
-        key_id: &str,
-        hash: &TokenHash,
-        key_prefix: &str,
-        old_valid_until: i64,
-        version: u64,
-    ) -> Result<(), StoreError>;
+    /// Adds a new secret if the key is still at the rotation's version
+    /// (and makes it one more); older ones stop working at its
+    /// `old_valid_until`.
+    async fn rotate_secret(&self, rotation: &Rotation<'_>) -> Result<(), StoreError>;
     async fn get_role(&self, id: &str) -> Result<Option<Role>, StoreError>;
     /// Creates a role; `Conflict` if the id exists.
     async fn insert_role(&self, role: &Role) -> Result<(), StoreError>;

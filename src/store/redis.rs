@@ -346,25 +346,18 @@ impl Records for RedisStore {
         }
         self.invoke::<i64>("put_key", &scripts::PUT_KEY, args).await.map(|n| n == 1)
     }
-    async fn rotate_secret(
-        &self,
-        key_id: &str,
-        hash: &TokenHash,
-        key_prefix: &str,
-        old_valid_until: i64,
-        version: u64,
-    ) -> Result<(), StoreError> {
-        let mut key = self.get_key(key_id).await?.ok_or(StoreError::NotFound)?;
-        key.key_prefix = key_prefix.to_string();
-        // Written only if the key is still at `version` (the script compares).
+    async fn rotate_secret(&self, r: &Rotation<'_>) -> Result<(), StoreError> {
+        let mut key = self.get_key(r.key_id).await?.ok_or(StoreError::NotFound)?;
+        key.key_prefix = r.key_prefix.to_string();
+        // Written only if the key is still at `r.version` (the script compares).
         let args = vec![
-            key_id.to_string(),
-            key_json_at(&key, version + 1)?,
-            hash.to_hex(),
-            old_valid_until.to_string(),
+            r.key_id.to_string(),
+            key_json_at(&key, r.version + 1)?,
+            r.hash.to_hex(),
+            r.old_valid_until.to_string(),
             now_unix().to_string(),
             now_unix_ms().to_string(),
-            version.to_string(),
+            r.version.to_string(),
         ];
         self.invoke::<i64>("rotate_secret", &scripts::ROTATE_SECRET, args).await.map(|_| ())
     }

@@ -39,18 +39,22 @@ fn slug(heading: &str) -> String {
         .collect()
 }
 
+/// The lines of a Markdown text outside fenced code blocks.
+fn prose(text: &str) -> impl Iterator<Item = &str> {
+    let mut fenced = false;
+    text.lines().filter(move |line| {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        !fenced && !line.starts_with("```")
+    })
+}
+
 /// Every heading's anchor in a Markdown text (a repeated one gets `-1`,
 /// `-2`, ... as GitHub gives it); code blocks are skipped.
 fn anchors(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-        }
-        if fenced || !line.starts_with('#') {
-            continue;
-        }
+    for line in prose(text).filter(|l| l.starts_with('#')) {
         let base = slug(line.trim_start_matches('#').replace('`', "").as_str());
         let mut anchor = base.clone();
         let mut n = 0;
@@ -66,14 +70,7 @@ fn anchors(text: &str) -> BTreeSet<String> {
 /// The targets of `[text](target)` links outside code blocks and spans.
 fn links(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-        }
-        if fenced {
-            continue;
-        }
+    for line in prose(text) {
         let mut from = 0;
         while let Some(at) = line[from..].find("](").map(|i| from + i) {
             let Some(end) = line[at + 2..].find(')').map(|i| at + 2 + i) else { break };

@@ -302,15 +302,9 @@ impl Records for SqliteStore {
         })
         .await
     }
-    async fn rotate_secret(
-        &self,
-        key_id: &str,
-        hash: &TokenHash,
-        key_prefix: &str,
-        old_valid_until: i64,
-        version: u64,
-    ) -> Result<(), StoreError> {
-        let (key_id, hash, prefix) = (key_id.to_string(), *hash, key_prefix.to_string());
+    async fn rotate_secret(&self, r: &Rotation<'_>) -> Result<(), StoreError> {
+        let (key_id, hash, prefix) = (r.key_id.to_string(), *r.hash, r.key_prefix.to_string());
+        let (old_valid_until, version) = (r.old_valid_until, r.version);
         self.logged_change("key", key_id.clone(), move |tx| {
             let n = tx
                 .execute(

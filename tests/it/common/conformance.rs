@@ -5,8 +5,8 @@ use keygate::keys::model::{ApiKey, Env, KeyStatus, Role};
 use keygate::keys::model::{CreditTerms, Quota, RefillInterval};
 use keygate::keys::token::TokenHash;
 use keygate::store::{
-    ChangeTarget, CreditBalance, CreditChange, CreditSpend, FeedCursor, KeyPage, KeyQuery, PutExpect, SecretRecord, Store,
-    StoreError, UsageDelta, UsageQuery, WindowCount,
+    ChangeTarget, CreditBalance, CreditChange, CreditSpend, FeedCursor, KeyPage, KeyQuery, PutExpect, Rotation, SecretRecord,
+    Store, StoreError, UsageDelta, UsageQuery, WindowCount,
 };
 use std::collections::BTreeMap;
 
@@ -180,14 +180,21 @@ pub async fn conformance(store: &dyn Store) {
 
     // Rotation: the old secret gets an end, the new one none.
     let hn = TokenHash::of("token-b-new");
-    let stale = store.rotate_secret("key_b", &hn, "kg_live_wxyz****", 2_100_000_000, 2).await;
+    let rotation = |key_id, hash, version| Rotation {
+        key_id,
+        hash,
+        key_prefix: "kg_live_wxyz****",
+        old_valid_until: 2_100_000_000,
+        version,
+    };
+    let stale = store.rotate_secret(&rotation("key_b", &hn, 2)).await;
     assert_eq!(stale, Err(StoreError::VersionConflict { current: 3 }));
     assert_eq!(store.key_by_hash(&hn).await.unwrap(), None, "a stale rotation added a secret");
-    store.rotate_secret("key_b", &hn, "kg_live_wxyz****", 2_100_000_000, 3).await.unwrap();
+    store.rotate_secret(&rotation("key_b", &hn, 3)).await.unwrap();
     assert_eq!(store.key_by_hash(&hb).await.unwrap().unwrap().secret_expires_at, Some(2_100_000_000));
     let new = store.key_by_hash(&hn).await.unwrap().unwrap();
     assert_eq!((new.secret_expires_at, new.key.key_prefix.as_str(), new.key.version), (None, "kg_live_wxyz****", 4));
-    assert_eq!(store.rotate_secret("key_zz", &TokenHash::of("x"), "p", 0, 1).await, Err(StoreError::NotFound));
+    assert_eq!(store.rotate_secret(&rotation("key_zz", &TokenHash::of("x"), 1)).await, Err(StoreError::NotFound));
 
     // Usage in batches.
     let now = keygate::clock::now_unix();
