@@ -8,7 +8,7 @@ use keygate::clock::Moment;
 use keygate::clock::Period;
 use keygate::config::Underscores;
 use keygate::config::{Algorithm, Config};
-use keygate::decide::{decide, Ask, Means};
+use keygate::decide::{decide, Ask, Decision, Means};
 use keygate::http1::FieldLines;
 use keygate::http1::RequestHead;
 use keygate::keys::token::TokenHash;
@@ -121,8 +121,9 @@ fn steps(c: &mut Criterion) {
             let client = ip::client_ip(peer, req.headers(), &cfg.server.trusted_proxies);
             let head = black_box(&head);
             let credential = keygate::credentials::extract(&head.headers, head.uri.query()).unwrap().unwrap();
-            let ask = Ask::request(cfg, Some(route), client);
-            let decision = ready_or_block_on(&f.rt, decide(&Means::node(&f.app, cfg), &credential.token, &ask, Moment::now()));
+            let ask = Ask::request(cfg, Some(route), client, &credential.token);
+            let mut decision = Decision::default();
+            ready_or_block_on(&f.rt, decide(&Means::node(&f.app, cfg), &ask, Moment::now(), &mut decision));
             let key = decision.found.filter(|_| decision.refusal.is_none()).unwrap();
             rewrite(req.headers(), &peer_header, headers::identity_lines(&key))
         })

@@ -11,13 +11,13 @@ use crate::cache::Origin;
 use crate::clock::Moment;
 use crate::config::{Config, RedisErrorPolicy};
 use crate::error::GatewayError;
-use crate::keys::model::{ApiKey, KeyLookup};
+use crate::keys::model::{ApiKey, KeyLookup, Role};
 use crate::keys::token::{self, TokenHash};
 use crate::metrics::Metrics;
 use crate::policy::routes::Route;
 use crate::policy::{ip, permissions};
-use crate::ratelimit::credits::Credits;
-use crate::ratelimit::meter::{self, Charge, Metered};
+use crate::ratelimit::credits::{CreditDecision, Credits};
+use crate::ratelimit::meter::{self, Charge, Metered, RateView};
 use crate::ratelimit::Limiter;
 use crate::state::App;
 use crate::store::{CreditLedger, Records, StoreError};
@@ -29,6 +29,8 @@ use std::sync::Arc;
 /// from the verify API's body.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ask<'a> {
+    /// The token presented.
+    pub token: &'a str,
     /// The permission required.
     pub permission: Option<&'a str>,
     /// The caller's address, for the key's allowlist; `None` when there is
@@ -39,10 +41,11 @@ pub struct Ask<'a> {
 }
 
 impl<'a> Ask<'a> {
-    /// What a request from `client_ip` asks: its route's permission and
-    /// cost (`None`: keygate's own `/whoami`, which costs 1).
-    pub fn request(config: &Config, route: Option<&'a Route>, client_ip: IpAddr) -> Ask<'a> {
+    /// What a request from `client_ip` with `token` asks: its route's
+    /// permission and cost (`None`: keygate's own `/whoami`, which costs 1).
+    pub fn request(config: &Config, route: Option<&'a Route>, client_ip: IpAddr, token: &'a str) -> Ask<'a> {
         Ask {
+            token,
             permission: route.and_then(|r| r.permission.as_deref()),
             client_ip: Some(client_ip),
             cost: Some(Cost {
@@ -115,64 +118,81 @@ pub struct Decision {
     pub found: Option<Arc<KeyLookup>>,
     /// Why the key may not do what was asked; `None`: it may.
     pub refusal: Option<GatewayError>,
-    /// What the limits said: the charge, or a look at them (taking
-    /// nothing) when an earlier step refused.
-    pub metered: Option<Metered>,
-    /// Whether `metered` is a charge (not a look).
+    /// What the rate-limit fields describe: the tightest window of the
+    /// charge, or of a look at the windows (taking nothing) when an earlier
+    /// step refused.
+    pub rate: Option<RateView>,
+    /// The credits' answer, when the charge reached them.
+    pub credits: Option<CreditDecision>,
+    /// Whether the limits were charged (not only looked at): then a
+    /// refusal is theirs.
     pub charged: bool,
-    /// The store call that failed, when the refusal is `store_unavailable`.
-    pub failure: Option<(&'static str, StoreError)>,
+    /// The store call that failed, when the refusal is `store_unavailable`
+    /// (boxed: rare, and every decision would carry it).
+    pub failure: Option<Box<(&'static str, StoreError)>>,
 }
 
 impl Decision {
-    fn refused(found: Option<Arc<KeyLookup>>, refusal: GatewayError) -> Decision {
-        Decision { found, refusal: Some(refusal), ..Decision::default() }
+    fn refuse(&mut self, found: Option<Arc<KeyLookup>>, refusal: GatewayError) {
+        self.found = found;
+        self.refusal = Some(refusal);
     }
 
-    fn failed(operation: &'static str, e: StoreError) -> Decision {
-        Decision { failure: Some((operation, e)), ..Decision::refused(None, GatewayError::StoreUnavailable) }
+    fn fail(&mut self, operation: &'static str, e: StoreError) {
+        self.refuse(None, GatewayError::StoreUnavailable);
+        self.failure = Some(Box::new((operation, e)));
     }
 }
 
-/// Steps 5 to 9 for `token`.
-pub async fn decide(means: &Means<'_>, token: &str, ask: &Ask<'_>, now: Moment) -> Decision {
-    let found = match find(means, token, now).await {
-        Ok(Some(found)) => found,
-        Ok(None) => return Decision::refused(None, GatewayError::InvalidKey),
-        Err(e) => return Decision::failed("key_by_hash", e),
+/// Steps 5 to 9 for the asking token, written into `out` (which starts
+/// empty). One async function over small plain ones, writing where the
+/// caller keeps the answer: each nested future, and each move of the
+/// answer, would cost every request.
+pub async fn decide(means: &Means<'_>, ask: &Ask<'_>, now: Moment, out: &mut Decision) {
+    // 5. the key: its shape, then the cache or the store
+    if !token::shape(ask.token, &means.config.keys.brand).may_be_known() {
+        return out.refuse(None, GatewayError::InvalidKey);
+    }
+    let hash = TokenHash::of(ask.token);
+    let found = match means.keys {
+        KeySource::Cached(app) => counted(app, app.cache.resolve(&hash, app.store.as_ref(), now.at).await),
+        KeySource::Store(store) => store.key_by_hash(&hash).await.map(|found| found.map(Arc::new)),
     };
+    let found = match found {
+        Ok(Some(found)) => found,
+        Ok(None) => return out.refuse(None, GatewayError::InvalidKey),
+        Err(e) => return out.fail("key_by_hash", e),
+    };
+    // 6. status, expiry, environment
     match GatewayError::of_state(found.state(now.unix(), means.config.server.environment)) {
         // A rotated-out secret past its grace is as unknown as any other.
-        Some(GatewayError::InvalidKey) => return Decision::refused(None, GatewayError::InvalidKey),
-        Some(refusal) => return Decision::refused(Some(found), refusal),
+        Some(GatewayError::InvalidKey) => return out.refuse(None, GatewayError::InvalidKey),
+        Some(refusal) => return out.refuse(Some(found), refusal),
         None => {}
     }
-    let refusal = match admits(means, &found.key, ask).await {
-        Ok(refusal) => refusal,
-        Err(e) => return Decision::failed("get_role", e),
+    // 7, 8. the address and the permission; read from the store, the
+    // key's role is read now (the node's caches hold every role)
+    let role = match (means.keys, ask.permission, found.key.role.as_deref()) {
+        (KeySource::Store(store), Some(_), Some(id)) => match store.get_role(id).await {
+            Ok(role) => role,
+            Err(e) => return out.fail("get_role", e),
+        },
+        _ => None,
     };
-    let mut decision = Decision { found: Some(found), refusal, ..Decision::default() };
-    if let Some(cost) = ask.cost {
-        charge(&mut decision, means, cost, now).await;
-    }
-    decision
-}
-
-/// Step 5: the token's shape, then the cache or the store.
-async fn find(means: &Means<'_>, token: &str, now: Moment) -> Result<Option<Arc<KeyLookup>>, StoreError> {
-    if !token::shape(token, &means.config.keys.brand).may_be_known() {
-        return Ok(None);
-    }
-    let hash = TokenHash::of(token);
-    match means.keys {
-        KeySource::Cached(app) => cached(app, &hash, now).await,
-        KeySource::Store(store) => Ok(store.key_by_hash(&hash).await?.map(Arc::new)),
+    out.refusal = admits(means, &found.key, ask, role.as_ref());
+    out.found = Some(found);
+    // 9. limits, quotas, credits
+    if let Some(cost) = &ask.cost {
+        charge(out, means, cost, now).await;
     }
 }
 
 /// The cache's answer, counted.
-async fn cached(app: &App, hash: &TokenHash, now: Moment) -> Result<Option<Arc<KeyLookup>>, StoreError> {
-    let answer = app.cache.resolve(hash, app.store.as_ref(), now.at).await;
+#[inline]
+fn counted(
+    app: &App,
+    answer: Result<(Option<Arc<KeyLookup>>, Origin), StoreError>,
+) -> Result<Option<Arc<KeyLookup>>, StoreError> {
     match &answer {
         Ok((_, Origin::Cache)) => app.metrics.cache_hits.inc(),
         Ok((_, Origin::Store)) | Err(_) => app.metrics.cache_misses.inc(),
@@ -184,23 +204,22 @@ async fn cached(app: &App, hash: &TokenHash, now: Moment) -> Result<Option<Arc<K
     answer.map(|(found, _)| found)
 }
 
-/// Steps 7 and 8: the caller's address and the permission.
-async fn admits(means: &Means<'_>, key: &ApiKey, ask: &Ask<'_>) -> Result<Option<GatewayError>, StoreError> {
+/// Steps 7 and 8: the caller's address and the permission, with the key's
+/// role as the store holds it when the store is the source.
+#[inline]
+fn admits(means: &Means<'_>, key: &ApiKey, ask: &Ask<'_>, stored_role: Option<&Role>) -> Option<GatewayError> {
     if ask.client_ip.is_some_and(|client| !ip::allowed(client, &key.allowed_ips)) {
-        return Ok(Some(GatewayError::IpBlocked));
+        return Some(GatewayError::IpBlocked);
     }
-    let Some(required) = ask.permission else { return Ok(None) };
+    let required = ask.permission?;
     let permitted = match means.keys {
         KeySource::Cached(app) => app.roles.permits(key, required),
-        KeySource::Store(store) => {
-            let role = match key.role.as_deref() {
-                Some(id) => store.get_role(id).await?,
-                None => None,
-            };
-            permissions::permits(key.permissions.iter().chain(role.iter().flat_map(|r| r.permissions.iter())), required)
+        KeySource::Store(_) => {
+            let of_role = stored_role.into_iter().flat_map(|r| r.permissions.iter());
+            permissions::permits(key.permissions.iter().chain(of_role), required)
         }
     };
-    Ok((!permitted).then(|| GatewayError::InsufficientPermissions { required: required.to_string() }))
+    (!permitted).then(|| GatewayError::InsufficientPermissions { required: required.to_string() })
 }
 
 /// The counters a key's charge names, kept while the charge borrows them.
@@ -211,6 +230,7 @@ struct Counters<'k> {
 }
 
 impl<'k> Counters<'k> {
+    #[inline]
     fn of(config: &Config, key: &'k ApiKey, route_limit: Option<(&str, u32)>) -> Counters<'k> {
         let subject = meter::subject_of(config.rate_limit.scope, key);
         let route = route_limit.map(|(pattern, limit)| (meter::route_counter_id(&subject, pattern), limit));
@@ -232,13 +252,13 @@ impl<'k> Counters<'k> {
 
 /// Step 9: the charge, or only a look at the windows when an earlier step
 /// refused. A charge is counted in usage, admitted or refused.
-async fn charge(out: &mut Decision, means: &Means<'_>, cost: Cost<'_>, now: Moment) {
+async fn charge(out: &mut Decision, means: &Means<'_>, cost: &Cost<'_>, now: Moment) {
     let (Some(found), Some(live)) = (out.found.as_ref(), means.live) else { return };
     let key = &found.key;
     let counters = Counters::of(means.config, key, cost.route_limit);
     let charge = counters.charge(means.config, key, cost.units);
     if out.refusal.is_some() {
-        out.metered = Some(meter::peek(live.limiter, &charge, now.unix_ms));
+        out.rate = meter::peek(live.limiter, &charge, now.unix_ms).view();
         return;
     }
     let metered = match meter::charge_ready(live.limiter, &charge, now.unix_ms) {
@@ -254,7 +274,7 @@ async fn charge(out: &mut Decision, means: &Means<'_>, cost: Cost<'_>, now: Mome
                 // Credits that cannot be read cannot be spent.
                 Err(e) => {
                     out.refusal = Some(GatewayError::StoreUnavailable);
-                    out.failure = Some(("credit_balance", e));
+                    out.failure = Some(Box::new(("credit_balance", e)));
                     return;
                 }
             }
@@ -269,7 +289,8 @@ async fn charge(out: &mut Decision, means: &Means<'_>, cost: Cost<'_>, now: Mome
         live.metrics.ratelimit_allowed.inc();
         live.usage.record(&key.key_id, &key.owner, now.unix());
     }
-    out.metered = Some(metered);
+    out.rate = metered.view();
+    out.credits = metered.credits;
 }
 
 /// The verdict a request of `units` by `key` would get now, taking

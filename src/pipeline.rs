@@ -26,7 +26,6 @@ use crate::policy::{cors, ip, path};
 use crate::proxy::headers;
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::{self, body::GuardedBody};
-use crate::ratelimit::meter::{Metered, RateView};
 use crate::ratelimit::RateHeaders;
 use crate::state::{App, Runtime};
 use crate::telemetry::RequestSpan;
@@ -73,10 +72,9 @@ enum RouteLabel {
 #[derive(Default)]
 struct Trace {
     route: RouteLabel,
-    /// The resolved key (for its id in the access log), shared, not copied.
-    key: Option<Arc<KeyLookup>>,
-    /// The rate-limit state to report in `X-RateLimit-*` headers.
-    rate: Option<RateView>,
+    /// What `decide` found: the key (for its id in the access log, shared,
+    /// not copied) and the limits to report in the rate-limit fields.
+    decision: Decision,
     /// Which upstream was asked, when, and when its answer came.
     upstream: Option<UpstreamTiming>,
     /// Set when the request was answered without a key (public route) or
@@ -128,28 +126,25 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     // be copied into each phase's future.)
     let (head, body) = req.into_parts();
     let mut cx = Ctx { app: &app, rt: &rt, head: &head, conn: &conn, arrived, trace: Trace::default() };
-    cx.trace = traced(&cx);
+    start_trace(&mut cx);
     let answer = respond(&mut cx, body).await;
     let reply = decorate(&mut cx, answer);
     record(&mut cx, reply)
 }
 
-/// A request's trace, started with what it carries (its id and trace
+/// Starts a request's trace with what it carries (its id and trace
 /// context) and, with `[tracing]`, its span. Out of line, so what it reads
-/// is not kept in every request's future.
-fn traced(cx: &Ctx<'_>) -> Trace {
+/// is not kept in every request's future; in place, so no trace is made
+/// twice.
+fn start_trace(cx: &mut Ctx<'_>) {
     let incoming = correlation::Incoming::of(&cx.head.headers);
-    let span = cx.app.telemetry.as_ref().map(|t| {
+    cx.trace.span = cx.app.telemetry.as_ref().map(|t| {
         // A caller's sampling decision is believed from a trusted proxy only.
         let believed = ip::believes_forwarded_for(cx.conn.peer.ip(), &cx.rt.config.server.trusted_proxies);
         Box::new(t.request_span(cx.arrived.system(), incoming.parent.as_ref(), incoming.state.as_ref(), believed))
     });
-    Trace {
-        request_id: Some(incoming.request_id),
-        span,
-        context: incoming.parent.map(|p| Box::new((p, incoming.state))),
-        ..Trace::default()
-    }
+    cx.trace.request_id = Some(incoming.request_id);
+    cx.trace.context = incoming.parent.map(|p| Box::new((p, incoming.state)));
 }
 
 /// Where a request goes.
@@ -240,14 +235,15 @@ async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLoo
         .ok_or(GatewayError::MissingKey)?;
     let cfg = &cx.rt.config;
     let client_ip = ip::client_ip(cx.conn.peer.ip(), &cx.head.headers, &cfg.server.trusted_proxies);
-    let ask = Ask::request(cfg, route, client_ip);
-    let decision = decide(&Means::node(cx.app, cfg), &credential.token, &ask, cx.arrived).await;
-    if let Some((operation, e)) = &decision.failure {
-        cx.app.note_store_error(operation, e);
+    let ask = Ask::request(cfg, route, client_ip, &credential.token);
+    decide(&Means::node(cx.app, cfg), &ask, cx.arrived, &mut cx.trace.decision).await;
+    cx.trace.note_span();
+    let decision = &mut cx.trace.decision;
+    if let Some(failure) = &decision.failure {
+        cx.app.note_store_error(failure.0, &failure.1);
     }
-    cx.trace.note(&decision);
-    match (decision.refusal, decision.found) {
-        (None, Some(found)) => Ok(found),
+    match (decision.refusal.take(), &decision.found) {
+        (None, Some(found)) => Ok(Arc::clone(found)),
         (refusal, _) => Err(refusal.unwrap_or(GatewayError::InvalidKey)),
     }
 }
@@ -354,7 +350,7 @@ fn decorate(cx: &mut Ctx<'_>, answer: Result<Reply, GatewayError>) -> Reply {
             reply.response.headers_mut().append(name, value);
         }
     }
-    if let Some(view) = cx.trace.rate {
+    if let Some(view) = cx.trace.decision.rate {
         let headers = RateHeaders { view, now_ms: cx.arrived.unix_ms, ietf: cx.rt.config.rate_limit.ietf_headers };
         reply.extra = headers.fields();
     }
@@ -410,7 +406,7 @@ fn whoami(cx: &Ctx<'_>, key: &ApiKey) -> Response<Body> {
         "permissions": app.roles.effective_permissions(key),
         "env": key.env.as_str(),
         "rateLimit": cfg.limit_for(key.rate_limit, key.plan.as_deref()),
-        "remaining": cx.trace.rate.as_ref().map(|r| r.decision.remaining),
+        "remaining": cx.trace.decision.rate.as_ref().map(|r| r.decision.remaining),
         "allowedIps": key.allowed_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "expiresAt": key.expires_at.map(clock::rfc3339),
     });
@@ -435,7 +431,7 @@ fn count_and_log(cx: &Ctx<'_>, status: StatusCode, elapsed: Duration) {
         status = status.as_u16(),
         outcome,
         code,
-        key_id = trace.key.as_ref().map_or("-", |k| k.key.key_id.as_str()),
+        key_id = trace.decision.found.as_ref().map_or("-", |k| k.key.key_id.as_str()),
         request_id = trace.request_id.as_ref().map_or("-", |id| id.as_str()),
         latency_us = elapsed.as_micros() as u64,
     );
@@ -462,7 +458,7 @@ fn end_span(span: RequestSpan, cx: &Ctx<'_>, status: StatusCode) {
         KeyValue::new("keygate.outcome", outcome),
         KeyValue::new("keygate.code", code),
     ];
-    if let Some(k) = &trace.key {
+    if let Some(k) = &trace.decision.found {
         attributes.push(KeyValue::new("keygate.key_id", k.key.key_id.clone()));
     }
     if let Some(id) = &trace.request_id {
@@ -476,19 +472,16 @@ fn end_span(span: RequestSpan, cx: &Ctx<'_>, status: StatusCode) {
 }
 
 impl Trace {
-    /// What a decision found, for the answer's fields, the access line and
-    /// the span's events.
-    fn note(&mut self, decision: &Decision) {
-        self.key = decision.found.clone();
-        self.rate = decision.metered.as_ref().and_then(Metered::view);
-        let Some(span) = self.span.as_mut() else { return };
+    /// The span's events of what `decide` found.
+    fn note_span(&mut self) {
+        let (Some(span), decision) = (self.span.as_mut(), &self.decision) else { return };
         if let Some(found) = &decision.found {
             let id = KeyValue::new("keygate.key_id", found.key.key_id.clone());
             span.event("key resolved", SystemTime::now(), vec![id]);
         }
-        if let (true, Some(metered), Some(view)) = (decision.charged, &decision.metered, self.rate.as_ref()) {
+        if let (true, Some(view)) = (decision.charged, decision.rate.as_ref()) {
             let attributes = vec![
-                KeyValue::new("keygate.ratelimit.allowed", metered.refused.is_none()),
+                KeyValue::new("keygate.ratelimit.allowed", decision.refusal.is_none()),
                 KeyValue::new("keygate.ratelimit.remaining", i64::from(view.decision.remaining)),
                 KeyValue::new("keygate.ratelimit.policy", view.policy.name()),
             ];

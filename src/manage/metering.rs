@@ -326,21 +326,20 @@ impl Manager<'_> {
             return Ok(Verification { verdict, limited: None, remaining: None });
         };
         let now_ms = clock::now_ms();
-        let metered = match decision.metered {
-            Some(m) => m,
-            None => {
-                let balance = match key.credits {
-                    Some(terms) => Some(self.credit_remaining(&key.key_id, &terms, now_ms).await?),
-                    None => None,
-                };
-                decide::verdict_now(self.config, live, &key, 1, balance)
-            }
+        let (limited, credits, rate) = if decision.charged {
+            (decision.refusal, decision.credits, decision.rate)
+        } else {
+            let balance = match key.credits {
+                Some(terms) => Some(self.credit_remaining(&key.key_id, &terms, now_ms).await?),
+                None => None,
+            };
+            let peek = decide::verdict_now(self.config, live, &key, 1, balance);
+            (crate::error::GatewayError::of_metered(&peek), peek.credits, peek.view())
         };
-        let limited = crate::error::GatewayError::of_metered(&metered);
-        let remaining = match (key.credits, metered.credits) {
+        let remaining = match (key.credits, credits) {
             (Some(_), Some(c)) => Some(c.remaining),
             (Some(terms), None) => Some(self.credit_remaining(&key.key_id, &terms, now_ms).await?.0),
-            (None, _) => metered.view().map(|v| i64::from(v.decision.remaining)),
+            (None, _) => rate.map(|v| i64::from(v.decision.remaining)),
         };
         Ok(Verification { verdict, limited, remaining })
     }

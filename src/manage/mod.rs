@@ -488,9 +488,11 @@ impl Manager<'_> {
         let means = Means { config: self.config, keys: KeySource::Store(self.store), live: self.meter, ledger: self.store };
         let on_redis_error = self.config.rate_limit.on_redis_error;
         let cost = cost.map(|units| Cost { units, route_limit: None, on_redis_error });
-        let decision = decide::decide(&means, token_text, &Ask { permission, client_ip: None, cost }, Moment::now()).await;
-        if let Some((_, e)) = decision.failure {
-            return Err(ManageError::Store(e));
+        let mut decision = Decision::default();
+        let ask = Ask { token: token_text, permission, client_ip: None, cost };
+        decide::decide(&means, &ask, Moment::now(), &mut decision).await;
+        if let Some(failure) = decision.failure {
+            return Err(ManageError::Store(failure.1));
         }
         let Some(found) = &decision.found else {
             let unknown = Verdict { refusal: Some(GatewayError::InvalidKey.code()), key: None, permissions: Vec::new() };
@@ -503,7 +505,7 @@ impl Manager<'_> {
             }
         }
         // A limit's refusal is the verify API's `limited`, not the verdict's.
-        let limited = decision.metered.as_ref().is_some_and(|m| m.refused.is_some());
+        let limited = decision.charged && decision.refusal.is_some();
         let refusal = decision.refusal.as_ref().filter(|_| !limited).map(GatewayError::code);
         Ok((Verdict { refusal, key: Some(found.key.clone()), permissions: dedup(permissions) }, decision))
     }

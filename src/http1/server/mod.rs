@@ -126,7 +126,6 @@ where
         first = false;
         conn.served = true;
         let how = Answering {
-            spellings: conn.limits.spellings,
             version: head.request.version(),
             head_only: head.request.method() == Method::HEAD,
             keep_alive: head.keep_alive,
@@ -264,7 +263,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
 
     /// Writes the response; `Ok(true)` if the connection stays open.
     async fn respond(&mut self, reply: Reply, how: Answering) -> std::io::Result<bool> {
-        let mut sink = ClientSink { io: &mut self.io, deadline: &mut self.deadline, limit: self.limits.idle_timeout };
+        let mut sink = ClientSink { io: &mut self.io, deadline: &mut self.deadline, limits: &self.limits };
         write::response(&mut sink, &mut self.out, reply, how).await
     }
 
@@ -277,8 +276,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         };
         let resp = (self.limits.refusal)(status, error.to_string());
         tracing::debug!(error = %error, "request head refused");
-        let how =
-            Answering { spellings: self.limits.spellings, version: http::Version::HTTP_11, head_only: false, keep_alive: false };
+        let how = Answering { version: http::Version::HTTP_11, head_only: false, keep_alive: false };
         let _ = self.respond(resp.into(), how).await;
     }
 
@@ -332,7 +330,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
 struct ClientSink<'a, I> {
     io: &'a mut I,
     deadline: &'a mut Deadline,
-    limit: Duration,
+    /// Its idle timeout bounds each write; its spellings name the fields.
+    limits: &'a Limits,
 }
 
 impl<I: AsyncWrite + Unpin + Send> Sink for ClientSink<'_, I> {
@@ -340,7 +339,7 @@ impl<I: AsyncWrite + Unpin + Send> Sink for ClientSink<'_, I> {
         let io = &mut *self.io;
         let written = self
             .deadline
-            .bound(self.limit, |cx| {
+            .bound(self.limits.idle_timeout, |cx| {
                 while !data.is_empty() {
                     match Pin::new(&mut *io).poll_write(cx, data) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
@@ -353,6 +352,10 @@ impl<I: AsyncWrite + Unpin + Send> Sink for ClientSink<'_, I> {
             })
             .await;
         written.map_err(|Expired| std::io::Error::new(std::io::ErrorKind::TimedOut, "the client did not read its response"))?
+    }
+
+    fn spellings(&self) -> &'static [&'static str] {
+        self.limits.spellings
     }
 }
 

@@ -32,8 +32,6 @@ enum Wire {
 /// What the request says about how to answer it.
 #[derive(Debug, Clone, Copy)]
 pub struct Answering {
-    /// How the caller spells its own field names (see `spelled`).
-    pub spellings: &'static [&'static str],
     pub version: Version,
     pub head_only: bool,
     /// Whether the connection may carry another request after this one.
@@ -44,6 +42,10 @@ pub struct Answering {
 pub trait Sink {
     /// Writes all of `data` (and flushes it).
     fn send(&mut self, data: &[u8]) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// How the caller spells its own field names (see `spelled`).
+    fn spellings(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Writes `resp` through `sink`, gathering into `out`. Returns whether the
@@ -51,7 +53,7 @@ pub trait Sink {
 pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, how: Answering) -> std::io::Result<bool> {
     let (parts, mut body) = reply.response.into_parts();
     out.clear();
-    let extra = Extra { upstream: &reply.upstream, fields: &reply.extra };
+    let extra = Extra { upstream: &reply.upstream, fields: &reply.extra, spellings: sink.spellings() };
     let (wire, keep_alive) = encode_head(out, &parts, extra, body.size_hint().exact(), how);
     if wire == Wire::None {
         sink.send(out).await?;
@@ -133,6 +135,7 @@ pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, ho
 struct Extra<'a> {
     upstream: &'a HeaderLines,
     fields: &'a Fields,
+    spellings: &'static [&'static str],
 }
 
 /// The status line and header fields; returns the body's wire framing and
@@ -152,7 +155,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, extra: Extra<'_>, exact: Option
             continue;
         }
         let mut buf = [0u8; 64];
-        write_line(out, spelled(name.as_str(), how.spellings, &mut buf), value.as_bytes());
+        write_line(out, spelled(name.as_str(), extra.spellings, &mut buf), value.as_bytes());
     }
     out.extend_from_slice(extra.upstream.text());
     extra.fields.write_lines(out);
@@ -231,7 +234,7 @@ mod tests {
         (String::from_utf8(sink.0).unwrap(), keep)
     }
 
-    const HTTP11: Answering = Answering { spellings: &[], version: Version::HTTP_11, head_only: false, keep_alive: true };
+    const HTTP11: Answering = Answering { version: Version::HTTP_11, head_only: false, keep_alive: true };
 
     #[tokio::test]
     async fn known_sizes_get_a_length_and_unknown_ones_are_chunked() {
