@@ -21,14 +21,15 @@ pub enum Source {
     Query,
 }
 
-/// A presented token.
+/// A presented token, borrowed from the request where it stands as sent
+/// (no copy per request), decoded where it does not (Basic, query).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credential {
-    pub token: String,
+pub struct Credential<'a> {
+    pub token: Cow<'a, str>,
     pub source: Source,
 }
 
-impl std::fmt::Debug for Credential {
+impl std::fmt::Debug for Credential<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential").field("source", &self.source).finish_non_exhaustive()
     }
@@ -56,8 +57,11 @@ fn decode_basic(value: &str) -> Result<String, CredentialError> {
 
 /// Splits `Scheme rest` case-insensitively on the scheme.
 fn scheme<'a>(value: &'a str, name: &str) -> Option<&'a str> {
-    let (s, rest) = value.split_once(' ')?;
-    s.eq_ignore_ascii_case(name).then(|| rest.trim())
+    // `split_once(' ')` compared to `name`, as bytes: `name` holds no
+    // space, so its length is where the first space must be.
+    let bytes = value.as_bytes();
+    let named = bytes.get(name.len()) == Some(&b' ') && bytes[..name.len()].eq_ignore_ascii_case(name.as_bytes());
+    named.then(|| value.get(name.len() + 1..)).flatten().map(str::trim)
 }
 
 /// Every `api_token` value in a query string.
@@ -156,7 +160,7 @@ fn names_api_token(name: &str) -> bool {
 /// Every place is read (a malformed one is an error even when another
 /// holds a key); the places must agree. The first found, in the order
 /// Bearer, `X-API-Key`, Basic, query, is the one returned.
-pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credential>, CredentialError> {
+pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option<Credential<'a>>, CredentialError> {
     let mut found = Found::default();
     let mut basic = Vec::new();
     for value in headers.get_all(AUTHORIZATION) {
@@ -165,7 +169,7 @@ pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Creden
             if token.is_empty() {
                 return Err(CredentialError::Malformed("the Bearer token is empty"));
             }
-            found.add(token, Source::Bearer);
+            found.add(Cow::Borrowed(token), Source::Bearer);
         } else if let Some(encoded) = scheme(value, "Basic") {
             basic.push(decode_basic(encoded)?);
         } else {
@@ -177,14 +181,14 @@ pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Creden
         if token.is_empty() {
             return Err(CredentialError::Malformed("the X-API-Key header is empty"));
         }
-        found.add(token, Source::ApiKeyHeader);
+        found.add(Cow::Borrowed(token), Source::ApiKeyHeader);
     }
-    for token in &basic {
-        found.add(token, Source::Basic);
+    for token in basic {
+        found.add(Cow::Owned(token), Source::Basic);
     }
     if let Some(q) = query {
         for token in query_tokens(q) {
-            found.add(&token, Source::Query);
+            found.add(Cow::Owned(token), Source::Query);
         }
     }
     if found.ambiguous {
@@ -196,16 +200,16 @@ pub fn extract(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Creden
 /// The first credential found, and whether another one differed from it.
 /// (Only the first token is copied: a request carries one key, once.)
 #[derive(Default)]
-struct Found {
-    first: Option<Credential>,
+struct Found<'a> {
+    first: Option<Credential<'a>>,
     ambiguous: bool,
 }
 
-impl Found {
-    fn add(&mut self, token: &str, source: Source) {
+impl<'a> Found<'a> {
+    fn add(&mut self, token: Cow<'a, str>, source: Source) {
         match &self.first {
             Some(first) => self.ambiguous |= first.token != token,
-            None => self.first = Some(Credential { token: token.to_string(), source }),
+            None => self.first = Some(Credential { token, source }),
         }
     }
 }
@@ -228,17 +232,32 @@ mod tests {
     }
 
     #[test]
+    fn the_scheme_is_read_as_a_split_at_the_first_space() {
+        fn split(v: &str) -> Option<&str> {
+            v.split_once(' ').and_then(|(s, rest)| s.eq_ignore_ascii_case("Bearer").then(|| rest.trim()))
+        }
+        for v in ["Bearer x", "bearer  x ", "Bearer", "Bearer ", "Bearerx y", " Bearer x", "Basic x", "BEARER\tx", "Bear x", ""] {
+            assert_eq!(scheme(v, "Bearer"), split(v), "{v:?}");
+        }
+    }
+
+    #[test]
     fn each_place() {
-        let c = extract(&headers(&[("authorization", "Bearer tok1")]), None).unwrap().unwrap();
-        assert_eq!((c.token.as_str(), c.source), ("tok1", Source::Bearer));
-        let c = extract(&headers(&[("authorization", "bearer tok1")]), None).unwrap().unwrap();
+        let h = headers(&[("authorization", "Bearer tok1")]);
+        let c = extract(&h, None).unwrap().unwrap();
+        assert_eq!((&*c.token, c.source), ("tok1", Source::Bearer));
+        let h = headers(&[("authorization", "bearer tok1")]);
+        let c = extract(&h, None).unwrap().unwrap();
         assert_eq!(c.token, "tok1");
-        let c = extract(&headers(&[("x-api-key", "tok2")]), None).unwrap().unwrap();
-        assert_eq!((c.token.as_str(), c.source), ("tok2", Source::ApiKeyHeader));
-        let c = extract(&headers(&[("authorization", &basic("mail2many:tok3"))]), None).unwrap().unwrap();
-        assert_eq!((c.token.as_str(), c.source), ("tok3", Source::Basic));
-        let c = extract(&HeaderMap::new(), Some("a=1&api_token=tok4")).unwrap().unwrap();
-        assert_eq!((c.token.as_str(), c.source), ("tok4", Source::Query));
+        let h = headers(&[("x-api-key", "tok2")]);
+        let c = extract(&h, None).unwrap().unwrap();
+        assert_eq!((&*c.token, c.source), ("tok2", Source::ApiKeyHeader));
+        let h = headers(&[("authorization", &basic("mail2many:tok3"))]);
+        let c = extract(&h, None).unwrap().unwrap();
+        assert_eq!((&*c.token, c.source), ("tok3", Source::Basic));
+        let h = HeaderMap::new();
+        let c = extract(&h, Some("a=1&api_token=tok4")).unwrap().unwrap();
+        assert_eq!((&*c.token, c.source), ("tok4", Source::Query));
         assert_eq!(extract(&HeaderMap::new(), Some("a=1")), Ok(None));
     }
 
