@@ -336,7 +336,9 @@ async fn the_verify_api_and_a_request_decide_alike() {
 /// the same commit with a measurement that says why.
 #[tokio::test]
 async fn the_request_future_stays_within_its_bound() {
-    const BOUND: usize = 3_200;
+    // 3,176 bytes today: room for a field or two, not for a rare path
+    // left unboxed (the upstream connect alone adds about 250).
+    const BOUND: usize = 3_328;
     let f = fixture().await;
     let conn = ConnInfo::new("127.0.0.1:40000".parse().unwrap(), false, 0);
     let future = handle(Arc::clone(&f.app), get("/").body(crate::body::empty()).unwrap(), conn);
