@@ -176,6 +176,8 @@ async fn refusals_before_a_key_is_found_own_their_status_and_code() {
     for (req, status, code) in cases {
         let a = f.send(req).await;
         assert_eq!((a.status.as_u16(), a.code().as_str()), (status, code), "{}", a.body);
+        assert_eq!(a.header("www-authenticate"), (code == "missing_key").then_some("Bearer"), "{code}");
+        assert!(a.body.contains(r#""requestId":""#), "every refusal names the request: {}", a.body);
     }
 }
 
