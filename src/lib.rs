@@ -22,6 +22,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http1;
 pub mod keys;
+pub mod leaks;
 pub mod manage;
 pub mod metrics;
 pub mod pipeline;

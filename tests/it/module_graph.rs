@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// From the ground up. See docs/architecture.md for what each floor is.
 const FLOORS: &[(&str, &[&str])] = &[
     ("ground", &["body", "clock", "correlation", "credentials", "envelope", "http1", "metrics", "policy", "tls"]),
-    ("model", &["keys", "config"]),
+    ("model", &["keys", "config", "leaks"]),
     ("storage", &["store"]),
     ("node", &["cache", "ratelimit"]),
     ("answers", &["error", "proxy", "telemetry"]),
