@@ -105,6 +105,60 @@ fn p256_point(pem: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// What secret scanners are given to find keygate's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesFormat {
+    /// The text to send GitHub when enrolling in its partner program.
+    Github,
+    /// A gitleaks rule (TOML).
+    Gitleaks,
+    /// A TruffleHog custom detector (YAML).
+    Trufflehog,
+}
+
+impl RulesFormat {
+    /// `github`, `gitleaks` or `trufflehog`.
+    pub fn parse(name: &str) -> Option<RulesFormat> {
+        match name {
+            "github" => Some(RulesFormat::Github),
+            "gitleaks" => Some(RulesFormat::Gitleaks),
+            "trufflehog" => Some(RulesFormat::Trufflehog),
+            _ => None,
+        }
+    }
+}
+
+/// The pattern of a generated token of `brand` (1 to 16 ASCII letters or
+/// digits, as config validation has it): `{brand}_live_` or
+/// `{brand}_test_` and 40 base62 characters, not inside a longer word. A
+/// pattern cannot check the CRC32 in the last six characters; keygate does
+/// when a report arrives, and labels a match with a bad checksum a false
+/// positive.
+pub fn token_pattern(brand: &str) -> String {
+    format!(r"\b{brand}_(?:live|test)_[0-9A-Za-z]{{{}}}\b", crate::keys::token::RANDOM_LEN)
+}
+
+/// The rules for `format`, for tokens of `brand`.
+pub fn scanner_rules(brand: &str, format: RulesFormat) -> String {
+    let pattern = token_pattern(brand);
+    let (live, test) = (format!("{brand}_live_"), format!("{brand}_test_"));
+    let name = format!("{brand} API key (keygate)");
+    match format {
+        RulesFormat::Github => format!(
+            "Secret type: {brand}_api_key\nName: {name}\nPattern: {pattern}\n\
+             Structure: the prefix {live} or {test}, 34 random base62 characters, \
+             then a CRC32 of them as 6 base62 characters\n"
+        ),
+        RulesFormat::Gitleaks => format!(
+            "[[rules]]\nid = \"{brand}-api-key\"\ndescription = \"{name}\"\nregex = '''{pattern}'''\n\
+             keywords = [\"{live}\", \"{test}\"]\n"
+        ),
+        RulesFormat::Trufflehog => format!(
+            "detectors:\n  - name: {name}\n    keywords:\n      - {live}\n      - {test}\n    regex:\n      token: '{pattern}'\n"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +229,31 @@ mod tests {
         let many: Vec<(String, &str)> = (0..65).map(|i| (format!("k{i}"), DOC_KEY)).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(id, k)| (id.as_str(), *k)).collect();
         assert!(SigningKeys::parse(&list(&many)).is_err());
+    }
+
+    #[test]
+    fn scanner_patterns_find_generated_tokens_and_miss_look_alikes() {
+        use crate::keys::model::Env;
+        use crate::keys::token::generate;
+        let pattern = regex::Regex::new(&token_pattern("kg")).unwrap();
+        for env in [Env::Live, Env::Test] {
+            let token = generate("kg", env);
+            let line = format!("export KEYGATE_KEY=\"{token}\" # leaked");
+            assert_eq!(pattern.find(&line).map(|m| m.as_str()), Some(token.as_str()));
+            let other_brand = generate("zz", env);
+            assert!(!pattern.is_match(&other_brand), "{other_brand}");
+            assert!(!pattern.is_match(&token[..token.len() - 1]), "one character short");
+            assert!(!pattern.is_match(&format!("{token}x")), "inside a longer word");
+            assert!(!pattern.is_match(&format!("x{token}")), "inside a longer word");
+        }
+        assert!(!pattern.is_match(&format!("kg_prod_{}", "a".repeat(40))), "another environment");
+        for format in [RulesFormat::Github, RulesFormat::Gitleaks, RulesFormat::Trufflehog] {
+            let rules = scanner_rules("kg", format);
+            assert!(rules.contains(&token_pattern("kg")), "{format:?} carries the pattern: {rules}");
+        }
+        let gitleaks: toml::Value = toml::from_str(&scanner_rules("kg", RulesFormat::Gitleaks)).unwrap();
+        assert_eq!(gitleaks["rules"][0]["regex"].as_str(), Some(token_pattern("kg").as_str()));
+        assert_eq!(RulesFormat::parse("gitleaks"), Some(RulesFormat::Gitleaks));
+        assert_eq!(RulesFormat::parse("semgrep"), None);
     }
 }

@@ -67,6 +67,11 @@ pub enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Leaked keys.
+    Leaks {
+        #[command(subcommand)]
+        command: LeaksCommand,
+    },
     /// Show the audit log of management changes, newest first.
     AuditLog {
         /// Only entries about this key or role id.
@@ -97,6 +102,18 @@ pub enum AdminTokenCommand {
     },
 }
 
+/// `keygate leaks ...`.
+#[derive(Debug, Subcommand)]
+pub enum LeaksCommand {
+    /// Print the rules secret scanners find this gateway's tokens by: the
+    /// text to enrol with GitHub's partner program, a gitleaks rule, or a
+    /// TruffleHog custom detector.
+    Rules {
+        #[arg(long, value_parser = ["github", "gitleaks", "trufflehog"])]
+        format: String,
+    },
+}
+
 /// `keygate config ...`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -111,6 +128,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo => serve::serve(&cli.config, true).await,
         Command::Config { command: ConfigCommand::Check } => check_config(&cli.config),
         Command::Health { ready } => health(&cli.config, ready).await,
+        Command::Leaks { command: LeaksCommand::Rules { format } } => leak_rules(&cli.config, &format),
         Command::AdminToken { command: AdminTokenCommand::New { name, scopes, json } } => new_admin_token(&name, &scopes, json),
         Command::Keys { command } => match open(&cli.config).await {
             Ok((config, store)) => {
@@ -211,6 +229,17 @@ fn new_admin_token(name: &str, scopes: &[String], json: bool) -> Result<(), Fail
     } else {
         println!("token (shown once; keep it in a secret store): {token}\n\nadd to the config, then reload (SIGHUP):\n\n{block}");
     }
+    Ok(())
+}
+
+/// `keygate leaks rules`: the scanner rules for the config's brand.
+fn leak_rules(path: &std::path::Path, format: &str) -> Result<(), Failure> {
+    let config = Config::load(path).map_err(Failure::config)?;
+    // clap already holds --format to the three names.
+    let unknown =
+        || Failure { message: format!("--format: unknown format `{format}`"), code: "invalid_request", json: false, exit: 2 };
+    let format = crate::leaks::RulesFormat::parse(format).ok_or_else(unknown)?;
+    print!("{}", crate::leaks::scanner_rules(&config.keys.brand, format));
     Ok(())
 }
 

@@ -209,3 +209,21 @@ async fn health_asks_the_running_gateway() {
     }
     drop(gw);
 }
+
+#[test]
+fn leak_rules_find_the_gateway_s_own_tokens_in_each_scanner_s_format() {
+    let s = setup();
+    let token = s.cli_json(&["keys", "create", "--name", "leaky"])["apiKey"].as_str().unwrap().to_string();
+    let out = s.cli(&["leaks", "rules", "--format", "gitleaks"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rules: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let pattern = regex::Regex::new(rules["rules"][0]["regex"].as_str().unwrap()).unwrap();
+    assert!(pattern.is_match(&format!("token = \"{token}\"")), "gitleaks' rule misses {token}");
+    for format in ["github", "trufflehog"] {
+        let out = s.cli(&["leaks", "rules", "--format", format]);
+        assert!(out.status.success());
+        assert!(String::from_utf8(out.stdout).unwrap().contains(pattern.as_str()), "{format} carries the same pattern");
+    }
+    let out = s.cli(&["leaks", "rules", "--format", "semgrep"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown format is a usage error");
+}
