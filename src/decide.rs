@@ -127,6 +127,9 @@ pub struct Decision {
     /// Whether the limits were charged (not only looked at): then a
     /// refusal is theirs.
     pub charged: bool,
+    /// The key's role as the store holds it, when the store is the source
+    /// (the verify API lists its permissions; boxed: requests never read it).
+    pub role: Option<Box<Role>>,
     /// The store call that failed, when the refusal is `store_unavailable`
     /// (boxed: rare, and every decision would carry it).
     pub failure: Option<Box<(&'static str, StoreError)>>,
@@ -164,22 +167,24 @@ pub async fn decide(means: &Means<'_>, ask: &Ask<'_>, now: Moment, out: &mut Dec
         Err(e) => return out.fail("key_by_hash", e),
     };
     // 6. status, expiry, environment
-    match GatewayError::of_state(found.state(now.unix(), means.config.server.environment)) {
+    let state = GatewayError::of_state(found.state(now.unix(), means.config.server.environment));
+    if let Some(GatewayError::InvalidKey) = state {
         // A rotated-out secret past its grace is as unknown as any other.
-        Some(GatewayError::InvalidKey) => return out.refuse(None, GatewayError::InvalidKey),
-        Some(refusal) => return out.refuse(Some(found), refusal),
-        None => {}
+        return out.refuse(None, GatewayError::InvalidKey);
     }
-    // 7, 8. the address and the permission; read from the store, the
-    // key's role is read now (the node's caches hold every role)
-    let role = match (means.keys, ask.permission, found.key.role.as_deref()) {
-        (KeySource::Store(store), Some(_), Some(id)) => match store.get_role(id).await {
-            Ok(role) => role,
+    // From the store, the role is read once, for the permission and the
+    // verify API's list alike (the node's caches hold every role).
+    if let (KeySource::Store(store), Some(id)) = (means.keys, found.key.role.as_deref()) {
+        match store.get_role(id).await {
+            Ok(role) => out.role = role.map(Box::new),
             Err(e) => return out.fail("get_role", e),
-        },
-        _ => None,
-    };
-    out.refusal = admits(means, &found.key, ask, role.as_ref());
+        }
+    }
+    if let Some(refusal) = state {
+        return out.refuse(Some(found), refusal);
+    }
+    // 7, 8. the address and the permission
+    out.refusal = admits(means, &found.key, ask, out.role.as_deref());
     out.found = Some(found);
     // 9. limits, quotas, credits
     if let Some(cost) = &ask.cost {

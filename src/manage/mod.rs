@@ -499,10 +499,8 @@ impl Manager<'_> {
             return Ok((unknown, decision));
         };
         let mut permissions = found.key.permissions.clone();
-        if let Some(role) = &found.key.role {
-            if let Some(r) = self.store.get_role(role).await.map_err(ManageError::Store)? {
-                permissions.extend(r.permissions);
-            }
+        if let Some(role) = &decision.role {
+            permissions.extend(role.permissions.iter().cloned());
         }
         // A limit's refusal is the verify API's `limited`, not the verdict's.
         let limited = decision.charged && decision.refusal.is_some();
