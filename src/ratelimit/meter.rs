@@ -232,22 +232,6 @@ fn local_calendar(
     out.windows_done(charge)
 }
 
-/// Charges a request: admitted only if every window and the credits have
-/// room for its cost, and then taken from all of them.
-pub async fn charge(
-    limiter: &Limiter,
-    credits: (&Credits, &dyn CreditLedger),
-    charge: &Charge<'_>,
-    now_ms: i64,
-    on_error: RedisErrorPolicy,
-    metrics: &Metrics,
-) -> Result<Metered, StoreError> {
-    match charge_ready(limiter, charge, now_ms) {
-        Progress::Done(m) => Ok(m),
-        Progress::Wait(m, from) => charge_rest(limiter, credits, charge, (m, from), now_ms, on_error, metrics).await,
-    }
-}
-
 /// The rest of a charge [`charge_ready`] could not finish: from window
 /// `from` on (`usize::MAX`: the windows are done), then the credits.
 pub async fn charge_rest(
@@ -334,6 +318,21 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
 
     const T0: i64 = 1_700_000_040_000;
+
+    /// A whole charge, as `decide` makes it (there with the rest boxed).
+    async fn charge(
+        limiter: &Limiter,
+        credits: (&Credits, &dyn CreditLedger),
+        charge: &Charge<'_>,
+        now_ms: i64,
+        on_error: RedisErrorPolicy,
+        metrics: &Metrics,
+    ) -> Result<Metered, StoreError> {
+        match charge_ready(limiter, charge, now_ms) {
+            Progress::Done(m) => Ok(m),
+            Progress::Wait(m, from) => charge_rest(limiter, credits, charge, (m, from), now_ms, on_error, metrics).await,
+        }
+    }
 
     fn charge_of(quota: Quota, route: Option<(&'static str, u32)>, cost: u32) -> Charge<'static> {
         Charge {
