@@ -29,8 +29,14 @@ pub enum ReadError {
     Failed(String),
 }
 
-/// Reads a whole body of at most `max` bytes (admin requests).
-pub async fn read_to_bytes(mut body: Body, max: usize) -> Result<Bytes, ReadError> {
+/// Reads a whole body of at most `max` bytes (admin requests, answers to
+/// keygate's own calls). Frame by frame rather than through `Limited`,
+/// whose error conversion keeps a caller's future from being provably `Send`.
+pub async fn read_to_bytes<B>(mut body: B, max: usize) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;

@@ -52,6 +52,10 @@ pub enum GatewayError {
     StoreUnavailable,
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
+    /// A signed report (a leak report) whose signature is missing, names
+    /// an unknown key or does not verify over the body as received.
+    #[error("{0}")]
+    BadSignature(String),
 }
 
 impl GatewayError {
@@ -84,7 +88,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BadRequest(_) => StatusCode::BAD_REQUEST,
-            MissingKey | InvalidKey | KeyDisabled | KeyExpired | WrongEnvironment | AmbiguousCredentials => {
+            MissingKey | InvalidKey | KeyDisabled | KeyExpired | WrongEnvironment | AmbiguousCredentials | BadSignature(_) => {
                 StatusCode::UNAUTHORIZED
             }
             IpBlocked | InsufficientPermissions { .. } | CorsRefused(_) => StatusCode::FORBIDDEN,
@@ -121,6 +125,7 @@ impl GatewayError {
             UpstreamUnavailable => "upstream_unavailable",
             StoreUnavailable => "store_unavailable",
             UpstreamTimeout => "upstream_timeout",
+            BadSignature(_) => "invalid_signature",
         }
     }
 
@@ -207,6 +212,7 @@ mod tests {
             GatewayError::UpstreamUnavailable,
             GatewayError::StoreUnavailable,
             GatewayError::UpstreamTimeout,
+            GatewayError::BadSignature("x".into()),
         ];
         for e in all {
             let r = e.to_response();

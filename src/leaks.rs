@@ -69,6 +69,11 @@ impl SigningKeys {
         Ok(SigningKeys { keys })
     }
 
+    /// Whether the list holds no key at all.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// Whether a key by this identifier is known (an unknown one is worth
     /// one fetch of the list: GitHub may have rotated).
     pub fn knows(&self, key_id: &str) -> bool {

@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod scanning;
 pub mod server;
 pub mod state;
 pub mod store;

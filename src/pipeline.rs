@@ -64,6 +64,7 @@ enum RouteLabel {
     #[default]
     None,
     Whoami,
+    LeakReport,
     Route(usize),
 }
 
@@ -152,6 +153,8 @@ enum Routed<'r> {
     /// keygate answered it: a browser's preflight (rare: boxed).
     Answered(Box<Reply>),
     Whoami,
+    /// A leak report from GitHub's secret scanning (`[leaks.github]`).
+    LeakReport,
     Upstream(Target<'r>),
 }
 
@@ -169,6 +172,8 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
             let found = authorise(cx, None).await?;
             Ok(whoami(cx, &found.key).into())
         }
+        // Boxed: rare, and its future would otherwise be every request's.
+        Routed::LeakReport => Box::pin(leak_report(cx, body)).await,
         Routed::Upstream(target) => {
             check_declared_length(&body, &cx.rt.config)?;
             if target.route.public {
@@ -196,6 +201,11 @@ fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
         cx.trace.route = RouteLabel::Whoami;
         cx.trace.served_as = Some("whoami");
         return Ok(Routed::Whoami);
+    }
+    if cfg.leaks.github.as_ref().is_some_and(|g| g.path == path) && cx.head.method == Method::POST {
+        cx.trace.route = RouteLabel::LeakReport;
+        cx.trace.served_as = Some("leak_report");
+        return Ok(Routed::LeakReport);
     }
     let (index, route) = cfg.routes.find(&cx.head.method, &path).ok_or(GatewayError::NoRoute)?;
     cx.trace.route = RouteLabel::Route(index);
@@ -246,6 +256,25 @@ async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLoo
         (None, Some(found)) => Ok(Arc::clone(found)),
         (refusal, _) => Err(refusal.unwrap_or(GatewayError::InvalidKey)),
     }
+}
+
+/// The largest leak report read, and the longest it may take to arrive.
+const MAX_REPORT_BYTES: u64 = 8 << 20;
+const REPORT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A report GitHub posted of tokens it found in public code: read whole,
+/// its signature checked over the bytes as received, then handled as
+/// every leak report is ([`crate::manage::Manager::report_leaks`]).
+async fn leak_report(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
+    let cfg = &cx.rt.config;
+    let (Some(github), Some(keys)) = (cfg.leaks.github.as_ref(), cx.rt.github.as_ref()) else {
+        return Err(GatewayError::NoRoute);
+    };
+    let max = MAX_REPORT_BYTES.min(cfg.server.max_body_bytes);
+    let bytes = proxy::read_whole(body, max, cfg.server.body_read_timeout, REPORT_READ_TIMEOUT).await?;
+    let manager = crate::manage::Manager::new(cx.app.store.as_ref(), cfg, "github-secret-scanning");
+    let feedback = crate::manage::answer_github(&manager, keys, &cx.head.headers, &bytes, github.on_leak).await?;
+    Ok(json_response(StatusCode::OK, &feedback).into())
 }
 
 /// Refuses up front a body whose declared length is over the cap. Both
@@ -442,6 +471,7 @@ fn route_label<'a>(rt: &'a Runtime, trace: &Trace) -> &'a str {
     match trace.route {
         RouteLabel::None => "(none)",
         RouteLabel::Whoami => WHOAMI_PATH,
+        RouteLabel::LeakReport => rt.config.leaks.github.as_ref().map_or("(none)", |g| g.path.as_str()),
         RouteLabel::Route(i) => rt.config.routes.routes().get(i).map_or("(none)", |r| r.pattern.as_str()),
     }
 }
@@ -494,6 +524,7 @@ impl Trace {
         match self.route {
             RouteLabel::None => usize::MAX,
             RouteLabel::Whoami => usize::MAX - 1,
+            RouteLabel::LeakReport => usize::MAX - 2,
             RouteLabel::Route(i) => i,
         }
     }

@@ -33,6 +33,8 @@ pub struct Runtime {
     request_counters: DashMap<(usize, u16, usize, usize), IntCounter, FastHash>,
     /// Upstream latency histograms by upstream index.
     upstream_histograms: Vec<Histogram>,
+    /// GitHub's signing keys, with `[leaks.github]`.
+    pub github: Option<crate::scanning::GithubKeys>,
 }
 
 impl Runtime {
@@ -41,7 +43,8 @@ impl Runtime {
         let forwarder = Forwarder::new(&config.upstreams, config.server.workers, metrics);
         let upstream_histograms =
             config.upstreams.iter().map(|u| metrics.upstream_latency.with_label_values(&[u.name.as_str()])).collect();
-        Runtime { config, forwarder, request_counters: DashMap::default(), upstream_histograms }
+        let github = config.leaks.github.as_ref().map(crate::scanning::GithubKeys::new);
+        Runtime { config, forwarder, request_counters: DashMap::default(), upstream_histograms, github }
     }
 
     /// Counts one request; `route` is the label for a key seen the first time.
@@ -190,7 +193,7 @@ impl App {
         if config.server.listen != old.config.server.listen || config.admin.listen != old.config.admin.listen {
             tracing::warn!("listen addresses changed in the config: they take effect at the next restart");
         }
-        if config.tracing.as_ref().map(|t| &t.endpoint) != old.config.tracing.as_ref().map(|t| &t.endpoint) {
+        if config.tracing.as_ref().map(|t| &t.collector.uri) != old.config.tracing.as_ref().map(|t| &t.collector.uri) {
             tracing::warn!("[tracing] changed in the config: it takes effect at the next restart");
         }
         if config.log_format != old.config.log_format {

@@ -7,12 +7,10 @@
 
 use crate::config::TracingConfig;
 use crate::correlation::TraceParent;
-use crate::http1::FieldLines;
-use crate::http1::RequestHead;
-use crate::http1::{Pool, Target};
+use crate::http1::Pool;
+use crate::proxy::call::Call;
 use bytes::Bytes;
-use http::{HeaderValue, Method};
-use http_body_util::BodyExt;
+use http::HeaderValue;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
 };
@@ -44,15 +42,11 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     /// Starts exporting to `cfg.endpoint`; exports run on `runtime`.
     pub fn start(cfg: &TracingConfig, runtime: tokio::runtime::Handle) -> Result<Telemetry, String> {
-        let mut target = Target::new(&cfg.authority, Duration::from_secs(5));
-        if let Some(tls) = &cfg.tls {
-            target = target.with_tls(tls.clone());
-        }
-        let client = Collector { pool: Pool::new(target), runtime };
+        let client = Collector { pool: crate::proxy::call::pool(&cfg.collector, Duration::from_secs(5)), runtime };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client)
-            .with_endpoint(cfg.endpoint.to_string())
+            .with_endpoint(cfg.collector.uri.to_string())
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|e| format!("the OTLP exporter: {e}"))?;
@@ -206,45 +200,13 @@ impl std::fmt::Debug for Collector {
     }
 }
 
-/// An export request as the HTTP/1.1 client writes it.
-struct Export {
-    method: Method,
-    target: String,
-    host: HeaderValue,
-    fields: Vec<(http::HeaderName, HeaderValue)>,
-}
-
-impl RequestHead for Export {
-    fn method(&self) -> &Method {
-        &self.method
-    }
-    fn target(&self) -> &str {
-        &self.target
-    }
-    fn host(&self) -> Option<&HeaderValue> {
-        Some(&self.host)
-    }
-    fn each_field(&self, field: &mut dyn FnMut(&[u8], &[u8])) {
-        for (name, value) in &self.fields {
-            field(name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    fn rendered(&self) -> &FieldLines {
-        static NONE: FieldLines = FieldLines::EMPTY;
-        &NONE
-    }
-}
-
 #[async_trait::async_trait]
 impl opentelemetry_http::HttpClient for Collector {
     async fn send_bytes(&self, request: http::Request<Bytes>) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
         let (parts, body) = request.into_parts();
-        let head = Export {
-            method: parts.method,
-            target: parts.uri.path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-            host: self.pool.target().host_header.clone(),
-            fields: parts.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
-        };
+        let target = parts.uri.path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        let mut head = Call::new(parts.method, target, &self.pool);
+        head.fields = parts.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         let pool = Arc::clone(&self.pool);
         // On a blocking thread of the runtime, driven by its reactor: the
         // exchange's future need not be `Send`, only what it starts from.
@@ -258,20 +220,9 @@ impl opentelemetry_http::HttpClient for Collector {
 }
 
 /// One export request and its answer, within [`EXPORT_TIMEOUT`].
-async fn export(pool: Arc<Pool>, head: Export, body: Bytes) -> Result<http::Response<Bytes>, String> {
-    let deadline = tokio::time::Instant::now() + EXPORT_TIMEOUT;
-    let mut body = Some(crate::body::full(body));
-    let answer = crate::proxy::exchange(&pool, &head, &mut body, std::time::Instant::now(), (deadline, EXPORT_TIMEOUT))
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = answer.response.status();
-    let limited = http_body_util::Limited::new(answer.response.into_body(), MAX_ANSWER);
-    let bytes = match tokio::time::timeout_at(deadline, limited.collect()).await {
-        Err(_) => return Err("the collector's answer took too long".into()),
-        Ok(Err(e)) => return Err(e.to_string()),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    let mut response = http::Response::new(bytes);
-    *response.status_mut() = status;
+async fn export(pool: Arc<Pool>, head: Call, body: Bytes) -> Result<http::Response<Bytes>, String> {
+    let answer = crate::proxy::call::call(&pool, &head, body, EXPORT_TIMEOUT, MAX_ANSWER).await?;
+    let mut response = http::Response::new(answer.body);
+    *response.status_mut() = answer.status;
     Ok(response)
 }

@@ -94,6 +94,64 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `[tracing]`, if spans are exported.
     pub tracing: Option<TracingConfig>,
+    /// `[leaks]`.
+    pub leaks: LeaksConfig,
+}
+
+/// An http(s) URL keygate itself calls, checked: the URL, where to
+/// connect, and (for https) how to trust the peer.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub uri: http::Uri,
+    pub authority: http::uri::Authority,
+    pub tls: Option<crate::http1::TlsTarget>,
+}
+
+/// Where GitHub's secret scanning reports are believed from.
+pub const DEFAULT_GITHUB_KEYS_URL: &str = "https://api.github.com/meta/public_keys/secret_scanning";
+/// Where GitHub posts its reports, unless `[leaks.github] path` says otherwise.
+pub const DEFAULT_GITHUB_LEAKS_PATH: &str = "/.well-known/keygate/github-secret-scanning";
+
+/// `[leaks]`.
+#[derive(Debug, Clone, Default)]
+pub struct LeaksConfig {
+    /// What a report from the admin API or the CLI does.
+    pub on_leak: OnLeak,
+    /// `[leaks.github]`, when GitHub's reports are taken.
+    pub github: Option<GithubLeaks>,
+}
+
+/// What a reported key's leak does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnLeak {
+    /// The key is disabled on every node (and audited).
+    #[default]
+    Disable,
+    /// The key keeps working; the leak is audited for an operator to act on.
+    Flag,
+}
+
+impl OnLeak {
+    /// The choices, as written in the file.
+    pub const CHOICES: [(&'static str, OnLeak); 2] = [("disable", OnLeak::Disable), ("flag", OnLeak::Flag)];
+}
+
+/// `[leaks.github]`, checked.
+#[derive(Debug, Clone)]
+pub struct GithubLeaks {
+    /// The data listener's path GitHub posts to.
+    pub path: String,
+    pub keys: KeyListSource,
+    pub on_leak: OnLeak,
+}
+
+/// Where GitHub's signing keys are read from.
+#[derive(Debug, Clone)]
+pub enum KeyListSource {
+    /// Fetched (and fetched again when a report names a key not yet seen).
+    Url(Outbound),
+    /// A copy of the same JSON, for air-gapped nodes and tests.
+    File(PathBuf),
 }
 
 /// One `[plans.*]` entry: the limits a key on the plan gets unless it has
@@ -125,9 +183,7 @@ pub enum LimitScope {
 #[derive(Debug, Clone)]
 pub struct TracingConfig {
     /// Where spans are POSTed (`/v1/traces` added to a bare origin).
-    pub endpoint: http::Uri,
-    pub authority: http::uri::Authority,
-    pub tls: Option<crate::http1::TlsTarget>,
+    pub collector: Outbound,
     pub service_name: String,
     /// Share of new traces recorded (a caller's sampled flag is followed).
     pub sample_ratio: f64,

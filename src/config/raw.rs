@@ -38,6 +38,27 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub tracing: Option<RawTracing>,
+    #[serde(default)]
+    pub leaks: RawLeaks,
+}
+
+/// `[leaks]`: what a report of a leaked token does.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeaks {
+    pub on_leak: Option<Spanned<String>>,
+    pub github: Option<RawGithubLeaks>,
+}
+
+/// `[leaks.github]`: GitHub's secret scanning partner endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGithubLeaks {
+    pub path: Option<Spanned<String>>,
+    pub public_keys_url: Option<Spanned<String>>,
+    pub public_keys_file: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub on_leak: Option<Spanned<String>>,
 }
 
 /// `[tracing]`: spans exported over OTLP/HTTP.

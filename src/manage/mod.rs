@@ -3,11 +3,13 @@
 //! config (declared permissions, plans, CIDRs) and names the bad field.
 
 mod apply;
+mod leaks;
 mod metering;
 mod transfer;
 
 pub use metering::{limits_json, CreditsInput, Live, QuotaInput, UsageReport, Verification, MAX_CREDITS};
 
+pub use leaks::{answer_github, Label, LeakAction, LeakFound, Reported, MAX_REPORTED};
 pub use transfer::{json_lines, ImportSummary, KeyLine, RoleLine};
 
 use crate::clock::{self, Moment};
@@ -236,10 +238,23 @@ impl Manager<'_> {
         self.change_key(key_id, input, "key.edit", expect).await
     }
 
+    /// [`Manager::write_key_change`], audited as `action`.
+    async fn change_key(&self, key_id: &str, input: KeyInput, action: &str, expect: Option<u64>) -> Result<ApiKey, ManageError> {
+        let (before, key) = self.write_key_change(key_id, input, expect).await?;
+        self.audit(action, key_id, Some(self.key_json(&before)), Some(self.key_json(&key))).await;
+        Ok(key)
+    }
+
     /// Reads the key, applies `input` and writes it if the key is still at
     /// the version read (another change in between: read again and apply
     /// again), so a change never writes back a field it did not name.
-    async fn change_key(&self, key_id: &str, input: KeyInput, action: &str, expect: Option<u64>) -> Result<ApiKey, ManageError> {
+    /// Returns the key before and after.
+    async fn write_key_change(
+        &self,
+        key_id: &str,
+        input: KeyInput,
+        expect: Option<u64>,
+    ) -> Result<(ApiKey, ApiKey), ManageError> {
         let what = format!("key `{key_id}`");
         let balance = metering::balance_to_set(&input);
         for _ in 0..CHANGE_TRIES {
@@ -255,8 +270,7 @@ impl Manager<'_> {
             if let Some(n) = balance {
                 self.set_balance(&key, crate::store::CreditChange::Set(n), None).await?;
             }
-            self.audit(action, key_id, Some(self.key_json(&before)), Some(self.key_json(&key))).await;
-            return Ok(key);
+            return Ok((before, key));
         }
         Err(too_busy(&what))
     }

@@ -4,6 +4,7 @@
 //! HTTP/1.1 exchange itself is `crate::http1::client`'s.
 
 pub mod body;
+pub mod call;
 pub mod headers;
 pub mod outgoing;
 pub mod targets;
@@ -120,6 +121,20 @@ fn targets_of(u: &Upstream) -> Vec<Target> {
             }
         })
         .collect()
+}
+
+/// A request body keygate reads itself (a leak report), whole: at most
+/// `max` bytes, no pause over `pause`, and all of it within `total`.
+pub async fn read_whole(body: Body, max: u64, pause: Duration, total: Duration) -> Result<bytes::Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    // Boxed as every body is: a future over the generic guard would need
+    // rustc to prove `Send` for every lifetime of its error, which it cannot.
+    let guarded: Body = body::GuardedBody::new(body, max, pause).boxed();
+    match tokio::time::timeout(total, guarded.collect()).await {
+        Err(_) => Err(GatewayError::RequestTimeout),
+        Ok(Err(e)) => Err(client_body_error(e)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
 }
 
 /// The refusal for a request body that failed on its way through.

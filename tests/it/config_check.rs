@@ -266,3 +266,40 @@ fn tracing_settings_are_checked() {
     let (ok, out) = check(&format!("[tracing]\notlp_endpoint = \"http://collector:4318\"\nsample_ratio = 0.1\n{}", base()));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn leak_report_settings_are_checked() {
+    let keys = tempfile::tempdir().unwrap();
+    let empty = keys.path().join("empty.json");
+    std::fs::write(&empty, r#"{"public_keys": []}"#).unwrap();
+    let rsa = keys.path().join("rsa.json");
+    std::fs::write(
+        &rsa,
+        r#"{"public_keys": [{"key_identifier": "a", "key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}]}"#,
+    )
+    .unwrap();
+    let (empty, rsa) = (empty.display(), rsa.display());
+    for (table, field) in [
+        ("[leaks]\non_leak = \"delete\"".to_string(), "gateway.toml:2: leaks.on_leak"),
+        ("[leaks.github]\non_leak = \"ignore\"".into(), "gateway.toml:2: leaks.github.on_leak"),
+        ("[leaks.github]\npath = \"relative/path\"".into(), "gateway.toml:2: leaks.github.path"),
+        ("[leaks.github]\npath = \"/a/../whoami\"".into(), "gateway.toml:2: leaks.github.path"),
+        ("[leaks.github]\npublic_keys_url = \"ftp://example.com/keys\"".into(), "gateway.toml:2: leaks.github.public_keys_url"),
+        ("[leaks.github]\npublic_keys_file = \"/nonexistent/keys.json\"".into(), "gateway.toml:2: leaks.github.public_keys_file"),
+        (format!("[leaks.github]\npublic_keys_file = \"{empty}\""), "holds no keys"),
+        (format!("[leaks.github]\npublic_keys_file = \"{rsa}\""), "leaks.github.public_keys_file"),
+        (
+            format!("[leaks.github]\npublic_keys_url = \"https://api.github.com/x\"\npublic_keys_file = \"{empty}\""),
+            "gateway.toml:3: leaks.github.public_keys_file",
+        ),
+        ("[leaks.github]\npublic_keys_url = \"http://127.0.0.1:1/k\"\nca_file = \"ca.pem\"".into(), "leaks.github.ca_file"),
+        ("[leaks.github]\nsecret = \"x\"".into(), "leaks.github.secret"),
+    ] {
+        let (ok, out) = check(&format!("{table}\n{}", base()));
+        assert!(!ok, "{table}");
+        assert!(out.contains(field), "{table}: {out}");
+    }
+    let (ok, out) =
+        check(&format!("[leaks]\non_leak = \"flag\"\n[leaks.github]\npublic_keys_url = \"http://127.0.0.1:1/k\"\n{}", base()));
+    assert!(ok, "{out}");
+}

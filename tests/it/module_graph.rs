@@ -16,7 +16,7 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("model", &["keys", "config", "leaks"]),
     ("storage", &["store"]),
     ("node", &["cache", "ratelimit"]),
-    ("answers", &["error", "proxy", "telemetry"]),
+    ("answers", &["error", "proxy", "scanning", "telemetry"]),
     ("decisions", &["state", "background", "decide", "pipeline", "manage"]),
     ("surfaces", &["server", "admin", "demo", "fuzzing"]),
     ("commands", &["cli"]),

@@ -2,6 +2,7 @@
 //! with the line and field it belongs to.
 
 mod catalogue;
+mod leaks;
 
 use super::raw::*;
 use super::*;
@@ -129,6 +130,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let tracing = raw.tracing.as_ref().and_then(|t| tracing(&mut c, path, t));
     let routes = catalogue::routes(&mut c, &raw.routes, &upstreams, &catalogue, cors.is_some());
     let roles = catalogue::roles(&mut c, &raw.roles, &catalogue);
+    let leaks = leaks::leaks(&mut c, path, &raw.leaks);
 
     if !c.problems.is_empty() {
         return Err(ConfigError { file: path.to_path_buf(), problems: c.problems });
@@ -148,6 +150,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         cors,
         log_format,
         tracing,
+        leaks,
     })
 }
 
@@ -552,19 +555,17 @@ fn upstream_tls(
 
 /// `[tracing]`: an http(s) collector URL, a ratio in 0..=1.
 fn tracing(c: &mut Checker, path: &Path, raw: &RawTracing) -> Option<TracingConfig> {
-    let at = &raw.otlp_endpoint;
-    let uri: Option<http::Uri> = at.get_ref().parse().ok();
-    let Some((scheme, authority, uri)) = uri.as_ref().and_then(|u| Some((u.scheme()?.clone(), u.authority()?.clone(), u))) else {
-        c.problem(Some(at), "tracing.otlp_endpoint", "must be a URL like http://otel-collector:4318");
-        return None;
-    };
-    let https = scheme == http::uri::Scheme::HTTPS;
-    if scheme != http::uri::Scheme::HTTP && !https {
-        c.problem(Some(at), "tracing.otlp_endpoint", "must start with http:// or https:// (OTLP over HTTP)");
-        return None;
+    let mut collector = outbound(
+        c,
+        path,
+        (raw.otlp_endpoint.get_ref(), Some(raw.otlp_endpoint.span())),
+        "tracing.otlp_endpoint",
+        raw.ca_file.as_ref(),
+    )?;
+    if matches!(collector.uri.path(), "" | "/") {
+        let scheme = collector.uri.scheme_str().unwrap_or("http");
+        collector.uri = format!("{scheme}://{}/v1/traces", collector.authority).parse().ok()?;
     }
-    let endpoint =
-        if matches!(uri.path(), "" | "/") { format!("{scheme}://{authority}/v1/traces").parse().ok()? } else { uri.clone() };
     let sample_ratio = match &raw.sample_ratio {
         None => 1.0,
         Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
@@ -573,28 +574,53 @@ fn tracing(c: &mut Checker, path: &Path, raw: &RawTracing) -> Option<TracingConf
             1.0
         }
     };
+    Some(TracingConfig { collector, service_name: raw.service_name.clone().unwrap_or_else(|| "keygate".into()), sample_ratio })
+}
+
+/// An http(s) URL keygate calls (`field`), with the `ca_file` that may go
+/// with an https one (the field beside it).
+/// `at` is `None` for a default, which has no line.
+fn outbound(
+    c: &mut Checker,
+    path: &Path,
+    (url, at): (&str, Option<std::ops::Range<usize>>),
+    field: &str,
+    ca_file: Option<&Spanned<String>>,
+) -> Option<Outbound> {
+    let parsed: Option<http::Uri> = url.parse().ok();
+    let Some((scheme, authority, uri)) = parsed.and_then(|u| Some((u.scheme()?.clone(), u.authority()?.clone(), u))) else {
+        c.problem_at(at.clone(), field, "must be a URL like https://example.com/path");
+        return None;
+    };
+    let https = scheme == http::uri::Scheme::HTTPS;
+    if scheme != http::uri::Scheme::HTTP && !https {
+        c.problem_at(at.clone(), field, "must start with http:// or https://");
+        return None;
+    }
+    if authority.as_str().contains('@') {
+        c.problem_at(at.clone(), field, "must not carry a user name or password");
+        return None;
+    }
+    let ca_field = match field.rsplit_once('.') {
+        Some((table, _)) => format!("{table}.ca_file"),
+        None => "ca_file".into(),
+    };
     let tls = if https {
-        let ca = raw.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
+        let ca = ca_file.map(|f| relative_to(path, f.get_ref()));
         match crate::tls::target(ca.as_deref(), None, bare_host(&authority)) {
             Ok(t) => Some(t),
             Err(e) => {
-                c.problem(raw.ca_file.as_ref().or(Some(at)), "tracing.ca_file", e.message());
-                None
+                c.problem_at(ca_file.map(Spanned::span).or(at), ca_field, e.message());
+                return None;
             }
         }
     } else {
-        if raw.ca_file.is_some() {
-            c.problem(raw.ca_file.as_ref(), "tracing.ca_file", "only applies to an https:// endpoint");
+        if ca_file.is_some() {
+            c.problem(ca_file, ca_field, "only applies to an https:// URL");
         }
         None
     };
-    Some(TracingConfig {
-        endpoint,
-        authority,
-        tls,
-        service_name: raw.service_name.clone().unwrap_or_else(|| "keygate".into()),
-        sample_ratio,
-    })
+    Some(Outbound { uri, authority, tls })
 }
 
 /// `[cors]`, checked whole.
