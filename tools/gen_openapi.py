@@ -95,6 +95,17 @@ paths = {
           "remaining": {"type": ["integer", "null"], "description": "Credits left when the key spends credits, else the room in its tightest window"},
           "window": {"type": "string", "description": "With quota_exceeded: hour, day or month"},
           "retryAfter": {"type": ["integer", "null"], "description": "Seconds until it could pass (null: no refill will come)"}}}), **errors("400", "401", "403", "503")}}},
+  "/v1/leaks": {"post": {"summary": "Report tokens found leaked (by a secret scanner or a person): each that is one of this gateway's disables its key on every node ([leaks] on_leak = \"flag\": audited only), audited as key.leaked with url and source; needs the leaks scope", "security": auth,
+      "requestBody": body({"type": "object", "required": ["tokens"], "additionalProperties": False, "properties": {
+          "tokens": {"type": "array", "minItems": 1, "maxItems": 10000, "items": {"type": "string"}},
+          "url": {"type": "string", "description": "Where they were found"}, "source": {"type": "string", "description": "What was scanned, or who found them"},
+          "type": {"type": "string", "description": "The scanner's name for the kind of token"}}}),
+      "responses": {**ok("Each token, in the order sent", {"type": "array", "items": {"type": "object", "required": ["tokenHash", "label", "keyId", "action"], "properties": {
+          "tokenHash": {"type": "string", "description": "SHA-256 of the token, hex"},
+          "label": {"type": "string", "enum": ["true_positive", "false_positive"]},
+          "keyId": nullable_str,
+          "action": {"type": "string", "enum": ["none", "disabled", "already_disabled", "flagged", "secret_retired"]}}}},
+          {"type": "object", "properties": {"reported": {"type": "integer"}, "matched": {"type": "integer"}}}), **errors("400", "401", "403", "503")}}},
   "/api-roles": {
     "get": {"summary": "List roles", "security": auth, "responses": {**ok("Every role", {"type": "array", "items": ref("Role")}), **errors("401", "503")}},
     "post": {"summary": "Create a role", "security": auth, "requestBody": body(ref("RoleInput")),
@@ -116,7 +127,7 @@ paths = {
           "planLimits": {"type": "object", "description": "Plan name to its limits", "additionalProperties": ref("Limits")}}}),
       **errors("401")}}},
   "/session": {"get": {"summary": "The calling admin token's name and scopes", "security": auth,
-      "responses": {**ok("Who is signed in", {"type": "object", "properties": {"name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["read", "write", "verify", "admin"]}}}}), **errors("401")}}},
+      "responses": {**ok("Who is signed in", {"type": "object", "properties": {"name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["read", "write", "verify", "leaks", "admin"]}}}}), **errors("401")}}},
   "/verify": {"post": {"summary": "Check a token as the data plane would (no IP allowlist or rate limit); needs the verify scope", "security": auth,
       "requestBody": body({"type": "object", "required": ["key"], "additionalProperties": False, "properties": {"key": {"type": "string"}, "permission": {"type": "string"}}}),
       "responses": {**ok("The verdict", {"type": "object", "properties": {"valid": {"type": "boolean"}, "code": {"type": "string"}, "keyId": {"type": "string"},

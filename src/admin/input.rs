@@ -235,6 +235,30 @@ pub fn verify_input(body: &[u8]) -> Result<(String, Option<String>), ManageError
     Ok((key, text("permission")?))
 }
 
+/// `tokens` (required, at most [`crate::manage::MAX_REPORTED`]), `url`
+/// and `source` of `POST /v1/leaks`: every token found in one place.
+pub fn leaks_input(body: &[u8]) -> Result<Vec<crate::manage::Reported>, ManageError> {
+    let map = object(body, &["tokens", "url", "source", "type"])?;
+    let tokens = strings(&map, "tokens")?.unwrap_or_default();
+    if tokens.is_empty() {
+        return Err(invalid("tokens", "is required: the tokens found"));
+    }
+    if tokens.len() > crate::manage::MAX_REPORTED {
+        return Err(invalid("tokens", format!("at most {} tokens per report", crate::manage::MAX_REPORTED)));
+    }
+    let text = |field: &str| -> Result<String, ManageError> {
+        match string(&map, field)? {
+            Some(Some(s)) => Ok(s),
+            None | Some(None) => Ok(String::new()),
+        }
+    };
+    let (url, source, kind) = (text("url")?, text("source")?, text("type")?);
+    Ok(tokens
+        .into_iter()
+        .map(|token| crate::manage::Reported { token, kind: kind.clone(), url: url.clone(), source: source.clone() })
+        .collect())
+}
+
 /// `key` (required), `permission` and `cost` (0 charges nothing) of
 /// `POST /v1/keys/verify`.
 pub fn verify_v1_input(body: &[u8]) -> Result<(String, Option<String>, u32), ManageError> {

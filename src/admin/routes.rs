@@ -31,6 +31,7 @@ pub enum Endpoint {
     AuditLog,
     Session,
     Verify,
+    ReportLeaks,
     OpenApi,
     Metrics,
     Healthz,
@@ -66,6 +67,7 @@ pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("GET", "/audit-log", Endpoint::AuditLog),
     ("GET", "/session", Endpoint::Session),
     ("POST", "/verify", Endpoint::Verify),
+    ("POST", "/v1/leaks", Endpoint::ReportLeaks),
     ("GET", "/openapi.json", Endpoint::OpenApi),
     ("GET", "/metrics", Endpoint::Metrics),
     ("GET", "/healthz", Endpoint::Healthz),
@@ -84,6 +86,7 @@ impl Endpoint {
             CreateKey | EditKey | EnableKey | DisableKey | RotateKey | DeleteKey | KeyCredits | CreateRole | EditRole
             | DeleteRole => Some(Scopes::WRITE),
             Verify | VerifyAndCharge => Some(Scopes::VERIFY),
+            ReportLeaks => Some(Scopes::LEAKS),
             // An export holds every key's hashes; an import replaces keys whole.
             ExportKeys | ImportKeys | ExportRoles | ImportRoles => Some(Scopes::ADMIN),
         }

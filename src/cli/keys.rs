@@ -235,6 +235,21 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Report leaked tokens (one per line in the file, `-` for stdin): each
+    /// that is one of this gateway's disables its key (or, with
+    /// `[leaks] on_leak = "flag"`, is only audited) as a scanner's report would.
+    Leaked {
+        #[arg(long)]
+        token_file: std::path::PathBuf,
+        /// Where the tokens were found (kept in the audit log).
+        #[arg(long, default_value = "")]
+        url: String,
+        /// What was scanned, or who found them.
+        #[arg(long, default_value = "cli")]
+        source: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Give a key a new secret; the old one keeps working for the grace period.
     Rotate {
         id: String,
@@ -455,11 +470,45 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
                 println!("deleted {id}");
             }
         }
+        KeysCommand::Leaked { token_file, url, source, json } => leaked(m, &token_file, url, source, json).await?,
         KeysCommand::Rotate { id, if_version, grace_seconds, json } => {
             let (key, secret) = m.rotate_key(&id, grace_seconds, if_version).await.map_err(|e| Failure::manage(e, json))?;
             print_secret(m, &key, &secret, json);
         }
     }
+    Ok(())
+}
+
+async fn leaked(m: &Manager<'_>, file: &std::path::Path, url: String, source: String, json: bool) -> Result<(), Failure> {
+    let text = read_input(file)?;
+    let reported: Vec<crate::manage::Reported> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|token| crate::manage::Reported {
+            token: token.into(),
+            kind: String::new(),
+            url: url.clone(),
+            source: source.clone(),
+        })
+        .collect();
+    if reported.is_empty() || reported.len() > crate::manage::MAX_REPORTED {
+        let max = crate::manage::MAX_REPORTED;
+        return Err(usage(json)(format!("{} must hold 1 to {max} tokens, one per line", file.display())));
+    }
+    let found = m.report_leaks(&reported, m.config.leaks.on_leak).await.map_err(|e| Failure::manage(e, json))?;
+    let matched = found.iter().filter(|f| f.label == crate::manage::Label::TruePositive).count();
+    if json {
+        let data: Vec<serde_json::Value> = found.iter().map(crate::manage::LeakFound::json).collect();
+        print_json(data.into(), json!({ "reported": found.len(), "matched": matched }));
+        return Ok(());
+    }
+    for f in &found {
+        // A prefix of the hash names the line without showing the token.
+        let id = f.key_id.as_deref().unwrap_or("-");
+        println!("{}  {:<14}  {:<22}  {}", &f.token_hash[..12], f.label.as_str(), id, f.action.as_str());
+    }
+    println!("{matched} of {} token(s) are this gateway's", found.len());
     Ok(())
 }
 

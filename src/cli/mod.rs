@@ -94,7 +94,7 @@ pub enum AdminTokenCommand {
         /// 1-64 lowercase letters, digits, '-', '_' or '.' (shown in the audit log).
         #[arg(long)]
         name: String,
-        /// read, write, verify or admin (repeatable).
+        /// read, write, verify, leaks or admin (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         #[arg(long)]
@@ -215,7 +215,7 @@ fn new_admin_token(name: &str, scopes: &[String], json: bool) -> Result<(), Fail
     let refuse = |message: String| Failure { message, code: "invalid_request", json, exit: 2 };
     crate::config::AdminToken::check_name(name).map_err(|e| refuse(format!("name: `{name}` {e}")))?;
     if let Some(bad) = scopes.iter().find(|s| crate::config::Scopes::parse(s).is_none()) {
-        return Err(refuse(format!("scopes: unknown scope `{bad}` (read, write, verify or admin)")));
+        return Err(refuse(format!("scopes: unknown scope `{bad}` (read, write, verify, leaks or admin)")));
     }
     let token = crate::keys::token::new_admin_token();
     let sha256 = crate::keys::token::TokenHash::of(&token).to_hex();

@@ -315,7 +315,8 @@ impl AdminToken {
 }
 
 /// What an admin token may do: `read` (GET), `write` (changes), `verify`
-/// (`POST /verify`), or `admin` (all of them, and export and import).
+/// (`POST /verify`), `leaks` (`POST /v1/leaks`: a scanner reports tokens
+/// it found), or `admin` (all of them, and export and import).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Scopes(u8);
 
@@ -323,10 +324,16 @@ impl Scopes {
     pub const READ: Scopes = Scopes(1);
     pub const WRITE: Scopes = Scopes(2);
     pub const VERIFY: Scopes = Scopes(4);
-    pub const ADMIN: Scopes = Scopes(8 | 4 | 2 | 1);
+    pub const LEAKS: Scopes = Scopes(16);
+    pub const ADMIN: Scopes = Scopes(16 | 8 | 4 | 2 | 1);
     /// Every scope name, in the order they are shown.
-    pub const NAMES: [(&'static str, Scopes); 4] =
-        [("read", Scopes::READ), ("write", Scopes::WRITE), ("verify", Scopes::VERIFY), ("admin", Scopes::ADMIN)];
+    pub const NAMES: [(&'static str, Scopes); 5] = [
+        ("read", Scopes::READ),
+        ("write", Scopes::WRITE),
+        ("verify", Scopes::VERIFY),
+        ("leaks", Scopes::LEAKS),
+        ("admin", Scopes::ADMIN),
+    ];
 
     pub fn parse(name: &str) -> Option<Scopes> {
         Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)

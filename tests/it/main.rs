@@ -20,6 +20,7 @@ mod edge_policy;
 mod edge_timeouts;
 mod fuzz;
 mod harness;
+mod leak_reports;
 mod listener;
 mod management_races;
 mod module_graph;

@@ -696,7 +696,7 @@ fn admin_tokens(c: &mut Checker, raw: &[RawAdminToken]) -> Vec<AdminToken> {
                 None => c.problem(
                     Some(&t.scopes),
                     format!("{field}.scopes"),
-                    format!("unknown scope `{s}` (read, write, verify or admin)"),
+                    format!("unknown scope `{s}` (read, write, verify, leaks or admin)"),
                 ),
             }
         }
