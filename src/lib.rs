@@ -18,6 +18,7 @@ pub mod decide;
 pub mod demo;
 pub mod envelope;
 pub mod error;
+pub mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http1;

@@ -212,7 +212,7 @@ mod tests {
     async fn store(delay: Duration) -> (tempfile::TempDir, Arc<Instrumented>) {
         let dir = tempfile::tempdir().unwrap();
         let inner = SqliteStore::open(&dir.path().join("k.db")).unwrap();
-        inner.insert_key(&key("key_a"), &TokenHash::of("token-a")).await.unwrap();
+        inner.insert_key(&key("key_a"), &TokenHash::of("token-a"), None).await.unwrap();
         let s = Instrumented { inner, lookups: AtomicU64::new(0), failing: AtomicBool::new(false), delay };
         (dir, Arc::new(s))
     }
@@ -243,7 +243,7 @@ mod tests {
             assert!(cache.resolve(&h, s.as_ref(), Instant::now()).await.unwrap().0.is_none());
         }
         assert_eq!(lookups(&s), 1);
-        s.inner.insert_key(&key("key_b"), &h).await.unwrap();
+        s.inner.insert_key(&key("key_b"), &h, None).await.unwrap();
         cache.invalidate_key("key_b");
         assert!(cache.resolve(&h, s.as_ref(), Instant::now()).await.unwrap().0.is_some());
     }

@@ -8,6 +8,7 @@ use super::{KeyInput, ManageError, Manager};
 use crate::clock;
 use crate::config::OnLeak;
 use crate::error::GatewayError;
+use crate::events::EventKind;
 use crate::keys::model::KeyLookup;
 use crate::keys::token::{self, TokenHash};
 use crate::scanning::GithubKeys;
@@ -146,17 +147,27 @@ impl Manager<'_> {
         Ok(found)
     }
 
-    /// Disables (or flags) the key of a leaked secret and audits the leak.
+    /// Disables (or flags) the key of a leaked secret, and audits the leak
+    /// and writes its `key.leaked` event (with the disabling, when it
+    /// disables).
     async fn act_on_leak(&self, lookup: &KeyLookup, r: &Reported, on_leak: OnLeak) -> Result<LeakAction, ManageError> {
         let key_id = &lookup.key.key_id;
         let retired = lookup.secret_expires_at.is_some_and(|t| t <= clock::now_unix());
+        let leak = |action: LeakAction| {
+            json!({
+                "type": bounded(&r.kind),
+                "url": bounded(&r.url),
+                "source": bounded(&r.source),
+                "action": action.as_str(),
+            })
+        };
         let (action, before, after) = match on_leak {
             _ if retired => (LeakAction::SecretRetired, lookup.key.clone(), lookup.key.clone()),
             OnLeak::Flag => (LeakAction::Flagged, lookup.key.clone(), lookup.key.clone()),
+            OnLeak::Disable if !lookup.key.enabled => (LeakAction::AlreadyDisabled, lookup.key.clone(), lookup.key.clone()),
             OnLeak::Disable => {
                 let off = KeyInput { enabled: Some(false), ..KeyInput::default() };
-                match self.write_key_change(key_id, off, None).await {
-                    Ok((before, after)) if !before.enabled => (LeakAction::AlreadyDisabled, before, after),
+                match self.write_key_change(key_id, off, None, Some(&leak(LeakAction::Disabled))).await {
                     Ok((before, after)) => (LeakAction::Disabled, before, after),
                     // Deleted since it was looked up: nothing left to stop.
                     Err(ManageError::NotFound(_)) => return Ok(LeakAction::None),
@@ -164,13 +175,12 @@ impl Manager<'_> {
                 }
             }
         };
+        if action != LeakAction::Disabled {
+            let event = self.key_event(EventKind::KeyLeaked, &after, Some(("leak", leak(action))));
+            self.store.emit(&event).await.map_err(ManageError::Store)?;
+        }
         let mut noted = self.key_json(&after);
-        noted["leak"] = json!({
-            "type": bounded(&r.kind),
-            "url": bounded(&r.url),
-            "source": bounded(&r.source),
-            "action": action.as_str(),
-        });
+        noted["leak"] = leak(action);
         self.audit("key.leaked", key_id, Some(self.key_json(&before)), Some(noted)).await;
         Ok(action)
     }

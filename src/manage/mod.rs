@@ -16,6 +16,7 @@ use crate::clock::{self, Moment};
 use crate::config::Config;
 use crate::decide::{self, Ask, Cost, Decision, KeySource, Means};
 use crate::error::GatewayError;
+use crate::events::{EventKind, NewEvent};
 use crate::keys::model::{self, ApiKey, Env, KeyStatus, Role};
 use crate::keys::token::{self, TokenHash};
 use crate::store::{AuditEntry, AuditPage, KeyPage, KeyQuery, Rotation, Store, StoreError, UsageSummary};
@@ -202,7 +203,8 @@ impl Manager<'_> {
         let mut key = ApiKey::blank(token::new_key_id(), env, token::mask(&secret, brand), clock::now_unix());
         let balance = metering::balance_to_set(&input);
         self.apply(&mut key, input).await?;
-        self.store.insert_key(&key, &TokenHash::of(&secret)).await.map_err(|e| from_store(e, &key.key_id))?;
+        let event = self.key_event(EventKind::KeyCreated, &key, None);
+        self.store.insert_key(&key, &TokenHash::of(&secret), Some(&event)).await.map_err(|e| from_store(e, &key.key_id))?;
         if let Some(n) = balance {
             self.set_balance(&key, crate::store::CreditChange::Set(n), None).await?;
         }
@@ -240,7 +242,7 @@ impl Manager<'_> {
 
     /// [`Manager::write_key_change`], audited as `action`.
     async fn change_key(&self, key_id: &str, input: KeyInput, action: &str, expect: Option<u64>) -> Result<ApiKey, ManageError> {
-        let (before, key) = self.write_key_change(key_id, input, expect).await?;
+        let (before, key) = self.write_key_change(key_id, input, expect, None).await?;
         self.audit(action, key_id, Some(self.key_json(&before)), Some(self.key_json(&key))).await;
         Ok(key)
     }
@@ -248,12 +250,15 @@ impl Manager<'_> {
     /// Reads the key, applies `input` and writes it if the key is still at
     /// the version read (another change in between: read again and apply
     /// again), so a change never writes back a field it did not name.
-    /// Returns the key before and after.
+    /// Returns the key before and after. The event written with it is
+    /// `key.leaked` with `leak` for a leak, else `key.disabled` or
+    /// `key.enabled` when that is what changed, else `key.updated`.
     async fn write_key_change(
         &self,
         key_id: &str,
         input: KeyInput,
         expect: Option<u64>,
+        leak: Option<&Value>,
     ) -> Result<(ApiKey, ApiKey), ManageError> {
         let what = format!("key `{key_id}`");
         let balance = metering::balance_to_set(&input);
@@ -262,7 +267,14 @@ impl Manager<'_> {
             expected(&what, before.version, expect)?;
             let mut key = before.clone();
             self.apply(&mut key, input.clone()).await?;
-            match self.store.update_key(&key).await {
+            let kind = match (leak, before.enabled, key.enabled) {
+                (Some(_), _, _) => EventKind::KeyLeaked,
+                (None, true, false) => EventKind::KeyDisabled,
+                (None, false, true) => EventKind::KeyEnabled,
+                (None, _, _) => EventKind::KeyUpdated,
+            };
+            let event = self.key_event(kind, &key, leak.map(|l| ("leak", l.clone())));
+            match self.store.update_key(&key, Some(&event)).await {
                 Ok(()) => key.version += 1,
                 Err(e) if retry(&e, expect) => continue,
                 Err(e) => return Err(from_store(e, &what)),
@@ -288,7 +300,8 @@ impl Manager<'_> {
         for _ in 0..CHANGE_TRIES {
             let before = self.get_key(key_id).await?;
             expected(&what, before.version, expect)?;
-            match self.store.delete_key(key_id, before.version).await {
+            let event = self.key_event(EventKind::KeyDeleted, &before, None);
+            match self.store.delete_key(key_id, before.version, Some(&event)).await {
                 Ok(()) => {}
                 Err(e) if retry(&e, expect) => continue,
                 Err(e) => return Err(from_store(e, &what)),
@@ -319,8 +332,16 @@ impl Manager<'_> {
             key.key_prefix = token::mask(&secret, brand);
             let until = clock::now_unix() + grace_seconds as i64;
             let hash = TokenHash::of(&secret);
-            let rotation =
-                Rotation { key_id, hash: &hash, key_prefix: &key.key_prefix, old_valid_until: until, version: before.version };
+            let event =
+                self.key_event(EventKind::KeyRotated, &key, Some(("previousSecretValidUntil", clock::rfc3339(until).into())));
+            let rotation = Rotation {
+                key_id,
+                hash: &hash,
+                key_prefix: &key.key_prefix,
+                old_valid_until: until,
+                version: before.version,
+                event: Some(&event),
+            };
             match self.store.rotate_secret(&rotation).await {
                 Ok(()) => key.version += 1,
                 Err(e) if retry(&e, expect) => continue,
@@ -420,6 +441,27 @@ impl Manager<'_> {
             return Ok(());
         }
         Err(too_busy(&what))
+    }
+
+    /// The event a change to `key` causes: the key's public fields (never
+    /// a secret or its hash) and, with `extra`, one more.
+    pub fn key_event(&self, kind: EventKind, key: &ApiKey, extra: Option<(&str, Value)>) -> NewEvent {
+        let mut data = json!({
+            "keyId": key.key_id,
+            "name": key.name,
+            "owner": key.owner,
+            "env": key.env.as_str(),
+            "role": key.role,
+            "plan": key.plan,
+            "enabled": key.enabled,
+            "status": KeyStatus::of(key, clock::now_unix()).as_str(),
+            "expiresAt": key.expires_at.map(clock::rfc3339),
+            "metadata": key.metadata,
+        });
+        if let Some((name, value)) = extra {
+            data[name] = value;
+        }
+        NewEvent::new(kind, &key.key_id, clock::now_ms(), data)
     }
 
     /// The JSON form of a key (camelCase, masked, never a secret or hash).

@@ -12,6 +12,7 @@
 
 use super::{checked_text, dedup, from_store, invalid, role_json, CreditsInput, KeyInput, ManageError, Manager, QuotaInput};
 use crate::clock;
+use crate::events::EventKind;
 use crate::keys::model::{self, ApiKey, Role};
 use crate::keys::token::{self, TokenHash};
 use crate::store::{KeyQuery, PutExpect, SecretRecord, StoreError};
@@ -325,7 +326,9 @@ impl Manager<'_> {
         let mut summary = ImportSummary::default();
         for c in checked {
             let before = c.before.as_ref().map(|k| self.key_json(k));
-            let created = match self.store.put_key(&c.key, &c.secrets, c.expect).await {
+            let kind = if c.before.is_some() { EventKind::KeyUpdated } else { EventKind::KeyCreated };
+            let event = self.key_event(kind, &c.key, None);
+            let created = match self.store.put_key(&c.key, &c.secrets, c.expect, Some(&event)).await {
                 Ok(created) => created,
                 Err(e) => match conflict_reason(c.expect, &e) {
                     Some(reason) => {

@@ -197,7 +197,7 @@ async fn a_key_that_may_not_be_used_is_refused_by_its_state() {
             let found = crate::store::Resolver::key_by_hash(store, &crate::keys::token::TokenHash::of(&token)).await;
             let mut key = found.unwrap().unwrap().key;
             key.expires_at = Some(crate::clock::now_unix() - 1);
-            crate::store::Records::update_key(store, &key).await.unwrap();
+            crate::store::Records::update_key(store, &key, None).await.unwrap();
         }
         let a = f.send(bearer("/api/lists", &token)).await;
         assert_eq!((a.status.as_u16(), a.code().as_str()), (401, code), "{}", a.body);

@@ -377,7 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
         let key = ApiKey::blank("key_a".into(), Env::Live, "kg_live_a".into(), 0);
-        store.insert_key(&key, &TokenHash::of("token-a")).await.unwrap();
+        store.insert_key(&key, &TokenHash::of("token-a"), None).await.unwrap();
         store.change_credits("key_a", CreditChange::Set(2), None, 0, None).await.unwrap();
         let terms = CreditTerms::default();
         let (node, other) = (Credits::shared(2), Credits::shared(2));

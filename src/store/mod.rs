@@ -1,14 +1,17 @@
 //! Where keys and roles live. Two backends, the embedded SQLite store and
 //! (for many nodes) Redis, implement one trait per kind of consumer:
 //! [`Resolver`] for the request path, [`ChangeFeed`] for the nodes'
-//! caches, [`Records`] for operators' changes, [`UsageLog`] for metering
-//! and [`CreditLedger`] for balances. [`Store`] is all of them.
+//! caches, [`Records`] for operators' changes, [`UsageLog`] for metering,
+//! [`CreditLedger`] for balances and [`Outbox`] for lifecycle events and
+//! their webhook deliveries. [`Store`] is all of them.
 
 pub mod redis;
 pub mod redis_conn;
+mod redis_outbox;
 mod redis_scripts;
 pub mod sqlite;
 
+use crate::events::{Delivery, DeliveryQuery, DeliveryUpdate, EventQuery, NewEvent, StoredEvent};
 use crate::keys::model::{ApiKey, KeyLookup, KeyStatus, Role};
 use crate::keys::token::TokenHash;
 use async_trait::async_trait;
@@ -287,6 +290,8 @@ pub struct Rotation<'a> {
     pub old_valid_until: i64,
     /// The key's version the rotation was made for.
     pub version: u64,
+    /// Written to the outbox with the rotation.
+    pub event: Option<&'a NewEvent>,
 }
 
 /// Which keys a listing wants.
@@ -345,9 +350,9 @@ pub struct AuditPage {
 /// Every part of a store: what a backend implements and what a node
 /// opens. Each consumer takes the one part it uses, so a test of it
 /// implements only that part.
-pub trait Store: Resolver + ChangeFeed + Records + UsageLog + CreditLedger {}
+pub trait Store: Resolver + ChangeFeed + Records + UsageLog + CreditLedger + Outbox {}
 
-impl<T: Resolver + ChangeFeed + Records + UsageLog + CreditLedger> Store for T {}
+impl<T: Resolver + ChangeFeed + Records + UsageLog + CreditLedger + Outbox> Store for T {}
 
 /// What the request path asks of the store: the key a token belongs to,
 /// every role, and whether the store answers. The key cache and the role
@@ -397,14 +402,16 @@ pub trait Records: Resolver + Send + Sync {
     async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError>;
     async fn list_keys(&self, query: &KeyQuery) -> Result<KeyPage, StoreError>;
     /// Stores a new key with its secret's hash; `Conflict` if either exists.
-    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError>;
+    /// Every key write takes the event it causes, written to the outbox
+    /// with it or not at all.
+    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash, event: Option<&NewEvent>) -> Result<(), StoreError>;
     /// Writes a key's fields (not its secrets, usage or creation time) if
     /// the stored key is still at `key.version`, and makes it
     /// `key.version + 1`; `VersionConflict` if another change came first.
-    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    async fn update_key(&self, key: &ApiKey, event: Option<&NewEvent>) -> Result<(), StoreError>;
     /// Removes a key and its secrets if it is still at `version`, keeping a
     /// tombstone of its id; `NotFound` if absent.
-    async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError>;
+    async fn delete_key(&self, key_id: &str, version: u64, event: Option<&NewEvent>) -> Result<(), StoreError>;
     /// A key's secrets (hashes) that still work at `now`, the current one first.
     async fn secrets_of(&self, key_id: &str, now: i64) -> Result<Vec<SecretRecord>, StoreError>;
     /// Writes a key whole with exactly these secrets (what an import
@@ -413,7 +420,13 @@ pub trait Records: Resolver + Send + Sync {
     /// created the key. Usage counts only go up: a replaced key keeps the
     /// larger of its own and the restored ones. `Conflict` if a secret
     /// belongs to another key.
-    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError>;
+    async fn put_key(
+        &self,
+        key: &ApiKey,
+        secrets: &[SecretRecord],
+        expect: PutExpect,
+        event: Option<&NewEvent>,
+    ) -> Result<bool, StoreError>;
     /// Adds a new secret if the key is still at the rotation's version
     /// (and makes it one more); older ones stop working at its
     /// `old_valid_until`.
@@ -475,6 +488,38 @@ pub trait CreditLedger: Send + Sync {
     /// Gives back units a node took and did not spend, unless a `set` or
     /// a refill came since (they belonged to a balance that is gone).
     async fn return_credits(&self, key_id: &str, units: u64, taken_from: CreditBalance) -> Result<(), StoreError>;
+}
+
+/// Lifecycle events and their deliveries to webhook endpoints. Events
+/// enter with the key writes of [`Records`] (or, for what no write causes,
+/// through `emit`); one node at a time, holding the lease, delivers.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Writes an event no key write causes (an expiry notice, a
+    /// threshold), unless one with its id exists; says whether it wrote.
+    async fn emit(&self, event: &NewEvent) -> Result<bool, StoreError>;
+    /// Takes the events written since the last call into `webhook`'s
+    /// deliveries (those of `types`, or all when it is empty; a webhook
+    /// seen the first time starts after the newest event) and returns its
+    /// open deliveries, oldest first, at most `max`.
+    async fn open_deliveries(&self, webhook: &str, types: &[String], max: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Writes what a try did, if the delivery is still open and at
+    /// `update.attempts_before` attempts; says whether it did.
+    async fn record_attempt(&self, webhook: &str, seq: u64, update: &DeliveryUpdate) -> Result<bool, StoreError>;
+    /// Events, newest first.
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Deliveries, newest first.
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
+    /// Opens again (pending, no attempts) the deliveries to `webhook` of
+    /// every event written at or after `since_ms` that are not open,
+    /// making those it lacks; says how many.
+    async fn replay(&self, webhook: &str, types: &[String], since_ms: i64) -> Result<u64, StoreError>;
+    /// Holds the lease `name` for `owner` for `ttl_ms` more, if it is free,
+    /// lapsed or already `owner`'s; says whether `owner` holds it.
+    async fn hold_lease(&self, name: &str, owner: &str, ttl_ms: u64) -> Result<bool, StoreError>;
+    /// Forgets events written before `before_ms` and deliveries last
+    /// changed before it, but never an open delivery or its event.
+    async fn sweep_events(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// A shared handle to whichever store the config names.

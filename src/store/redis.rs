@@ -27,10 +27,10 @@ type UsageFields = (Option<String>, Option<String>);
 
 /// Redis-backed [`Store`].
 pub struct RedisStore {
-    redis: Arc<RedisHandle>,
+    pub(super) redis: Arc<RedisHandle>,
 }
 
-fn to_store_error(e: RedisFailure) -> StoreError {
+pub(super) fn to_store_error(e: RedisFailure) -> StoreError {
     match e {
         RedisFailure::Refused(msg) => {
             let (kind, rest) = msg.split_once(' ').unwrap_or((msg.as_str(), ""));
@@ -65,6 +65,15 @@ fn key_json_at(key: &ApiKey, version: u64) -> Result<String, StoreError> {
     serde_json::to_string(&stored).map_err(corrupt)
 }
 
+/// An event as the scripts' `emit` reads it ('' for none): the time as
+/// text, which Lua's numbers would print in exponent form.
+pub(super) fn event_arg(event: Option<&NewEvent>) -> String {
+    event.map_or_else(String::new, |e| {
+        serde_json::json!({ "id": e.id, "type": e.kind.as_str(), "key": e.key_id, "at": e.at_ms.to_string(), "body": e.body })
+            .to_string()
+    })
+}
+
 fn parse_key(json: &str, count: &str, last: &str) -> Result<ApiKey, StoreError> {
     let mut key: ApiKey = serde_json::from_str(json).map_err(corrupt)?;
     key.usage_count = count.parse().unwrap_or(0);
@@ -78,7 +87,7 @@ impl RedisStore {
         RedisStore { redis }
     }
 
-    async fn invoke<T: ::redis::FromRedisValue + Send + 'static>(
+    pub(super) async fn invoke<T: ::redis::FromRedisValue + Send + 'static>(
         &self,
         op: &'static str,
         script: &'static Script,
@@ -96,7 +105,7 @@ impl RedisStore {
             .map_err(to_store_error)
     }
 
-    async fn query<T: ::redis::FromRedisValue + Send + 'static>(
+    pub(super) async fn query<T: ::redis::FromRedisValue + Send + 'static>(
         &self,
         op: &'static str,
         cmd: ::redis::Cmd,
@@ -267,7 +276,7 @@ impl Records for RedisStore {
         let keys = all.into_iter().skip(query.offset as usize).take(limit.min(usize::MAX as u64) as usize).collect();
         Ok(KeyPage { keys, total })
     }
-    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
+    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash, event: Option<&NewEvent>) -> Result<(), StoreError> {
         let args = vec![
             key.key_id.clone(),
             key_json_at(key, key.version)?,
@@ -275,25 +284,28 @@ impl Records for RedisStore {
             key.role.clone().unwrap_or_default(),
             key.created_at.to_string(),
             now_unix_ms().to_string(),
+            event_arg(event),
         ];
         self.invoke::<i64>("insert_key", &scripts::INSERT_KEY, args).await.map(|_| ())
     }
-    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+    async fn update_key(&self, key: &ApiKey, event: Option<&NewEvent>) -> Result<(), StoreError> {
         let args = vec![
             key.key_id.clone(),
             key_json_at(key, key.version + 1)?,
             key.role.clone().unwrap_or_default(),
             now_unix_ms().to_string(),
             key.version.to_string(),
+            event_arg(event),
         ];
         self.invoke::<i64>("update_key", &scripts::UPDATE_KEY, args).await.map(|_| ())
     }
-    async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError> {
+    async fn delete_key(&self, key_id: &str, version: u64, event: Option<&NewEvent>) -> Result<(), StoreError> {
         let args = vec![
             key_id.to_string(),
             now_unix_ms().to_string(),
             version.to_string(),
             (TOMBSTONE_RETENTION_DAYS * 86_400).to_string(),
+            event_arg(event),
         ];
         self.invoke::<i64>("delete_key", &scripts::DELETE_KEY, args).await.map(|_| ())
     }
@@ -319,7 +331,13 @@ impl Records for RedisStore {
         out.sort_by_key(|s| (s.valid_until.is_some(), std::cmp::Reverse(s.valid_until)));
         Ok(out)
     }
-    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError> {
+    async fn put_key(
+        &self,
+        key: &ApiKey,
+        secrets: &[SecretRecord],
+        expect: PutExpect,
+        event: Option<&NewEvent>,
+    ) -> Result<bool, StoreError> {
         // The version written, and what the script must find for it to hold.
         let (version, expect) = match expect {
             PutExpect::Version(v) => (v + 1, format!("v{v}")),
@@ -339,6 +357,7 @@ impl Records for RedisStore {
             key.usage_count.to_string(),
             key.last_used.map(|t| t.to_string()).unwrap_or_default(),
             expect,
+            event_arg(event),
         ];
         for s in secrets {
             args.push(s.hash.to_hex());
@@ -358,6 +377,7 @@ impl Records for RedisStore {
             now_unix().to_string(),
             now_unix_ms().to_string(),
             r.version.to_string(),
+            event_arg(r.event),
         ];
         self.invoke::<i64>("rotate_secret", &scripts::ROTATE_SECRET, args).await.map(|_| ())
     }

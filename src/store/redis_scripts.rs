@@ -23,6 +23,17 @@ local function feed(kind, id, at)
   return seq
 end
 local function refuse(msg) return redis.error_reply('KG ' .. msg) end
+-- Writes an event (JSON of id, type, key, at, body; '' for none) to the
+-- outbox stream, numbered by its own sequence, unless one with its id was
+-- written in the last 35 days. Returns 1 if it wrote.
+local function emit(ev)
+  if ev == nil or ev == '' then return 0 end
+  local e = cjson.decode(ev)
+  if not redis.call('SET', P .. 'event_id:' .. e.id, '1', 'NX', 'EX', 3024000) then return 0 end
+  local seq = redis.call('INCR', P .. 'outbox_seq')
+  redis.call('XADD', P .. 'outbox', seq .. '-1', 'id', e.id, 'type', e.type, 'key', e.key, 'at', e.at, 'body', e.body)
+  return 1
+end
 local function role_of(json)
   local r = cjson.decode(json)['role']
   if type(r) == 'string' then return r end
@@ -47,7 +58,8 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 
-/// ARGV: key_id, json, token hash (hex), role ('' for none), created_at, at_ms.
+/// ARGV: key_id, json, token hash (hex), role ('' for none), created_at,
+/// at_ms, event ('' for none).
 pub static INSERT_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -60,13 +72,14 @@ redis.call('SET', P .. 'secret:' .. hash, id .. '|')
 redis.call('SADD', P .. 'secrets:' .. id, hash)
 redis.call('ZADD', P .. 'keys', created, id)
 if role ~= '' then redis.call('SADD', P .. 'role_users:' .. role, id) end
+emit(ARGV[7])
 return feed('key', id, at)
 "#,
     )
 });
 
 /// ARGV: key_id, json (at the new version), role ('' for none), at_ms,
-/// the version the key must still be at.
+/// the version the key must still be at, event.
 pub static UPDATE_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -79,13 +92,14 @@ local old_role = role_of(old)
 if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
 if role ~= '' then redis.call('SADD', P .. 'role_users:' .. role, id) end
 redis.call('SET', P .. 'key:' .. id, json)
+emit(ARGV[6])
 return feed('key', id, at)
 "#,
     )
 });
 
 /// ARGV: key_id, at_ms, the version the key must still be at, seconds to
-/// keep its tombstone.
+/// keep its tombstone, event.
 pub static DELETE_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -99,13 +113,15 @@ local old_role = role_of(old)
 if old_role ~= '' then redis.call('SREM', P .. 'role_users:' .. old_role, id) end
 redis.call('DEL', P .. 'secrets:' .. id, P .. 'key:' .. id, P .. 'usage:' .. id, P .. 'credits:' .. id)
 redis.call('ZREM', P .. 'keys', id)
+emit(ARGV[5])
 return feed('key', id, at)
 "#,
     )
 });
 
 /// ARGV: key_id, new json (with the new prefix, at the new version), new
-/// hash, old_valid_until, now, at_ms, the version the key must still be at.
+/// hash, old_valid_until, now, at_ms, the version the key must still be at,
+/// event.
 pub static ROTATE_SECRET: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -131,6 +147,7 @@ end
 redis.call('SET', P .. 'secret:' .. hash, id .. '|')
 redis.call('SADD', P .. 'secrets:' .. id, hash)
 redis.call('SET', P .. 'key:' .. id, json)
+emit(ARGV[8])
 return feed('key', id, at)
 "#,
     )
@@ -139,8 +156,8 @@ return feed('key', id, at)
 /// ARGV: key_id, json, role ('' for none), created_at, at_ms, usage count,
 /// last used ('' for never), what the store must hold (`v<N>`: the key at
 /// version N; `absent`: no key and no tombstone; `tomb<N>`: no key, and a
-/// tombstone at version N or none for N = 0), then pairs of secret hash and
-/// its expiry ('' for none). Returns 1 created, 0 replaced.
+/// tombstone at version N or none for N = 0), event, then pairs of secret
+/// hash and its expiry ('' for none). Returns 1 created, 0 replaced.
 pub static PUT_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -155,7 +172,7 @@ else
   if expect == 'absent' and tomb then return refuse('deleted') end
   if expect ~= 'absent' and (tomb or '0') ~= string.sub(expect, 5) then return refuse('deleted') end
 end
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   local v = redis.call('GET', P .. 'secret:' .. ARGV[i])
   if v and string.match(v, '^(.*)|') ~= id then return refuse('conflict that token is already in use by another key') end
 end
@@ -170,7 +187,7 @@ end
 redis.call('SET', P .. 'key:' .. id, json)
 redis.call('ZADD', P .. 'keys', created, id)
 if role ~= '' then redis.call('SADD', P .. 'role_users:' .. role, id) end
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   local h, exp = ARGV[i], ARGV[i + 1]
   redis.call('SET', P .. 'secret:' .. h, id .. '|' .. exp)
   if exp ~= '' then redis.call('EXPIREAT', P .. 'secret:' .. h, tonumber(exp) + 60) end
@@ -180,6 +197,7 @@ end
 local u = P .. 'usage:' .. id
 if tonumber(count) > tonumber(redis.call('HGET', u, 'count') or '0') then redis.call('HSET', u, 'count', count) end
 if last ~= '' and tonumber(last) > tonumber(redis.call('HGET', u, 'last') or '0') then redis.call('HSET', u, 'last', last) end
+emit(ARGV[9])
 feed('key', id, at)
 if old then return 0 end
 return 1
@@ -202,6 +220,9 @@ return {json, exp, u[1] or '0', u[2] or ''}
 "#,
     )
 });
+
+/// ARGV: event. Returns 1 if it was written (its id was not).
+pub static EMIT: LazyLock<Script> = LazyLock::new(|| script("return emit(ARGV[1])"));
 
 /// ARGV: role id, json, only_if_absent ('1' or '0'), at_ms. Returns 1 created, 0 existed.
 pub static INSERT_ROLE: LazyLock<Script> = LazyLock::new(|| {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// From the ground up. See docs/architecture.md for what each floor is.
 const FLOORS: &[(&str, &[&str])] = &[
     ("ground", &["body", "clock", "correlation", "credentials", "envelope", "http1", "metrics", "policy", "tls", "webhooks"]),
-    ("model", &["keys", "config", "leaks"]),
+    ("model", &["keys", "config", "events", "leaks"]),
     ("storage", &["store"]),
     ("node", &["cache", "ratelimit"]),
     ("answers", &["error", "proxy", "scanning", "telemetry"]),

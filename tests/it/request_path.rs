@@ -157,7 +157,7 @@ async fn expired_keys_are_refused() {
     use keygate::store::Records;
     let mut key = store.get_key(&key_id).await.unwrap().unwrap();
     key.expires_at = Some(keygate::clock::now_unix() - 5);
-    store.update_key(&key).await.unwrap();
+    store.update_key(&key, None).await.unwrap();
     let _gw = s.start();
     let resp = client().get(s.url("/api/lists")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 401);

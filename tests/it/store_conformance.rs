@@ -32,7 +32,7 @@ async fn sqlite_store_is_shared_between_handles() {
     let writer = SqliteStore::open(&path).unwrap();
     let reader = SqliteStore::open(&path).unwrap();
     let cursor = reader.change_cursor().await.unwrap();
-    writer.insert_key(&key("key_x", "x", None), &TokenHash::of("tx")).await.unwrap();
+    writer.insert_key(&key("key_x", "x", None), &TokenHash::of("tx"), None).await.unwrap();
     assert!(reader.key_by_hash(&TokenHash::of("tx")).await.unwrap().is_some());
     assert_eq!(reader.changes_since(&cursor).await.unwrap().changes.len(), 1);
 }

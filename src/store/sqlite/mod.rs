@@ -3,6 +3,7 @@
 //! appends to a `changes` table in the same transaction; gateways poll that
 //! sequence, which is how a CLI change reaches a running gateway.
 
+mod outbox;
 mod rows;
 
 use super::*;
@@ -67,16 +68,20 @@ impl SqliteStore {
     }
 
     /// Runs `f` in a transaction that also records, in the change feed, a
-    /// change to the `kind` item `id` (how other nodes' caches hear of it),
-    /// and commits both together.
-    async fn logged_change<F>(&self, kind: &'static str, id: String, f: F) -> Result<(), StoreError>
+    /// change to the `kind` item `id` (how other nodes' caches hear of it)
+    /// and writes the event it causes, and commits them together.
+    async fn logged_change<F>(&self, kind: &'static str, id: String, event: Option<&NewEvent>, f: F) -> Result<(), StoreError>
     where
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError> + Send + 'static,
     {
+        let event = event.cloned();
         self.with(move |c| {
             let tx = c.transaction().map_err(unavailable)?;
             f(&tx)?;
             log_change(&tx, kind, &id).map_err(unavailable)?;
+            if let Some(e) = &event {
+                write_event(&tx, e).map_err(unavailable)?;
+            }
             tx.commit().map_err(unavailable)
         })
         .await
@@ -193,25 +198,25 @@ impl Records for SqliteStore {
         })
         .await
     }
-    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash) -> Result<(), StoreError> {
+    async fn insert_key(&self, key: &ApiKey, hash: &TokenHash, event: Option<&NewEvent>) -> Result<(), StoreError> {
         let (key, hash) = (key.clone(), *hash);
-        self.logged_change("key", key.key_id.clone(), move |tx| {
+        self.logged_change("key", key.key_id.clone(), event, move |tx| {
             insert_key_row(tx, &key)?;
             add_secret(tx, &hash, &key.key_id)
         })
         .await
     }
-    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+    async fn update_key(&self, key: &ApiKey, event: Option<&NewEvent>) -> Result<(), StoreError> {
         let key = key.clone();
-        self.logged_change("key", key.key_id.clone(), move |tx| match update_key_row(tx, &key)? {
+        self.logged_change("key", key.key_id.clone(), event, move |tx| match update_key_row(tx, &key)? {
             true => Ok(()),
             false => Err(version_check(tx, "keys", "key_id", &key.key_id)),
         })
         .await
     }
-    async fn delete_key(&self, key_id: &str, version: u64) -> Result<(), StoreError> {
+    async fn delete_key(&self, key_id: &str, version: u64, event: Option<&NewEvent>) -> Result<(), StoreError> {
         let key_id = key_id.to_string();
-        self.logged_change("key", key_id.clone(), move |tx| {
+        self.logged_change("key", key_id.clone(), event, move |tx| {
             let n = tx
                 .execute("DELETE FROM keys WHERE key_id = ?1 AND version = ?2", params![key_id, version as i64])
                 .map_err(unavailable)?;
@@ -251,8 +256,14 @@ impl Records for SqliteStore {
         })
         .await
     }
-    async fn put_key(&self, key: &ApiKey, secrets: &[SecretRecord], expect: PutExpect) -> Result<bool, StoreError> {
-        let (mut key, secrets) = (key.clone(), secrets.to_vec());
+    async fn put_key(
+        &self,
+        key: &ApiKey,
+        secrets: &[SecretRecord],
+        expect: PutExpect,
+        event: Option<&NewEvent>,
+    ) -> Result<bool, StoreError> {
+        let (mut key, secrets, event) = (key.clone(), secrets.to_vec(), event.cloned());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
             let current = key_version(&tx, &key.key_id)?;
@@ -297,6 +308,9 @@ impl Records for SqliteStore {
                 }
             }
             log_change(&tx, "key", &key.key_id).map_err(unavailable)?;
+            if let Some(e) = &event {
+                write_event(&tx, e).map_err(unavailable)?;
+            }
             tx.commit().map_err(unavailable)?;
             Ok(!exists)
         })
@@ -305,7 +319,7 @@ impl Records for SqliteStore {
     async fn rotate_secret(&self, r: &Rotation<'_>) -> Result<(), StoreError> {
         let (key_id, hash, prefix) = (r.key_id.to_string(), *r.hash, r.key_prefix.to_string());
         let (old_valid_until, version) = (r.old_valid_until, r.version);
-        self.logged_change("key", key_id.clone(), move |tx| {
+        self.logged_change("key", key_id.clone(), r.event, move |tx| {
             let n = tx
                 .execute(
                     "UPDATE keys SET key_prefix = ?2, version = version + 1 WHERE key_id = ?1 AND version = ?3",
@@ -362,7 +376,7 @@ impl Records for SqliteStore {
     }
     async fn update_role(&self, role: &Role) -> Result<(), StoreError> {
         let role = role.clone();
-        self.logged_change("role", role.id.clone(), move |tx| {
+        self.logged_change("role", role.id.clone(), None, move |tx| {
             let n = tx
                 .execute(
                     "UPDATE roles SET name = ?2, description = ?3, permissions = ?4, version = version + 1 \
@@ -379,7 +393,7 @@ impl Records for SqliteStore {
     }
     async fn delete_role(&self, id: &str, version: u64) -> Result<(), StoreError> {
         let id = id.to_string();
-        self.logged_change("role", id.clone(), move |tx| {
+        self.logged_change("role", id.clone(), None, move |tx| {
             let users: i64 =
                 tx.query_row("SELECT COUNT(*) FROM keys WHERE role = ?1", params![id], |r| r.get(0)).map_err(unavailable)?;
             if users > 0 {

@@ -89,6 +89,36 @@ CREATE TABLE IF NOT EXISTS usage_minutes (
     count INTEGER NOT NULL,
     PRIMARY KEY (key_id, minute)
 );
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_key ON events(key_id, seq);
+CREATE TABLE IF NOT EXISTS webhook_cursors (
+    webhook TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    webhook TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_ms INTEGER,
+    next_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    log TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (webhook, seq)
+);
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries(webhook, status, seq);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);
 ";
 
 /// Brings a database made by an earlier version up to this schema: the
@@ -172,6 +202,16 @@ pub(super) fn role_from_row(row: &Row) -> rusqlite::Result<Role> {
 pub(super) fn log_change(tx: &Connection, kind: &str, id: &str) -> rusqlite::Result<()> {
     tx.execute("INSERT INTO changes (kind, id, at_ms) VALUES (?1, ?2, ?3)", params![kind, id, now_unix_ms()])?;
     Ok(())
+}
+
+/// Writes an event to the outbox unless one with its id is there; says
+/// whether it did.
+pub(super) fn write_event(tx: &Connection, e: &crate::events::NewEvent) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO events (id, type, key_id, at_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![e.id, e.kind.as_str(), e.key_id, e.at_ms, e.body],
+    )?;
+    Ok(n == 1)
 }
 
 /// Stores a secret's hash for a key; `Conflict` if any key already has it.

@@ -1,6 +1,7 @@
 //! The behaviour every `Store` must have, run against each implementation.
 
 use keygate::clock::Period;
+use keygate::events::{AttemptRecord, Delivery, DeliveryQuery, DeliveryStatus, DeliveryUpdate, EventKind, EventQuery, NewEvent};
 use keygate::keys::model::{ApiKey, Env, KeyStatus, Role};
 use keygate::keys::model::{CreditTerms, Quota, RefillInterval};
 use keygate::keys::token::TokenHash;
@@ -72,10 +73,10 @@ pub async fn conformance(store: &dyn Store) {
     let a = key("key_a", "Alpha integration", Some("reader"));
     let b = key("key_b", "Beta sync", None);
     let (ha, hb) = (TokenHash::of("token-a"), TokenHash::of("token-b"));
-    store.insert_key(&a, &ha).await.unwrap();
-    store.insert_key(&b, &hb).await.unwrap();
-    assert!(matches!(store.insert_key(&key("key_c", "dup token", None), &ha).await, Err(StoreError::Conflict(_))));
-    assert!(matches!(store.insert_key(&a, &TokenHash::of("other")).await, Err(StoreError::Conflict(_))));
+    store.insert_key(&a, &ha, None).await.unwrap();
+    store.insert_key(&b, &hb, None).await.unwrap();
+    assert!(matches!(store.insert_key(&key("key_c", "dup token", None), &ha, None).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.insert_key(&a, &TokenHash::of("other"), None).await, Err(StoreError::Conflict(_))));
     let found = store.key_by_hash(&ha).await.unwrap().unwrap();
     assert_eq!(found.key, a);
     assert_eq!(found.secret_expires_at, None);
@@ -118,14 +119,14 @@ pub async fn conformance(store: &dyn Store) {
     assert_eq!(store.list_keys(&by(None, Some(KeyStatus::Expired), 2_000_000_000)).await.unwrap().total, 2);
     let mut off = b.clone();
     off.enabled = false;
-    store.update_key(&off).await.unwrap();
+    store.update_key(&off, None).await.unwrap();
     assert_eq!(ids(store.list_keys(&by(None, Some(KeyStatus::Disabled), now)).await.unwrap()), vec!["key_b"]);
     assert_eq!(ids(store.list_keys(&by(Some("reader"), Some(KeyStatus::Active), now)).await.unwrap()), vec!["key_a"]);
     // The same edit again was made for version 1: the key is at 2 now, and
     // the racing edit that would re-enable it writes nothing.
-    assert_eq!(store.update_key(&b).await, Err(StoreError::VersionConflict { current: 2 }));
+    assert_eq!(store.update_key(&b, None).await, Err(StoreError::VersionConflict { current: 2 }));
     assert!(!store.get_key("key_b").await.unwrap().unwrap().enabled, "a stale write brought the key back");
-    store.update_key(&at(&b, 2)).await.unwrap();
+    store.update_key(&at(&b, 2), None).await.unwrap();
     assert_eq!(store.get_key("key_b").await.unwrap(), Some(at(&b, 3)));
 
     // Restoring keys whole, secrets by hash (what an import does).
@@ -135,33 +136,36 @@ pub async fn conformance(store: &dyn Store) {
     let (hr, hr_old) = (TokenHash::of("token-r"), TokenHash::of("token-r-old"));
     let both = [SecretRecord { hash: hr, valid_until: None }, SecretRecord { hash: hr_old, valid_until: Some(now + 3600) }];
     let fresh = PutExpect::Absent { recreate_deleted: false };
-    assert!(store.put_key(&restored, &both, fresh).await.unwrap(), "created");
+    assert!(store.put_key(&restored, &both, fresh, None).await.unwrap(), "created");
     assert_eq!(store.secrets_of("key_r", now).await.unwrap(), both.to_vec());
     assert_eq!(store.key_by_hash(&hr_old).await.unwrap().unwrap().secret_expires_at, Some(now + 3600));
-    assert_eq!(store.put_key(&restored, &both, fresh).await, Err(StoreError::VersionConflict { current: 1 }), "exists");
+    assert_eq!(store.put_key(&restored, &both, fresh, None).await, Err(StoreError::VersionConflict { current: 1 }), "exists");
     let mut renamed = restored.clone();
     renamed.name = "Restored again".into();
-    assert!(!store.put_key(&renamed, &both[..1], PutExpect::Version(1)).await.unwrap(), "replaced");
+    assert!(!store.put_key(&renamed, &both[..1], PutExpect::Version(1), None).await.unwrap(), "replaced");
     assert_eq!(store.get_key("key_r").await.unwrap(), Some(at(&renamed, 2)));
     assert_eq!(store.key_by_hash(&hr_old).await.unwrap(), None, "a secret left out of the restore is gone");
-    assert_eq!(store.put_key(&renamed, &both[..1], PutExpect::Version(1)).await, Err(StoreError::VersionConflict { current: 2 }));
+    assert_eq!(
+        store.put_key(&renamed, &both[..1], PutExpect::Version(1), None).await,
+        Err(StoreError::VersionConflict { current: 2 })
+    );
     assert!(matches!(
-        store.put_key(&renamed, &[SecretRecord { hash: ha, valid_until: None }], PutExpect::Version(2)).await,
+        store.put_key(&renamed, &[SecretRecord { hash: ha, valid_until: None }], PutExpect::Version(2), None).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.key_by_hash(&hr).await.unwrap().unwrap().key.key_id, "key_r", "a refused restore changes nothing");
-    assert_eq!(store.delete_key("key_r", 1).await, Err(StoreError::VersionConflict { current: 2 }));
+    assert_eq!(store.delete_key("key_r", 1, None).await, Err(StoreError::VersionConflict { current: 2 }));
     assert!(store.get_key("key_r").await.unwrap().is_some(), "a stale delete deleted");
-    store.delete_key("key_r", 2).await.unwrap();
+    store.delete_key("key_r", 2, None).await.unwrap();
     // A deleted id is remembered: a restore made for a key that was never
     // there does not bring it back, nor one made for the key it was.
-    assert_eq!(store.put_key(&restored, &both, fresh).await, Err(StoreError::Deleted));
-    assert_eq!(store.put_key(&restored, &both, PutExpect::Version(2)).await, Err(StoreError::NotFound));
+    assert_eq!(store.put_key(&restored, &both, fresh, None).await, Err(StoreError::Deleted));
+    assert_eq!(store.put_key(&restored, &both, PutExpect::Version(2), None).await, Err(StoreError::NotFound));
     assert_eq!(store.get_key("key_r").await.unwrap(), None);
     // Asked to, it does, and its versions go on from the deleted key's.
-    assert!(store.put_key(&restored, &both, PutExpect::Absent { recreate_deleted: true }).await.unwrap());
+    assert!(store.put_key(&restored, &both, PutExpect::Absent { recreate_deleted: true }, None).await.unwrap());
     assert_eq!(store.get_key("key_r").await.unwrap().unwrap().version, 3);
-    store.delete_key("key_r", 3).await.unwrap();
+    store.delete_key("key_r", 3, None).await.unwrap();
 
     // Role in use.
     assert_eq!(store.delete_role("reader", 2).await, Err(StoreError::RoleInUse { keys: 1 }));
@@ -170,10 +174,10 @@ pub async fn conformance(store: &dyn Store) {
     let mut a2 = a.clone();
     a2.enabled = false;
     a2.role = None;
-    store.update_key(&a2).await.unwrap();
+    store.update_key(&a2, None).await.unwrap();
     assert_eq!(store.key_by_hash(&ha).await.unwrap().unwrap().key, at(&a2, 2));
-    assert_eq!(store.update_key(&key("key_zz", "ghost", None)).await, Err(StoreError::NotFound));
-    assert_eq!(store.delete_key("key_zz", 1).await, Err(StoreError::NotFound));
+    assert_eq!(store.update_key(&key("key_zz", "ghost", None), None).await, Err(StoreError::NotFound));
+    assert_eq!(store.delete_key("key_zz", 1, None).await, Err(StoreError::NotFound));
     assert_eq!(store.delete_role("reader", 1).await, Err(StoreError::VersionConflict { current: 2 }));
     store.delete_role("reader", 2).await.unwrap();
     assert_eq!(store.delete_role("reader", 2).await, Err(StoreError::NotFound));
@@ -186,6 +190,7 @@ pub async fn conformance(store: &dyn Store) {
         key_prefix: "kg_live_wxyz****",
         old_valid_until: 2_100_000_000,
         version,
+        event: None,
     };
     let stale = store.rotate_secret(&rotation("key_b", &hn, 2)).await;
     assert_eq!(stale, Err(StoreError::VersionConflict { current: 3 }));
@@ -215,7 +220,7 @@ pub async fn conformance(store: &dyn Store) {
     // An edit never writes usage back, whatever the key it was made from says.
     let mut edited = b_now.clone();
     (edited.usage_count, edited.last_used, edited.description) = (0, None, "edited".into());
-    store.update_key(&edited).await.unwrap();
+    store.update_key(&edited, None).await.unwrap();
     let b_now = store.get_key("key_b").await.unwrap().unwrap();
     assert_eq!((b_now.usage_count, b_now.last_used, b_now.description.as_str()), (7, Some(now), "edited"));
     let summary = store.usage_summary("key_b", now).await.unwrap();
@@ -273,11 +278,11 @@ pub async fn conformance(store: &dyn Store) {
     current.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(current, vec![w("key_b", day, 7), w("o:acme", day, 2)]);
 
-    store.delete_key("key_b", v).await.unwrap();
+    store.delete_key("key_b", v, None).await.unwrap();
     assert_eq!(store.credit_balance("key_b").await.unwrap(), None, "a deleted key's credits go with it");
     assert_eq!(store.key_by_hash(&hn).await.unwrap(), None);
     assert_eq!(store.key_by_hash(&hb).await.unwrap(), None);
-    assert_eq!(store.delete_key("key_b", v).await, Err(StoreError::NotFound));
+    assert_eq!(store.delete_key("key_b", v, None).await, Err(StoreError::NotFound));
 
     // The audit log, newest first, filterable by target.
     use keygate::store::AuditEntry;
@@ -326,4 +331,136 @@ pub async fn conformance(store: &dyn Store) {
     assert!(store.changes_since(&replaced).await.unwrap().gap);
     // The cursor a node starts from is the feed's newest entry.
     assert_eq!(store.change_cursor().await.unwrap(), feed.latest);
+    outbox(store).await;
+}
+
+fn event(kind: EventKind, key_id: &str) -> NewEvent {
+    NewEvent::new(kind, key_id, keygate::clock::now_ms(), serde_json::json!({ "keyId": key_id }))
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries.iter().map(|d| d.event.id.clone()).collect()
+}
+
+/// Events enter the outbox with the key writes that cause them (or not
+/// at all), each webhook takes them from where it started, and a
+/// delivery's state changes only as its last reader saw it.
+async fn outbox(store: &dyn Store) {
+    // A webhook seen the first time starts after the newest event.
+    let old = event(EventKind::KeyExpiring, "key_old");
+    assert!(store.emit(&old).await.unwrap());
+    assert!(store.open_deliveries("w", &[], 100).await.unwrap().is_empty());
+    let only_deleted = ["key.deleted".to_string()];
+    assert!(store.open_deliveries("deleted-only", &only_deleted, 100).await.unwrap().is_empty());
+
+    let k = key("key_ev", "Events", None);
+    let created = event(EventKind::KeyCreated, "key_ev");
+    store.insert_key(&k, &TokenHash::of("token-ev"), Some(&created)).await.unwrap();
+    // A write refused for its version writes no event either.
+    let refused = event(EventKind::KeyUpdated, "key_ev");
+    let stale = ApiKey { version: 7, ..k.clone() };
+    assert!(matches!(store.update_key(&stale, Some(&refused)).await, Err(StoreError::VersionConflict { .. })));
+    let disabled = event(EventKind::KeyDisabled, "key_ev");
+    store.update_key(&ApiKey { enabled: false, ..k.clone() }, Some(&disabled)).await.unwrap();
+    let rotated = event(EventKind::KeyRotated, "key_ev");
+    let hash = TokenHash::of("token-ev-2");
+    let rotation = Rotation {
+        key_id: "key_ev",
+        hash: &hash,
+        key_prefix: "kg_live_efgh****",
+        old_valid_until: 0,
+        version: 2,
+        event: Some(&rotated),
+    };
+    store.rotate_secret(&rotation).await.unwrap();
+    let restored = event(EventKind::KeyUpdated, "key_ev");
+    let secrets = [SecretRecord { hash, valid_until: None }];
+    store.put_key(&at(&k, 3), &secrets, PutExpect::Version(3), Some(&restored)).await.unwrap();
+    let deleted = event(EventKind::KeyDeleted, "key_ev");
+    store.delete_key("key_ev", 4, Some(&deleted)).await.unwrap();
+    // An id written once is not written again.
+    assert!(!store.emit(&deleted).await.unwrap());
+
+    let open = store.open_deliveries("w", &[], 100).await.unwrap();
+    let written: Vec<String> = [&created, &disabled, &rotated, &restored, &deleted].iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids(&open), written, "in the order written, none refused");
+    assert!(open.windows(2).all(|w| w[0].event.seq < w[1].event.seq));
+    assert!(open.iter().all(|d| d.status == DeliveryStatus::Pending && d.attempts == 0 && d.webhook == "w"));
+    assert_eq!(open[0].event.body, created.body, "the body is kept byte for byte");
+    assert_eq!((open[0].event.kind.as_str(), open[0].event.key_id.as_str()), ("key.created", "key_ev"));
+    assert_eq!(ids(&store.open_deliveries("deleted-only", &only_deleted, 100).await.unwrap()), vec![deleted.id.clone()]);
+    assert_eq!(store.open_deliveries("w", &[], 2).await.unwrap().len(), 2, "at most max");
+
+    // A try is written only over the state it was made from.
+    let first = &open[0];
+    let now = keygate::clock::now_ms();
+    let record = AttemptRecord { at_ms: now, status: Some(503), error: None, took_ms: 3 };
+    let failed = DeliveryUpdate {
+        status: DeliveryStatus::Failed,
+        attempts_before: 0,
+        first_attempt_ms: now,
+        next_at_ms: now + 1_000,
+        at_ms: now,
+        log: vec![record.clone()],
+    };
+    assert!(store.record_attempt("w", first.event.seq, &failed).await.unwrap());
+    assert!(!store.record_attempt("w", first.event.seq, &failed).await.unwrap(), "made from a stale state");
+    let ok = AttemptRecord { status: Some(204), ..record.clone() };
+    let delivered =
+        DeliveryUpdate { status: DeliveryStatus::Delivered, attempts_before: 1, log: vec![record, ok], ..failed.clone() };
+    assert!(store.record_attempt("w", first.event.seq, &delivered).await.unwrap());
+    assert!(!store
+        .record_attempt("w", first.event.seq, &DeliveryUpdate { attempts_before: 2, ..delivered.clone() })
+        .await
+        .unwrap());
+    let open_now = store.open_deliveries("w", &[], 100).await.unwrap();
+    assert_eq!(ids(&open_now), written[1..].to_vec());
+
+    // Listed newest first, filtered.
+    let query = DeliveryQuery { status: Some(DeliveryStatus::Delivered), limit: 10, ..DeliveryQuery::default() };
+    let done = store.list_deliveries(&query).await.unwrap();
+    assert_eq!(ids(&done), vec![created.id.clone()]);
+    assert_eq!((done[0].attempts, done[0].log.len(), done[0].log[1].status), (2, 2, Some(204)));
+    let all = store.list_deliveries(&DeliveryQuery { limit: 100, ..DeliveryQuery::default() }).await.unwrap();
+    assert_eq!(all.len(), 6, "five to w, one to deleted-only");
+    assert_eq!(all[0].event.id, deleted.id);
+    let of_w = DeliveryQuery { webhook: Some("deleted-only".into()), limit: 10, ..DeliveryQuery::default() };
+    assert_eq!(store.list_deliveries(&of_w).await.unwrap().len(), 1);
+    let events =
+        store.list_events(&EventQuery { key_id: Some("key_ev".into()), limit: 100, ..EventQuery::default() }).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.id.clone()).rev().collect::<Vec<_>>(), written);
+    let typed = EventQuery { kind: Some("key.rotated".into()), limit: 100, ..EventQuery::default() };
+    assert_eq!(store.list_events(&typed).await.unwrap().len(), 1);
+    let later = EventQuery { since_ms: Some(now + 60_000), limit: 100, ..EventQuery::default() };
+    assert!(store.list_events(&later).await.unwrap().is_empty());
+    assert_eq!(store.list_events(&EventQuery { limit: 2, ..EventQuery::default() }).await.unwrap().len(), 2);
+
+    // A replay opens again what was delivered, and makes what a webhook
+    // never took (it started after them).
+    assert_eq!(store.replay("w", &[], 0).await.unwrap(), 2);
+    let reopened = store.open_deliveries("w", &[], 100).await.unwrap();
+    let mut replayed = vec![old.id.clone()];
+    replayed.extend(written.iter().cloned());
+    assert_eq!(ids(&reopened), replayed);
+    assert!(reopened.iter().all(|d| d.attempts == 0));
+    // A webhook added since gets every event of its types since then.
+    assert_eq!(store.replay("late", &only_deleted, 0).await.unwrap(), 1);
+    assert_eq!(ids(&store.open_deliveries("late", &only_deleted, 100).await.unwrap()), vec![deleted.id.clone()]);
+
+    // One holder of a lease at a time; a lapsed lease is anyone's.
+    assert!(store.hold_lease("deliver", "node-a", 10_000).await.unwrap());
+    assert!(!store.hold_lease("deliver", "node-b", 10_000).await.unwrap());
+    assert!(store.hold_lease("deliver", "node-a", 10_000).await.unwrap());
+    assert!(store.hold_lease("brief", "node-a", 1).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(store.hold_lease("brief", "node-b", 10_000).await.unwrap());
+
+    // A sweep forgets closed deliveries and their events, never open ones.
+    let dead = DeliveryUpdate { status: DeliveryStatus::Dead, attempts_before: 0, ..failed };
+    let seq = all.iter().find(|d| d.webhook == "deleted-only").map(|d| d.event.seq).unwrap();
+    assert!(store.record_attempt("deleted-only", seq, &dead).await.unwrap());
+    store.sweep_events(keygate::clock::now_ms() + 60_000).await.unwrap();
+    assert_eq!(ids(&store.open_deliveries("w", &[], 100).await.unwrap()), replayed, "open deliveries survive a sweep");
+    let left = store.list_deliveries(&DeliveryQuery { limit: 100, ..DeliveryQuery::default() }).await.unwrap();
+    assert!(left.iter().all(|d| d.webhook != "deleted-only"), "the dead delivery went");
 }

@@ -1,0 +1,325 @@
+//! What happens to keys, told to the backend: lifecycle events, written to
+//! an outbox in the store together with the change that caused them, and
+//! their deliveries to each `[[webhooks]]` endpoint, retried with backoff
+//! until delivered or, after `retry_for`, dead. The delivering is
+//! [`crate::outbox`]'s; keeping them is the store's.
+
+use serde_json::{json, Value};
+
+/// Every kind of event, as `type` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    KeyCreated,
+    KeyUpdated,
+    KeyDisabled,
+    KeyEnabled,
+    KeyRotated,
+    KeyDeleted,
+    KeyLeaked,
+    KeyExpiring,
+    KeyExpired,
+    QuotaThreshold,
+    CreditsLow,
+    CreditsExhausted,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 12] = [
+        EventKind::KeyCreated,
+        EventKind::KeyUpdated,
+        EventKind::KeyDisabled,
+        EventKind::KeyEnabled,
+        EventKind::KeyRotated,
+        EventKind::KeyDeleted,
+        EventKind::KeyLeaked,
+        EventKind::KeyExpiring,
+        EventKind::KeyExpired,
+        EventKind::QuotaThreshold,
+        EventKind::CreditsLow,
+        EventKind::CreditsExhausted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::KeyCreated => "key.created",
+            EventKind::KeyUpdated => "key.updated",
+            EventKind::KeyDisabled => "key.disabled",
+            EventKind::KeyEnabled => "key.enabled",
+            EventKind::KeyRotated => "key.rotated",
+            EventKind::KeyDeleted => "key.deleted",
+            EventKind::KeyLeaked => "key.leaked",
+            EventKind::KeyExpiring => "key.expiring",
+            EventKind::KeyExpired => "key.expired",
+            EventKind::QuotaThreshold => "quota.threshold",
+            EventKind::CreditsLow => "credits.low",
+            EventKind::CreditsExhausted => "credits.exhausted",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// The longest event id: a Standard Webhooks message id.
+pub const MAX_EVENT_ID: usize = 128;
+
+/// An event about to be written: its id (the `webhook-id` of every
+/// delivery, retries included), what and whom it is about, and the body
+/// every endpoint receives, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: String,
+    pub kind: EventKind,
+    pub key_id: String,
+    pub at_ms: i64,
+    pub body: String,
+}
+
+impl NewEvent {
+    /// An event with a fresh id: `{"id", "type", "timestamp", "data"}`.
+    /// `data` is the key's public fields (never a secret or its hash).
+    pub fn new(kind: EventKind, key_id: &str, at_ms: i64, data: Value) -> NewEvent {
+        NewEvent::with_id(format!("evt_{}", random_id()), kind, key_id, at_ms, data)
+    }
+
+    /// An event whose id says what it is once (`key.expiring` at one
+    /// notice, `quota.threshold` of one window), so that nodes noticing
+    /// the same thing write it once.
+    pub fn with_id(id: String, kind: EventKind, key_id: &str, at_ms: i64, data: Value) -> NewEvent {
+        let body = json!({
+            "id": id,
+            "type": kind.as_str(),
+            "timestamp": crate::clock::rfc3339(at_ms.div_euclid(1000)),
+            "data": data,
+        })
+        .to_string();
+        NewEvent { id, kind, key_id: key_id.into(), at_ms, body }
+    }
+}
+
+fn random_id() -> String {
+    use rand::Rng;
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rngs::OsRng;
+    (0..24).map(|_| BASE62[rng.gen_range(0..62)] as char).collect()
+}
+
+/// An event as the outbox keeps it, numbered in the order written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub id: String,
+    pub kind: String,
+    pub key_id: String,
+    pub at_ms: i64,
+    pub body: String,
+}
+
+impl StoredEvent {
+    /// The event as the admin API lists it: the delivered body, parsed.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// `GET /events`: newest first, each filter optional.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub key_id: Option<String>,
+    pub kind: Option<String>,
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+}
+
+impl EventQuery {
+    /// Whether an event passes the filters (for stores that scan).
+    pub fn admits(&self, e: &StoredEvent) -> bool {
+        self.key_id.as_ref().is_none_or(|k| *k == e.key_id)
+            && self.kind.as_ref().is_none_or(|t| *t == e.kind)
+            && self.since_ms.is_none_or(|s| e.at_ms >= s)
+    }
+}
+
+/// Where one event stands with one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Not tried yet, or waiting for an earlier event of its key.
+    Pending,
+    /// Tried and failed; tried again at `next_at_ms`.
+    Failed,
+    Delivered,
+    /// Failed for longer than the endpoint's `retry_for`: kept, not tried
+    /// again unless replayed.
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 4] =
+        [DeliveryStatus::Pending, DeliveryStatus::Failed, DeliveryStatus::Delivered, DeliveryStatus::Dead];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        DeliveryStatus::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// Pending or failed: still to be delivered.
+    pub fn is_open(self) -> bool {
+        matches!(self, DeliveryStatus::Pending | DeliveryStatus::Failed)
+    }
+}
+
+/// One try of a delivery, as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    pub at_ms: i64,
+    /// The endpoint's status, when it answered.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub took_ms: u64,
+}
+
+/// The attempts a delivery keeps (the latest).
+pub const KEPT_ATTEMPTS: usize = 10;
+
+/// One event's delivery to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub webhook: String,
+    pub event: StoredEvent,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub first_attempt_ms: Option<i64>,
+    pub next_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// The latest attempts, oldest first, at most [`KEPT_ATTEMPTS`].
+    pub log: Vec<AttemptRecord>,
+}
+
+impl Delivery {
+    /// The admin API's form.
+    pub fn json(&self) -> Value {
+        let last = self.log.last();
+        json!({
+            "webhook": self.webhook,
+            "eventId": self.event.id,
+            "type": self.event.kind,
+            "keyId": self.event.key_id,
+            "status": self.status.as_str(),
+            "attempts": self.attempts,
+            "nextAttemptAt": self.status.is_open().then(|| crate::clock::rfc3339(self.next_at_ms.div_euclid(1000))),
+            "lastStatus": last.and_then(|a| a.status),
+            "lastError": last.and_then(|a| a.error.clone()),
+            "log": self.log.iter().map(|a| json!({
+                "at": crate::clock::rfc3339(a.at_ms.div_euclid(1000)),
+                "status": a.status,
+                "error": a.error,
+                "tookMs": a.took_ms,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// What a try did to a delivery: written only if the delivery is still
+/// open and at `attempts_before` (a replay in between wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryUpdate {
+    pub status: DeliveryStatus,
+    pub attempts_before: u32,
+    pub first_attempt_ms: i64,
+    pub next_at_ms: i64,
+    pub at_ms: i64,
+    /// The whole log after this attempt.
+    pub log: Vec<AttemptRecord>,
+}
+
+/// `GET /webhooks/deliveries`: newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    pub webhook: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    pub key_id: Option<String>,
+    pub limit: usize,
+}
+
+/// The first retry waits this long; each next one twice as long, up to
+/// [`MAX_BACKOFF_MS`], each jittered by ±25% so that endpoints coming
+/// back are not met by every node's retries at once.
+pub const FIRST_BACKOFF_MS: i64 = 1_000;
+pub const MAX_BACKOFF_MS: i64 = 3_600_000;
+
+/// When a delivery that has now failed `attempts` times is tried again,
+/// or `None` when it has been failing for `retry_for_ms` and is dead.
+/// `jitter` is uniform in [0, 1).
+pub fn retry_at(attempts: u32, first_ms: i64, now_ms: i64, retry_for_ms: i64, jitter: f64) -> Option<i64> {
+    if now_ms.saturating_sub(first_ms) >= retry_for_ms {
+        return None;
+    }
+    let doublings = attempts.saturating_sub(1).min(32);
+    let base = FIRST_BACKOFF_MS.saturating_mul(1_i64 << doublings.min(62)).min(MAX_BACKOFF_MS);
+    let factor = 0.75 + 0.5 * jitter.clamp(0.0, 1.0);
+    Some(now_ms + (base as f64 * factor) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_its_name() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::parse("key.exploded"), None);
+        for s in DeliveryStatus::ALL {
+            assert_eq!(DeliveryStatus::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn an_event_body_carries_its_id_type_time_and_data_and_the_id_is_signable() {
+        let e = NewEvent::new(EventKind::KeyDisabled, "key_a", 1_765_000_000_123, json!({ "keyId": "key_a" }));
+        let body: Value = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(body["id"], e.id.as_str());
+        assert_eq!(body["type"], "key.disabled");
+        assert_eq!(body["timestamp"], "2025-12-06T05:46:40Z");
+        assert_eq!(body["data"]["keyId"], "key_a");
+        assert!(e.id.starts_with("evt_") && e.id.len() == 28);
+        let secret = crate::webhooks::SigningSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        assert!(secret.sign(&e.id, 1, e.body.as_bytes()).is_ok());
+        assert_ne!(NewEvent::new(EventKind::KeyDisabled, "key_a", 0, Value::Null).id, e.id);
+    }
+
+    #[test]
+    fn retries_back_off_doubling_with_jitter_and_die_after_retry_for() {
+        let day = 86_400_000;
+        assert_eq!(retry_at(1, 0, 0, day, 0.5), Some(1_000));
+        assert_eq!(retry_at(2, 0, 0, day, 0.5), Some(2_000));
+        assert_eq!(retry_at(4, 0, 0, day, 0.5), Some(8_000));
+        assert_eq!(retry_at(1, 0, 0, day, 0.0), Some(750));
+        assert_eq!(retry_at(1, 0, 0, day, 1.0), Some(1_250));
+        // Capped at an hour, however many attempts.
+        assert_eq!(retry_at(40, 0, 10, day, 0.5), Some(10 + MAX_BACKOFF_MS));
+        assert_eq!(retry_at(u32::MAX, 0, 10, day, 0.5), Some(10 + MAX_BACKOFF_MS));
+        // Failing for retry_for: dead; a moment before, tried again.
+        assert_eq!(retry_at(30, 0, day, day, 0.5), None);
+        assert!(retry_at(30, 0, day - 1, day, 0.5).is_some());
+        // From the first attempt: twelve doublings and hourly retries
+        // make at least a day of trying.
+        let (mut now, mut n) = (0, 0);
+        while let Some(next) = retry_at(n + 1, 0, now, day, 0.0) {
+            now = next;
+            n += 1;
+        }
+        assert!(now >= day && n < 50, "{n} attempts over {now} ms");
+    }
+}
