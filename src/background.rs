@@ -1,6 +1,6 @@
 //! A node's work besides requests: following the store's change feed into
-//! the caches, writing usage behind, and sweeping limiter windows and idle
-//! credit leases. [`Background`] holds every task, and [`Background::stop`]
+//! the caches, writing usage behind, sweeping limiter windows and idle
+//! credit leases, and delivering webhooks ([`crate::outbox`]). [`Background`] holds every task, and [`Background::stop`]
 //! is the one shutdown: the tasks end at their next pause (never in the
 //! middle of a write), then what the node holds is written or given back.
 
@@ -33,7 +33,8 @@ impl Background {
         let tasks = vec![
             tokio::spawn(follow_changes(Arc::clone(app), heard, stopped.clone())),
             tokio::spawn(write_usage_behind(Arc::clone(app), stopped.clone())),
-            tokio::spawn(sweep(Arc::clone(app), stopped)),
+            tokio::spawn(sweep(Arc::clone(app), stopped.clone())),
+            tokio::spawn(crate::outbox::deliver(Arc::clone(app), stopped)),
         ];
         Background { app: Arc::clone(app), stop, tasks, announcer }
     }

@@ -252,20 +252,27 @@ pub struct DeliveryQuery {
 }
 
 /// The first retry waits this long; each next one twice as long, up to
-/// [`MAX_BACKOFF_MS`], each jittered by ±25% so that endpoints coming
-/// back are not met by every node's retries at once.
+/// the endpoint's longest wait (an hour by default), each jittered by
+/// ±25% so that an endpoint coming back is not met by every retry at once.
 pub const FIRST_BACKOFF_MS: i64 = 1_000;
-pub const MAX_BACKOFF_MS: i64 = 3_600_000;
+
+/// How a failing delivery is tried again: for `for_ms` since its first
+/// try, waiting at most `max_wait_ms` between two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub for_ms: i64,
+    pub max_wait_ms: i64,
+}
 
 /// When a delivery that has now failed `attempts` times is tried again,
-/// or `None` when it has been failing for `retry_for_ms` and is dead.
+/// or `None` when it has been failing for `policy.for_ms` and is dead.
 /// `jitter` is uniform in [0, 1).
-pub fn retry_at(attempts: u32, first_ms: i64, now_ms: i64, retry_for_ms: i64, jitter: f64) -> Option<i64> {
-    if now_ms.saturating_sub(first_ms) >= retry_for_ms {
+pub fn retry_at(attempts: u32, first_ms: i64, now_ms: i64, policy: RetryPolicy, jitter: f64) -> Option<i64> {
+    if now_ms.saturating_sub(first_ms) >= policy.for_ms {
         return None;
     }
     let doublings = attempts.saturating_sub(1).min(32);
-    let base = FIRST_BACKOFF_MS.saturating_mul(1_i64 << doublings.min(62)).min(MAX_BACKOFF_MS);
+    let base = FIRST_BACKOFF_MS.saturating_mul(1_i64 << doublings).min(policy.max_wait_ms.max(FIRST_BACKOFF_MS));
     let factor = 0.75 + 0.5 * jitter.clamp(0.0, 1.0);
     Some(now_ms + (base as f64 * factor) as i64)
 }
@@ -301,22 +308,25 @@ mod tests {
 
     #[test]
     fn retries_back_off_doubling_with_jitter_and_die_after_retry_for() {
-        let day = 86_400_000;
-        assert_eq!(retry_at(1, 0, 0, day, 0.5), Some(1_000));
-        assert_eq!(retry_at(2, 0, 0, day, 0.5), Some(2_000));
-        assert_eq!(retry_at(4, 0, 0, day, 0.5), Some(8_000));
-        assert_eq!(retry_at(1, 0, 0, day, 0.0), Some(750));
-        assert_eq!(retry_at(1, 0, 0, day, 1.0), Some(1_250));
-        // Capped at an hour, however many attempts.
-        assert_eq!(retry_at(40, 0, 10, day, 0.5), Some(10 + MAX_BACKOFF_MS));
-        assert_eq!(retry_at(u32::MAX, 0, 10, day, 0.5), Some(10 + MAX_BACKOFF_MS));
+        let (day, hour) = (86_400_000, 3_600_000);
+        let policy = RetryPolicy { for_ms: day, max_wait_ms: hour };
+        assert_eq!(retry_at(1, 0, 0, policy, 0.5), Some(1_000));
+        assert_eq!(retry_at(2, 0, 0, policy, 0.5), Some(2_000));
+        assert_eq!(retry_at(4, 0, 0, policy, 0.5), Some(8_000));
+        assert_eq!(retry_at(1, 0, 0, policy, 0.0), Some(750));
+        assert_eq!(retry_at(1, 0, 0, policy, 1.0), Some(1_250));
+        // Capped at the longest wait, however many attempts.
+        assert_eq!(retry_at(40, 0, 10, policy, 0.5), Some(10 + hour));
+        assert_eq!(retry_at(u32::MAX, 0, 10, policy, 0.5), Some(10 + hour));
+        let brisk = RetryPolicy { max_wait_ms: 2_000, ..policy };
+        assert_eq!(retry_at(9, 0, 10, brisk, 0.5), Some(2_010));
         // Failing for retry_for: dead; a moment before, tried again.
-        assert_eq!(retry_at(30, 0, day, day, 0.5), None);
-        assert!(retry_at(30, 0, day - 1, day, 0.5).is_some());
-        // From the first attempt: twelve doublings and hourly retries
-        // make at least a day of trying.
+        assert_eq!(retry_at(30, 0, day, policy, 0.5), None);
+        assert!(retry_at(30, 0, day - 1, policy, 0.5).is_some());
+        // From the first attempt: doublings, then hourly retries, make at
+        // least a day of trying.
         let (mut now, mut n) = (0, 0);
-        while let Some(next) = retry_at(n + 1, 0, now, day, 0.0) {
+        while let Some(next) = retry_at(n + 1, 0, now, policy, 0.0) {
             now = next;
             n += 1;
         }

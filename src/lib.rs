@@ -26,6 +26,7 @@ pub mod keys;
 pub mod leaks;
 pub mod manage;
 pub mod metrics;
+pub mod outbox;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub ratelimit_fallbacks: IntCounterVec,
     pub lease_size: Histogram,
     pub subscription_losses: IntCounter,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_backlog: IntGauge,
 }
 
 /// Label values each counter can take, created at zero at start so that
@@ -38,6 +40,8 @@ const STORE_OPERATIONS: [&str; 3] = ["key_by_hash", "changes_since", "list_roles
 const FALLBACK_POLICIES: [&str; 3] = ["allow", "deny", "local"];
 const INVALIDATION_KINDS: [&str; 3] = ["key", "role", "flush"];
 const RESULTS: [&str; 2] = ["ok", "error"];
+/// What a webhook delivery's try came to.
+pub const DELIVERY_RESULTS: [&str; 3] = ["delivered", "failed", "dead"];
 /// The Redis calls of the data plane, and their results.
 const REDIS_OPERATIONS: [&str; 4] = ["key_by_hash", "changes_since", "ratelimit_take", "ratelimit_return"];
 const REDIS_RESULTS: [&str; 5] = ["ok", "refused", "error", "timeout", "breaker_open"];
@@ -111,6 +115,19 @@ impl Metrics {
             "keygate_change_subscription_losses_total",
             "Lost change-feed subscriptions (each flushes the caches)",
         )?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new("keygate_webhook_deliveries_total", "Tries of webhook deliveries by result (delivered, failed, dead)"),
+            &["result"],
+        )?;
+        let webhook_backlog = IntGauge::new(
+            "keygate_webhook_backlog",
+            "Webhook deliveries not yet delivered (on the node delivering; 0 elsewhere)",
+        )?;
+        for result in DELIVERY_RESULTS {
+            webhook_deliveries.with_label_values(&[result]);
+        }
+        registry.register(Box::new(webhook_deliveries.clone()))?;
+        registry.register(Box::new(webhook_backlog.clone()))?;
         let build_info =
             IntGaugeVec::new(Opts::new("keygate_build_info", "Always 1; the labels say which keygate this is"), &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -169,6 +186,8 @@ impl Metrics {
             ratelimit_fallbacks,
             lease_size,
             subscription_losses,
+            webhook_deliveries,
+            webhook_backlog,
         })
     }
 

@@ -120,6 +120,15 @@ pub async fn seed_roles(store: &dyn Store, seeds: &[RoleSeed]) -> Result<(), Sto
     Ok(())
 }
 
+/// Starts the cursor of each `[[webhooks]]` endpoint the store does not
+/// know yet, so that events written from now on reach it.
+pub async fn register_webhooks(store: &dyn Store, hooks: &[crate::config::Webhook]) -> Result<(), StoreError> {
+    for hook in hooks {
+        store.register_webhook(&hook.name).await?;
+    }
+    Ok(())
+}
+
 impl App {
     /// Opens the store, seeds roles and loads them.
     pub async fn new(config: Config, config_path: PathBuf) -> Result<Arc<App>, StartError> {
@@ -131,6 +140,7 @@ impl App {
         }
         let store = store::open(&config.store, &metrics).await?;
         seed_roles(store.as_ref(), &config.roles).await?;
+        register_webhooks(store.as_ref(), &config.webhooks).await?;
         let start_cursor = store.change_cursor().await?;
         let roles = RoleSet::load(store.as_ref()).await?;
         let limiter = match &config.rate_limit.backend {
@@ -206,6 +216,9 @@ impl App {
         }
         if let Err(e) = seed_roles(self.store.as_ref(), &config.roles).await {
             tracing::warn!(error = %e, "could not seed roles after reload");
+        }
+        if let Err(e) = register_webhooks(self.store.as_ref(), &config.webhooks).await {
+            tracing::warn!(error = %e, "could not register webhooks after reload: each starts at its first delivery pass");
         }
         self.runtime.store(Arc::new(Runtime::new(config, &self.metrics)));
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();

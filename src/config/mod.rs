@@ -96,6 +96,34 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     /// `[leaks]`.
     pub leaks: LeaksConfig,
+    /// `[[webhooks]]`.
+    pub webhooks: Vec<Webhook>,
+}
+
+/// Longest a webhook endpoint gets to answer, by default and at most.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a failing delivery is tried again before it is dead, by
+/// default and at most.
+pub const DEFAULT_WEBHOOK_RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_WEBHOOK_RETRY_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest wait between two tries of a failing delivery, by default.
+pub const DEFAULT_WEBHOOK_MAX_RETRY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// One `[[webhooks]]` endpoint, checked.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// What its deliveries are kept under (default: its URL).
+    pub name: String,
+    pub to: Outbound,
+    pub secret: Arc<crate::webhooks::SigningSecret>,
+    /// The event types it hears of; empty: all.
+    pub events: Vec<String>,
+    pub timeout: Duration,
+    pub retry_for: Duration,
+    /// The longest wait between two tries of a failing delivery: how long
+    /// an endpoint back from an outage waits at most for its backlog.
+    pub max_retry_interval: Duration,
 }
 
 /// An http(s) URL keygate itself calls, checked: the URL, where to

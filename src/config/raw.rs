@@ -40,6 +40,22 @@ pub struct RawConfig {
     pub tracing: Option<RawTracing>,
     #[serde(default)]
     pub leaks: RawLeaks,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+/// `[[webhooks]]`: an endpoint that hears of key lifecycle events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub name: Option<Spanned<String>>,
+    pub url: Spanned<String>,
+    pub secret_env: Spanned<String>,
+    pub events: Option<Spanned<Vec<String>>>,
+    pub timeout: Option<Spanned<String>>,
+    pub retry_for: Option<Spanned<String>>,
+    pub max_retry_interval: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[leaks]`: what a report of a leaked token does.

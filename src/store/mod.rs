@@ -495,6 +495,10 @@ pub trait CreditLedger: Send + Sync {
 /// through `emit`); one node at a time, holding the lease, delivers.
 #[async_trait]
 pub trait Outbox: Send + Sync {
+    /// Starts `webhook`'s cursor at the newest event if it has none: what
+    /// is written from now on is delivered to it. Every process that
+    /// loads a config registers its webhooks before it writes anything.
+    async fn register_webhook(&self, webhook: &str) -> Result<(), StoreError>;
     /// Writes an event no key write causes (an expiry notice, a
     /// threshold), unless one with its id exists; says whether it wrote.
     async fn emit(&self, event: &NewEvent) -> Result<bool, StoreError>;
@@ -514,8 +518,9 @@ pub trait Outbox: Send + Sync {
     /// every event written at or after `since_ms` that are not open,
     /// making those it lacks; says how many.
     async fn replay(&self, webhook: &str, types: &[String], since_ms: i64) -> Result<u64, StoreError>;
-    /// Holds the lease `name` for `owner` for `ttl_ms` more, if it is free,
-    /// lapsed or already `owner`'s; says whether `owner` holds it.
+    /// Holds the lease `name` for `owner` for `ttl_ms` more (at least half
+    /// of that), if it is free, lapsed or already `owner`'s; says whether
+    /// `owner` holds it.
     async fn hold_lease(&self, name: &str, owner: &str, ttl_ms: u64) -> Result<bool, StoreError>;
     /// Forgets events written before `before_ms` and deliveries last
     /// changed before it, but never an open delivery or its event.

@@ -42,6 +42,9 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 
+/// ARGV: webhook.
+static REGISTER: LazyLock<Script> = LazyLock::new(|| script("group(ARGV[1])\nreturn 1"));
+
 /// ARGV: webhook, types (`,a,b,` or ''), now_ms, max. Takes up to 5,000
 /// new events per call; returns up to `max` open deliveries, oldest first,
 /// as {seq, {field, value...}} pairs.
@@ -273,6 +276,10 @@ impl RedisStore {
 
 #[async_trait]
 impl Outbox for RedisStore {
+    async fn register_webhook(&self, webhook: &str) -> Result<(), StoreError> {
+        self.invoke::<i64>("register_webhook", &REGISTER, vec![webhook.to_string()]).await.map(|_| ())
+    }
+
     async fn emit(&self, event: &NewEvent) -> Result<bool, StoreError> {
         let args = vec![super::redis::event_arg(Some(event))];
         self.invoke::<i64>("emit", &super::redis_scripts::EMIT, args).await.map(|n| n == 1)

@@ -303,3 +303,41 @@ fn leak_report_settings_are_checked() {
         check(&format!("[leaks]\non_leak = \"flag\"\n[leaks.github]\npublic_keys_url = \"http://127.0.0.1:1/k\"\n{}", base()));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn webhook_settings_are_checked() {
+    const OK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let check_with_secret = |text: &str, value: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Setup::with_text(dir, text, free_port(), free_port());
+        s.env.push(("HOOK_SECRET".into(), value.into()));
+        let out = s.cli(&["config", "check"]);
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let hook = |extra: &str| format!("[[webhooks]]\nurl = \"https://hooks.example.com/keygate\"\nsecret_env = \"HOOK_SECRET\"\n{extra}\n");
+    for (table, field) in [
+        ("[[webhooks]]\nurl = \"http://hooks.example.com/k\"\nsecret_env = \"HOOK_SECRET\"".to_string(), "gateway.toml:2: webhooks[0].url"),
+        ("[[webhooks]]\nurl = \"ftp://127.0.0.1/k\"\nsecret_env = \"HOOK_SECRET\"".into(), "webhooks[0].url"),
+        (hook("events = [\"key.exploded\"]"), "gateway.toml:4: webhooks[0].events"),
+        (hook("events = []"), "webhooks[0].events"),
+        (hook("timeout = \"2m\""), "webhooks[0].timeout"),
+        (hook("retry_for = \"30d\""), "webhooks[0].retry_for"),
+        (hook("retry_for = \"1m\"\nmax_retry_interval = \"1h\""), "webhooks[0].max_retry_interval"),
+        (hook("name = \"has space\""), "webhooks[0].name"),
+        (format!("{}{}", hook("name = \"a\""), hook("name = \"a\"")), "webhooks[1].name"),
+        (hook("secret = \"whsec_inline\""), "webhooks[0].secret"),
+    ] {
+        let (ok, out) = check_with_secret(&format!("{table}\n{}", base()), OK_SECRET);
+        assert!(!ok, "{table}");
+        assert!(out.contains(field), "{table}: {out}");
+    }
+    // The secret must be set, and be one.
+    let (ok, out) = check_with_secret(&format!("{}\n{}", hook("").replace("HOOK_SECRET", "NO_SUCH_VARIABLE"), base()), OK_SECRET);
+    assert!(!ok && out.contains("gateway.toml:3: webhooks[0].secret_env") && out.contains("not set"), "{out}");
+    let (ok, out) = check_with_secret(&format!("{}\n{}", hook(""), base()), "not-a-secret");
+    assert!(!ok && out.contains("webhooks[0].secret_env") && out.contains("whsec_"), "{out}");
+    assert!(!out.contains("not-a-secret"), "the secret's value is shown: {out}");
+    let loopback = "[[webhooks]]\nurl = \"http://127.0.0.1:9000/k\"\nsecret_env = \"HOOK_SECRET\"\nevents = [\"key.leaked\"]\n";
+    let (ok, out) = check_with_secret(&format!("{}{loopback}\n{}", hook("name = \"billing\""), base()), OK_SECRET);
+    assert!(ok, "{out}");
+}

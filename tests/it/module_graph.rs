@@ -17,7 +17,7 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("storage", &["store"]),
     ("node", &["cache", "ratelimit"]),
     ("answers", &["error", "proxy", "scanning", "telemetry"]),
-    ("decisions", &["state", "background", "decide", "pipeline", "manage"]),
+    ("decisions", &["state", "background", "decide", "pipeline", "manage", "outbox"]),
     ("surfaces", &["server", "admin", "demo", "fuzzing"]),
     ("commands", &["cli"]),
 ];

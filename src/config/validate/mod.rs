@@ -3,6 +3,7 @@
 
 mod catalogue;
 mod leaks;
+mod webhooks;
 
 use super::raw::*;
 use super::*;
@@ -131,6 +132,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let routes = catalogue::routes(&mut c, &raw.routes, &upstreams, &catalogue, cors.is_some());
     let roles = catalogue::roles(&mut c, &raw.roles, &catalogue);
     let leaks = leaks::leaks(&mut c, path, &raw.leaks);
+    let webhooks = webhooks::webhooks(&mut c, path, &raw.webhooks);
 
     if !c.problems.is_empty() {
         return Err(ConfigError { file: path.to_path_buf(), problems: c.problems });
@@ -151,6 +153,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         log_format,
         tracing,
         leaks,
+        webhooks,
     })
 }
 
