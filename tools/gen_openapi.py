@@ -40,6 +40,8 @@ list_meta = {"type": "object", "properties": {"total": {"type": "integer"}, "pag
 secret_meta = {"type": "object", "properties": {"warning": {"type": "string"}}}
 auth = [{"adminToken": []}]
 nullable_str = {"type": ["string", "null"]}
+event_types = ["key.created", "key.updated", "key.disabled", "key.enabled", "key.rotated", "key.deleted", "key.leaked",
+               "key.expiring", "key.expired", "quota.threshold", "credits.low", "credits.exhausted"]
 
 paths = {
   "/api-keys": {
@@ -136,6 +138,18 @@ paths = {
   "/audit-log": {"get": {"summary": "Management changes, newest first", "security": auth,
       "parameters": [{"name": "target", "in": "query", "schema": {"type": "string"}, "description": "Only entries about this key or role id"}] + paging,
       "responses": {**ok("A page of entries", {"type": "array", "items": ref("AuditEntry")}, list_meta), **errors("400", "401", "503")}}},
+  "/events": {"get": {"summary": "Lifecycle events from the outbox, newest first, each as every webhook endpoint receives it", "security": auth,
+      "parameters": [{"name": "keyId", "in": "query", "schema": {"type": "string"}},
+                     {"name": "type", "in": "query", "schema": {"type": "string", "enum": event_types}},
+                     {"name": "since", "in": "query", "schema": {"type": "string"}, "description": "A time (2026-12-07T10:00:00Z) or a span back from now (24h)"},
+                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}],
+      "responses": {**ok("Events", {"type": "array", "items": ref("Event")}, {"type": "object", "properties": {"count": {"type": "integer"}}}), **errors("400", "401", "503")}}},
+  "/webhooks/deliveries": {"get": {"summary": "Deliveries of events to the [[webhooks]] endpoints, newest first, with their latest attempts", "security": auth,
+      "parameters": [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "failed", "delivered", "dead"]}},
+                     {"name": "webhook", "in": "query", "schema": {"type": "string"}},
+                     {"name": "keyId", "in": "query", "schema": {"type": "string"}},
+                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}],
+      "responses": {**ok("Deliveries", {"type": "array", "items": ref("Delivery")}, {"type": "object", "properties": {"count": {"type": "integer"}}}), **errors("400", "401", "404", "503")}}},
   "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
   "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
   "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": ok("Alive", {"type": "object"})}},
@@ -157,6 +171,16 @@ nullable_int = {"type": ["integer", "null"], "minimum": 1}
 quota = {"type": "object", "properties": {"perHour": nullable_int, "perDay": nullable_int, "perMonth": nullable_int}}
 credit_terms = {"refillAmount": {"type": ["integer", "null"]}, "refillInterval": {"type": ["string", "null"], "enum": ["day", "month", None]}}
 schemas = {
+  "Event": {"type": "object", "required": ["id", "type", "timestamp", "data"], "properties": {
+      "id": {"type": "string", "description": "The webhook-id of every delivery of this event"},
+      "type": {"type": "string", "enum": event_types}, "timestamp": {"type": "string", "format": "date-time"},
+      "data": {"type": "object", "description": "keyId, name, owner, env, role, plan, enabled, status, expiresAt, metadata, and for some types one more field (leak, previousSecretValidUntil); never a secret or its hash"}}},
+  "Delivery": {"type": "object", "properties": {
+      "webhook": {"type": "string"}, "eventId": {"type": "string"}, "type": {"type": "string"}, "keyId": {"type": "string"},
+      "status": {"type": "string", "enum": ["pending", "failed", "delivered", "dead"]}, "attempts": {"type": "integer"},
+      "nextAttemptAt": {"type": ["string", "null"], "format": "date-time"}, "lastStatus": {"type": ["integer", "null"]}, "lastError": nullable_str,
+      "log": {"type": "array", "description": "The latest attempts", "items": {"type": "object", "properties": {
+          "at": {"type": "string", "format": "date-time"}, "status": {"type": ["integer", "null"]}, "error": nullable_str, "tookMs": {"type": "integer"}}}}}},
   "ApiKey": {"type": "object", "additionalProperties": False, "properties": key_props, "required": list(key_props)},
   "ApiKeyWithSecret": {"type": "object", "properties": {**key_props, "apiKey": {"type": "string", "description": "The secret: shown only here"},
                         "previousSecretValidUntil": {"type": "string"}}, "required": list(key_props) + ["apiKey"]},

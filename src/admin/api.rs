@@ -5,6 +5,7 @@ use super::input;
 use super::routes::Endpoint;
 use super::{error, ok};
 use crate::body::Body;
+use crate::events::{Delivery, DeliveryQuery, EventQuery, StoredEvent};
 use crate::keys::model::KeyStatus;
 use crate::manage::{json_lines, role_json, ManageError, Manager, SECRET_WARNING};
 use crate::store::KeyQuery;
@@ -86,6 +87,18 @@ fn paging(query: &str) -> Result<(u64, u64), ManageError> {
 /// One query parameter, percent-decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     crate::credentials::form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// `limit` of an events listing (default 100).
+fn limit(query: &str) -> Result<usize, ManageError> {
+    let max = crate::manage::MAX_LISTED;
+    match query_param(query, "limit") {
+        None => Ok(100),
+        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| ManageError::Invalid {
+            field: "limit".into(),
+            message: format!("must be a whole number from 1 to {max}"),
+        }),
+    }
 }
 
 fn page_meta(total: u64, page: u64, per_page: u64) -> Value {
@@ -297,6 +310,22 @@ pub async fn run(
             let result = m.audit_log(target.as_deref(), (page - 1) * per_page, per_page).await?;
             let data = serde_json::to_value(&result.entries).unwrap_or_default();
             ok(StatusCode::OK, data, page_meta(result.total, page, per_page))
+        }
+        Endpoint::ListEvents => {
+            let text = |name: &str| query_param(query, name).filter(|s| !s.is_empty());
+            let since = text("since").map(|s| crate::manage::since_ms("since", &s)).transpose()?;
+            let limit = limit(query)?;
+            let events = m.events(EventQuery { key_id: text("keyId"), kind: text("type"), since_ms: since, limit }).await?;
+            let data: Vec<Value> = events.iter().map(StoredEvent::json).collect();
+            ok(StatusCode::OK, data.into(), json!({ "count": events.len() }))
+        }
+        Endpoint::ListDeliveries => {
+            let text = |name: &str| query_param(query, name).filter(|s| !s.is_empty());
+            let status = text("status").map(|s| crate::manage::delivery_status(&s)).transpose()?;
+            let q = DeliveryQuery { webhook: text("webhook"), status, key_id: text("keyId"), limit: limit(query)? };
+            let deliveries = m.deliveries(q).await?;
+            let data: Vec<Value> = deliveries.iter().map(Delivery::json).collect();
+            ok(StatusCode::OK, data.into(), json!({ "count": deliveries.len() }))
         }
         Endpoint::Session => ok(StatusCode::OK, json!({ "name": caller.name, "scopes": caller.scopes.names() }), json!({})),
         Endpoint::Verify => {

@@ -32,6 +32,8 @@ pub enum Endpoint {
     Session,
     Verify,
     ReportLeaks,
+    ListEvents,
+    ListDeliveries,
     OpenApi,
     Metrics,
     Healthz,
@@ -65,6 +67,8 @@ pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("DELETE", "/api-roles/{id}", Endpoint::DeleteRole),
     ("GET", "/modules", Endpoint::Modules),
     ("GET", "/audit-log", Endpoint::AuditLog),
+    ("GET", "/events", Endpoint::ListEvents),
+    ("GET", "/webhooks/deliveries", Endpoint::ListDeliveries),
     ("GET", "/session", Endpoint::Session),
     ("POST", "/verify", Endpoint::Verify),
     ("POST", "/v1/leaks", Endpoint::ReportLeaks),
@@ -82,7 +86,8 @@ impl Endpoint {
             OpenApi | Metrics | Healthz | Readyz => None,
             // Any valid token may ask who it is.
             Session => Some(Scopes::default()),
-            ListKeys | GetKey | KeyUsage | UsageReport | ListRoles | GetRole | Modules | AuditLog => Some(Scopes::READ),
+            ListKeys | GetKey | KeyUsage | UsageReport | ListRoles | GetRole | Modules | AuditLog | ListEvents
+            | ListDeliveries => Some(Scopes::READ),
             CreateKey | EditKey | EnableKey | DisableKey | RotateKey | DeleteKey | KeyCredits | CreateRole | EditRole
             | DeleteRole => Some(Scopes::WRITE),
             Verify | VerifyAndCharge => Some(Scopes::VERIFY),

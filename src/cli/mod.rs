@@ -2,6 +2,7 @@
 //! configured store directly, so none needs a running gateway; a running
 //! gateway sees the changes through the store's change feed.
 
+mod events;
 mod keys;
 mod output;
 mod roles;
@@ -66,6 +67,11 @@ pub enum Command {
     Health {
         #[arg(long)]
         ready: bool,
+    },
+    /// Lifecycle events and their webhook deliveries.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
     },
     /// Leaked keys.
     Leaks {
@@ -158,6 +164,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
         Command::Roles { command } => match open(&cli.config).await {
             Ok((config, store)) => roles::run(&Manager::new(store.as_ref(), &config, cli_actor()), command).await,
+            Err(f) => Err(f),
+        },
+        Command::Events { command } => match open(&cli.config).await {
+            Ok((config, store)) => events::run(&Manager::new(store.as_ref(), &config, cli_actor()), command).await,
             Err(f) => Err(f),
         },
         Command::AuditLog { target, page, per_page, json } => match open(&cli.config).await {
@@ -299,5 +309,6 @@ async fn open(path: &std::path::Path) -> Result<(Config, SharedStore), Failure> 
     let metrics = crate::metrics::Metrics::new().map_err(|e| Failure::store(StoreError::Unavailable(e.to_string())))?;
     let store = store::open(&config.store, &metrics).await.map_err(Failure::store)?;
     seed_roles(store.as_ref(), &config.roles).await.map_err(Failure::store)?;
+    crate::state::register_webhooks(store.as_ref(), &config.webhooks).await.map_err(Failure::store)?;
     Ok((config, store))
 }

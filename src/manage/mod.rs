@@ -3,12 +3,14 @@
 //! config (declared permissions, plans, CIDRs) and names the bad field.
 
 mod apply;
+mod events;
 mod leaks;
 mod metering;
 mod transfer;
 
 pub use metering::{limits_json, CreditsInput, Live, QuotaInput, UsageReport, Verification, MAX_CREDITS};
 
+pub use events::{delivery_status, since_ms, MAX_LISTED};
 pub use leaks::{answer_github, Label, LeakAction, LeakFound, Reported, MAX_REPORTED};
 pub use transfer::{json_lines, ImportSummary, KeyLine, RoleLine};
 

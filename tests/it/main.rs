@@ -41,3 +41,4 @@ mod tracing_export;
 mod transfer;
 mod upstream_framing;
 mod upstreams;
+mod webhooks;

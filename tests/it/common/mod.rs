@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod hooks;
 pub mod otlp;
 pub mod recorder;
 pub mod redis;
