@@ -34,7 +34,9 @@ impl Background {
             tokio::spawn(follow_changes(Arc::clone(app), heard, stopped.clone())),
             tokio::spawn(write_usage_behind(Arc::clone(app), stopped.clone())),
             tokio::spawn(sweep(Arc::clone(app), stopped.clone())),
-            tokio::spawn(crate::outbox::deliver(Arc::clone(app), stopped)),
+            tokio::spawn(crate::outbox::deliver(Arc::clone(app), stopped.clone())),
+            tokio::spawn(write_notices(Arc::clone(app), stopped.clone())),
+            tokio::spawn(tell_expiries(Arc::clone(app), stopped)),
         ];
         Background { app: Arc::clone(app), stop, tasks, announcer }
     }
@@ -140,6 +142,90 @@ async fn apply_changes(app: &App, changes: &[Change]) {
         app.metrics.cache_invalidations.with_label_values(&["role"]).inc();
         if let Err(e) = app.roles.reload(app.store.as_ref()).await {
             app.note_store_error("list_roles", &e);
+        }
+    }
+}
+
+/// Writes the events requests noticed to the outbox. One the store
+/// refuses is kept (up to the queue's size) and tried again a second
+/// later; a stop drops what is left (thresholds are noticed again only in
+/// their next window: a small loss, against holding up shutdown).
+async fn write_notices(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let Some(mut noticed) = app.noticed.lock().ok().and_then(|mut n| n.take()) else { return };
+    let mut waiting: std::collections::VecDeque<crate::events::NewEvent> = std::collections::VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            tokio::select! {
+                event = noticed.recv() => match event {
+                    Some(e) => waiting.push_back(e),
+                    None => return,
+                },
+                _ = stopped.changed() => return,
+            }
+        }
+        while let Ok(e) = noticed.try_recv() {
+            if waiting.len() < crate::events::NOTICE_QUEUE {
+                waiting.push_back(e);
+            }
+        }
+        while let Some(e) = waiting.front() {
+            match app.store.emit(e).await {
+                Ok(_) => {
+                    waiting.pop_front();
+                }
+                Err(err) => {
+                    app.note_store_error("emit", &err);
+                    if !pause(Duration::from_secs(1), &mut stopped).await {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `key.expiring` and `key.expired` for the keys whose time has
+/// come, every `events.check_interval`, on the node holding the lease
+/// (the events' ids make a second writer harmless, only wasteful).
+async fn tell_expiries(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let owner = crate::outbox::node_name(&app);
+    loop {
+        let cfg = app.runtime.load_full();
+        if !pause(cfg.config.events.check_interval, &mut stopped).await {
+            return;
+        }
+        let lease = cfg.config.events.check_interval.saturating_mul(3).as_millis() as u64;
+        match app.store.hold_lease("expiry-notices", &owner, lease).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                app.note_store_error("hold_lease", &e);
+                continue;
+            }
+        }
+        let notices = &cfg.config.events.expiry_notice;
+        let now_ms = crate::clock::now_ms();
+        let now = now_ms.div_euclid(1000);
+        let ahead = notices.first().map_or(0, |n| n.as_secs() as i64);
+        let query = crate::store::KeyQuery {
+            expiring: Some((now - crate::events::EXPIRED_TELLS_FOR_SECS, now + ahead)),
+            now,
+            ..Default::default()
+        };
+        let keys = match app.store.list_keys(&query).await {
+            Ok(page) => page.keys,
+            Err(e) => {
+                app.note_store_error("list_keys", &e);
+                continue;
+            }
+        };
+        for key in &keys {
+            let Some(event) = crate::events::expiry_event(key, notices, now_ms) else { continue };
+            if let Err(e) = app.store.emit(&event).await {
+                app.note_store_error("emit", &e);
+                break;
+            }
         }
     }
 }

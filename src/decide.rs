@@ -11,13 +11,14 @@ use crate::cache::Origin;
 use crate::clock::Moment;
 use crate::config::{Config, RedisErrorPolicy};
 use crate::error::GatewayError;
+use crate::events::{self, EventKind, NewEvent, Notices};
 use crate::keys::model::{ApiKey, KeyLookup, Role};
 use crate::keys::token::{self, TokenHash};
 use crate::metrics::Metrics;
 use crate::policy::routes::Route;
 use crate::policy::{ip, permissions};
 use crate::ratelimit::credits::{CreditDecision, Credits};
-use crate::ratelimit::meter::{self, Charge, Metered, RateView};
+use crate::ratelimit::meter::{self, Charge, CreditNotice, Metered, RateView};
 use crate::ratelimit::Limiter;
 use crate::state::App;
 use crate::store::{CreditLedger, Records, StoreError};
@@ -84,12 +85,21 @@ pub struct Live<'a> {
     pub credits: &'a Credits,
     pub metrics: &'a Metrics,
     pub usage: &'a crate::cache::UsageRecorder,
+    /// Where thresholds a charge crosses are told (none in the CLI, which
+    /// charges nothing).
+    pub notices: Option<&'a Notices>,
 }
 
 impl<'a> Live<'a> {
     /// The node's own.
     pub fn of(app: &'a App) -> Live<'a> {
-        Live { limiter: &app.limiter, credits: &app.credits, metrics: &app.metrics, usage: &app.usage }
+        Live {
+            limiter: &app.limiter,
+            credits: &app.credits,
+            metrics: &app.metrics,
+            usage: &app.usage,
+            notices: Some(&app.notices),
+        }
     }
 }
 
@@ -296,6 +306,48 @@ async fn charge(out: &mut Decision, means: &Means<'_>, cost: &Cost<'_>, now: Mom
     }
     out.rate = metered.view();
     out.credits = metered.credits;
+    if let (true, Some(notices)) = (metered.may_cross(), live.notices) {
+        notice(notices, means.config, key, &metered, cost.units, now.unix_ms);
+    }
+}
+
+/// Tells the quota thresholds and credit marks an admitted charge
+/// crossed. Each event's id names its window (or refill period), so that
+/// however many nodes see the crossing, the outbox keeps it once.
+#[cold]
+fn notice(notices: &Notices, config: &Config, key: &ApiKey, metered: &Metered, units: u32, now_ms: i64) {
+    let event = |id: String, kind: EventKind, name: &str, data: serde_json::Value| {
+        let event = NewEvent::with_id(id, kind, &key.key_id, now_ms, events::key_data(key, now_ms, Some((name, data))));
+        if !notices.send(event) {
+            tracing::warn!(key_id = %key.key_id, kind = kind.as_str(), "the event queue is full: an event was dropped");
+        }
+    };
+    metered.crossings(units, &config.events.quota_thresholds, |c| {
+        let id = format!("evt_quota_{}_{}_{}_{}", key.key_id, c.policy.name(), c.policy.period().index(now_ms), c.percent);
+        let data = serde_json::json!({
+            "window": c.policy.name(),
+            "threshold": c.percent,
+            "used": c.used,
+            "limit": c.limit,
+            "resetsAt": crate::clock::rfc3339(c.reset_at),
+        });
+        event(id, EventKind::QuotaThreshold, "quota", data);
+    });
+    let Some(terms) = &key.credits else { return };
+    let (refill, period) = crate::ratelimit::credits::due(terms, now_ms);
+    // Without a refill, at most once a day.
+    let period = if refill.is_some() { period } else { crate::clock::Period::Day.index(now_ms) };
+    match metered.credit_notice(units, config.events.credits_low.bound(refill)) {
+        Some(CreditNotice::Low { remaining, below }) => {
+            let id = format!("evt_credits_low_{}_{period}", key.key_id);
+            event(id, EventKind::CreditsLow, "credits", serde_json::json!({ "remaining": remaining, "below": below }));
+        }
+        Some(CreditNotice::Exhausted { remaining }) => {
+            let id = format!("evt_credits_exhausted_{}_{period}", key.key_id);
+            event(id, EventKind::CreditsExhausted, "credits", serde_json::json!({ "remaining": remaining }));
+        }
+        None => {}
+    }
 }
 
 /// The verdict a request of `units` by `key` would get now, taking

@@ -83,6 +83,12 @@ impl NewEvent {
         NewEvent::with_id(format!("evt_{}", random_id()), kind, key_id, at_ms, data)
     }
 
+    /// An event about `key`: its public fields (never a secret or its
+    /// hash) and, with `extra`, one more.
+    pub fn about_key(kind: EventKind, key: &crate::keys::model::ApiKey, at_ms: i64, extra: Option<(&str, Value)>) -> NewEvent {
+        NewEvent::new(kind, &key.key_id, at_ms, key_data(key, at_ms, extra))
+    }
+
     /// An event whose id says what it is once (`key.expiring` at one
     /// notice, `quota.threshold` of one window), so that nodes noticing
     /// the same thing write it once.
@@ -98,11 +104,79 @@ impl NewEvent {
     }
 }
 
+/// What every event about a key says of it.
+pub fn key_data(key: &crate::keys::model::ApiKey, at_ms: i64, extra: Option<(&str, Value)>) -> Value {
+    let mut data = json!({
+        "keyId": key.key_id,
+        "name": key.name,
+        "owner": key.owner,
+        "env": key.env.as_str(),
+        "role": key.role,
+        "plan": key.plan,
+        "enabled": key.enabled,
+        "status": crate::keys::model::KeyStatus::of(key, at_ms.div_euclid(1000)).as_str(),
+        "expiresAt": key.expires_at.map(crate::clock::rfc3339),
+        "metadata": key.metadata,
+    });
+    if let Some((name, value)) = extra {
+        data[name] = value;
+    }
+    data
+}
+
 fn random_id() -> String {
     use rand::Rng;
     const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rngs::OsRng;
     (0..24).map(|_| BASE62[rng.gen_range(0..62)] as char).collect()
+}
+
+/// How long after a key expired `key.expired` may still be sent (a node
+/// down for a while catches up; keys long expired stay quiet).
+pub const EXPIRED_TELLS_FOR_SECS: i64 = 7 * 86_400;
+
+/// The expiry event due for `key` at `now_ms`, if any: `key.expired` once
+/// it has expired, else `key.expiring` for the shortest notice (of
+/// `notices`) that its time left is within. Ids name the expiry and the
+/// notice, so each is written once however often it is looked for; a
+/// key given a new expiry is told of again. Disabled keys are not told of.
+pub fn expiry_event(key: &crate::keys::model::ApiKey, notices: &[std::time::Duration], now_ms: i64) -> Option<NewEvent> {
+    let expires = key.expires_at.filter(|_| key.enabled)?;
+    let left = expires - now_ms.div_euclid(1000);
+    if left <= 0 {
+        if -left > EXPIRED_TELLS_FOR_SECS {
+            return None;
+        }
+        let id = format!("evt_expired_{}_{expires}", key.key_id);
+        return Some(NewEvent::with_id(id, EventKind::KeyExpired, &key.key_id, now_ms, key_data(key, now_ms, None)));
+    }
+    let notice = notices.iter().map(|n| n.as_secs() as i64).filter(|n| *n >= left).min()?;
+    let id = format!("evt_expiring_{}_{expires}_{notice}", key.key_id);
+    let extra = json!({ "noticeSeconds": notice, "secondsLeft": left });
+    Some(NewEvent::with_id(id, EventKind::KeyExpiring, &key.key_id, now_ms, key_data(key, now_ms, Some(("expiry", extra)))))
+}
+
+/// Events the request path notices (a quota threshold, credits running
+/// low), handed to a background writer without waiting: when its queue is
+/// full the event is dropped and counted rather than a request held up.
+#[derive(Debug, Clone)]
+pub struct Notices {
+    tx: tokio::sync::mpsc::Sender<NewEvent>,
+}
+
+/// Events the writer may be behind by.
+pub const NOTICE_QUEUE: usize = 4096;
+
+impl Notices {
+    pub fn channel() -> (Notices, tokio::sync::mpsc::Receiver<NewEvent>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
+        (Notices { tx }, rx)
+    }
+
+    /// Queues an event; false if the queue was full (or the writer gone).
+    pub fn send(&self, event: NewEvent) -> bool {
+        self.tx.try_send(event).is_ok()
+    }
 }
 
 /// An event as the outbox keeps it, numbered in the order written.
@@ -304,6 +378,36 @@ mod tests {
         let secret = crate::webhooks::SigningSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
         assert!(secret.sign(&e.id, 1, e.body.as_bytes()).is_ok());
         assert_ne!(NewEvent::new(EventKind::KeyDisabled, "key_a", 0, Value::Null).id, e.id);
+    }
+
+    #[test]
+    fn expiry_notices_come_at_the_tightest_notice_then_once_expired() {
+        use std::time::Duration;
+        let day = 86_400;
+        let notices = [Duration::from_secs(7 * day as u64), Duration::from_secs(day as u64)];
+        let mut key = crate::keys::model::ApiKey::blank("key_x".into(), crate::keys::model::Env::Live, "kg".into(), 0);
+        let expires = 100 * day;
+        key.expires_at = Some(expires);
+        let at = |secs_before: i64| (expires - secs_before) * 1000;
+        let told_of = |key: &crate::keys::model::ApiKey, now_ms| expiry_event(key, &notices, now_ms).map(|e| (e.kind, e.id));
+        let told = |now_ms| told_of(&key, now_ms);
+        assert_eq!(told(at(8 * day)), None, "more than every notice ahead");
+        let week = told(at(7 * day)).unwrap();
+        assert_eq!(week, (EventKind::KeyExpiring, format!("evt_expiring_key_x_{expires}_{}", 7 * day)));
+        assert_eq!(told(at(2 * day)).unwrap(), week, "still the week's notice: the same id");
+        assert_eq!(told(at(day)).unwrap().1, format!("evt_expiring_key_x_{expires}_{day}"));
+        assert_eq!(told(at(1)).unwrap().1, format!("evt_expiring_key_x_{expires}_{day}"));
+        assert_eq!(told(at(0)).unwrap(), (EventKind::KeyExpired, format!("evt_expired_key_x_{expires}")));
+        assert_eq!(told(at(-EXPIRED_TELLS_FOR_SECS)).unwrap().0, EventKind::KeyExpired);
+        assert_eq!(told(at(-EXPIRED_TELLS_FOR_SECS - 1)), None, "expired long ago: quiet");
+        let body: Value = serde_json::from_str(&expiry_event(&key, &notices, at(3600)).unwrap().body).unwrap();
+        assert_eq!(body["data"]["expiry"]["secondsLeft"], 3600);
+        assert_eq!(body["data"]["expiry"]["noticeSeconds"], day);
+        // A key given another expiry is told of again; a disabled key is not.
+        key.expires_at = Some(expires + 60);
+        assert_ne!(told_of(&key, at(day)).unwrap().1, format!("evt_expiring_key_x_{expires}_{day}"));
+        key.enabled = false;
+        assert_eq!(told_of(&key, at(day)), None);
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub async fn deliver(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
 /// Who this node is to the lease: the same across its restarts (so a
 /// node killed and started again takes its lease back at once), its own
 /// among nodes (no two bind one data address on one host).
-fn node_name(app: &App) -> String {
+pub fn node_name(app: &App) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

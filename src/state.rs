@@ -88,6 +88,10 @@ pub struct App {
     draining: std::sync::atomic::AtomicBool,
     /// Span export, with `[tracing]` (set at start; a reload keeps it).
     pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// Events the request path notices, and (until the writer takes it)
+    /// their queue's other end.
+    pub notices: crate::events::Notices,
+    pub noticed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::events::NewEvent>>>,
 }
 
 /// Why the gateway could not start.
@@ -173,6 +177,7 @@ impl App {
                 Some(crate::telemetry::Telemetry::start(t, tokio::runtime::Handle::current()).map_err(StartError::Telemetry)?)
             }
         };
+        let (notices, noticed) = crate::events::Notices::channel();
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config, &metrics)),
             config_path,
@@ -186,6 +191,8 @@ impl App {
             start_cursor,
             draining: std::sync::atomic::AtomicBool::new(false),
             telemetry,
+            notices,
+            noticed: std::sync::Mutex::new(Some(noticed)),
         }))
     }
 

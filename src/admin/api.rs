@@ -173,8 +173,17 @@ pub async fn run(
                 })?),
             };
             let now = crate::clock::now_unix();
-            let result =
-                m.list_keys(&KeyQuery { search, role, status, now, offset: (page - 1) * per_page, limit: per_page }).await?;
+            let result = m
+                .list_keys(&KeyQuery {
+                    search,
+                    role,
+                    status,
+                    now,
+                    expiring: None,
+                    offset: (page - 1) * per_page,
+                    limit: per_page,
+                })
+                .await?;
             let data = result.keys.iter().map(|k| m.key_json(k)).collect();
             ok(StatusCode::OK, data, page_meta(result.total, page, per_page))
         }

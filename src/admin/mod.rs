@@ -182,7 +182,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, peer: std::net::SocketAdd
         Err(e @ ReadError::Failed(_)) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
     let actor = format!("admin-api ({}@{})", caller.name, peer.ip());
-    let live = crate::manage::Live { limiter: &app.limiter, credits: &app.credits, metrics: &app.metrics, usage: &app.usage };
+    let live = crate::manage::Live::of(&app);
     let manager = Manager { store: app.store.as_ref(), config: &rt.config, actor, meter: Some(live) };
     let asked = api::Asked { id, query: &query, body: &body, accept: accept.as_deref(), if_match };
     match api::run(&manager, &caller, endpoint, asked).await {

@@ -155,7 +155,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                     let usage = crate::cache::UsageRecorder::default();
                     let mut m = Manager::new(store.as_ref(), &config, cli_actor());
                     if let (Some(limiter), Some(metrics)) = (&limiter, &metrics) {
-                        m.meter = Some(crate::manage::Live { limiter, credits: &credits, metrics, usage: &usage });
+                        m.meter = Some(crate::manage::Live { limiter, credits: &credits, metrics, usage: &usage, notices: None });
                     }
                     keys::run(&m, *command).await
                 }

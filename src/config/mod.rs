@@ -98,6 +98,49 @@ pub struct Config {
     pub leaks: LeaksConfig,
     /// `[[webhooks]]`.
     pub webhooks: Vec<Webhook>,
+    /// `[events]`.
+    pub events: EventsConfig,
+}
+
+/// `[events]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// How long before a key's expiry each `key.expiring` is sent, longest first.
+    pub expiry_notice: Vec<Duration>,
+    /// Percentages of a quota window at which `quota.threshold` is sent, ascending.
+    pub quota_thresholds: Vec<u8>,
+    pub credits_low: CreditsLow,
+    /// How often expiries are looked for.
+    pub check_interval: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> EventsConfig {
+        EventsConfig {
+            expiry_notice: vec![Duration::from_secs(7 * 86_400), Duration::from_secs(86_400)],
+            quota_thresholds: vec![80, 100],
+            credits_low: CreditsLow::Percent(10),
+            check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Below what balance `credits.low` is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditsLow {
+    /// A share of the key's refill amount (keys without a refill: never).
+    Percent(u8),
+    Units(u64),
+}
+
+impl CreditsLow {
+    /// The balance below which a key with these terms is low.
+    pub fn bound(self, refill_amount: Option<u64>) -> Option<i64> {
+        match self {
+            CreditsLow::Percent(p) => refill_amount.map(|r| (r.saturating_mul(u64::from(p)) / 100) as i64),
+            CreditsLow::Units(n) => Some(n.min(i64::MAX as u64) as i64),
+        }
+    }
 }
 
 /// Longest a webhook endpoint gets to answer, by default and at most.

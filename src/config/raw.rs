@@ -42,6 +42,19 @@ pub struct RawConfig {
     pub leaks: RawLeaks,
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    #[serde(default)]
+    pub events: RawEvents,
+}
+
+/// `[events]`: when expiry notices and usage thresholds are noticed.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    pub expiry_notice: Option<Spanned<Vec<String>>>,
+    pub quota_thresholds: Option<Spanned<Vec<i64>>>,
+    /// `"10%"` of the refill, or a number of credits.
+    pub credits_low: Option<Spanned<toml::Value>>,
+    pub check_interval: Option<Spanned<String>>,
 }
 
 /// `[[webhooks]]`: an endpoint that hears of key lifecycle events.

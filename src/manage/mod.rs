@@ -445,25 +445,9 @@ impl Manager<'_> {
         Err(too_busy(&what))
     }
 
-    /// The event a change to `key` causes: the key's public fields (never
-    /// a secret or its hash) and, with `extra`, one more.
+    /// The event a change to `key` causes.
     pub fn key_event(&self, kind: EventKind, key: &ApiKey, extra: Option<(&str, Value)>) -> NewEvent {
-        let mut data = json!({
-            "keyId": key.key_id,
-            "name": key.name,
-            "owner": key.owner,
-            "env": key.env.as_str(),
-            "role": key.role,
-            "plan": key.plan,
-            "enabled": key.enabled,
-            "status": KeyStatus::of(key, clock::now_unix()).as_str(),
-            "expiresAt": key.expires_at.map(clock::rfc3339),
-            "metadata": key.metadata,
-        });
-        if let Some((name, value)) = extra {
-            data[name] = value;
-        }
-        NewEvent::new(kind, &key.key_id, clock::now_ms(), data)
+        NewEvent::about_key(kind, key, clock::now_ms(), extra)
     }
 
     /// The JSON form of a key (camelCase, masked, never a secret or hash).

@@ -173,6 +173,68 @@ impl Metered {
     }
 }
 
+/// A quota window whose use an admitted charge took to a threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crossing {
+    pub policy: Policy,
+    /// The threshold, in percent of the window's limit.
+    pub percent: u8,
+    pub used: u32,
+    pub limit: u32,
+    /// Unix seconds when the window ends.
+    pub reset_at: i64,
+}
+
+/// What an admitted charge did to a key's credits worth telling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditNotice {
+    /// The balance went below the low mark.
+    Low { remaining: i64, below: i64 },
+    /// The balance can no longer pay for a request of this cost.
+    Exhausted { remaining: i64 },
+}
+
+impl Metered {
+    /// Whether a quota window or the credits answered: only such a charge
+    /// can cross a threshold (most requests have neither).
+    #[inline]
+    pub fn may_cross(&self) -> bool {
+        self.credits.is_some() || [Policy::Hour, Policy::Day, Policy::Month].iter().any(|p| self.windows[*p as usize].is_some())
+    }
+
+    /// The thresholds (percent, ascending) of each quota window this
+    /// admitted charge of `cost` took the use to or past.
+    pub fn crossings(&self, cost: u32, percents: &[u8], mut each: impl FnMut(Crossing)) {
+        if self.refused.is_some() {
+            return;
+        }
+        for policy in [Policy::Hour, Policy::Day, Policy::Month] {
+            let Some(d) = self.windows[policy as usize] else { continue };
+            let used = d.limit.saturating_sub(d.remaining);
+            let before = used.saturating_sub(cost);
+            for &percent in percents {
+                // The least use that is `percent` of the limit, rounded up.
+                let mark = (u64::from(d.limit) * u64::from(percent)).div_ceil(100);
+                if u64::from(before) < mark && u64::from(used) >= mark {
+                    each(Crossing { policy, percent, used, limit: d.limit, reset_at: d.reset_at });
+                }
+            }
+        }
+    }
+
+    /// What this admitted charge of `cost` did to the credits: below the
+    /// `low` mark, or left too few for another such request.
+    pub fn credit_notice(&self, cost: u32, low: Option<i64>) -> Option<CreditNotice> {
+        let c = self.credits.filter(|c| c.allowed && self.refused.is_none())?;
+        let before = c.remaining.saturating_add(i64::from(cost));
+        if c.remaining < i64::from(cost) {
+            return Some(CreditNotice::Exhausted { remaining: c.remaining });
+        }
+        let below = low?;
+        (before >= below && c.remaining < below).then_some(CreditNotice::Low { remaining: c.remaining, below })
+    }
+}
+
 /// What the rate-limit headers describe: the tightest window, and the
 /// quota of every policy that applies (0 for none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +376,59 @@ pub fn peek(limiter: &Limiter, charge: &Charge<'_>, now_ms: i64) -> Metered {
 mod tests {
     use super::*;
     use crate::keys::model::Quota;
+
+    /// A charge's outcome with one day window and, maybe, credits.
+    fn metered(limit: u32, remaining: u32, credits: Option<i64>) -> Metered {
+        let mut m = Metered::default();
+        let d = Decision { allowed: true, limit, remaining, reset_at: 86_400, retry_after: 0, period: Period::Day };
+        m.windows[Policy::Day as usize] = Some(d);
+        m.credits = credits.map(|remaining| CreditDecision { allowed: true, remaining, refill_in: None });
+        m
+    }
+
+    fn crossed(m: &Metered, cost: u32) -> Vec<(u8, u32)> {
+        let mut out = Vec::new();
+        m.crossings(cost, &[80, 100], |c| out.push((c.percent, c.used)));
+        out
+    }
+
+    #[test]
+    fn a_threshold_is_crossed_once_by_the_charge_that_reaches_it() {
+        // 10 a day: 80% is the 8th request, 100% the 10th.
+        assert_eq!(crossed(&metered(10, 3, None), 1), vec![]);
+        assert_eq!(crossed(&metered(10, 2, None), 1), vec![(80, 8)]);
+        assert_eq!(crossed(&metered(10, 1, None), 1), vec![]);
+        assert_eq!(crossed(&metered(10, 0, None), 1), vec![(100, 10)]);
+        // One charge of 5 from 6 to... 11 is refused; from 5 to 10 it crosses both.
+        assert_eq!(crossed(&metered(10, 0, None), 5), vec![(80, 10), (100, 10)]);
+        // Rounded up: 80% of 7 is 5.6, so the 6th request.
+        assert_eq!(crossed(&metered(7, 1, None), 1), vec![(80, 6)]);
+        assert_eq!(crossed(&metered(7, 2, None), 1), vec![]);
+        // A refused charge took nothing: it crosses nothing.
+        let mut refused = metered(10, 0, None);
+        refused.refused = Some(Refused::Window(Policy::Day));
+        assert_eq!(crossed(&refused, 1), vec![]);
+        // Minute windows are rate limits, not quotas.
+        let mut minute = Metered::default();
+        minute.windows[Policy::Minute as usize] = metered(10, 0, None).windows[Policy::Day as usize];
+        assert!(!minute.may_cross());
+        assert_eq!(crossed(&minute, 1), vec![]);
+        assert!(metered(10, 5, None).may_cross());
+    }
+
+    #[test]
+    fn credits_are_low_once_and_exhausted_when_they_cannot_pay_again() {
+        let m = |remaining| metered(100, 50, Some(remaining));
+        assert_eq!(m(10).credit_notice(1, Some(10)), None);
+        assert_eq!(m(9).credit_notice(1, Some(10)), Some(CreditNotice::Low { remaining: 9, below: 10 }));
+        assert_eq!(m(8).credit_notice(1, Some(10)), None, "already below before this charge");
+        assert_eq!(m(0).credit_notice(1, Some(10)), Some(CreditNotice::Exhausted { remaining: 0 }));
+        assert_eq!(m(3).credit_notice(5, None), Some(CreditNotice::Exhausted { remaining: 3 }));
+        assert_eq!(m(5).credit_notice(5, None), None);
+        let mut refused = m(0);
+        refused.credits = Some(CreditDecision { allowed: false, remaining: 0, refill_in: None });
+        assert_eq!(refused.credit_notice(1, Some(10)), None, "a refusal took nothing");
+    }
     use crate::ratelimit::local::LocalLimiter;
     use crate::store::sqlite::SqliteStore;
 

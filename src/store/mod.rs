@@ -305,15 +305,18 @@ pub struct KeyQuery {
     pub status: Option<KeyStatus>,
     /// Unix seconds, for `status`.
     pub now: i64,
+    /// Only keys expiring within these Unix seconds (both included).
+    pub expiring: Option<(i64, i64)>,
     pub offset: u64,
     pub limit: u64,
 }
 
 impl KeyQuery {
-    /// Whether a key passes the role and status filters (not the search).
+    /// Whether a key passes the role, status and expiry filters (not the search).
     pub fn admits(&self, key: &ApiKey) -> bool {
         self.role.as_deref().is_none_or(|r| key.role.as_deref().unwrap_or("") == r)
             && self.status.is_none_or(|s| KeyStatus::of(key, self.now) == s)
+            && self.expiring.is_none_or(|(from, to)| key.expires_at.is_some_and(|t| (from..=to).contains(&t)))
     }
 }
 

@@ -314,9 +314,14 @@ fn webhook_settings_are_checked() {
         let out = s.cli(&["config", "check"]);
         (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     };
-    let hook = |extra: &str| format!("[[webhooks]]\nurl = \"https://hooks.example.com/keygate\"\nsecret_env = \"HOOK_SECRET\"\n{extra}\n");
+    let hook = |extra: &str| {
+        format!("[[webhooks]]\nurl = \"https://hooks.example.com/keygate\"\nsecret_env = \"HOOK_SECRET\"\n{extra}\n")
+    };
     for (table, field) in [
-        ("[[webhooks]]\nurl = \"http://hooks.example.com/k\"\nsecret_env = \"HOOK_SECRET\"".to_string(), "gateway.toml:2: webhooks[0].url"),
+        (
+            "[[webhooks]]\nurl = \"http://hooks.example.com/k\"\nsecret_env = \"HOOK_SECRET\"".to_string(),
+            "gateway.toml:2: webhooks[0].url",
+        ),
         ("[[webhooks]]\nurl = \"ftp://127.0.0.1/k\"\nsecret_env = \"HOOK_SECRET\"".into(), "webhooks[0].url"),
         (hook("events = [\"key.exploded\"]"), "gateway.toml:4: webhooks[0].events"),
         (hook("events = []"), "webhooks[0].events"),

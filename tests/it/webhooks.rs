@@ -255,3 +255,71 @@ async fn a_dead_delivery_is_listed_and_a_replay_sends_it_with_its_first_id() {
     let bad = client().get(s.admin_url("/webhooks/deliveries?status=lost")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+/// The events of one key, oldest first: their types.
+async fn types_of(s: &Setup, key_id: &str) -> Vec<String> {
+    let listed = admin_get(s, &format!("/events?keyId={key_id}")).await;
+    let mut types: Vec<String> =
+        listed["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    types.reverse();
+    types
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_notices_quota_thresholds_and_credit_marks_are_told_once_each() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(
+        "\n[events]\nexpiry_notice = [\"1s\", \"2s\"]\nquota_thresholds = [60, 100]\ncredits_low = 5\ncheck_interval = \"100ms\"\n",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let (quota, quota_token) = s.create_key(&["--name", "quota", "--role", "read-only", "--per-day", "5"]);
+    let (credits, credits_token) = s.create_key(&["--name", "credits", "--role", "read-only", "--credits", "10"]);
+    let _gw = s.start();
+    let (expiring, _) = s.create_key(&["--name", "short-lived", "--role", "read-only", "--expires-in", "4s"]);
+
+    let get = |token: String| {
+        let url = s.url("/api/lists");
+        async move { client().get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    let mut quota_statuses = Vec::new();
+    for _ in 0..7 {
+        quota_statuses.push(get(quota_token.clone()).await);
+    }
+    assert_eq!(quota_statuses, [200, 200, 200, 200, 200, 429, 429]);
+    let mut credit_statuses = Vec::new();
+    for _ in 0..12 {
+        credit_statuses.push(get(credits_token.clone()).await);
+    }
+    assert_eq!(credit_statuses.iter().filter(|s| **s == 200).count(), 10, "{credit_statuses:?}");
+
+    let settled = eventually(Duration::from_secs(10), || async {
+        types_of(&s, &expiring).await.last().map(String::as_str) == Some("key.expired")
+    })
+    .await;
+    assert!(settled.is_some(), "never told of the expiry: {:?}", types_of(&s, &expiring).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(types_of(&s, &expiring).await, ["key.created", "key.expiring", "key.expiring", "key.expired"]);
+    let told = admin_get(&s, &format!("/events?keyId={expiring}&type=key.expiring")).await;
+    let notices: Vec<u64> =
+        told["data"].as_array().unwrap().iter().map(|e| e["data"]["expiry"]["noticeSeconds"].as_u64().unwrap()).collect();
+    assert_eq!(notices, [1, 2], "newest first: the 2s notice, then the 1s one");
+
+    assert_eq!(types_of(&s, &quota).await, ["key.created", "quota.threshold", "quota.threshold"]);
+    let thresholds = admin_get(&s, &format!("/events?keyId={quota}&type=quota.threshold")).await;
+    let told: Vec<(u64, u64, String)> = thresholds["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let q = &e["data"]["quota"];
+            (q["threshold"].as_u64().unwrap(), q["used"].as_u64().unwrap(), q["window"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(told, [(100, 5, "day".to_string()), (60, 3, "day".to_string())]);
+
+    assert_eq!(types_of(&s, &credits).await, ["key.created", "credits.low", "credits.exhausted"]);
+    let low = admin_get(&s, &format!("/events?keyId={credits}&type=credits.low")).await;
+    assert_eq!(low["data"][0]["data"]["credits"]["remaining"], 4);
+}

@@ -133,6 +133,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let roles = catalogue::roles(&mut c, &raw.roles, &catalogue);
     let leaks = leaks::leaks(&mut c, path, &raw.leaks);
     let webhooks = webhooks::webhooks(&mut c, path, &raw.webhooks);
+    let events = webhooks::events_table(&mut c, &raw.events);
 
     if !c.problems.is_empty() {
         return Err(ConfigError { file: path.to_path_buf(), problems: c.problems });
@@ -154,6 +155,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         tracing,
         leaks,
         webhooks,
+        events,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `[[webhooks]]`: where lifecycle events are delivered, signed with a
 //! secret read from the environment now, so that an endpoint that could
-//! never be signed for is refused at load rather than at its first event.
+//! never be signed for is refused at load rather than at its first event;
+//! and `[events]`: when expiries and usage thresholds are told.
 
 use super::{outbound, Checker};
 use crate::config::raw::RawWebhook;
@@ -49,7 +50,7 @@ fn webhook(c: &mut Checker, path: &Path, field: &str, w: &RawWebhook) -> Option<
         None => w.url.get_ref().clone(),
     };
     let secret = secret(c, field, &w.secret_env)?;
-    let events = events(c, field, w.events.as_ref())?;
+    let events = event_types(c, field, w.events.as_ref())?;
     let timeout = c.duration(&w.timeout, &format!("{field}.timeout"), DEFAULT_WEBHOOK_TIMEOUT);
     if timeout > MAX_WEBHOOK_TIMEOUT {
         c.problem(w.timeout.as_ref(), format!("{field}.timeout"), format!("must be at most {}s", MAX_WEBHOOK_TIMEOUT.as_secs()));
@@ -91,7 +92,7 @@ fn secret(c: &mut Checker, field: &str, env: &Spanned<String>) -> Option<Arc<cra
 }
 
 /// `events`: known types, each once (absent: every type).
-fn events(c: &mut Checker, field: &str, raw: Option<&Spanned<Vec<String>>>) -> Option<Vec<String>> {
+fn event_types(c: &mut Checker, field: &str, raw: Option<&Spanned<Vec<String>>>) -> Option<Vec<String>> {
     let Some(list) = raw else { return Some(Vec::new()) };
     if list.get_ref().is_empty() {
         c.problem(Some(list), format!("{field}.events"), "an empty list hears of nothing: leave it out for every event");
@@ -109,4 +110,69 @@ fn events(c: &mut Checker, field: &str, raw: Option<&Spanned<Vec<String>>>) -> O
         }
     }
     Some(out)
+}
+
+/// The most expiry notices and thresholds, and the longest notice.
+const MAX_NOTICES: usize = 8;
+const MAX_NOTICE: Duration = Duration::from_secs(365 * 86_400);
+
+pub(super) fn events_table(c: &mut Checker, raw: &crate::config::raw::RawEvents) -> EventsConfig {
+    let defaults = EventsConfig::default();
+    let mut expiry_notice = match &raw.expiry_notice {
+        None => defaults.expiry_notice.clone(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for text in list.get_ref() {
+                match parse_duration(text) {
+                    Ok(d) if !d.is_zero() && d <= MAX_NOTICE => out.push(d),
+                    _ => {
+                        c.problem(Some(list), "events.expiry_notice", format!("`{text}` is not a span from 1s to 365d, like 7d"))
+                    }
+                }
+            }
+            if out.len() > MAX_NOTICES {
+                c.problem(Some(list), "events.expiry_notice", format!("at most {MAX_NOTICES} notices"));
+            }
+            out
+        }
+    };
+    expiry_notice.sort_by(|a, b| b.cmp(a));
+    expiry_notice.dedup();
+    let mut quota_thresholds = match &raw.quota_thresholds {
+        None => defaults.quota_thresholds.clone(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for n in list.get_ref() {
+                match u8::try_from(*n) {
+                    Ok(p) if (1..=100).contains(&p) => out.push(p),
+                    _ => c.problem(Some(list), "events.quota_thresholds", format!("`{n}` is not a percentage from 1 to 100")),
+                }
+            }
+            if out.len() > MAX_NOTICES {
+                c.problem(Some(list), "events.quota_thresholds", format!("at most {MAX_NOTICES} thresholds"));
+            }
+            out
+        }
+    };
+    quota_thresholds.sort_unstable();
+    quota_thresholds.dedup();
+    let credits_low = match &raw.credits_low {
+        None => defaults.credits_low,
+        Some(v) => match v.get_ref() {
+            toml::Value::Integer(n) if *n >= 0 => CreditsLow::Units(*n as u64),
+            toml::Value::String(s) => match s.strip_suffix('%').and_then(|p| p.trim().parse::<u8>().ok()) {
+                Some(p) if p <= 100 => CreditsLow::Percent(p),
+                _ => {
+                    c.problem(Some(v), "events.credits_low", format!("`{s}` is not a percentage like \"10%\""));
+                    defaults.credits_low
+                }
+            },
+            _ => {
+                c.problem(Some(v), "events.credits_low", "must be a percentage of the refill (\"10%\") or a number of credits");
+                defaults.credits_low
+            }
+        },
+    };
+    let check_interval = c.duration(&raw.check_interval, "events.check_interval", defaults.check_interval);
+    EventsConfig { expiry_notice, quota_thresholds, credits_low, check_interval }
 }

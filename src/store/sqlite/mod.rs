@@ -181,17 +181,19 @@ impl Records for SqliteStore {
                  AND (?2 IS NULL OR IFNULL(k.role, '') = ?2) \
                  AND (?3 IS NULL OR (?3 = 'disabled' AND k.enabled = 0) \
                    OR (?3 = 'expired' AND k.enabled = 1 AND k.expires_at IS NOT NULL AND k.expires_at <= ?4) \
-                   OR (?3 = 'active' AND k.enabled = 1 AND (k.expires_at IS NULL OR k.expires_at > ?4)))";
+                   OR (?3 = 'active' AND k.enabled = 1 AND (k.expires_at IS NULL OR k.expires_at > ?4))) \
+                 AND (?5 IS NULL OR (k.expires_at IS NOT NULL AND k.expires_at BETWEEN ?5 AND ?6))";
             let status = q.status.map(KeyStatus::as_str);
+            let (from, to) = (q.expiring.map(|e| e.0), q.expiring.map(|e| e.1));
             let total: i64 = c
-                .query_row(&format!("SELECT COUNT(*) {filter}"), params![pattern, q.role, status, q.now], |r| r.get(0))
+                .query_row(&format!("SELECT COUNT(*) {filter}"), params![pattern, q.role, status, q.now, from, to], |r| r.get(0))
                 .map_err(unavailable)?;
             let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
             let mut stmt = c
-                .prepare(&format!("SELECT {KEY_COLUMNS} {filter} ORDER BY k.created_at DESC, k.key_id LIMIT ?5 OFFSET ?6"))
+                .prepare(&format!("SELECT {KEY_COLUMNS} {filter} ORDER BY k.created_at DESC, k.key_id LIMIT ?7 OFFSET ?8"))
                 .map_err(unavailable)?;
             let keys = stmt
-                .query_map(params![pattern, q.role, status, q.now, limit, q.offset as i64], key_from_row)
+                .query_map(params![pattern, q.role, status, q.now, from, to, limit, q.offset as i64], key_from_row)
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(unavailable)?;
             Ok(KeyPage { keys, total: total as u64 })
