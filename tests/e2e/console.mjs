@@ -305,6 +305,23 @@ try {
   assert.ok(entries.some((t) => /key\.edit/.test(t) && /description: "before" → "after"/.test(t)), entries.join("\n"));
   await page.screenshot({ path: `${SHOTS}/console-audit.png`, fullPage: true });
 
+  step("a key's events, and a failing delivery's attempts");
+  await page.getByRole("tab", { name: "API Keys" }).click();
+  await page.getByRole("button", { name: "Events of E2E integration" }).click();
+  const events = page.locator("#events-table tbody tr");
+  await events.filter({ hasText: "key.created" }).waitFor();
+  const told = await events.allTextContents();
+  assert.ok(told.some((t) => /key\.disabled/.test(t) && /E2E integration/.test(t)), told.join("\n"));
+  assert.ok(told.every((t) => !/kg_live_[0-9A-Za-z]{40}/.test(t)), "an event shows a secret");
+  // The endpoint refuses connections: deliveries fail, their attempts say why.
+  const failing = page.locator("#deliveries-table tbody tr", { hasText: "key.created" });
+  await failing.getByText(/1 attempt|[2-9] attempts/).waitFor({ timeout: 15000 });
+  await failing.locator("summary").click();
+  await failing.locator(".attempts li").first().getByText(/no answer/).waitFor();
+  await page.screenshot({ path: `${SHOTS}/console-events.png`, fullPage: true });
+  await page.locator("#deliveries-status").selectOption("delivered");
+  await page.locator("#deliveries-table tbody tr", { hasText: "No delivery is delivered" }).waitFor();
+
   step("a narrow (390 px) screen");
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const small = await phone.newPage();
@@ -335,9 +352,9 @@ try {
 
   step("delete the key with confirmation");
   await page.getByRole("tab", { name: "API Keys" }).click();
-  await page.locator("tr", { hasText: "E2E integration" }).getByRole("button", { name: "Delete E2E integration" }).click();
+  await page.locator("#keys-table tr", { hasText: "E2E integration" }).getByRole("button", { name: "Delete E2E integration" }).click();
   await page.getByRole("dialog", { name: "Delete this key?" }).getByRole("button", { name: "Delete" }).click();
-  await page.locator("tr", { hasText: "E2E integration" }).waitFor({ state: "detached" });
+  await page.locator("#keys-table tr", { hasText: "E2E integration" }).waitFor({ state: "detached" });
 
   assert.deepEqual(errors, [], "no script errors on the page");
   console.log("console e2e: all steps passed");

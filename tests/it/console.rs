@@ -32,7 +32,13 @@ async fn console_end_to_end_in_chromium() {
         }
     }
     let up = upstream::start().await;
-    let s = Setup::new(&up.url(), "", "");
+    let mut s = Setup::new(&up.url(), "", "");
+    // An endpoint that refuses connections: deliveries fail, with attempts to show.
+    let closed = free_port();
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!("\n[[webhooks]]\nurl = \"http://127.0.0.1:{closed}/hooks\"\nsecret_env = \"E2E_HOOK_SECRET\"\n"));
+    std::fs::write(&s.config, text).unwrap();
+    s.env.push(("E2E_HOOK_SECRET".into(), "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into()));
     // An expired key (no API makes one: an expiry in the past is refused)
     // and one whose name is a single 100-character word.
     let (expired, _) = s.create_key(&["--name", "E2E expired", "--expires-in-days", "1"]);
@@ -60,7 +66,7 @@ async fn console_end_to_end_in_chromium() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed:\n{text}");
     assert!(text.contains("all steps passed"), "{text}");
-    for shot in ["console-keys.png", "console-roles.png", "console-audit.png", "console-keys-narrow.png"] {
+    for shot in ["console-keys.png", "console-roles.png", "console-audit.png", "console-events.png", "console-keys-narrow.png"] {
         assert!(shots.join(shot).metadata().is_ok_and(|m| m.len() > 10_000), "no screenshot {shot}");
     }
 }

@@ -13,7 +13,7 @@ const state = {
 
 // Whether the signed-in token holds `scope` (`admin` holds them all).
 const can = (scope) => state.session.scopes.includes(scope) || state.session.scopes.includes("admin");
-const TABS = ["keys", "roles", "audit"];
+const TABS = ["keys", "roles", "audit", "events"];
 // The role filter's value for "keys without a role" (the API's `role=`).
 const NO_ROLE = "\u0000none";
 
@@ -140,7 +140,7 @@ function selectTab(name) {
     $(`#panel-${t}`).hidden = !on;
   }
   notice("");
-  if (name === "roles") loadRoles(); else if (name === "audit") loadAudit(); else loadKeys();
+  if (name === "roles") loadRoles(); else if (name === "audit") loadAudit(); else if (name === "events") loadEvents(); else loadKeys();
 }
 
 // ---- keys --------------------------------------------------------------------
@@ -185,7 +185,9 @@ function keyRow(k) {
     el("td", { "data-label": "Last used", text: relative(k.lastUsed), title: k.lastUsed || "" }),
     el("td", { "data-label": "Expires", text: k.expiresAt ? relative(k.expiresAt) : "never", title: k.expiresAt || "" }),
     el("td", { "data-label": "Status" }, toggle),
-    el("td", { "data-label": "Actions" }, el("div", { class: "row-actions needs-write" },
+    el("td", { "data-label": "Actions" }, el("div", { class: "row-actions" },
+      el("button", { type: "button", text: "Events", "aria-label": `Events of ${k.name}`, onclick: () => showEventsOf(k.keyId) })),
+    el("div", { class: "row-actions needs-write" },
       el("button", { type: "button", text: "Edit", "aria-label": `Edit ${k.name}`, onclick: () => openKeyDialog(k) }),
       el("button", { type: "button", text: "Rotate", "aria-label": `Rotate ${k.name}`, onclick: () => rotateKey(k) }),
       el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${k.name}`, onclick: () => deleteKey(k) }))),
@@ -474,6 +476,62 @@ async function loadAudit() {
   $("#audit-next").disabled = state.auditPage >= pages;
 }
 
+// ---- events and deliveries ---------------------------------------------------
+
+// What an event says beyond the key: the part its type adds.
+function eventDetails(e) {
+  const d = e.data || {};
+  if (d.leak) return `leaked (${d.leak.action}) at ${d.leak.url || "?"}`;
+  if (d.quota) return `${d.quota.threshold}% of the ${d.quota.window} quota (${d.quota.used}/${d.quota.limit})`;
+  if (d.credits) return `${d.credits.remaining} credits left`;
+  if (d.expiry) return `expires ${relative(d.expiresAt)}`;
+  if (d.previousSecretValidUntil) return `old secret works until ${d.previousSecretValidUntil}`;
+  return d.name ? `${d.name}${d.owner ? ` (${d.owner})` : ""}` : "";
+}
+
+function showEventsOf(keyId) {
+  $("#events-key").value = keyId;
+  selectTab("events");
+}
+
+async function loadEvents() {
+  const key = $("#events-key").value.trim();
+  const q = new URLSearchParams({ limit: 100 });
+  if (key) q.set("keyId", key);
+  const r = await api("GET", `/events?${q}`);
+  if (!r.ok) { notice(r.json.error); return; }
+  $("#events-table tbody").replaceChildren(...r.json.data.map((e) => el("tr", { "data-event": e.id },
+    el("td", { "data-label": "When", text: relative(e.timestamp), title: e.timestamp }),
+    el("td", { "data-label": "Type" }, el("code", { text: e.type })),
+    el("td", { "data-label": "Key" }, el("code", { text: e.data.keyId })),
+    el("td", { "data-label": "Details", text: eventDetails(e) }))));
+  if (!r.json.data.length) $("#events-table tbody").append(el("tr", {}, el("td", { colspan: 4, text: "No events yet." })));
+  await loadDeliveries(key);
+}
+
+// Each delivery with its attempts, latest last, behind a disclosure.
+async function loadDeliveries(key) {
+  const q = new URLSearchParams({ limit: 100 });
+  if (key) q.set("keyId", key);
+  const status = $("#deliveries-status").value;
+  if (status) q.set("status", status);
+  const r = await api("GET", `/webhooks/deliveries?${q}`);
+  if (!r.ok) { notice(r.json.error); return; }
+  $("#deliveries-table tbody").replaceChildren(...r.json.data.map((d) => el("tr", { "data-delivery": `${d.webhook} ${d.eventId}` },
+    el("td", { "data-label": "Event" }, el("code", { text: d.type }), " ", el("span", { class: "muted", text: d.eventId })),
+    el("td", { "data-label": "Endpoint", text: d.webhook }),
+    el("td", { "data-label": "Status" }, el("span", { class: `pill ${d.status}`, text: d.status })),
+    el("td", { "data-label": "Attempts" }, el("details", {},
+      el("summary", { text: `${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` }),
+      el("ol", { class: "attempts" }, ...d.log.map((a) => el("li", {
+        text: `${a.at}: ${a.status ? `answered ${a.status}` : "no answer"}${a.error ? ` (${a.error})` : ""} in ${a.tookMs} ms`,
+      }))))),
+    // A key's events go in order: an untried one waits for those before it.
+    el("td", { "data-label": "Next try", text: !d.nextAttemptAt ? "—" : d.attempts === 0 ? "in turn" : relative(d.nextAttemptAt) }))));
+  const none = status ? `No delivery is ${status}.` : "No deliveries: no [[webhooks]] endpoint, or nothing sent yet.";
+  if (!r.json.data.length) $("#deliveries-table tbody").append(el("tr", {}, el("td", { colspan: 5, text: none })));
+}
+
 async function deleteRole(role) {
   $("#roles-error").textContent = "";
   if (!(await confirmDialog("Delete this role?", `${role.name} will be removed.`, "Delete"))) return;
@@ -552,6 +610,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#tab-keys").addEventListener("click", () => selectTab("keys"));
   $("#tab-roles").addEventListener("click", () => selectTab("roles"));
   $("#tab-audit").addEventListener("click", () => { state.auditPage = 1; selectTab("audit"); });
+  $("#tab-events").addEventListener("click", () => selectTab("events"));
+  let eventsTimer;
+  $("#events-key").addEventListener("input", () => { clearTimeout(eventsTimer); eventsTimer = setTimeout(loadEvents, 250); });
+  $("#deliveries-status").addEventListener("change", () => loadDeliveries($("#events-key").value.trim()));
   $(".tabs").addEventListener("keydown", (e) => {
     if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
     const now = TABS.findIndex((t) => $(`#tab-${t}`).getAttribute("aria-selected") === "true");
