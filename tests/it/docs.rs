@@ -129,3 +129,50 @@ fn the_link_checker_sees_a_missing_file_and_a_missing_anchor() {
     assert!(!anchors(text).contains("rate-limits"));
     assert!(Path::new(&root()).join("README.md").exists());
 }
+
+/// The fenced code blocks of a document in a language, in order.
+fn code_blocks(doc: &str, lang: &str) -> Vec<String> {
+    let fence = format!("```{lang}\n");
+    doc.split(fence.as_str()).skip(1).map(|rest| rest.split("```").next().unwrap_or("").to_string()).collect()
+}
+
+/// docs/webhooks.md's Python and Node verifiers accept a delivery keygate
+/// signed and refuse it with its body or id changed.
+#[test]
+fn the_webhook_guide_verifiers_check_what_keygate_signs() {
+    let guide = std::fs::read_to_string(root().join("docs/webhooks.md")).unwrap();
+    let secret_text = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let secret = keygate::webhooks::SigningSecret::parse(secret_text).unwrap();
+    let (id, body) = ("evt_docs0test1", r#"{"id":"evt_docs0test1","type":"key.disabled","data":{"keyId":"key_a"}}"#);
+    let now = keygate::clock::now_unix();
+    let signature = secret.sign(id, now, body.as_bytes()).unwrap();
+    let cases = [(id, body, true), (id, &body.replace("disabled", "enabled") as &str, false), ("evt_other", body, false)];
+    let python = code_blocks(&guide, "python");
+    let js = code_blocks(&guide, "js");
+    assert_eq!((python.len(), js.len()), (1, 1), "the guide has one verifier in each language");
+    for (id, body, want) in cases {
+        let sample = serde_json::json!({
+            "secret": secret_text,
+            "headers": { "webhook-id": id, "webhook-timestamp": now.to_string(), "webhook-signature": format!("v1,bm90IHRoaXM= {signature}") },
+            "body": body,
+        })
+        .to_string();
+        let py = format!(
+            "{}\nimport json, sys\nd = json.loads(sys.argv[1])\nprint(verify(d['secret'], d['headers'], d['body'].encode()))\n",
+            python[0]
+        );
+        let out = std::process::Command::new("python3").args(["-c", &py, &sample]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), if want { "True" } else { "False" }, "python: {out:?}");
+        if std::process::Command::new("node").arg("--version").output().is_err()
+            && crate::common::may_skip("node", "node is missing: the guide's Node verifier is not run")
+        {
+            continue;
+        }
+        let node = format!(
+            "{}\nconst d = JSON.parse(process.argv[1]);\nconsole.log(verify(d.secret, d.headers, Buffer.from(d.body)));\n",
+            js[0]
+        );
+        let out = std::process::Command::new("node").args(["-e", &node, &sample]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want.to_string(), "node: {out:?}");
+    }
+}
