@@ -530,6 +530,16 @@ pub trait Outbox: Send + Sync {
     async fn sweep_events(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
+/// Event types as one script or statement parameter: `,a,b,` (empty:
+/// every type), so a type is matched as `,type,` within it.
+fn types_param(types: &[String]) -> String {
+    if types.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", types.join(","))
+    }
+}
+
 /// A shared handle to whichever store the config names.
 pub type SharedStore = Arc<dyn Store>;
 

@@ -233,14 +233,6 @@ fn delivery_of(webhook: &str, seq: u64, h: &HashMap<String, String>) -> Result<D
     })
 }
 
-fn type_list(types: &[String]) -> String {
-    if types.is_empty() {
-        String::new()
-    } else {
-        format!(",{},", types.join(","))
-    }
-}
-
 /// `<seq>-1` -> seq.
 fn seq_of(stream_id: &str) -> Option<u64> {
     stream_id.split('-').next()?.parse().ok()
@@ -286,7 +278,7 @@ impl Outbox for RedisStore {
     }
 
     async fn open_deliveries(&self, webhook: &str, types: &[String], max: usize) -> Result<Vec<Delivery>, StoreError> {
-        let args = vec![webhook.to_string(), type_list(types), now_unix_ms().to_string(), max.max(1).to_string()];
+        let args = vec![webhook.to_string(), types_param(types), now_unix_ms().to_string(), max.max(1).to_string()];
         let reply: Value = self.invoke("open_deliveries", &OPEN_DELIVERIES, args).await?;
         let Value::Array(items) = reply else { return Ok(Vec::new()) };
         let mut out = Vec::with_capacity(items.len());
@@ -358,7 +350,7 @@ impl Outbox for RedisStore {
     }
 
     async fn replay(&self, webhook: &str, types: &[String], since_ms: i64) -> Result<u64, StoreError> {
-        let args = vec![webhook.to_string(), type_list(types), since_ms.to_string(), now_unix_ms().to_string()];
+        let args = vec![webhook.to_string(), types_param(types), since_ms.to_string(), now_unix_ms().to_string()];
         self.invoke::<i64>("replay", &REPLAY, args).await.map(|n| n.max(0) as u64)
     }
 

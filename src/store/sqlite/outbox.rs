@@ -37,16 +37,7 @@ fn delivery_from_row(row: &Row) -> rusqlite::Result<Delivery> {
     })
 }
 
-/// `types` as one parameter: `,a,b,` (empty: every type), matched with
-/// `instr` so the statement stays one prepared text.
-fn type_list(types: &[String]) -> String {
-    if types.is_empty() {
-        String::new()
-    } else {
-        format!(",{},", types.join(","))
-    }
-}
-
+/// Matches an event type against `?2`, a list as `store::types_param` makes it.
 const TYPE_FILTER: &str = "(?2 = '' OR instr(?2, ',' || type || ',') > 0)";
 
 /// The webhook's cursor, made at the newest event when it has none.
@@ -102,7 +93,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn open_deliveries(&self, webhook: &str, types: &[String], max: usize) -> Result<Vec<Delivery>, StoreError> {
-        let (webhook, types) = (webhook.to_string(), type_list(types));
+        let (webhook, types) = (webhook.to_string(), types_param(types));
         self.with(move |c| {
             // Most passes find nothing new: looked at first without the write lock.
             if !has_news(c, &webhook).map_err(unavailable)? {
@@ -190,7 +181,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn replay(&self, webhook: &str, types: &[String], since_ms: i64) -> Result<u64, StoreError> {
-        let (webhook, types) = (webhook.to_string(), type_list(types));
+        let (webhook, types) = (webhook.to_string(), types_param(types));
         self.with(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
             let (upto, _) = cursor(&tx, &webhook).map_err(unavailable)?;
