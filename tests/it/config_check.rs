@@ -346,3 +346,25 @@ fn webhook_settings_are_checked() {
     let (ok, out) = check_with_secret(&format!("{}{loopback}\n{}", hook("name = \"billing\""), base()), OK_SECRET);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn event_settings_are_checked() {
+    for (table, field) in [
+        ("[events]\nexpiry_notice = [\"soon\"]", "gateway.toml:2: events.expiry_notice"),
+        ("[events]\nexpiry_notice = [\"0s\"]", "events.expiry_notice"),
+        ("[events]\nquota_thresholds = [0]", "events.quota_thresholds"),
+        ("[events]\nquota_thresholds = [101]", "events.quota_thresholds"),
+        ("[events]\ncredits_low = \"ten\"", "events.credits_low"),
+        ("[events]\ncredits_low = \"150%\"", "events.credits_low"),
+        ("[events]\ncredits_low = -1", "events.credits_low"),
+        ("[events]\ncheck_interval = \"0s\"", "events.check_interval"),
+        ("[events]\nnotify = true", "events.notify"),
+    ] {
+        let (ok, out) = check(&format!("{table}\n{}", base()));
+        assert!(!ok, "{table}");
+        assert!(out.contains(field), "{table}: {out}");
+    }
+    let fine = "[events]\nexpiry_notice = [\"30d\", \"1h\"]\nquota_thresholds = [50, 90, 100]\ncredits_low = 25\n";
+    let (ok, out) = check(&format!("{fine}\n{}", base()));
+    assert!(ok, "{out}");
+}
