@@ -306,7 +306,8 @@ async fn charge(out: &mut Decision, means: &Means<'_>, cost: &Cost<'_>, now: Mom
     }
     out.rate = metered.view();
     out.credits = metered.credits;
-    if let (true, Some(notices)) = (metered.may_cross(), live.notices) {
+    let lowest = means.config.events.quota_thresholds.first().copied().unwrap_or(u8::MAX);
+    if let (true, Some(notices)) = (metered.may_cross(lowest), live.notices) {
         notice(notices, means.config, key, &metered, cost.units, now.unix_ms);
     }
 }
@@ -334,19 +335,22 @@ fn notice(notices: &Notices, config: &Config, key: &ApiKey, metered: &Metered, u
         event(id, EventKind::QuotaThreshold, "quota", data);
     });
     let Some(terms) = &key.credits else { return };
-    let (refill, period) = crate::ratelimit::credits::due(terms, now_ms);
-    // Without a refill, at most once a day.
-    let period = if refill.is_some() { period } else { crate::clock::Period::Day.index(now_ms) };
-    match metered.credit_notice(units, config.events.credits_low.bound(refill)) {
-        Some(CreditNotice::Low { remaining, below }) => {
+    let refill = terms.refill().map(|(amount, _)| amount);
+    let Some(told) = metered.credit_notice(units, config.events.credits_low.bound(refill)) else { return };
+    // Once per refill period; without a refill, at most once a day.
+    let period = match crate::ratelimit::credits::due(terms, now_ms) {
+        (Some(_), period) => period,
+        (None, _) => crate::clock::Period::Day.index(now_ms),
+    };
+    match told {
+        CreditNotice::Low { remaining, below } => {
             let id = format!("evt_credits_low_{}_{period}", key.key_id);
             event(id, EventKind::CreditsLow, "credits", serde_json::json!({ "remaining": remaining, "below": below }));
         }
-        Some(CreditNotice::Exhausted { remaining }) => {
+        CreditNotice::Exhausted { remaining } => {
             let id = format!("evt_credits_exhausted_{}_{period}", key.key_id);
             event(id, EventKind::CreditsExhausted, "credits", serde_json::json!({ "remaining": remaining }));
         }
-        None => {}
     }
 }
 

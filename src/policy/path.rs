@@ -141,6 +141,8 @@ fn already_normal(path: &str) -> bool {
 }
 
 /// Returns the normalised form of `path` (no query), keeping a trailing slash.
+/// (Inlined: called once per request, from one place.)
+#[inline]
 pub fn normalise(path: &str) -> Result<String, PathError> {
     if already_normal(path) {
         return Ok(path.to_string());

@@ -195,11 +195,17 @@ pub enum CreditNotice {
 }
 
 impl Metered {
-    /// Whether a quota window or the credits answered: only such a charge
-    /// can cross a threshold (most requests have neither).
+    /// Whether this charge may have crossed a mark: the credits answered,
+    /// or a quota window is used to `lowest` percent or more. Most charges
+    /// are neither, and pay only this look.
     #[inline]
-    pub fn may_cross(&self) -> bool {
-        self.credits.is_some() || [Policy::Hour, Policy::Day, Policy::Month].iter().any(|p| self.windows[*p as usize].is_some())
+    pub fn may_cross(&self, lowest: u8) -> bool {
+        self.credits.is_some()
+            || [Policy::Hour, Policy::Day, Policy::Month].iter().any(|p| {
+                self.windows[*p as usize].is_some_and(|d| {
+                    u64::from(d.limit - d.remaining.min(d.limit)) * 100 >= u64::from(d.limit) * u64::from(lowest)
+                })
+            })
     }
 
     /// The thresholds (percent, ascending) of each quota window this
@@ -411,9 +417,12 @@ mod tests {
         // Minute windows are rate limits, not quotas.
         let mut minute = Metered::default();
         minute.windows[Policy::Minute as usize] = metered(10, 0, None).windows[Policy::Day as usize];
-        assert!(!minute.may_cross());
+        assert!(!minute.may_cross(80));
         assert_eq!(crossed(&minute, 1), vec![]);
-        assert!(metered(10, 5, None).may_cross());
+        // Below the lowest threshold, nothing to look at.
+        assert!(!metered(10, 3, None).may_cross(80));
+        assert!(metered(10, 2, None).may_cross(80));
+        assert!(metered(10, 9, Some(5)).may_cross(80), "credits: always looked at");
     }
 
     #[test]
