@@ -92,7 +92,7 @@ def main():
         for i, (binary, quotas) in enumerate(binaries):
             port, admin = run.free_port(), run.free_port()
             # keygate_conf adds the three-window plan to the config of that name.
-            name = "keygate-quotas" if quotas else f"keygate{i}"
+            name = f"keygate-quotas{i}" if quotas else f"keygate{i}"
             conf = run.keygate_conf(work, name, port, admin, f'url = "http://127.0.0.1:{up_port}"', extra_server="workers = 1")
             plan = ["--plan", "metered"] if quotas else []
             if token is None:

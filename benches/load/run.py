@@ -265,7 +265,7 @@ permission = "lists.view"
 [[roles]]
 id = "reader"
 permissions = ["lists.view"]
-{QUOTA_PLAN if name == "keygate-quotas" else ""}
+{QUOTA_PLAN if name.startswith("keygate-quotas") else ""}
 """
     d = Path(work) / name
     d.mkdir(exist_ok=True)
