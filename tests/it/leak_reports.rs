@@ -176,6 +176,24 @@ async fn a_signed_github_report_disables_the_key_and_an_unsigned_one_changes_not
     assert_eq!(entry["after"]["leak"]["action"], "disabled");
     assert_eq!(entry["after"]["enabled"], false);
     assert!(!audit.to_string().contains(&leaked), "the audit log holds the token");
+    // And the backend hears of it: one key.leaked event, written with the disabling.
+    let events = client()
+        .get(s.admin_url(&format!("/events?keyId={leaked_id}&type=key.leaked")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let told = events["data"].as_array().unwrap();
+    assert_eq!(told.len(), 1, "{events}");
+    assert_eq!(told[0]["data"]["leak"]["url"], "https://github.com/octo/app/blob/main/.env");
+    assert_eq!(
+        (told[0]["data"]["leak"]["action"].as_str(), told[0]["data"]["enabled"].as_bool()),
+        (Some("disabled"), Some(false))
+    );
+    assert!(!events.to_string().contains(&leaked), "an event holds the token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
