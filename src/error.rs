@@ -24,6 +24,9 @@ pub enum GatewayError {
     AmbiguousCredentials,
     #[error("requests from this IP address are not allowed for this API key")]
     IpBlocked,
+    /// The client's address is on a deny list (`server.deny`, a route's `deny`).
+    #[error("requests from this IP address are not allowed")]
+    IpDenied,
     #[error("the API key lacks the permission this route needs")]
     InsufficientPermissions { required: String },
     #[error("no route matches this request")]
@@ -91,7 +94,7 @@ impl GatewayError {
             MissingKey | InvalidKey | KeyDisabled | KeyExpired | WrongEnvironment | AmbiguousCredentials | BadSignature(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            IpBlocked | InsufficientPermissions { .. } | CorsRefused(_) => StatusCode::FORBIDDEN,
+            IpBlocked | IpDenied | InsufficientPermissions { .. } | CorsRefused(_) => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             RateLimited { .. } | QuotaExceeded { .. } | CreditsExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -114,6 +117,7 @@ impl GatewayError {
             WrongEnvironment => "wrong_environment",
             AmbiguousCredentials => "ambiguous_credentials",
             IpBlocked => "ip_blocked",
+            IpDenied => "ip_denied",
             InsufficientPermissions { .. } => "insufficient_permissions",
             NoRoute => "no_route",
             CorsRefused(_) => "cors_not_allowed",
@@ -202,6 +206,7 @@ mod tests {
             GatewayError::WrongEnvironment,
             GatewayError::AmbiguousCredentials,
             GatewayError::IpBlocked,
+            GatewayError::IpDenied,
             GatewayError::InsufficientPermissions { required: "lists.view".into() },
             GatewayError::NoRoute,
             GatewayError::CorsRefused("x".into()),

@@ -4,8 +4,8 @@
 //! (docs/interface.md, "The request path") and turns the outcome into a
 //! response.
 //!
-//! 1. `route`: normalise the path, answer a browser's preflight under
-//!    `[cors]`, match `/whoami` or a route
+//! 1. `route`: normalise the path, refuse a denied address, answer a
+//!    browser's preflight under `[cors]`, match `/whoami` or a route
 //! 2. `authorise`: the credential, then [`decide`] (the key, its state,
 //!    IP allowlist, permission, limits), shared with the verify API
 //! 3. `forward`: rewrite the request for the upstream and send it
@@ -191,6 +191,9 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
 fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
     let cfg = &cx.rt.config;
     let path = path::normalise(cx.head.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    if !cfg.server.deny.is_empty() {
+        refuse_denied(cx, &cfg.server.deny)?;
+    }
     if cfg.server.underscore_headers == Underscores::Reject {
         headers::refuse_underscores(&cx.head.headers).map_err(GatewayError::BadRequest)?;
     }
@@ -209,7 +212,20 @@ fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
     }
     let (index, route) = cfg.routes.find(&cx.head.method, &path).ok_or(GatewayError::NoRoute)?;
     cx.trace.route = RouteLabel::Route(index);
+    if let Some(deny) = &route.deny {
+        refuse_denied(cx, deny)?;
+    }
     Ok(Routed::Upstream(Target { route, path }))
+}
+
+/// 403 `ip_denied` for a client whose address (after `trusted_proxies`)
+/// is on `deny`: before any key is looked at.
+fn refuse_denied(cx: &Ctx<'_>, deny: &ip::DenyList) -> Result<(), GatewayError> {
+    let client = ip::client_ip(cx.conn.peer.ip(), &cx.head.headers, &cx.rt.config.server.trusted_proxies);
+    if deny.denies(client) {
+        return Err(GatewayError::IpDenied);
+    }
+    Ok(())
 }
 
 /// GET or HEAD: the methods `/whoami` answers.

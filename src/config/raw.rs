@@ -139,6 +139,9 @@ pub struct RawServer {
     pub max_connections: Option<Spanned<i64>>,
     pub workers: Option<Spanned<i64>>,
     pub underscore_headers: Option<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    pub deny_file: Option<Spanned<String>>,
 }
 
 /// `[server.tls]`: PEM files for rustls.
@@ -276,6 +279,8 @@ pub struct RawRoute {
     pub cors: Option<Spanned<bool>>,
     pub cost: Option<Spanned<i64>>,
     pub rate_limit: Option<Spanned<RawRouteLimit>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
 }
 
 /// A route's own `rate_limit = { per_minute = 5 }`.

@@ -47,6 +47,9 @@ pub struct Route {
     pub cost: u32,
     /// An extra per-minute limit per key (or owner) on this route alone.
     pub per_minute: Option<u32>,
+    /// Client addresses refused on this route (403 `ip_denied`) before
+    /// any key is looked at.
+    pub deny: Option<Box<super::ip::DenyList>>,
 }
 
 /// The methods a route may name: RFC 9110's and PATCH, upper case.
@@ -116,6 +119,7 @@ impl Route {
             cors: false,
             cost: 1,
             per_minute: None,
+            deny: None,
         })
     }
 

@@ -368,3 +368,24 @@ fn event_settings_are_checked() {
     let (ok, out) = check(&format!("{fine}\n{}", base()));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn deny_lists_are_checked_and_a_deny_file_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-deny.txt");
+    std::fs::write(&bad, "# ok so far\n203.0.113.0/24\n203.0.113.999\n").unwrap();
+    let with_server = |extra: &str| base().replacen("[[upstreams]]", &format!("[server]\n{extra}\n\n[[upstreams]]"), 1);
+    for (text, want) in [
+        (with_server("deny = [\"10.0.0.0/8\", \"nope\"]"), "server.deny[1]".to_string()),
+        (with_server(&format!("deny_file = \"{}\"", bad.display())), format!("server.deny_file: {}: line 3:", bad.display())),
+        (with_server("deny_file = \"/nonexistent/deny.txt\""), "server.deny_file".to_string()),
+        (
+            base().replacen("match = \"GET /api/ping\"", "match = \"GET /api/ping\"\ndeny = [\"300.1.2.3\"]", 1),
+            "routes[".to_string(),
+        ),
+    ] {
+        let (ok, out) = check(&text);
+        assert!(!ok, "{text}");
+        assert!(out.contains(&want), "want {want}: {out}");
+    }
+}

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod abuse;
 mod admin_api;
 mod admin_scopes;
 mod cli;

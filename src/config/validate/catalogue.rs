@@ -105,6 +105,10 @@ pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], 
                         None => c.problem(Some(n), format!("{field}.rate_limit.per_minute"), "must be a whole number, 1 or more"),
                     }
                 }
+                if !r.deny.is_empty() {
+                    let nets = super::deny_entries(c, &format!("{field}.deny"), &r.deny);
+                    route.deny = Some(Box::new(crate::policy::ip::DenyList::new(&nets)));
+                }
                 if r.public && r.cost.is_some() {
                     c.problem(r.cost.as_ref(), format!("{field}.cost"), "a public route has no key to charge");
                 }

@@ -174,6 +174,33 @@ fn field_of_parse_error(at: &str, msg: &str) -> String {
     }
 }
 
+/// Networks of a `deny` list, each checked.
+fn deny_entries(c: &mut Checker, field: &str, raw: &[Spanned<String>]) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for (i, entry) in raw.iter().enumerate() {
+        match crate::policy::ip::parse_cidr(entry.get_ref()) {
+            Ok(net) => out.push(net),
+            Err(e) => c.problem(Some(entry), format!("{field}[{i}]"), e),
+        }
+    }
+    out
+}
+
+/// `server.deny` and the lines of `server.deny_file` (read now: a reload
+/// reads it again).
+fn server_deny(c: &mut Checker, path: &Path, raw: &RawServer) -> crate::policy::ip::DenyList {
+    let mut nets = deny_entries(c, "server.deny", &raw.deny);
+    if let Some(file) = &raw.deny_file {
+        let full = relative_to(path, file.get_ref());
+        let read = std::fs::read_to_string(&full).map_err(|e| e.to_string()).and_then(|t| crate::policy::ip::parse_deny_file(&t));
+        match read {
+            Ok(more) => nets.extend(more),
+            Err(e) => c.problem(Some(file), "server.deny_file", format!("{}: {e}", full.display())),
+        }
+    }
+    crate::policy::ip::DenyList::new(&nets)
+}
+
 fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
     let environment = c.choice(&raw.environment, "server.environment", &[("live", Env::Live), ("test", Env::Test)], Env::Live);
     let mut trusted_proxies = Vec::new();
@@ -198,6 +225,7 @@ fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
             }
         }
     });
+    let deny = server_deny(c, path, raw);
     let max_header_bytes = c.positive(&raw.max_header_bytes, "server.max_header_bytes", DEFAULT_MAX_HEADER_BYTES as u64) as usize;
     if max_header_bytes < 8192 {
         c.problem(raw.max_header_bytes.as_ref(), "server.max_header_bytes", "must be at least 8192");
@@ -222,6 +250,7 @@ fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
             &[("drop", Underscores::Drop), ("reject", Underscores::Reject), ("allow", Underscores::Allow)],
             Underscores::Drop,
         ),
+        deny,
     }
 }
 

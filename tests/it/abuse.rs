@@ -1,0 +1,59 @@
+//! Guards against abuse (#28): deny lists, read from the config and a
+//! file, refused before any key is looked at, and reloaded with SIGHUP.
+
+use crate::common::*;
+use std::time::Duration;
+
+async fn status_from(s: &Setup, path: &str, from: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = client().get(s.url(path)).header("X-Forwarded-For", from);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    (status, body["code"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_addresses_are_refused_before_any_key_and_a_reload_reads_the_file_again() {
+    let up = upstream::start().await;
+    let s =
+        Setup::new(&up.url(), "trusted_proxies = [\"127.0.0.1/32\"]\ndeny = [\"198.51.100.0/24\"]\ndeny_file = \"deny.txt\"", "");
+    std::fs::write(s.dir.path().join("deny.txt"), "# known bad\n203.0.113.0/24\n\n2001:db8::/32 # a whole block\n").unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap().replacen(
+        "match = \"GET /api/lists\"\npermission = \"lists.view\"",
+        "match = \"GET /api/lists\"\npermission = \"lists.view\"\ndeny = [\"192.0.2.0/24\"]",
+        1,
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let (_, token) = s.create_key(&["--name", "good", "--role", "read-only"]);
+    let gw = s.start();
+
+    let denied = (403, "ip_denied".to_string());
+    // Denied everywhere: with a key, without one, on a public route.
+    for client in ["203.0.113.9", "198.51.100.1", "2001:db8::7"] {
+        assert_eq!(status_from(&s, "/api/lists", client, Some(&token)).await, denied, "{client}");
+        assert_eq!(status_from(&s, "/api/lists", client, None).await, denied, "{client} without a key");
+        assert_eq!(status_from(&s, "/api/ping", client, None).await, denied, "{client} on a public route");
+    }
+    // A route's own list: only that route.
+    assert_eq!(status_from(&s, "/api/lists", "192.0.2.5", Some(&token)).await, denied);
+    assert_eq!(status_from(&s, "/api/lists/7", "192.0.2.5", Some(&token)).await.0, 200);
+    assert_eq!(status_from(&s, "/api/lists", "10.0.0.1", Some(&token)).await.0, 200);
+    // Refused before the key: an invalid token from a denied address is 403, not 401.
+    assert_eq!(status_from(&s, "/api/lists", "203.0.113.9", Some("kg_live_nonsense")).await, denied);
+
+    // The file changes; a reload reads it again.
+    std::fs::write(s.dir.path().join("deny.txt"), "10.0.0.0/8\n").unwrap();
+    gw.signal("HUP");
+    let reloaded =
+        eventually(Duration::from_secs(5), || async { status_from(&s, "/api/lists", "10.0.0.1", Some(&token)).await == denied })
+            .await;
+    assert!(reloaded.is_some(), "the reload did not read the deny file again");
+    assert_eq!(status_from(&s, "/api/lists", "203.0.113.9", Some(&token)).await.0, 200);
+    assert_eq!(status_from(&s, "/api/lists", "198.51.100.1", Some(&token)).await, denied, "server.deny stays");
+
+    let metrics = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("code=\"ip_denied\""), "{metrics}");
+}
