@@ -354,6 +354,38 @@ fn notice(notices: &Notices, config: &Config, key: &ApiKey, metered: &Metered, u
     }
 }
 
+/// Whether `refusal` comes from a rule only tried, not enforced: a route,
+/// a plan or `[rate_limit]` with `shadow = true`. Such a request goes on,
+/// telling the upstream what would have refused it. What is wrong with
+/// the key itself (unknown, disabled, expired, other environment) or the
+/// caller's address is never shadowed: those are not rules being tried.
+pub fn shadowed(config: &Config, route: Option<&Route>, key: &ApiKey, refusal: &GatewayError, rate: Option<&RateView>) -> bool {
+    let on_route = route.is_some_and(|r| r.shadow);
+    match refusal {
+        GatewayError::InsufficientPermissions { .. } => on_route,
+        GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } if on_route || config.rate_limit.shadow => true,
+        GatewayError::CreditsExhausted { .. } => on_route || config.rate_limit.shadow,
+        GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => {
+            rate.is_some_and(|view| plan_sets(config, key, view.policy))
+        }
+        _ => false,
+    }
+}
+
+/// Whether the window of `policy` is the key's plan's, and the plan is in
+/// shadow mode (a key's own limit overrides its plan's, and is enforced).
+fn plan_sets(config: &Config, key: &ApiKey, policy: meter::Policy) -> bool {
+    let Some(plan) = key.plan.as_deref().and_then(|p| config.plans.get(p)).filter(|p| p.shadow) else { return false };
+    let (own, plans) = match policy {
+        meter::Policy::Minute => (key.rate_limit.is_some(), plan.per_minute.is_some()),
+        meter::Policy::Hour => (key.quota.per_hour.is_some(), plan.quota.per_hour.is_some()),
+        meter::Policy::Day => (key.quota.per_day.is_some(), plan.quota.per_day.is_some()),
+        meter::Policy::Month => (key.quota.per_month.is_some(), plan.quota.per_month.is_some()),
+        meter::Policy::Route => return false,
+    };
+    !own && plans
+}
+
 /// The verdict a request of `units` by `key` would get now, taking
 /// nothing; `credits` is the balance and the seconds to its next refill.
 pub fn verdict_now(config: &Config, live: Live<'_>, key: &ApiKey, units: u32, credits: Option<(i64, Option<u64>)>) -> Metered {

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub subscription_losses: IntCounter,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_backlog: IntGauge,
+    pub shadow_refusals: IntCounterVec,
 }
 
 /// Label values each counter can take, created at zero at start so that
@@ -126,6 +127,11 @@ impl Metrics {
         for result in DELIVERY_RESULTS {
             webhook_deliveries.with_label_values(&[result]);
         }
+        let shadow_refusals = IntCounterVec::new(
+            Opts::new("keygate_shadow_refusals_total", "Requests a rule in shadow mode would have refused, forwarded instead"),
+            &["code", "route"],
+        )?;
+        registry.register(Box::new(shadow_refusals.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
         registry.register(Box::new(webhook_backlog.clone()))?;
         let build_info =
@@ -188,6 +194,7 @@ impl Metrics {
             subscription_losses,
             webhook_deliveries,
             webhook_backlog,
+            shadow_refusals,
         })
     }
 

@@ -17,7 +17,7 @@ use crate::clock::{self, Moment};
 use crate::config::{Config, Underscores, Upstream};
 use crate::correlation;
 use crate::credentials::{self, CredentialError};
-use crate::decide::{decide, Ask, Decision, Means};
+use crate::decide::{self, decide, Ask, Decision, Means};
 use crate::error::{json_response, GatewayError};
 use crate::http1::{BodyOutcome, Reply};
 use crate::keys::model::{ApiKey, KeyLookup};
@@ -90,6 +90,9 @@ struct Trace {
     context: Option<Box<(correlation::TraceParent, Option<HeaderValue>)>>,
     /// The `outcome` and `code` labels, set when the answer is made.
     outcome: (&'static str, &'static str),
+    /// The code a rule in shadow mode would have refused with: the request
+    /// went on, and the upstream is told.
+    shadow: Option<&'static str>,
 }
 
 /// A forwarded request's exchange with its upstream.
@@ -270,8 +273,22 @@ async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLoo
     }
     match (decision.refusal.take(), &decision.found) {
         (None, Some(found)) => Ok(Arc::clone(found)),
+        (Some(refusal), Some(found)) if decide::shadowed(cfg, route, &found.key, &refusal, decision.rate.as_ref()) => {
+            let found = Arc::clone(found);
+            note_shadow(cx, route, refusal.code());
+            Ok(found)
+        }
         (refusal, _) => Err(refusal.unwrap_or(GatewayError::InvalidKey)),
     }
+}
+
+/// A refusal a rule in shadow mode would have made: counted, and kept for
+/// the upstream's header and the access line.
+#[cold]
+fn note_shadow(cx: &mut Ctx<'_>, route: Option<&Route>, code: &'static str) {
+    cx.trace.shadow = Some(code);
+    let pattern = route.map_or(WHOAMI_PATH, |r| r.pattern.as_str());
+    cx.app.metrics.shadow_refusals.with_label_values(&[code, pattern]).inc();
 }
 
 /// The largest leak report read, and the longest it may take to arrive.
@@ -315,6 +332,9 @@ async fn forward(cx: &mut Ctx<'_>, target: &Target<'_>, body: Body, key: Option<
     }
     if let Some(key) = key {
         out.set_identity(headers::identity_lines(key));
+    }
+    if let Some(code) = cx.trace.shadow {
+        out.set_shadow(code);
     }
     let body = guarded(body, &rt.config);
     let sent = Instant::now();
@@ -479,6 +499,7 @@ fn count_and_log(cx: &Ctx<'_>, status: StatusCode, elapsed: Duration) {
         key_id = trace.decision.found.as_ref().map_or("-", |k| k.key.key_id.as_str()),
         request_id = trace.request_id.as_ref().map_or("-", |id| id.as_str()),
         latency_us = elapsed.as_micros() as u64,
+        shadow = trace.shadow,
     );
 }
 

@@ -231,6 +231,9 @@ pub enum KeyListSource {
 pub struct Plan {
     pub per_minute: Option<NonZeroU32>,
     pub quota: crate::keys::model::Quota,
+    /// Its windows are tried, not enforced: a refusal is forwarded and
+    /// told to the upstream (`X-Keygate-Shadow`).
+    pub shadow: bool,
 }
 
 /// The limits that apply to one key, its own beating its plan's beating
@@ -479,6 +482,8 @@ pub struct RateLimitConfig {
     /// Longest a limiter call to Redis may take before the fallback applies.
     pub redis_timeout: Duration,
     pub scope: LimitScope,
+    /// Every limit is tried, not enforced.
+    pub shadow: bool,
 }
 
 /// How a minute's quota is counted.

@@ -200,6 +200,8 @@ pub struct RawRateLimit {
     pub nodes_hint: Option<Spanned<i64>>,
     pub redis_timeout: Option<Spanned<String>>,
     pub scope: Option<Spanned<String>>,
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// `[keys]`: token format and cache tuning.
@@ -281,6 +283,8 @@ pub struct RawRoute {
     pub rate_limit: Option<Spanned<RawRouteLimit>>,
     #[serde(default)]
     pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// A route's own `rate_limit = { per_minute = 5 }`.

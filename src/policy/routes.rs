@@ -50,6 +50,9 @@ pub struct Route {
     /// Client addresses refused on this route (403 `ip_denied`) before
     /// any key is looked at.
     pub deny: Option<Box<super::ip::DenyList>>,
+    /// Its permission, its own limit and the key's windows are tried, not
+    /// enforced, on this route.
+    pub shadow: bool,
 }
 
 /// The methods a route may name: RFC 9110's and PATCH, upper case.
@@ -120,6 +123,7 @@ impl Route {
             cost: 1,
             per_minute: None,
             deny: None,
+            shadow: false,
         })
     }
 

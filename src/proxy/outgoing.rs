@@ -14,6 +14,7 @@ use http::Method;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_KEYGATE_SHADOW: HeaderName = HeaderName::from_static("x-keygate-shadow");
 
 /// A request head on its way to an upstream. It borrows the client's
 /// head rather than taking it: every request's future holds it while the
@@ -108,6 +109,12 @@ impl<'a> Outgoing<'a> {
                 self.forwarded.push((crate::correlation::TRACESTATE, state));
             }
         }
+    }
+
+    /// `X-Keygate-Shadow: <code>`: what a rule in shadow mode would have
+    /// refused this request with. (A client's own `X-Keygate-*` never passes.)
+    pub fn set_shadow(&mut self, code: &'static str) {
+        self.forwarded.push((X_KEYGATE_SHADOW, HeaderValue::from_static(code)));
     }
 
     /// The key's `X-Keygate-*` fields (see `KeyLookup::identity`).

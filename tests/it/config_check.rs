@@ -389,3 +389,18 @@ fn deny_lists_are_checked_and_a_deny_file_names_its_line() {
         assert!(out.contains(&want), "want {want}: {out}");
     }
 }
+
+#[test]
+fn shadow_settings_are_checked() {
+    for (text, want) in [
+        (base().replacen("match = \"GET /api/ping\"", "match = \"GET /api/ping\"\nshadow = true", 1), "routes["),
+        (format!("{}\n[plans.trial]\nper_minute = 5\nshadow = \"yes\"\n", base()), "plans.trial.shadow"),
+        (format!("{}\n[plans.trial]\nper_minute = 5\nshdow = true\n", base()), "plans.trial.shdow"),
+    ] {
+        let (ok, out) = check(&text);
+        assert!(!ok, "{text}");
+        assert!(out.contains(want), "want {want}: {out}");
+    }
+    let (ok, out) = check(&format!("{}\n[plans.trial]\nper_minute = 5\nshadow = true\n", base()));
+    assert!(ok, "{out}");
+}

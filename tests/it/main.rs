@@ -35,6 +35,7 @@ mod redis_quotas;
 mod redis_tls;
 mod request_path;
 mod runtime_changes;
+mod shadow;
 mod shutdown;
 mod sqlite_locks;
 mod store_conformance;

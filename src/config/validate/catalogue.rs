@@ -105,6 +105,10 @@ pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], 
                         None => c.problem(Some(n), format!("{field}.rate_limit.per_minute"), "must be a whole number, 1 or more"),
                     }
                 }
+                route.shadow = r.shadow;
+                if r.shadow && r.public {
+                    c.problem(Some(&r.pattern), format!("{field}.shadow"), "a public route has no key whose rules to try");
+                }
                 if !r.deny.is_empty() {
                     let nets = super::deny_entries(c, &format!("{field}.deny"), &r.deny);
                     route.deny = Some(Box::new(crate::policy::ip::DenyList::new(&nets)));

@@ -319,13 +319,20 @@ fn plans(c: &mut Checker, raw: &BTreeMap<String, Spanned<toml::Value>>) -> BTree
             },
             toml::Value::Table(t) => {
                 for (k, v) in t {
+                    if k == "shadow" {
+                        match v.as_bool() {
+                            Some(on) => plan.shadow = on,
+                            None => c.problem(Some(value), format!("{field}.shadow"), "must be true or false"),
+                        }
+                        continue;
+                    }
                     let slot = match k.as_str() {
                         "per_minute" => None,
                         "per_hour" => Some(&mut plan.quota.per_hour),
                         "per_day" => Some(&mut plan.quota.per_day),
                         "per_month" => Some(&mut plan.quota.per_month),
                         _ => {
-                            let msg = format!("unknown field `{k}`, expected one of {}", WINDOWS.join(", "));
+                            let msg = format!("unknown field `{k}`, expected one of {}, shadow", WINDOWS.join(", "));
                             c.problem(Some(value), format!("{field}.{k}"), msg);
                             continue;
                         }
@@ -393,6 +400,7 @@ fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateL
             &[("key", LimitScope::Key), ("owner", LimitScope::Owner)],
             LimitScope::Key,
         ),
+        shadow: raw.shadow,
     }
 }
 
