@@ -354,14 +354,24 @@ fn notice(notices: &Notices, config: &Config, key: &ApiKey, metered: &Metered, u
     }
 }
 
-/// Whether `refusal` comes from a rule only tried, not enforced: a route,
-/// a plan or `[rate_limit]` with `shadow = true`. Such a request goes on,
+/// Whether `refusal` comes from a rule only tried, not enforced: a key, a
+/// route, a plan or `[rate_limit]` in shadow mode. Such a request goes on,
 /// telling the upstream what would have refused it. What is wrong with
 /// the key itself (unknown, disabled, expired, other environment) or the
 /// caller's address is never shadowed: those are not rules being tried.
 pub fn shadowed(config: &Config, route: Option<&Route>, key: &ApiKey, refusal: &GatewayError, rate: Option<&RateView>) -> bool {
     let on_route = route.is_some_and(|r| r.shadow);
     match refusal {
+        // A key in shadow mode tries its own rules: permissions, allowlist, limits.
+        GatewayError::InsufficientPermissions { .. }
+        | GatewayError::IpBlocked
+        | GatewayError::RateLimited { .. }
+        | GatewayError::QuotaExceeded { .. }
+        | GatewayError::CreditsExhausted { .. }
+            if key.shadow =>
+        {
+            true
+        }
         GatewayError::InsufficientPermissions { .. } => on_route,
         GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } if on_route || config.rate_limit.shadow => true,
         GatewayError::CreditsExhausted { .. } => on_route || config.rate_limit.shadow,

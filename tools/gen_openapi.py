@@ -165,6 +165,7 @@ key_props = {
   "expiresAt": nullable_str, "createdAt": {"type": "string"}, "lastUsed": nullable_str, "usageCount": {"type": "integer"},
   "metadata": {"type": "object", "additionalProperties": {"type": "string"}}, "keyPrefix": {"type": "string", "description": "Masked form, never the secret"},
   "quota": ref("Quota"), "credits": {"oneOf": [ref("CreditTerms"), {"type": "null"}], "description": "Set when the key spends credits"},
+  "shadow": {"type": "boolean", "description": "The key's permissions, IP allowlist and limits are tried, not enforced: what they would refuse is forwarded with X-Keygate-Shadow"},
   "version": {"type": "integer", "minimum": 1, "description": "1 when created, +1 per change of the key's fields (not usage or the balance); the ETag and If-Match name it"},
 }
 nullable_int = {"type": ["integer", "null"], "minimum": 1}
@@ -192,6 +193,7 @@ schemas = {
       "expirationDays": {"type": ["integer", "null"], "minimum": 1, "maximum": 365},
       "expiresAt": {"type": ["string", "null"], "format": "date-time", "description": "RFC 3339; in the future; null removes the expiry; not with expirationDays"},
       "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}}, "enabled": {"type": "boolean"},
+      "shadow": {"type": "boolean", "description": "Try the key's rules without enforcing them"},
       "quota": {"type": ["object", "null"], "additionalProperties": False, "description": "The key's own quotas (UTC calendar windows); null or a null window goes back to the plan's",
                 "properties": {"perHour": nullable_int, "perDay": nullable_int, "perMonth": nullable_int}},
       "credits": {"type": ["object", "null"], "additionalProperties": False, "description": "null: the key stops spending credits",
@@ -222,6 +224,7 @@ schemas = {
       "rateLimit": {"type": ["integer", "null"], "description": "The key's own limit"}, "allowedIps": {"type": "array", "items": {"type": "string"}},
       "env": {"type": "string", "enum": ["live", "test"]}, "enabled": {"type": "boolean"}, "expiresAt": nullable_str, "createdAt": {"type": "string"},
       "lastUsed": nullable_str, "usageCount": {"type": "integer"}, "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+      "shadow": {"type": "boolean", "description": "Written only when true"},
       "keyPrefix": {"type": "string"}, "tokenSha256": {"type": "string", "description": "SHA-256 (hex) of the current secret"},
       "previousSecrets": {"type": "array", "items": {"type": "object", "properties": {"sha256": {"type": "string"}, "validUntil": {"type": "string"}}}},
       "token": {"type": "string", "description": "A secret in clear, to import an existing platform's token; never in an export"}}},

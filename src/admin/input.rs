@@ -78,6 +78,7 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         "expiresAt",
         "metadata",
         "enabled",
+        "shadow",
         "quota",
         "credits",
     ];
@@ -108,11 +109,12 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         Some(Value::String(s)) => Some(Some(crate::clock::parse_rfc3339(s).map_err(|m| invalid("expiresAt", m))?)),
         Some(_) => return Err(invalid("expiresAt", "must be an RFC 3339 time or null")),
     };
-    let enabled = match map.get("enabled") {
-        None => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(invalid("enabled", "must be true or false")),
+    let flag = |name: &str| match map.get(name) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(invalid(name, "must be true or false")),
     };
+    let (enabled, shadow) = (flag("enabled")?, flag("shadow")?);
     Ok(KeyInput {
         name: required_text("name")?,
         description: required_text("description")?,
@@ -129,6 +131,7 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         enabled,
         quota: quota_input(&map)?,
         credits: credits_input(&map)?,
+        shadow,
     })
 }
 

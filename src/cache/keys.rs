@@ -205,6 +205,7 @@ mod tests {
             quota: Default::default(),
             credits: None,
             key_prefix: String::new(),
+            shadow: false,
             version: 1,
         }
     }

@@ -72,6 +72,10 @@ pub struct KeyArgs {
     /// The key stops spending credits.
     #[arg(long, conflicts_with_all = ["credits", "refill", "refill_interval"])]
     pub no_credits: bool,
+    /// Try the key's permissions, IP allowlist and limits without enforcing
+    /// them (`--shadow=false` enforces them again).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
+    pub shadow: Option<bool>,
 }
 
 impl KeyArgs {
@@ -114,6 +118,7 @@ impl KeyArgs {
                 per_day: self.per_day.map(|n| (n > 0).then_some(n)),
                 per_month: self.per_month.map(|n| (n > 0).then_some(n)),
             },
+            shadow: self.shadow,
             credits: if self.no_credits {
                 Some(None)
             } else if self.credits.is_some() || self.refill.is_some() || self.refill_interval.is_some() {

@@ -65,6 +65,10 @@ pub struct ApiKey {
     /// by the store beside the key (it changes with every request).
     #[serde(default)]
     pub credits: Option<CreditTerms>,
+    /// Its permissions, IP allowlist and limits are tried, not enforced:
+    /// what they would refuse is forwarded with `X-Keygate-Shadow`.
+    #[serde(default)]
+    pub shadow: bool,
     /// 1 when created, +1 with every change to the fields above (not usage,
     /// nor the credit balance): what `If-Match` compares and what every
     /// store write is conditional on.
@@ -155,6 +159,7 @@ impl ApiKey {
             key_prefix,
             quota: Quota::default(),
             credits: None,
+            shadow: false,
             version: first_version(),
         }
     }

@@ -88,6 +88,9 @@ impl Manager<'_> {
         if let Some(enabled) = input.enabled {
             key.enabled = enabled;
         }
+        if let Some(shadow) = input.shadow {
+            key.shadow = shadow;
+        }
         self.apply_metering(key, input.quota, input.credits)
     }
 }

@@ -124,6 +124,8 @@ pub struct KeyInput {
     pub quota: QuotaInput,
     /// `Some(None)`: the key stops spending credits.
     pub credits: Option<Option<CreditsInput>>,
+    /// Whether the key's rules are only tried (shadow mode).
+    pub shadow: Option<bool>,
 }
 
 /// Fields of a role that create and edit accept.
@@ -474,6 +476,7 @@ impl Manager<'_> {
             "keyPrefix": key.key_prefix,
             "quota": metering::quota_json(&self.config.limits_for(key).quota),
             "credits": key.credits.map(|c| metering::terms_json(&c)),
+            "shadow": key.shadow,
             "version": key.version,
         })
     }

@@ -58,6 +58,8 @@ pub struct KeyLine {
     pub usage_count: u64,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
     /// The SHA-256 (hex) of the key's current secret.
@@ -273,6 +275,7 @@ impl Manager<'_> {
                 last_used: key.last_used.map(clock::rfc3339),
                 usage_count: key.usage_count,
                 metadata: key.metadata,
+                shadow: key.shadow,
                 key_prefix: Some(key.key_prefix),
                 token_sha256: current.map(|s| s.hash.to_hex()),
                 previous_secrets: secrets
@@ -432,6 +435,7 @@ impl Manager<'_> {
         let prefix = prefix.or(existing.as_ref().map(|k| k.key_prefix.clone())).unwrap_or_else(|| "imported****".into());
         let mut key = ApiKey::blank(key_id, env, prefix, created_at);
         key.enabled = line.enabled;
+        key.shadow = line.shadow;
         // A restored key keeps its expiry even when it has passed.
         key.expires_at = time_field("expiresAt", &line.expires_at)?;
         key.last_used = time_field("lastUsed", &line.last_used)?;

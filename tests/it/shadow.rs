@@ -100,3 +100,42 @@ async fn shadowing_every_limit_tries_quotas_and_credits_but_not_the_key() {
     // A key's IP allowlist is not a limit: enforced.
     assert_eq!(call(&s, "GET", "/api/lists", &narrow).await.0, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_shadow_mode_tries_its_own_rules_until_turned_off() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "", "");
+    let (id, token) =
+        s.create_key(&["--name", "trying", "--role", "read-only", "--allow-ip", "10.9.9.9/32", "--per-day", "1", "--shadow"]);
+    assert_eq!(s.cli_json(&["keys", "show", &id])["shadow"], true);
+    let gw = s.start();
+    // Its allowlist, its permissions and its quota: each would refuse.
+    assert_eq!(call(&s, "GET", "/api/lists", &token).await, (200, Some("ip_blocked".into())));
+    s.cli_json(&["keys", "edit", &id, "--allow-ip", ""]);
+    // The first request past the allowlist takes the day's one.
+    let edited = eventually(std::time::Duration::from_secs(2), || async {
+        call(&s, "GET", "/api/lists", &token).await.1.as_deref() != Some("ip_blocked")
+    })
+    .await;
+    assert!(edited.is_some(), "the allowlist was not cleared");
+    assert_eq!(call(&s, "GET", "/api/lists", &token).await, (200, Some("quota_exceeded".into())));
+    assert_eq!(call(&s, "POST", "/api/lists", &token).await, (200, Some("insufficient_permissions".into())));
+    // Turned off through the admin API: enforced at once, nothing else changed.
+    let resp = client()
+        .patch(s.admin_url(&format!("/api-keys/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "shadow": false }))
+        .send()
+        .await
+        .unwrap();
+    let edited: Value = resp.json().await.unwrap();
+    assert_eq!((edited["data"]["shadow"].as_bool(), edited["data"]["quota"]["perDay"].as_u64()), (Some(false), Some(1)));
+    let enforced =
+        eventually(std::time::Duration::from_secs(2), || async { call(&s, "POST", "/api/lists", &token).await.0 == 403 }).await;
+    assert!(enforced.is_some(), "shadow mode did not end");
+    // An export carries it.
+    s.cli_json(&["keys", "edit", &id, "--shadow"]);
+    let exported = String::from_utf8(s.cli(&["keys", "export"]).stdout).unwrap();
+    assert!(exported.contains("\"shadow\":true"), "{exported}");
+    drop(gw);
+}

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS keys (
     key_prefix TEXT NOT NULL,
     quota TEXT NOT NULL DEFAULT '{}',
     credits TEXT,
-    version INTEGER NOT NULL DEFAULT 1
+    version INTEGER NOT NULL DEFAULT 1,
+    shadow INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tombstones (
     key_id TEXT PRIMARY KEY,
@@ -129,6 +130,7 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
         ("keys", "credits", "TEXT"),
         ("keys", "version", "INTEGER NOT NULL DEFAULT 1"),
         ("roles", "version", "INTEGER NOT NULL DEFAULT 1"),
+        ("keys", "shadow", "INTEGER NOT NULL DEFAULT 0"),
     ];
     for (table, name, definition) in added {
         let mut stmt = c.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
@@ -146,9 +148,9 @@ pub(super) const CHANGE_RETENTION_SECS: i64 = 24 * 3600;
 pub(super) const USAGE_RETENTION_SECS: i64 = 8 * 24 * 3600;
 
 pub(super) const KEY_COLUMNS: &str = "k.key_id, k.name, k.description, k.owner, k.role, k.permissions, k.plan, k.rate_limit, \
-     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix, k.quota, k.credits, k.version";
+     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix, k.quota, k.credits, k.version, k.shadow";
 /// The column after `KEY_COLUMNS` in a query that selects more.
-pub(super) const AFTER_KEY_COLUMNS: usize = 20;
+pub(super) const AFTER_KEY_COLUMNS: usize = 21;
 pub(super) const ROLE_COLUMNS: &str = "id, name, description, permissions, version";
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -186,6 +188,7 @@ pub(super) fn key_from_row(row: &Row) -> rusqlite::Result<ApiKey> {
         quota: from_json(&row.get::<_, String>(17)?)?,
         credits: row.get::<_, Option<String>>(18)?.map(|c| from_json(&c)).transpose()?,
         version: row.get::<_, i64>(19)? as u64,
+        shadow: row.get(20)?,
     })
 }
 
@@ -226,7 +229,7 @@ pub(super) fn is_constraint(e: &rusqlite::Error) -> bool {
 }
 
 /// The columns of a key a change writes, in the order of [`editable`].
-const EDITABLE: [&str; 15] = [
+const EDITABLE: [&str; 16] = [
     "name",
     "description",
     "owner",
@@ -242,6 +245,7 @@ const EDITABLE: [&str; 15] = [
     "key_prefix",
     "quota",
     "credits",
+    "shadow",
 ];
 
 /// The values of a key's [`EDITABLE`] columns.
@@ -264,6 +268,7 @@ fn editable(key: &ApiKey) -> Result<Vec<Value>, StoreError> {
         text(&key.key_prefix),
         Value::Text(json(&key.quota)?),
         key.credits.as_ref().map(json).transpose()?.map_or(Value::Null, Value::Text),
+        Value::Integer(i64::from(key.shadow)),
     ])
 }
 

@@ -33,6 +33,7 @@ pub fn key(id: &str, name: &str, role: Option<&str>) -> ApiKey {
         key_prefix: "kg_live_abcd****".into(),
         quota: Quota { per_hour: None, per_day: Some(500), per_month: Some(10_000) },
         credits: Some(CreditTerms { refill_amount: Some(100), refill_interval: Some(RefillInterval::Month) }),
+        shadow: true,
         version: 1,
     }
 }
