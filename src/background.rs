@@ -247,6 +247,8 @@ async fn sweep(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         let now_ms = crate::clock::now_ms();
         app.limiter.sweep(now_ms).await;
         app.credits.give_back_idle(app.store.as_ref(), now_ms, false).await;
+        app.guard.sweep(now_ms);
+        app.metrics.blocked_addresses.set(app.guard.blocked_count() as i64);
     }
 }
 

@@ -36,6 +36,10 @@ pub enum GatewayError {
     CorsRefused(String),
     #[error("rate limit exceeded")]
     RateLimited { retry_after: u64 },
+    /// The client's address sent too many bad credentials and is blocked
+    /// (`[abuse] failed_credentials`).
+    #[error("too many failed credentials from this address: try again later")]
+    TooManyFailures { retry_after: u64 },
     /// An hour, day or month quota has no room for the request's cost.
     #[error("the {window} quota of this API key is used up")]
     QuotaExceeded { window: &'static str, retry_after: u64 },
@@ -96,7 +100,9 @@ impl GatewayError {
             }
             IpBlocked | IpDenied | InsufficientPermissions { .. } | CorsRefused(_) => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
-            RateLimited { .. } | QuotaExceeded { .. } | CreditsExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | QuotaExceeded { .. } | CreditsExhausted { .. } | TooManyFailures { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -122,6 +128,7 @@ impl GatewayError {
             NoRoute => "no_route",
             CorsRefused(_) => "cors_not_allowed",
             RateLimited { .. } => "rate_limited",
+            TooManyFailures { .. } => "too_many_failures",
             QuotaExceeded { .. } => "quota_exceeded",
             CreditsExhausted { .. } => "credits_exhausted",
             PayloadTooLarge => "payload_too_large",
@@ -136,7 +143,9 @@ impl GatewayError {
     /// Seconds until a refused request could pass, when that is known.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            GatewayError::RateLimited { retry_after } | GatewayError::QuotaExceeded { retry_after, .. } => Some(*retry_after),
+            GatewayError::RateLimited { retry_after }
+            | GatewayError::QuotaExceeded { retry_after, .. }
+            | GatewayError::TooManyFailures { retry_after } => Some(*retry_after),
             GatewayError::CreditsExhausted { retry_after } => *retry_after,
             _ => None,
         }
@@ -211,6 +220,7 @@ mod tests {
             GatewayError::NoRoute,
             GatewayError::CorsRefused("x".into()),
             GatewayError::RateLimited { retry_after: 7 },
+            GatewayError::TooManyFailures { retry_after: 7 },
             GatewayError::QuotaExceeded { window: "day", retry_after: 7 },
             GatewayError::CreditsExhausted { retry_after: None },
             GatewayError::PayloadTooLarge,

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     pub webhook_backlog: IntGauge,
     pub shadow_refusals: IntCounterVec,
+    pub blocked_addresses: IntGauge,
+    pub blocks: IntCounter,
 }
 
 /// Label values each counter can take, created at zero at start so that
@@ -132,6 +134,11 @@ impl Metrics {
             &["code", "route"],
         )?;
         registry.register(Box::new(shadow_refusals.clone()))?;
+        let blocked_addresses =
+            IntGauge::new("keygate_blocked_addresses", "Client addresses blocked now for failed credentials (this node)")?;
+        let blocks = IntCounter::new("keygate_blocks_total", "Client addresses blocked for failed credentials")?;
+        registry.register(Box::new(blocked_addresses.clone()))?;
+        registry.register(Box::new(blocks.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
         registry.register(Box::new(webhook_backlog.clone()))?;
         let build_info =
@@ -195,6 +202,8 @@ impl Metrics {
             webhook_deliveries,
             webhook_backlog,
             shadow_refusals,
+            blocked_addresses,
+            blocks,
         })
     }
 

@@ -254,8 +254,32 @@ fn preflight(cx: &mut Ctx<'_>, path: &str) -> Option<Result<Reply, GatewayError>
 }
 
 /// Phase 2: the request's credential, then [`decide`] for its route (none
-/// for `/whoami`), noted in the trace.
+/// for `/whoami`), noted in the trace. With `[abuse] failed_credentials`,
+/// a blocked address is refused first, and a 401 counts against it.
 async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLookup>, GatewayError> {
+    let Some(policy) = cx.rt.config.failed_credentials else { return authorise_key(cx, route).await };
+    let client = ip::client_ip(cx.conn.peer.ip(), &cx.head.headers, &cx.rt.config.server.trusted_proxies);
+    if let Some(retry_after) = cx.app.guard.blocked_for(client, cx.arrived.unix_ms) {
+        return Err(GatewayError::TooManyFailures { retry_after });
+    }
+    let result = Box::pin(authorise_key(cx, route)).await;
+    if let Err(e) = &result {
+        note_failure(cx, client, policy, e);
+    }
+    result
+}
+
+/// Counts a 401 against the address it came from.
+#[cold]
+fn note_failure(cx: &Ctx<'_>, client: std::net::IpAddr, policy: crate::ratelimit::guard::GuardPolicy, e: &GatewayError) {
+    if e.status() == StatusCode::UNAUTHORIZED && cx.app.guard.note_failure(client, policy, cx.arrived.unix_ms) {
+        cx.app.metrics.blocks.inc();
+        tracing::warn!(client = %client, "too many failed credentials: address blocked");
+    }
+}
+
+/// The credential, then [`decide`].
+async fn authorise_key(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLookup>, GatewayError> {
     let credential = credentials::extract(&cx.head.headers, cx.head.uri.query())
         .map_err(|e| match e {
             CredentialError::Malformed(m) => GatewayError::BadRequest(m.into()),

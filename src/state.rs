@@ -91,6 +91,8 @@ pub struct App {
     /// Events the request path notices, and (until the writer takes it)
     /// their queue's other end.
     pub notices: crate::events::Notices,
+    /// Failed credentials and blocks by client address (`[abuse]`).
+    pub guard: crate::ratelimit::guard::FailureGuard,
     pub noticed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::events::NewEvent>>>,
 }
 
@@ -193,6 +195,7 @@ impl App {
             telemetry,
             notices,
             noticed: std::sync::Mutex::new(Some(noticed)),
+            guard: Default::default(),
         }))
     }
 

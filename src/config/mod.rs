@@ -100,7 +100,13 @@ pub struct Config {
     pub webhooks: Vec<Webhook>,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[abuse] failed_credentials`: 401s a minute an address may have
+    /// before it is blocked, and for how long.
+    pub failed_credentials: Option<crate::ratelimit::guard::GuardPolicy>,
 }
+
+/// How long an address that guessed too often is blocked, by default.
+pub const DEFAULT_BLOCK_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// `[events]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,6 +44,23 @@ pub struct RawConfig {
     pub webhooks: Vec<RawWebhook>,
     #[serde(default)]
     pub events: RawEvents,
+    #[serde(default)]
+    pub abuse: RawAbuse,
+}
+
+/// `[abuse]`: guards against credential guessing.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbuse {
+    pub failed_credentials: Option<Spanned<RawFailedCredentials>>,
+}
+
+/// `failed_credentials = { per_minute, block_for }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailedCredentials {
+    pub per_minute: Spanned<i64>,
+    pub block_for: Option<Spanned<String>>,
 }
 
 /// `[events]`: when expiry notices and usage thresholds are noticed.

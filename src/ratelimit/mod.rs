@@ -4,6 +4,7 @@
 //! windows together (all or nothing) and says which one refused it.
 
 pub mod credits;
+pub mod guard;
 pub mod local;
 pub mod meter;
 pub mod redis;

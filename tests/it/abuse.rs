@@ -57,3 +57,39 @@ async fn denied_addresses_are_refused_before_any_key_and_a_reload_reads_the_file
     let metrics = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("code=\"ip_denied\""), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_guessing_credentials_is_blocked_even_with_a_good_key_then_let_go() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "trusted_proxies = [\"127.0.0.1/32\"]", "");
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str("\n[abuse]\nfailed_credentials = { per_minute = 3, block_for = \"2s\" }\n");
+    std::fs::write(&s.config, text).unwrap();
+    let (_, token) = s.create_key(&["--name", "good", "--role", "read-only"]);
+    let _gw = s.start();
+    away_from_window_edge(Duration::from_secs(5)).await;
+
+    let guesser = "203.0.113.50";
+    // Every kind of 401 counts: a bad token, none at all.
+    assert_eq!(status_from(&s, "/api/lists", guesser, Some("kg_live_guess1")).await.0, 401);
+    assert_eq!(status_from(&s, "/api/lists", guesser, None).await.0, 401);
+    assert_eq!(status_from(&s, "/api/lists", guesser, Some("kg_live_guess2")).await.0, 401);
+    // The fourth passes the limit: answered, and the address blocked.
+    assert_eq!(status_from(&s, "/api/lists", guesser, Some("kg_live_guess3")).await.0, 401);
+    // Blocked before the credential is looked at: a good key changes nothing.
+    let resp = client().get(s.url("/api/lists")).header("X-Forwarded-For", guesser).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "too_many_failures");
+    // Another address is not touched.
+    assert_eq!(status_from(&s, "/api/lists", "198.51.100.20", Some(&token)).await.0, 200);
+    assert_eq!(status_from(&s, "/api/lists", "198.51.100.20", Some("kg_live_typo")).await.0, 401);
+    let metrics = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keygate_blocks_total 1"), "{metrics}");
+
+    // The block ends.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(status_from(&s, "/api/lists", guesser, Some(&token)).await.0, 200);
+}

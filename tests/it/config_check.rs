@@ -404,3 +404,19 @@ fn shadow_settings_are_checked() {
     let (ok, out) = check(&format!("{}\n[plans.trial]\nper_minute = 5\nshadow = true\n", base()));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn the_failed_credential_guard_is_checked() {
+    for (table, field) in [
+        ("[abuse]\nfailed_credentials = { per_minute = 0 }", "gateway.toml:2: abuse.failed_credentials.per_minute"),
+        ("[abuse]\nfailed_credentials = { per_minute = 5, block_for = \"2d\" }", "abuse.failed_credentials.block_for"),
+        ("[abuse]\nfailed_credentials = { per_minute = 5, block_for = \"soon\" }", "abuse.failed_credentials.block_for"),
+        ("[abuse]\nfailed_credentials = { per_minute = 5, blok_for = \"1m\" }", "abuse.failed_credentials.blok_for"),
+    ] {
+        let (ok, out) = check(&format!("{table}\n{}", base()));
+        assert!(!ok, "{table}");
+        assert!(out.contains(field), "{table}: {out}");
+    }
+    let (ok, out) = check(&format!("[abuse]\nfailed_credentials = {{ per_minute = 30 }}\n{}", base()));
+    assert!(ok, "{out}");
+}

@@ -134,6 +134,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let leaks = leaks::leaks(&mut c, path, &raw.leaks);
     let webhooks = webhooks::webhooks(&mut c, path, &raw.webhooks);
     let events = webhooks::events_table(&mut c, &raw.events);
+    let failed_credentials = raw.abuse.failed_credentials.as_ref().and_then(|f| failed_credentials(&mut c, f));
 
     if !c.problems.is_empty() {
         return Err(ConfigError { file: path.to_path_buf(), problems: c.problems });
@@ -156,6 +157,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         leaks,
         webhooks,
         events,
+        failed_credentials,
     })
 }
 
@@ -172,6 +174,26 @@ fn field_of_parse_error(at: &str, msg: &str) -> String {
         },
         _ => at,
     }
+}
+
+/// `[abuse] failed_credentials`: a positive count, a span of at most a day.
+fn failed_credentials(
+    c: &mut Checker,
+    raw: &Spanned<crate::config::raw::RawFailedCredentials>,
+) -> Option<crate::ratelimit::guard::GuardPolicy> {
+    let f = raw.get_ref();
+    let per_minute = match u32::try_from(*f.per_minute.get_ref()) {
+        Ok(n) if n > 0 => n,
+        _ => {
+            c.problem(Some(&f.per_minute), "abuse.failed_credentials.per_minute", "must be a whole number, 1 or more");
+            return None;
+        }
+    };
+    let block_for = c.duration(&f.block_for, "abuse.failed_credentials.block_for", DEFAULT_BLOCK_FOR);
+    if block_for > Duration::from_secs(86_400) {
+        c.problem(f.block_for.as_ref(), "abuse.failed_credentials.block_for", "must be at most 1d");
+    }
+    Some(crate::ratelimit::guard::GuardPolicy { per_minute, block_for_ms: block_for.as_millis() as i64 })
 }
 
 /// Networks of a `deny` list, each checked.
