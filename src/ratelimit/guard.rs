@@ -2,7 +2,9 @@
 //! minute; an address that passes the limit is blocked for a while, and
 //! a blocked address is refused before its credential is looked at. A
 //! good key from it changes nothing: guessing stops being worth it.
-//! This node's own count (the time is passed in).
+//! Here: this node's count (used without Redis) and the blocks it knows
+//! (its own, and every node's as the store lists them); the time is
+//! passed in.
 
 use dashmap::DashMap;
 use std::net::IpAddr;
@@ -26,20 +28,34 @@ struct Entry {
     minute: i64,
     failures: u32,
     blocked_until_ms: i64,
+    blocked_at_ms: i64,
 }
 
+/// How long a block this node set may be missing from the store's list
+/// before it is taken for lifted (its write may still be on the way).
+const WRITE_GRACE_MS: i64 = 2_000;
+
 /// Failures and blocks by client address.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FailureGuard {
     entries: DashMap<IpAddr, Entry, crate::FastHash>,
     blocked: AtomicUsize,
+    /// Blocks written to the store by any node, as last read.
+    shared: arc_swap::ArcSwap<std::collections::HashMap<IpAddr, i64>>,
 }
 
 impl FailureGuard {
     /// Seconds until `ip` may try again, if it is blocked at `now_ms`.
     pub fn blocked_for(&self, ip: IpAddr, now_ms: i64) -> Option<u64> {
-        let e = self.entries.get(&ip)?;
-        (e.blocked_until_ms > now_ms).then(|| ((e.blocked_until_ms - now_ms + 999) / 1000).max(1) as u64)
+        let own = self.entries.get(&ip).map_or(0, |e| e.blocked_until_ms);
+        let until = own.max(self.shared.load().get(&ip).copied().unwrap_or(0));
+        (until > now_ms).then(|| ((until - now_ms + 999) / 1000).max(1) as u64)
+    }
+
+    /// The blocks the store holds now (every node's), replacing those read
+    /// before: a block an operator removed is gone here too.
+    pub fn follow(&self, blocks: std::collections::HashMap<IpAddr, i64>) {
+        self.shared.store(std::sync::Arc::new(blocks));
     }
 
     /// Counts a failed credential from `ip`; true when this one blocks it.
@@ -60,12 +76,31 @@ impl FailureGuard {
                 self.blocked.fetch_add(1, Ordering::Relaxed);
             }
             e.blocked_until_ms = now_ms.saturating_add(policy.block_for_ms);
+            e.blocked_at_ms = now_ms;
             return true;
         }
         false
     }
 
-    /// Ends a block early (an operator's `remove`); whether there was one.
+    /// Blocks `ip` until `until_ms` (its failures were counted elsewhere:
+    /// on Redis, across nodes).
+    pub fn block(&self, ip: IpAddr, now_ms: i64, until_ms: i64) {
+        let mut e = self.entries.entry(ip).or_default();
+        if e.blocked_until_ms == 0 {
+            self.blocked.fetch_add(1, Ordering::Relaxed);
+        }
+        e.blocked_until_ms = e.blocked_until_ms.max(until_ms);
+        e.blocked_at_ms = now_ms;
+    }
+
+    /// Whether this node's block of `ip` was set long enough ago that the
+    /// store, not listing it, has had it removed.
+    pub fn settled(&self, ip: IpAddr, now_ms: i64) -> bool {
+        self.entries.get(&ip).is_some_and(|e| e.blocked_at_ms + WRITE_GRACE_MS < now_ms)
+    }
+
+    /// Ends this node's own block early (an operator removed it from the
+    /// store); whether there was one.
     pub fn unblock(&self, ip: IpAddr, now_ms: i64) -> bool {
         let Some((_, e)) = self.entries.remove(&ip) else { return false };
         if e.blocked_until_ms != 0 {
@@ -102,6 +137,12 @@ impl FailureGuard {
             self.entries.iter().filter(|e| e.blocked_until_ms > now_ms).map(|e| (*e.key(), e.blocked_until_ms)).collect();
         out.sort();
         out
+    }
+}
+
+impl std::fmt::Debug for FailureGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureGuard").field("tracked", &self.entries.len()).field("blocked", &self.blocked_count()).finish()
     }
 }
 
@@ -154,6 +195,12 @@ mod tests {
         assert_eq!(g.blocked_for(bad, T0 + 60_011), None);
         assert!(!g.unblock(bad, T0 + 60_011));
         assert_eq!(g.blocked_count(), 0);
+        // Every node's blocks, as the store lists them.
+        let other = ip("192.0.2.77");
+        g.follow([(other, T0 + 90_000)].into_iter().collect());
+        assert_eq!(g.blocked_for(other, T0 + 60_000), Some(30));
+        g.follow(Default::default());
+        assert_eq!(g.blocked_for(other, T0 + 60_000), None, "removed from the store: gone here");
         // Quiet addresses are forgotten by a sweep.
         g.note_failure(ip("192.0.2.1"), POLICY, T0);
         g.sweep(T0 + 120_000);

@@ -78,6 +78,17 @@ return v
     )
 });
 
+/// KEYS: an address's failure counter for one minute. Returns the count.
+static COUNT_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], 120000) end
+return n
+"#,
+    )
+});
+
 /// The Redis key of a counter's window: `kg:rl:{id}:<minute>` (as
 /// before calendar windows existed) or `kg:rl:{id}:h|d|mo:<index>`.
 fn counter_key(counter: Counter<'_>, window: i64) -> String {
@@ -423,6 +434,13 @@ impl RedisLimiter {
                     .await
             })
             .await
+    }
+
+    /// Counts a failed credential from `address` in the minute of
+    /// `now_ms`, exactly across every node; the minute's count so far.
+    pub async fn count_failure(&self, address: &str, now_ms: i64) -> Result<u64, RedisFailure> {
+        let key = format!("kg:fail:{{{address}}}:{}", now_ms.div_euclid(60_000));
+        self.redis.run("guard_count", |mut c| async move { COUNT_FAILURE.key(key).invoke_async::<u64>(&mut c).await }).await
     }
 
     async fn give_back(&self, counter: Counter<'_>, window: i64, unused: u32) {

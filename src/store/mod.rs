@@ -353,9 +353,9 @@ pub struct AuditPage {
 /// Every part of a store: what a backend implements and what a node
 /// opens. Each consumer takes the one part it uses, so a test of it
 /// implements only that part.
-pub trait Store: Resolver + ChangeFeed + Records + UsageLog + CreditLedger + Outbox {}
+pub trait Store: Resolver + ChangeFeed + Records + UsageLog + CreditLedger + Outbox + Blocklist {}
 
-impl<T: Resolver + ChangeFeed + Records + UsageLog + CreditLedger + Outbox> Store for T {}
+impl<T: Resolver + ChangeFeed + Records + UsageLog + CreditLedger + Outbox + Blocklist> Store for T {}
 
 /// What the request path asks of the store: the key a token belongs to,
 /// every role, and whether the store answers. The key cache and the role
@@ -528,6 +528,18 @@ pub trait Outbox: Send + Sync {
     /// Forgets events written before `before_ms` and deliveries last
     /// changed before it, but never an open delivery or its event.
     async fn sweep_events(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// Client addresses blocked for failed credentials: written by the node
+/// that saw the limit passed, read by every node, removed by operators.
+#[async_trait]
+pub trait Blocklist: Send + Sync {
+    /// Blocks `address` until `until_ms` (a later block of it stands).
+    async fn put_block(&self, address: &str, until_ms: i64) -> Result<(), StoreError>;
+    /// Lifts a block; whether there was one.
+    async fn remove_block(&self, address: &str) -> Result<bool, StoreError>;
+    /// The blocks in force at `now_ms`: address and end, by address.
+    async fn list_blocks(&self, now_ms: i64) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Event types as one script or statement parameter: `,a,b,` (empty:

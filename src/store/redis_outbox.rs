@@ -363,3 +363,29 @@ impl Outbox for RedisStore {
         self.invoke::<i64>("sweep_events", &SWEEP, vec![before_ms.to_string()]).await.map(|n| n.max(0) as u64)
     }
 }
+
+/// The sorted set of blocked addresses, scored by when each block ends.
+const BLOCKS: &str = "{kg}:blocks";
+
+#[async_trait]
+impl Blocklist for RedisStore {
+    async fn put_block(&self, address: &str, until_ms: i64) -> Result<(), StoreError> {
+        // GT: a later block of the address stands.
+        let cmd = ::redis::cmd("ZADD").arg(BLOCKS).arg("GT").arg(until_ms).arg(address).to_owned();
+        self.query::<i64>("put_block", cmd).await.map(|_| ())
+    }
+
+    async fn remove_block(&self, address: &str) -> Result<bool, StoreError> {
+        self.query::<i64>("remove_block", ::redis::cmd("ZREM").arg(BLOCKS).arg(address).to_owned()).await.map(|n| n > 0)
+    }
+
+    async fn list_blocks(&self, now_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let _: i64 =
+            self.query("list_blocks", ::redis::cmd("ZREMRANGEBYSCORE").arg(BLOCKS).arg("-inf").arg(now_ms).to_owned()).await?;
+        let cmd =
+            ::redis::cmd("ZRANGE").arg(BLOCKS).arg(format!("({now_ms}")).arg("+inf").arg("BYSCORE").arg("WITHSCORES").to_owned();
+        let mut out: Vec<(String, i64)> = self.query("list_blocks", cmd).await?;
+        out.sort();
+        Ok(out)
+    }
+}

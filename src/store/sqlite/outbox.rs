@@ -255,3 +255,39 @@ impl Outbox for SqliteStore {
         .await
     }
 }
+
+#[async_trait]
+impl Blocklist for SqliteStore {
+    async fn put_block(&self, address: &str, until_ms: i64) -> Result<(), StoreError> {
+        let address = address.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO blocks (address, until_ms) VALUES (?1, ?2) \
+                 ON CONFLICT(address) DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
+                params![address, until_ms],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn remove_block(&self, address: &str) -> Result<bool, StoreError> {
+        let address = address.to_string();
+        self.with(move |c| {
+            c.execute("DELETE FROM blocks WHERE address = ?1", params![address]).map(|n| n > 0).map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_blocks(&self, now_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT address, until_ms FROM blocks WHERE until_ms > ?1 ORDER BY address")
+                .map_err(unavailable)?;
+            let rows = stmt.query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?))).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -115,6 +115,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (webhook, seq)
 );
 CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries(webhook, status, seq);
+CREATE TABLE IF NOT EXISTS blocks (
+    address TEXT PRIMARY KEY,
+    until_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,

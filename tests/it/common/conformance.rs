@@ -333,6 +333,23 @@ pub async fn conformance(store: &dyn Store) {
     // The cursor a node starts from is the feed's newest entry.
     assert_eq!(store.change_cursor().await.unwrap(), feed.latest);
     outbox(store).await;
+    blocklist(store).await;
+}
+
+/// Blocks: a later block stands, an ended one is not listed, a removal
+/// says whether there was one.
+async fn blocklist(store: &dyn Store) {
+    let now = keygate::clock::now_ms();
+    store.put_block("203.0.113.9", now + 60_000).await.unwrap();
+    store.put_block("203.0.113.9", now + 30_000).await.unwrap();
+    store.put_block("2001:db8::1", now + 90_000).await.unwrap();
+    store.put_block("198.51.100.1", now - 1).await.unwrap();
+    let listed = store.list_blocks(now).await.unwrap();
+    assert_eq!(listed, vec![("2001:db8::1".to_string(), now + 90_000), ("203.0.113.9".to_string(), now + 60_000)]);
+    assert!(store.remove_block("203.0.113.9").await.unwrap());
+    assert!(!store.remove_block("203.0.113.9").await.unwrap());
+    assert_eq!(store.list_blocks(now).await.unwrap().len(), 1);
+    assert!(store.list_blocks(now + 90_000).await.unwrap().is_empty(), "ended blocks are not listed");
 }
 
 fn event(kind: EventKind, key_id: &str) -> NewEvent {
