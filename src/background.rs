@@ -247,9 +247,55 @@ async fn sweep(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         let now_ms = crate::clock::now_ms();
         app.limiter.sweep(now_ms).await;
         app.credits.give_back_idle(app.store.as_ref(), now_ms, false).await;
-        app.guard.sweep(now_ms);
-        app.metrics.blocked_addresses.set(app.guard.blocked_count() as i64);
+        if app.runtime.load().config.failed_credentials.is_some() {
+            follow_blocks(&app, now_ms).await;
+        }
     }
+}
+
+/// Counts a failed credential from `client`: exactly across nodes on the
+/// Redis limiter, on this node otherwise. The failure that passes the
+/// limit blocks the address here at once and, through the store, on
+/// every node (at their next sweep).
+pub async fn note_failure(app: &App, client: std::net::IpAddr, policy: crate::ratelimit::guard::GuardPolicy, now_ms: i64) {
+    use crate::ratelimit::Limiter;
+    let passed = match &app.limiter {
+        Limiter::Redis(redis) => match redis.count_failure(&client.to_string(), now_ms).await {
+            Ok(n) => n == u64::from(policy.per_minute) + 1,
+            // Redis cannot count: this node's own count stands in.
+            Err(_) => app.guard.note_failure(client, policy, now_ms),
+        },
+        Limiter::Local(_) => app.guard.note_failure(client, policy, now_ms),
+    };
+    if !passed {
+        return;
+    }
+    let until = now_ms.saturating_add(policy.block_for_ms);
+    app.guard.block(client, now_ms, until);
+    app.metrics.blocks.inc();
+    tracing::warn!(client = %client, "too many failed credentials: address blocked");
+    if let Err(e) = app.store.put_block(&client.to_string(), until).await {
+        app.note_store_error("put_block", &e);
+    }
+}
+
+/// Reads every node's blocks from the store into the guard (an
+/// operator's removal lifts this node's own block too).
+async fn follow_blocks(app: &App, now_ms: i64) {
+    let listed = match app.store.list_blocks(now_ms).await {
+        Ok(l) => l,
+        Err(e) => return app.note_store_error("list_blocks", &e),
+    };
+    let blocks: std::collections::HashMap<std::net::IpAddr, i64> =
+        listed.into_iter().filter_map(|(a, until)| Some((a.parse().ok()?, until))).collect();
+    for (ip, _) in app.guard.blocked(now_ms) {
+        if !blocks.contains_key(&ip) && app.guard.settled(ip, now_ms) {
+            app.guard.unblock(ip, now_ms);
+        }
+    }
+    app.guard.follow(blocks);
+    app.guard.sweep(now_ms);
+    app.metrics.blocked_addresses.set(app.guard.blocked_count() as i64);
 }
 
 /// Writes pending usage counts, and what this node's calendar windows

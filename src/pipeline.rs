@@ -263,19 +263,10 @@ async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLoo
         return Err(GatewayError::TooManyFailures { retry_after });
     }
     let result = Box::pin(authorise_key(cx, route)).await;
-    if let Err(e) = &result {
-        note_failure(cx, client, policy, e);
+    if matches!(&result, Err(e) if e.status() == StatusCode::UNAUTHORIZED) {
+        Box::pin(crate::background::note_failure(cx.app, client, policy, cx.arrived.unix_ms)).await;
     }
     result
-}
-
-/// Counts a 401 against the address it came from.
-#[cold]
-fn note_failure(cx: &Ctx<'_>, client: std::net::IpAddr, policy: crate::ratelimit::guard::GuardPolicy, e: &GatewayError) {
-    if e.status() == StatusCode::UNAUTHORIZED && cx.app.guard.note_failure(client, policy, cx.arrived.unix_ms) {
-        cx.app.metrics.blocks.inc();
-        tracing::warn!(client = %client, "too many failed credentials: address blocked");
-    }
 }
 
 /// The credential, then [`decide`].

@@ -150,6 +150,12 @@ paths = {
                      {"name": "keyId", "in": "query", "schema": {"type": "string"}},
                      {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}],
       "responses": {**ok("Deliveries", {"type": "array", "items": ref("Delivery")}, {"type": "object", "properties": {"count": {"type": "integer"}}}), **errors("400", "401", "404", "503")}}},
+  "/blocks": {"get": {"summary": "Client addresses blocked for failed credentials ([abuse] failed_credentials), by address", "security": auth,
+      "responses": {**ok("Blocks in force", {"type": "array", "items": {"type": "object", "properties": {
+          "address": {"type": "string"}, "until": {"type": "string", "format": "date-time"}}}}), **errors("401", "503")}}},
+  "/blocks/{id}": {"delete": {"summary": "Lift an address's block on every node (audited as block.remove)", "security": auth,
+      "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "The blocked IP address"}],
+      "responses": {**ok("Lifted", {"type": "object", "properties": {"address": {"type": "string"}, "removed": {"type": "boolean"}}}), **errors("400", "401", "404", "503")}}},
   "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
   "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
   "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": ok("Alive", {"type": "object"})}},

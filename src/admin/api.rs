@@ -336,6 +336,11 @@ pub async fn run(
             let data: Vec<Value> = deliveries.iter().map(Delivery::json).collect();
             ok(StatusCode::OK, data.into(), json!({ "count": deliveries.len() }))
         }
+        Endpoint::ListBlocks => ok(StatusCode::OK, m.blocks().await?.into(), json!({})),
+        Endpoint::RemoveBlock => {
+            m.unblock(&id).await?;
+            ok(StatusCode::OK, json!({ "address": id, "removed": true }), json!({}))
+        }
         Endpoint::Session => ok(StatusCode::OK, json!({ "name": caller.name, "scopes": caller.scopes.names() }), json!({})),
         Endpoint::Verify => {
             let (key, permission) = input::verify_input(body)?;

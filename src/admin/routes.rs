@@ -34,6 +34,8 @@ pub enum Endpoint {
     ReportLeaks,
     ListEvents,
     ListDeliveries,
+    ListBlocks,
+    RemoveBlock,
     OpenApi,
     Metrics,
     Healthz,
@@ -69,6 +71,8 @@ pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("GET", "/audit-log", Endpoint::AuditLog),
     ("GET", "/events", Endpoint::ListEvents),
     ("GET", "/webhooks/deliveries", Endpoint::ListDeliveries),
+    ("GET", "/blocks", Endpoint::ListBlocks),
+    ("DELETE", "/blocks/{id}", Endpoint::RemoveBlock),
     ("GET", "/session", Endpoint::Session),
     ("POST", "/verify", Endpoint::Verify),
     ("POST", "/v1/leaks", Endpoint::ReportLeaks),
@@ -87,9 +91,9 @@ impl Endpoint {
             // Any valid token may ask who it is.
             Session => Some(Scopes::default()),
             ListKeys | GetKey | KeyUsage | UsageReport | ListRoles | GetRole | Modules | AuditLog | ListEvents
-            | ListDeliveries => Some(Scopes::READ),
+            | ListDeliveries | ListBlocks => Some(Scopes::READ),
             CreateKey | EditKey | EnableKey | DisableKey | RotateKey | DeleteKey | KeyCredits | CreateRole | EditRole
-            | DeleteRole => Some(Scopes::WRITE),
+            | DeleteRole | RemoveBlock => Some(Scopes::WRITE),
             Verify | VerifyAndCharge => Some(Scopes::VERIFY),
             ReportLeaks => Some(Scopes::LEAKS),
             // An export holds every key's hashes; an import replaces keys whole.

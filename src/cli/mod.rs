@@ -68,6 +68,11 @@ pub enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Addresses blocked for failed credentials ([abuse] failed_credentials).
+    Blocks {
+        #[command(subcommand)]
+        command: BlocksCommand,
+    },
     /// Lifecycle events and their webhook deliveries.
     Events {
         #[command(subcommand)]
@@ -103,6 +108,22 @@ pub enum AdminTokenCommand {
         /// read, write, verify, leaks or admin (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keygate blocks ...`.
+#[derive(Debug, Subcommand)]
+pub enum BlocksCommand {
+    /// The blocks in force, by address.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift an address's block, on every node.
+    Remove {
+        address: String,
         #[arg(long)]
         json: bool,
     },
@@ -166,6 +187,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok((config, store)) => roles::run(&Manager::new(store.as_ref(), &config, cli_actor()), command).await,
             Err(f) => Err(f),
         },
+        Command::Blocks { command } => match open(&cli.config).await {
+            Ok((config, store)) => blocks(&Manager::new(store.as_ref(), &config, cli_actor()), command).await,
+            Err(f) => Err(f),
+        },
         Command::Events { command } => match open(&cli.config).await {
             Ok((config, store)) => events::run(&Manager::new(store.as_ref(), &config, cli_actor()), command).await,
             Err(f) => Err(f),
@@ -182,6 +207,32 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.report(),
     }
+}
+
+async fn blocks(m: &Manager<'_>, command: BlocksCommand) -> Result<(), Failure> {
+    match command {
+        BlocksCommand::List { json } => {
+            let blocks = m.blocks().await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                output::print_json(blocks.into(), serde_json::json!({}));
+            } else {
+                let rows: Vec<Vec<String>> = blocks
+                    .iter()
+                    .map(|b| vec![b["address"].as_str().unwrap_or("").into(), b["until"].as_str().unwrap_or("").into()])
+                    .collect();
+                output::print_table(&["ADDRESS", "BLOCKED UNTIL"], &rows);
+            }
+        }
+        BlocksCommand::Remove { address, json } => {
+            m.unblock(&address).await.map_err(|e| Failure::manage(e, json))?;
+            if json {
+                output::print_json(serde_json::json!({ "address": address, "removed": true }), serde_json::json!({}));
+            } else {
+                println!("unblocked {address}: every node lets it try again within a second");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn audit_log(m: &Manager<'_>, target: Option<&str>, page: u64, per_page: u64, json: bool) -> Result<(), Failure> {

@@ -3,6 +3,7 @@
 //! config (declared permissions, plans, CIDRs) and names the bad field.
 
 mod apply;
+mod blocks;
 mod events;
 mod leaks;
 mod metering;

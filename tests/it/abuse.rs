@@ -93,3 +93,55 @@ async fn an_address_guessing_credentials_is_blocked_even_with_a_good_key_then_le
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(status_from(&s, "/api/lists", guesser, Some(&token)).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guessing_across_two_redis_nodes_is_counted_once_and_an_operator_lifts_the_block() {
+    let Some(redis) = crate::common::redis::RedisServer::start() else { return };
+    let up = upstream::start().await;
+    let first = Setup::redis(&up.url(), &redis.url(), "");
+    let text = std::fs::read_to_string(&first.config).unwrap().replacen(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    std::fs::write(&first.config, format!("{text}\n[abuse]\nfailed_credentials = {{ per_minute = 3, block_for = \"10m\" }}\n"))
+        .unwrap();
+    let second = first.another_node();
+    // Polled often below: a limit that polling cannot reach.
+    let (_, token) = first.create_key(&["--name", "good", "--role", "read-only", "--rate-limit", "100000"]);
+    let _g1 = first.start();
+    let _g2 = second.start();
+    away_from_window_edge(Duration::from_secs(5)).await;
+
+    let guesser = "203.0.113.60";
+    // Two failures on each node: four in all, one past the limit of three.
+    for (i, node) in [&first, &second, &first, &second].iter().enumerate() {
+        assert_eq!(status_from(node, "/api/lists", guesser, Some(&format!("kg_live_guess{i}"))).await.0, 401);
+    }
+    let blocked_everywhere = eventually(Duration::from_secs(2), || async {
+        status_from(&first, "/api/lists", guesser, Some(&token)).await.0 == 429
+            && status_from(&second, "/api/lists", guesser, Some(&token)).await.0 == 429
+    })
+    .await;
+    assert!(blocked_everywhere.is_some(), "not blocked on both nodes");
+    assert_eq!(status_from(&second, "/api/lists", "198.51.100.30", Some(&token)).await.0, 200, "another address");
+
+    let listed = first.cli_json(&["blocks", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["address"], guesser);
+    let via_api: serde_json::Value =
+        client().get(second.admin_url("/blocks")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(via_api["data"][0]["address"], guesser);
+
+    first.cli_json(&["blocks", "remove", guesser]);
+    let lifted = eventually(Duration::from_secs(5), || async {
+        status_from(&first, "/api/lists", guesser, Some(&token)).await.0 == 200
+            && status_from(&second, "/api/lists", guesser, Some(&token)).await.0 == 200
+    })
+    .await;
+    assert!(lifted.is_some(), "the block was not lifted on both nodes");
+    let gone = client().delete(first.admin_url(&format!("/blocks/{guesser}"))).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(gone.status().as_u16(), 404, "nothing left to lift");
+    let audit = first.cli_json(&["audit-log", "--target", guesser]);
+    assert_eq!(audit[0]["action"], "block.remove");
+}
