@@ -102,7 +102,16 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[abuse] failed_credentials`: 401s a minute an address may have
     /// before it is blocked, and for how long.
-    pub failed_credentials: Option<crate::ratelimit::guard::GuardPolicy>,
+    pub failed_credentials: Option<GuardPolicy>,
+}
+
+/// `[abuse] failed_credentials`, checked: what the failed-credential
+/// guard (`ratelimit::guard`) enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardPolicy {
+    /// 401s a minute an address may have; one more blocks it.
+    pub per_minute: u32,
+    pub block_for_ms: i64,
 }
 
 /// How long an address that guessed too often is blocked, by default.

@@ -15,13 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// each address then needs its own 401s, which the limit is for).
 pub const MAX_TRACKED: usize = 100_000;
 
-/// The guard's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuardPolicy {
-    /// 401s a minute an address may have; one more blocks it.
-    pub per_minute: u32,
-    pub block_for_ms: i64,
-}
+pub use crate::config::GuardPolicy;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Entry {

@@ -177,10 +177,7 @@ fn field_of_parse_error(at: &str, msg: &str) -> String {
 }
 
 /// `[abuse] failed_credentials`: a positive count, a span of at most a day.
-fn failed_credentials(
-    c: &mut Checker,
-    raw: &Spanned<crate::config::raw::RawFailedCredentials>,
-) -> Option<crate::ratelimit::guard::GuardPolicy> {
+fn failed_credentials(c: &mut Checker, raw: &Spanned<crate::config::raw::RawFailedCredentials>) -> Option<GuardPolicy> {
     let f = raw.get_ref();
     let per_minute = match u32::try_from(*f.per_minute.get_ref()) {
         Ok(n) if n > 0 => n,
@@ -193,7 +190,7 @@ fn failed_credentials(
     if block_for > Duration::from_secs(86_400) {
         c.problem(f.block_for.as_ref(), "abuse.failed_credentials.block_for", "must be at most 1d");
     }
-    Some(crate::ratelimit::guard::GuardPolicy { per_minute, block_for_ms: block_for.as_millis() as i64 })
+    Some(GuardPolicy { per_minute, block_for_ms: block_for.as_millis() as i64 })
 }
 
 /// Networks of a `deny` list, each checked.
