@@ -172,7 +172,10 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
     match route(cx)? {
         Routed::Answered(reply) => Ok(*reply),
         Routed::Whoami => {
-            let found = authorise(cx, None).await?;
+            let found = match cx.rt.config.failed_credentials {
+                None => authorise(cx, None).await?,
+                Some(policy) => Box::pin(authorise_guarded(cx, None, policy)).await?,
+            };
             Ok(whoami(cx, &found.key).into())
         }
         // Boxed: rare, and its future would otherwise be every request's.
@@ -183,7 +186,10 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
                 cx.trace.served_as = Some("public");
                 return forward(cx, &target, body, None).await;
             }
-            let found = authorise(cx, Some(target.route)).await?;
+            let found = match cx.rt.config.failed_credentials {
+                None => authorise(cx, Some(target.route)).await?,
+                Some(policy) => Box::pin(authorise_guarded(cx, Some(target.route), policy)).await?,
+            };
             forward(cx, &target, body, Some(&found)).await
         }
     }
@@ -194,8 +200,8 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
 fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
     let cfg = &cx.rt.config;
     let path = path::normalise(cx.head.uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    if !cfg.server.deny.is_empty() {
-        refuse_denied(cx, &cfg.server.deny)?;
+    if let Some(deny) = &cfg.server.deny {
+        refuse_denied(cx, deny)?;
     }
     if cfg.server.underscore_headers == Underscores::Reject {
         headers::refuse_underscores(&cx.head.headers).map_err(GatewayError::BadRequest)?;
@@ -253,24 +259,28 @@ fn preflight(cx: &mut Ctx<'_>, path: &str) -> Option<Result<Reply, GatewayError>
     Some(policy.preflight(&pre).map(preflight_answer).map_err(|r| GatewayError::CorsRefused(r.to_string())))
 }
 
-/// Phase 2: the request's credential, then [`decide`] for its route (none
-/// for `/whoami`), noted in the trace. With `[abuse] failed_credentials`,
-/// a blocked address is refused first, and a 401 counts against it.
-async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLookup>, GatewayError> {
-    let Some(policy) = cx.rt.config.failed_credentials else { return authorise_key(cx, route).await };
+/// Phase 2 with `[abuse] failed_credentials`: a blocked address is
+/// refused before its credential is read, and a 401 counts against it.
+/// (A phase of its own, boxed: without the guard a request pays nothing.)
+async fn authorise_guarded(
+    cx: &mut Ctx<'_>,
+    route: Option<&Route>,
+    policy: crate::config::GuardPolicy,
+) -> Result<Arc<KeyLookup>, GatewayError> {
     let client = ip::client_ip(cx.conn.peer.ip(), &cx.head.headers, &cx.rt.config.server.trusted_proxies);
     if let Some(retry_after) = cx.app.guard.blocked_for(client, cx.arrived.unix_ms) {
         return Err(GatewayError::TooManyFailures { retry_after });
     }
-    let result = Box::pin(authorise_key(cx, route)).await;
+    let result = authorise(cx, route).await;
     if matches!(&result, Err(e) if e.status() == StatusCode::UNAUTHORIZED) {
         Box::pin(crate::background::note_failure(cx.app, client, policy, cx.arrived.unix_ms)).await;
     }
     result
 }
 
-/// The credential, then [`decide`].
-async fn authorise_key(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLookup>, GatewayError> {
+/// Phase 2: the request's credential, then [`decide`] for its route (none
+/// for `/whoami`), noted in the trace.
+async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLookup>, GatewayError> {
     let credential = credentials::extract(&cx.head.headers, cx.head.uri.query())
         .map_err(|e| match e {
             CredentialError::Malformed(m) => GatewayError::BadRequest(m.into()),

@@ -332,8 +332,8 @@ pub struct ServerConfig {
     /// What becomes of client header names with `_` in them.
     pub underscore_headers: Underscores,
     /// Client addresses refused (403 `ip_denied`) before anything else:
-    /// `deny` and the lines of `deny_file`.
-    pub deny: crate::policy::ip::DenyList,
+    /// `deny` and the lines of `deny_file` (`None`: no list).
+    pub deny: Option<Box<crate::policy::ip::DenyList>>,
 }
 
 /// `server.underscore_headers`: header names with `_`, which CGI, WSGI,

@@ -207,7 +207,7 @@ fn deny_entries(c: &mut Checker, field: &str, raw: &[Spanned<String>]) -> Vec<ip
 
 /// `server.deny` and the lines of `server.deny_file` (read now: a reload
 /// reads it again).
-fn server_deny(c: &mut Checker, path: &Path, raw: &RawServer) -> crate::policy::ip::DenyList {
+fn server_deny(c: &mut Checker, path: &Path, raw: &RawServer) -> Option<Box<crate::policy::ip::DenyList>> {
     let mut nets = deny_entries(c, "server.deny", &raw.deny);
     if let Some(file) = &raw.deny_file {
         let full = relative_to(path, file.get_ref());
@@ -217,7 +217,8 @@ fn server_deny(c: &mut Checker, path: &Path, raw: &RawServer) -> crate::policy::
             Err(e) => c.problem(Some(file), "server.deny_file", format!("{}: {e}", full.display())),
         }
     }
-    crate::policy::ip::DenyList::new(&nets)
+    let list = crate::policy::ip::DenyList::new(&nets);
+    (!list.is_empty()).then(|| Box::new(list))
 }
 
 fn server(c: &mut Checker, path: &Path, raw: &RawServer) -> ServerConfig {
