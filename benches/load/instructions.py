@@ -15,7 +15,9 @@ system calls per request (two reads, two writes), see BENCHMARKS.md.
 
 Give --keygate several times to compare builds (e.g. before/after a change);
 --keygate-quotas PATH measures a binary with the key on a plan of three
-windows (minute, day and month quotas), as the load script's keygate-quotas.
+windows (minute, day and month quotas), as the load script's keygate-quotas;
+--keygate-guarded PATH with [abuse] failed_credentials and a server.deny
+list on.
 Needs valgrind (installed from Debian's packages if missing), nginx and wrk.
 """
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
@@ -73,6 +75,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keygate", action="append", help="a keygate binary (repeatable); default: a fresh release build")
     ap.add_argument("--keygate-quotas", action="append", default=[], help="a keygate binary measured with three windows (repeatable)")
+    ap.add_argument("--keygate-guarded", action="append", default=[],
+                    help="a keygate binary measured with the failed-credential guard and a deny list on (repeatable)")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--keep", help="a folder to copy each gateway's callgrind dump to, for callgrind_annotate")
     args = ap.parse_args()
@@ -80,8 +84,16 @@ def main():
     KEEP = args.keep
     ensure_valgrind()
     run.ensure_tools(need_oha=False)
-    plain = [str(Path(b).resolve()) for b in args.keygate] if args.keygate or args.keygate_quotas else [run.keygate_binary()]
-    binaries = [(b, False) for b in plain] + [(str(Path(b).resolve()), True) for b in args.keygate_quotas]
+    plain = (
+        [str(Path(b).resolve()) for b in args.keygate]
+        if args.keygate or args.keygate_quotas or args.keygate_guarded
+        else [run.keygate_binary()]
+    )
+    binaries = (
+        [(b, False) for b in plain]
+        + [(str(Path(b).resolve()), True) for b in args.keygate_quotas]
+        + [(str(Path(b).resolve()), "guarded") for b in args.keygate_guarded]
+    )
     work = tempfile.mkdtemp(prefix="keygate-instr-")
     procs = []
     try:
@@ -92,16 +104,17 @@ def main():
         for i, (binary, quotas) in enumerate(binaries):
             port, admin = run.free_port(), run.free_port()
             # keygate_conf adds the three-window plan to the config of that name.
-            name = f"keygate-quotas{i}" if quotas else f"keygate{i}"
+            name = f"keygate-guarded{i}" if quotas == "guarded" else f"keygate-quotas{i}" if quotas else f"keygate{i}"
             conf = run.keygate_conf(work, name, port, admin, f'url = "http://127.0.0.1:{up_port}"', extra_server="workers = 1")
-            plan = ["--plan", "metered"] if quotas else []
+            plan = ["--plan", "metered"] if quotas is True else []
             if token is None:
                 made = run.sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", *plan, "--json")
                 token = json.loads(made.stdout)["data"]["apiKey"]
             else:
                 run.sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader", *plan)
             per, served = count(name, [binary, "--config", str(conf), "serve"], port, f"http://127.0.0.1:{port}/api/lists", token, work, args.duration, cwd=conf.parent)
-            results.append((f"keygate ({binary}{', three windows' if quotas else ''})", per, served))
+            label = {True: ", three windows", "guarded": ", guard and deny list on"}.get(quotas, "")
+            results.append((f"keygate ({binary}{label})", per, served))
             print(f"keygate {binary}: {per:,.0f} instructions/request over {served} requests", file=sys.stderr)
         ng_port = run.free_port()
         conf = run.nginx_conf(work, ng_port, run.gateway_nginx_body(ng_port, up_port, token), 1)

@@ -241,11 +241,21 @@ def gateway_nginx_body(port, upstream_port, token):
 QUOTA_PLAN = "[plans.metered]\nper_minute = 1000000000\nper_day = 2000000000\nper_month = 4000000000\n"
 
 
+# keygate-guarded's guards: the failed-credential guard (never reached by
+# the bench's good key) and a deny list the bench's address is not on.
+GUARDED = """
+[abuse]
+failed_credentials = { per_minute = 30, block_for = "15m" }
+"""
+GUARDED_DENY = 'deny = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"]'
+
+
 def keygate_conf(work, name, port, admin, upstream, extra_server="", store='[store]\npath = "keygate.db"', rate="backend = \"local\""):
     text = f"""
 [server]
 listen = "127.0.0.1:{port}"
 {extra_server}
+{GUARDED_DENY if name.startswith("keygate-guarded") else ""}
 [admin]
 listen = "127.0.0.1:{admin}"
 {store}
@@ -266,6 +276,7 @@ permission = "lists.view"
 id = "reader"
 permissions = ["lists.view"]
 {QUOTA_PLAN if name.startswith("keygate-quotas") else ""}
+{GUARDED if name.startswith("keygate-guarded") else ""}
 """
     d = Path(work) / name
     d.mkdir(exist_ok=True)
