@@ -2,8 +2,9 @@
 //! (for many nodes) Redis, implement one trait per kind of consumer:
 //! [`Resolver`] for the request path, [`ChangeFeed`] for the nodes'
 //! caches, [`Records`] for operators' changes, [`UsageLog`] for metering,
-//! [`CreditLedger`] for balances and [`Outbox`] for lifecycle events and
-//! their webhook deliveries. [`Store`] is all of them.
+//! [`CreditLedger`] for balances, [`Outbox`] for lifecycle events and
+//! their webhook deliveries, and [`Blocklist`] for addresses the
+//! failed-credential guard blocked. [`Store`] is all of them.
 
 pub mod redis;
 pub mod redis_conn;
