@@ -11,6 +11,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// How often the outbox forgets what it keeps no longer.
+const SWEEP_OUTBOX_EVERY: Duration = Duration::from_secs(3600);
+
 /// How often idle limiter windows and credit leases are swept.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
@@ -187,9 +190,11 @@ async fn write_notices(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
 
 /// Writes `key.expiring` and `key.expired` for the keys whose time has
 /// come, every `events.check_interval`, on the node holding the lease
-/// (the events' ids make a second writer harmless, only wasteful).
+/// (the events' ids make a second writer harmless, only wasteful); and
+/// hourly, the outbox's sweep, webhooks or not.
 async fn tell_expiries(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     let owner = crate::outbox::node_name(&app);
+    let mut swept: Option<std::time::Instant> = None;
     loop {
         let cfg = app.runtime.load_full();
         if !pause(cfg.config.events.check_interval, &mut stopped).await {
@@ -202,6 +207,13 @@ async fn tell_expiries(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             Err(e) => {
                 app.note_store_error("hold_lease", &e);
                 continue;
+            }
+        }
+        if swept.is_none_or(|t| t.elapsed() >= SWEEP_OUTBOX_EVERY) {
+            swept = Some(std::time::Instant::now());
+            let before = crate::clock::now_ms() - crate::outbox::KEEP.as_millis() as i64;
+            if let Err(e) = app.store.sweep_events(before).await {
+                app.note_store_error("sweep_events", &e);
             }
         }
         let notices = &cfg.config.events.expiry_notice;

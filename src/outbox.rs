@@ -31,16 +31,15 @@ const BATCH: usize = 500;
 const KEYS_AT_ONCE: usize = 16;
 /// The most of an endpoint's answer read (and dropped).
 const MAX_ANSWER: usize = 64 * 1024;
-/// Events and finished deliveries are kept this long, and swept this often.
-const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
-const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// Events and finished deliveries are kept this long (the sweep is the
+/// expiry task's, which runs with or without webhooks).
+pub const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Delivers until `stopped`. A pass under way when the signal comes is
 /// dropped: what it had not written is tried again by the next holder.
 pub async fn deliver(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     let owner = node_name(&app);
     let mut pools = Pools::default();
-    let mut swept = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -62,13 +61,6 @@ pub async fn deliver(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             }
         };
         app.metrics.webhook_backlog.set(backlog.unwrap_or(0) as i64);
-        if swept.elapsed() >= SWEEP_EVERY {
-            swept = Instant::now();
-            let before = crate::clock::now_ms() - KEEP.as_millis() as i64;
-            if let Err(e) = app.store.sweep_events(before).await {
-                app.note_store_error("sweep_events", &e);
-            }
-        }
     }
 }
 
