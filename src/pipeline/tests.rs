@@ -101,9 +101,14 @@ async fn echo_upstream() -> String {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(|text| text).await
+}
+
+/// The fixture with its config text changed by `edit`.
+async fn fixture_with(edit: impl Fn(String) -> String) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let text = CONFIG.replace("{upstream}", &echo_upstream().await).replace("{gone}", &format!("http://{gone}"));
+    let text = edit(CONFIG.replace("{upstream}", &echo_upstream().await).replace("{gone}", &format!("http://{gone}")));
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
@@ -346,4 +351,35 @@ async fn the_request_future_stays_within_its_bound() {
     let future = handle(Arc::clone(&f.app), get("/").body(crate::body::empty()).unwrap(), conn);
     let size = std::mem::size_of_val(&future);
     assert!(size <= BOUND, "the request's future is {size} bytes, over {BOUND}");
+}
+
+#[tokio::test]
+async fn a_shadowed_route_forwards_what_it_would_refuse_and_tells_the_upstream() {
+    let f = fixture_with(|t| t.replace("match = \"POST /api/lists\"\n", "match = \"POST /api/lists\"\nshadow = true\n")).await;
+    let viewer = f.viewer().await;
+    let post = Request::builder().method(Method::POST).uri("/api/lists").header("authorization", format!("Bearer {viewer}"));
+    let a = f.send(post.header("x-keygate-shadow", "forged")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let head = a.body.to_ascii_lowercase();
+    assert!(head.contains("x-keygate-shadow: insufficient_permissions\r\n"), "{}", a.body);
+    assert!(!head.contains("forged"), "the client's own was forwarded: {}", a.body);
+    // What is wrong with the key itself is enforced on the same route.
+    let a =
+        f.send(Request::builder().method(Method::POST).uri("/api/lists").header("authorization", "Bearer kg_live_nobody")).await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (401, "invalid_key"));
+}
+
+#[tokio::test]
+async fn a_denied_address_is_refused_before_its_key_and_a_guessing_one_is_blocked() {
+    let f = fixture_with(|t| t.replace("max_body_bytes = 64\n", "max_body_bytes = 64\ndeny = [\"127.0.0.0/8\"]\n")).await;
+    let a = f.send(bearer("/api/lists", "kg_live_notakeyatall")).await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (403, "ip_denied"), "before the key: not 401");
+
+    let f = fixture_with(|t| format!("{t}\n[abuse]\nfailed_credentials = {{ per_minute = 1, block_for = \"1m\" }}\n")).await;
+    let token = f.viewer().await;
+    assert_eq!(f.send(get("/api/lists")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.send(bearer("/api/lists", "kg_live_guess")).await.status, StatusCode::UNAUTHORIZED);
+    let a = f.send(bearer("/api/lists", &token)).await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (429, "too_many_failures"), "a good key from a blocked address");
+    assert!(a.header("retry-after").is_some());
 }
