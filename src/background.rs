@@ -1,7 +1,9 @@
 //! A node's work besides requests: following the store's change feed into
-//! the caches, writing usage behind, sweeping limiter windows and idle
-//! credit leases, and delivering webhooks ([`crate::outbox`]). [`Background`] holds every task, and [`Background::stop`]
-//! is the one shutdown: the tasks end at their next pause (never in the
+//! the caches, writing usage behind, sweeping limiter windows, idle credit
+//! leases and the guard's blocks, writing the events requests noticed and
+//! the expiry notices, and delivering webhooks ([`crate::outbox`]).
+//! [`Background`] holds every task, and [`Background::stop`] is the one
+//! shutdown: the tasks end at their next pause (never in the
 //! middle of a write), then what the node holds is written or given back.
 
 use crate::state::App;
@@ -262,32 +264,6 @@ async fn sweep(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         if app.runtime.load().config.failed_credentials.is_some() {
             follow_blocks(&app, now_ms).await;
         }
-    }
-}
-
-/// Counts a failed credential from `client`: exactly across nodes on the
-/// Redis limiter, on this node otherwise. The failure that passes the
-/// limit blocks the address here at once and, through the store, on
-/// every node (at their next sweep).
-pub async fn note_failure(app: &App, client: std::net::IpAddr, policy: crate::ratelimit::guard::GuardPolicy, now_ms: i64) {
-    use crate::ratelimit::Limiter;
-    let passed = match &app.limiter {
-        Limiter::Redis(redis) => match redis.count_failure(&client.to_string(), now_ms).await {
-            Ok(n) => n == u64::from(policy.per_minute) + 1,
-            // Redis cannot count: this node's own count stands in.
-            Err(_) => app.guard.note_failure(client, policy, now_ms),
-        },
-        Limiter::Local(_) => app.guard.note_failure(client, policy, now_ms),
-    };
-    if !passed {
-        return;
-    }
-    let until = now_ms.saturating_add(policy.block_for_ms);
-    app.guard.block(client, now_ms, until);
-    app.metrics.blocks.inc();
-    tracing::warn!(client = %client, "too many failed credentials: address blocked");
-    if let Err(e) = app.store.put_block(&client.to_string(), until).await {
-        app.note_store_error("put_block", &e);
     }
 }
 

@@ -273,7 +273,7 @@ async fn authorise_guarded(
     }
     let result = authorise(cx, route).await;
     if matches!(&result, Err(e) if e.status() == StatusCode::UNAUTHORIZED) {
-        Box::pin(crate::background::note_failure(cx.app, client, policy, cx.arrived.unix_ms)).await;
+        Box::pin(cx.app.note_failed_credential(client, policy, cx.arrived.unix_ms)).await;
     }
     result
 }

@@ -251,6 +251,36 @@ impl App {
         &self.start_cursor
     }
 
+    /// Counts a failed credential from `client`: exactly across nodes on the
+    /// Redis limiter, on this node otherwise. The failure that passes the
+    /// limit blocks the address here at once and, through the store, on
+    /// every node (at their next sweep).
+    pub async fn note_failed_credential(&self, client: std::net::IpAddr, policy: crate::config::GuardPolicy, now_ms: i64) {
+        use crate::ratelimit::Limiter;
+        let until = now_ms.saturating_add(policy.block_for_ms);
+        // This node's guard counts (and blocks) unless Redis counts for every node.
+        let passed = match &self.limiter {
+            Limiter::Redis(redis) => match redis.count_failure(&client.to_string(), now_ms).await {
+                Ok(n) if n == u64::from(policy.per_minute) + 1 => {
+                    self.guard.block(client, now_ms, until);
+                    true
+                }
+                Ok(_) => false,
+                // Redis cannot count: this node's own count stands in.
+                Err(_) => self.guard.note_failure(client, policy, now_ms),
+            },
+            Limiter::Local(_) => self.guard.note_failure(client, policy, now_ms),
+        };
+        if !passed {
+            return;
+        }
+        self.metrics.blocks.inc();
+        tracing::warn!(client = %client, "too many failed credentials: address blocked");
+        if let Err(e) = self.store.put_block(&client.to_string(), until).await {
+            self.note_store_error("put_block", &e);
+        }
+    }
+
     /// Counts and logs a failed store call.
     pub fn note_store_error(&self, operation: &str, e: &StoreError) {
         self.metrics.store_errors.with_label_values(&[operation]).inc();

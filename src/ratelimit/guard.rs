@@ -58,28 +58,26 @@ impl FailureGuard {
         if !self.entries.contains_key(&ip) && self.entries.len() >= MAX_TRACKED {
             return false;
         }
-        let mut e = self.entries.entry(ip).or_default();
-        if e.minute != minute {
-            e.minute = minute;
-            e.failures = 0;
-        }
-        e.failures = e.failures.saturating_add(1);
-        if e.failures > policy.per_minute && e.blocked_until_ms <= now_ms {
-            // Counted while its block is set (a lapsed one is cleared by the sweep).
-            if e.blocked_until_ms == 0 {
-                self.blocked.fetch_add(1, Ordering::Relaxed);
+        let passed = {
+            let mut e = self.entries.entry(ip).or_default();
+            if e.minute != minute {
+                e.minute = minute;
+                e.failures = 0;
             }
-            e.blocked_until_ms = now_ms.saturating_add(policy.block_for_ms);
-            e.blocked_at_ms = now_ms;
-            return true;
+            e.failures = e.failures.saturating_add(1);
+            e.failures > policy.per_minute && e.blocked_until_ms <= now_ms
+        };
+        if passed {
+            self.block(ip, now_ms, now_ms.saturating_add(policy.block_for_ms));
         }
-        false
+        passed
     }
 
     /// Blocks `ip` until `until_ms` (its failures were counted elsewhere:
     /// on Redis, across nodes).
     pub fn block(&self, ip: IpAddr, now_ms: i64, until_ms: i64) {
         let mut e = self.entries.entry(ip).or_default();
+        // Counted while its block is set (a lapsed one is cleared by the sweep).
         if e.blocked_until_ms == 0 {
             self.blocked.fetch_add(1, Ordering::Relaxed);
         }
