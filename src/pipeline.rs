@@ -33,7 +33,7 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use opentelemetry::KeyValue;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -119,6 +119,16 @@ struct Ctx<'a> {
     conn: &'a ConnInfo,
     arrived: Moment,
     trace: Trace,
+    /// The client's address (after `trusted_proxies`), read once, when a
+    /// phase first asks for it.
+    client: Option<IpAddr>,
+}
+
+impl Ctx<'_> {
+    fn client(&mut self) -> IpAddr {
+        let (peer, headers, trusted) = (self.conn.peer.ip(), &self.head.headers, &self.rt.config.server.trusted_proxies);
+        *self.client.get_or_insert_with(|| ip::client_ip(peer, headers, trusted))
+    }
 }
 
 /// Handles one request from start to response, in five phases: `route`,
@@ -129,7 +139,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     // Split once; every phase borrows the head. (Passed by value, it would
     // be copied into each phase's future.)
     let (head, body) = req.into_parts();
-    let mut cx = Ctx { app: &app, rt: &rt, head: &head, conn: &conn, arrived, trace: Trace::default() };
+    let mut cx = Ctx { app: &app, rt: &rt, head: &head, conn: &conn, arrived, trace: Trace::default(), client: None };
     start_trace(&mut cx);
     let answer = respond(&mut cx, body).await;
     let reply = decorate(&mut cx, answer);
@@ -169,29 +179,29 @@ struct Target<'r> {
 
 /// The phases that make the answer: route, authorise, forward.
 async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
-    match route(cx)? {
-        Routed::Answered(reply) => Ok(*reply),
-        Routed::Whoami => {
-            let found = match cx.rt.config.failed_credentials {
-                None => authorise(cx, None).await?,
-                Some(policy) => Box::pin(authorise_guarded(cx, None, policy)).await?,
-            };
-            Ok(whoami(cx, &found.key).into())
-        }
+    // What is authorised: `/whoami` (no route) or a keyed route.
+    let target = match route(cx)? {
+        Routed::Answered(reply) => return Ok(*reply),
         // Boxed: rare, and its future would otherwise be every request's.
-        Routed::LeakReport => Box::pin(leak_report(cx, body)).await,
+        Routed::LeakReport => return Box::pin(leak_report(cx, body)).await,
+        Routed::Whoami => None,
         Routed::Upstream(target) => {
             check_declared_length(&body, &cx.rt.config)?;
             if target.route.public {
                 cx.trace.served_as = Some("public");
                 return forward(cx, &target, body, None).await;
             }
-            let found = match cx.rt.config.failed_credentials {
-                None => authorise(cx, Some(target.route)).await?,
-                Some(policy) => Box::pin(authorise_guarded(cx, Some(target.route), policy)).await?,
-            };
-            forward(cx, &target, body, Some(&found)).await
+            Some(target)
         }
+    };
+    let route = target.as_ref().map(|t| t.route);
+    let found = match cx.rt.config.failed_credentials {
+        None => authorise(cx, route).await?,
+        Some(policy) => Box::pin(authorise_guarded(cx, route, policy)).await?,
+    };
+    match &target {
+        None => Ok(whoami(cx, &found.key).into()),
+        Some(target) => forward(cx, target, body, Some(&found)).await,
     }
 }
 
@@ -229,9 +239,8 @@ fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
 
 /// 403 `ip_denied` for a client whose address (after `trusted_proxies`)
 /// is on `deny`: before any key is looked at.
-fn refuse_denied(cx: &Ctx<'_>, deny: &ip::DenyList) -> Result<(), GatewayError> {
-    let client = ip::client_ip(cx.conn.peer.ip(), &cx.head.headers, &cx.rt.config.server.trusted_proxies);
-    if deny.denies(client) {
+fn refuse_denied(cx: &mut Ctx<'_>, deny: &ip::DenyList) -> Result<(), GatewayError> {
+    if deny.denies(cx.client()) {
         return Err(GatewayError::IpDenied);
     }
     Ok(())
@@ -267,7 +276,7 @@ async fn authorise_guarded(
     route: Option<&Route>,
     policy: crate::config::GuardPolicy,
 ) -> Result<Arc<KeyLookup>, GatewayError> {
-    let client = ip::client_ip(cx.conn.peer.ip(), &cx.head.headers, &cx.rt.config.server.trusted_proxies);
+    let client = cx.client();
     if let Some(retry_after) = cx.app.guard.blocked_for(client, cx.arrived.unix_ms) {
         return Err(GatewayError::TooManyFailures { retry_after });
     }
@@ -287,8 +296,8 @@ async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLoo
             CredentialError::Ambiguous => GatewayError::AmbiguousCredentials,
         })?
         .ok_or(GatewayError::MissingKey)?;
+    let client_ip = cx.client();
     let cfg = &cx.rt.config;
-    let client_ip = ip::client_ip(cx.conn.peer.ip(), &cx.head.headers, &cfg.server.trusted_proxies);
     let ask = Ask::request(cfg, route, client_ip, &credential.token);
     decide(&Means::node(cx.app, cfg), &ask, cx.arrived, &mut cx.trace.decision).await;
     cx.trace.note_span();
