@@ -69,6 +69,12 @@ impl SigningKeys {
         Ok(SigningKeys { keys })
     }
 
+    /// Reads a copy of the key list from a file; an error names the file.
+    pub fn read(path: &std::path::Path) -> Result<SigningKeys, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        SigningKeys::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Whether the list holds no key at all.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

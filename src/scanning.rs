@@ -7,8 +7,9 @@ use crate::config::{GithubLeaks, KeyListSource};
 use crate::error::GatewayError;
 use crate::leaks::{SignatureError, SigningKeys};
 use crate::proxy::call::{self, Call};
+use arc_swap::ArcSwap;
 use http::{HeaderMap, Method};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often GitHub's key list may be fetched again for a report naming
@@ -25,25 +26,22 @@ const MAX_SIGNATURE_CHARS: usize = 256;
 /// once a minute) when a report names a key not in the list.
 pub struct GithubKeys {
     source: KeyListSource,
-    keys: RwLock<Arc<SigningKeys>>,
+    keys: ArcSwap<SigningKeys>,
     refreshed: Mutex<Option<Instant>>,
 }
 
 impl GithubKeys {
-    /// The keys of a file are read now; a URL's at the first report.
+    /// A file's keys as the config read them; a URL's at the first report.
     pub fn new(cfg: &GithubLeaks) -> GithubKeys {
         let keys = match &cfg.keys {
-            KeyListSource::File(path) => read_key_file(path).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "leaks.github.public_keys_file");
-                SigningKeys::default()
-            }),
+            KeyListSource::File { keys, .. } => keys.clone(),
             KeyListSource::Url(_) => SigningKeys::default(),
         };
-        GithubKeys { source: cfg.keys.clone(), keys: RwLock::new(Arc::new(keys)), refreshed: Mutex::new(None) }
+        GithubKeys { source: cfg.keys.clone(), keys: ArcSwap::from_pointee(keys), refreshed: Mutex::new(None) }
     }
 
     fn current(&self) -> Arc<SigningKeys> {
-        self.keys.read().map(|k| Arc::clone(&k)).unwrap_or_default()
+        self.keys.load_full()
     }
 
     /// Checks a report's signature headers over its body as received.
@@ -76,7 +74,7 @@ impl GithubKeys {
 
     async fn refresh(&self) -> Result<(), String> {
         let keys = match &self.source {
-            KeyListSource::File(path) => read_key_file(path)?,
+            KeyListSource::File { path, .. } => SigningKeys::read(path)?,
             KeyListSource::Url(to) => {
                 // A pool of its own each time: fetches are rare, and a
                 // pooled connection belongs to the worker that opened it.
@@ -92,16 +90,9 @@ impl GithubKeys {
                 SigningKeys::parse(&answer.body)?
             }
         };
-        if let Ok(mut slot) = self.keys.write() {
-            *slot = Arc::new(keys);
-        }
+        self.keys.store(Arc::new(keys));
         Ok(())
     }
-}
-
-fn read_key_file(path: &std::path::Path) -> Result<SigningKeys, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    SigningKeys::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The one value of a signature header: missing or given twice is refused.

@@ -236,8 +236,9 @@ pub struct GithubLeaks {
 pub enum KeyListSource {
     /// Fetched (and fetched again when a report names a key not yet seen).
     Url(Outbound),
-    /// A copy of the same JSON, for air-gapped nodes and tests.
-    File(PathBuf),
+    /// A copy of the same JSON, for air-gapped nodes and tests: read at
+    /// load (`keys`), and again when a report names a key not in it.
+    File { path: PathBuf, keys: crate::leaks::SigningKeys },
 }
 
 /// One `[plans.*]` entry: the limits a key on the plan gets unless it has

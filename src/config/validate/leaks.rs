@@ -27,7 +27,7 @@ fn github(c: &mut Checker, path: &Path, raw: &RawGithubLeaks, on_leak: OnLeak) -
             if raw.ca_file.is_some() {
                 c.problem(raw.ca_file.as_ref(), "leaks.github.ca_file", "only applies to public_keys_url");
             }
-            KeyListSource::File(key_file(c, path, file)?)
+            key_file(c, path, file)?
         }
         (url, None) => {
             let given = url.as_ref().map(|u| (u.get_ref().as_str(), Some(u.span())));
@@ -54,17 +54,14 @@ fn report_path(c: &mut Checker, raw: Option<&Spanned<String>>) -> Option<String>
 }
 
 /// `public_keys_file`, read and parsed as GitHub's key list.
-fn key_file(c: &mut Checker, path: &Path, file: &Spanned<String>) -> Option<PathBuf> {
+fn key_file(c: &mut Checker, path: &Path, file: &Spanned<String>) -> Option<KeyListSource> {
     let full = relative_to(path, file.get_ref());
-    let parsed = std::fs::read(&full)
-        .map_err(|e| format!("cannot read {}: {e}", full.display()))
-        .and_then(|bytes| crate::leaks::SigningKeys::parse(&bytes).map_err(|e| format!("{}: {e}", full.display())));
-    match parsed {
+    match crate::leaks::SigningKeys::read(&full) {
         Ok(keys) if keys.is_empty() => {
             c.problem(Some(file), "leaks.github.public_keys_file", "holds no keys: no report could ever be believed");
             None
         }
-        Ok(_) => Some(full),
+        Ok(keys) => Some(KeyListSource::File { path: full, keys }),
         Err(e) => {
             c.problem(Some(file), "leaks.github.public_keys_file", e);
             None
