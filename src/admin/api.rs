@@ -365,9 +365,8 @@ pub async fn run(
         Endpoint::ReportLeaks => {
             let reported = input::leaks_input(body)?;
             let found = m.report_leaks(&reported, m.config.leaks.on_leak).await?;
-            let ours = found.iter().filter(|f| f.label == crate::manage::Label::TruePositive).count();
-            let data: Vec<Value> = found.iter().map(crate::manage::LeakFound::json).collect();
-            ok(StatusCode::OK, data.into(), json!({ "reported": found.len(), "matched": ours }))
+            let (data, meta) = crate::manage::report_json(&found);
+            ok(StatusCode::OK, data, meta)
         }
         Endpoint::ExportKeys => ndjson(json_lines(&m.export_keys().await?)),
         Endpoint::ExportRoles => ndjson(json_lines(&m.export_roles().await?)),

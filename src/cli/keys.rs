@@ -502,10 +502,9 @@ async fn leaked(m: &Manager<'_>, file: &std::path::Path, url: String, source: St
         return Err(usage(json)(format!("{} must hold 1 to {max} tokens, one per line", file.display())));
     }
     let found = m.report_leaks(&reported, m.config.leaks.on_leak).await.map_err(|e| Failure::manage(e, json))?;
-    let matched = found.iter().filter(|f| f.label == crate::manage::Label::TruePositive).count();
     if json {
-        let data: Vec<serde_json::Value> = found.iter().map(crate::manage::LeakFound::json).collect();
-        print_json(data.into(), json!({ "reported": found.len(), "matched": matched }));
+        let (data, meta) = crate::manage::report_json(&found);
+        print_json(data, meta);
         return Ok(());
     }
     for f in &found {
@@ -513,7 +512,7 @@ async fn leaked(m: &Manager<'_>, file: &std::path::Path, url: String, source: St
         let id = f.key_id.as_deref().unwrap_or("-");
         println!("{}  {:<14}  {:<22}  {}", &f.token_hash[..12], f.label.as_str(), id, f.action.as_str());
     }
-    println!("{matched} of {} token(s) are this gateway's", found.len());
+    println!("{} of {} token(s) are this gateway's", crate::manage::matched(&found), found.len());
     Ok(())
 }
 

@@ -107,6 +107,18 @@ impl LeakFound {
     }
 }
 
+/// How many reported tokens were this gateway's.
+pub fn matched(found: &[LeakFound]) -> usize {
+    found.iter().filter(|f| f.label == Label::TruePositive).count()
+}
+
+/// The admin API's and the CLI's answer to a report: each token's
+/// outcome, and `{reported, matched}`.
+pub fn report_json(found: &[LeakFound]) -> (Value, Value) {
+    let data = found.iter().map(LeakFound::json).collect::<Vec<_>>().into();
+    (data, json!({ "reported": found.len(), "matched": matched(found) }))
+}
+
 impl Manager<'_> {
     /// Handles reported tokens in order. A token met twice in one report
     /// is handled once. A store failure stops the report (the scanner
@@ -118,9 +130,12 @@ impl Manager<'_> {
             let hash = TokenHash::of(&r.token);
             let found = match seen.get(&hash.0) {
                 Some(f) => LeakFound { kind: r.kind.clone(), ..f.clone() },
-                None => self.report_one(r, &hash, on_leak).await?,
+                None => {
+                    let found = self.report_one(r, &hash, on_leak).await?;
+                    seen.insert(hash.0, found.clone());
+                    found
+                }
             };
-            seen.entry(hash.0).or_insert_with(|| found.clone());
             out.push(found);
         }
         Ok(out)
@@ -210,7 +225,6 @@ pub async fn answer_github(
         ManageError::Store(_) => GatewayError::StoreUnavailable,
         other => GatewayError::BadRequest(other.to_string()),
     })?;
-    let labelled = found.iter().filter(|f| f.label == Label::TruePositive).count();
-    tracing::info!(tokens = found.len(), ours = labelled, "GitHub secret scanning report");
+    tracing::info!(tokens = found.len(), ours = matched(&found), "GitHub secret scanning report");
     Ok(Value::Array(found.iter().map(LeakFound::github_json).collect()))
 }

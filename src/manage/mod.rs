@@ -12,7 +12,7 @@ mod transfer;
 pub use metering::{limits_json, CreditsInput, Live, QuotaInput, UsageReport, Verification, MAX_CREDITS};
 
 pub use events::{delivery_status, since_ms, MAX_LISTED};
-pub use leaks::{answer_github, Label, LeakAction, LeakFound, Reported, MAX_REPORTED};
+pub use leaks::{answer_github, matched, report_json, Label, LeakAction, LeakFound, Reported, MAX_REPORTED};
 pub use transfer::{json_lines, ImportSummary, KeyLine, RoleLine};
 
 use crate::clock::{self, Moment};
