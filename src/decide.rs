@@ -49,11 +49,7 @@ impl<'a> Ask<'a> {
             token,
             permission: route.and_then(|r| r.permission.as_deref()),
             client_ip: Some(client_ip),
-            cost: Some(Cost {
-                units: route.map_or(1, |r| r.cost),
-                route_limit: route.and_then(|r| Some((r.pattern.as_str(), r.per_minute?))),
-                on_redis_error: route.and_then(|r| r.on_redis_error).unwrap_or(config.rate_limit.on_redis_error),
-            }),
+            cost: Some(Cost::of(config, route)),
         }
     }
 }
@@ -65,6 +61,18 @@ pub struct Cost<'a> {
     /// A route's own per-minute limit: its pattern and limit.
     pub route_limit: Option<(&'a str, u32)>,
     pub on_redis_error: RedisErrorPolicy,
+}
+
+impl<'a> Cost<'a> {
+    /// What a request on `route` is charged (`None`: keygate's own
+    /// `/whoami`, which costs 1).
+    pub fn of(config: &Config, route: Option<&'a Route>) -> Cost<'a> {
+        Cost {
+            units: route.map_or(1, |r| r.cost),
+            route_limit: route.and_then(|r| Some((r.pattern.as_str(), r.per_minute?))),
+            on_redis_error: route.and_then(|r| r.on_redis_error).unwrap_or(config.rate_limit.on_redis_error),
+        }
+    }
 }
 
 /// Where a decision reads keys and roles.
@@ -302,7 +310,7 @@ async fn charge(out: &mut Decision, means: &Means<'_>, cost: &Cost<'_>, now: Mom
         live.usage.refused(&key.key_id, &key.owner, now.unix());
     } else {
         live.metrics.ratelimit_allowed.inc();
-        live.usage.record(&key.key_id, &key.owner, now.unix());
+        live.usage.record(&key.key_id, &key.owner, now.unix(), cost.units);
     }
     out.rate = metered.view();
     out.credits = metered.credits;
@@ -310,6 +318,25 @@ async fn charge(out: &mut Decision, means: &Means<'_>, cost: &Cost<'_>, now: Mom
     if let (true, Some(notices)) = (metered.may_cross(lowest), live.notices) {
         notice(notices, means.config, key, &metered, cost.units, now.unix_ms);
     }
+}
+
+/// What the upstream said an admitted request cost, against what was
+/// charged up front: the difference is settled in every window and the
+/// credits the charge took from (more is counted whatever the limit, so
+/// the next request is refused; less is given back), and in usage.
+pub async fn settle(live: Live<'_>, means: (&Config, &dyn CreditLedger), key: &ApiKey, cost: &Cost<'_>, real: u32, now: Moment) {
+    let (config, ledger) = means;
+    let delta = i64::from(real) - i64::from(cost.units);
+    if delta == 0 {
+        return;
+    }
+    let counters = Counters::of(config, key, cost.route_limit);
+    let charge = counters.charge(config, key, cost.units);
+    if let Err(e) = meter::settle(live.limiter, (live.credits, ledger), &charge, delta, now.unix_ms).await {
+        live.metrics.store_errors.with_label_values(&["settle_credits"]).inc();
+        tracing::warn!(key_id = %key.key_id, error = %e, "could not settle a reported cost against the credits");
+    }
+    live.usage.settle(&key.key_id, &key.owner, now.unix(), delta);
 }
 
 /// Tells the quota thresholds and credit marks an admitted charge

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub shadow_refusals: IntCounterVec,
     pub blocked_addresses: IntGauge,
     pub blocks: IntCounter,
+    pub reported_costs: IntCounterVec,
+    pub in_flight: IntGauge,
 }
 
 /// Label values each counter can take, created at zero at start so that
@@ -139,6 +141,16 @@ impl Metrics {
         let blocks = IntCounter::new("keygate_blocks_total", "Client addresses blocked for failed credentials")?;
         registry.register(Box::new(blocked_addresses.clone()))?;
         registry.register(Box::new(blocks.clone()))?;
+        let reported_costs = IntCounterVec::new(
+            Opts::new("keygate_reported_costs_total", "Costs upstreams reported in a route's cost_header, by result"),
+            &["result"],
+        )?;
+        for result in ["settled", "malformed"] {
+            reported_costs.with_label_values(&[result]);
+        }
+        registry.register(Box::new(reported_costs.clone()))?;
+        let in_flight = IntGauge::new("keygate_in_flight", "Requests holding an in-flight slot (max_in_flight) on this node")?;
+        registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
         registry.register(Box::new(webhook_backlog.clone()))?;
         let build_info =
@@ -204,6 +216,8 @@ impl Metrics {
             shadow_refusals,
             blocked_addresses,
             blocks,
+            reported_costs,
+            in_flight,
         })
     }
 

@@ -201,8 +201,46 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
     };
     match &target {
         None => Ok(whoami(cx, &found.key).into()),
-        Some(target) => forward(cx, target, body, Some(&found)).await,
+        Some(target) => {
+            let reply = forward(cx, target, body, Some(&found)).await?;
+            match &target.route.cost_header {
+                // Boxed: only routes with a cost header pay for its future.
+                Some(name) => Ok(Box::pin(settle_cost(cx, target.route, name, &found.key, reply)).await),
+                None => Ok(reply),
+            }
+        }
     }
+}
+
+/// What the upstream reported the request cost, in the route's
+/// `cost_header`: taken out of the answer, then settled against what was
+/// charged up front. A malformed report is logged and counted, and the
+/// charge stands.
+async fn settle_cost(cx: &mut Ctx<'_>, route: &Route, name: &str, key: &ApiKey, mut reply: Reply) -> Reply {
+    let mut values = reply.upstream.take(name.as_bytes());
+    if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+        values.extend(reply.response.headers_mut().remove(name).map(|v| v.as_bytes().to_vec()));
+    }
+    if values.is_empty() {
+        return reply;
+    }
+    let metrics = &cx.app.metrics;
+    match headers::reported_cost(&values) {
+        // A request a shadowed rule would have refused took nothing to settle.
+        Ok(real) if cx.trace.decision.charged && cx.trace.shadow.is_none() => {
+            metrics.reported_costs.with_label_values(&["settled"]).inc();
+            let means = (&cx.rt.config, cx.app.store.as_ref() as &dyn crate::store::CreditLedger);
+            let cost = decide::Cost::of(&cx.rt.config, Some(route));
+            // Settled now: the window the request began in may have ended.
+            decide::settle(decide::Live::of(cx.app), means, key, &cost, real, Moment::now()).await;
+        }
+        Ok(_) => {}
+        Err(why) => {
+            metrics.reported_costs.with_label_values(&["malformed"]).inc();
+            tracing::warn!(route = %route.pattern, key_id = %key.key_id, field = name, why, "the upstream's reported cost was refused; the route's cost stands");
+        }
+    }
+    reply
 }
 
 /// Phase 1: the normalised path, then a browser's preflight under

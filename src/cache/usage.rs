@@ -7,16 +7,37 @@ use crate::store::{StoreError, UsageDelta, UsageLog};
 use crate::FastHash;
 use dashmap::DashMap;
 
+/// Requests counted in one minute, and the units they cost.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    admitted: u64,
+    refused: u64,
+    /// What admitted requests cost: their routes' `cost`, settled with what
+    /// the upstream reported (`cost_header`).
+    units: i64,
+}
+
+impl Counts {
+    fn is_empty(&self) -> bool {
+        *self == Counts::default()
+    }
+
+    fn add(&mut self, other: Counts) {
+        self.admitted += other.admitted;
+        self.refused += other.refused;
+        self.units += other.units;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     /// The key's owner when last seen (usage reports group by it).
     owner: String,
     minute: i64,
-    count: u64,
-    refused: u64,
+    counts: Counts,
     last_used: i64,
-    /// Counts (admitted, refused) of earlier minutes not yet written.
-    earlier: Vec<(i64, u64, u64)>,
+    /// Counts of earlier minutes not yet written.
+    earlier: Vec<(i64, Counts)>,
 }
 
 /// Usage not yet written.
@@ -26,17 +47,24 @@ pub struct UsageRecorder {
 }
 
 impl UsageRecorder {
-    /// Notes one admitted request of `key_id` at `now` (Unix seconds).
-    pub fn record(&self, key_id: &str, owner: &str, now: i64) {
-        self.note(key_id, owner, now, (1, 0));
+    /// Notes one admitted request of `key_id` at `now` (Unix seconds)
+    /// that cost `units`.
+    pub fn record(&self, key_id: &str, owner: &str, now: i64, units: u32) {
+        self.note(key_id, owner, now, Counts { admitted: 1, refused: 0, units: i64::from(units) });
     }
 
     /// Notes one request of `key_id` refused by a limit, quota or credits.
     pub fn refused(&self, key_id: &str, owner: &str, now: i64) {
-        self.note(key_id, owner, now, (0, 1));
+        self.note(key_id, owner, now, Counts { admitted: 0, refused: 1, units: 0 });
     }
 
-    fn note(&self, key_id: &str, owner: &str, now: i64, counts: (u64, u64)) {
+    /// Notes that an admitted request cost `delta` units more (or fewer)
+    /// than was recorded: what its upstream reported.
+    pub fn settle(&self, key_id: &str, owner: &str, now: i64, delta: i64) {
+        self.note(key_id, owner, now, Counts { admitted: 0, refused: 0, units: delta });
+    }
+
+    fn note(&self, key_id: &str, owner: &str, now: i64, counts: Counts) {
         let minute = now / 60;
         if let Some(mut p) = self.pending.get_mut(key_id) {
             bump(&mut p, minute, now, counts);
@@ -52,17 +80,18 @@ impl UsageRecorder {
     fn take(&self) -> Vec<UsageDelta> {
         let mut out = Vec::new();
         self.pending.retain(|key_id, p| {
-            let delta = |(minute, count, refused)| UsageDelta {
+            let delta = |(minute, c): (i64, Counts)| UsageDelta {
                 key_id: key_id.clone(),
                 owner: p.owner.clone(),
-                count,
-                refused,
+                count: c.admitted,
+                refused: c.refused,
+                units: c.units,
                 last_used: p.last_used,
                 minute,
             };
             out.extend(p.earlier.iter().copied().map(delta));
-            if p.count > 0 || p.refused > 0 {
-                out.push(delta((p.minute, p.count, p.refused)));
+            if !p.counts.is_empty() {
+                out.push(delta((p.minute, p.counts)));
             }
             false
         });
@@ -81,7 +110,8 @@ impl UsageRecorder {
                 for d in batch {
                     let mut p = self.pending.entry(d.key_id).or_default();
                     p.owner = d.owner;
-                    bump(&mut p, d.minute, d.last_used, (d.count, d.refused));
+                    let counts = Counts { admitted: d.count, refused: d.refused, units: d.units };
+                    bump(&mut p, d.minute, d.last_used, counts);
                 }
                 Err(e)
             }
@@ -89,23 +119,17 @@ impl UsageRecorder {
     }
 }
 
-fn bump(p: &mut Pending, minute: i64, at: i64, (count, refused): (u64, u64)) {
-    if (p.count > 0 || p.refused > 0) && p.minute != minute {
-        let (m, c, r) = (p.minute, p.count, p.refused);
-        match p.earlier.iter_mut().find(|(em, _, _)| *em == m) {
-            Some(slot) => {
-                slot.1 += c;
-                slot.2 += r;
-            }
-            None => p.earlier.push((m, c, r)),
+fn bump(p: &mut Pending, minute: i64, at: i64, counts: Counts) {
+    if !p.counts.is_empty() && p.minute != minute {
+        let (m, c) = (p.minute, std::mem::take(&mut p.counts));
+        match p.earlier.iter_mut().find(|(em, _)| *em == m) {
+            Some(slot) => slot.1.add(c),
+            None => p.earlier.push((m, c)),
         }
-        p.count = 0;
-        p.refused = 0;
     }
     p.minute = minute;
-    p.count += count;
-    p.refused += refused;
-    if count > 0 {
+    p.counts.add(counts);
+    if counts.admitted > 0 {
         p.last_used = p.last_used.max(at);
     }
 }
@@ -117,17 +141,19 @@ mod tests {
     #[test]
     fn counts_by_minute() {
         let r = UsageRecorder::default();
-        r.record("key_a", "acme", 120);
-        r.record("key_a", "acme", 130);
+        r.record("key_a", "acme", 120, 1);
+        r.record("key_a", "acme", 130, 5);
         r.refused("key_a", "acme", 140);
-        r.record("key_a", "acme", 185);
+        r.record("key_a", "acme", 185, 1);
+        r.settle("key_a", "acme", 186, 499);
         r.refused("key_a", "acme", 200);
-        r.record("key_b", "", 10);
+        r.record("key_b", "", 10, 1);
         let mut batch = r.take();
         batch.sort_by_key(|d| (d.key_id.clone(), d.minute));
         assert_eq!(batch.len(), 3);
-        assert_eq!((batch[0].minute, batch[0].count, batch[0].refused), (2, 2, 1));
-        assert_eq!((batch[1].minute, batch[1].count, batch[1].refused, batch[1].last_used), (3, 1, 1, 185));
+        assert_eq!((batch[0].minute, batch[0].count, batch[0].refused, batch[0].units), (2, 2, 1, 6));
+        let b = &batch[1];
+        assert_eq!((b.minute, b.count, b.refused, b.units, b.last_used), (3, 1, 1, 500, 185));
         assert_eq!(batch[1].owner, "acme");
         assert_eq!(batch[2].key_id, "key_b");
         assert!(r.take().is_empty());

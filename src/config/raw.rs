@@ -302,6 +302,7 @@ pub struct RawRoute {
     pub deny: Vec<Spanned<String>>,
     #[serde(default)]
     pub shadow: bool,
+    pub cost_header: Option<Spanned<String>>,
 }
 
 /// A route's own `rate_limit = { per_minute = 5 }`.

@@ -131,6 +131,17 @@ impl HeaderLines {
         });
     }
 
+    /// Takes out every field named `name` (lowercase), returning their
+    /// values in order.
+    pub fn take(&mut self, name: &[u8]) -> Vec<Vec<u8>> {
+        let values: Vec<Vec<u8>> =
+            read_lines(&self.text).filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_vec()).collect();
+        if !values.is_empty() {
+            self.remove(name);
+        }
+        values
+    }
+
     /// Takes out every field whose name starts with `prefix` (lowercase).
     pub fn remove_prefixed(&mut self, prefix: &[u8]) {
         self.remove_where(|line| line.len() > prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix));
@@ -197,6 +208,10 @@ mod tests {
             sorted("HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nA: 1\r\naccess-control-max-age: 5\r\n\r\n");
         lines.remove_prefixed(b"access-control-");
         assert_eq!(lines.text(), b"A: 1\r\n");
+        let (mut lines, ..) = sorted("HTTP/1.1 200 OK\r\nX-Cost: 5\r\nA: 1\r\nx-cost: 6\r\n\r\n");
+        assert_eq!(lines.take(b"x-cost"), vec![b"5".to_vec(), b"6".to_vec()]);
+        assert_eq!(lines.text(), b"A: 1\r\n");
+        assert!(lines.take(b"x-cost").is_empty());
     }
 
     #[test]

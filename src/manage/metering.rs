@@ -71,23 +71,42 @@ pub fn terms_json(terms: &CreditTerms) -> Value {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageReport {
     pub granularity: &'static str,
-    /// (period start, Unix seconds; key id; owner; admitted; refused).
-    pub rows: Vec<(i64, String, String, u64, u64)>,
+    pub rows: Vec<ReportRow>,
+}
+
+/// One key's usage in one hour or day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRow {
+    /// The period's start, Unix seconds.
+    pub at: i64,
+    pub key_id: String,
+    pub owner: String,
+    pub admitted: u64,
+    pub refused: u64,
+    /// What the admitted requests cost, in units.
+    pub units: i64,
 }
 
 impl UsageReport {
     /// Hourly rows summed per (period, key), in that order; a key's owner
     /// as its first row has it.
     fn of(rows: Vec<UsageRow>, granularity: &'static str) -> UsageReport {
-        let mut totals: BTreeMap<(i64, String), (String, u64, u64)> = BTreeMap::new();
+        let mut totals: BTreeMap<(i64, String), ReportRow> = BTreeMap::new();
         for r in rows {
             let at = if granularity == "day" { (r.hour * 3600).div_euclid(86_400) * 86_400 } else { r.hour * 3600 };
-            let t = totals.entry((at, r.key_id)).or_insert((r.owner, 0, 0));
-            t.1 += r.admitted;
-            t.2 += r.refused;
+            let t = totals.entry((at, r.key_id.clone())).or_insert_with(|| ReportRow {
+                at,
+                key_id: r.key_id,
+                owner: r.owner,
+                admitted: 0,
+                refused: 0,
+                units: 0,
+            });
+            t.admitted += r.admitted;
+            t.refused += r.refused;
+            t.units += r.units;
         }
-        let rows = totals.into_iter().map(|((at, key_id), (owner, admitted, refused))| (at, key_id, owner, admitted, refused));
-        UsageReport { granularity, rows: rows.collect() }
+        UsageReport { granularity, rows: totals.into_values().collect() }
     }
 
     /// A row's period as the report names it: its date, or its hour's start.
@@ -103,18 +122,25 @@ impl UsageReport {
     pub fn json(&self) -> Value {
         self.rows
             .iter()
-            .map(|(at, key_id, owner, admitted, refused)| {
-                json!({ "period": self.period(*at), "keyId": key_id, "owner": owner, "admitted": admitted, "refused": refused })
+            .map(|r| {
+                json!({
+                    "period": self.period(r.at),
+                    "keyId": r.key_id,
+                    "owner": r.owner,
+                    "admitted": r.admitted,
+                    "refused": r.refused,
+                    "units": r.units,
+                })
             })
             .collect()
     }
 
     /// The rows as CSV with a header line.
     pub fn csv(&self) -> String {
-        let mut out = String::from("period,key_id,owner,admitted,refused\n");
-        for (at, key_id, owner, admitted, refused) in &self.rows {
-            let (period, key_id, owner) = (csv_field(&self.period(*at)), csv_field(key_id), csv_field(owner));
-            out.push_str(&format!("{period},{key_id},{owner},{admitted},{refused}\n"));
+        let mut out = String::from("period,key_id,owner,admitted,refused,units\n");
+        for r in &self.rows {
+            let (period, key_id, owner) = (csv_field(&self.period(r.at)), csv_field(&r.key_id), csv_field(&r.owner));
+            out.push_str(&format!("{period},{key_id},{owner},{},{},{}\n", r.admitted, r.refused, r.units));
         }
         out
     }
@@ -370,6 +396,7 @@ mod tests {
             hour,
             admitted,
             refused,
+            units: admitted as i64 * 10,
         };
         let day = 20_416 * 24; // the hour of some day's 00:00 UTC
         let rows = vec![
@@ -380,26 +407,33 @@ mod tests {
         ];
         let daily = UsageReport::of(rows.clone(), "day");
         let at = |h: i64| h * 3600;
+        let summed = |r: &ReportRow| (r.at, r.key_id.clone(), r.owner.clone(), r.admitted, r.refused, r.units);
         assert_eq!(
-            daily.rows,
+            daily.rows.iter().map(summed).collect::<Vec<_>>(),
             vec![
-                (at(day), "key_a".into(), "owner-of-key_a".into(), 5, 2),
-                (at(day), "key_b".into(), "owner-of-key_b".into(), 1, 0),
-                (at(day + 24), "key_a".into(), "owner-of-key_a".into(), 4, 1),
+                (at(day), "key_a".into(), "owner-of-key_a".into(), 5, 2, 50),
+                (at(day), "key_b".into(), "owner-of-key_b".into(), 1, 0, 10),
+                (at(day + 24), "key_a".into(), "owner-of-key_a".into(), 4, 1, 40),
             ]
         );
         let hourly = UsageReport::of(rows, "hour");
-        assert_eq!(hourly.rows.iter().map(|r| r.0 / 3600 - day).collect::<Vec<_>>(), vec![0, 3, 23, 25]);
+        assert_eq!(hourly.rows.iter().map(|r| r.at / 3600 - day).collect::<Vec<_>>(), vec![0, 3, 23, 25]);
     }
 
     #[test]
     fn csv_quotes_and_defuses_what_a_spreadsheet_would_run() {
         let report = UsageReport {
             granularity: "day",
-            rows: vec![
-                (1_764_547_200, "key_a".into(), "=HYPERLINK(\"x\")".into(), 5, 1),
-                (1_764_547_200, "key_b".into(), "a,b".into(), 0, 2),
-            ],
+            rows: [("key_a", "=HYPERLINK(\"x\")", 5, 1, 7), ("key_b", "a,b", 0, 2, 0)]
+                .map(|(key_id, owner, admitted, refused, units)| ReportRow {
+                    at: 1_764_547_200,
+                    key_id: key_id.into(),
+                    owner: owner.into(),
+                    admitted,
+                    refused,
+                    units,
+                })
+                .to_vec(),
         };
         for hidden in [" =1+1", "\u{200b}=1+1", " \u{2066}@SUM(A1)", "\t=1"] {
             assert!(csv_field(hidden).trim_start_matches('"').starts_with('\''), "{hidden:?}: {}", csv_field(hidden));
@@ -407,7 +441,7 @@ mod tests {
         assert_eq!(csv_field("plain owner"), "plain owner");
         assert_eq!(
             report.csv(),
-            "period,key_id,owner,admitted,refused\n2025-12-01,key_a,\"'=HYPERLINK(\"\"x\"\")\",5,1\n2025-12-01,key_b,\"a,b\",0,2\n"
+            "period,key_id,owner,admitted,refused,units\n2025-12-01,key_a,\"'=HYPERLINK(\"\"x\"\")\",5,1,7\n2025-12-01,key_b,\"a,b\",0,2,0\n"
         );
     }
 }

@@ -53,6 +53,9 @@ pub struct Route {
     /// Its permission, its own limit and the key's windows are tried, not
     /// enforced, on this route.
     pub shadow: bool,
+    /// The answer field (lower case) in which the upstream reports what a
+    /// request really cost; settled against what was charged up front.
+    pub cost_header: Option<Box<str>>,
 }
 
 /// The methods a route may name: RFC 9110's and PATCH, upper case.
@@ -124,6 +127,7 @@ impl Route {
             per_minute: None,
             deny: None,
             shadow: false,
+            cost_header: None,
         })
     }
 

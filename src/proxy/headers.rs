@@ -235,3 +235,40 @@ mod tests {
         assert_eq!(metadata_header_name("default_optin_mailing").unwrap().as_str(), "x-keygate-meta-default-optin-mailing");
     }
 }
+
+/// The most an upstream may report a request cost (`cost_header`).
+pub const MAX_REPORTED_COST: u32 = 1_000_000;
+
+/// What an upstream reported a request cost: one field, a whole number
+/// from 0 to [`MAX_REPORTED_COST`]; anything else is refused (ambiguous or
+/// malformed), and the cost charged up front stands.
+pub fn reported_cost(values: &[Vec<u8>]) -> Result<u32, &'static str> {
+    let [value] = values else { return Err("the field is repeated") };
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 7 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err("not a whole number");
+    }
+    let n = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u32>().ok()).ok_or("not a whole number")?;
+    if n > MAX_REPORTED_COST {
+        return Err("more than 1000000");
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod reported_cost_tests {
+    use super::*;
+
+    #[test]
+    fn a_reported_cost_is_one_whole_number_up_to_a_million() {
+        let one = |v: &str| reported_cost(&[v.as_bytes().to_vec()]);
+        assert_eq!(one("500"), Ok(500));
+        assert_eq!(one(" 0 "), Ok(0));
+        assert_eq!(one("1000000"), Ok(1_000_000));
+        for bad in ["1000001", "-1", "+5", "1.5", "", "5e2", "0x10", "99999999999999999999", "5, 6"] {
+            assert!(one(bad).is_err(), "{bad:?}");
+        }
+        assert!(reported_cost(&[b"1".to_vec(), b"1".to_vec()]).is_err(), "two fields are ambiguous");
+        assert!(reported_cost(&[]).is_err());
+    }
+}

@@ -66,6 +66,15 @@ pub fn next_refill_in(terms: &CreditTerms, now_ms: i64) -> Option<u64> {
     Some(((p.end_ms(p.index(now_ms)) - now_ms + 999) / 1000).max(1) as u64)
 }
 
+/// Adds `units` (fewer than none: given back) to the spending of a
+/// balance's generation and refill window not yet written.
+fn note_spent(b: &mut Balance, key_id: &str, (generation, refill, period): (i64, Option<u64>, i64), units: i64) {
+    match b.pending.last_mut() {
+        Some(p) if p.generation == generation && p.period == period && p.refill == refill => p.spent += units,
+        _ => b.pending.push(CreditSpend { key_id: key_id.to_string(), generation, refill, period, spent: units }),
+    }
+}
+
 #[derive(Debug, Default)]
 struct Balance {
     /// The store's balance as last read, with this node's spending since
@@ -139,6 +148,17 @@ impl Credits {
         if let Some(d) = self.try_spend(key_id, terms, cost, now_ms) {
             return Ok(d);
         }
+        self.read(store, key_id).await?;
+        Ok(self.try_spend(key_id, terms, cost, now_ms).unwrap_or(CreditDecision {
+            allowed: false,
+            remaining: 0,
+            refill_in: next_refill_in(terms, now_ms),
+        }))
+    }
+
+    /// Reads a balance this node does not know (first use, or after a
+    /// change from outside), with what it spent and has not written.
+    async fn read(&self, store: &dyn CreditLedger, key_id: &str) -> Result<(), StoreError> {
         let _writing = self.writing.lock().await;
         let stored = store.credit_balance(key_id).await?.unwrap_or_default();
         let mut b = self.balances.entry(key_id.to_string()).or_default();
@@ -146,12 +166,84 @@ impl Credits {
             b.pending.retain(|p| p.generation == stored.generation);
             b.known = Some(replay(stored, &b.pending));
         }
-        drop(b);
-        Ok(self.try_spend(key_id, terms, cost, now_ms).unwrap_or(CreditDecision {
-            allowed: false,
-            remaining: 0,
-            refill_in: next_refill_in(terms, now_ms),
-        }))
+        Ok(())
+    }
+
+    /// Settles a spend with what the request really cost: `delta` units
+    /// more, taken down to an empty balance and never below it (what a
+    /// balance cannot pay is not carried as a debt), or fewer, given back.
+    pub async fn settle(
+        &self,
+        store: &dyn CreditLedger,
+        key_id: &str,
+        terms: &CreditTerms,
+        delta: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if delta == 0 {
+            return Ok(());
+        }
+        if let Some(nodes) = self.shared {
+            return self.settle_leased(store, key_id, terms, delta, now_ms, nodes).await;
+        }
+        if self.balances.get(key_id).is_none_or(|b| b.known.is_none()) {
+            self.read(store, key_id).await?;
+        }
+        let Some(mut b) = self.balances.get_mut(key_id) else { return Ok(()) };
+        let (refill, period) = due(terms, now_ms);
+        let Some(known) = b.known.as_mut() else { return Ok(()) };
+        known.apply(refill, period, 0);
+        let units = delta.min(known.remaining.max(0));
+        known.remaining -= units;
+        let generation = known.generation;
+        note_spent(&mut b, key_id, (generation, refill, period), units);
+        Ok(())
+    }
+
+    /// [`Self::settle`] for a shared balance: from or into this node's
+    /// lease, the rest of a debit taken from the store.
+    async fn settle_leased(
+        &self,
+        store: &dyn CreditLedger,
+        key_id: &str,
+        terms: &CreditTerms,
+        delta: i64,
+        now_ms: i64,
+        nodes: u32,
+    ) -> Result<(), StoreError> {
+        let (refill, period) = due(terms, now_ms);
+        let rest = {
+            let mut b = self.balances.entry(key_id.to_string()).or_default();
+            if b.taken_from.period != period && refill.is_some() {
+                b.lease = 0;
+            }
+            if delta < 0 {
+                // Back into the lease: spent by this node or given back with it.
+                b.lease += delta.unsigned_abs();
+                return Ok(());
+            }
+            let from_lease = b.lease.min(delta as u64);
+            b.lease -= from_lease;
+            delta as u64 - from_lease
+        };
+        let mut take = CreditTake { need: rest, want: rest, nodes, refill, period };
+        let (mut granted, mut after) = store.take_credits(key_id, take).await?;
+        if granted == 0 && after.remaining > 0 {
+            // Short of the whole: what there is.
+            take.need = after.remaining as u64;
+            take.want = take.need;
+            (granted, after) = store.take_credits(key_id, take).await?;
+        }
+        let mut b = self.balances.entry(key_id.to_string()).or_default();
+        if b.taken_from.generation != after.generation {
+            b.lease = 0;
+        }
+        b.taken_from = after;
+        if granted < rest {
+            // Empty now: the next request asks the store, which says so.
+            b.empty_until_ms = 0;
+        }
+        Ok(())
     }
 
     /// A shared balance: from this node's lease, taking more from the
@@ -242,10 +334,7 @@ impl Credits {
         }
         known.remaining -= i64::from(cost);
         let (remaining, generation) = (known.remaining, known.generation);
-        match b.pending.last_mut() {
-            Some(p) if p.generation == generation && p.period == period && p.refill == refill => p.spent += i64::from(cost),
-            _ => b.pending.push(CreditSpend { key_id: key_id.to_string(), generation, refill, period, spent: i64::from(cost) }),
-        }
+        note_spent(&mut b, key_id, (generation, refill, period), i64::from(cost));
         Some(CreditDecision { allowed: true, remaining, refill_in })
     }
 
@@ -367,6 +456,32 @@ mod tests {
         let pending = c.take_unflushed();
         assert_eq!(pending.iter().map(|p| p.spent).sum::<i64>(), 2, "only what was spent is written");
         assert!(c.take_unflushed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_settled_cost_is_taken_down_to_empty_or_given_back_on_either_kind_of_balance() {
+        use crate::keys::model::{ApiKey, Env};
+        use crate::keys::token::TokenHash;
+        use crate::store::{sqlite::SqliteStore, CreditChange, Records, UsageLog};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        let terms = CreditTerms::default();
+        for (key_id, node) in [("key_a", Credits::default()), ("key_b", Credits::shared(2))] {
+            let key = ApiKey::blank(key_id.into(), Env::Live, format!("kg_live_{key_id}"), 0);
+            store.insert_key(&key, &TokenHash::of(key_id), None).await.unwrap();
+            store.change_credits(key_id, CreditChange::Set(1000), None, 0, None).await.unwrap();
+            assert_eq!(node.spend(&store, key_id, &terms, 1, T0).await.unwrap().remaining, 999);
+            node.settle(&store, key_id, &terms, 499, T0).await.unwrap();
+            node.settle(&store, key_id, &terms, -100, T0).await.unwrap();
+            assert!(node.spend(&store, key_id, &terms, 600, T0).await.unwrap().allowed, "{key_id}: 600 left");
+            node.settle(&store, key_id, &terms, 5_000, T0).await.unwrap();
+            assert!(!node.spend(&store, key_id, &terms, 1, T0).await.unwrap().allowed, "{key_id}: taken down to empty");
+            for spend in node.take_unflushed() {
+                store.record_meter(&[], &[spend]).await.unwrap();
+            }
+            node.give_back_idle(&store, T0 + 10_000, true).await;
+            assert_eq!(store.credit_balance(key_id).await.unwrap().unwrap().remaining, 0, "{key_id}: never below empty");
+        }
     }
 
     #[tokio::test]

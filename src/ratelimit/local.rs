@@ -137,6 +137,28 @@ impl LocalLimiter {
         });
     }
 
+    /// Counts `units` more in the counter's current window, whatever its
+    /// limit: a request the upstream said cost more than was checked. A
+    /// window taken past its limit refuses the next request.
+    pub fn debit(&self, counter: Counter<'_>, units: u32, now_ms: i64) {
+        let index = counter.period.index(now_ms);
+        let add = |w: &mut Window| {
+            if w.index > index {
+                return; // the clock stepped back: never roll a window backwards
+            }
+            w.roll(index);
+            w.current = w.current.saturating_add(units);
+            if counter.period.is_calendar() {
+                w.unflushed += i64::from(units);
+            }
+        };
+        if counter.period == Period::Minute {
+            add(&mut self.minutes.entry(counter.id.to_string()).or_default());
+        } else {
+            add(&mut self.calendar.entry(counter.id.to_string()).or_default()[calendar_slot(counter.period)]);
+        }
+    }
+
     /// Units counted in the counter's current window.
     pub fn used(&self, counter: Counter<'_>, now_ms: i64) -> u32 {
         let index = counter.period.index(now_ms);
@@ -327,6 +349,21 @@ mod tests {
         assert!(!l.check("a", 1, T0).allowed);
         l.sweep(T0 + 3 * WINDOW_MS);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_debit_counts_past_the_limit_and_is_flushed() {
+        let l = LocalLimiter::default();
+        let (day, minute) = (Counter { id: "k", period: Period::Day }, Counter { id: "k", period: Period::Minute });
+        assert!(l.check(Algorithm::FixedWindow, day, 100, 1, T0).allowed);
+        l.debit(day, 499, T0);
+        l.debit(minute, 7, T0);
+        assert_eq!((l.used(day, T0), l.used(minute, T0)), (500, 7));
+        assert!(!l.check(Algorithm::FixedWindow, day, 100, 1, T0).allowed, "taken past its limit: the next is refused");
+        assert_eq!(l.take_unflushed().iter().map(|d| d.delta).sum::<i64>(), 500);
+        // A debit dated before the window never rolls it back.
+        l.debit(day, 5, T0 - 2 * 86_400_000);
+        assert_eq!(l.used(day, T0), 500);
     }
 
     #[test]

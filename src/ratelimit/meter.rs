@@ -335,6 +335,24 @@ pub async fn charge_rest(
     Ok(out)
 }
 
+/// Settles an admitted charge with what the request really cost: `delta`
+/// units more or fewer, in every window it took from and its credits.
+pub async fn settle(
+    limiter: &Limiter,
+    (credits, store): (&Credits, &dyn CreditLedger),
+    charge: &Charge<'_>,
+    delta: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for (_, counter, _) in charge.windows() {
+        limiter.settle(counter, delta, now_ms).await;
+    }
+    match charge.credits {
+        Some(terms) => credits.settle(store, charge.key_id, terms, delta, now_ms).await,
+        None => Ok(()),
+    }
+}
+
 /// Gives back what the windows before `refused` took (all of them for `None`).
 fn give_back(limiter: &Limiter, charge: &Charge<'_>, refused: Option<Policy>, now_ms: i64) {
     for (policy, counter, _) in charge.windows() {

@@ -126,6 +126,18 @@ impl Limiter {
         }
     }
 
+    /// Settles a check with what the request really cost: `delta` units
+    /// more (counted whatever the limit, so a window taken past it refuses
+    /// the next request) or fewer (given back).
+    pub async fn settle(&self, counter: Counter<'_>, delta: i64, now_ms: i64) {
+        let units = u32::try_from(delta.unsigned_abs()).unwrap_or(u32::MAX);
+        match self {
+            _ if delta < 0 => self.refund(counter, units, now_ms),
+            Limiter::Local(l) => l.debit(counter, units, now_ms),
+            Limiter::Redis(r) => r.debit(counter, units, now_ms).await,
+        }
+    }
+
     /// What a check would say, without counting and without a network call.
     pub fn peek(&self, algorithm: Algorithm, counter: Counter<'_>, limit: u32, now_ms: i64) -> Decision {
         match self {

@@ -78,6 +78,18 @@ return v
     )
 });
 
+/// KEYS: a window counter. ARGV: units, expiry in ms. Counts whatever
+/// the limit: what the upstream said a request cost beyond its check.
+static DEBIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return n
+"#,
+    )
+});
+
 /// KEYS: an address's failure counter for one minute. Returns the count.
 static COUNT_FAILURE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -245,6 +257,40 @@ impl RedisLimiter {
                     l.left += cost;
                 }
             }
+        }
+    }
+
+    /// Counts `units` more in the counter's current window, whatever its
+    /// limit: from this node's lease first, the rest in Redis, so every
+    /// node sees the window taken (and past its limit, refuses).
+    pub async fn debit(&self, counter: Counter<'_>, units: u32, now_ms: i64) {
+        let period = counter.period;
+        let window = period.index(now_ms);
+        let rest = match self.leases(period).get(counter.id) {
+            Some(slot) => {
+                let mut l = slot.lease();
+                if l.window == window {
+                    let from_lease = l.left.min(units);
+                    l.left -= from_lease;
+                    l.redis_left = l.redis_left.saturating_sub(units - from_lease);
+                    units - from_lease
+                } else {
+                    units
+                }
+            }
+            None => units,
+        };
+        if rest == 0 {
+            return;
+        }
+        let key = counter_key(counter, window);
+        let ttl = (period.end_ms(window) - period.start_ms(window)) * 2 + 5000;
+        let result = self
+            .redis
+            .run("ratelimit_debit", |mut c| async move { DEBIT.key(key).arg(rest).arg(ttl).invoke_async::<i64>(&mut c).await })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, units = rest, "could not count a request's reported cost in redis");
         }
     }
 

@@ -155,6 +155,8 @@ pub struct UsageDelta {
     pub count: u64,
     /// Requests refused by a limit, quota or credits.
     pub refused: u64,
+    /// What the admitted requests cost (a negative delta: reported less).
+    pub units: i64,
     /// Unix seconds of the latest request.
     pub last_used: i64,
     /// Unix minute (seconds / 60) the requests fell in.
@@ -258,6 +260,9 @@ pub struct UsageRow {
     pub hour: i64,
     pub admitted: u64,
     pub refused: u64,
+    /// What the admitted requests cost, in their routes' units (settled
+    /// with what upstreams reported).
+    pub units: i64,
 }
 
 /// How long hourly usage is kept for reports: more than a year, so a

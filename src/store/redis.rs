@@ -436,7 +436,7 @@ impl Records for RedisStore {
 #[async_trait]
 impl UsageLog for RedisStore {
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        let mut args = Vec::with_capacity(1 + batch.len() * 7);
+        let mut args = Vec::with_capacity(1 + batch.len() * 8);
         args.push((USAGE_REPORT_RETENTION_DAYS * 86_400).to_string());
         for d in batch {
             args.extend([
@@ -447,6 +447,7 @@ impl UsageLog for RedisStore {
                 (d.minute / 1440).to_string(),
                 d.refused.to_string(),
                 d.owner.clone(),
+                d.units.to_string(),
             ]);
         }
         self.invoke::<i64>("record_usage", &scripts::RECORD_USAGE, args).await.map(|_| ())
@@ -480,7 +481,7 @@ impl UsageLog for RedisStore {
         let (first_day, last_day) = (query.from_hour.div_euclid(24), (query.to_hour - 1).div_euclid(24));
         for day in first_day..=last_day {
             let cmd = ::redis::cmd("HGETALL").arg(format!("{PREFIX}usage_d:{day}")).to_owned();
-            let counts: HashMap<String, u64> = self.query("usage_report", cmd).await?;
+            let counts: HashMap<String, i64> = self.query("usage_report", cmd).await?;
             for (field, n) in counts {
                 let mut parts = field.rsplitn(3, '|');
                 let (Some(kind), Some(hour), Some(key_id)) = (parts.next(), parts.next(), parts.next()) else { continue };
@@ -499,10 +500,12 @@ impl UsageLog for RedisStore {
                     hour,
                     admitted: 0,
                     refused: 0,
+                    units: 0,
                 });
                 match kind {
-                    "a" => row.admitted += n,
-                    "r" => row.refused += n,
+                    "a" => row.admitted += n.max(0) as u64,
+                    "r" => row.refused += n.max(0) as u64,
+                    "u" => row.units += n,
                     _ => {}
                 }
             }

@@ -269,16 +269,16 @@ return feed('role', ARGV[1], ARGV[2])
 });
 
 /// ARGV: report retention in seconds, then repeated (key_id, count,
-/// last_used, minute, day, refused, owner). Counts for deleted keys are
-/// dropped. Hourly counts go to one hash per day (`<key>|<hour>|a` and
-/// `|r`), owners to `usage_owner`, for usage reports.
+/// last_used, minute, day, refused, owner, units). Counts for deleted keys
+/// are dropped. Hourly counts go to one hash per day (`<key>|<hour>|a`,
+/// `|r` and `|u`), owners to `usage_owner`, for usage reports.
 pub static RECORD_USAGE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local keep = tonumber(ARGV[1])
-for i = 2, #ARGV, 7 do
+for i = 2, #ARGV, 8 do
   local id, n, last, minute, day = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
-  local refused, owner = tonumber(ARGV[i + 5]), ARGV[i + 6]
+  local refused, owner, units = tonumber(ARGV[i + 5]), ARGV[i + 6], tonumber(ARGV[i + 7])
   if redis.call('EXISTS', P .. 'key:' .. id) == 1 then
     local hour = math.floor(minute / 60)
     local d = P .. 'usage_d:' .. day
@@ -293,6 +293,7 @@ for i = 2, #ARGV, 7 do
       redis.call('HINCRBY', d, id .. '|' .. hour .. '|a', n)
     end
     if refused > 0 then redis.call('HINCRBY', d, id .. '|' .. hour .. '|r', refused) end
+    if units ~= 0 then redis.call('HINCRBY', d, id .. '|' .. hour .. '|u', units) end
     redis.call('EXPIRE', d, keep)
     redis.call('HSET', P .. 'usage_owner', id, owner)
   end

@@ -414,3 +414,23 @@ fn the_failed_credential_guard_is_checked() {
     let (ok, out) = check(&format!("[abuse]\nfailed_credentials = {{ per_minute = 30 }}\n{}", base()));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn a_cost_header_is_checked() {
+    let on = |pattern: &str, value: &str| {
+        base().replacen(&format!("match = \"{pattern}\""), &format!("match = \"{pattern}\"\ncost_header = {value}"), 1)
+    };
+    let send = "POST /api/broadcasts/{id}/send";
+    for (text, want) in [
+        (on(send, "\"X Cost\""), "cost_header: `X Cost` is not a header field name"),
+        (on(send, "\"Content-Length\""), "cost_header: `Content-Length` carries the answer itself"),
+        (on(send, "5"), "cost_header"),
+        (on("GET /api/ping", "\"X-Keygate-Cost\""), "cost_header: a public route has no key to charge"),
+    ] {
+        let (ok, out) = check(&text);
+        assert!(!ok, "{text}");
+        assert!(out.contains(want) && out.contains("routes["), "want {want}: {out}");
+    }
+    let (ok, out) = check(&on(send, "\"X-Keygate-Cost\""));
+    assert!(ok, "{out}");
+}

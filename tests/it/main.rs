@@ -33,6 +33,7 @@ mod redis_limits;
 mod redis_nodes;
 mod redis_quotas;
 mod redis_tls;
+mod reported_cost;
 mod request_path;
 mod runtime_changes;
 mod shadow;

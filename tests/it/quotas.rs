@@ -268,7 +268,10 @@ async fn usage_reports_count_admitted_and_refused_per_key_in_json_and_csv() {
     })
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["data"], json!([{ "period": today, "keyId": key_id, "owner": "acme", "admitted": 6, "refused": 2 }]));
+    assert_eq!(
+        v["data"],
+        json!([{ "period": today, "keyId": key_id, "owner": "acme", "admitted": 6, "refused": 2, "units": 6 }])
+    );
     assert_eq!(v["meta"]["retentionDays"], 420);
     let (_, hourly) = admin(&s, reqwest::Method::GET, &format!("/usage?keyId={other_id}&granularity=hour"), None).await;
     let rows = hourly["data"].as_array().unwrap();
@@ -286,9 +289,9 @@ async fn usage_reports_count_admitted_and_refused_per_key_in_json_and_csv() {
     let mut lines: Vec<&str> = text.lines().collect();
     lines[1..].sort();
     let mut expected = vec![
-        "period,key_id,owner,admitted,refused".to_string(),
-        format!("{today},{key_id},acme,6,2"),
-        format!("{today},{other_id},globex,1,0"),
+        "period,key_id,owner,admitted,refused,units".to_string(),
+        format!("{today},{key_id},acme,6,2,6"),
+        format!("{today},{other_id},globex,1,0,1"),
     ];
     expected[1..].sort();
     assert_eq!(lines, expected);

@@ -113,6 +113,9 @@ pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], 
                     let nets = super::deny_entries(c, &format!("{field}.deny"), &r.deny);
                     route.deny = Some(Box::new(crate::policy::ip::DenyList::new(&nets)));
                 }
+                if let Some(name) = &r.cost_header {
+                    route.cost_header = cost_header(c, name, &format!("{field}.cost_header"), r.public);
+                }
                 if r.public && r.cost.is_some() {
                     c.problem(r.cost.as_ref(), format!("{field}.cost"), "a public route has no key to charge");
                 }
@@ -159,4 +162,27 @@ pub(super) fn roles(c: &mut Checker, raw: &[RawRole], catalogue: &Catalogue) -> 
         });
     }
     out
+}
+
+/// A route's `cost_header`: a field name of the upstream's own, which
+/// keygate reads and takes out of the answer.
+fn cost_header(c: &mut Checker, name: &toml::Spanned<String>, field: &str, public: bool) -> Option<Box<str>> {
+    let text = name.get_ref();
+    let reserved = ["connection", "content-length", "content-type", "date", "keep-alive", "transfer-encoding", "upgrade"];
+    let problem = if public {
+        Some("a public route has no key to charge".to_string())
+    } else if http::HeaderName::from_bytes(text.as_bytes()).is_err() {
+        Some(format!("`{text}` is not a header field name"))
+    } else if reserved.contains(&text.to_ascii_lowercase().as_str()) {
+        Some(format!("`{text}` carries the answer itself; name a field of the upstream's own, e.g. X-Keygate-Cost"))
+    } else {
+        None
+    };
+    match problem {
+        Some(why) => {
+            c.problem(Some(name), field.to_string(), why);
+            None
+        }
+        None => Some(text.to_ascii_lowercase().into()),
+    }
 }

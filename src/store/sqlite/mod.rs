@@ -449,10 +449,11 @@ impl UsageLog for SqliteStore {
             let tx = c.transaction().map_err(unavailable)?;
             for d in &batch {
                 tx.execute(
-                    "INSERT INTO usage_hours (key_id, hour, owner, admitted, refused) VALUES (?1, ?2, ?3, ?4, ?5) \
+                    "INSERT INTO usage_hours (key_id, hour, owner, admitted, refused, units) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                      ON CONFLICT (key_id, hour) DO UPDATE SET owner = excluded.owner, \
-                     admitted = admitted + excluded.admitted, refused = refused + excluded.refused",
-                    params![d.key_id, d.minute / 60, d.owner, d.count as i64, d.refused as i64],
+                     admitted = admitted + excluded.admitted, refused = refused + excluded.refused, \
+                     units = units + excluded.units",
+                    params![d.key_id, d.minute / 60, d.owner, d.count as i64, d.refused as i64, d.units],
                 )
                 .map_err(unavailable)?;
                 if d.count == 0 {
@@ -508,7 +509,7 @@ impl UsageLog for SqliteStore {
         self.read(move |c| {
             let mut stmt = c
                 .prepare(
-                    "SELECT key_id, owner, hour, admitted, refused FROM usage_hours \
+                    "SELECT key_id, owner, hour, admitted, refused, units FROM usage_hours \
                      WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR owner = ?3) AND (?4 IS NULL OR key_id = ?4) \
                      ORDER BY hour, key_id",
                 )
@@ -520,6 +521,7 @@ impl UsageLog for SqliteStore {
                     hour: r.get(2)?,
                     admitted: r.get::<_, i64>(3)? as u64,
                     refused: r.get::<_, i64>(4)? as u64,
+                    units: r.get(5)?,
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())

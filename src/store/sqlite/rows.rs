@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS usage_hours (
     owner TEXT NOT NULL,
     admitted INTEGER NOT NULL,
     refused INTEGER NOT NULL,
+    units INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, hour)
 );
 CREATE INDEX IF NOT EXISTS usage_hours_hour ON usage_hours(hour);
@@ -135,6 +136,7 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
         ("keys", "version", "INTEGER NOT NULL DEFAULT 1"),
         ("roles", "version", "INTEGER NOT NULL DEFAULT 1"),
         ("keys", "shadow", "INTEGER NOT NULL DEFAULT 0"),
+        ("usage_hours", "units", "INTEGER NOT NULL DEFAULT 0"),
     ];
     for (table, name, definition) in added {
         let mut stmt = c.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;

@@ -210,10 +210,19 @@ pub async fn conformance(store: &dyn Store) {
             owner: "acme".into(),
             count: 5,
             refused: 1,
+            units: 40,
             last_used: now - 30,
             minute: (now - 30) / 60,
         },
-        UsageDelta { key_id: "key_b".into(), owner: "acme".into(), count: 2, refused: 0, last_used: now, minute: now / 60 },
+        UsageDelta {
+            key_id: "key_b".into(),
+            owner: "acme".into(),
+            count: 2,
+            refused: 0,
+            units: -3,
+            last_used: now,
+            minute: now / 60,
+        },
     ];
     store.record_usage(&batch).await.unwrap();
     let b_now = store.get_key("key_b").await.unwrap().unwrap();
@@ -229,9 +238,9 @@ pub async fn conformance(store: &dyn Store) {
     // Hourly admitted and refused counts, by owner or key, for reports.
     let hours = UsageQuery { owner: None, key_id: None, from_hour: now / 3600 - 2, to_hour: now / 3600 + 1 };
     let rows = store.usage_report(&hours).await.unwrap();
-    let (admitted, refused): (u64, u64) =
-        rows.iter().map(|r| (r.admitted, r.refused)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    assert_eq!((admitted, refused), (7, 1));
+    let (admitted, refused, units): (u64, u64, i64) =
+        rows.iter().map(|r| (r.admitted, r.refused, r.units)).fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+    assert_eq!((admitted, refused, units), (7, 1, 37), "a cost settled lower is a negative delta");
     assert!(rows.iter().all(|r| r.key_id == "key_b" && r.owner == "acme"));
     let other = UsageQuery { owner: Some("someone else".into()), ..hours.clone() };
     assert!(store.usage_report(&other).await.unwrap().is_empty());

@@ -1,7 +1,8 @@
 //! The test upstream: a real hyper server on a loopback port that answers
 //! every request with JSON describing exactly what it received, so tests
 //! can see what keygate forwarded. `/api/slow/{ms}` waits before answering;
-//! `/api/upload` counts the body without keeping it.
+//! `/api/upload` counts the body without keeping it; `/api/cost/{value}`
+//! reports `value` in `X-Keygate-Cost`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -76,6 +77,9 @@ async fn answer(req: Request<Incoming>, served_by: SocketAddr, tls: Tls) -> Resu
     resp.headers_mut().insert("x-upstream", "yes".parse().unwrap());
     resp.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
     resp.headers_mut().insert("x-hop", "must-not-pass".parse().unwrap());
+    if let Some(cost) = path.strip_prefix("/api/cost/") {
+        resp.headers_mut().insert("x-keygate-cost", cost.parse().unwrap());
+    }
     if path == "/api/contacts/own-headers" {
         resp.headers_mut().insert("x-request-id", "upstream-own".parse().unwrap());
         resp.headers_mut().insert("access-control-allow-origin", "*".parse().unwrap());
