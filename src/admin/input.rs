@@ -79,6 +79,7 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         "metadata",
         "enabled",
         "shadow",
+        "maxInFlight",
         "quota",
         "credits",
     ];
@@ -132,6 +133,7 @@ pub fn key_input(body: &[u8]) -> Result<KeyInput, ManageError> {
         quota: quota_input(&map)?,
         credits: credits_input(&map)?,
         shadow,
+        max_in_flight: whole(&map, "maxInFlight", 1, u64::from(u32::MAX))?.map(|n| n.unwrap_or(0) as u32),
     })
 }
 

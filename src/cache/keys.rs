@@ -206,6 +206,7 @@ mod tests {
             credits: None,
             key_prefix: String::new(),
             shadow: false,
+            max_in_flight: None,
             version: 1,
         }
     }

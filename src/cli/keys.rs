@@ -76,6 +76,9 @@ pub struct KeyArgs {
     /// them (`--shadow=false` enforces them again).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
     pub shadow: Option<bool>,
+    /// Requests of the key in flight at once (0 falls back to the plan or [rate_limit]).
+    #[arg(long)]
+    pub max_in_flight: Option<u32>,
 }
 
 impl KeyArgs {
@@ -119,6 +122,7 @@ impl KeyArgs {
                 per_month: self.per_month.map(|n| (n > 0).then_some(n)),
             },
             shadow: self.shadow,
+            max_in_flight: self.max_in_flight,
             credits: if self.no_credits {
                 Some(None)
             } else if self.credits.is_some() || self.refill.is_some() || self.refill_interval.is_some() {

@@ -250,6 +250,8 @@ pub struct Plan {
     /// Its windows are tried, not enforced: a refusal is forwarded and
     /// told to the upstream (`X-Keygate-Shadow`).
     pub shadow: bool,
+    /// Requests of a key on the plan in flight at once.
+    pub max_in_flight: Option<NonZeroU32>,
 }
 
 /// The limits that apply to one key, its own beating its plan's beating
@@ -500,6 +502,12 @@ pub struct RateLimitConfig {
     pub scope: LimitScope,
     /// Every limit is tried, not enforced.
     pub shadow: bool,
+    /// Requests of one key (or owner) in flight at once, unless its plan
+    /// or the key says otherwise; `None`: no such limit.
+    pub max_in_flight: Option<NonZeroU32>,
+    /// How long a shared in-flight slot lives unrenewed: a node killed
+    /// with slots held frees them within it.
+    pub slot_ttl: Duration,
 }
 
 /// How a minute's quota is counted.
@@ -716,6 +724,20 @@ impl Config {
     }
 
     /// Every limit of a key: its own, else its plan's, else the default.
+    /// How many of `key`'s requests may be in flight at once: its own
+    /// limit, else its plan's, else `[rate_limit]`'s; with whether the
+    /// plan set it (and is in shadow mode).
+    pub fn in_flight_for(&self, key: &crate::keys::model::ApiKey) -> Option<(u32, bool)> {
+        if let Some(own) = key.max_in_flight.filter(|n| *n > 0) {
+            return Some((own, false));
+        }
+        let plan = key.plan.as_deref().and_then(|p| self.plans.get(p));
+        if let Some(n) = plan.and_then(|p| p.max_in_flight) {
+            return Some((n.get(), plan.is_some_and(|p| p.shadow)));
+        }
+        self.rate_limit.max_in_flight.map(|n| (n.get(), false))
+    }
+
     pub fn limits_for(&self, key: &crate::keys::model::ApiKey) -> Limits {
         let plan = key.plan.as_deref().and_then(|p| self.plans.get(p));
         let (own, of_plan) = (key.quota, plan.map(|p| p.quota).unwrap_or_default());

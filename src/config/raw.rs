@@ -219,6 +219,8 @@ pub struct RawRateLimit {
     pub scope: Option<Spanned<String>>,
     #[serde(default)]
     pub shadow: bool,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub slot_ttl: Option<Spanned<String>>,
 }
 
 /// `[keys]`: token format and cache tuning.

@@ -69,6 +69,10 @@ pub struct ApiKey {
     /// what they would refuse is forwarded with `X-Keygate-Shadow`.
     #[serde(default)]
     pub shadow: bool,
+    /// Requests of this key in flight at once; `None` falls back to the
+    /// plan's, then `[rate_limit]`'s.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     /// 1 when created, +1 with every change to the fields above (not usage,
     /// nor the credit balance): what `If-Match` compares and what every
     /// store write is conditional on.
@@ -160,6 +164,7 @@ impl ApiKey {
             quota: Quota::default(),
             credits: None,
             shadow: false,
+            max_in_flight: None,
             version: first_version(),
         }
     }

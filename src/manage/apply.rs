@@ -91,6 +91,9 @@ impl Manager<'_> {
         if let Some(shadow) = input.shadow {
             key.shadow = shadow;
         }
+        if let Some(n) = input.max_in_flight {
+            key.max_in_flight = (n > 0).then_some(n);
+        }
         self.apply_metering(key, input.quota, input.credits)
     }
 }

@@ -127,6 +127,8 @@ pub struct KeyInput {
     pub credits: Option<Option<CreditsInput>>,
     /// Whether the key's rules are only tried (shadow mode).
     pub shadow: Option<bool>,
+    /// Requests in flight at once; 0 removes the key's own limit.
+    pub max_in_flight: Option<u32>,
 }
 
 /// Fields of a role that create and edit accept.
@@ -478,6 +480,7 @@ impl Manager<'_> {
             "quota": metering::quota_json(&self.config.limits_for(key).quota),
             "credits": key.credits.map(|c| metering::terms_json(&c)),
             "shadow": key.shadow,
+            "maxInFlight": self.config.in_flight_for(key).map(|(n, _)| n),
             "version": key.version,
         })
     }

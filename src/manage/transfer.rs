@@ -60,6 +60,9 @@ pub struct KeyLine {
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// The key's own in-flight limit (not the plan's or the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
     /// The SHA-256 (hex) of the key's current secret.
@@ -276,6 +279,7 @@ impl Manager<'_> {
                 usage_count: key.usage_count,
                 metadata: key.metadata,
                 shadow: key.shadow,
+                max_in_flight: key.max_in_flight,
                 key_prefix: Some(key.key_prefix),
                 token_sha256: current.map(|s| s.hash.to_hex()),
                 previous_secrets: secrets
@@ -447,6 +451,7 @@ impl Manager<'_> {
             role: Some(line.role.unwrap_or_default()),
             permissions: Some(line.permissions),
             rate_limit: Some(line.rate_limit.unwrap_or(0)),
+            max_in_flight: Some(line.max_in_flight.unwrap_or(0)),
             plan: Some(line.plan.unwrap_or_default()),
             allowed_ips: Some(line.allowed_ips),
             metadata: Some(line.metadata),

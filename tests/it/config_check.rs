@@ -434,3 +434,20 @@ fn a_cost_header_is_checked() {
     let (ok, out) = check(&on(send, "\"X-Keygate-Cost\""));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn in_flight_limits_are_checked() {
+    let with_limits = |extra: &str| base().replacen("[[upstreams]]", &format!("[rate_limit]\n{extra}\n\n[[upstreams]]"), 1);
+    for (text, want) in [
+        (with_limits("max_in_flight = 0"), "rate_limit.max_in_flight: must be a whole number"),
+        (with_limits("max_in_flight = 5\nslot_ttl = \"1s\""), "rate_limit.slot_ttl: must be from 3s to 1h"),
+        (with_limits("slot_ttl = \"forever\""), "rate_limit.slot_ttl"),
+        (format!("{}\n[plans.trial]\nper_minute = 5\nmax_in_flight = -1\n", base()), "plans.trial.max_in_flight"),
+    ] {
+        let (ok, out) = check(&text);
+        assert!(!ok, "{text}");
+        assert!(out.contains(want), "want {want}: {out}");
+    }
+    let (ok, out) = check(&format!("{}\n[plans.trial]\nper_minute = 5\nmax_in_flight = 2\n", with_limits("max_in_flight = 10")));
+    assert!(ok, "{out}");
+}

@@ -339,6 +339,13 @@ fn plans(c: &mut Checker, raw: &BTreeMap<String, Spanned<toml::Value>>) -> BTree
             },
             toml::Value::Table(t) => {
                 for (k, v) in t {
+                    if k == "max_in_flight" {
+                        match whole(v) {
+                            Some(n) => plan.max_in_flight = NonZeroU32::new(n),
+                            None => c.problem(Some(value), format!("{field}.{k}"), "must be a whole number, 1 or more"),
+                        }
+                        continue;
+                    }
                     if k == "shadow" {
                         match v.as_bool() {
                             Some(on) => plan.shadow = on,
@@ -352,7 +359,8 @@ fn plans(c: &mut Checker, raw: &BTreeMap<String, Spanned<toml::Value>>) -> BTree
                         "per_day" => Some(&mut plan.quota.per_day),
                         "per_month" => Some(&mut plan.quota.per_month),
                         _ => {
-                            let msg = format!("unknown field `{k}`, expected one of {}, shadow", WINDOWS.join(", "));
+                            let msg =
+                                format!("unknown field `{k}`, expected one of {}, max_in_flight, shadow", WINDOWS.join(", "));
                             c.problem(Some(value), format!("{field}.{k}"), msg);
                             continue;
                         }
@@ -421,8 +429,29 @@ fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateL
             LimitScope::Key,
         ),
         shadow: raw.shadow,
+        max_in_flight: raw.max_in_flight.as_ref().and_then(|n| {
+            let limit = u32::try_from(*n.get_ref()).ok().and_then(NonZeroU32::new);
+            if limit.is_none() {
+                c.problem(Some(n), "rate_limit.max_in_flight", "must be a whole number, 1 or more");
+            }
+            limit
+        }),
+        slot_ttl: {
+            let ttl = c.duration(&raw.slot_ttl, "rate_limit.slot_ttl", DEFAULT_SLOT_TTL);
+            if !(MIN_SLOT_TTL..=MAX_SLOT_TTL).contains(&ttl) {
+                c.problem(raw.slot_ttl.as_ref(), "rate_limit.slot_ttl", "must be from 3s to 1h");
+            }
+            ttl
+        },
     }
 }
+
+/// How long a shared in-flight slot lives unrenewed, by default and at
+/// most: renewed every third of it, it must outlast a slow renewal, and
+/// a dead node's slots must come back in reasonable time.
+const DEFAULT_SLOT_TTL: Duration = Duration::from_secs(30);
+const MIN_SLOT_TTL: Duration = Duration::from_secs(3);
+const MAX_SLOT_TTL: Duration = Duration::from_secs(3600);
 
 pub(super) fn redis_policy(c: &mut Checker, v: &Option<Spanned<String>>, field: &str) -> Option<RedisErrorPolicy> {
     v.as_ref()?;

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS keys (
     quota TEXT NOT NULL DEFAULT '{}',
     credits TEXT,
     version INTEGER NOT NULL DEFAULT 1,
-    shadow INTEGER NOT NULL DEFAULT 0
+    shadow INTEGER NOT NULL DEFAULT 0,
+    max_in_flight INTEGER
 );
 CREATE TABLE IF NOT EXISTS tombstones (
     key_id TEXT PRIMARY KEY,
@@ -137,6 +138,7 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
         ("roles", "version", "INTEGER NOT NULL DEFAULT 1"),
         ("keys", "shadow", "INTEGER NOT NULL DEFAULT 0"),
         ("usage_hours", "units", "INTEGER NOT NULL DEFAULT 0"),
+        ("keys", "max_in_flight", "INTEGER"),
     ];
     for (table, name, definition) in added {
         let mut stmt = c.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
@@ -154,9 +156,10 @@ pub(super) const CHANGE_RETENTION_SECS: i64 = 24 * 3600;
 pub(super) const USAGE_RETENTION_SECS: i64 = 8 * 24 * 3600;
 
 pub(super) const KEY_COLUMNS: &str = "k.key_id, k.name, k.description, k.owner, k.role, k.permissions, k.plan, k.rate_limit, \
-     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix, k.quota, k.credits, k.version, k.shadow";
+     k.allowed_ips, k.env, k.enabled, k.expires_at, k.created_at, k.last_used, k.usage_count, k.metadata, k.key_prefix, k.quota, k.credits, k.version, k.shadow, \
+     k.max_in_flight";
 /// The column after `KEY_COLUMNS` in a query that selects more.
-pub(super) const AFTER_KEY_COLUMNS: usize = 21;
+pub(super) const AFTER_KEY_COLUMNS: usize = 22;
 pub(super) const ROLE_COLUMNS: &str = "id, name, description, permissions, version";
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -195,6 +198,7 @@ pub(super) fn key_from_row(row: &Row) -> rusqlite::Result<ApiKey> {
         credits: row.get::<_, Option<String>>(18)?.map(|c| from_json(&c)).transpose()?,
         version: row.get::<_, i64>(19)? as u64,
         shadow: row.get(20)?,
+        max_in_flight: row.get(21)?,
     })
 }
 
@@ -235,7 +239,7 @@ pub(super) fn is_constraint(e: &rusqlite::Error) -> bool {
 }
 
 /// The columns of a key a change writes, in the order of [`editable`].
-const EDITABLE: [&str; 16] = [
+const EDITABLE: [&str; 17] = [
     "name",
     "description",
     "owner",
@@ -252,6 +256,7 @@ const EDITABLE: [&str; 16] = [
     "quota",
     "credits",
     "shadow",
+    "max_in_flight",
 ];
 
 /// The values of a key's [`EDITABLE`] columns.
@@ -275,6 +280,7 @@ fn editable(key: &ApiKey) -> Result<Vec<Value>, StoreError> {
         Value::Text(json(&key.quota)?),
         key.credits.as_ref().map(json).transpose()?.map_or(Value::Null, Value::Text),
         Value::Integer(i64::from(key.shadow)),
+        key.max_in_flight.map_or(Value::Null, |n| Value::Integer(i64::from(n))),
     ])
 }
 

@@ -34,6 +34,7 @@ pub fn key(id: &str, name: &str, role: Option<&str>) -> ApiKey {
         quota: Quota { per_hour: None, per_day: Some(500), per_month: Some(10_000) },
         credits: Some(CreditTerms { refill_amount: Some(100), refill_interval: Some(RefillInterval::Month) }),
         shadow: true,
+        max_in_flight: Some(7),
         version: 1,
     }
 }
