@@ -261,6 +261,7 @@ async fn sweep(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         let now_ms = crate::clock::now_ms();
         app.limiter.sweep(now_ms).await;
         app.credits.give_back_idle(app.store.as_ref(), now_ms, false).await;
+        app.in_flight.renew(now_ms).await;
         if app.runtime.load().config.failed_credentials.is_some() {
             follow_blocks(&app, now_ms).await;
         }

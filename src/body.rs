@@ -20,6 +20,38 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// `body`, keeping `guard` until the body is dropped: what must last as
+/// long as an answer is being written (an in-flight slot is released
+/// only when its answer's last byte is out, or the client is gone).
+pub fn holding<G: Send + Sync + Unpin + 'static>(body: Body, guard: G) -> Body {
+    Holding { body, _guard: guard }.boxed()
+}
+
+struct Holding<G> {
+    body: Body,
+    _guard: G,
+}
+
+impl<G: Send + Sync + Unpin + 'static> http_body::Body for Holding<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Why a body could not be read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -48,4 +80,31 @@ where
         }
     }
     Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    struct Flag(Arc<AtomicBool>);
+
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_guard_lasts_until_the_body_is_read_and_dropped() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let body = holding(full("streamed"), Flag(Arc::clone(&dropped)));
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(8), "the length still shows");
+        let bytes = read_to_bytes(body, 100).await.unwrap();
+        assert_eq!(&bytes[..], b"streamed");
+        assert!(dropped.load(Ordering::SeqCst), "released with the body");
+        let kept = holding(empty(), Flag(Arc::new(AtomicBool::new(false))));
+        assert!(http_body::Body::is_end_stream(&kept));
+    }
 }

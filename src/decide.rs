@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::policy::routes::Route;
 use crate::policy::{ip, permissions};
 use crate::ratelimit::credits::{CreditDecision, Credits};
+use crate::ratelimit::inflight::{Admission, InFlight, Slot, SlotAsk};
 use crate::ratelimit::meter::{self, Charge, CreditNotice, Metered, RateView};
 use crate::ratelimit::Limiter;
 use crate::state::App;
@@ -39,6 +40,9 @@ pub struct Ask<'a> {
     pub client_ip: Option<IpAddr>,
     /// What is charged; `None` charges nothing and reads no limit.
     pub cost: Option<Cost<'a>>,
+    /// Whether the request holds a slot of the key's `max_in_flight` while
+    /// it is answered (a forwarded request; not `/whoami` or the verify API).
+    pub hold: bool,
 }
 
 impl<'a> Ask<'a> {
@@ -50,6 +54,7 @@ impl<'a> Ask<'a> {
             permission: route.and_then(|r| r.permission.as_deref()),
             client_ip: Some(client_ip),
             cost: Some(Cost::of(config, route)),
+            hold: route.is_some(),
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct Live<'a> {
     /// Where thresholds a charge crosses are told (none in the CLI, which
     /// charges nothing).
     pub notices: Option<&'a Notices>,
+    /// The node's in-flight slots (none in the CLI, which forwards nothing).
+    pub in_flight: Option<&'a Arc<InFlight>>,
 }
 
 impl<'a> Live<'a> {
@@ -107,6 +114,7 @@ impl<'a> Live<'a> {
             metrics: &app.metrics,
             usage: &app.usage,
             notices: Some(&app.notices),
+            in_flight: Some(&app.in_flight),
         }
     }
 }
@@ -142,6 +150,10 @@ pub struct Decision {
     pub rate: Option<RateView>,
     /// The credits' answer, when the charge reached them.
     pub credits: Option<CreditDecision>,
+    /// The request's slot among the key's requests in flight, held until
+    /// it is dropped (with the answer's body). Boxed: most requests hold
+    /// none, and every request's future carries the field.
+    pub slot: Option<Box<Slot>>,
     /// Whether the limits were charged (not only looked at): then a
     /// refusal is theirs.
     pub charged: bool,
@@ -204,9 +216,42 @@ pub async fn decide(means: &Means<'_>, ask: &Ask<'_>, now: Moment, out: &mut Dec
     // 7, 8. the address and the permission
     out.refusal = admits(means, &found.key, ask, out.role.as_deref());
     out.found = Some(found);
-    // 9. limits, quotas, credits
+    // 9. requests in flight, then limits, quotas, credits
     if let Some(cost) = &ask.cost {
+        if ask.hold && out.refusal.is_none() {
+            hold(out, means, cost.on_redis_error).await;
+        }
         charge(out, means, cost, now).await;
+    }
+}
+
+/// Step 9, first: a slot among the requests of the key (or its owner) in
+/// flight, when a `max_in_flight` applies to it; taken before the charge,
+/// so a request refused for it takes nothing from the windows.
+#[inline]
+async fn hold(out: &mut Decision, means: &Means<'_>, on_error: RedisErrorPolicy) {
+    let (Some(found), Some(in_flight)) = (out.found.as_ref(), means.live.and_then(|l| l.in_flight)) else { return };
+    let config = means.config;
+    let Some((limit, _)) = config.in_flight_for(&found.key) else { return };
+    let subject = meter::subject_of(config.rate_limit.scope, &found.key);
+    let admission = if in_flight.is_local() {
+        in_flight.acquire_local(&subject, limit)
+    } else {
+        let ask = SlotAsk {
+            subject: &subject,
+            limit,
+            ttl_ms: config.rate_limit.slot_ttl.as_millis() as u64,
+            on_error,
+            nodes: config.rate_limit.nodes_hint.get(),
+        };
+        // Boxed: only a shared limit waits, and every request's future
+        // would otherwise carry this call's state.
+        Box::pin(in_flight.acquire(ask)).await
+    };
+    match admission {
+        Admission::Held(slot) => out.slot = Some(Box::new(slot)),
+        Admission::Full => out.refusal = Some(GatewayError::TooManyInFlight),
+        Admission::Unheld => {}
     }
 }
 
@@ -395,11 +440,15 @@ pub fn shadowed(config: &Config, route: Option<&Route>, key: &ApiKey, refusal: &
         | GatewayError::RateLimited { .. }
         | GatewayError::QuotaExceeded { .. }
         | GatewayError::CreditsExhausted { .. }
+        | GatewayError::TooManyInFlight
             if key.shadow =>
         {
             true
         }
         GatewayError::InsufficientPermissions { .. } => on_route,
+        GatewayError::TooManyInFlight => {
+            on_route || config.rate_limit.shadow || config.in_flight_for(key).is_some_and(|(_, plan_shadow)| plan_shadow)
+        }
         GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } if on_route || config.rate_limit.shadow => true,
         GatewayError::CreditsExhausted { .. } => on_route || config.rate_limit.shadow,
         GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => {

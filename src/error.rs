@@ -40,6 +40,9 @@ pub enum GatewayError {
     /// (`[abuse] failed_credentials`).
     #[error("too many failed credentials from this address: try again later")]
     TooManyFailures { retry_after: u64 },
+    /// The key (or owner) has `max_in_flight` requests in flight already.
+    #[error("this API key has too many requests in flight: wait for one to finish")]
+    TooManyInFlight,
     /// An hour, day or month quota has no room for the request's cost.
     #[error("the {window} quota of this API key is used up")]
     QuotaExceeded { window: &'static str, retry_after: u64 },
@@ -100,7 +103,7 @@ impl GatewayError {
             }
             IpBlocked | IpDenied | InsufficientPermissions { .. } | CorsRefused(_) => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
-            RateLimited { .. } | QuotaExceeded { .. } | CreditsExhausted { .. } | TooManyFailures { .. } => {
+            RateLimited { .. } | QuotaExceeded { .. } | CreditsExhausted { .. } | TooManyFailures { .. } | TooManyInFlight => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -129,6 +132,7 @@ impl GatewayError {
             CorsRefused(_) => "cors_not_allowed",
             RateLimited { .. } => "rate_limited",
             TooManyFailures { .. } => "too_many_failures",
+            TooManyInFlight => "too_many_in_flight",
             QuotaExceeded { .. } => "quota_exceeded",
             CreditsExhausted { .. } => "credits_exhausted",
             PayloadTooLarge => "payload_too_large",
@@ -146,6 +150,8 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after }
             | GatewayError::QuotaExceeded { retry_after, .. }
             | GatewayError::TooManyFailures { retry_after } => Some(*retry_after),
+            // A slot is freed when a request ends: soon, but when is unknown.
+            GatewayError::TooManyInFlight => Some(1),
             GatewayError::CreditsExhausted { retry_after } => *retry_after,
             _ => None,
         }
@@ -221,6 +227,7 @@ mod tests {
             GatewayError::CorsRefused("x".into()),
             GatewayError::RateLimited { retry_after: 7 },
             GatewayError::TooManyFailures { retry_after: 7 },
+            GatewayError::TooManyInFlight,
             GatewayError::QuotaExceeded { window: "day", retry_after: 7 },
             GatewayError::CreditsExhausted { retry_after: None },
             GatewayError::PayloadTooLarge,

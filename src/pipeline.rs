@@ -202,12 +202,17 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
     match &target {
         None => Ok(whoami(cx, &found.key).into()),
         Some(target) => {
-            let reply = forward(cx, target, body, Some(&found)).await?;
-            match &target.route.cost_header {
+            // Held until the answer's last byte is out (or the client goes).
+            let slot = cx.trace.decision.slot.take();
+            let mut reply = forward(cx, target, body, Some(&found)).await?;
+            if let Some(name) = &target.route.cost_header {
                 // Boxed: only routes with a cost header pay for its future.
-                Some(name) => Ok(Box::pin(settle_cost(cx, target.route, name, &found.key, reply)).await),
-                None => Ok(reply),
+                reply = Box::pin(settle_cost(cx, target.route, name, &found.key, reply)).await;
             }
+            if let Some(slot) = slot {
+                reply.response = reply.response.map(|body| crate::body::holding(body, slot));
+            }
+            Ok(reply)
         }
     }
 }

@@ -93,6 +93,9 @@ pub struct App {
     pub notices: crate::events::Notices,
     /// Failed credentials and blocks by client address (`[abuse]`).
     pub guard: crate::ratelimit::guard::FailureGuard,
+    /// Requests in flight per key or owner (`max_in_flight`): counted here,
+    /// or shared through the limiter's Redis.
+    pub in_flight: Arc<crate::ratelimit::inflight::InFlight>,
     pub noticed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::events::NewEvent>>>,
 }
 
@@ -180,6 +183,7 @@ impl App {
             }
         };
         let (notices, noticed) = crate::events::Notices::channel();
+        let in_flight = crate::ratelimit::inflight::InFlight::new(limiter.redis(), metrics.in_flight.clone());
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config, &metrics)),
             config_path,
@@ -196,6 +200,7 @@ impl App {
             notices,
             noticed: std::sync::Mutex::new(Some(noticed)),
             guard: Default::default(),
+            in_flight,
         }))
     }
 

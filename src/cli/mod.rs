@@ -176,7 +176,14 @@ pub async fn run(cli: Cli) -> ExitCode {
                     let usage = crate::cache::UsageRecorder::default();
                     let mut m = Manager::new(store.as_ref(), &config, cli_actor());
                     if let (Some(limiter), Some(metrics)) = (&limiter, &metrics) {
-                        m.meter = Some(crate::manage::Live { limiter, credits: &credits, metrics, usage: &usage, notices: None });
+                        m.meter = Some(crate::manage::Live {
+                            limiter,
+                            credits: &credits,
+                            metrics,
+                            usage: &usage,
+                            notices: None,
+                            in_flight: None,
+                        });
                     }
                     keys::run(&m, *command).await
                 }

@@ -538,7 +538,7 @@ impl Manager<'_> {
         let on_redis_error = self.config.rate_limit.on_redis_error;
         let cost = cost.map(|units| Cost { units, route_limit: None, on_redis_error });
         let mut decision = Decision::default();
-        let ask = Ask { token: token_text, permission, client_ip: None, cost };
+        let ask = Ask { token: token_text, permission, client_ip: None, cost, hold: false };
         decide::decide(&means, &ask, Moment::now(), &mut decision).await;
         if let Some(failure) = decision.failure {
             return Err(ManageError::Store(failure.1));

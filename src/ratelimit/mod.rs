@@ -5,6 +5,7 @@
 
 pub mod credits;
 pub mod guard;
+pub mod inflight;
 pub mod local;
 pub mod meter;
 pub mod redis;
@@ -152,6 +153,14 @@ impl Limiter {
         match self {
             Limiter::Local(l) => Ok(l.used(counter, now_ms)),
             Limiter::Redis(r) => r.used(counter, now_ms).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The Redis connection a shared limiter counts in (none for the local one).
+    pub fn redis(&self) -> Option<std::sync::Arc<crate::store::redis_conn::RedisHandle>> {
+        match self {
+            Limiter::Local(_) => None,
+            Limiter::Redis(r) => Some(r.handle()),
         }
     }
 

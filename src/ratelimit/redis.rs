@@ -218,6 +218,11 @@ impl RedisLimiter {
         RedisLimiter { redis, leases: Default::default(), fallback: LocalLimiter::default(), nodes_hint }
     }
 
+    /// The connection it counts in.
+    pub fn handle(&self) -> Arc<RedisHandle> {
+        Arc::clone(&self.redis)
+    }
+
     fn leases(&self, period: Period) -> &DashMap<String, Arc<Slot>, FastHash> {
         &self.leases[period as usize]
     }

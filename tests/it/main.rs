@@ -21,6 +21,7 @@ mod edge_policy;
 mod edge_timeouts;
 mod fuzz;
 mod harness;
+mod in_flight;
 mod leak_reports;
 mod listener;
 mod management_races;

@@ -13,6 +13,7 @@ use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -20,6 +21,8 @@ use tokio::net::TcpListener;
 /// A running upstream; it stops with the test's runtime.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Requests to `/api/slow/{ms}` being answered now, and the most ever.
+    pub slow: Arc<InFlight>,
     /// Stops the listener and every connection it serves.
     serving: tokio::task::AbortHandle,
 }
@@ -37,7 +40,31 @@ impl Upstream {
     }
 }
 
-async fn answer(req: Request<Incoming>, served_by: SocketAddr, tls: Tls) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Requests being answered at once.
+#[derive(Default)]
+pub struct InFlight {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl InFlight {
+    /// The most requests ever answered at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Requests being answered now.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    served_by: SocketAddr,
+    tls: Tls,
+    slow: Arc<InFlight>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -52,7 +79,10 @@ async fn answer(req: Request<Incoming>, served_by: SocketAddr, tls: Tls) -> Resu
         .collect();
     let version = format!("{:?}", req.version());
     if let Some(ms) = path.strip_prefix("/api/slow/").and_then(|m| m.parse::<u64>().ok()) {
+        let now = slow.now.fetch_add(1, Ordering::SeqCst) + 1;
+        slow.peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        slow.now.fetch_sub(1, Ordering::SeqCst);
     }
     // Count the body frame by frame: nothing is buffered.
     let mut body = req.into_body();
@@ -102,24 +132,26 @@ pub async fn start() -> Upstream {
 /// Starts an upstream on `listener`, speaking TLS with `tls` if given.
 pub fn start_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     let addr = listener.local_addr().unwrap();
+    let slow = Arc::new(InFlight::default());
+    let counted = Arc::clone(&slow);
     let serving = tokio::spawn(async move {
         // Connections live in the set, so aborting this task closes them too.
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let tls = tls.clone();
+            let (tls, slow) = (tls.clone(), Arc::clone(&counted));
             connections.spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 match tls {
                     None => {
-                        let service = hyper::service::service_fn(move |req| answer(req, addr, Tls::default()));
+                        let service = hyper::service::service_fn(move |req| answer(req, addr, Tls::default(), Arc::clone(&slow)));
                         let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                     }
                     Some(config) => {
                         let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else { return };
                         let client_cert = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
                         let tls = Tls { on: true, client_cert };
-                        let service = hyper::service::service_fn(move |req| answer(req, addr, tls));
+                        let service = hyper::service::service_fn(move |req| answer(req, addr, tls, Arc::clone(&slow)));
                         let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                     }
                 }
@@ -128,7 +160,7 @@ pub fn start_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -
         }
     })
     .abort_handle();
-    Upstream { addr, serving }
+    Upstream { addr, slow, serving }
 }
 
 /// A private CA and the certificates it issues, written to `dir` as PEM
