@@ -262,6 +262,7 @@ async fn sweep(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         app.limiter.sweep(now_ms).await;
         app.credits.give_back_idle(app.store.as_ref(), now_ms, false).await;
         app.in_flight.renew(now_ms).await;
+        app.in_flight.sweep();
         if app.runtime.load().config.failed_credentials.is_some() {
             follow_blocks(&app, now_ms).await;
         }

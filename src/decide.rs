@@ -151,9 +151,8 @@ pub struct Decision {
     /// The credits' answer, when the charge reached them.
     pub credits: Option<CreditDecision>,
     /// The request's slot among the key's requests in flight, held until
-    /// it is dropped (with the answer's body). Boxed: most requests hold
-    /// none, and every request's future carries the field.
-    pub slot: Option<Box<Slot>>,
+    /// it is dropped (with the answer's body).
+    pub slot: Option<Slot>,
     /// Whether the limits were charged (not only looked at): then a
     /// refusal is theirs.
     pub charged: bool,
@@ -218,8 +217,9 @@ pub async fn decide(means: &Means<'_>, ask: &Ask<'_>, now: Moment, out: &mut Dec
     out.found = Some(found);
     // 9. requests in flight, then limits, quotas, credits
     if let Some(cost) = &ask.cost {
-        if ask.hold && out.refusal.is_none() {
-            hold(out, means, cost.on_redis_error).await;
+        let in_flight = out.found.as_ref().filter(|_| ask.hold && out.refusal.is_none());
+        if let Some((limit, _)) = in_flight.and_then(|f| means.config.in_flight_for(&f.key)) {
+            hold(out, means, limit, cost.on_redis_error).await;
         }
         charge(out, means, cost, now).await;
     }
@@ -228,11 +228,9 @@ pub async fn decide(means: &Means<'_>, ask: &Ask<'_>, now: Moment, out: &mut Dec
 /// Step 9, first: a slot among the requests of the key (or its owner) in
 /// flight, when a `max_in_flight` applies to it; taken before the charge,
 /// so a request refused for it takes nothing from the windows.
-#[inline]
-async fn hold(out: &mut Decision, means: &Means<'_>, on_error: RedisErrorPolicy) {
+async fn hold(out: &mut Decision, means: &Means<'_>, limit: u32, on_error: RedisErrorPolicy) {
     let (Some(found), Some(in_flight)) = (out.found.as_ref(), means.live.and_then(|l| l.in_flight)) else { return };
     let config = means.config;
-    let Some((limit, _)) = config.in_flight_for(&found.key) else { return };
     let subject = meter::subject_of(config.rate_limit.scope, &found.key);
     let admission = if in_flight.is_local() {
         in_flight.acquire_local(&subject, limit)
@@ -249,7 +247,7 @@ async fn hold(out: &mut Decision, means: &Means<'_>, on_error: RedisErrorPolicy)
         Box::pin(in_flight.acquire(ask)).await
     };
     match admission {
-        Admission::Held(slot) => out.slot = Some(Box::new(slot)),
+        Admission::Held(slot) => out.slot = Some(slot),
         Admission::Full => out.refusal = Some(GatewayError::TooManyInFlight),
         Admission::Unheld => {}
     }

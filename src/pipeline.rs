@@ -201,20 +201,34 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
     };
     match &target {
         None => Ok(whoami(cx, &found.key).into()),
+        // Most requests: the upstream's answer as it comes, moved nowhere.
+        Some(target) if cx.trace.decision.slot.is_none() && target.route.cost_header.is_none() => {
+            forward(cx, target, body, Some(&found)).await
+        }
         Some(target) => {
-            // Held until the answer's last byte is out (or the client goes).
             let slot = cx.trace.decision.slot.take();
-            let mut reply = forward(cx, target, body, Some(&found)).await?;
-            if let Some(name) = &target.route.cost_header {
+            let answer = forward(cx, target, body, Some(&found)).await;
+            match (&target.route.cost_header, slot) {
+                (None, None) => answer,
+                (None, Some(slot)) => answer.map(|reply| held_until_written(reply, slot)),
                 // Boxed: only routes with a cost header pay for its future.
-                reply = Box::pin(settle_cost(cx, target.route, name, &found.key, reply)).await;
+                (Some(name), slot) => {
+                    let reply = Box::pin(settle_cost(cx, target.route, name, &found.key, answer?)).await;
+                    Ok(match slot {
+                        Some(slot) => held_until_written(reply, slot),
+                        None => reply,
+                    })
+                }
             }
-            if let Some(slot) = slot {
-                reply.response = reply.response.map(|body| crate::body::holding(body, slot));
-            }
-            Ok(reply)
         }
     }
+}
+
+/// The answer, holding the request's in-flight slot until its body's last
+/// byte is out (or the client goes).
+fn held_until_written(mut reply: Reply, slot: crate::ratelimit::inflight::Slot) -> Reply {
+    reply.response = reply.response.map(|body| crate::body::holding(body, slot));
+    reply
 }
 
 /// What the upstream reported the request cost, in the route's

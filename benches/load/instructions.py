@@ -16,8 +16,8 @@ system calls per request (two reads, two writes), see BENCHMARKS.md.
 Give --keygate several times to compare builds (e.g. before/after a change);
 --keygate-quotas PATH measures a binary with the key on a plan of three
 windows (minute, day and month quotas), as the load script's keygate-quotas;
---keygate-guarded PATH with [abuse] failed_credentials and a server.deny
-list on.
+--keygate-guarded PATH with [abuse] failed_credentials, a server.deny
+list and an in-flight limit (rate_limit.max_in_flight) on.
 Needs valgrind (installed from Debian's packages if missing), nginx and wrk.
 """
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
@@ -113,7 +113,7 @@ def main():
             else:
                 run.sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader", *plan)
             per, served = count(name, [binary, "--config", str(conf), "serve"], port, f"http://127.0.0.1:{port}/api/lists", token, work, args.duration, cwd=conf.parent)
-            label = {True: ", three windows", "guarded": ", guard and deny list on"}.get(quotas, "")
+            label = {True: ", three windows", "guarded": ", guard, deny list and in-flight limit on"}.get(quotas, "")
             results.append((f"keygate ({binary}{label})", per, served))
             print(f"keygate {binary}: {per:,.0f} instructions/request over {served} requests", file=sys.stderr)
         ng_port = run.free_port()

@@ -242,12 +242,14 @@ QUOTA_PLAN = "[plans.metered]\nper_minute = 1000000000\nper_day = 2000000000\npe
 
 
 # keygate-guarded's guards: the failed-credential guard (never reached by
-# the bench's good key) and a deny list the bench's address is not on.
+# the bench's good key), a deny list the bench's address is not on, and an
+# in-flight limit above the connections any run opens.
 GUARDED = """
 [abuse]
 failed_credentials = { per_minute = 30, block_for = "15m" }
 """
 GUARDED_DENY = 'deny = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"]'
+GUARDED_IN_FLIGHT = "max_in_flight = 100000"
 
 
 def keygate_conf(work, name, port, admin, upstream, extra_server="", store='[store]\npath = "keygate.db"', rate="backend = \"local\""):
@@ -262,6 +264,7 @@ listen = "127.0.0.1:{admin}"
 [rate_limit]
 default_per_minute = 1000000000
 {rate}
+{GUARDED_IN_FLIGHT if name.startswith("keygate-guarded") else ""}
 [[upstreams]]
 name = "backend"
 {upstream}
@@ -396,6 +399,7 @@ def main():
             ("keygate-tls", keygate, f'tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}', '[store]\npath = "keygate.db"', 'backend = "local"'),
             ("keygate-https-upstream", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
             ("keygate-quotas", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
+            ("keygate-guarded", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
         ]
         plain = f'url = "http://127.0.0.1:{up_port}"'
         upstreams = {"keygate-https-upstream": f'url = "https://127.0.0.1:{up_tls_port}"\nserver_name = "localhost"\nca_file = "{work}/ca.pem"'}

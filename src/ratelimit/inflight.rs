@@ -15,7 +15,7 @@ use crate::FastHash;
 use dashmap::DashMap;
 use prometheus::IntGauge;
 use redis::Script;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 /// Redis's time in ms, inside a script (effects are replicated, so a
@@ -75,7 +75,9 @@ pub struct SlotAsk<'a> {
 
 /// Every subject's slots this node holds.
 pub struct InFlight {
-    local: DashMap<String, u32, FastHash>,
+    /// Counted on this node: one counter per subject, kept while idle (a
+    /// sweep forgets idle ones), so a busy key allocates nothing per request.
+    local: DashMap<Arc<str>, Arc<Counter>, FastHash>,
     redis: Option<Arc<RedisHandle>>,
     /// This node's prefix for slot names (random per process).
     node: String,
@@ -86,29 +88,49 @@ pub struct InFlight {
     gauge: IntGauge,
 }
 
+/// One subject's slots held on this node.
+#[derive(Debug)]
+struct Counter {
+    held: AtomicU32,
+    gauge: IntGauge,
+}
+
 /// A slot a request holds; dropped, it is free again.
-pub struct Slot {
-    owner: Arc<InFlight>,
-    subject: String,
-    kind: Held,
-}
-
-enum Held {
+#[derive(Debug)]
+pub enum Slot {
     /// A count on this node (also the fallback when Redis cannot be asked).
-    Local,
-    /// A member of the subject's set in Redis.
-    Shared(u64),
+    Local(LocalSlot),
+    /// A member of the subject's set in Redis (boxed: rarer, and larger).
+    Shared(Box<SharedSlot>),
 }
 
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot").field("subject", &self.subject).finish()
+/// A slot of a subject's count on this node.
+#[derive(Debug)]
+pub struct LocalSlot(Arc<Counter>);
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauge.dec();
     }
 }
 
-impl Drop for Slot {
+/// A slot in Redis: its subject and number among this node's.
+pub struct SharedSlot {
+    owner: Arc<InFlight>,
+    subject: String,
+    number: u64,
+}
+
+impl std::fmt::Debug for SharedSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSlot").field("subject", &self.subject).field("number", &self.number).finish()
+    }
+}
+
+impl Drop for SharedSlot {
     fn drop(&mut self) {
-        self.owner.release(&self.subject, &self.kind);
+        self.owner.release_shared(&self.subject, self.number);
     }
 }
 
@@ -144,18 +166,26 @@ impl InFlight {
     }
 
     /// A slot of this node's count, if one is free.
-    pub fn acquire_local(self: &Arc<Self>, subject: &str, limit: u32) -> Admission {
-        let mut count = match self.local.get_mut(subject) {
-            Some(c) => c,
-            None => self.local.entry(subject.to_string()).or_default(),
+    pub fn acquire_local(&self, subject: &str, limit: u32) -> Admission {
+        let counter = match self.local.get(subject) {
+            Some(c) => Arc::clone(&c),
+            None => {
+                let fresh = || Arc::new(Counter { held: AtomicU32::new(0), gauge: self.gauge.clone() });
+                Arc::clone(&self.local.entry(Arc::from(subject)).or_insert_with(fresh))
+            }
         };
-        if *count >= limit {
+        let taken = counter.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1));
+        if taken.is_err() {
             return Admission::Full;
         }
-        *count += 1;
-        drop(count);
         self.gauge.inc();
-        Admission::Held(Slot { owner: Arc::clone(self), subject: subject.to_string(), kind: Held::Local })
+        Admission::Held(Slot::Local(LocalSlot(counter)))
+    }
+
+    /// Forgets the counters of subjects with none held (run now and then).
+    pub fn sweep(&self) {
+        // A counter a request holds (or is taking) has more than the map's reference.
+        self.local.retain(|_, c| c.held.load(Ordering::Acquire) > 0 || Arc::strong_count(c) > 1);
     }
 
     /// A slot shared with every node, from Redis; what `on_error` says
@@ -174,11 +204,8 @@ impl InFlight {
         match result {
             Ok(1) => {
                 self.gauge.inc();
-                return Admission::Held(Slot {
-                    owner: Arc::clone(self),
-                    subject: ask.subject.to_string(),
-                    kind: Held::Shared(n),
-                });
+                let slot = SharedSlot { owner: Arc::clone(self), subject: ask.subject.to_string(), number: n };
+                return Admission::Held(Slot::Shared(Box::new(slot)));
             }
             Ok(_) => {
                 self.held.remove(&n);
@@ -196,33 +223,23 @@ impl InFlight {
         }
     }
 
-    fn release(&self, subject: &str, kind: &Held) {
+    fn release_shared(&self, subject: &str, n: u64) {
         self.gauge.dec();
-        match kind {
-            Held::Local => {
-                if let Some(mut c) = self.local.get_mut(subject) {
-                    *c = c.saturating_sub(1);
-                }
-                self.local.remove_if(subject, |_, c| *c == 0);
+        self.held.remove(&n);
+        let (Some(redis), Ok(runtime)) = (self.redis.clone(), tokio::runtime::Handle::try_current()) else {
+            return; // it expires within its ttl
+        };
+        let (key, member) = (slots_key(subject), format!("{}:{n}", self.node));
+        runtime.spawn(async move {
+            let result = redis
+                .run("inflight_release", |mut c| async move {
+                    redis::cmd("ZREM").arg(key).arg(member).query_async::<i64>(&mut c).await
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "could not free an in-flight slot; it expires within slot_ttl");
             }
-            Held::Shared(n) => {
-                self.held.remove(n);
-                let (Some(redis), Ok(runtime)) = (self.redis.clone(), tokio::runtime::Handle::try_current()) else {
-                    return; // it expires within its ttl
-                };
-                let (key, member) = (slots_key(subject), format!("{}:{n}", self.node));
-                runtime.spawn(async move {
-                    let result = redis
-                        .run("inflight_release", |mut c| async move {
-                            redis::cmd("ZREM").arg(key).arg(member).query_async::<i64>(&mut c).await
-                        })
-                        .await;
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "could not free an in-flight slot; it expires within slot_ttl");
-                    }
-                });
-            }
-        }
+        });
     }
 
     /// Renews the shared slots this node holds, once a third of their
@@ -281,7 +298,12 @@ mod tests {
         assert_eq!(f.held(), 3);
         drop(held);
         assert_eq!(f.held(), 0);
-        assert!(f.local.is_empty(), "a subject with none held is forgotten");
         assert!(matches!(f.acquire_local("key_a", 3), Admission::Held(_)));
+        let kept = f.acquire_local("key_b", 1);
+        f.sweep();
+        assert_eq!(f.local.len(), 1, "only a subject with a slot held is kept");
+        assert!(matches!(f.acquire_local("key_b", 1), Admission::Full));
+        drop(kept);
+        assert!(matches!(f.acquire_local("key_b", 1), Admission::Held(_)));
     }
 }

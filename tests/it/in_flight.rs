@@ -17,25 +17,7 @@ async fn burst(nodes: &[&Setup], tokens: &[&str], n: usize, ms: u64) -> (usize, 
         let (node, token) = (nodes[i % nodes.len()], tokens[i % tokens.len()]);
         c.get(node.url(&format!("/api/slow/{ms}"))).bearer_auth(token).send()
     });
-    let mut admitted = 0;
-    let mut codes = Vec::new();
-    for r in futures_util::future::join_all(sends).await {
-        let r = r.unwrap();
-        match r.status().as_u16() {
-            200 => admitted += 1,
-            429 => {
-                assert_eq!(r.headers()["retry-after"], "1");
-                codes.push(json_of(r).await["code"].as_str().unwrap_or("").to_string());
-            }
-            other => panic!("unexpected status {other}"),
-        }
-    }
-    (admitted, codes)
-}
-
-async fn metric(s: &Setup, series: &str) -> String {
-    let text = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(series)).unwrap_or("absent").trim().to_string()
+    admitted_and_refused(sends, |r| assert_eq!(r.headers()["retry-after"], "1")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +45,7 @@ async fn a_key_a_plan_and_an_owner_each_hold_at_most_their_slots() {
 
     // Every slot is free once the answers are out; a refused request took
     // nothing from the minute (the plan's 100 less the one admitted).
-    assert_eq!(metric(&s, "keygate_in_flight").await, "0");
+    assert_eq!(metric_value(&s, "keygate_in_flight").await, "0");
     let usage = client().get(s.url("/whoami")).bearer_auth(&single).send().await.unwrap().json::<Value>().await.unwrap();
     assert_eq!(usage["data"]["remaining"], 98, "one admitted, two refused, /whoami peeks: {usage}");
     assert_eq!(burst(&[&s], &[&single], 1, 10).await.0, 1, "the slot came back");

@@ -37,17 +37,7 @@ impl Nodes {
     async fn burst(&self, token: &str, n: usize) -> (usize, Vec<String>) {
         let c = client();
         let sends = (0..n).map(|i| c.get(self.setups[i % 3].url("/api/lists")).bearer_auth(token).send());
-        let mut admitted = 0;
-        let mut codes = Vec::new();
-        for r in futures_util::future::join_all(sends).await {
-            let r = r.unwrap();
-            match r.status().as_u16() {
-                200 => admitted += 1,
-                429 => codes.push(json_of(r).await["code"].as_str().unwrap_or("").to_string()),
-                other => panic!("unexpected status {other}"),
-            }
-        }
-        (admitted, codes)
+        admitted_and_refused(sends, |_| {}).await
     }
 
     /// Bursts until nothing more is admitted, with a pause between them

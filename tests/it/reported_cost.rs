@@ -45,11 +45,6 @@ async fn send(node: &Setup, token: &str, reported: &str) -> (u16, String, bool) 
     (status, body["code"].as_str().unwrap_or("").to_string(), leaked)
 }
 
-async fn metric(s: &Setup, series: &str) -> String {
-    let text = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(series)).unwrap_or("absent").trim().to_string()
-}
-
 /// 1,000 credits, a backend reporting 500 each time: 500 left, then 0,
 /// then refused; the client never sees the field.
 async fn credits_follow_the_reported_cost(nodes: &[&Setup]) {
@@ -87,7 +82,7 @@ async fn a_reported_cost_is_settled_against_credits_windows_and_usage() {
     for bad in ["abc", "1000001", "-5"] {
         assert_eq!(send(&s, &malformed, bad).await, (200, String::new(), false), "{bad}");
     }
-    assert_eq!(metric(&s, "keygate_reported_costs_total{result=\"malformed\"}").await, "3");
+    assert_eq!(metric_value(&s, "keygate_reported_costs_total{result=\"malformed\"}").await, "3");
     assert_eq!(used(&s, &malformed_id, "day").await, 3);
     assert!(gw.log_text().contains("reported cost was refused"));
     assert!(!gw.log_text().contains(&malformed), "never a token in the log");

@@ -364,3 +364,34 @@ pub async fn json_of(resp: reqwest::Response) -> serde_json::Value {
     let text = resp.text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// Sends `requests` at once: how many were admitted (200), and the codes
+/// of the 429s, each checked by `refused` first; any other status fails.
+pub async fn admitted_and_refused<F>(
+    requests: impl Iterator<Item = F>,
+    refused: impl Fn(&reqwest::Response),
+) -> (usize, Vec<String>)
+where
+    F: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let mut admitted = 0;
+    let mut codes = Vec::new();
+    for r in futures_util::future::join_all(requests).await {
+        let r = r.unwrap();
+        match r.status().as_u16() {
+            200 => admitted += 1,
+            429 => {
+                refused(&r);
+                codes.push(json_of(r).await["code"].as_str().unwrap_or("").to_string());
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (admitted, codes)
+}
+
+/// One series' value in a node's `/metrics` ("absent" when it has none).
+pub async fn metric_value(s: &Setup, series: &str) -> String {
+    let text = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)).unwrap_or("absent").trim().to_string()
+}
