@@ -46,6 +46,15 @@ pub struct RawConfig {
     pub events: RawEvents,
     #[serde(default)]
     pub abuse: RawAbuse,
+    #[serde(default)]
+    pub realtime: RawRealtime,
+}
+
+/// `[realtime]`: long-lived answers (event streams).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRealtime {
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 /// `[abuse]`: guards against credential guessing.

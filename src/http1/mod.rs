@@ -18,7 +18,7 @@ mod server;
 // The whole surface the rest of keygate sees.
 pub use client::pool::{ConnectError, Pool, Target};
 pub use client::stream::TlsTarget;
-pub use client::{ExchangeError, RequestHead, Upstreamed};
+pub use client::{ExchangeError, RequestHead, Timing, Upstreamed};
 pub use deadline::Deadline;
 pub use lines::{FieldLines, HeaderLines};
 pub use server::{serve, Ended, Limits};

@@ -13,7 +13,7 @@ use crate::body::Body;
 use crate::config::Upstream;
 use crate::error::GatewayError;
 use crate::http1::{ConnectError, Pool, Target};
-use crate::http1::{ExchangeError, RequestHead, Upstreamed};
+use crate::http1::{ExchangeError, RequestHead, Timing, Upstreamed};
 use crate::metrics::Metrics;
 use http::HeaderValue;
 use outgoing::Outgoing;
@@ -75,7 +75,8 @@ impl Forwarder {
             tried.add(t);
             let pool = &pools[t];
             head.host = Some(pool.target().host_header.clone());
-            let result = exchange(pool, head, &mut body, now, (deadline, upstream.timeout)).await;
+            let timing = Timing { deadline, pause: upstream.timeout, stream_pause: upstream.stream_pause };
+            let result = exchange(pool, head, &mut body, now, timing).await;
             let (outcome, answer) = match result {
                 Ok(resp) => (group.outcome_of(resp.response.status()), Ok(resp)),
                 // The client's body failed, not the upstream.
@@ -157,8 +158,9 @@ pub(crate) async fn exchange(
     head: &impl RequestHead,
     body: &mut Option<Body>,
     now: Instant,
-    (deadline, timeout): (tokio::time::Instant, Duration),
+    timing: Timing,
 ) -> Result<Upstreamed, ForwardError> {
+    let deadline = timing.deadline;
     let replayable = body.as_ref().is_none_or(http_body::Body::is_end_stream) && head.method().is_idempotent();
     loop {
         let (conn, reused) = match pool.take_idle(now) {
@@ -170,7 +172,7 @@ pub(crate) async fn exchange(
                 Err(_) => return Err(ForwardError::ConnectTimedOut),
             },
         };
-        match conn.exchange(head, body.take().unwrap_or_else(crate::body::empty), pool, (deadline, timeout)).await {
+        match conn.exchange(head, body.take().unwrap_or_else(crate::body::empty), pool, timing).await {
             Err(e) if reused && replayable && e.connection_was_stale() => continue,
             result => return Ok(result?),
         }

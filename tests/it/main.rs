@@ -28,6 +28,7 @@ mod management_races;
 mod module_graph;
 mod paths;
 mod quotas;
+mod realtime;
 mod redis_cluster;
 mod redis_faults;
 mod redis_limits;

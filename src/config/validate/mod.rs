@@ -124,7 +124,14 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let rate_limit = rate_limit(&mut c, &raw.rate_limit, &store);
     let keys = keys(&mut c, &raw.keys);
     let plans = plans(&mut c, &raw.plans);
-    let upstreams = upstreams(&mut c, path, &raw.upstreams);
+    let stream_pause = c.duration(&raw.realtime.idle_timeout, "realtime.idle_timeout", DEFAULT_STREAM_PAUSE);
+    if stream_pause.is_zero() || stream_pause > MAX_STREAM_PAUSE {
+        c.problem(raw.realtime.idle_timeout.as_ref(), "realtime.idle_timeout", "must be from 1ms to 24h");
+    }
+    let mut upstreams = upstreams(&mut c, path, &raw.upstreams);
+    for u in &mut upstreams {
+        u.stream_pause = stream_pause;
+    }
     let catalogue = catalogue::catalogue(&mut c, &raw.modules);
     let cors = cors(&mut c, raw.cors.as_ref());
     let log_format = c.choice(&raw.log.format, "log.format", &LogFormat::CHOICES, LogFormat::Text);
@@ -446,6 +453,10 @@ fn rate_limit(c: &mut Checker, raw: &RawRateLimit, store: &StoreConfig) -> RateL
     }
 }
 
+/// The longest pause inside an event stream, by default and at most.
+const DEFAULT_STREAM_PAUSE: Duration = Duration::from_secs(300);
+const MAX_STREAM_PAUSE: Duration = Duration::from_secs(86_400);
+
 /// How long a shared in-flight slot lives unrenewed, by default and at
 /// most: renewed every third of it, it must outlast a slow renewal, and
 /// a dead node's slots must come back in reasonable time.
@@ -564,6 +575,7 @@ fn upstreams(c: &mut Checker, path: &Path, raw: &[RawUpstream]) -> Vec<Upstream>
             tls,
             balance,
             health,
+            stream_pause: DEFAULT_STREAM_PAUSE,
         });
     }
     out

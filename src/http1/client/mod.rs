@@ -125,17 +125,19 @@ impl Connection {
     }
 
     /// Sends a request (origin-form URI, `Host` set, hop-by-hop headers
-    /// gone) and reads the response head, both before `deadline`. The
-    /// response body reads the rest from this connection (pausing at most
-    /// `pause` between reads) and gives it back to `pool` if it ends
+    /// gone) and reads the response head, both before `timing.deadline`.
+    /// The response body reads the rest from this connection (pausing at
+    /// most `timing.pause` between reads, an event stream
+    /// `timing.stream_pause`) and gives it back to `pool` if it ends
     /// cleanly and the upstream keeps it open.
     pub async fn exchange(
         mut self,
         out: &impl RequestHead,
         body: Body,
         pool: &Arc<Pool>,
-        (deadline, pause): (Instant, Duration),
+        timing: Timing,
     ) -> Result<Upstreamed, ExchangeError> {
+        let deadline = timing.deadline;
         let Connection { stream, buffered, timer, .. } = &mut self;
         // The connection may have served another request's task last.
         timer.hand_over();
@@ -153,10 +155,38 @@ impl Connection {
         let ((head, framing), sent) = timer.within(deadline, sent_and_answered).await.map_err(|_| ExchangeError::TimedOut)??;
         let reusable = sent == Sent::All && head.keep_alive && framing != Framing::UntilClose && !last;
         let home = reusable.then(|| Arc::clone(pool));
+        // An event stream is quiet between events by design.
+        let pause = if is_event_stream(&head.lines) { timing.stream_pause } else { timing.pause };
         let mut response = Response::new(UpstreamBody::new(self, framing, home, pause).boxed());
         *response.status_mut() = head.status;
         Ok(Upstreamed { response, lines: head.lines })
     }
+}
+
+/// How long an exchange may take: its head before `deadline`, then at most
+/// `pause` between two reads of the body (`stream_pause` for an event
+/// stream's).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub deadline: Instant,
+    pub pause: Duration,
+    pub stream_pause: Duration,
+}
+
+impl Timing {
+    /// One bound for the head and every pause (keygate's own calls).
+    pub fn within(pause: Duration) -> Timing {
+        Timing { deadline: Instant::now() + pause, pause, stream_pause: pause }
+    }
+}
+
+/// Whether an answer is a server-sent event stream (`text/event-stream`,
+/// parameters allowed).
+fn is_event_stream(lines: &HeaderLines) -> bool {
+    crate::http1::read_lines(lines.text()).any(|(name, value)| {
+        name.eq_ignore_ascii_case(b"content-type")
+            && value.split(|b| *b == b';').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
+    })
 }
 
 /// A response head, its body's framing, and how much of the request went out.
@@ -521,7 +551,7 @@ mod tests {
     async fn ask(pool: &Arc<Pool>, method: Method, body: Body, timeout: Duration) -> Result<(StatusCode, Bytes), ExchangeError> {
         let conn = pool.connect().await.unwrap();
         let head = Given { method, target: "/x", fields: Vec::new() };
-        let up = conn.exchange(&head, body, pool, (Instant::now() + timeout, timeout)).await?;
+        let up = conn.exchange(&head, body, pool, Timing::within(timeout)).await?;
         let status = up.response.status();
         let body = up.response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
         Ok((status, body))
@@ -560,7 +590,7 @@ mod tests {
         let conn = pool.connect().await.unwrap();
         let head = given(Method::GET, &[]);
         let timeout = Duration::from_secs(2);
-        let up = conn.exchange(&head, crate::body::empty(), &pool, (Instant::now() + timeout, timeout)).await.unwrap();
+        let up = conn.exchange(&head, crate::body::empty(), &pool, Timing::within(timeout)).await.unwrap();
         assert!(up.response.into_body().collect().await.is_err());
         assert!(pool.take_idle(std::time::Instant::now()).is_none());
     }
@@ -579,7 +609,7 @@ mod tests {
         let conn = pool.connect().await.unwrap();
         let head = given(Method::GET, &[]);
         let pause = Duration::from_millis(200);
-        let up = conn.exchange(&head, crate::body::empty(), &pool, (Instant::now() + pause, pause)).await.unwrap();
+        let up = conn.exchange(&head, crate::body::empty(), &pool, Timing::within(pause)).await.unwrap();
         assert!(up.response.into_body().collect().await.is_err());
         assert!(started.elapsed() < Duration::from_secs(2));
     }

@@ -2,7 +2,8 @@
 //! every request with JSON describing exactly what it received, so tests
 //! can see what keygate forwarded. `/api/slow/{ms}` waits before answering;
 //! `/api/upload` counts the body without keeping it; `/api/cost/{value}`
-//! reports `value` in `X-Keygate-Cost`.
+//! reports `value` in `X-Keygate-Cost`; `/api/events/{n}/{gap_ms}` is an
+//! event stream.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -64,7 +65,7 @@ async fn answer(
     served_by: SocketAddr,
     tls: Tls,
     slow: Arc<InFlight>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Answer>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -93,8 +94,11 @@ async fn answer(
             Err(_) => break,
         }
     }
+    if let Some(spec) = path.strip_prefix("/api/events/") {
+        return Ok(event_stream(spec));
+    }
     if path == "/api/contacts/unavailable" {
-        let mut resp = Response::new(Full::new(Bytes::from_static(b"down")));
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"down")).boxed());
         *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
         return Ok(resp);
     }
@@ -102,7 +106,7 @@ async fn answer(
         "method": method, "path": path, "query": query, "headers": headers, "bodyBytes": body_bytes, "version": version,
         "servedBy": served_by.to_string(), "tls": tls.on, "clientCert": tls.client_cert,
     });
-    let mut resp = Response::new(Full::new(Bytes::from(out.to_string())));
+    let mut resp = Response::new(Full::new(Bytes::from(out.to_string())).boxed());
     resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
     resp.headers_mut().insert("x-upstream", "yes".parse().unwrap());
     resp.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
@@ -115,6 +119,29 @@ async fn answer(
         resp.headers_mut().insert("access-control-allow-origin", "*".parse().unwrap());
     }
     Ok(resp)
+}
+
+/// The upstream's answer bodies: whole, or streamed.
+type Answer = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// `/api/events/{n}/{gap_ms}`: a `text/event-stream` of `n` events, one
+/// every `gap_ms`, each carrying the Unix time in ms it was sent at.
+fn event_stream(spec: &str) -> Response<Answer> {
+    let mut parts = spec.split('/').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (n, gap) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let events = futures_util::stream::unfold(0, move |i| async move {
+        if i == n {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        let sent = keygate::clock::now_ms();
+        let frame = hyper::body::Frame::data(Bytes::from(format!("id: {i}\ndata: {sent}\n\n")));
+        Some((Ok::<_, Infallible>(frame), i + 1))
+    });
+    let mut resp = Response::new(http_body_util::StreamBody::new(events).boxed());
+    resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    resp.headers_mut().insert("cache-control", "no-cache".parse().unwrap());
+    resp
 }
 
 /// What the connection's TLS was, for the answer.
