@@ -68,7 +68,7 @@ pub async fn call(pool: &Arc<Pool>, head: &Call, body: Bytes, timeout: Duration,
     let timing = crate::http1::Timing::within(timeout);
     let deadline = timing.deadline;
     let mut body = Some(crate::body::full(body));
-    let answer = super::exchange(pool, head, &mut body, Instant::now(), timing).await.map_err(|e| e.to_string())?;
+    let answer = super::exchange(pool, head, &mut body, Instant::now(), &timing).await.map_err(|e| e.to_string())?;
     let status = answer.response.status();
     match tokio::time::timeout_at(deadline, crate::body::read_to_bytes(answer.response.into_body(), max_answer)).await {
         Err(_) => Err("the answer took too long".into()),

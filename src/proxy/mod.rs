@@ -76,7 +76,7 @@ impl Forwarder {
             let pool = &pools[t];
             head.host = Some(pool.target().host_header.clone());
             let timing = Timing { deadline, pause: upstream.timeout, stream_pause: upstream.stream_pause };
-            let result = exchange(pool, head, &mut body, now, timing).await;
+            let result = exchange(pool, head, &mut body, now, &timing).await;
             let (outcome, answer) = match result {
                 Ok(resp) => (group.outcome_of(resp.response.status()), Ok(resp)),
                 // The client's body failed, not the upstream.
@@ -158,7 +158,7 @@ pub(crate) async fn exchange(
     head: &impl RequestHead,
     body: &mut Option<Body>,
     now: Instant,
-    timing: Timing,
+    timing: &Timing,
 ) -> Result<Upstreamed, ForwardError> {
     let deadline = timing.deadline;
     let replayable = body.as_ref().is_none_or(http_body::Body::is_end_stream) && head.method().is_idempotent();

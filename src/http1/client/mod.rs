@@ -135,7 +135,7 @@ impl Connection {
         out: &impl RequestHead,
         body: Body,
         pool: &Arc<Pool>,
-        timing: Timing,
+        timing: &Timing,
     ) -> Result<Upstreamed, ExchangeError> {
         let deadline = timing.deadline;
         let Connection { stream, buffered, timer, .. } = &mut self;
@@ -551,7 +551,7 @@ mod tests {
     async fn ask(pool: &Arc<Pool>, method: Method, body: Body, timeout: Duration) -> Result<(StatusCode, Bytes), ExchangeError> {
         let conn = pool.connect().await.unwrap();
         let head = Given { method, target: "/x", fields: Vec::new() };
-        let up = conn.exchange(&head, body, pool, Timing::within(timeout)).await?;
+        let up = conn.exchange(&head, body, pool, &Timing::within(timeout)).await?;
         let status = up.response.status();
         let body = up.response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
         Ok((status, body))
@@ -590,7 +590,7 @@ mod tests {
         let conn = pool.connect().await.unwrap();
         let head = given(Method::GET, &[]);
         let timeout = Duration::from_secs(2);
-        let up = conn.exchange(&head, crate::body::empty(), &pool, Timing::within(timeout)).await.unwrap();
+        let up = conn.exchange(&head, crate::body::empty(), &pool, &Timing::within(timeout)).await.unwrap();
         assert!(up.response.into_body().collect().await.is_err());
         assert!(pool.take_idle(std::time::Instant::now()).is_none());
     }
@@ -609,7 +609,7 @@ mod tests {
         let conn = pool.connect().await.unwrap();
         let head = given(Method::GET, &[]);
         let pause = Duration::from_millis(200);
-        let up = conn.exchange(&head, crate::body::empty(), &pool, Timing::within(pause)).await.unwrap();
+        let up = conn.exchange(&head, crate::body::empty(), &pool, &Timing::within(pause)).await.unwrap();
         assert!(up.response.into_body().collect().await.is_err());
         assert!(started.elapsed() < Duration::from_secs(2));
     }
