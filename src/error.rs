@@ -31,6 +31,10 @@ pub enum GatewayError {
     InsufficientPermissions { required: String },
     #[error("no route matches this request")]
     NoRoute,
+    /// A WebSocket handshake (`Upgrade: websocket`) on a route that does
+    /// not take one: refused, never forwarded as a plain request.
+    #[error("this route does not take WebSocket connections")]
+    UpgradeRefused,
     /// A browser's preflight that `[cors]` does not allow.
     #[error("{0}")]
     CorsRefused(String),
@@ -97,7 +101,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            BadRequest(_) => StatusCode::BAD_REQUEST,
+            BadRequest(_) | UpgradeRefused => StatusCode::BAD_REQUEST,
             MissingKey | InvalidKey | KeyDisabled | KeyExpired | WrongEnvironment | AmbiguousCredentials | BadSignature(_) => {
                 StatusCode::UNAUTHORIZED
             }
@@ -119,6 +123,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BadRequest(_) => "bad_request",
+            UpgradeRefused => "upgrade_not_allowed",
             MissingKey => "missing_key",
             InvalidKey => "invalid_key",
             KeyDisabled => "key_disabled",
@@ -220,6 +225,7 @@ mod tests {
             GatewayError::KeyExpired,
             GatewayError::WrongEnvironment,
             GatewayError::AmbiguousCredentials,
+            GatewayError::UpgradeRefused,
             GatewayError::IpBlocked,
             GatewayError::IpDenied,
             GatewayError::InsufficientPermissions { required: "lists.view".into() },

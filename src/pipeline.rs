@@ -288,6 +288,9 @@ fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
     }
     let (index, route) = cfg.routes.find(&cx.head.method, &path).ok_or(GatewayError::NoRoute)?;
     cx.trace.route = RouteLabel::Route(index);
+    if cx.head.headers.contains_key(header::UPGRADE) && headers::asks_websocket(&cx.head.headers) {
+        return Err(GatewayError::UpgradeRefused);
+    }
     if let Some(deny) = &route.deny {
         refuse_denied(cx, deny)?;
     }

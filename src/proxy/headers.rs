@@ -48,6 +48,21 @@ pub fn fate(name: &str) -> Fate {
     }
 }
 
+/// Whether a request asks to become a WebSocket: an `Upgrade` field naming
+/// `websocket` among its protocols, with or without `Connection: upgrade`
+/// (an `Upgrade` the `Connection` field does not name is ambiguous, and
+/// refused alike). Other upgrades (`h2c`) are hop-by-hop fields a server
+/// may ignore: they are dropped and the request served as it is.
+pub fn asks_websocket(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::UPGRADE).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|p| {
+            let protocol = p.trim_ascii();
+            let name = protocol.split(|b| *b == b'/').next().unwrap_or(protocol);
+            name.eq_ignore_ascii_case(b"websocket")
+        })
+    })
+}
+
 /// With `underscore_headers = "reject"`: the refusal for a head with a
 /// name containing `_`.
 pub fn refuse_underscores(headers: &http::HeaderMap) -> Result<(), String> {
@@ -258,6 +273,24 @@ pub fn reported_cost(values: &[Vec<u8>]) -> Result<u32, &'static str> {
 #[cfg(test)]
 mod reported_cost_tests {
     use super::*;
+
+    #[test]
+    fn a_websocket_upgrade_is_told_apart_from_other_upgrades() {
+        let with = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(http::header::UPGRADE, v.parse().unwrap());
+            }
+            asks_websocket(&h)
+        };
+        assert!(with(&["websocket"]));
+        assert!(with(&["WebSocket"]));
+        assert!(with(&["h2c, websocket"]));
+        assert!(with(&["h2c", "websocket/13"]));
+        assert!(!with(&["h2c"]));
+        assert!(!with(&["websockets"]));
+        assert!(!with(&[]));
+    }
 
     #[test]
     fn a_reported_cost_is_one_whole_number_up_to_a_million() {

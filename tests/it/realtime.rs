@@ -69,3 +69,38 @@ async fn a_quiet_stream_outlives_the_timeouts_and_is_cut_by_its_own() {
     let cut = lateness(&client(), &s.url("/api/events/2/5000"), &token).await;
     assert!(cut.is_err(), "{cut:?}");
 }
+
+/// Sends `head` on a new connection and reads the answer's status line.
+async fn raw_status(s: &Setup, head: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", s.data_port)).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    (text.lines().next().unwrap_or("").to_string(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_on_a_plain_route_is_refused_and_never_forwarded() {
+    let up = upstream::start().await;
+    let (s, token) = setup(&up.url(), "");
+    let _gw = s.start();
+    let handshake = |upgrade: &str, connection: &str| {
+        format!(
+            "GET /api/slow/10 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nUpgrade: {upgrade}\r\n\
+             Connection: {connection}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    for (upgrade, connection) in [("websocket", "Upgrade"), ("WebSocket", "close"), ("h2c, websocket", "Upgrade, close")] {
+        let (status, text) = raw_status(&s, &handshake(upgrade, connection)).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{upgrade}: {text}");
+        assert!(text.contains("\"upgrade_not_allowed\""), "{text}");
+    }
+    assert_eq!(up.slow.peak(), 0, "no handshake reached the upstream");
+    // Another protocol's upgrade is a hop-by-hop field: dropped, and the
+    // request served as it is.
+    let (status, text) = raw_status(&s, &handshake("h2c", "Upgrade, HTTP2-Settings, close")).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("\"upgrade\""), "{text}");
+}
