@@ -21,6 +21,9 @@ pub struct HeaderLines {
     /// Whether an `X-Request-Id` is among them (keygate answers with the
     /// request's own, so the upstream's is taken out).
     has_request_id: bool,
+    /// Whether the answer is a server-sent event stream (`Content-Type:
+    /// text/event-stream`, parameters allowed).
+    event_stream: bool,
 }
 
 /// Fields rendered once as header lines, to be written as they are into
@@ -89,6 +92,7 @@ impl HeaderLines {
             content_length: agreed_length(fields.iter().filter(|f| is_length(f)).map(|f| f.value))?,
             has_date: false,
             has_request_id: false,
+            event_stream: false,
         };
         for field in fields {
             let name = field.name.as_bytes();
@@ -96,7 +100,11 @@ impl HeaderLines {
                 continue;
             }
             lines.has_date |= field.name.eq_ignore_ascii_case("date");
-            lines.has_request_id |= field.name.len() == 12 && field.name.eq_ignore_ascii_case("x-request-id");
+            // Both names are 12 bytes: most fields are past this test at once.
+            if field.name.len() == 12 {
+                lines.has_request_id |= field.name.eq_ignore_ascii_case("x-request-id");
+                lines.event_stream |= field.name.eq_ignore_ascii_case("content-type") && is_event_stream(field.value);
+            }
             write_line(&mut lines.text, name, field.value);
         }
         if hop.transfer_encoding.is_some() {
@@ -160,6 +168,11 @@ impl HeaderLines {
         self.text = kept;
     }
 
+    /// Whether the answer is a server-sent event stream.
+    pub fn is_event_stream(&self) -> bool {
+        self.event_stream
+    }
+
     /// The body length the upstream declared.
     pub fn content_length(&self) -> Option<u64> {
         self.content_length
@@ -181,6 +194,11 @@ impl HeaderLines {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
+}
+
+/// Whether a `Content-Type` value is `text/event-stream`.
+fn is_event_stream(value: &[u8]) -> bool {
+    value.split(|b| *b == b';').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
 }
 
 #[cfg(test)]
@@ -212,6 +230,13 @@ mod tests {
         assert_eq!(lines.take(b"x-cost"), vec![b"5".to_vec(), b"6".to_vec()]);
         assert_eq!(lines.text(), b"A: 1\r\n");
         assert!(lines.take(b"x-cost").is_empty());
+        assert!(!lines.is_event_stream());
+        for stream in ["text/event-stream", "Text/Event-Stream; charset=utf-8"] {
+            let (lines, ..) = sorted(&format!("HTTP/1.1 200 OK\r\nContent-Type: {stream}\r\n\r\n"));
+            assert!(lines.is_event_stream(), "{stream}");
+        }
+        let (lines, ..) = sorted("HTTP/1.1 200 OK\r\nContent-Type: text/event-streams\r\n\r\n");
+        assert!(!lines.is_event_stream());
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl Connection {
         let reusable = sent == Sent::All && head.keep_alive && framing != Framing::UntilClose && !last;
         let home = reusable.then(|| Arc::clone(pool));
         // An event stream is quiet between events by design.
-        let pause = if is_event_stream(&head.lines) { timing.stream_pause } else { timing.pause };
+        let pause = if head.lines.is_event_stream() { timing.stream_pause } else { timing.pause };
         let mut response = Response::new(UpstreamBody::new(self, framing, home, pause).boxed());
         *response.status_mut() = head.status;
         Ok(Upstreamed { response, lines: head.lines })
@@ -178,15 +178,6 @@ impl Timing {
     pub fn within(pause: Duration) -> Timing {
         Timing { deadline: Instant::now() + pause, pause, stream_pause: pause }
     }
-}
-
-/// Whether an answer is a server-sent event stream (`text/event-stream`,
-/// parameters allowed).
-fn is_event_stream(lines: &HeaderLines) -> bool {
-    crate::http1::read_lines(lines.text()).any(|(name, value)| {
-        name.eq_ignore_ascii_case(b"content-type")
-            && value.split(|b| *b == b';').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
-    })
 }
 
 /// A response head, its body's framing, and how much of the request went out.
