@@ -52,6 +52,56 @@ impl<G: Send + Sync + Unpin + 'static> http_body::Body for Holding<G> {
     }
 }
 
+/// `body`, ended early (cleanly, as if the upstream had ended it) when
+/// `close` is cancelled or at `until`; `guard` is kept until it is
+/// dropped. A live connection a revoked key holds ends this way.
+pub fn ending<G: Send + Sync + Unpin + 'static>(
+    body: Body,
+    close: tokio_util::sync::CancellationToken,
+    until: Option<tokio::time::Instant>,
+    guard: G,
+) -> Body {
+    Ending {
+        body,
+        closed: Box::pin(close.cancelled_owned()),
+        until: until.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        _guard: guard,
+    }
+    .boxed()
+}
+
+struct Ending<G> {
+    body: Body,
+    closed: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    until: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    _guard: G,
+}
+
+impl<G: Send + Sync + Unpin + 'static> http_body::Body for Ending<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        let this = self.get_mut();
+        if this.closed.as_mut().poll(cx).is_ready() || this.until.as_mut().is_some_and(|u| u.as_mut().poll(cx).is_ready()) {
+            return std::task::Poll::Ready(None);
+        }
+        std::pin::Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Why a body could not be read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod realtime;
 pub mod scanning;
 pub mod server;
 pub mod state;

@@ -15,7 +15,7 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("ground", &["body", "clock", "correlation", "credentials", "envelope", "http1", "metrics", "policy", "tls", "webhooks"]),
     ("model", &["keys", "config", "events", "leaks"]),
     ("storage", &["store"]),
-    ("node", &["cache", "ratelimit"]),
+    ("node", &["cache", "ratelimit", "realtime"]),
     ("answers", &["error", "proxy", "scanning", "telemetry"]),
     ("decisions", &["state", "background", "decide", "pipeline", "manage", "outbox"]),
     ("surfaces", &["server", "admin", "demo", "fuzzing"]),
