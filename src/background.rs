@@ -131,6 +131,7 @@ async fn flush_caches(app: &App) {
 
 async fn apply_changes(app: &App, changes: &[Change]) {
     let mut roles_changed = false;
+    let mut live: Vec<&str> = Vec::new();
     let now_ms = crate::clock::now_ms();
     for change in changes {
         match &change.target {
@@ -138,6 +139,7 @@ async fn apply_changes(app: &App, changes: &[Change]) {
                 app.cache.invalidate_key(id);
                 app.credits.forget(id);
                 app.metrics.cache_invalidations.with_label_values(&["key"]).inc();
+                live.push(id);
             }
             ChangeTarget::Role(_) => roles_changed = true,
         }
@@ -148,6 +150,41 @@ async fn apply_changes(app: &App, changes: &[Change]) {
         if let Err(e) = app.roles.reload(app.store.as_ref()).await {
             app.note_store_error("list_roles", &e);
         }
+        // Any key's permissions may have changed.
+        let every = app.streams.keys();
+        close_revoked(app, every.iter().map(String::as_str)).await;
+    } else {
+        close_revoked(app, live.into_iter()).await;
+    }
+}
+
+/// Ends the live connections (event streams) of the keys among `key_ids`
+/// that may no longer use them: deleted, disabled (a leak report too),
+/// expired, of another environment, or without the permission a
+/// connection's route needs. Read from the store, as the change left it.
+async fn close_revoked(app: &App, key_ids: impl Iterator<Item = &str>) {
+    use crate::realtime::Closed;
+    for id in key_ids {
+        if app.streams.permissions(id).is_empty() {
+            continue;
+        }
+        let key = match app.store.get_key(id).await {
+            Ok(key) => key,
+            Err(e) => {
+                // Kept open: a store that cannot answer revokes nothing.
+                app.note_store_error("get_key", &e);
+                continue;
+            }
+        };
+        let environment = app.runtime.load().config.server.environment;
+        let usable = key.as_ref().filter(|k| {
+            crate::keys::model::KeyStatus::of(k, crate::clock::now_unix()) == crate::keys::model::KeyStatus::Active
+                && k.env == environment
+        });
+        match usable {
+            None => app.streams.close(id, Closed::Revoked, |_| true),
+            Some(key) => app.streams.close(id, Closed::Forbidden, |p| p.is_some_and(|p| !app.roles.permits(key, p))),
+        };
     }
 }
 

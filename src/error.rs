@@ -47,6 +47,9 @@ pub enum GatewayError {
     /// The key (or owner) has `max_in_flight` requests in flight already.
     #[error("this API key has too many requests in flight: wait for one to finish")]
     TooManyInFlight,
+    /// The key holds `[realtime] per_key_connections` event streams open.
+    #[error("this API key has too many live connections open")]
+    TooManyConnections,
     /// An hour, day or month quota has no room for the request's cost.
     #[error("the {window} quota of this API key is used up")]
     QuotaExceeded { window: &'static str, retry_after: u64 },
@@ -107,9 +110,12 @@ impl GatewayError {
             }
             IpBlocked | IpDenied | InsufficientPermissions { .. } | CorsRefused(_) => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
-            RateLimited { .. } | QuotaExceeded { .. } | CreditsExhausted { .. } | TooManyFailures { .. } | TooManyInFlight => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            RateLimited { .. }
+            | QuotaExceeded { .. }
+            | CreditsExhausted { .. }
+            | TooManyFailures { .. }
+            | TooManyInFlight
+            | TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -138,6 +144,7 @@ impl GatewayError {
             RateLimited { .. } => "rate_limited",
             TooManyFailures { .. } => "too_many_failures",
             TooManyInFlight => "too_many_in_flight",
+            TooManyConnections => "too_many_connections",
             QuotaExceeded { .. } => "quota_exceeded",
             CreditsExhausted { .. } => "credits_exhausted",
             PayloadTooLarge => "payload_too_large",
@@ -157,6 +164,7 @@ impl GatewayError {
             | GatewayError::TooManyFailures { retry_after } => Some(*retry_after),
             // A slot is freed when a request ends: soon, but when is unknown.
             GatewayError::TooManyInFlight => Some(1),
+            GatewayError::TooManyConnections => Some(1),
             GatewayError::CreditsExhausted { retry_after } => *retry_after,
             _ => None,
         }
@@ -234,6 +242,7 @@ mod tests {
             GatewayError::RateLimited { retry_after: 7 },
             GatewayError::TooManyFailures { retry_after: 7 },
             GatewayError::TooManyInFlight,
+            GatewayError::TooManyConnections,
             GatewayError::QuotaExceeded { window: "day", retry_after: 7 },
             GatewayError::CreditsExhausted { retry_after: None },
             GatewayError::PayloadTooLarge,

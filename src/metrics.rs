@@ -37,6 +37,8 @@ pub struct Metrics {
     pub blocks: IntCounter,
     pub reported_costs: IntCounterVec,
     pub in_flight: IntGauge,
+    pub realtime_connections: IntGaugeVec,
+    pub realtime_closed: IntCounterVec,
 }
 
 /// Label values each counter can take, created at zero at start so that
@@ -151,6 +153,20 @@ impl Metrics {
         registry.register(Box::new(reported_costs.clone()))?;
         let in_flight = IntGauge::new("keygate_in_flight", "Requests holding an in-flight slot (max_in_flight) on this node")?;
         registry.register(Box::new(in_flight.clone()))?;
+        let realtime_connections = IntGaugeVec::new(
+            Opts::new("keygate_realtime_connections", "Live connections open on this node (event streams), by kind"),
+            &["kind"],
+        )?;
+        realtime_connections.with_label_values(&["event_stream"]);
+        registry.register(Box::new(realtime_connections.clone()))?;
+        let realtime_closed = IntCounterVec::new(
+            Opts::new("keygate_realtime_closed_total", "Live connections keygate closed, by reason"),
+            &["reason"],
+        )?;
+        for reason in ["revoked", "forbidden"] {
+            realtime_closed.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(realtime_closed.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
         registry.register(Box::new(webhook_backlog.clone()))?;
         let build_info =
@@ -218,6 +234,8 @@ impl Metrics {
             blocks,
             reported_costs,
             in_flight,
+            realtime_connections,
+            realtime_closed,
         })
     }
 

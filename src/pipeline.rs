@@ -488,6 +488,10 @@ fn guarded(body: Body, cfg: &Config) -> Body {
 /// the refusal's body, CORS fields for a route under `[cors]`, and the
 /// rate-limit fields.
 fn decorate(cx: &mut Ctx<'_>, answer: Result<Reply, GatewayError>) -> Reply {
+    let answer = match answer {
+        Ok(reply) if reply.upstream.is_event_stream() => live_stream(cx, reply),
+        other => other,
+    };
     cx.trace.outcome = match &answer {
         Ok(_) => (cx.trace.served_as.unwrap_or("forwarded"), "none"),
         Err(e) => (e.outcome(), e.code()),
@@ -514,6 +518,27 @@ fn decorate(cx: &mut Ctx<'_>, answer: Result<Reply, GatewayError>) -> Reply {
         reply.extra = headers.fields();
     }
     reply
+}
+
+/// An event stream a key opened: registered under the key, so that
+/// revoking the key (or taking the route's permission from it) ends the
+/// stream; and ended when the key expires. A key holding
+/// `[realtime] per_key_connections` streams on this node is refused.
+#[cold]
+fn live_stream(cx: &mut Ctx<'_>, mut reply: Reply) -> Result<Reply, GatewayError> {
+    let (Some(found), RouteLabel::Route(index)) = (cx.trace.decision.found.as_ref(), cx.trace.route) else { return Ok(reply) };
+    let cfg = &cx.rt.config;
+    let permission = cfg.routes.routes().get(index).and_then(|r| r.permission.as_deref());
+    let key = &found.key;
+    let registration =
+        cx.app.streams.open(&key.key_id, permission, cfg.per_key_connections).ok_or(GatewayError::TooManyConnections)?;
+    let until = key.expires_at.map(|at| {
+        let left = u64::try_from(at.saturating_sub(clock::now_unix())).unwrap_or(0);
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
+    let close = registration.close.clone();
+    reply.response = reply.response.map(|body| crate::body::ending(body, close, until, registration));
+    Ok(reply)
 }
 
 /// Phase 5: metrics, the access line and the span; last, the request's id

@@ -96,6 +96,8 @@ pub struct App {
     /// Requests in flight per key or owner (`max_in_flight`): counted here,
     /// or shared through the limiter's Redis.
     pub in_flight: Arc<crate::ratelimit::inflight::InFlight>,
+    /// Live connections (event streams) by key, closed when it is revoked.
+    pub streams: Arc<crate::realtime::Streams>,
     pub noticed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::events::NewEvent>>>,
 }
 
@@ -184,6 +186,10 @@ impl App {
         };
         let (notices, noticed) = crate::events::Notices::channel();
         let in_flight = crate::ratelimit::inflight::InFlight::new(limiter.redis(), metrics.in_flight.clone());
+        let streams = crate::realtime::Streams::new(
+            metrics.realtime_connections.with_label_values(&["event_stream"]),
+            metrics.realtime_closed.clone(),
+        );
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config, &metrics)),
             config_path,
@@ -201,6 +207,7 @@ impl App {
             noticed: std::sync::Mutex::new(Some(noticed)),
             guard: Default::default(),
             in_flight,
+            streams,
         }))
     }
 

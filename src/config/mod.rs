@@ -103,6 +103,9 @@ pub struct Config {
     /// `[abuse] failed_credentials`: 401s a minute an address may have
     /// before it is blocked, and for how long.
     pub failed_credentials: Option<GuardPolicy>,
+    /// `[realtime] per_key_connections`: event streams one key may hold
+    /// open on a node.
+    pub per_key_connections: u32,
 }
 
 /// `[abuse] failed_credentials`, checked: what the failed-credential

@@ -55,6 +55,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawRealtime {
     pub idle_timeout: Option<Spanned<String>>,
+    pub per_key_connections: Option<Spanned<i64>>,
 }
 
 /// `[abuse]`: guards against credential guessing.

@@ -104,3 +104,89 @@ async fn a_websocket_handshake_on_a_plain_route_is_refused_and_never_forwarded()
     assert!(status.starts_with("HTTP/1.1 200"), "{text}");
     assert!(!text.contains("\"upgrade\""), "{text}");
 }
+
+/// Opens an event stream of 2 events 10 s apart and returns the answer
+/// once its head is in (the stream left open).
+async fn open_stream(s: &Setup, token: &str) -> reqwest::Response {
+    client().get(s.url("/api/events/2/10000")).bearer_auth(token).send().await.unwrap()
+}
+
+/// How long after `since` the stream ended (cleanly or not), if within 3 s.
+async fn ended_within(resp: reqwest::Response, since: std::time::Instant) -> Option<std::time::Duration> {
+    let mut chunks = resp.bytes_stream();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), async { while let Some(Ok(_)) = chunks.next().await {} });
+    read.await.ok().map(|()| since.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_holds_a_bounded_number_of_streams_and_revocation_ends_them() {
+    let up = upstream::start().await;
+    let (s, token) = setup(&up.url(), "per_key_connections = 3");
+    let (other_id, other) = s.create_key(&["--name", "other", "--role", "read-only"]);
+    let gw = s.start();
+    let key_id = s.cli_json(&["keys", "list"]).as_array().unwrap().iter().find(|k| k["name"] == "watcher").unwrap()["keyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let resp = open_stream(&s, &token).await;
+        assert_eq!(resp.status(), 200);
+        open.push(resp);
+    }
+    // The third ends by itself after about 600 ms.
+    let short = client().get(s.url("/api/events/2/300")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(short.status(), 200);
+    let fourth = open_stream(&s, &token).await;
+    assert_eq!(fourth.status(), 429);
+    assert_eq!(json_of(fourth).await["code"], "too_many_connections");
+    assert_eq!(metric_value(&s, "keygate_realtime_connections{kind=\"event_stream\"}").await, "3");
+    assert_eq!(short.text().await.unwrap().matches("data: ").count(), 2);
+    let third = open_stream(&s, &token).await;
+    assert_eq!(third.status(), 200, "an ended stream frees its place");
+    open.push(third);
+
+    // Disabled: every stream of the key ends within a second.
+    let since = std::time::Instant::now();
+    s.cli(&["keys", "disable", &key_id]);
+    for resp in open {
+        let took = ended_within(resp, since).await;
+        assert!(took.is_some_and(|t| t < std::time::Duration::from_secs(1)), "ended after {took:?}");
+    }
+    // Its route's permission taken away (the role removed): the same.
+    let stream = open_stream(&s, &other).await;
+    assert_eq!(stream.status(), 200);
+    let since = std::time::Instant::now();
+    s.cli(&["keys", "edit", &other_id, "--role", ""]);
+    let took = ended_within(stream, since).await;
+    assert!(took.is_some_and(|t| t < std::time::Duration::from_secs(1)), "ended after {took:?}");
+    assert_eq!(metric_value(&s, "keygate_realtime_closed_total{reason=\"revoked\"}").await, "3");
+    assert_eq!(metric_value(&s, "keygate_realtime_closed_total{reason=\"forbidden\"}").await, "1");
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_disabled_through_one_redis_node_loses_its_streams_on_another() {
+    let Some(redis) = crate::common::redis::RedisServer::start() else { return };
+    let up = upstream::start().await;
+    let first = Setup::redis(&up.url(), &redis.url(), "");
+    let text = std::fs::read_to_string(&first.config).unwrap();
+    let text = text.replacen(
+        "[[routes]]\n",
+        "[[routes]]\nmatch = \"GET /api/events/*\"\npermission = \"lists.view\"\n\n[[routes]]\n",
+        1,
+    );
+    std::fs::write(&first.config, text).unwrap();
+    let second = first.another_node();
+    let (key_id, token) = first.create_key(&["--name", "watcher", "--role", "read-only"]);
+    let (_a, _b) = (first.start(), second.start());
+    let stream = open_stream(&second, &token).await;
+    assert_eq!(stream.status(), 200);
+    let since = std::time::Instant::now();
+    let disabled =
+        client().post(first.admin_url(&format!("/api-keys/{key_id}/disable"))).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(disabled.status(), 200);
+    let took = ended_within(stream, since).await;
+    assert!(took.is_some_and(|t| t < std::time::Duration::from_secs(1)), "ended after {took:?}");
+}

@@ -142,6 +142,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let webhooks = webhooks::webhooks(&mut c, path, &raw.webhooks);
     let events = webhooks::events_table(&mut c, &raw.events);
     let failed_credentials = raw.abuse.failed_credentials.as_ref().and_then(|f| failed_credentials(&mut c, f));
+    let per_key_connections = c.positive(&raw.realtime.per_key_connections, "realtime.per_key_connections", 10);
 
     if !c.problems.is_empty() {
         return Err(ConfigError { file: path.to_path_buf(), problems: c.problems });
@@ -165,6 +166,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         webhooks,
         events,
         failed_credentials,
+        per_key_connections: u32::try_from(per_key_connections).unwrap_or(u32::MAX),
     })
 }
 
