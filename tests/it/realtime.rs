@@ -145,7 +145,15 @@ async fn a_key_holds_a_bounded_number_of_streams_and_revocation_ends_them() {
     assert_eq!(short.text().await.unwrap().matches("data: ").count(), 2);
     let third = open_stream(&s, &token).await;
     assert_eq!(third.status(), 200, "an ended stream frees its place");
-    open.push(third);
+    // A client that goes away frees its place at once, not at the next event.
+    drop(third);
+    let again = eventually(std::time::Duration::from_secs(2), || async {
+        metric_value(&s, "keygate_realtime_connections{kind=\"event_stream\"}").await == "2"
+    })
+    .await;
+    assert!(again.is_some_and(|t| t < std::time::Duration::from_secs(1)), "freed after {again:?}");
+    open.push(open_stream(&s, &token).await);
+    assert_eq!(open[2].status(), 200);
 
     // Disabled: every stream of the key ends within a second.
     let since = std::time::Instant::now();

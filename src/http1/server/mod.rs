@@ -148,7 +148,9 @@ where
         let body_refused = response.body == BodyOutcome::Refused;
         let reusable = unread.is_none_or(|f| !body_refused && !f.broken && !f.continue_unsent() && drainable(f.framing()));
         let how = Answering { keep_alive: how.keep_alive && reusable && !conn.stop.asked(), ..how };
-        match conn.respond(response, how).await {
+        // With the request read whole, the socket is watched while a slow
+        // answer streams: a client gone ends it at once.
+        match conn.respond(response, how, unread.is_none()).await {
             Ok(true) => {}
             Ok(false) if unread.is_some() => {
                 conn.linger().await;
@@ -246,24 +248,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     /// for the next request, up to a head's size; past that the socket is
     /// left unread until the answer is written.
     fn client_gone(&mut self, cx: &mut Context<'_>) -> bool {
-        // Read into the stack, not into `buf`: reserving room there while
-        // the request's head still shares its allocation would copy it.
-        let mut probe = [0u8; 512];
-        while self.buf.len() < self.limits.max_header_bytes {
-            let mut read = tokio::io::ReadBuf::new(&mut probe);
-            match Pin::new(&mut self.io).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if read.filled().is_empty() => return true,
-                Poll::Ready(Ok(())) => self.buf.extend_from_slice(read.filled()),
-                Poll::Ready(Err(_)) => return true,
-                Poll::Pending => return false,
-            }
-        }
-        false
+        gone(&mut self.io, &mut self.buf, self.limits.max_header_bytes, cx)
     }
 
     /// Writes the response; `Ok(true)` if the connection stays open.
-    async fn respond(&mut self, reply: Reply, how: Answering) -> std::io::Result<bool> {
-        let mut sink = ClientSink { io: &mut self.io, deadline: &mut self.deadline, limits: &self.limits };
+    /// `watch`: the request was read whole, so the socket may be read
+    /// while the answer waits on its body, to see the client go.
+    async fn respond(&mut self, reply: Reply, how: Answering, watch: bool) -> std::io::Result<bool> {
+        let watched = watch.then_some(&mut self.buf);
+        let mut sink = ClientSink { io: &mut self.io, deadline: &mut self.deadline, limits: &self.limits, watched };
         write::response(&mut sink, &mut self.out, reply, how).await
     }
 
@@ -277,7 +270,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         let resp = (self.limits.refusal)(status, error.to_string());
         tracing::debug!(error = %error, "request head refused");
         let how = Answering { version: http::Version::HTTP_11, head_only: false, keep_alive: false };
-        let _ = self.respond(resp.into(), how).await;
+        let _ = self.respond(resp.into(), how, false).await;
     }
 
     /// Closes a connection whose request body was answered before it was
@@ -325,6 +318,24 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     }
 }
 
+/// Whether the client closed its connection (see `Conn::client_gone`):
+/// what it sends meanwhile is kept in `buf`, up to `max` bytes.
+fn gone<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, max: usize, cx: &mut Context<'_>) -> bool {
+    // Read into the stack, not into `buf`: reserving room there while
+    // the request's head still shares its allocation would copy it.
+    let mut probe = [0u8; 512];
+    while buf.len() < max {
+        let mut read = tokio::io::ReadBuf::new(&mut probe);
+        match Pin::new(&mut *io).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => return true,
+            Poll::Ready(Ok(())) => buf.extend_from_slice(read.filled()),
+            Poll::Ready(Err(_)) => return true,
+            Poll::Pending => return false,
+        }
+    }
+    false
+}
+
 /// The client socket as the response writer sees it: every write bounded
 /// by `limit` of no progress.
 struct ClientSink<'a, I> {
@@ -332,9 +343,19 @@ struct ClientSink<'a, I> {
     deadline: &'a mut Deadline,
     /// Its idle timeout bounds each write; its spellings name the fields.
     limits: &'a Limits,
+    /// Where what the client sends while the answer streams is kept, when
+    /// its socket is watched (the request was read whole).
+    watched: Option<&'a mut BytesMut>,
 }
 
-impl<I: AsyncWrite + Unpin + Send> Sink for ClientSink<'_, I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send> Sink for ClientSink<'_, I> {
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.watched.as_deref_mut() {
+            Some(buf) => gone(&mut *self.io, buf, self.limits.max_header_bytes, cx),
+            None => false,
+        }
+    }
+
     async fn send(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         let io = &mut *self.io;
         let written = self

@@ -42,6 +42,11 @@ pub struct Answering {
 pub trait Sink {
     /// Writes all of `data` (and flushes it).
     fn send(&mut self, data: &[u8]) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Whether the reader went away (its connection closed) while the
+    /// answer waits on its body; registers for a wake-up when it does.
+    fn poll_gone(&mut self, _cx: &mut std::task::Context<'_>) -> bool {
+        false
+    }
     /// How the caller spells its own field names (see `spelled`).
     fn spellings(&self) -> &'static [&'static str] {
         &[]
@@ -69,6 +74,9 @@ pub async fn response<S: Sink>(sink: &mut S, out: &mut Vec<u8>, reply: Reply, ho
         let next = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(Some(frame)),
             Poll::Pending if !out.is_empty() => Poll::Ready(None),
+            // Nothing to write and nothing ready: a client gone now ends
+            // the answer (and what it holds) before the next write would.
+            Poll::Pending if sink.poll_gone(cx) => Poll::Ready(Some(Some(Err("the client closed the connection".into())))),
             Poll::Pending => Poll::Pending,
         })
         .await;
