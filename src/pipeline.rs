@@ -487,11 +487,12 @@ fn guarded(body: Body, cfg: &Config) -> Body {
 /// Phase 4: what keygate adds to every answer, its own or the upstream's:
 /// the refusal's body, CORS fields for a route under `[cors]`, and the
 /// rate-limit fields.
-fn decorate(cx: &mut Ctx<'_>, answer: Result<Reply, GatewayError>) -> Reply {
-    let answer = match answer {
-        Ok(reply) if reply.upstream.is_event_stream() => live_stream(cx, reply),
-        other => other,
-    };
+fn decorate(cx: &mut Ctx<'_>, mut answer: Result<Reply, GatewayError>) -> Reply {
+    // Looked at in place: most answers are not event streams, and a move
+    // of the answer costs every request a copy.
+    if matches!(&answer, Ok(reply) if reply.upstream.is_event_stream()) {
+        answer = answer.and_then(|reply| live_stream(cx, reply));
+    }
     cx.trace.outcome = match &answer {
         Ok(_) => (cx.trace.served_as.unwrap_or("forwarded"), "none"),
         Err(e) => (e.outcome(), e.code()),

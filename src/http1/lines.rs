@@ -196,9 +196,14 @@ impl HeaderLines {
     }
 }
 
-/// Whether a `Content-Type` value is `text/event-stream`.
+/// Whether a `Content-Type` value is `text/event-stream` (parameters
+/// allowed). Compared in place: every answer's type passes through here.
 fn is_event_stream(value: &[u8]) -> bool {
-    value.split(|b| *b == b';').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
+    const TYPE: &[u8] = b"text/event-stream";
+    let value = value.trim_ascii_start();
+    value.len() >= TYPE.len()
+        && value[..TYPE.len()].eq_ignore_ascii_case(TYPE)
+        && value[TYPE.len()..].first().is_none_or(|b| *b == b';' || *b == b' ' || *b == b'\t')
 }
 
 #[cfg(test)]
