@@ -24,32 +24,7 @@ pub fn empty() -> Body {
 /// long as an answer is being written (an in-flight slot is released
 /// only when its answer's last byte is out, or the client is gone).
 pub fn holding<G: Send + Sync + Unpin + 'static>(body: Body, guard: G) -> Body {
-    Holding { body, _guard: guard }.boxed()
-}
-
-struct Holding<G> {
-    body: Body,
-    _guard: G,
-}
-
-impl<G: Send + Sync + Unpin + 'static> http_body::Body for Holding<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
+    Kept { body, closed: None, until: None, _guard: guard }.boxed()
 }
 
 /// `body`, ended early (cleanly, as if the upstream had ended it) when
@@ -61,23 +36,20 @@ pub fn ending<G: Send + Sync + Unpin + 'static>(
     until: Option<tokio::time::Instant>,
     guard: G,
 ) -> Body {
-    Ending {
-        body,
-        closed: Box::pin(close.cancelled_owned()),
-        until: until.map(|at| Box::pin(tokio::time::sleep_until(at))),
-        _guard: guard,
-    }
-    .boxed()
+    let until = until.map(|at| Box::pin(tokio::time::sleep_until(at)));
+    Kept { body, closed: Some(Box::pin(close.cancelled_owned())), until, _guard: guard }.boxed()
 }
 
-struct Ending<G> {
+/// A body with something kept alive beside it, and maybe a signal and a
+/// time that end it early.
+struct Kept<G> {
     body: Body,
-    closed: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    closed: Option<std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     until: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     _guard: G,
 }
 
-impl<G: Send + Sync + Unpin + 'static> http_body::Body for Ending<G> {
+impl<G: Send + Sync + Unpin + 'static> http_body::Body for Kept<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -87,7 +59,8 @@ impl<G: Send + Sync + Unpin + 'static> http_body::Body for Ending<G> {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         use std::future::Future;
         let this = self.get_mut();
-        if this.closed.as_mut().poll(cx).is_ready() || this.until.as_mut().is_some_and(|u| u.as_mut().poll(cx).is_ready()) {
+        let closed = this.closed.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready());
+        if closed || this.until.as_mut().is_some_and(|u| u.as_mut().poll(cx).is_ready()) {
             return std::task::Poll::Ready(None);
         }
         std::pin::Pin::new(&mut this.body).poll_frame(cx)
