@@ -164,10 +164,8 @@ async fn apply_changes(app: &App, changes: &[Change]) {
 /// connection's route needs. Read from the store, as the change left it.
 async fn close_revoked(app: &App, key_ids: impl Iterator<Item = &str>) {
     use crate::realtime::Closed;
-    for id in key_ids {
-        if app.streams.permissions(id).is_empty() {
-            continue;
-        }
+    let environment = app.runtime.load().config.server.environment;
+    for id in key_ids.filter(|id| app.streams.is_open(id)) {
         let key = match app.store.get_key(id).await {
             Ok(key) => key,
             Err(e) => {
@@ -176,7 +174,6 @@ async fn close_revoked(app: &App, key_ids: impl Iterator<Item = &str>) {
                 continue;
             }
         };
-        let environment = app.runtime.load().config.server.environment;
         let usable = key.as_ref().filter(|k| {
             crate::keys::model::KeyStatus::of(k, crate::clock::now_unix()) == crate::keys::model::KeyStatus::Active
                 && k.env == environment

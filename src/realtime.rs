@@ -90,9 +90,9 @@ impl Streams {
         self.by_key.iter().map(|e| e.key().clone()).collect()
     }
 
-    /// The permissions `key_id`'s open connections need (`None`: none).
-    pub fn permissions(&self, key_id: &str) -> Vec<Option<Arc<str>>> {
-        self.by_key.get(key_id).map(|open| open.iter().map(|o| o.permission.clone()).collect()).unwrap_or_default()
+    /// Whether `key_id` has a connection open now.
+    pub fn is_open(&self, key_id: &str) -> bool {
+        self.by_key.contains_key(key_id)
     }
 
     /// Closes `key_id`'s connections (those `which` picks by the permission
