@@ -39,6 +39,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod webhooks;
+pub mod websocket;
 
 /// The hasher of keygate's in-memory maps (key cache, limiter windows,
 /// usage, metric children). Their keys are SHA-256 digests and ids that

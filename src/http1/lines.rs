@@ -61,6 +61,8 @@ pub struct Hop<'a> {
     pub keep_alive: bool,
     /// The last `Transfer-Encoding` coding, lowercase-compared by the caller.
     pub transfer_encoding: Option<&'a [u8]>,
+    /// `Upgrade`, when sent once.
+    pub upgrade: Option<&'a [u8]>,
 }
 
 impl HeaderLines {
@@ -71,6 +73,7 @@ impl HeaderLines {
         let mut hop = Hop::default();
         // Names `Connection` lists are hop-by-hop too; usually there are none.
         let mut named: Vec<&[u8]> = Vec::new();
+        let mut upgrade_seen = 0;
         for field in fields {
             if field.name.eq_ignore_ascii_case("connection") {
                 for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
@@ -84,6 +87,10 @@ impl HeaderLines {
                 }
             } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
                 hop.transfer_encoding = field.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+            } else if field.name.eq_ignore_ascii_case("upgrade") {
+                // Two of them name no one protocol.
+                upgrade_seen += 1;
+                hop.upgrade = (upgrade_seen == 1).then(|| field.value.trim_ascii());
             }
         }
         let is_length = |field: &httparse::Header<'_>| field.name.eq_ignore_ascii_case("content-length");

@@ -18,7 +18,7 @@ mod server;
 // The whole surface the rest of keygate sees.
 pub use client::pool::{ConnectError, Pool, Target};
 pub use client::stream::TlsTarget;
-pub use client::{ExchangeError, RequestHead, Timing, Upstreamed};
+pub use client::{ExchangeError, RequestHead, SwitchedIo, Timing, Upstreamed};
 pub use deadline::Deadline;
 pub use lines::{FieldLines, HeaderLines};
 pub use server::{serve, Ended, Limits};
@@ -97,6 +97,27 @@ fn read_lines(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         let colon = line.iter().position(|b| *b == b':')?;
         Some((&line[..colon], line[colon + 1..].trim_ascii()))
     })
+}
+
+/// A value passed once through a response's extensions (which must be
+/// `Clone`): the first to take it has it.
+pub struct Handover<T>(std::sync::Arc<std::sync::Mutex<Option<T>>>);
+
+impl<T> Clone for Handover<T> {
+    fn clone(&self) -> Self {
+        Handover(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl<T> Handover<T> {
+    pub fn new(value: T) -> Handover<T> {
+        Handover(std::sync::Arc::new(std::sync::Mutex::new(Some(value))))
+    }
+
+    /// The value, unless it was taken.
+    pub fn take(&self) -> Option<T> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 /// What a handler gives a server connection: the response, the header lines

@@ -12,6 +12,7 @@ pub mod tls;
 use crate::body::Body;
 use crate::http1 as h1;
 use crate::pipeline::ConnInfo;
+use crate::websocket;
 use http::{Request, Response};
 use std::future::Future;
 use std::sync::Arc;
@@ -193,5 +194,28 @@ where
     match h1::serve(io, limits, handler.clone(), info.clone(), shutdown.clone()).await {
         h1::Ended::Closed => {}
         h1::Ended::Http2(io, read) => h2::serve(io, read, limits, handler, info, shutdown).await,
+        h1::Ended::Switched(io, read, extensions) => tunnel(io, read, &extensions, shutdown).await,
     }
+}
+
+/// A connection switched to WebSocket: spliced to its upstream until
+/// either side closes, or keygate ends it (what the handler left says
+/// when; shutdown ends it with 1001).
+async fn tunnel<I: AsyncRead + AsyncWrite + Unpin>(
+    mut io: I,
+    read: bytes::BytesMut,
+    extensions: &http::Extensions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let upstream = extensions.get::<h1::Handover<h1::SwitchedIo>>().and_then(|h| h.take());
+    let watch = extensions.get::<h1::Handover<websocket::Watch>>().and_then(|h| h.take());
+    let (Some(mut upstream), Some(watch)) = (upstream, watch) else { return };
+    let end = async move {
+        tokio::select! {
+            why = watch.end => why,
+            _ = shutdown.wait_for(|stop| *stop) => websocket::Ending::GOING_AWAY,
+        }
+    };
+    let spliced = websocket::splice((&mut io, &read), (&mut upstream.stream, &upstream.read), watch.bounds, end).await;
+    tracing::debug!(?spliced, "a WebSocket connection ended");
 }

@@ -12,7 +12,22 @@ use std::path::{Path, PathBuf};
 
 /// From the ground up. See docs/architecture.md for what each floor is.
 const FLOORS: &[(&str, &[&str])] = &[
-    ("ground", &["body", "clock", "correlation", "credentials", "envelope", "http1", "metrics", "policy", "tls", "webhooks"]),
+    (
+        "ground",
+        &[
+            "body",
+            "clock",
+            "correlation",
+            "credentials",
+            "envelope",
+            "http1",
+            "metrics",
+            "policy",
+            "tls",
+            "webhooks",
+            "websocket",
+        ],
+    ),
     ("model", &["keys", "config", "events", "leaks"]),
     ("storage", &["store"]),
     ("node", &["cache", "ratelimit", "realtime"]),

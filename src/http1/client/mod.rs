@@ -49,6 +49,11 @@ pub trait RequestHead: Sync {
     fn each_field(&self, field: &mut dyn FnMut(&[u8], &[u8]));
     /// Fields rendered once for many requests, written after the others.
     fn rendered(&self) -> &FieldLines;
+    /// The protocol to switch to (`websocket`), when the request asks to
+    /// upgrade: `Connection: upgrade` and `Upgrade` are written for it.
+    fn upgrade(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// An upstream's answer: the status and body, and the header fields as
@@ -91,6 +96,8 @@ pub enum ExchangeError {
     HeadTooLarge,
     #[error("no response head before the upstream's timeout")]
     TimedOut,
+    #[error("the upstream switched protocols (101) when no upgrade was asked, or to another protocol")]
+    UnaskedSwitch,
 }
 
 impl ExchangeError {
@@ -153,6 +160,9 @@ impl Connection {
             Ok((read_head(stream, buffered, head_only).await?, Sent::All))
         };
         let ((head, framing), sent) = timer.within(deadline, sent_and_answered).await.map_err(|_| ExchangeError::TimedOut)??;
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return self.switched(head, out.upgrade());
+        }
         let reusable = sent == Sent::All && head.keep_alive && framing != Framing::UntilClose && !last;
         let home = reusable.then(|| Arc::clone(pool));
         // An event stream is quiet between events by design.
@@ -161,6 +171,33 @@ impl Connection {
         *response.status_mut() = head.status;
         Ok(Upstreamed { response, lines: head.lines })
     }
+}
+
+impl Connection {
+    /// The upstream's 101: the connection is the new protocol's now (never
+    /// pooled again), handed over in the response's extensions as a
+    /// [`SwitchedIo`]. A 101 to a request that asked for no upgrade, or to
+    /// another protocol than it asked, is refused: the bytes after it are
+    /// not HTTP, and read as the next answer they would be smuggled.
+    fn switched(self, head: Head, asked: Option<&'static str>) -> Result<Upstreamed, ExchangeError> {
+        let agreed = head.upgrade.as_deref().zip(asked).is_some_and(|(said, asked)| said.eq_ignore_ascii_case(asked.as_bytes()));
+        let (true, Some(protocol)) = (agreed, asked) else { return Err(ExchangeError::UnaskedSwitch) };
+        let mut response = Response::new(crate::body::empty());
+        *response.status_mut() = head.status;
+        let io = SwitchedIo { stream: self.stream, read: self.buffered, protocol, _busy: self.busy };
+        response.extensions_mut().insert(super::Handover::new(io));
+        Ok(Upstreamed { response, lines: head.lines })
+    }
+}
+
+/// A switched connection's socket, what was read past the 101, and the
+/// protocol it speaks now. (Its place under the upstream's
+/// `max_connections` goes with the socket.)
+pub struct SwitchedIo {
+    pub stream: Stream,
+    pub read: BytesMut,
+    pub protocol: &'static str,
+    _busy: Option<pool::Busy>,
 }
 
 /// How long an exchange may take: its head before `deadline`, then at most
@@ -256,7 +293,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     loop {
         if !buffered.is_empty() {
             if let Some(head) = parse_head(buffered)? {
-                if head.status.is_informational() {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                     // 100 Continue and 103 Early Hints: the answer follows.
                     continue;
                 }
@@ -287,6 +324,8 @@ pub(super) struct Head {
     /// Whether the body is chunked (the last `Transfer-Encoding` coding),
     /// or, with another coding, runs until the upstream closes.
     pub transfer_encoding: Option<Coding>,
+    /// The protocol a 101 switches to.
+    pub upgrade: Option<Vec<u8>>,
 }
 
 /// The last `Transfer-Encoding` coding of a response.
@@ -313,8 +352,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     let keep_alive = !hop.close && (hop.keep_alive || parsed.version == Some(1));
     let transfer_encoding =
         hop.transfer_encoding.map(|coding| if coding.eq_ignore_ascii_case(b"chunked") { Coding::Chunked } else { Coding::Other });
+    let upgrade = hop.upgrade.filter(|_| status == StatusCode::SWITCHING_PROTOCOLS).map(<[u8]>::to_vec);
     buf.advance(used);
-    Ok(Some(Head { status, lines, keep_alive, transfer_encoding }))
+    Ok(Some(Head { status, lines, keep_alive, transfer_encoding, upgrade }))
 }
 
 /// Writes the request line, headers and body. The message is framed
@@ -342,6 +382,10 @@ pub async fn write_request<W: AsyncWrite + Unpin>(
         }
     });
     head.extend_from_slice(out.rendered().text());
+    if let Some(protocol) = out.upgrade() {
+        write_line(&mut head, b"connection", b"upgrade");
+        write_line(&mut head, b"upgrade", protocol.as_bytes());
+    }
     let has_body = !body.is_end_stream();
     let length = if has_body { body.size_hint().exact() } else { None };
     let chunked = has_body && length.is_none();

@@ -73,6 +73,10 @@ pub enum Ended<I> {
     /// The client opened with the HTTP/2 preface: its socket and the
     /// bytes read so far, for the HTTP/2 server.
     Http2(I, BytesMut),
+    /// The handler answered 101 and its head is written: the socket, the
+    /// bytes read past the request, and the answer's extensions (what the
+    /// handler left for the new protocol).
+    Switched(I, BytesMut, http::Extensions),
 }
 
 /// One client connection.
@@ -144,6 +148,14 @@ where
         let Some(response) = conn.run(handling, feeder.as_mut()).await else { return Ended::Closed };
         // The connection carries another request only if this one's body
         // is read, or can be: not after a body found too large or stalled.
+        if response.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Only a request read whole switches: what follows it is the
+            // new protocol's.
+            return match feeder.is_none_or(|f| f.is_done()) {
+                true => conn.switch(response, how).await,
+                false => Ended::Closed,
+            };
+        }
         let unread = feeder.as_ref().filter(|f| !f.is_done());
         let body_refused = response.body == BodyOutcome::Refused;
         let reusable = unread.is_none_or(|f| !body_refused && !f.broken && !f.continue_unsent() && drainable(f.framing()));
@@ -258,6 +270,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         let watched = watch.then_some(&mut self.buf);
         let mut sink = ClientSink { io: &mut self.io, deadline: &mut self.deadline, limits: &self.limits, watched };
         write::response(&mut sink, &mut self.out, reply, how).await
+    }
+
+    /// Writes a 101 and hands the connection over.
+    async fn switch(mut self, mut reply: Reply, how: Answering) -> Ended<I> {
+        let extensions = std::mem::take(reply.response.extensions_mut());
+        match self.respond(reply, how, false).await {
+            Ok(_) => Ended::Switched(self.io, self.buf, extensions),
+            Err(_) => Ended::Closed,
+        }
     }
 
     /// Answers a refused head (400 or 431, in the contract's JSON shape);

@@ -401,7 +401,7 @@ async fn the_http2_preface_hands_the_connection_over_with_what_was_read() {
     c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04").await.unwrap();
     match ended(served).await {
         Ended::Http2(_, read) => assert!(read.starts_with(b"PRI * HTTP/2.0\r\n"), "{read:?}"),
-        Ended::Closed => panic!("not handed over"),
+        _ => panic!("not handed over"),
     }
     // Only as a connection's first request.
     let (mut c2, served, _stop) = connect(echo);
@@ -428,4 +428,34 @@ async fn head_requests_get_no_body_and_the_connection_goes_on() {
     let text = String::from_utf8_lossy(&wire);
     let first_head = text.find("\r\n\r\n").unwrap() + 4;
     assert!(text[first_head..].starts_with("HTTP/1.1 200"), "the HEAD answer carried a body: {text:?}");
+}
+
+/// Answers 101, leaving a marker in the answer's extensions.
+async fn switch(_: Request<Body>, (): ()) -> Reply {
+    let mut resp = Response::new(crate::body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    resp.extensions_mut().insert(7u32);
+    resp.into()
+}
+
+#[tokio::test]
+async fn a_101_hands_the_connection_over_with_what_follows_the_request() {
+    let (mut c, served, _stop) = connect(switch);
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x00").await.unwrap();
+    let a = answers(&mut c, 1).await;
+    assert_eq!(a[0].status, 101);
+    assert!(a[0].head.contains("upgrade: websocket\r\n") && a[0].head.contains("connection: upgrade\r\n"), "{a:?}");
+    match ended(served).await {
+        Ended::Switched(_, read, extensions) => {
+            assert_eq!(&read[..], b"\x81\x00", "bytes past the request are the new protocol's");
+            assert_eq!(extensions.get::<u32>(), Some(&7));
+        }
+        _ => panic!("not handed over"),
+    }
+    // A request whose body is unread never switches.
+    let (mut c, served, _stop) = connect(switch);
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n").await.unwrap();
+    assert!(matches!(ended(served).await, Ended::Closed));
+    assert!(closed(&mut c).await);
 }

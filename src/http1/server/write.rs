@@ -187,6 +187,15 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, extra: Extra<'_>, exact: Option
         keep_alive = false;
         Wire::UntilClose
     };
+    if status == http::StatusCode::SWITCHING_PROTOCOLS {
+        // The connection is the new protocol's after this head.
+        if let Some(protocol) = parts.headers.get(header::UPGRADE) {
+            write_line(out, b"Connection", b"Upgrade");
+            write_line(out, b"Upgrade", protocol.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            return (Wire::None, false);
+        }
+    }
     if !keep_alive {
         write_line(out, b"Connection", b"close");
     } else if how.version == Version::HTTP_10 {
@@ -341,6 +350,17 @@ mod tests {
         let (text, keep) = wire(Response::new(crate::body::full("ok")), Answering { version: Version::HTTP_10, ..HTTP11 }).await;
         assert!(keep);
         assert!(text.contains("Connection: keep-alive\r\n") && text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_switch_names_its_protocol_and_nothing_follows_it() {
+        let mut resp = Response::new(crate::body::full("ignored"));
+        *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        let (text, keep) = wire(resp, HTTP11).await;
+        assert!(!keep, "no other request follows on the connection");
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{text}");
+        assert!(text.ends_with("Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"), "{text}");
     }
 
     #[tokio::test]
