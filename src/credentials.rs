@@ -1,6 +1,8 @@
 //! Finding the API key in a request, and removing it before the request is
 //! forwarded. Looked for, in order: `Authorization: Bearer`, `X-API-Key`,
-//! `Authorization: Basic` (the password is the key), `?api_token=`.
+//! `Authorization: Basic` (the password is the key), `?api_token=`; and,
+//! in a WebSocket handshake (a browser cannot set its headers), a
+//! `keygate.token.<token>` entry of `Sec-WebSocket-Protocol`.
 
 use base64::Engine;
 use http::header::AUTHORIZATION;
@@ -19,6 +21,26 @@ pub enum Source {
     ApiKeyHeader,
     Basic,
     Query,
+    Subprotocol,
+}
+
+/// The `Sec-WebSocket-Protocol` entry that carries a key: `keygate.token.<token>`.
+pub const SUBPROTOCOL_PREFIX: &str = "keygate.token.";
+
+/// The entries of `Sec-WebSocket-Protocol` fields, as listed.
+pub fn subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+}
+
+/// Whether a subprotocol entry carries a key.
+pub fn is_key_entry(entry: &[u8]) -> bool {
+    entry.len() >= SUBPROTOCOL_PREFIX.len()
+        && entry[..SUBPROTOCOL_PREFIX.len()].eq_ignore_ascii_case(SUBPROTOCOL_PREFIX.as_bytes())
 }
 
 /// A presented token, borrowed from the request where it stands as sent
@@ -161,6 +183,20 @@ fn names_api_token(name: &str) -> bool {
 /// holds a key); the places must agree. The first found, in the order
 /// Bearer, `X-API-Key`, Basic, query, is the one returned.
 pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option<Credential<'a>>, CredentialError> {
+    extract_from(headers, query, false)
+}
+
+/// [`extract`] for a WebSocket handshake: a `keygate.token.<token>` entry
+/// of `Sec-WebSocket-Protocol` is one more place, read last.
+pub fn extract_handshake<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option<Credential<'a>>, CredentialError> {
+    extract_from(headers, query, true)
+}
+
+fn extract_from<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+    handshake: bool,
+) -> Result<Option<Credential<'a>>, CredentialError> {
     let mut found = Found::default();
     let mut basic = Vec::new();
     for value in headers.get_all(AUTHORIZATION) {
@@ -189,6 +225,16 @@ pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option
     if let Some(q) = query {
         for token in query_tokens(q) {
             found.add(Cow::Owned(token), Source::Query);
+        }
+    }
+    if handshake {
+        for entry in subprotocols(headers).filter(|e| is_key_entry(e)) {
+            let token = std::str::from_utf8(&entry[SUBPROTOCOL_PREFIX.len()..])
+                .map_err(|_| CredentialError::Malformed("the keygate.token subprotocol is not ASCII"))?;
+            if token.is_empty() {
+                return Err(CredentialError::Malformed("the keygate.token subprotocol is empty"));
+            }
+            found.add(Cow::Borrowed(token), Source::Subprotocol);
         }
     }
     if found.ambiguous {
@@ -239,6 +285,22 @@ mod tests {
         for v in ["Bearer x", "bearer  x ", "Bearer", "Bearer ", "Bearerx y", " Bearer x", "Basic x", "BEARER\tx", "Bear x", ""] {
             assert_eq!(scheme(v, "Bearer"), split(v), "{v:?}");
         }
+    }
+
+    #[test]
+    fn a_handshake_may_carry_the_key_as_a_subprotocol_and_nothing_else_may() {
+        let h = headers(&[("sec-websocket-protocol", "chat, keygate.token.tok5"), ("sec-websocket-protocol", "v2")]);
+        assert!(extract(&h, None).unwrap().is_none(), "only a handshake reads it");
+        let c = extract_handshake(&h, None).unwrap().unwrap();
+        assert_eq!((&*c.token, c.source), ("tok5", Source::Subprotocol));
+        let both = headers(&[("authorization", "Bearer other"), ("sec-websocket-protocol", "keygate.token.tok5")]);
+        assert!(matches!(extract_handshake(&both, None), Err(CredentialError::Ambiguous)));
+        let same = headers(&[("authorization", "Bearer tok5"), ("sec-websocket-protocol", "keygate.token.tok5")]);
+        assert_eq!(extract_handshake(&same, None).unwrap().unwrap().source, Source::Bearer);
+        let empty = headers(&[("sec-websocket-protocol", "keygate.token.")]);
+        assert!(matches!(extract_handshake(&empty, None), Err(CredentialError::Malformed(_))));
+        let entries: Vec<&[u8]> = subprotocols(&h).filter(|e| !is_key_entry(e)).collect();
+        assert_eq!(entries, [&b"chat"[..], b"v2"]);
     }
 
     #[test]

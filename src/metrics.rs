@@ -154,10 +154,12 @@ impl Metrics {
         let in_flight = IntGauge::new("keygate_in_flight", "Requests holding an in-flight slot (max_in_flight) on this node")?;
         registry.register(Box::new(in_flight.clone()))?;
         let realtime_connections = IntGaugeVec::new(
-            Opts::new("keygate_realtime_connections", "Live connections open on this node (event streams), by kind"),
+            Opts::new("keygate_realtime_connections", "Live connections open on this node (event streams, WebSockets), by kind"),
             &["kind"],
         )?;
-        realtime_connections.with_label_values(&["event_stream"]);
+        for kind in ["event_stream", "websocket"] {
+            realtime_connections.with_label_values(&[kind]);
+        }
         registry.register(Box::new(realtime_connections.clone()))?;
         let realtime_closed = IntCounterVec::new(
             Opts::new("keygate_realtime_closed_total", "Live connections keygate closed, by reason"),

@@ -122,6 +122,8 @@ struct Ctx<'a> {
     /// The client's address (after `trusted_proxies`), read once, when a
     /// phase first asks for it.
     client: Option<IpAddr>,
+    /// A WebSocket handshake on a route that takes them.
+    handshake: bool,
 }
 
 impl Ctx<'_> {
@@ -139,7 +141,8 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Reply 
     // Split once; every phase borrows the head. (Passed by value, it would
     // be copied into each phase's future.)
     let (head, body) = req.into_parts();
-    let mut cx = Ctx { app: &app, rt: &rt, head: &head, conn: &conn, arrived, trace: Trace::default(), client: None };
+    let mut cx =
+        Ctx { app: &app, rt: &rt, head: &head, conn: &conn, arrived, trace: Trace::default(), client: None, handshake: false };
     start_trace(&mut cx);
     let answer = respond(&mut cx, body).await;
     let reply = decorate(&mut cx, answer);
@@ -187,6 +190,11 @@ async fn respond(cx: &mut Ctx<'_>, body: Body) -> Result<Reply, GatewayError> {
         Routed::Whoami => None,
         Routed::Upstream(target) => {
             check_declared_length(&body, &cx.rt.config)?;
+            if cx.handshake && !http_body::Body::is_end_stream(&body) {
+                // What follows a handshake is the new protocol's: a body
+                // would be read as frames by one side and not the other.
+                return Err(GatewayError::BadRequest("a WebSocket handshake carries no body".into()));
+            }
             if target.route.public {
                 cx.trace.served_as = Some("public");
                 return forward(cx, &target, body, None).await;
@@ -289,12 +297,34 @@ fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
     let (index, route) = cfg.routes.find(&cx.head.method, &path).ok_or(GatewayError::NoRoute)?;
     cx.trace.route = RouteLabel::Route(index);
     if cx.head.headers.contains_key(header::UPGRADE) && headers::asks_websocket(&cx.head.headers) {
-        return Err(GatewayError::UpgradeRefused);
+        handshake(cx, route)?;
     }
     if let Some(deny) = &route.deny {
         refuse_denied(cx, deny)?;
     }
     Ok(Routed::Upstream(Target { route, path }))
+}
+
+/// A WebSocket handshake: refused (400 `upgrade_not_allowed`) unless its
+/// route takes them; a malformed one is a bad request, and a browser's
+/// from an origin `[cors]` does not allow is refused (403), since a
+/// handshake has no preflight.
+#[cold]
+fn handshake(cx: &mut Ctx<'_>, route: &Route) -> Result<(), GatewayError> {
+    if !route.websocket {
+        return Err(GatewayError::UpgradeRefused);
+    }
+    let head = cx.head;
+    if let Some(problem) = crate::websocket::handshake_problem(&head.method, head.version, &head.headers) {
+        return Err(GatewayError::BadRequest(problem.into()));
+    }
+    if let (true, Some(policy), Some(origin)) = (route.cors, &cx.rt.config.cors, head.headers.get(header::ORIGIN)) {
+        if !policy.allows(origin) {
+            return Err(GatewayError::CorsRefused("this origin may not open a WebSocket here".into()));
+        }
+    }
+    cx.handshake = true;
+    Ok(())
 }
 
 /// 403 `ip_denied` for a client whose address (after `trusted_proxies`)
@@ -350,7 +380,8 @@ async fn authorise_guarded(
 /// Phase 2: the request's credential, then [`decide`] for its route (none
 /// for `/whoami`), noted in the trace.
 async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLookup>, GatewayError> {
-    let credential = credentials::extract(&cx.head.headers, cx.head.uri.query())
+    let read = if cx.handshake { credentials::extract_handshake } else { credentials::extract };
+    let credential = read(&cx.head.headers, cx.head.uri.query())
         .map_err(|e| match e {
             CredentialError::Malformed(m) => GatewayError::BadRequest(m.into()),
             CredentialError::Ambiguous => GatewayError::AmbiguousCredentials,
@@ -430,6 +461,9 @@ async fn forward(cx: &mut Ctx<'_>, target: &Target<'_>, body: Body, key: Option<
     if let Some(code) = cx.trace.shadow {
         out.set_shadow(code);
     }
+    if cx.handshake {
+        out.set_websocket();
+    }
     let body = guarded(body, &rt.config);
     let sent = Instant::now();
     let result = rt.forwarder.send(cx.conn.worker, index, upstream, &mut out, body, sent).await;
@@ -490,8 +524,9 @@ fn guarded(body: Body, cfg: &Config) -> Body {
 fn decorate(cx: &mut Ctx<'_>, mut answer: Result<Reply, GatewayError>) -> Reply {
     // Looked at in place: most answers are not event streams, and a move
     // of the answer costs every request a copy.
-    if matches!(&answer, Ok(reply) if reply.upstream.is_event_stream()) {
-        answer = answer.and_then(|reply| live_stream(cx, reply));
+    if matches!(&answer, Ok(reply) if reply.upstream.is_event_stream() || reply.response.status() == StatusCode::SWITCHING_PROTOCOLS)
+    {
+        answer = answer.and_then(|reply| live_connection(cx, reply));
     }
     cx.trace.outcome = match &answer {
         Ok(_) => (cx.trace.served_as.unwrap_or("forwarded"), "none"),
@@ -521,24 +556,58 @@ fn decorate(cx: &mut Ctx<'_>, mut answer: Result<Reply, GatewayError>) -> Reply 
     reply
 }
 
-/// An event stream a key opened: registered under the key, so that
-/// revoking the key (or taking the route's permission from it) ends the
-/// stream; and ended when the key expires. A key holding
-/// `[realtime] per_key_connections` streams on this node is refused.
+/// An event stream or a WebSocket a key opened: registered under the
+/// key, so that revoking the key (or taking the route's permission from
+/// it) ends the connection; and ended when the key expires. A key holding
+/// `[realtime] per_key_connections` of them on this node is refused. (A
+/// public route's WebSocket has no key: only its bounds and shutdown end
+/// it.)
 #[cold]
-fn live_stream(cx: &mut Ctx<'_>, mut reply: Reply) -> Result<Reply, GatewayError> {
-    let (Some(found), RouteLabel::Route(index)) = (cx.trace.decision.found.as_ref(), cx.trace.route) else { return Ok(reply) };
+fn live_connection(cx: &mut Ctx<'_>, mut reply: Reply) -> Result<Reply, GatewayError> {
+    use crate::realtime::Kind;
+    let switched = reply.response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let kind = if switched { Kind::WebSocket } else { Kind::EventStream };
     let cfg = &cx.rt.config;
-    let permission = cfg.routes.routes().get(index).and_then(|r| r.permission.as_deref());
-    let key = &found.key;
-    let registration =
-        cx.app.streams.open(&key.key_id, permission, cfg.per_key_connections).ok_or(GatewayError::TooManyConnections)?;
-    let until = key.expires_at.map(|at| {
-        let left = u64::try_from(at.saturating_sub(clock::now_unix())).unwrap_or(0);
-        tokio::time::Instant::now() + Duration::from_secs(left)
-    });
-    let close = registration.close.clone();
-    reply.response = reply.response.map(|body| crate::body::ending(body, close, until, registration));
+    let watched = match (cx.trace.decision.found.as_ref(), cx.trace.route) {
+        (Some(found), RouteLabel::Route(index)) => {
+            let permission = cfg.routes.routes().get(index).and_then(|r| r.permission.as_deref());
+            let key = &found.key;
+            let registration = cx
+                .app
+                .streams
+                .open(&key.key_id, permission, cfg.realtime.per_key_connections, kind)
+                .ok_or(GatewayError::TooManyConnections)?;
+            let until = key.expires_at.map(|at| {
+                let left = u64::try_from(at.saturating_sub(clock::now_unix())).unwrap_or(0);
+                tokio::time::Instant::now() + Duration::from_secs(left)
+            });
+            Some((registration, until))
+        }
+        _ => None,
+    };
+    if !switched {
+        let Some((registration, until)) = watched else { return Ok(reply) };
+        let close = registration.close.clone();
+        reply.response = reply.response.map(|body| crate::body::ending(body, close, until, registration));
+        return Ok(reply);
+    }
+    let end = async move {
+        let Some((registration, until)) = watched else { return std::future::pending().await };
+        let expiry = async {
+            match until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = registration.close.cancelled() => crate::websocket::Ending::REVOKED,
+            _ = expiry => crate::websocket::Ending::EXPIRED,
+        }
+    };
+    let bounds = crate::websocket::Bounds { idle: cfg.realtime.idle_timeout };
+    let watch = crate::websocket::Watch { end: Box::pin(end), bounds };
+    reply.response.extensions_mut().insert(crate::http1::Handover::new(watch));
+    reply.response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     Ok(reply)
 }
 

@@ -1,4 +1,5 @@
-//! Live connections a key holds open (event streams), registered by key
+//! Live connections a key holds open (event streams, WebSockets),
+//! registered by key
 //! so that what revokes the key closes them: each node follows the change
 //! feed, and a key disabled, deleted, leaked or stripped of a stream's
 //! permission has that node's streams ended within the feed's lag. A
@@ -6,7 +7,7 @@
 
 use crate::FastHash;
 use dashmap::DashMap;
-use prometheus::{IntCounterVec, IntGauge};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,22 @@ impl Closed {
     }
 }
 
+/// What kind of connection (the `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    EventStream,
+    WebSocket,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::EventStream => "event_stream",
+            Kind::WebSocket => "websocket",
+        }
+    }
+}
+
 struct Open {
     id: u64,
     /// The permission its route needs, checked again when roles change.
@@ -40,7 +57,8 @@ struct Open {
 pub struct Streams {
     next: AtomicU64,
     by_key: DashMap<String, Vec<Open>, FastHash>,
-    gauge: IntGauge,
+    /// By kind, in [`Kind`]'s order.
+    gauges: [IntGauge; 2],
     closed: IntCounterVec,
 }
 
@@ -49,13 +67,14 @@ pub struct Registration {
     streams: Arc<Streams>,
     key_id: String,
     id: u64,
+    kind: Kind,
     /// Cancelled when the key is revoked: the connection ends.
     pub close: CancellationToken,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.streams.gauge.dec();
+        self.streams.gauges[self.kind as usize].dec();
         if let Some(mut open) = self.streams.by_key.get_mut(&self.key_id) {
             open.retain(|o| o.id != self.id);
         }
@@ -64,14 +83,16 @@ impl Drop for Registration {
 }
 
 impl Streams {
-    /// `gauge` counts the connections open; `closed` those closed, by reason.
-    pub fn new(gauge: IntGauge, closed: IntCounterVec) -> Arc<Streams> {
-        Arc::new(Streams { next: AtomicU64::new(0), by_key: DashMap::default(), gauge, closed })
+    /// `gauges` count the connections open, by kind; `closed` those
+    /// closed, by reason.
+    pub fn new(gauges: &IntGaugeVec, closed: IntCounterVec) -> Arc<Streams> {
+        let gauges = [Kind::EventStream, Kind::WebSocket].map(|k| gauges.with_label_values(&[k.as_str()]));
+        Arc::new(Streams { next: AtomicU64::new(0), by_key: DashMap::default(), gauges, closed })
     }
 
     /// Registers a connection of `key_id` on a route needing `permission`,
-    /// unless the key holds `limit` already.
-    pub fn open(self: &Arc<Self>, key_id: &str, permission: Option<&str>, limit: u32) -> Option<Registration> {
+    /// unless the key holds `limit` already (of either kind).
+    pub fn open(self: &Arc<Self>, key_id: &str, permission: Option<&str>, limit: u32, kind: Kind) -> Option<Registration> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let close = CancellationToken::new();
         {
@@ -81,8 +102,8 @@ impl Streams {
             }
             open.push(Open { id, permission: permission.map(Arc::from), close: close.clone() });
         }
-        self.gauge.inc();
-        Some(Registration { streams: Arc::clone(self), key_id: key_id.to_string(), id, close })
+        self.gauges[kind as usize].inc();
+        Some(Registration { streams: Arc::clone(self), key_id: key_id.to_string(), id, kind, close })
     }
 
     /// Keys with a connection open now.
@@ -119,11 +140,13 @@ mod tests {
     #[test]
     fn connections_are_bounded_per_key_and_closed_by_key_and_permission() {
         let closed = IntCounterVec::new(Opts::new("c", "c"), &["reason"]).unwrap();
-        let s = Streams::new(IntGauge::new("g", "g").unwrap(), closed.clone());
-        let a = s.open("key_a", Some("stats.view"), 2).unwrap();
-        let b = s.open("key_a", Some("lists.view"), 2).unwrap();
-        assert!(s.open("key_a", None, 2).is_none(), "two is the limit");
-        let other = s.open("key_b", None, 2).unwrap();
+        let gauges = IntGaugeVec::new(Opts::new("g", "g"), &["kind"]).unwrap();
+        let s = Streams::new(&gauges, closed.clone());
+        let a = s.open("key_a", Some("stats.view"), 2, Kind::EventStream).unwrap();
+        let b = s.open("key_a", Some("lists.view"), 2, Kind::WebSocket).unwrap();
+        assert_eq!(gauges.with_label_values(&["websocket"]).get(), 1);
+        assert!(s.open("key_a", None, 2, Kind::EventStream).is_none(), "two is the limit, of both kinds");
+        let other = s.open("key_b", None, 2, Kind::EventStream).unwrap();
         assert_eq!(s.close("key_a", Closed::Forbidden, |p| p == Some("stats.view")), 1);
         assert!(a.close.is_cancelled() && !b.close.is_cancelled());
         assert_eq!(s.close("key_a", Closed::Revoked, |_| true), 1, "one left open");
@@ -131,6 +154,7 @@ mod tests {
         assert_eq!(closed.with_label_values(&["revoked"]).get(), 1);
         drop((a, b));
         assert_eq!(s.keys(), vec!["key_b".to_string()]);
-        assert!(s.open("key_a", None, 2).is_some(), "closed ones free their places");
+        assert_eq!(gauges.with_label_values(&["websocket"]).get(), 0);
+        assert!(s.open("key_a", None, 2, Kind::WebSocket).is_some(), "closed ones free their places");
     }
 }

@@ -186,10 +186,7 @@ impl App {
         };
         let (notices, noticed) = crate::events::Notices::channel();
         let in_flight = crate::ratelimit::inflight::InFlight::new(limiter.redis(), metrics.in_flight.clone());
-        let streams = crate::realtime::Streams::new(
-            metrics.realtime_connections.with_label_values(&["event_stream"]),
-            metrics.realtime_closed.clone(),
-        );
+        let streams = crate::realtime::Streams::new(&metrics.realtime_connections, metrics.realtime_closed.clone());
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config, &metrics)),
             config_path,

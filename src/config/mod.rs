@@ -103,9 +103,18 @@ pub struct Config {
     /// `[abuse] failed_credentials`: 401s a minute an address may have
     /// before it is blocked, and for how long.
     pub failed_credentials: Option<GuardPolicy>,
-    /// `[realtime] per_key_connections`: event streams one key may hold
-    /// open on a node.
+    /// `[realtime]`: long-lived connections.
+    pub realtime: Realtime,
+}
+
+/// `[realtime]`, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Realtime {
+    /// Event streams and WebSockets one key may hold open on a node.
     pub per_key_connections: u32,
+    /// The longest pause in an event stream, and the longest a WebSocket
+    /// may carry no frame either way.
+    pub idle_timeout: Duration,
 }
 
 /// `[abuse] failed_credentials`, checked: what the failed-credential

@@ -315,6 +315,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub shadow: bool,
     pub cost_header: Option<Spanned<String>>,
+    pub websocket: Option<Spanned<bool>>,
 }
 
 /// A route's own `rate_limit = { per_minute = 5 }`.

@@ -56,6 +56,9 @@ pub struct Route {
     /// The answer field (lower case) in which the upstream reports what a
     /// request really cost; settled against what was charged up front.
     pub cost_header: Option<Box<str>>,
+    /// Whether a WebSocket handshake may pass (else it is refused, 400
+    /// `upgrade_not_allowed`).
+    pub websocket: bool,
 }
 
 /// The methods a route may name: RFC 9110's and PATCH, upper case.
@@ -128,10 +131,12 @@ impl Route {
             deny: None,
             shadow: false,
             cost_header: None,
+            websocket: false,
         })
     }
 
-    fn method_matches(&self, m: &Method) -> bool {
+    /// Whether the route answers `m` (GET routes answer HEAD too).
+    pub fn method_matches(&self, m: &Method) -> bool {
         match &self.method {
             None => true,
             Some(own) => own == m || (*own == Method::GET && *m == Method::HEAD),

@@ -31,7 +31,9 @@ pub enum Fate {
 /// run another method or path than the one keygate checked.
 pub fn fate(name: &str) -> Fate {
     match name {
-        "authorization" | "x-api-key" => Fate::Credential,
+        // A handshake's subprotocols may carry the key: the rest are
+        // passed on by `Outgoing::set_websocket`.
+        "authorization" | "x-api-key" | "sec-websocket-protocol" => Fate::Credential,
         "host" | "expect" | "content-length" | "transfer-encoding" => Fate::Drop,
         "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip" | "client-ip" | "x-cluster-client-ip" => Fate::Drop,
         "x-http-method-override" | "x-method-override" | "x-http-method" | "x-original-method" => Fate::Drop,

@@ -37,6 +37,7 @@ pub struct Outgoing<'a> {
     forwarded: Vec<(HeaderName, HeaderValue)>,
     request_id: Option<&'a crate::correlation::RequestId>,
     identity: Option<&'a FieldLines>,
+    upgrade: Option<&'static str>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -61,6 +62,7 @@ impl<'a> Outgoing<'a> {
             forwarded: Vec::new(),
             request_id: None,
             identity: None,
+            upgrade: None,
         }
     }
 
@@ -117,6 +119,21 @@ impl<'a> Outgoing<'a> {
         self.forwarded.push((X_KEYGATE_SHADOW, HeaderValue::from_static(code)));
     }
 
+    /// A WebSocket handshake: `Upgrade: websocket` goes on, and the
+    /// subprotocols but one that carries a key (`keygate.token.<token>`).
+    pub fn set_websocket(&mut self) {
+        self.upgrade = Some("websocket");
+        if !self.strip_credentials {
+            return;
+        }
+        let kept: Vec<&[u8]> =
+            crate::credentials::subprotocols(self.client).filter(|e| !crate::credentials::is_key_entry(e)).collect();
+        let value = HeaderValue::from_bytes(&kept.join(&b", "[..]));
+        if let (false, Ok(value)) = (kept.is_empty(), value) {
+            self.forwarded.push((header::SEC_WEBSOCKET_PROTOCOL, value));
+        }
+    }
+
     /// The key's `X-Keygate-*` fields (see `KeyLookup::identity`).
     pub fn set_identity(&mut self, fields: &'a FieldLines) {
         self.identity = Some(fields);
@@ -168,6 +185,10 @@ impl RequestHead for Outgoing<'_> {
     fn rendered(&self) -> &FieldLines {
         static NONE: FieldLines = FieldLines::EMPTY;
         self.identity.unwrap_or(&NONE)
+    }
+
+    fn upgrade(&self) -> Option<&'static str> {
+        self.upgrade
     }
 }
 

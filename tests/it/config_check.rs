@@ -436,6 +436,26 @@ fn a_cost_header_is_checked() {
 }
 
 #[test]
+fn a_websocket_route_must_take_gets() {
+    let on = |pattern: &str, value: &str| {
+        base().replacen(&format!("match = \"{pattern}\""), &format!("match = \"{pattern}\"\nwebsocket = {value}"), 1)
+    };
+    let send = "POST /api/broadcasts/{id}/send";
+    for (text, want) in [
+        (on(send, "true"), "websocket: a WebSocket handshake is a GET: the route must match GET or *"),
+        (on(send, "\"yes\""), "websocket"),
+    ] {
+        let (ok, out) = check(&text);
+        assert!(!ok, "{text}");
+        assert!(out.contains(want) && out.contains("routes["), "want {want}: {out}");
+    }
+    for fine in [on(send, "false"), on("GET /api/ping", "true")] {
+        let (ok, out) = check(&fine);
+        assert!(ok, "{out}");
+    }
+}
+
+#[test]
 fn in_flight_limits_are_checked() {
     let with_limits = |extra: &str| base().replacen("[[upstreams]]", &format!("[rate_limit]\n{extra}\n\n[[upstreams]]"), 1);
     for (text, want) in [

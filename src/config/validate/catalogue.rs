@@ -113,6 +113,16 @@ pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], 
                     let nets = super::deny_entries(c, &format!("{field}.deny"), &r.deny);
                     route.deny = Some(Box::new(crate::policy::ip::DenyList::new(&nets)));
                 }
+                if let Some(ws) = r.websocket.as_ref().filter(|w| *w.get_ref()) {
+                    route.websocket = true;
+                    if !route.method_matches(&http::Method::GET) {
+                        c.problem(
+                            Some(ws),
+                            format!("{field}.websocket"),
+                            "a WebSocket handshake is a GET: the route must match GET or *",
+                        );
+                    }
+                }
                 if let Some(name) = &r.cost_header {
                     route.cost_header = cost_header(c, name, &format!("{field}.cost_header"), r.public);
                 }

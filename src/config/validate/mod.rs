@@ -166,7 +166,10 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         webhooks,
         events,
         failed_credentials,
-        per_key_connections: u32::try_from(per_key_connections).unwrap_or(u32::MAX),
+        realtime: crate::config::Realtime {
+            per_key_connections: u32::try_from(per_key_connections).unwrap_or(u32::MAX),
+            idle_timeout: stream_pause,
+        },
     })
 }
 
