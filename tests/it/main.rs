@@ -47,3 +47,4 @@ mod transfer;
 mod upstream_framing;
 mod upstreams;
 mod webhooks;
+mod websocket;

@@ -3,7 +3,8 @@
 //! can see what keygate forwarded. `/api/slow/{ms}` waits before answering;
 //! `/api/upload` counts the body without keeping it; `/api/cost/{value}`
 //! reports `value` in `X-Keygate-Cost`; `/api/events/{n}/{gap_ms}` is an
-//! event stream.
+//! event stream; a WebSocket handshake to `/ws/...` is answered by an
+//! echo server whose first message is what the handshake carried.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -24,6 +25,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Requests to `/api/slow/{ms}` being answered now, and the most ever.
     pub slow: Arc<InFlight>,
+    /// WebSocket handshakes answered, and the close codes the echo got.
+    pub websockets: Arc<Sockets>,
     /// Stops the listener and every connection it serves.
     serving: tokio::task::AbortHandle,
 }
@@ -60,12 +63,39 @@ impl InFlight {
     }
 }
 
+/// The upstream's WebSocket connections.
+#[derive(Default)]
+pub struct Sockets {
+    handshakes: AtomicUsize,
+    closes: std::sync::Mutex<Vec<u16>>,
+}
+
+impl Sockets {
+    /// Handshakes answered with 101.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// The codes of the close frames the echo received.
+    pub fn closes(&self) -> Vec<u16> {
+        self.closes.lock().unwrap().clone()
+    }
+}
+
+/// What the upstream counts, shared by its connections.
+#[derive(Clone, Default)]
+struct Counters {
+    slow: Arc<InFlight>,
+    sockets: Arc<Sockets>,
+}
+
 async fn answer(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     served_by: SocketAddr,
     tls: Tls,
-    slow: Arc<InFlight>,
+    counters: Counters,
 ) -> Result<Response<Answer>, Infallible> {
+    let slow = counters.slow;
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -79,6 +109,10 @@ async fn answer(
         })
         .collect();
     let version = format!("{:?}", req.version());
+    if path.starts_with("/ws/") && req.headers().contains_key("upgrade") {
+        let seen = json!({ "path": path, "query": query, "headers": headers });
+        return Ok(websocket_echo(&mut req, seen, counters.sockets));
+    }
     if let Some(ms) = path.strip_prefix("/api/slow/").and_then(|m| m.parse::<u64>().ok()) {
         let now = slow.now.fetch_add(1, Ordering::SeqCst) + 1;
         slow.peak.fetch_max(now, Ordering::SeqCst);
@@ -121,6 +155,44 @@ async fn answer(
     Ok(resp)
 }
 
+/// Answers a handshake with 101 (the first subprotocol offered, if any),
+/// then echoes each message, after one saying what the handshake carried.
+fn websocket_echo(req: &mut Request<Incoming>, seen: serde_json::Value, sockets: Arc<Sockets>) -> Response<Answer> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+    sockets.handshakes.fetch_add(1, Ordering::SeqCst);
+    let key = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec()).unwrap_or_default();
+    let protocol = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok()?.split(',').next().map(str::trim))
+        .map(str::to_string);
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let _ = ws.send(Message::text(seen.to_string())).await;
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = &message {
+                sockets.closes.lock().unwrap().push(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
+            }
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+    resp.headers_mut().insert("connection", "Upgrade".parse().unwrap());
+    resp.headers_mut().insert("sec-websocket-accept", accept.parse().unwrap());
+    if let Some(p) = protocol {
+        resp.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    resp
+}
+
 /// The upstream's answer bodies: whole, or streamed.
 type Answer = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -159,27 +231,27 @@ pub async fn start() -> Upstream {
 /// Starts an upstream on `listener`, speaking TLS with `tls` if given.
 pub fn start_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     let addr = listener.local_addr().unwrap();
-    let slow = Arc::new(InFlight::default());
-    let counted = Arc::clone(&slow);
+    let counted = Counters::default();
+    let (slow, websockets) = (Arc::clone(&counted.slow), Arc::clone(&counted.sockets));
     let serving = tokio::spawn(async move {
         // Connections live in the set, so aborting this task closes them too.
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (tls, slow) = (tls.clone(), Arc::clone(&counted));
+            let (tls, counters) = (tls.clone(), counted.clone());
             connections.spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 match tls {
                     None => {
-                        let service = hyper::service::service_fn(move |req| answer(req, addr, Tls::default(), Arc::clone(&slow)));
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        let service = hyper::service::service_fn(move |req| answer(req, addr, Tls::default(), counters.clone()));
+                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
                     }
                     Some(config) => {
                         let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else { return };
                         let client_cert = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
                         let tls = Tls { on: true, client_cert };
-                        let service = hyper::service::service_fn(move |req| answer(req, addr, tls, Arc::clone(&slow)));
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        let service = hyper::service::service_fn(move |req| answer(req, addr, tls, counters.clone()));
+                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
                     }
                 }
             });
@@ -187,7 +259,7 @@ pub fn start_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -
         }
     })
     .abort_handle();
-    Upstream { addr, slow, serving }
+    Upstream { addr, slow, websockets, serving }
 }
 
 /// A private CA and the certificates it issues, written to `dir` as PEM
