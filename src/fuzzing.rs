@@ -27,7 +27,7 @@ use std::net::IpAddr;
 pub type Check = fn(&[u8]);
 
 /// The targets, by the name of their corpus folder.
-pub const TARGETS: [(&str, Check); 7] = [
+pub const TARGETS: [(&str, Check); 8] = [
     ("request_head", request_head),
     ("chunked", chunked),
     ("path", path),
@@ -35,6 +35,7 @@ pub const TARGETS: [(&str, Check); 7] = [
     ("forwarded_for", forwarded_for),
     ("correlation", correlation),
     ("cors_origin", cors_origin),
+    ("websocket_handshake", websocket_handshake),
 ];
 
 /// A request head (and what follows it) from a client: parsed as the
@@ -228,6 +229,56 @@ pub fn cors_origin(input: &[u8]) {
     let dns = sub
         .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b)));
     assert!(text == "https://app.example.com" || dns, "{text:?} was allowed");
+}
+
+/// A WebSocket handshake head, then frames: a head keygate takes as a
+/// handshake is one RFC 6455 allows (a GET over HTTP/1.1 with each field
+/// once), its key is found in at most one place, and it is forwarded
+/// with one `Upgrade: websocket`, no body, and no `keygate.token.` entry
+/// left anywhere. The bytes after the head, read as frames, find the same
+/// boundaries however they arrive.
+pub fn websocket_handshake(input: &[u8]) {
+    let mut buf = BytesMut::from(input);
+    if let Ok(Some(head)) = parse_head(&mut buf, 16 * 1024, 100) {
+        handshake_forwarded(head.request.into_parts().0);
+    }
+    let frames_in = |size: usize| {
+        let mut f = crate::websocket::Frames::default();
+        buf.chunks(size).for_each(|piece| f.pass(piece));
+        f.at_boundary()
+    };
+    let whole = frames_in(buf.len().max(1));
+    assert!(frames_in(1) == whole && frames_in(7) == whole, "frames read differently in pieces: {}", show(&buf));
+}
+
+/// A head taken as a handshake, forwarded: the checks of
+/// [`websocket_handshake`].
+fn handshake_forwarded(parts: http::request::Parts) {
+    if crate::websocket::handshake_problem(&parts.method, parts.version, &parts.headers).is_some() {
+        return;
+    }
+    assert_eq!(parts.method, http::Method::GET);
+    // Found in one place or refused, never a panic.
+    let _ = credentials::extract_handshake(&parts.headers, parts.uri.query());
+    let mut out = Outgoing::new(&parts.method, "/ws".into(), &parts.headers, true, Underscores::Drop);
+    out.set_websocket();
+    let mut wire = Vec::new();
+    let written = write_request(&mut wire, &out, crate::body::empty()).now_or_never();
+    assert!(matches!(written, Some(Ok(()))), "writing to memory finishes at once: {written:?}");
+    let read =
+        strict_read(&wire).unwrap_or_else(|e| panic!("a handshake forwarded as what RFC 9112 refuses ({e}): {}", show(&wire)));
+    assert_eq!(read.used, wire.len(), "more than one message forwarded: {}", show(&wire));
+    assert!(read.body.is_empty(), "a handshake forwarded with a body: {}", show(&wire));
+    assert_eq!(read.names.iter().filter(|n| *n == "upgrade").count(), 1, "{}", show(&wire));
+    let text = String::from_utf8_lossy(&wire).to_ascii_lowercase();
+    assert!(text.contains("\r\nupgrade: websocket\r\n") && text.contains("\r\nconnection: upgrade\r\n"), "{}", show(&wire));
+    for line in text.lines().filter_map(|l| l.strip_prefix("sec-websocket-protocol:")) {
+        assert!(
+            !line.split(',').any(|e| credentials::is_key_entry(e.trim().as_bytes())),
+            "a key entry forwarded: {}",
+            show(&wire)
+        );
+    }
 }
 
 fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<usize>), String> {

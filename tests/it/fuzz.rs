@@ -168,6 +168,24 @@ proptest! {
     }
 
     #[test]
+    fn websocket_handshakes_forward_one_upgrade_and_no_key(
+        line in prop::sample::select(vec!["GET /ws HTTP/1.1", "GET /ws HTTP/1.0", "POST /ws HTTP/1.1", "GET /ws?api_token=k1 HTTP/1.1"]),
+        fields in prop::collection::vec(prop::sample::select(vec![
+            "Host: gw", "Connection: Upgrade", "Connection: keep-alive, upgrade", "Connection: close", "Upgrade: websocket",
+            "Upgrade: WebSocket", "Upgrade: h2c, websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Key: c2hvcnQ=",
+            "Sec-WebSocket-Protocol: keygate.token.k1, chat", "Sec-WebSocket-Protocol: KEYGATE.TOKEN.k2",
+            "Sec-WebSocket-Protocol: chat,,keygate.token.", "Sec-Websocket-Protocol: v2", "Authorization: Bearer k1",
+            "Content-Length: 3", "Transfer-Encoding: chunked", "X-Forwarded-For: 10.0.0.1",
+        ]), 0..12),
+        frames in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut wire = format!("{line}\r\n{}\r\n", fields.iter().map(|f| format!("{f}\r\n")).collect::<String>()).into_bytes();
+        wire.extend(frames);
+        fuzzing::websocket_handshake(&wire);
+    }
+
+    #[test]
     fn arbitrary_bytes_as_a_chunked_body(wire in prop::collection::vec(any::<u8>(), 0..256)) {
         fuzzing::chunked(&wire);
     }
