@@ -240,6 +240,26 @@ const ROWS: &[Row] = &[
         "GET http://evil.example/api/ping HTTP/1.1\r\nHost: gw\r\n\r\n",
         Forwarded(&[200], &["GET /api/ping HTTP/1.1\r\nhost: {up}\r\n{fwd}\r\n"]),
     ),
+    // Upgrades: a WebSocket handshake reaches only a route that takes them
+    // (tests/it/websocket.rs); another protocol's is a hop-by-hop field.
+    row(
+        "a WebSocket handshake on a route without websocket = true is refused",
+        "GET /api/lists HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        Refused(400),
+    ),
+    row(
+        "Connection: upgrade with a body, for a WebSocket, is refused",
+        "POST /api/lists HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Content-Length: {cl}\r\n\r\n\x01\x05hello",
+        Refused(400),
+    ),
+    row(
+        "Connection: upgrade with a body, for h2c, goes on without the upgrade",
+        "POST /api/lists HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: {cl}\r\n\r\nhello",
+        Forwarded(&[200], &["POST /api/lists HTTP/1.1\r\nhost: {up}\r\n{fwd}{id}content-length: {cl}\r\n\r\nhello"]),
+    ),
 ];
 
 /// `{cl}`: the length of what follows the first blank line.
