@@ -471,3 +471,31 @@ fn in_flight_limits_are_checked() {
     let (ok, out) = check(&format!("{}\n[plans.trial]\nper_minute = 5\nmax_in_flight = 2\n", with_limits("max_in_flight = 10")));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn a_route_that_could_never_apply_is_refused_naming_both() {
+    let dup = format!("{}\n[[routes]]\nmatch = \"GET  /api/lists/{{list}}\"\npermission = \"lists.create\"\n", base());
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::with_text(dir, &dup, free_port(), free_port());
+    let out = s.cli(&["config", "check"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("routes[8].match: `GET /api/lists/{list}` matches what routes[2] does"), "{text}");
+    // Another method, or another shape, is another route.
+    for fine in ["POST /api/lists/{list}", "GET /api/lists/{list}/members", "* /api/lists/{list}"] {
+        let (ok, out) = check(&format!("{}\n[[routes]]\nmatch = \"{fine}\"\npermission = \"lists.view\"\n", base()));
+        assert!(ok, "{fine}: {out}");
+    }
+}
+
+#[test]
+fn a_bad_upstream_is_reported_once_not_by_every_route_after_it() {
+    let text = base().replacen("url = \"http://127.0.0.1:9000\"", "url = \"127.0.0.1:9000\"", 1);
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    assert!(out.contains("upstreams[0].url: must be absolute"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains(".toml:")).count(), 1, "one problem, its root: {out}");
+    // A route naming an upstream nobody declared is still reported.
+    let (ok, out) = check(&base().replacen("match = \"GET /api/ping\"", "match = \"GET /api/ping\"\nupstream = \"nowhere\"", 1));
+    assert!(!ok && out.contains("no upstream named `nowhere`"), "{out}");
+}

@@ -6,7 +6,7 @@ use super::super::{Catalogue, RoleSeed, Upstream};
 use super::{redis_policy, Checker};
 use crate::policy::permissions::{Module, Permission};
 use crate::policy::routes::{Route, RouteTable};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 pub(super) fn catalogue(c: &mut Checker, raw: &[RawModule]) -> Catalogue {
     let mut modules = Vec::new();
@@ -45,18 +45,33 @@ fn valid_ident(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
 }
 
-pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], catalogue: &Catalogue, cors: bool) -> RouteTable {
+/// The routes. `upstreams`: those that passed their checks, and the
+/// names of every one declared (a route naming one that failed is not
+/// reported again).
+pub(super) fn routes(
+    c: &mut Checker,
+    raw: &[RawRoute],
+    (upstreams, declared): (&[Upstream], &HashSet<&str>),
+    catalogue: &Catalogue,
+    cors: bool,
+) -> RouteTable {
     let mut out = Vec::new();
+    // Each pattern, as written once whitespace is normalised, and where.
+    let mut patterns: HashMap<String, usize> = HashMap::new();
     for (i, r) in raw.iter().enumerate() {
         let field = format!("routes[{i}]");
         let upstream = match &r.upstream {
             None if upstreams.is_empty() => {
-                c.problem(Some(&r.pattern), format!("{field}.upstream"), "no [[upstreams]] declared to forward to");
+                if declared.is_empty() {
+                    c.problem(Some(&r.pattern), format!("{field}.upstream"), "no [[upstreams]] declared to forward to");
+                }
                 0
             }
             None => 0,
             Some(name) => upstreams.iter().position(|u| &u.name == name.get_ref()).unwrap_or_else(|| {
-                c.problem(Some(name), format!("{field}.upstream"), format!("no upstream named `{}`", name.get_ref()));
+                if !declared.contains(name.get_ref().as_str()) {
+                    c.problem(Some(name), format!("{field}.upstream"), format!("no upstream named `{}`", name.get_ref()));
+                }
                 0
             }),
         };
@@ -81,6 +96,17 @@ pub(super) fn routes(c: &mut Checker, raw: &[RawRoute], upstreams: &[Upstream], 
             on_redis_error,
         ) {
             Ok(mut route) => {
+                // `{id}` and `{name}` in one place match alike.
+                let shape: Vec<&str> =
+                    route.pattern.split('/').map(|seg| if seg.starts_with('{') { "{}" } else { seg }).collect();
+                match patterns.get(&shape.join("/")) {
+                    Some(first) => c.problem(
+                        Some(&r.pattern),
+                        format!("{field}.match"),
+                        format!("`{}` matches what routes[{first}] does: this route would never apply", route.pattern),
+                    ),
+                    None => drop(patterns.insert(shape.join("/"), i)),
+                }
                 route.cors = match &r.cors {
                     Some(on) if *on.get_ref() && !cors => {
                         c.problem(Some(on), format!("{field}.cors"), "cors = true needs a [cors] table");

@@ -136,7 +136,9 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let cors = cors(&mut c, raw.cors.as_ref());
     let log_format = c.choice(&raw.log.format, "log.format", &LogFormat::CHOICES, LogFormat::Text);
     let tracing = raw.tracing.as_ref().and_then(|t| tracing(&mut c, path, t));
-    let routes = catalogue::routes(&mut c, &raw.routes, &upstreams, &catalogue, cors.is_some());
+    // An upstream refused above is reported once: routes naming it are not.
+    let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.get_ref().as_str()).collect();
+    let routes = catalogue::routes(&mut c, &raw.routes, (&upstreams, &declared), &catalogue, cors.is_some());
     let roles = catalogue::roles(&mut c, &raw.roles, &catalogue);
     let leaks = leaks::leaks(&mut c, path, &raw.leaks);
     let webhooks = webhooks::webhooks(&mut c, path, &raw.webhooks);
