@@ -245,7 +245,8 @@ pub async fn run(
             ok(StatusCode::OK, data, json!({}))
         }
         Endpoint::KeyCredits => {
-            let credits = m.change_credits(&id, input::credits_change(body)?, if_match).await?;
+            let (change, start) = input::credits_change(body)?;
+            let credits = m.change_credits(&id, change, start, if_match).await?;
             ok(StatusCode::OK, json!({ "keyId": id, "credits": credits }), json!({}))
         }
         Endpoint::UsageReport => {

@@ -195,9 +195,14 @@ fn credits_input(map: &Map<String, Value>) -> Result<Option<Option<CreditsInput>
     Ok(Some(Some(CreditsInput { remaining, refill_amount, refill_interval })))
 }
 
-/// `{"add": N}` or `{"set": N}` of `POST /api-keys/{id}/credits`.
-pub fn credits_change(body: &[u8]) -> Result<CreditChange, ManageError> {
-    let map = object(body, &["add", "set"])?;
+/// `{"add": N}` or `{"set": N}` of `POST /api-keys/{id}/credits`, and
+/// whether it may start a key spending credits (`"start": true`).
+pub fn credits_change(body: &[u8]) -> Result<(CreditChange, bool), ManageError> {
+    let map = object(body, &["add", "set", "start"])?;
+    let start = match map.get("start") {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| invalid("start", "must be true or false"))?,
+    };
     let max = crate::manage::MAX_CREDITS as i64;
     let number = |field: &str, min: i64| -> Result<Option<i64>, ManageError> {
         match map.get(field) {
@@ -210,8 +215,8 @@ pub fn credits_change(body: &[u8]) -> Result<CreditChange, ManageError> {
         }
     };
     match (number("add", -max)?, number("set", 0)?) {
-        (Some(n), None) => Ok(CreditChange::Add(n)),
-        (None, Some(n)) => Ok(CreditChange::Set(n)),
+        (Some(n), None) => Ok((CreditChange::Add(n), start)),
+        (None, Some(n)) => Ok((CreditChange::Set(n), start)),
         _ => Err(invalid("body", "give exactly one of `add` and `set`")),
     }
 }

@@ -241,6 +241,10 @@ pub enum KeysCommand {
         /// The new balance.
         #[arg(long)]
         set: Option<u64>,
+        /// Start a key that spends no credits spending them (every request
+        /// it makes then spends its cost); without it such a key is refused.
+        #[arg(long)]
+        start: bool,
         #[arg(long)]
         json: bool,
     },
@@ -381,13 +385,13 @@ async fn print_usage(m: &Manager<'_>, id: &str, json: bool) -> Result<(), Failur
 pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
     match command {
         KeysCommand::Usage { id, json } => print_usage(m, &id, json).await?,
-        KeysCommand::Credits { id, if_version, add, set, json } => {
+        KeysCommand::Credits { id, if_version, add, set, start, json } => {
             let change = match (add, set) {
                 (Some(n), _) => crate::store::CreditChange::Add(n),
                 (None, Some(n)) => crate::store::CreditChange::Set(i64::try_from(n).unwrap_or(i64::MAX)),
                 (None, None) => return Err(usage(json)("give --add N or --set N".into())),
             };
-            let credits = m.change_credits(&id, change, if_version).await.map_err(|e| Failure::manage(e, json))?;
+            let credits = m.change_credits(&id, change, start, if_version).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(json!({ "keyId": id, "credits": credits }), json!({}));
             } else {

@@ -232,8 +232,16 @@ impl Manager<'_> {
     }
 
     /// `POST /api-keys/{id}/credits`: `{"add": N}` or `{"set": N}`; with
-    /// `expect`, only if the key is at that version.
-    pub async fn change_credits(&self, key_id: &str, change: CreditChange, expect: Option<u64>) -> Result<Value, ManageError> {
+    /// `expect`, only if the key is at that version. A key that spends no
+    /// credits is given some only with `start`: from then on every request
+    /// it makes spends them, which a top-up must not do unasked.
+    pub async fn change_credits(
+        &self,
+        key_id: &str,
+        change: CreditChange,
+        start: bool,
+        expect: Option<u64>,
+    ) -> Result<Value, ManageError> {
         let mut key = self.get_key(key_id).await?;
         super::expected(&format!("key `{key_id}`"), key.version, expect)?;
         let n = match change {
@@ -245,6 +253,12 @@ impl Manager<'_> {
         }
         let before = self.credits_json(&key).await?;
         let mut expect = expect;
+        if key.credits.is_none() && !start {
+            return Err(ManageError::Conflict(format!(
+                "key `{key_id}` spends no credits: given some, every request it makes would spend them (a prepaid key); \
+                 to start that, ask for it (`keys credits --start`, or `\"start\": true` in the admin API)"
+            )));
+        }
         if key.credits.is_none() {
             // Giving credits to a key makes it spend them.
             let input = KeyInput { credits: Some(Some(CreditsInput::default())), ..KeyInput::default() };

@@ -348,7 +348,7 @@ async fn bounds_at_every_door() {
 
     // A balance stays from 0 to the cap, whatever an add says.
     let credits = format!("{path}/credits");
-    assert_eq!(api.post(&credits, json!({ "set": 10 })).await.0, 200);
+    assert_eq!(api.post(&credits, json!({ "set": 10, "start": true })).await.0, 200);
     let e = refused(api.post(&credits, json!({ "add": -11 })).await, "add");
     assert!(e.contains("below 0"), "{e}");
     let e = refused(api.post(&credits, json!({ "add": 1_000_000_000_000i64 })).await, "add");

@@ -95,7 +95,7 @@ async fn each_token_may_do_what_its_scopes_say_and_is_named_in_the_audit_log() {
     assert_eq!(call(&s, &reader, "GET", "/usage", None).await.0, 200);
     let top_up = format!("/api-keys/{id}/credits");
     assert_eq!(call(&s, &reader, "POST", &top_up, Some(json!({ "add": 5 }))).await.0, 403);
-    assert_eq!(call(&s, &writer, "POST", &top_up, Some(json!({ "add": 5 }))).await.0, 200);
+    assert_eq!(call(&s, &writer, "POST", &top_up, Some(json!({ "add": 5, "start": true }))).await.0, 200);
 
     // The full token does everything, exports included.
     assert_eq!(call(&s, ADMIN_TOKEN, "GET", "/api-keys/export", None).await.0, 200);

@@ -179,6 +179,34 @@ async fn credits_are_spent_by_cost_topped_up_by_api_and_cli_and_refused_without_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_never_makes_a_key_prepaid_unasked() {
+    let (_up, s) = setup("key").await;
+    let (key_id, token) = s.create_key(&["--name", "quota only", "--role", "full-access", "--per-day", "50"]);
+    let _gw = s.start();
+    // The CLI: refused, saying what would change; the key untouched.
+    let out = s.cli(&["keys", "credits", &key_id, "--add", "10"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("spends no credits") && text.contains("--start"), "{text}");
+    // The admin API: 409, the same.
+    let path = format!("/api-keys/{key_id}/credits");
+    let (status, v) = admin(&s, reqwest::Method::POST, &path, Some(json!({ "add": 10 }))).await;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{v}");
+    assert_eq!(s.cli_json(&["keys", "show", &key_id])["credits"], Value::Null, "nothing changed");
+    assert_eq!(get(&s, &token).await.status(), StatusCode::OK);
+    // Asked for, it starts: the key spends credits from then on.
+    let (status, v) = admin(&s, reqwest::Method::POST, &path, Some(json!({ "add": 1, "start": true }))).await;
+    assert_eq!((status, &v["data"]["credits"]["remaining"]), (StatusCode::OK, &json!(1)), "{v}");
+    assert!(eventually(Duration::from_secs(5), || async { get(&s, &token).await.status() == StatusCode::TOO_MANY_REQUESTS })
+        .await
+        .is_some());
+    let out = s.cli_json(&["keys", "credits", &key_id, "--add", "2"]);
+    assert_eq!(out["credits"]["remaining"], 2, "a key that spends credits is topped up as before");
+    let (status, v) = admin(&s, reqwest::Method::POST, &path, Some(json!({ "add": 1, "start": "yes" }))).await;
+    assert_eq!((status, v["field"].as_str()), (StatusCode::BAD_REQUEST, Some("start")), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credits_with_a_daily_refill_say_when_it_comes() {
     let (_up, s) = setup("key").await;
     let (_, token) = s.create_key(&[
