@@ -550,7 +550,13 @@ fn decorate(cx: &mut Ctx<'_>, mut answer: Result<Reply, GatewayError>) -> Reply 
         }
     }
     if let Some(view) = cx.trace.decision.rate {
-        let headers = RateHeaders { view, now_ms: cx.arrived.unix_ms, ietf: cx.rt.config.rate_limit.ietf_headers };
+        let now_ms = cx.arrived.unix_ms;
+        let decision = &cx.trace.decision;
+        let credits = match (&decision.credits, decision.found.as_ref().and_then(|f| f.key.credits.as_ref())) {
+            (Some(spent), Some(terms)) => Some(crate::ratelimit::CreditFields::of(spent, terms, now_ms)),
+            _ => None,
+        };
+        let headers = RateHeaders { view, now_ms, ietf: cx.rt.config.rate_limit.ietf_headers, credits };
         reply.extra = headers.fields();
     }
     reply

@@ -52,10 +52,11 @@ pub const DEFAULT_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "
 /// to send a key, a body's type, and the request id.
 pub const DEFAULT_HEADERS: [&str; 4] = ["authorization", "content-type", "x-api-key", "x-request-id"];
 /// Response headers a page may read when `expose_headers` is not given.
-pub const DEFAULT_EXPOSE: [&str; 7] = [
+pub const DEFAULT_EXPOSE: [&str; 8] = [
     "x-ratelimit-limit",
     "x-ratelimit-remaining",
     "x-ratelimit-reset",
+    "x-credits-remaining",
     "ratelimit",
     "ratelimit-policy",
     "retry-after",

@@ -222,8 +222,11 @@ impl Decision {
 
 /// The rate-limit headers a response carries: `X-RateLimit-*` for the
 /// window with the least room and, when asked, the IETF draft's
-/// `RateLimit-Policy` (every policy) and `RateLimit` (that window). Kept
-/// as numbers until a protocol writer renders them: the HTTP/1.1 server
+/// `RateLimit-Policy` (every policy) and `RateLimit` (that window); for a
+/// key that spends credits, `X-Credits-Remaining` and a `credits` policy.
+/// A request the credits refused gets no `X-RateLimit-*` (they describe a
+/// window, which had room) and `RateLimit` names the credits. Kept as
+/// numbers until a protocol writer renders them: the HTTP/1.1 server
 /// writes them as header lines, HTTP/2 puts them in the header map.
 #[derive(Debug, Clone, Copy)]
 pub struct RateHeaders {
@@ -231,7 +234,47 @@ pub struct RateHeaders {
     /// Unix milliseconds when the response was made.
     pub now_ms: i64,
     pub ietf: bool,
+    pub credits: Option<CreditFields>,
 }
+
+/// A key's credits as its answer tells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditFields {
+    /// The balance after the request (before it, when refused).
+    pub remaining: i64,
+    /// The credits refused the request.
+    pub refused: bool,
+    /// The refill's amount and its window in seconds, when the key has one.
+    pub refill: Option<(u64, i64)>,
+    /// Seconds to the next refill.
+    pub refill_in: Option<u64>,
+}
+
+impl CreditFields {
+    /// What `decision` (the credits' answer to the request) and the key's
+    /// `terms` tell.
+    pub fn of(decision: &credits::CreditDecision, terms: &crate::keys::model::CreditTerms, now_ms: i64) -> CreditFields {
+        let refill = terms.refill().map(|(amount, interval)| {
+            let window = match interval {
+                crate::keys::model::RefillInterval::Day => 86_400,
+                crate::keys::model::RefillInterval::Month => {
+                    let (_, start, end) = Period::Month.bounds(now_ms);
+                    (end - start) / 1000
+                }
+            };
+            (amount, window)
+        });
+        CreditFields { remaining: decision.remaining.max(0), refused: !decision.allowed, refill, refill_in: decision.refill_in }
+    }
+}
+
+/// Flag bits of [`RateHeaders::fields`]' fifth number, besides the policy
+/// (bits 8 to 15).
+const IETF: i64 = 1;
+const CREDITS_REFUSED: i64 = 2;
+/// Where the refill's window sits in the tenth number, above its amount
+/// (at most `MAX_CREDITS`, under 2^40).
+const REFILL_WINDOW_SHIFT: u32 = 42;
 
 impl RateHeaders {
     /// The headers as fields, rendered straight from the numbers when the
@@ -250,8 +293,18 @@ impl RateHeaders {
         } else {
             0
         };
-        let reset_in = (d.reset_at - now).max(0);
-        let flags = i64::from(self.ietf) | (self.view.policy as i64) << 8;
+        let mut reset_in = (d.reset_at - now).max(0);
+        let mut flags = (i64::from(self.ietf) * IETF) | ((self.view.policy as i64) << 8);
+        let (mut balance, mut refill) = (-1, 0);
+        if let Some(c) = self.credits {
+            balance = c.remaining;
+            refill = c.refill.map_or(0, |(amount, window)| amount as i64 | window << REFILL_WINDOW_SHIFT);
+            if c.refused {
+                flags |= CREDITS_REFUSED;
+                // What `RateLimit` then says: when the credits come back.
+                reset_in = c.refill_in.map_or(-1, |s| s as i64);
+            }
+        }
         Fields::new(
             [
                 d.limit.into(),
@@ -262,51 +315,69 @@ impl RateHeaders {
                 q(Minute) | q(Route) << 32,
                 q(Hour) | q(Day) << 32,
                 q(Month) | month_secs << 32,
+                balance,
+                refill,
             ],
             render_fields,
         )
     }
 }
 
-/// [`RateHeaders::fields`]: `[limit, remaining, reset_at, reset_in, ietf |
+/// [`RateHeaders::fields`]: `[limit, remaining, reset_at, reset_in, flags |
 /// policy << 8, minute | route << 32, hour | day << 32, month | month
-/// length << 32]`.
-fn render_fields(n: &[i64; 8], field: &mut dyn FnMut(&'static str, &[u8])) {
-    let [limit, remaining, reset_at, reset_in, flags, ..] = *n;
+/// length << 32, credits (-1: none), refill amount | its window << 42]`.
+fn render_fields(n: &[i64; 10], field: &mut dyn FnMut(&'static str, &[u8])) {
+    let [limit, remaining, reset_at, reset_in, flags, _, _, _, balance, _] = *n;
     let mut digits = itoa::Buffer::new();
+    let credits_refused = flags & CREDITS_REFUSED != 0;
     // Spelled as clients expect on HTTP/1.1 (HTTP/2 lowercases them).
-    field("X-RateLimit-Limit", digits.format(limit).as_bytes());
-    field("X-RateLimit-Remaining", digits.format(remaining).as_bytes());
-    field("X-RateLimit-Reset", digits.format(reset_at).as_bytes());
-    if flags & 1 == 0 {
+    if !credits_refused {
+        field("X-RateLimit-Limit", digits.format(limit).as_bytes());
+        field("X-RateLimit-Remaining", digits.format(remaining).as_bytes());
+        field("X-RateLimit-Reset", digits.format(reset_at).as_bytes());
+    }
+    if balance >= 0 {
+        field("X-Credits-Remaining", digits.format(balance).as_bytes());
+    }
+    if flags & IETF == 0 {
         return;
     }
     // A key's policies are the same on every answer: the value is made
     // once per thread for each set of them, then copied.
     POLICIES.with(|cached| match cached.try_borrow_mut() {
         Ok(mut cached) => {
-            let key = [n[5], n[6], n[7]];
-            if cached.0 != key || cached.1.len == 0 {
+            let key = [n[5], n[6], n[7], balance.min(0), n[9]];
+            // A balance with no refill is its own quota: made each time.
+            let cacheable = balance < 0 || n[9] != 0;
+            if !cacheable || cached.0 != key || cached.1.len == 0 {
                 *cached = (key, policy_value(n));
             }
             field("RateLimit-Policy", cached.1.as_bytes());
         }
         Err(_) => field("RateLimit-Policy", policy_value(n).as_bytes()),
     });
-    let tight = meter::Policy::ALL.get((flags >> 8) as usize).copied().unwrap_or(meter::Policy::Minute);
     let mut value = Text::default();
-    value.put_all(&[b"\"", tight.name().as_bytes(), b"\";r=", digits.format(remaining).as_bytes()]);
-    value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
+    if credits_refused {
+        value.put_all(&[b"\"credits\";r=", digits.format(balance).as_bytes()]);
+        if reset_in >= 0 {
+            value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
+        }
+    } else {
+        let tight = meter::Policy::ALL.get(((flags >> 8) & 0xff) as usize).copied().unwrap_or(meter::Policy::Minute);
+        value.put_all(&[b"\"", tight.name().as_bytes(), b"\";r=", digits.format(remaining).as_bytes()]);
+        value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
+    }
     field("RateLimit", value.as_bytes());
 }
 
 thread_local! {
     /// The last `RateLimit-Policy` value made on this thread, by its numbers.
-    static POLICIES: std::cell::RefCell<([i64; 3], Text)> = std::cell::RefCell::new(([0; 3], Text::default()));
+    static POLICIES: std::cell::RefCell<([i64; 5], Text)> = std::cell::RefCell::new(([0; 5], Text::default()));
 }
 
-/// `RateLimit-Policy`'s value: every policy with a quota, in order.
-fn policy_value(n: &[i64; 8]) -> Text {
+/// `RateLimit-Policy`'s value: every policy with a quota, in order, then
+/// the credits (their refill, or the balance when none comes).
+fn policy_value(n: &[i64; 10]) -> Text {
     let half = |i: usize, high: bool| if high { n[i] >> 32 } else { n[i] & 0xffff_ffff };
     let month_secs = half(7, true);
     // (quota, window seconds) of each policy, in `Policy::ALL` order.
@@ -328,6 +399,20 @@ fn policy_value(n: &[i64; 8]) -> Text {
         }
         value.put_all(&[b"\"", policy.name().as_bytes(), b"\";q=", digits.format(quota).as_bytes()]);
         value.put_all(&[b";w=", digits.format(window).as_bytes()]);
+    }
+    let (balance, refill) = (n[8], n[9]);
+    if balance >= 0 {
+        if value.len > 0 {
+            value.put(b", ");
+        }
+        match refill {
+            0 => value.put_all(&[b"\"credits\";q=", digits.format(balance).as_bytes()]),
+            _ => {
+                let amount = refill & ((1 << REFILL_WINDOW_SHIFT) - 1);
+                value.put_all(&[b"\"credits\";q=", digits.format(amount).as_bytes()]);
+                value.put_all(&[b";w=", digits.format(refill >> REFILL_WINDOW_SHIFT).as_bytes()]);
+            }
+        }
     }
     value
 }
@@ -391,7 +476,7 @@ mod tests {
             period: Period::Minute,
         };
         let view = meter::RateView { policy: meter::Policy::Minute, decision, quotas: [100, 0, 0, 0, 0] };
-        let r = RateHeaders { view, now_ms: 1_700_000_000_000, ietf: true };
+        let r = RateHeaders { view, now_ms: 1_700_000_000_000, ietf: true, credits: None };
         let mut lines = Vec::new();
         r.fields().write_lines(&mut lines);
         assert_eq!(
@@ -410,6 +495,37 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_spends_credits_is_told_its_balance_and_a_credit_refusal_no_window() {
+        let decision =
+            Decision { allowed: true, limit: 60, remaining: 54, reset_at: 1_700_000_040, retry_after: 0, period: Period::Minute };
+        let view = meter::RateView { policy: meter::Policy::Minute, decision, quotas: [60, 0, 0, 0, 0] };
+        let spent = CreditFields { remaining: 12, refused: false, refill: Some((100, 86_400)), refill_in: Some(3600) };
+        let fields = |credits, ietf| {
+            let mut map = http::HeaderMap::new();
+            RateHeaders { view, now_ms: 1_700_000_000_000, ietf, credits }.fields().insert_into(&mut map);
+            map
+        };
+        let admitted = fields(Some(spent), true);
+        assert_eq!(admitted["x-credits-remaining"], "12");
+        assert_eq!(admitted["x-ratelimit-remaining"], "54");
+        assert_eq!(admitted["ratelimit-policy"], "\"minute\";q=60;w=60, \"credits\";q=100;w=86400");
+        assert_eq!(admitted["ratelimit"], "\"minute\";r=54;t=40");
+        // Refused by the credits: no window's fields, which had room.
+        let refused = fields(Some(CreditFields { remaining: 0, refused: true, ..spent }), true);
+        assert!(refused.get("x-ratelimit-remaining").is_none() && refused.get("x-ratelimit-limit").is_none(), "{refused:?}");
+        assert_eq!(refused["x-credits-remaining"], "0");
+        assert_eq!(refused["ratelimit"], "\"credits\";r=0;t=3600");
+        // No refill: the balance is the policy's quota, and no wait is named.
+        let prepaid = CreditFields { remaining: 3, refused: true, refill: None, refill_in: None };
+        let refused = fields(Some(prepaid), true);
+        assert_eq!(refused["ratelimit-policy"], "\"minute\";q=60;w=60, \"credits\";q=3");
+        assert_eq!(refused["ratelimit"], "\"credits\";r=3");
+        let plain = fields(Some(spent), false);
+        assert_eq!(plain.len(), 4, "{plain:?}");
+        assert!(fields(None, true).get("x-credits-remaining").is_none());
+    }
+
+    #[test]
     fn every_policy_is_listed_and_the_tightest_described() {
         // 2026-02-10: a 28-day month.
         let now_ms = crate::clock::parse_rfc3339("2026-02-10T12:00:00Z").unwrap() * 1000;
@@ -417,7 +533,7 @@ mod tests {
         let decision = Decision { allowed: true, limit: 500, remaining: 7, reset_at, retry_after: 0, period: Period::Day };
         let view = meter::RateView { policy: meter::Policy::Day, decision, quotas: [60, 5, 0, 500, 10_000] };
         let mut map = http::HeaderMap::new();
-        RateHeaders { view, now_ms, ietf: true }.fields().insert_into(&mut map);
+        RateHeaders { view, now_ms, ietf: true, credits: None }.fields().insert_into(&mut map);
         assert_eq!(
             map["ratelimit-policy"],
             "\"minute\";q=60;w=60, \"route\";q=5;w=60, \"day\";q=500;w=86400, \"month\";q=10000;w=2419200"

@@ -139,10 +139,17 @@ async fn credits_are_spent_by_cost_topped_up_by_api_and_cli_and_refused_without_
     assert_eq!(s.cli_json(&["keys", "show", &key_id])["credits"], json!({ "refillAmount": null, "refillInterval": null }));
     let _gw = s.start();
     away_from_window_edge(Duration::from_secs(10)).await;
-    assert_eq!(send(&s, &token).await.status(), StatusCode::OK);
+    let r = send(&s, &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-credits-remaining"], "1", "every answer tells the balance");
+    assert!(r.headers()["ratelimit-policy"].to_str().unwrap().ends_with("\"credits\";q=1"), "{:?}", r.headers());
     let r = send(&s, &token).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "2 of 3 spent: a send costs 2");
     assert!(r.headers().get("retry-after").is_none(), "no refill will come");
+    // The refusal is the credits': no window's fields say there is room.
+    assert_eq!(r.headers()["x-credits-remaining"], "1");
+    assert!(r.headers().get("x-ratelimit-remaining").is_none(), "{:?}", r.headers());
+    assert_eq!(r.headers()["ratelimit"], "\"credits\";r=1");
     let v = json_of(r).await;
     assert_eq!(v["code"], "credits_exhausted", "{v}");
     assert!(v.get("retryAfter").is_none(), "{v}");
