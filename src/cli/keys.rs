@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::io::IsTerminal;
 
 /// The key fields create, import and edit accept.
 #[derive(Debug, Args, Default, PartialEq)]
@@ -214,12 +215,15 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a key for good.
+    /// Delete a key for good. On a terminal it asks first.
     Delete {
         id: String,
         /// Only if the key is still at this version (as `keys show` gives it).
         #[arg(long)]
         if_version: Option<u64>,
+        /// Do not ask (a script's stdin is not a terminal: it is never asked).
+        #[arg(long, short)]
+        yes: bool,
         #[arg(long)]
         json: bool,
     },
@@ -309,26 +313,29 @@ fn usage(json: bool) -> impl Fn(String) -> Failure {
     move |message| Failure { message, code: "invalid_request", json, exit: 2 }
 }
 
-fn print_secret(m: &Manager<'_>, key: &ApiKey, secret: &str, json: bool) {
+async fn print_secret(m: &Manager<'_>, key: &ApiKey, secret: &str, json: bool) {
     if json {
         let mut data = m.key_json(key);
         data["apiKey"] = secret.into();
         print_json(data, json!({ "warning": SECRET_WARNING }));
     } else {
-        print_key(m, key);
+        print_key(m, key).await;
         println!("apiKey:      {secret}");
         println!("\n{SECRET_WARNING}");
     }
 }
 
-fn print_key(m: &Manager<'_>, key: &ApiKey) {
-    let v = m.key_json(key);
-    let text = |f: &str| match &v[f] {
-        serde_json::Value::Null => "-".to_string(),
-        serde_json::Value::String(s) if s.is_empty() => "-".to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+/// A key as text, a field a line: its limits, quotas and credits (with
+/// the balance) among them.
+async fn print_key(m: &Manager<'_>, key: &ApiKey) {
+    let mut v = m.key_json(key);
+    if key.credits.is_some() {
+        // The balance is the store's: a key shown without it would hide
+        // what its next request spends from.
+        if let Ok(credits) = m.credits_json(key).await {
+            v["credits"] = credits;
+        }
+    }
     for field in [
         "keyId",
         "name",
@@ -338,6 +345,10 @@ fn print_key(m: &Manager<'_>, key: &ApiKey) {
         "permissions",
         "plan",
         "rateLimit",
+        "quota",
+        "credits",
+        "maxInFlight",
+        "shadow",
         "allowedIps",
         "env",
         "status",
@@ -349,7 +360,27 @@ fn print_key(m: &Manager<'_>, key: &ApiKey) {
         "keyPrefix",
         "version",
     ] {
-        println!("{:<12} {}", format!("{field}:"), text(field));
+        println!("{:<12} {}", format!("{field}:"), text_of(&v[field]));
+    }
+}
+
+/// A JSON value as one line of text: `-` for nothing, an object's set
+/// fields as `name=value`.
+fn text_of(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) if s.is_empty() => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Object(map) => {
+            let set: Vec<String> = map.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| format!("{k}={}", text_of(v))).collect();
+            if set.is_empty() {
+                "-".to_string()
+            } else {
+                set.join(", ")
+            }
+        }
+        other => other.to_string(),
     }
 }
 
@@ -401,7 +432,7 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
         KeysCommand::Create { fields, json } => {
             let input = fields.into_input().map_err(usage(json))?;
             let (key, secret) = m.create_key(input, None).await.map_err(|e| Failure::manage(e, json))?;
-            print_secret(m, &key, &secret, json);
+            print_secret(m, &key, &secret, json).await;
         }
         KeysCommand::Import { file: Some(file), fields, recreate_deleted, json, .. } => {
             if fields != KeyArgs::default() {
@@ -422,7 +453,7 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
             if json {
                 print_json(m.key_json(&key), json!({}));
             } else {
-                print_key(m, &key);
+                print_key(m, &key).await;
             }
         }
         KeysCommand::List { search, json } => {
@@ -457,7 +488,7 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
             if json {
                 print_json(m.key_json(&key), json!({ "history": history.entries }));
             } else {
-                print_key(m, &key);
+                print_key(m, &key).await;
                 println!("\nhistory (newest first; `keygate audit-log --target {id}` for all):");
                 for e in &history.entries {
                     println!("  {}  {:<12} {}", clock::rfc3339(e.at_ms / 1000), e.action, e.actor);
@@ -470,12 +501,18 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
             if json {
                 print_json(m.key_json(&key), json!({}));
             } else {
-                print_key(m, &key);
+                print_key(m, &key).await;
             }
         }
         KeysCommand::Enable { id, if_version, json } => toggle(m, &id, true, if_version, json).await?,
         KeysCommand::Disable { id, if_version, json } => toggle(m, &id, false, if_version, json).await?,
-        KeysCommand::Delete { id, if_version, json } => {
+        KeysCommand::Delete { id, if_version, yes, json } => {
+            if !yes && std::io::stdin().is_terminal() {
+                let key = m.get_key(&id).await.map_err(|e| Failure::manage(e, json))?;
+                if !confirm(&format!("Delete key {id} ({}) for good? Requests with it will fail. [y/N] ", key.name)) {
+                    return Err(Failure { message: format!("{id} was not deleted"), code: "not_confirmed", json, exit: 1 });
+                }
+            }
             m.delete_key(&id, if_version).await.map_err(|e| Failure::manage(e, json))?;
             if json {
                 print_json(json!({ "keyId": id, "revoked": true }), json!({}));
@@ -486,10 +523,19 @@ pub async fn run(m: &Manager<'_>, command: KeysCommand) -> Result<(), Failure> {
         KeysCommand::Leaked { token_file, url, source, json } => leaked(m, &token_file, url, source, json).await?,
         KeysCommand::Rotate { id, if_version, grace_seconds, json } => {
             let (key, secret) = m.rotate_key(&id, grace_seconds, if_version).await.map_err(|e| Failure::manage(e, json))?;
-            print_secret(m, &key, &secret, json);
+            print_secret(m, &key, &secret, json).await;
         }
     }
     Ok(())
+}
+
+/// Asks `question` on the terminal; true for `y` or `yes`.
+fn confirm(question: &str) -> bool {
+    use std::io::Write;
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 async fn leaked(m: &Manager<'_>, file: &std::path::Path, url: String, source: String, json: bool) -> Result<(), Failure> {

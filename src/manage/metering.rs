@@ -286,7 +286,7 @@ impl Manager<'_> {
     }
 
     /// A key's credits: balance now, refill terms and when the next comes.
-    async fn credits_json(&self, key: &ApiKey) -> Result<Value, ManageError> {
+    pub async fn credits_json(&self, key: &ApiKey) -> Result<Value, ManageError> {
         let Some(terms) = key.credits else { return Ok(Value::Null) };
         let now_ms = clock::now_ms();
         let (remaining, refill_in) = self.credit_remaining(&key.key_id, &terms, now_ms).await?;

@@ -227,3 +227,56 @@ fn leak_rules_find_the_gateway_s_own_tokens_in_each_scanner_s_format() {
     let out = s.cli(&["leaks", "rules", "--format", "semgrep"]);
     assert_eq!(out.status.code(), Some(2), "an unknown format is a usage error");
 }
+
+/// Runs the CLI with a terminal for its stdin (`script`), answering `answer`.
+fn on_a_terminal(s: &Setup, args: &str, answer: &str) -> (bool, String) {
+    use std::io::Write;
+    let command = format!("{} --config {} {args}", keygate_bin(), s.config.display());
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Answered once the question is out, as a person would.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn delete_asks_on_a_terminal_and_never_without_one() {
+    let s = setup();
+    let id = |name: &str| s.create_key(&["--name", name, "--role", "read-only"]).0;
+    let (asked, kept) = (id("asked"), id("kept"));
+    let (ok, text) = on_a_terminal(&s, &format!("keys delete {kept}"), "n\n");
+    assert!(!ok && text.contains("for good? ") && text.contains("not deleted"), "{text}");
+    assert_eq!(s.cli_json(&["keys", "show", &kept])["keyId"], kept.as_str());
+    let (ok, text) = on_a_terminal(&s, &format!("keys delete {asked}"), "y\n");
+    assert!(ok && text.contains(&format!("deleted {asked}")), "{text}");
+    // --yes skips the question; without a terminal none is asked.
+    let (ok, text) = on_a_terminal(&s, &format!("keys delete {kept} --yes"), "");
+    assert!(ok && !text.contains("for good?"), "{text}");
+    let piped = id("piped");
+    let out = s.cli(&["keys", "delete", &piped]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.cli_json(&["keys", "list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn the_text_of_a_key_shows_its_quotas_and_credits() {
+    let s = setup();
+    let args = ["keys", "create", "--name", "metered", "--role", "read-only", "--per-day", "50", "--credits", "5"];
+    let out = s.cli(&[&args[..], &["--refill", "10", "--refill-interval", "day", "--max-in-flight", "4"]].concat());
+    let created = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(created.contains("quota:       perDay=50"), "{created}");
+    assert!(created.contains("credits:     refillAmount=10, refillInterval=day") && created.contains("remaining=5"), "{created}");
+    assert!(created.contains("maxInFlight: 4"), "{created}");
+    let id = created.lines().find_map(|l| l.strip_prefix("keyId:")).unwrap().trim().to_string();
+    let shown = String::from_utf8_lossy(&s.cli(&["keys", "show", &id]).stdout).to_string();
+    assert!(shown.contains("quota:       perDay=50") && shown.contains("remaining=5"), "{shown}");
+    let plain = String::from_utf8_lossy(&s.cli(&["keys", "create", "--name", "plain", "--role", "read-only"]).stdout).to_string();
+    assert!(plain.contains("quota:       -") && plain.contains("credits:     -"), "{plain}");
+}
