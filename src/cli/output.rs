@@ -28,7 +28,8 @@ impl Failure {
         Failure { message: e.to_string(), code: "store_unavailable", json: false, exit: 1 }
     }
 
-    /// A refused operation (exit 1).
+    /// A refused operation (exit 1), or input that is not valid (exit 2,
+    /// a usage error, as clap's own are).
     pub fn manage(e: ManageError, json: bool) -> Failure {
         let code = match &e {
             ManageError::Invalid { .. } => "invalid_request",
@@ -38,7 +39,8 @@ impl Failure {
             ManageError::VersionConflict { .. } => "version_conflict",
             ManageError::Store(_) => "store_unavailable",
         };
-        Failure { message: e.to_string(), code, json, exit: 1 }
+        let exit = if matches!(e, ManageError::Invalid { .. }) { 2 } else { 1 };
+        Failure { message: e.to_string(), code, json, exit }
     }
 
     /// Prints the failure and gives the exit code.

@@ -136,12 +136,14 @@ fn bad_input_names_the_field() {
         let v = fail(&s, &args);
         assert_eq!(v["code"], "invalid_request", "{args:?}: {v}");
         assert!(v["error"].as_str().unwrap().starts_with(&format!("{field}:")), "{args:?}: {v}");
+        // A usage error, as clap's own: exit 2.
+        assert_eq!(s.cli(&args).status.code(), Some(2), "{args:?}");
     }
     // Nothing was created by any of them.
     assert_eq!(s.cli_json(&["keys", "list"]).as_array().unwrap().len(), 0);
-    // Without --json the error goes to stderr with a non-zero exit.
+    // Without --json the error goes to stderr.
     let out = s.cli(&["keys", "create", "--name", "a", "--role", "ghost"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("role: no role `ghost` exists"));
 }
 
