@@ -186,13 +186,9 @@ pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option
     extract_from(headers, query, false)
 }
 
-/// [`extract`] for a WebSocket handshake: a `keygate.token.<token>` entry
-/// of `Sec-WebSocket-Protocol` is one more place, read last.
-pub fn extract_handshake<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Option<Credential<'a>>, CredentialError> {
-    extract_from(headers, query, true)
-}
-
-fn extract_from<'a>(
+/// [`extract`]; in a WebSocket `handshake`, a `keygate.token.<token>`
+/// entry of `Sec-WebSocket-Protocol` is one more place, read last.
+pub fn extract_from<'a>(
     headers: &'a HeaderMap,
     query: Option<&str>,
     handshake: bool,
@@ -291,14 +287,14 @@ mod tests {
     fn a_handshake_may_carry_the_key_as_a_subprotocol_and_nothing_else_may() {
         let h = headers(&[("sec-websocket-protocol", "chat, keygate.token.tok5"), ("sec-websocket-protocol", "v2")]);
         assert!(extract(&h, None).unwrap().is_none(), "only a handshake reads it");
-        let c = extract_handshake(&h, None).unwrap().unwrap();
+        let c = extract_from(&h, None, true).unwrap().unwrap();
         assert_eq!((&*c.token, c.source), ("tok5", Source::Subprotocol));
         let both = headers(&[("authorization", "Bearer other"), ("sec-websocket-protocol", "keygate.token.tok5")]);
-        assert!(matches!(extract_handshake(&both, None), Err(CredentialError::Ambiguous)));
+        assert!(matches!(extract_from(&both, None, true), Err(CredentialError::Ambiguous)));
         let same = headers(&[("authorization", "Bearer tok5"), ("sec-websocket-protocol", "keygate.token.tok5")]);
-        assert_eq!(extract_handshake(&same, None).unwrap().unwrap().source, Source::Bearer);
+        assert_eq!(extract_from(&same, None, true).unwrap().unwrap().source, Source::Bearer);
         let empty = headers(&[("sec-websocket-protocol", "keygate.token.")]);
-        assert!(matches!(extract_handshake(&empty, None), Err(CredentialError::Malformed(_))));
+        assert!(matches!(extract_from(&empty, None, true), Err(CredentialError::Malformed(_))));
         let entries: Vec<&[u8]> = subprotocols(&h).filter(|e| !is_key_entry(e)).collect();
         assert_eq!(entries, [&b"chat"[..], b"v2"]);
     }

@@ -259,7 +259,7 @@ fn handshake_forwarded(parts: http::request::Parts) {
     }
     assert_eq!(parts.method, http::Method::GET);
     // Found in one place or refused, never a panic.
-    let _ = credentials::extract_handshake(&parts.headers, parts.uri.query());
+    let _ = credentials::extract_from(&parts.headers, parts.uri.query(), true);
     let mut out = Outgoing::new(&parts.method, "/ws".into(), &parts.headers, true, Underscores::Drop);
     out.set_websocket();
     let mut wire = Vec::new();

@@ -380,8 +380,7 @@ async fn authorise_guarded(
 /// Phase 2: the request's credential, then [`decide`] for its route (none
 /// for `/whoami`), noted in the trace.
 async fn authorise(cx: &mut Ctx<'_>, route: Option<&Route>) -> Result<Arc<KeyLookup>, GatewayError> {
-    let read = if cx.handshake { credentials::extract_handshake } else { credentials::extract };
-    let credential = read(&cx.head.headers, cx.head.uri.query())
+    let credential = credentials::extract_from(&cx.head.headers, cx.head.uri.query(), cx.handshake)
         .map_err(|e| match e {
             CredentialError::Malformed(m) => GatewayError::BadRequest(m.into()),
             CredentialError::Ambiguous => GatewayError::AmbiguousCredentials,

@@ -172,12 +172,12 @@ impl Reply {
 /// every request without an allocation or a copy of rendered text.
 #[derive(Clone, Copy, Default)]
 pub struct Fields {
-    numbers: [i64; 10],
+    numbers: [i64; 8],
     render: Option<Render>,
 }
 
 /// Calls `field` with each name and value that `numbers` stand for.
-pub type Render = fn(numbers: &[i64; 10], field: &mut dyn FnMut(&'static str, &[u8]));
+pub type Render = fn(numbers: &[i64; 8], field: &mut dyn FnMut(&'static str, &[u8]));
 
 impl std::fmt::Debug for Fields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,7 +189,7 @@ impl std::fmt::Debug for Fields {
 
 impl Fields {
     /// The fields `render` makes of `numbers`.
-    pub fn new(numbers: [i64; 10], render: Render) -> Fields {
+    pub fn new(numbers: [i64; 8], render: Render) -> Fields {
         Fields { numbers, render: Some(render) }
     }
 
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn fields_render_alike_as_lines_and_in_a_map() {
-        let f = Fields::new([12, 60, 0, 0, 0, 0, 0, 0, 0, 0], |n, field| {
+        let f = Fields::new([12, 60, 0, 0, 0, 0, 0, 0], |n, field| {
             field("x-a", itoa::Buffer::new().format(n[0]).as_bytes());
             field("x-b", format!("\"fixed\";q={}", n[1]).as_bytes());
         });

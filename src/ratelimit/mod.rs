@@ -272,9 +272,19 @@ impl CreditFields {
 /// (bits 8 to 15).
 const IETF: i64 = 1;
 const CREDITS_REFUSED: i64 = 2;
-/// Where the refill's window sits in the tenth number, above its amount
-/// (at most `MAX_CREDITS`, under 2^40).
+/// Where the refill's window sits in its number, above its amount (at
+/// most `MAX_CREDITS`, under 2^40).
 const REFILL_WINDOW_SHIFT: u32 = 42;
+/// Where the seconds to wait sit in the credit layout's second number,
+/// above the reset time (Unix seconds, under 2^40).
+const RESET_IN_SHIFT: u32 = 40;
+
+/// A key's credits in rendered numbers: the balance and the refill.
+#[derive(Clone, Copy)]
+struct CreditNumbers {
+    balance: i64,
+    refill: i64,
+}
 
 impl RateHeaders {
     /// The headers as fields, rendered straight from the numbers when the
@@ -282,6 +292,15 @@ impl RateHeaders {
     /// `RateLimit-Policy: "minute";q=60;w=60, "day";q=500;w=86400` and
     /// `RateLimit: "day";r=499;t=3600`.
     pub fn fields(&self) -> Fields {
+        match self.credits {
+            None => Fields::new(self.numbers(), render_fields),
+            Some(c) => self.credit_fields(c),
+        }
+    }
+
+    /// `[limit, remaining, reset_at, reset_in, flags | policy << 8, minute
+    /// | route << 32, hour | day << 32, month | month length << 32]`.
+    fn numbers(&self) -> [i64; 8] {
         let d = &self.view.decision;
         let now = self.now_ms.div_euclid(1000);
         let q = |p: meter::Policy| i64::from(self.view.quotas[p as usize]);
@@ -293,41 +312,59 @@ impl RateHeaders {
         } else {
             0
         };
-        let mut reset_in = (d.reset_at - now).max(0);
-        let mut flags = (i64::from(self.ietf) * IETF) | ((self.view.policy as i64) << 8);
-        let (mut balance, mut refill) = (-1, 0);
-        if let Some(c) = self.credits {
-            balance = c.remaining;
-            refill = c.refill.map_or(0, |(amount, window)| amount as i64 | window << REFILL_WINDOW_SHIFT);
-            if c.refused {
-                flags |= CREDITS_REFUSED;
-                // What `RateLimit` then says: when the credits come back.
-                reset_in = c.refill_in.map_or(-1, |s| s as i64);
-            }
+        let reset_in = (d.reset_at - now).max(0);
+        let flags = (i64::from(self.ietf) * IETF) | ((self.view.policy as i64) << 8);
+        [
+            d.limit.into(),
+            d.remaining.into(),
+            d.reset_at,
+            reset_in,
+            flags,
+            q(Minute) | q(Route) << 32,
+            q(Hour) | q(Day) << 32,
+            q(Month) | month_secs << 32,
+        ]
+    }
+
+    /// A key that spends credits: the plain numbers with the limit and
+    /// remaining in one, and the reset and wait in one, to make room for
+    /// the balance and refill (see [`unpack_credits`]).
+    #[cold]
+    fn credit_fields(&self, c: CreditFields) -> Fields {
+        let mut n = self.numbers();
+        if c.refused {
+            n[4] |= CREDITS_REFUSED;
+            // What `RateLimit` then says: when the credits come back.
+            n[3] = c.refill_in.map_or(-1, |s| s.min(1 << 22) as i64);
         }
-        Fields::new(
-            [
-                d.limit.into(),
-                d.remaining.into(),
-                d.reset_at,
-                reset_in,
-                flags,
-                q(Minute) | q(Route) << 32,
-                q(Hour) | q(Day) << 32,
-                q(Month) | month_secs << 32,
-                balance,
-                refill,
-            ],
-            render_fields,
-        )
+        let refill = c.refill.map_or(0, |(amount, window)| amount as i64 | window << REFILL_WINDOW_SHIFT);
+        let packed = [n[0] | n[1] << 32, n[2] | (n[3] + 1) << RESET_IN_SHIFT, c.remaining, refill, n[4], n[5], n[6], n[7]];
+        Fields::new(packed, render_credit_fields)
     }
 }
 
-/// [`RateHeaders::fields`]: `[limit, remaining, reset_at, reset_in, flags |
-/// policy << 8, minute | route << 32, hour | day << 32, month | month
-/// length << 32, credits (-1: none), refill amount | its window << 42]`.
-fn render_fields(n: &[i64; 10], field: &mut dyn FnMut(&'static str, &[u8])) {
-    let [limit, remaining, reset_at, reset_in, flags, _, _, _, balance, _] = *n;
+/// [`RateHeaders::fields`] for a key that spends no credits.
+fn render_fields(n: &[i64; 8], field: &mut dyn FnMut(&'static str, &[u8])) {
+    render(n, None, field);
+}
+
+/// [`RateHeaders::credit_fields`]' layout, unpacked and rendered.
+fn render_credit_fields(packed: &[i64; 8], field: &mut dyn FnMut(&'static str, &[u8])) {
+    let n = [
+        packed[0] & 0xffff_ffff,
+        packed[0] >> 32,
+        packed[1] & ((1 << RESET_IN_SHIFT) - 1),
+        (packed[1] >> RESET_IN_SHIFT) - 1,
+        packed[4],
+        packed[5],
+        packed[6],
+        packed[7],
+    ];
+    render(&n, Some(CreditNumbers { balance: packed[2], refill: packed[3] }), field);
+}
+
+fn render(n: &[i64; 8], credits: Option<CreditNumbers>, field: &mut dyn FnMut(&'static str, &[u8])) {
+    let [limit, remaining, reset_at, reset_in, flags, ..] = *n;
     let mut digits = itoa::Buffer::new();
     let credits_refused = flags & CREDITS_REFUSED != 0;
     // Spelled as clients expect on HTTP/1.1 (HTTP/2 lowercases them).
@@ -336,48 +373,52 @@ fn render_fields(n: &[i64; 10], field: &mut dyn FnMut(&'static str, &[u8])) {
         field("X-RateLimit-Remaining", digits.format(remaining).as_bytes());
         field("X-RateLimit-Reset", digits.format(reset_at).as_bytes());
     }
-    if balance >= 0 {
-        field("X-Credits-Remaining", digits.format(balance).as_bytes());
+    if let Some(c) = credits {
+        field("X-Credits-Remaining", digits.format(c.balance).as_bytes());
     }
     if flags & IETF == 0 {
         return;
     }
-    // A key's policies are the same on every answer: the value is made
-    // once per thread for each set of them, then copied.
-    POLICIES.with(|cached| match cached.try_borrow_mut() {
-        Ok(mut cached) => {
-            let key = [n[5], n[6], n[7], balance.min(0), n[9]];
-            // A balance with no refill is its own quota: made each time.
-            let cacheable = balance < 0 || n[9] != 0;
-            if !cacheable || cached.0 != key || cached.1.len == 0 {
-                *cached = (key, policy_value(n));
+    match credits {
+        // A key's policies are the same on every answer: the value is made
+        // once per thread for each set of them, then copied.
+        None => POLICIES.with(|cached| match cached.try_borrow_mut() {
+            Ok(mut cached) => {
+                let key = [n[5], n[6], n[7]];
+                if cached.0 != key || cached.1.len == 0 {
+                    *cached = (key, policy_value(n, None));
+                }
+                field("RateLimit-Policy", cached.1.as_bytes());
             }
-            field("RateLimit-Policy", cached.1.as_bytes());
-        }
-        Err(_) => field("RateLimit-Policy", policy_value(n).as_bytes()),
-    });
+            Err(_) => field("RateLimit-Policy", policy_value(n, None).as_bytes()),
+        }),
+        Some(_) => field("RateLimit-Policy", policy_value(n, credits).as_bytes()),
+    }
     let mut value = Text::default();
-    if credits_refused {
-        value.put_all(&[b"\"credits\";r=", digits.format(balance).as_bytes()]);
-        if reset_in >= 0 {
+    match credits {
+        Some(c) if credits_refused => {
+            value.put_all(&[b"\"credits\";r=", digits.format(c.balance).as_bytes()]);
+            if reset_in >= 0 {
+                value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
+            }
+        }
+        _ => {
+            let tight = meter::Policy::ALL.get(((flags >> 8) & 0xff) as usize).copied().unwrap_or(meter::Policy::Minute);
+            value.put_all(&[b"\"", tight.name().as_bytes(), b"\";r=", digits.format(remaining).as_bytes()]);
             value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
         }
-    } else {
-        let tight = meter::Policy::ALL.get(((flags >> 8) & 0xff) as usize).copied().unwrap_or(meter::Policy::Minute);
-        value.put_all(&[b"\"", tight.name().as_bytes(), b"\";r=", digits.format(remaining).as_bytes()]);
-        value.put_all(&[b";t=", digits.format(reset_in).as_bytes()]);
     }
     field("RateLimit", value.as_bytes());
 }
 
 thread_local! {
     /// The last `RateLimit-Policy` value made on this thread, by its numbers.
-    static POLICIES: std::cell::RefCell<([i64; 5], Text)> = std::cell::RefCell::new(([0; 5], Text::default()));
+    static POLICIES: std::cell::RefCell<([i64; 3], Text)> = std::cell::RefCell::new(([0; 3], Text::default()));
 }
 
 /// `RateLimit-Policy`'s value: every policy with a quota, in order, then
 /// the credits (their refill, or the balance when none comes).
-fn policy_value(n: &[i64; 10]) -> Text {
+fn policy_value(n: &[i64; 8], credits: Option<CreditNumbers>) -> Text {
     let half = |i: usize, high: bool| if high { n[i] >> 32 } else { n[i] & 0xffff_ffff };
     let month_secs = half(7, true);
     // (quota, window seconds) of each policy, in `Policy::ALL` order.
@@ -400,14 +441,13 @@ fn policy_value(n: &[i64; 10]) -> Text {
         value.put_all(&[b"\"", policy.name().as_bytes(), b"\";q=", digits.format(quota).as_bytes()]);
         value.put_all(&[b";w=", digits.format(window).as_bytes()]);
     }
-    let (balance, refill) = (n[8], n[9]);
-    if balance >= 0 {
+    if let Some(c) = credits {
         if value.len > 0 {
             value.put(b", ");
         }
-        match refill {
-            0 => value.put_all(&[b"\"credits\";q=", digits.format(balance).as_bytes()]),
-            _ => {
+        match c.refill {
+            0 => value.put_all(&[b"\"credits\";q=", digits.format(c.balance).as_bytes()]),
+            refill => {
                 let amount = refill & ((1 << REFILL_WINDOW_SHIFT) - 1);
                 value.put_all(&[b"\"credits\";q=", digits.format(amount).as_bytes()]);
                 value.put_all(&[b";w=", digits.format(refill >> REFILL_WINDOW_SHIFT).as_bytes()]);

@@ -335,7 +335,7 @@ mod tests {
     async fn extra_fields_come_last_and_a_closing_answer_says_so() {
         let mut reply = Reply::from(Response::new(crate::body::full("x")));
         reply.extra =
-            Fields::new([7, 0, 0, 0, 0, 0, 0, 0, 0, 0], |n, field| field("x-ratelimit-remaining", n[0].to_string().as_bytes()));
+            Fields::new([7, 0, 0, 0, 0, 0, 0, 0], |n, field| field("x-ratelimit-remaining", n[0].to_string().as_bytes()));
         let mut sink = Collect(Vec::new());
         let keep = response(&mut sink, &mut Vec::new(), reply, Answering { keep_alive: false, ..HTTP11 }).await.unwrap();
         let text = String::from_utf8(sink.0).unwrap();
