@@ -27,8 +27,8 @@ pub use output::Failure;
     about = "An API-key gateway: a reverse proxy that enforces API keys, permissions and rate limits"
 )]
 pub struct Cli {
-    /// Config file.
-    #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG_PATH)]
+    /// Config file (or the KEYGATE_CONFIG variable; --config wins).
+    #[arg(long, short = 'c', global = true, env = "KEYGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -83,6 +83,15 @@ pub enum Command {
         #[command(subcommand)]
         command: LeaksCommand,
     },
+    /// Print a shell's completion script: `keygate completions bash >
+    /// /etc/bash_completion.d/keygate` (zsh: a `_keygate` file on $fpath;
+    /// fish: ~/.config/fish/completions/keygate.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `keygate man > /usr/local/share/man/man1/keygate.1`.
+    Man,
     /// Show the audit log of management changes, newest first.
     AuditLog {
         /// Only entries about this key or role id.
@@ -157,6 +166,17 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Health { ready } => health(&cli.config, ready).await,
         Command::Leaks { command: LeaksCommand::Rules { format } } => leak_rules(&cli.config, &format),
         Command::AdminToken { command: AdminTokenCommand::New { name, scopes, json } } => new_admin_token(&name, &scopes, json),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "keygate", &mut script);
+            print_generated(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            // Made from the parser that reads the command line: it cannot fall behind it.
+            let rendered = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page);
+            rendered.map_err(|e| generated_failure(&e)).and_then(|()| print_generated(&page))
+        }
         Command::Keys { command } => match open(&cli.config).await {
             Ok((config, store)) => {
                 {
@@ -214,6 +234,20 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.report(),
     }
+}
+
+/// Writes a generated text (completions, the man page) to stdout; a
+/// reader that stops early (`| head`) is no failure.
+fn print_generated(text: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    match std::io::stdout().write_all(text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(generated_failure(&e)),
+        _ => Ok(()),
+    }
+}
+
+fn generated_failure(e: &std::io::Error) -> Failure {
+    Failure { message: format!("cannot write it out: {e}"), code: "io_error", json: false, exit: 1 }
 }
 
 async fn blocks(m: &Manager<'_>, command: BlocksCommand) -> Result<(), Failure> {

@@ -282,3 +282,39 @@ fn the_text_of_a_key_shows_its_quotas_and_credits() {
     let plain = String::from_utf8_lossy(&s.cli(&["keys", "create", "--name", "plain", "--role", "read-only"]).stdout).to_string();
     assert!(plain.contains("quota:       -") && plain.contains("credits:     -"), "{plain}");
 }
+
+#[test]
+fn completions_a_man_page_and_the_config_from_keygate_config() {
+    let run = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(keygate_bin());
+        c.args(args).env_remove("KEYGATE_CONFIG").current_dir(std::env::temp_dir());
+        if let Some(path) = env {
+            c.env("KEYGATE_CONFIG", path);
+        }
+        let out = c.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    for (shell, mark) in [("bash", "_keygate()"), ("zsh", "#compdef keygate"), ("fish", "complete -c keygate")] {
+        let (code, text, err) = run(&["completions", shell], None);
+        assert_eq!(code, Some(0), "{shell}: {err}");
+        assert!(text.contains(mark) && text.contains("credits") && text.contains("if-version"), "{shell}: {text}");
+    }
+    let (code, _, err) = run(&["completions", "tcsh"], None);
+    assert_eq!(code, Some(2), "an unknown shell is a usage error: {err}");
+    let (code, page, _) = run(&["man"], None);
+    assert_eq!(code, Some(0));
+    assert!(page.starts_with(".ie") && page.contains(".TH keygate 1") && page.contains("KEYGATE_CONFIG"), "{page}");
+
+    // KEYGATE_CONFIG names the config when --config is not given; --config wins.
+    let s = setup();
+    let (code, text, err) = run(&["keys", "create", "--name", "from-env", "--role", "read-only", "--json"], Some(&s.config));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains("from-env"), "{text}");
+    assert_eq!(s.cli_json(&["keys", "list"]).as_array().unwrap().len(), 1, "the same store");
+    let missing = s.dir.path().join("missing.toml");
+    let (code, _, err) = run(&["config", "check"], Some(&missing));
+    assert!(code == Some(2) && err.contains("missing.toml"), "{err}");
+    let config = s.config.display().to_string();
+    let (code, _, err) = run(&["--config", &config, "config", "check"], Some(&missing));
+    assert_eq!(code, Some(0), "{err}");
+}
