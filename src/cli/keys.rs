@@ -43,7 +43,8 @@ pub struct KeyArgs {
     /// Days until the key expires, 1-365 (0 removes the expiry).
     #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
     pub expires_in_days: Option<u32>,
-    /// When the key expires, RFC 3339 (2026-12-31T18:00:00Z); "never" removes the expiry.
+    /// When the key expires, RFC 3339 (2026-12-31T18:00:00Z), or `never`:
+    /// the key never expires (an expiry set before is removed).
     #[arg(long, conflicts_with = "expires_in")]
     pub expires_at: Option<String>,
     /// How long until the key expires: 90m, 2h, 30d, ...
