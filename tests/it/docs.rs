@@ -176,3 +176,20 @@ fn the_webhook_guide_verifiers_check_what_keygate_signs() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want.to_string(), "node: {out:?}");
     }
 }
+
+/// A `cargo install` the documents tell someone to run builds against the
+/// lockfile (`--locked`); without it cargo picks newer versions than the
+/// ones tested.
+#[test]
+fn every_cargo_install_in_the_documents_is_locked() {
+    let mut unlocked = Vec::new();
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for line in text.lines().filter(|l| l.contains("cargo install ")) {
+            if !line.contains("--locked") {
+                unlocked.push(format!("{}: {}", doc.display(), line.trim()));
+            }
+        }
+    }
+    assert!(unlocked.is_empty(), "cargo install without --locked:\n{}", unlocked.join("\n"));
+}
