@@ -71,3 +71,17 @@ async fn the_drain_timeout_bounds_the_wait_for_requests_in_flight() {
     let took = signalled.elapsed();
     assert!(took < Duration::from_secs(4), "a 1 s drain took {took:?}");
 }
+
+#[test]
+fn the_process_ends_as_soon_as_it_says_it_stopped() {
+    let s = Setup::new("http://127.0.0.1:9", "", "");
+    let gw = s.start();
+    gw.signal("TERM");
+    assert!(soon(Duration::from_secs(10), || gw.log_text().contains("keygate stopped")), "{}", gw.log_text());
+    let said = std::time::Instant::now();
+    assert!(gw.wait_exit().success());
+    // Measured by waiting on the process, not `kill -0`: a process its
+    // parent has not reaped yet still answers that, for as long as the
+    // parent takes (which is how "it exits a second late" was once seen).
+    assert!(said.elapsed() < Duration::from_millis(500), "{:?} after saying it stopped", said.elapsed());
+}

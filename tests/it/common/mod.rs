@@ -311,8 +311,13 @@ impl Gateway {
     }
 
     /// Stops with SIGTERM and waits for the process to end.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
         self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Waits for the process to end (after a signal sent before).
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(25);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
