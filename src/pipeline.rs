@@ -296,7 +296,8 @@ fn route<'r>(cx: &mut Ctx<'r>) -> Result<Routed<'r>, GatewayError> {
     }
     let (index, route) = cfg.routes.find(&cx.head.method, &path).ok_or(GatewayError::NoRoute)?;
     cx.trace.route = RouteLabel::Route(index);
-    if cx.head.headers.contains_key(header::UPGRADE) && headers::asks_websocket(&cx.head.headers) {
+    // The server marks a head with `Upgrade`: most requests look no further.
+    if cx.head.extensions.get::<crate::http1::UpgradeAsked>().is_some() && headers::asks_websocket(&cx.head.headers) {
         handshake(cx, route)?;
     }
     if let Some(deny) = &route.deny {

@@ -99,6 +99,12 @@ fn read_lines(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
+/// In a request's extensions when its head carried an `Upgrade` field (the
+/// HTTP/1.1 server sets it; HTTP/2 has no such field): whoever cares about
+/// upgrades need not look up a header map for a request without it.
+#[derive(Debug, Clone, Copy)]
+pub struct UpgradeAsked;
+
 /// A value passed once through a response's extensions (which must be
 /// `Clone`): the first to take it has it.
 pub struct Handover<T>(std::sync::Arc<std::sync::Mutex<Option<T>>>);

@@ -50,7 +50,9 @@ pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result
             other => other,
         }
     };
-    let Some(Scanned { used, method, version, target, found, framing_fields, hosts }) = scanned? else { return Ok(None) };
+    let Some(Scanned { used, method, version, target, found, framing_fields, hosts, upgrade }) = scanned? else {
+        return Ok(None);
+    };
     let malformed = |e: &dyn std::fmt::Display| HeadError::Malformed(e.to_string());
     // RFC 9112 section 3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
     if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
@@ -82,6 +84,9 @@ pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
+    if upgrade {
+        request.extensions_mut().insert(crate::http1::UpgradeAsked);
+    }
     Ok(Some(Head { request, framing, keep_alive, expect_continue }))
 }
 
@@ -97,6 +102,8 @@ struct Scanned {
     framing_fields: bool,
     /// How many `Host` lines there are.
     hosts: usize,
+    /// Whether an `Upgrade` field is present.
+    upgrade: bool,
 }
 
 fn scan<'b>(
@@ -125,6 +132,7 @@ fn scan<'b>(
     let mut found = Vec::with_capacity(parsed.headers.len());
     let mut framing_fields = false;
     let mut hosts = 0;
+    let mut upgrade = false;
     for line in parsed.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| HeadError::Malformed(e.to_string()))?;
         hosts += usize::from(name == header::HOST);
@@ -132,10 +140,11 @@ fn scan<'b>(
             || name == header::CONTENT_LENGTH
             || name == header::CONNECTION
             || name == header::EXPECT;
+        upgrade |= name == header::UPGRADE;
         let start = line.value.as_ptr() as usize - base;
         found.push((name, start..start + line.value.len()));
     }
-    Ok(Some(Scanned { used, method, version, target, found, framing_fields, hosts }))
+    Ok(Some(Scanned { used, method, version, target, found, framing_fields, hosts, upgrade }))
 }
 
 /// Where the request body ends (RFC 9112 section 6.3). A request with both
@@ -220,6 +229,15 @@ mod tests {
         assert!(h.keep_alive && !h.expect_continue);
         assert_eq!(&buf[..], b"NEXT", "the next request stays in the buffer");
         assert!(head("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none(), "incomplete");
+        assert!(h.request.extensions().get::<crate::http1::UpgradeAsked>().is_none());
+    }
+
+    #[test]
+    fn a_head_with_upgrade_is_marked_in_any_spelling() {
+        for field in ["Upgrade: websocket", "upgrade: h2c", "UPGRADE: x"] {
+            let h = hosted(&format!("GET / HTTP/1.1\r\n{field}\r\n\r\n")).unwrap().unwrap();
+            assert!(h.request.extensions().get::<crate::http1::UpgradeAsked>().is_some(), "{field}");
+        }
     }
 
     #[test]
