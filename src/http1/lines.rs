@@ -109,8 +109,8 @@ impl HeaderLines {
             lines.has_date |= field.name.eq_ignore_ascii_case("date");
             // Both names are 12 bytes: most fields are past this test at once.
             if field.name.len() == 12 {
-                lines.has_request_id |= field.name.eq_ignore_ascii_case("x-request-id");
-                lines.event_stream |= field.name.eq_ignore_ascii_case("content-type") && is_event_stream(field.value);
+                lines.has_request_id |= named_12(name, b"x-request-id");
+                lines.event_stream |= named_12(name, b"content-type") && is_event_stream(field.value);
             }
             write_line(&mut lines.text, name, field.value);
         }
@@ -205,6 +205,21 @@ impl HeaderLines {
 
 /// Whether a `Content-Type` value is `text/event-stream` (parameters
 /// allowed). Compared in place: every answer's type passes through here.
+/// Whether a 12-byte field name is `lower` in any case, compared a word at
+/// a time: every response's `Content-Type` is looked at. A name is a
+/// token (httparse checks), so setting the 0x20 bit only ever folds case:
+/// no byte of a token becomes `-` that was not one.
+fn named_12(name: &[u8], lower: &[u8; 12]) -> bool {
+    let Ok(name) = <[u8; 12]>::try_from(name) else { return false };
+    let wide = |bytes: [u8; 12]| {
+        let mut padded = [0u8; 16];
+        padded[..12].copy_from_slice(&bytes);
+        u128::from_le_bytes(padded)
+    };
+    const FOLD: u128 = 0x2020_2020_2020_2020_2020_2020;
+    wide(name) | FOLD == wide(*lower)
+}
+
 fn is_event_stream(value: &[u8]) -> bool {
     const TYPE: &[u8] = b"text/event-stream";
     let value = value.trim_ascii_start();
@@ -216,6 +231,17 @@ fn is_event_stream(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn twelve_byte_names_match_in_any_case_and_nothing_else() {
+        for name in ["Content-Type", "content-type", "CONTENT-TYPE", "cOnTeNt-TyPe"] {
+            assert!(named_12(name.as_bytes(), b"content-type"), "{name}");
+        }
+        for name in ["Content-Typf", "Content_Type", "Content-Type ", "Content-Typ", "X-Request-Id"] {
+            assert!(!named_12(name.as_bytes(), b"content-type"), "{name}");
+        }
+        assert!(named_12(b"X-REQUEST-ID", b"x-request-id"));
+    }
 
     fn sorted(raw: &str) -> (HeaderLines, bool, bool, Option<Vec<u8>>) {
         let mut fields = [httparse::EMPTY_HEADER; 32];

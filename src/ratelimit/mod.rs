@@ -363,6 +363,9 @@ fn render_credit_fields(packed: &[i64; 8], field: &mut dyn FnMut(&'static str, &
     render(&n, Some(CreditNumbers { balance: packed[2], refill: packed[3] }), field);
 }
 
+/// Inlined into each caller, so a key without credits runs the plain
+/// rendering alone.
+#[inline(always)]
 fn render(n: &[i64; 8], credits: Option<CreditNumbers>, field: &mut dyn FnMut(&'static str, &[u8])) {
     let [limit, remaining, reset_at, reset_in, flags, ..] = *n;
     let mut digits = itoa::Buffer::new();
