@@ -7,7 +7,8 @@
 //! between two frames, never into one.
 //!
 //! This module knows nothing of keys: the caller says when a connection
-//! ends and with what code ([`Ending`]).
+//! ends and with what code ([`Ending`]). Why it splices rather than
+//! terminates: docs/decisions/013-websocket-splice.md.
 
 use http::{header, HeaderMap, Method, Version};
 use std::future::Future;
