@@ -195,26 +195,37 @@ pub fn extract_from<'a>(
 ) -> Result<Option<Credential<'a>>, CredentialError> {
     let mut found = Found::default();
     let mut basic = Vec::new();
-    for value in headers.get_all(AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| CredentialError::Malformed("the Authorization header is not ASCII"))?;
-        if let Some(token) = scheme(value, "Bearer") {
-            if token.is_empty() {
-                return Err(CredentialError::Malformed("the Bearer token is empty"));
+    // One pass over the fields, not a lookup per name: the map is small,
+    // and hashing `X-API-Key` for each request cost more than the walk.
+    // `Authorization` is read first, as if looked up first: its values
+    // come first, and its errors win over `X-API-Key`'s.
+    let mut api_keys = Found::default();
+    let mut api_key_error = None;
+    for (name, value) in headers {
+        if *name == AUTHORIZATION {
+            let value = value.to_str().map_err(|_| CredentialError::Malformed("the Authorization header is not ASCII"))?;
+            if let Some(token) = scheme(value, "Bearer") {
+                if token.is_empty() {
+                    return Err(CredentialError::Malformed("the Bearer token is empty"));
+                }
+                found.add(Cow::Borrowed(token), Source::Bearer);
+            } else if let Some(encoded) = scheme(value, "Basic") {
+                basic.push(decode_basic(encoded)?);
+            } else {
+                return Err(CredentialError::Malformed("the Authorization header must use the Bearer or Basic scheme"));
             }
-            found.add(Cow::Borrowed(token), Source::Bearer);
-        } else if let Some(encoded) = scheme(value, "Basic") {
-            basic.push(decode_basic(encoded)?);
-        } else {
-            return Err(CredentialError::Malformed("the Authorization header must use the Bearer or Basic scheme"));
+        } else if *name == API_KEY_HEADER && api_key_error.is_none() {
+            match value.to_str().map(str::trim) {
+                Err(_) => api_key_error = Some(CredentialError::Malformed("the X-API-Key header is not ASCII")),
+                Ok("") => api_key_error = Some(CredentialError::Malformed("the X-API-Key header is empty")),
+                Ok(token) => api_keys.add(Cow::Borrowed(token), Source::ApiKeyHeader),
+            }
         }
     }
-    for value in headers.get_all(&API_KEY_HEADER) {
-        let token = value.to_str().map_err(|_| CredentialError::Malformed("the X-API-Key header is not ASCII"))?.trim();
-        if token.is_empty() {
-            return Err(CredentialError::Malformed("the X-API-Key header is empty"));
-        }
-        found.add(Cow::Borrowed(token), Source::ApiKeyHeader);
+    if let Some(e) = api_key_error {
+        return Err(e);
     }
+    found.merge(api_keys);
     for token in basic {
         found.add(Cow::Owned(token), Source::Basic);
     }
@@ -248,6 +259,14 @@ struct Found<'a> {
 }
 
 impl<'a> Found<'a> {
+    /// Adds what `later` found, as if it had been found after.
+    fn merge(&mut self, later: Found<'a>) {
+        self.ambiguous |= later.ambiguous;
+        if let Some(c) = later.first {
+            self.add(c.token, c.source);
+        }
+    }
+
     fn add(&mut self, token: Cow<'a, str>, source: Source) {
         match &self.first {
             Some(first) => self.ambiguous |= first.token != token,
@@ -297,6 +316,18 @@ mod tests {
         assert!(matches!(extract_from(&empty, None, true), Err(CredentialError::Malformed(_))));
         let entries: Vec<&[u8]> = subprotocols(&h).filter(|e| !is_key_entry(e)).collect();
         assert_eq!(entries, [&b"chat"[..], b"v2"]);
+    }
+
+    #[test]
+    fn authorization_reads_first_whatever_order_the_fields_came_in() {
+        let h = headers(&[("x-api-key", "tok1"), ("authorization", "Bearer tok1")]);
+        assert_eq!(extract(&h, None).unwrap().unwrap().source, Source::Bearer);
+        let h = headers(&[("x-api-key", ""), ("authorization", "Digest x")]);
+        assert!(matches!(extract(&h, None), Err(CredentialError::Malformed(m)) if m.contains("Authorization")));
+        let h = headers(&[("x-api-key", ""), ("authorization", "Bearer tok1")]);
+        assert!(matches!(extract(&h, None), Err(CredentialError::Malformed(m)) if m.contains("X-API-Key")));
+        let h = headers(&[("x-api-key", "tok1"), ("x-api-key", "tok2"), ("authorization", "Bearer tok1")]);
+        assert!(matches!(extract(&h, None), Err(CredentialError::Ambiguous)));
     }
 
     #[test]
