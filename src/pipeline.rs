@@ -484,13 +484,9 @@ async fn forward(cx: &mut Ctx<'_>, target: &Target<'_>, body: Body, key: Option<
 fn outgoing<'a>(cx: &Ctx<'a>, target: &Target<'_>, upstream: &Upstream, keyed: bool) -> Result<Outgoing<'a>, GatewayError> {
     let (head, cfg) = (cx.head, &cx.rt.config);
     let query = head.uri.query().and_then(|q| credentials::forwarded_query(q, keyed));
-    let host = head
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let uri = proxy::upstream_target(upstream, &target.path, query.as_deref())?;
     let mut out = Outgoing::new(&head.method, uri, &head.headers, keyed, cfg.server.underscore_headers);
+    let host = out.client_host().cloned().or_else(|| head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let believed = ip::believes_forwarded_for(cx.conn.peer.ip(), &cfg.server.trusted_proxies);
     out.set_forwarded(&cx.conn.peer_header, cx.conn.tls, host, believed);
     Ok(out)

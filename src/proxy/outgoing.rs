@@ -32,6 +32,8 @@ pub struct Outgoing<'a> {
     /// Names the client's `Connection` header lists: hop-by-hop as well,
     /// unless keygate writes or checks them (see [`Fate`]).
     connection_named: Vec<HeaderName>,
+    /// The client's `Host`, found on the same walk.
+    client_host: Option<&'a HeaderValue>,
     strip_credentials: bool,
     underscores: Underscores,
     forwarded: Vec<(HeaderName, HeaderValue)>,
@@ -50,13 +52,23 @@ impl<'a> Outgoing<'a> {
         strip_credentials: bool,
         underscores: Underscores,
     ) -> Outgoing<'a> {
-        let connection_named = client.get_all(header::CONNECTION).iter().flat_map(connection_named).collect();
+        // One walk for both fields: a lookup by name hashes it each time.
+        let mut connection = Vec::new();
+        let mut client_host = None;
+        for (name, value) in client {
+            if *name == header::CONNECTION {
+                connection.extend(connection_named(value));
+            } else if *name == header::HOST && client_host.is_none() {
+                client_host = Some(value);
+            }
+        }
         Outgoing {
             method,
             target,
             host: None,
             client,
-            connection_named,
+            connection_named: connection,
+            client_host,
             strip_credentials,
             underscores,
             forwarded: Vec::new(),
@@ -64,6 +76,11 @@ impl<'a> Outgoing<'a> {
             identity: None,
             upgrade: None,
         }
+    }
+
+    /// The client's own `Host` (the first, if it sent several).
+    pub fn client_host(&self) -> Option<&'a HeaderValue> {
+        self.client_host
     }
 
     /// `X-Forwarded-For`, `-Proto` and `-Host`. The chain is the one the
