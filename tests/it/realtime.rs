@@ -70,6 +70,34 @@ async fn a_quiet_stream_outlives_the_timeouts_and_is_cut_by_its_own() {
     assert!(cut.is_err(), "{cut:?}");
 }
 
+/// The issue's own case, at full length: a 90-second stream, one event
+/// every 22.5 s, through a server whose `idle_timeout` is 10 s and an
+/// upstream whose `timeout` is 2 s. (It runs beside the rest of the
+/// suite, so the suite takes about 40 s longer, not 90.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ninety_second_stream_outlives_a_ten_second_idle_timeout() {
+    let up = upstream::start().await;
+    let s = Setup::new(&up.url(), "idle_timeout = \"10s\"", "");
+    let text = std::fs::read_to_string(&s.config).unwrap().replacen(
+        "[[routes]]\n",
+        "[[routes]]\nmatch = \"GET /api/events/*\"\npermission = \"lists.view\"\n\n[[routes]]\n",
+        1,
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let (_, token) = s.create_key(&["--name", "watcher", "--role", "read-only"]);
+    let _gw = s.start();
+    let started = std::time::Instant::now();
+    let late = lateness(&client_for(std::time::Duration::from_secs(120)), &s.url("/api/events/4/22500"), &token).await.unwrap();
+    assert_eq!(late.len(), 4, "{late:?}");
+    assert!(late.iter().all(|ms| *ms < 50), "each event within 50 ms of being sent: {late:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(90), "{:?}", started.elapsed());
+}
+
+/// A client whose requests may take `total`.
+fn client_for(total: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder().timeout(total).build().unwrap()
+}
+
 /// Sends `head` on a new connection and reads the answer's status line.
 async fn raw_status(s: &Setup, head: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
