@@ -9,7 +9,12 @@ use futures_util::StreamExt;
 /// A config whose upstream times out after 2 s and whose connections idle
 /// out after 1 s, with `realtime` as `[realtime]`, and a key for it.
 fn setup(upstream: &str, realtime: &str) -> (Setup, String) {
-    let s = Setup::new(upstream, "idle_timeout = \"1s\"", "");
+    setup_idle(upstream, "1s", realtime)
+}
+
+/// [`setup`] with connections that idle out after `idle`.
+fn setup_idle(upstream: &str, idle: &str, realtime: &str) -> (Setup, String) {
+    let s = Setup::new(upstream, &format!("idle_timeout = \"{idle}\""), "");
     let text = std::fs::read_to_string(&s.config).unwrap();
     let text = text.replacen(
         "[[routes]]\n",
@@ -77,14 +82,7 @@ async fn a_quiet_stream_outlives_the_timeouts_and_is_cut_by_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ninety_second_stream_outlives_a_ten_second_idle_timeout() {
     let up = upstream::start().await;
-    let s = Setup::new(&up.url(), "idle_timeout = \"10s\"", "");
-    let text = std::fs::read_to_string(&s.config).unwrap().replacen(
-        "[[routes]]\n",
-        "[[routes]]\nmatch = \"GET /api/events/*\"\npermission = \"lists.view\"\n\n[[routes]]\n",
-        1,
-    );
-    std::fs::write(&s.config, text).unwrap();
-    let (_, token) = s.create_key(&["--name", "watcher", "--role", "read-only"]);
+    let (s, token) = setup_idle(&up.url(), "10s", "");
     let _gw = s.start();
     let started = std::time::Instant::now();
     let late = lateness(&client_for(std::time::Duration::from_secs(120)), &s.url("/api/events/4/22500"), &token).await.unwrap();
