@@ -180,23 +180,24 @@ impl Connection {
     /// another protocol than it asked, is refused: the bytes after it are
     /// not HTTP, and read as the next answer they would be smuggled.
     fn switched(self, head: Head, asked: Option<&'static str>) -> Result<Upstreamed, ExchangeError> {
-        let agreed = head.upgrade.as_deref().zip(asked).is_some_and(|(said, asked)| said.eq_ignore_ascii_case(asked.as_bytes()));
-        let (true, Some(protocol)) = (agreed, asked) else { return Err(ExchangeError::UnaskedSwitch) };
+        let agreed =
+            matches!((head.upgrade.as_deref(), asked), (Some(said), Some(asked)) if said.eq_ignore_ascii_case(asked.as_bytes()));
+        if !agreed {
+            return Err(ExchangeError::UnaskedSwitch);
+        }
         let mut response = Response::new(crate::body::empty());
         *response.status_mut() = head.status;
-        let io = SwitchedIo { stream: self.stream, read: self.buffered, protocol, _busy: self.busy };
+        let io = SwitchedIo { stream: self.stream, read: self.buffered, _busy: self.busy };
         response.extensions_mut().insert(super::Handover::new(io));
         Ok(Upstreamed { response, lines: head.lines })
     }
 }
 
-/// A switched connection's socket, what was read past the 101, and the
-/// protocol it speaks now. (Its place under the upstream's
-/// `max_connections` goes with the socket.)
+/// A switched connection's socket and what was read past the 101. (Its
+/// place under the upstream's `max_connections` goes with the socket.)
 pub struct SwitchedIo {
     pub stream: Stream,
     pub read: BytesMut,
-    pub protocol: &'static str,
     _busy: Option<pool::Busy>,
 }
 
