@@ -174,10 +174,8 @@ async fn close_revoked(app: &App, key_ids: impl Iterator<Item = &str>) {
                 continue;
             }
         };
-        let usable = key.as_ref().filter(|k| {
-            crate::keys::model::KeyStatus::of(k, crate::clock::now_unix()) == crate::keys::model::KeyStatus::Active
-                && k.env == environment
-        });
+        use crate::keys::model::KeyState;
+        let usable = key.as_ref().filter(|k| KeyState::of(k, crate::clock::now_unix(), environment) == KeyState::Usable);
         match usable {
             None => app.streams.close(id, Closed::Revoked, |_| true),
             Some(key) => app.streams.close(id, Closed::Forbidden, |p| p.is_some_and(|p| !app.roles.permits(key, p))),

@@ -248,10 +248,18 @@ impl KeyLookup {
         if self.secret_expires_at.is_some_and(|t| t <= now) {
             return KeyState::SecretRetired;
         }
-        match KeyStatus::of(&self.key, now) {
+        KeyState::of(&self.key, now, gateway_env)
+    }
+}
+
+impl KeyState {
+    /// What the key itself allows, whatever secret was presented: status,
+    /// expiry, environment.
+    pub fn of(key: &ApiKey, now: i64, gateway_env: Env) -> KeyState {
+        match KeyStatus::of(key, now) {
             KeyStatus::Disabled => KeyState::Disabled,
             KeyStatus::Expired => KeyState::Expired,
-            KeyStatus::Active if self.key.env != gateway_env => KeyState::WrongEnvironment,
+            KeyStatus::Active if key.env != gateway_env => KeyState::WrongEnvironment,
             KeyStatus::Active => KeyState::Usable,
         }
     }
