@@ -258,3 +258,43 @@ async fn tls_with_http2_and_http1() {
     let resp = client.build().unwrap().get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// A TLS connection keygate ends (here after `Connection: close`) ends
+/// with a `close_notify`: without it a client cannot tell the answer's end
+/// from a cut (RFC 8446, 6.1), and OpenSSL clients then refuse to resume
+/// the session, so every later connection pays a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_keygate_closes_ends_with_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_file.display(), key_file.display());
+    let s = Setup::new(&up.url(), &tls, "");
+    let (_, token) = s.create_key(&["--name", "tls", "--role", "read-only"]);
+    let _gw = s.start();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let requests = [
+        format!("GET /api/lists HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        format!("GET /api/lists HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n"),
+        "GET /api/lists HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n".to_string(),
+    ];
+    for request in requests {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.data_port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = connector.connect(name, tcp).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        // rustls reports a close without close_notify as UnexpectedEof.
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap();
+        assert!(read.is_ok(), "{request:?}: {read:?} after {:?}", String::from_utf8_lossy(&answer));
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&answer));
+    }
+}

@@ -46,6 +46,8 @@ const MAX_DRAIN: u64 = 64 * 1024;
 /// How long a connection closed with its request body unread goes on
 /// reading (and dropping) what the client still sends: see [`Conn::linger`].
 const LINGER: Duration = Duration::from_secs(5);
+/// How long an ending connection may take to say so (see [`Conn::close`]).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Bounds applied to every connection of a listener, and how a head that
 /// cannot be served is answered.
@@ -117,14 +119,14 @@ where
     loop {
         let head = match conn.read_head().await {
             Ok(Some(head)) => head,
-            Ok(None) => return Ended::Closed,
+            Ok(None) => return conn.close().await,
             Err(HeadError::Http2Preface) if first => return Ended::Http2(conn.io, conn.buf),
             Err(e) => {
                 // The client may still be sending (the rest of a bad head, a
                 // body): a close with unread bytes would reset the 400 away.
                 conn.refuse(&e).await;
                 conn.linger().await;
-                return Ended::Closed;
+                return conn.close().await;
             }
         };
         first = false;
@@ -145,7 +147,7 @@ where
         let handling = pin!(handler(request, info.clone()));
         // A client that gives up takes its request with it: dropping the
         // handler drops its upstream exchange and that connection.
-        let Some(response) = conn.run(handling, feeder.as_mut()).await else { return Ended::Closed };
+        let Some(response) = conn.run(handling, feeder.as_mut()).await else { return conn.close().await };
         // The connection carries another request only if this one's body
         // is read, or can be: not after a body found too large or stalled.
         if response.response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -153,7 +155,7 @@ where
             // new protocol's.
             return match feeder.is_none_or(|f| f.is_done()) {
                 true => conn.switch(response, how).await,
-                false => Ended::Closed,
+                false => conn.close().await,
             };
         }
         let unread = feeder.as_ref().filter(|f| !f.is_done());
@@ -166,9 +168,9 @@ where
             Ok(true) => {}
             Ok(false) if unread.is_some() => {
                 conn.linger().await;
-                return Ended::Closed;
+                return conn.close().await;
             }
-            _ => return Ended::Closed,
+            _ => return conn.close().await,
         }
         if conn.out.capacity() > KEEP_OUT {
             // A large response must not stay allocated on an idle connection.
@@ -176,7 +178,7 @@ where
         }
         if let Some(f) = unread {
             if conn.drain(f.framing()).await.is_err() {
-                return Ended::Closed;
+                return conn.close().await;
             }
         }
     }
@@ -270,6 +272,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         let watched = watch.then_some(&mut self.buf);
         let mut sink = ClientSink { io: &mut self.io, deadline: &mut self.deadline, limits: &self.limits, watched };
         write::response(&mut sink, &mut self.out, reply, how).await
+    }
+
+    /// Ends the connection with its sending side shut: a FIN, and over TLS
+    /// a `close_notify` first, without which a client cannot tell the
+    /// answer's end from a cut (and OpenSSL will not resume the session).
+    async fn close(mut self) -> Ended<I> {
+        let Conn { io, deadline, .. } = &mut self;
+        let _ = deadline.within(tokio::time::Instant::now() + CLOSE_WAIT, io.shutdown()).await;
+        Ended::Closed
     }
 
     /// Writes a 101 and hands the connection over.
