@@ -185,10 +185,9 @@ pub async fn decide(means: &Means<'_>, ask: &Ask<'_>, now: Moment, out: &mut Dec
     if !token::shape(ask.token, &means.config.keys.brand).may_be_known() {
         return out.refuse(None, GatewayError::InvalidKey);
     }
-    let hash = TokenHash::of(ask.token);
     let found = match means.keys {
-        KeySource::Cached(app) => counted(app, app.cache.resolve(&hash, app.store.as_ref(), now.at).await),
-        KeySource::Store(store) => store.key_by_hash(&hash).await.map(|found| found.map(Arc::new)),
+        KeySource::Cached(app) => counted(app, app.cache.resolve(ask.token, app.store.as_ref(), now.at).await),
+        KeySource::Store(store) => store.key_by_hash(&TokenHash::of(ask.token)).await.map(|found| found.map(Arc::new)),
     };
     let found = match found {
         Ok(Some(found)) => found,

@@ -23,7 +23,7 @@ pub const MIN_IMPORT_LEN: usize = 16;
 pub const MAX_TOKEN_LEN: usize = 512;
 
 /// SHA-256 of a whole token: the only form in which a secret is kept.
-/// Equality is constant-time, so cache lookups leak nothing by timing.
+/// Equality is constant-time, so lookups by it leak nothing by timing.
 #[derive(Clone, Copy)]
 pub struct TokenHash(pub [u8; 32]);
 
