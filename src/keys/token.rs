@@ -148,11 +148,13 @@ pub fn new_key_id() -> String {
 /// assert_eq!(token::shape("abc123.legacy-format-token", "kg"), token::Shape::Foreign);
 /// ```
 pub fn shape(token: &str, brand: &str) -> Shape {
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Shape::Malformed;
     }
-    let Some(random) = generated_random_part(token, brand) else {
-        return Shape::Foreign;
+    // A token of our layout is letters, digits and `_` throughout (a brand
+    // is letters and digits): only another layout needs the full check.
+    let Some(random) = generated_random_part(token, brand).filter(|_| brand.bytes().all(|b| b.is_ascii_alphanumeric())) else {
+        return if token.bytes().all(|b| b.is_ascii_graphic()) { Shape::Foreign } else { Shape::Malformed };
     };
     let (body, sum) = random.split_at(RANDOM_LEN - CHECKSUM_LEN);
     if checksum(body)[..].ct_eq(sum.as_bytes()).into() {
