@@ -6,7 +6,7 @@
 //! (docs/decisions/004-header-lines-not-maps.md). HTTP/2 clients (and
 //! tests) turn them into a map.
 
-use super::{is_hop_by_hop_any_case, read_lines, write_line};
+use super::{read_lines, write_line, Named};
 use crate::http1::framing::agreed_length;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -75,25 +75,31 @@ impl HeaderLines {
         let mut named: Vec<&[u8]> = Vec::new();
         let mut upgrade_seen = 0;
         for field in fields {
-            if field.name.eq_ignore_ascii_case("connection") {
-                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        hop.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        hop.keep_alive = true;
-                    } else {
-                        named.push(token);
+            match Named::of(field.name.as_bytes()) {
+                Named::Connection => {
+                    for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            hop.close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            hop.keep_alive = true;
+                        } else {
+                            named.push(token);
+                        }
                     }
                 }
-            } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
-                hop.transfer_encoding = field.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
-            } else if field.name.eq_ignore_ascii_case("upgrade") {
-                // Two of them name no one protocol.
-                upgrade_seen += 1;
-                hop.upgrade = (upgrade_seen == 1).then(|| field.value.trim_ascii());
+                Named::TransferEncoding => {
+                    hop.transfer_encoding = field.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+                }
+                Named::Upgrade => {
+                    // Two of them name no one protocol.
+                    upgrade_seen += 1;
+                    hop.upgrade = (upgrade_seen == 1).then(|| field.value.trim_ascii());
+                }
+                _ => {}
             }
         }
-        let is_length = |field: &httparse::Header<'_>| field.name.eq_ignore_ascii_case("content-length");
+        let is_length =
+            |field: &httparse::Header<'_>| field.name.len() == 14 && field.name.eq_ignore_ascii_case("content-length");
         let mut lines = HeaderLines {
             text: Vec::with_capacity(fields.len() * 32),
             content_length: agreed_length(fields.iter().filter(|f| is_length(f)).map(|f| f.value))?,
@@ -103,15 +109,13 @@ impl HeaderLines {
         };
         for field in fields {
             let name = field.name.as_bytes();
-            if is_length(field) || is_hop_by_hop_any_case(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            let kind = Named::of(name);
+            if kind == Named::ContentLength || kind.hop_by_hop() || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
                 continue;
             }
-            lines.has_date |= field.name.eq_ignore_ascii_case("date");
-            // Both names are 12 bytes: most fields are past this test at once.
-            if field.name.len() == 12 {
-                lines.has_request_id |= named_12(name, b"x-request-id");
-                lines.event_stream |= named_12(name, b"content-type") && is_event_stream(field.value);
-            }
+            lines.has_date |= kind == Named::Date;
+            lines.has_request_id |= kind == Named::RequestId;
+            lines.event_stream |= kind == Named::ContentType && is_event_stream(field.value);
             write_line(&mut lines.text, name, field.value);
         }
         if hop.transfer_encoding.is_some() {
@@ -203,13 +207,11 @@ impl HeaderLines {
     }
 }
 
-/// Whether a `Content-Type` value is `text/event-stream` (parameters
-/// allowed). Compared in place: every answer's type passes through here.
 /// Whether a 12-byte field name is `lower` in any case, compared a word at
 /// a time: every response's `Content-Type` is looked at. A name is a
 /// token (httparse checks), so setting the 0x20 bit only ever folds case:
 /// no byte of a token becomes `-` that was not one.
-fn named_12(name: &[u8], lower: &[u8; 12]) -> bool {
+pub(super) fn named_12(name: &[u8], lower: &[u8; 12]) -> bool {
     let Ok(name) = <[u8; 12]>::try_from(name) else { return false };
     let wide = |bytes: [u8; 12]| {
         let mut padded = [0u8; 16];
@@ -220,6 +222,8 @@ fn named_12(name: &[u8], lower: &[u8; 12]) -> bool {
     wide(name) | FOLD == wide(*lower)
 }
 
+/// Whether a `Content-Type` value is `text/event-stream` (parameters
+/// allowed). Compared in place: every answer's type passes through here.
 fn is_event_stream(value: &[u8]) -> bool {
     const TYPE: &[u8] = b"text/event-stream";
     let value = value.trim_ascii_start();
