@@ -343,9 +343,12 @@ async fn the_verify_api_and_a_request_decide_alike() {
 /// the same commit with a measurement that says why.
 #[tokio::test]
 async fn the_request_future_stays_within_its_bound() {
-    // 3,176 bytes today: room for a field or two, not for a rare path
-    // left unboxed (the upstream connect alone adds about 250).
-    const BOUND: usize = 3_328;
+    // 3,392 bytes today: room for a field or two, not for a rare path
+    // left unboxed (the upstream connect alone adds about 250). The last
+    // raise (3,328 to 3,456) paid for the outgoing head's forwarding
+    // fields: 96 bytes copied once per request, for an allocation less
+    // (10 to 9 a request; tests/allocations.rs).
+    const BOUND: usize = 3_456;
     let f = fixture().await;
     let conn = ConnInfo::new("127.0.0.1:40000".parse().unwrap(), false, 0);
     let future = handle(Arc::clone(&f.app), get("/").body(crate::body::empty()).unwrap(), conn);

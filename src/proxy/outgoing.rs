@@ -36,7 +36,13 @@ pub struct Outgoing<'a> {
     client_host: Option<&'a HeaderValue>,
     strip_credentials: bool,
     underscores: Underscores,
-    forwarded: Vec<(HeaderName, HeaderValue)>,
+    /// `X-Forwarded-For`, `-Proto` and `-Host`, set on every forwarded
+    /// request: fields of their own, so that none costs an allocation.
+    forwarded_for: Option<HeaderValue>,
+    forwarded_proto: Option<&'static str>,
+    forwarded_host: Option<HeaderValue>,
+    /// The rarer fields keygate adds (trace context, shadow, subprotocols).
+    added: Vec<(HeaderName, HeaderValue)>,
     request_id: Option<&'a crate::correlation::RequestId>,
     identity: Option<&'a FieldLines>,
     upgrade: Option<&'static str>,
@@ -71,7 +77,10 @@ impl<'a> Outgoing<'a> {
             client_host,
             strip_credentials,
             underscores,
-            forwarded: Vec::new(),
+            forwarded_for: None,
+            forwarded_proto: None,
+            forwarded_host: None,
+            added: Vec::new(),
             request_id: None,
             identity: None,
             upgrade: None,
@@ -94,7 +103,7 @@ impl<'a> Outgoing<'a> {
         } else {
             Vec::new()
         };
-        let xff = if prior.is_empty() {
+        self.forwarded_for = if prior.is_empty() {
             Some(peer.clone())
         } else {
             let mut joined = Vec::with_capacity(prior.iter().map(|p| p.len() + 2).sum::<usize>() + peer.len());
@@ -105,13 +114,8 @@ impl<'a> Outgoing<'a> {
             joined.extend_from_slice(peer.as_bytes());
             HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
         };
-        if let Some(v) = xff {
-            self.forwarded.push((X_FORWARDED_FOR, v));
-        }
-        self.forwarded.push((X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" })));
-        if let Some(h) = host {
-            self.forwarded.push((X_FORWARDED_HOST, h));
-        }
+        self.forwarded_proto = Some(if tls { "https" } else { "http" });
+        self.forwarded_host = host;
     }
 
     /// `X-Request-Id` and, when the client sent a valid one, its trace
@@ -123,9 +127,9 @@ impl<'a> Outgoing<'a> {
     ) {
         self.request_id = Some(request_id);
         if let Some((parent, state)) = trace {
-            self.forwarded.push((crate::correlation::TRACEPARENT, parent));
+            self.added.push((crate::correlation::TRACEPARENT, parent));
             if let Some(state) = state {
-                self.forwarded.push((crate::correlation::TRACESTATE, state));
+                self.added.push((crate::correlation::TRACESTATE, state));
             }
         }
     }
@@ -133,7 +137,7 @@ impl<'a> Outgoing<'a> {
     /// `X-Keygate-Shadow: <code>`: what a rule in shadow mode would have
     /// refused this request with. (A client's own `X-Keygate-*` never passes.)
     pub fn set_shadow(&mut self, code: &'static str) {
-        self.forwarded.push((X_KEYGATE_SHADOW, HeaderValue::from_static(code)));
+        self.added.push((X_KEYGATE_SHADOW, HeaderValue::from_static(code)));
     }
 
     /// A WebSocket handshake: `Upgrade: websocket` goes on, and the
@@ -147,7 +151,7 @@ impl<'a> Outgoing<'a> {
             crate::credentials::subprotocols(self.client).filter(|e| !crate::credentials::is_key_entry(e)).collect();
         let value = HeaderValue::from_bytes(&kept.join(&b", "[..]));
         if let (false, Ok(value)) = (kept.is_empty(), value) {
-            self.forwarded.push((header::SEC_WEBSOCKET_PROTOCOL, value));
+            self.added.push((header::SEC_WEBSOCKET_PROTOCOL, value));
         }
     }
 
@@ -191,7 +195,16 @@ impl RequestHead for Outgoing<'_> {
                 field(name.as_str().as_bytes(), value.as_bytes());
             }
         }
-        for (name, value) in &self.forwarded {
+        if let Some(v) = &self.forwarded_for {
+            field(X_FORWARDED_FOR.as_str().as_bytes(), v.as_bytes());
+        }
+        if let Some(proto) = self.forwarded_proto {
+            field(X_FORWARDED_PROTO.as_str().as_bytes(), proto.as_bytes());
+        }
+        if let Some(v) = &self.forwarded_host {
+            field(X_FORWARDED_HOST.as_str().as_bytes(), v.as_bytes());
+        }
+        for (name, value) in &self.added {
             field(name.as_str().as_bytes(), value.as_bytes());
         }
         if let Some(id) = self.request_id {
