@@ -40,30 +40,45 @@ pub enum HeadError {
 /// (`Ok(None)`: not complete yet). Header values and the target are slices
 /// of the head's own buffer, not copies.
 pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result<Option<Head>, HeadError> {
+    // Where each field sits, kept on the stack for most heads: the field
+    // lines borrow `buf`, which must be split before the values can share it.
+    let mut inline_spans = [Span::default(); INLINE_HEADERS];
+    let mut heap_spans = Vec::new();
     let scanned = {
         let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
-        match scan(buf, &mut inline[..max_headers.min(INLINE_HEADERS)], max_bytes, max_headers) {
+        let fit = max_headers.min(INLINE_HEADERS);
+        match scan(buf, &mut inline[..fit], max_bytes, max_headers, &mut inline_spans[..fit]) {
             Err(HeadError::TooLarge(..)) if max_headers > INLINE_HEADERS => {
                 let mut lines = vec![httparse::EMPTY_HEADER; max_headers];
-                scan(buf, &mut lines, max_bytes, max_headers)
+                heap_spans = vec![Span::default(); max_headers];
+                scan(buf, &mut lines, max_bytes, max_headers, &mut heap_spans)
             }
             other => other,
         }
     };
-    let Some(Scanned { used, method, version, target, found, framing_fields, hosts, upgrade }) = scanned? else {
+    let Some(Scanned { used, method, version, target, fields }) = scanned? else {
         return Ok(None);
     };
+    let spans = if heap_spans.is_empty() { &inline_spans[..fields] } else { &heap_spans[..fields] };
     let malformed = |e: &dyn std::fmt::Display| HeadError::Malformed(e.to_string());
+    let bytes = buf.split_to(used).freeze();
+    let uri = Uri::from_maybe_shared(bytes.slice(target)).map_err(|e| malformed(&e))?;
+    let mut headers = HeaderMap::with_capacity(fields);
+    let (mut framing_fields, mut hosts, mut upgrade) = (false, 0, false);
+    for &span in spans {
+        let name = HeaderName::from_bytes(&bytes[span.name()]).map_err(|e| malformed(&e))?;
+        hosts += usize::from(name == header::HOST);
+        framing_fields |= name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+            || name == header::CONNECTION
+            || name == header::EXPECT;
+        upgrade |= name == header::UPGRADE;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(span.value())).map_err(|e| malformed(&e))?;
+        headers.append(name, value);
+    }
     // RFC 9112 section 3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
     if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
         return Err(HeadError::Malformed(format!("{hosts} Host header fields; HTTP/1.1 requires exactly one")));
-    }
-    let bytes = buf.split_to(used).freeze();
-    let uri = Uri::from_maybe_shared(bytes.slice(target)).map_err(|e| malformed(&e))?;
-    let mut headers = HeaderMap::with_capacity(found.len());
-    for (name, range) in found {
-        let value = HeaderValue::from_maybe_shared(bytes.slice(range)).map_err(|e| malformed(&e))?;
-        headers.append(name, value);
     }
     // Most heads (a GET with a few headers) carry none of the fields that
     // frame the body or the connection: then there is nothing to look up.
@@ -90,20 +105,32 @@ pub fn parse(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Result
     Ok(Some(Head { request, framing, keep_alive, expect_continue }))
 }
 
-/// A complete head found in the buffer: its length, and where its parts sit.
+/// Where a field's name and value sit in the head, as (start, end)
+/// offsets; [`scan`] refuses a head whose offsets a `u32` cannot hold.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    fn name(self) -> Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    fn value(self) -> Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
+}
+
+/// A complete head found in the buffer: its length, where its parts sit,
+/// and how many fields it has (their spans written by [`scan`]).
 struct Scanned {
     used: usize,
     method: Method,
     version: Version,
     target: Range<usize>,
-    found: Vec<(HeaderName, Range<usize>)>,
-    /// Whether any of `Transfer-Encoding`, `Content-Length`, `Connection`
-    /// or `Expect` is present.
-    framing_fields: bool,
-    /// How many `Host` lines there are.
-    hosts: usize,
-    /// Whether an `Upgrade` field is present.
-    upgrade: bool,
+    fields: usize,
 }
 
 fn scan<'b>(
@@ -111,6 +138,7 @@ fn scan<'b>(
     lines: &mut [httparse::Header<'b>],
     max_bytes: usize,
     max_headers: usize,
+    spans: &mut [Span],
 ) -> Result<Option<Scanned>, HeadError> {
     let too_large = HeadError::TooLarge(max_bytes, max_headers);
     let mut parsed = httparse::Request::new(lines);
@@ -121,30 +149,24 @@ fn scan<'b>(
         Err(httparse::Error::Version) if buf.starts_with(H2_PREFACE_LINE) => return Err(HeadError::Http2Preface),
         Err(e) => return Err(HeadError::Malformed(e.to_string())),
     };
-    if used > max_bytes {
+    // Spans keep offsets as u32: a head past that is too large whatever the config.
+    if used > max_bytes || u32::try_from(used).is_err() {
         return Err(too_large);
     }
     let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes()).map_err(|e| HeadError::Malformed(e.to_string()))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let base = buf.as_ptr() as usize;
-    let at = |s: &str| s.as_ptr() as usize - base..s.as_ptr() as usize - base + s.len();
-    let target = at(parsed.path.unwrap_or(""));
-    let mut found = Vec::with_capacity(parsed.headers.len());
-    let mut framing_fields = false;
-    let mut hosts = 0;
-    let mut upgrade = false;
-    for line in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|e| HeadError::Malformed(e.to_string()))?;
-        hosts += usize::from(name == header::HOST);
-        framing_fields |= name == header::TRANSFER_ENCODING
-            || name == header::CONTENT_LENGTH
-            || name == header::CONNECTION
-            || name == header::EXPECT;
-        upgrade |= name == header::UPGRADE;
-        let start = line.value.as_ptr() as usize - base;
-        found.push((name, start..start + line.value.len()));
+    let at = |s: &[u8]| s.as_ptr() as usize - base..s.as_ptr() as usize - base + s.len();
+    let target = at(parsed.path.unwrap_or("").as_bytes());
+    // Within the head, so each offset fits a u32 (checked above).
+    let at32 = |s: &[u8]| {
+        let r = at(s);
+        (r.start as u32, r.end as u32)
+    };
+    for (line, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+        *span = Span { name: at32(line.name.as_bytes()), value: at32(line.value) };
     }
-    Ok(Some(Scanned { used, method, version, target, found, framing_fields, hosts, upgrade }))
+    Ok(Some(Scanned { used, method, version, target, fields: parsed.headers.len() }))
 }
 
 /// Where the request body ends (RFC 9112 section 6.3). A request with both
