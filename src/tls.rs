@@ -31,6 +31,13 @@ pub fn load_server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustl
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Key(format!("the key does not fit the certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption by tickets the client keeps (encrypted under keys drawn at
+    // load, rotated every 6 hours), not by a 256-entry cache every worker
+    // locks: a returning client skips the signature however many clients
+    // there are. TLS 1.3 resumes only with a fresh key exchange (rustls
+    // offers no PSK-only mode), so a ticket key reveals no traffic.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Cert(format!("cannot make session tickets: {e}")))?;
     Ok(Arc::new(config))
 }
 

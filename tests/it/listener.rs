@@ -298,3 +298,36 @@ async fn a_tls_connection_keygate_closes_ends_with_close_notify() {
         assert!(answer.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&answer));
     }
 }
+
+/// A client that comes back resumes its TLS session (a ticket), so it
+/// skips the certificate and the signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_tls_client_resumes_its_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_file.display(), key_file.display());
+    let s = Setup::new(&up.url(), &tls, "");
+    let _gw = s.start();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.data_port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = connector.connect(name, tcp).await.unwrap();
+        kinds.push(stream.get_ref().1.handshake_kind());
+        stream.write_all(b"GET /api/lists HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer));
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+}
