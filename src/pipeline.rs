@@ -177,7 +177,8 @@ enum Routed<'r> {
 /// A route and the normalised path it matched.
 struct Target<'r> {
     route: &'r Route,
-    path: String,
+    /// The normalised path: the request's own when it already was.
+    path: std::borrow::Cow<'r, str>,
 }
 
 /// The phases that make the answer: route, authorise, forward.

@@ -45,7 +45,7 @@ fn report_path(c: &mut Checker, raw: Option<&Spanned<String>>) -> Option<String>
     let Some(at) = raw else { return Some(DEFAULT_GITHUB_LEAKS_PATH.into()) };
     let given = at.get_ref();
     match crate::policy::path::normalise(given) {
-        Ok(p) if p == *given && given.starts_with('/') && given.len() > 1 && given != "/whoami" => Some(p),
+        Ok(p) if p == *given && given.starts_with('/') && given.len() > 1 && given != "/whoami" => Some(p.into_owned()),
         _ => {
             c.problem(Some(at), "leaks.github.path", "must be an absolute path in normal form, like /.well-known/keygate/leaks");
             None
