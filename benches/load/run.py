@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Load benchmark: keygate against the upstream direct and against nginx doing
-the same job, side by side in one run, on loopback.
+"""Load benchmark: keygate against the upstream direct and against nginx and
+HAProxy doing the same job, side by side in one run, on loopback.
 
     python3 benches/load/run.py [--rounds 3] [--duration 10] [--connections 64]
+    python3 benches/load/run.py --tls ...   # TLS termination: HTTP/1.1, HTTP/2, handshakes
 
 Configurations (all in front of the same upstream, an nginx returning a small
 JSON body):
@@ -10,6 +11,9 @@ JSON body):
   nginx         nginx as the gateway: a map of keys, an IP allow rule, a
                 per-key limit_req, credential stripping, identity headers,
                 keep-alive upstream (its config is generated below)
+  haproxy       HAProxy doing the same: a map file of keys, an IP rule, a
+                per-key request rate in a stick table, the credential
+                deleted, identity headers, keep-alive upstream
   keygate       SQLite store, local limiter, every check on, cached key
   keygate-redis Redis store and Redis limiter (a redis-server of its own)
   keygate-tls   keygate over TLS (HTTP/1.1), SQLite, local limiter
@@ -38,8 +42,18 @@ load generator, the upstream and Redis on the others (on two cores: one
 each, one gateway worker). Without it, all share every core, and a gateway's
 figures include waiting for cores that the load generator holds.
 
-Installs nginx and wrk from Debian's packages and oha with cargo when missing.
-Writes benches/load/results.md (results-pinned.md with --pin).
+With --tls, keygate-tls, nginx and HAProxy terminate TLS with one certificate
+(ECDSA P-256 by default) and are measured four ways in interleaved rounds:
+HTTP/1.1 keep-alive (wrk), HTTP/2 (h2load, 10 streams per connection), full
+handshakes per second (openssl s_time -new: each connection asks once and
+closes) and resumed ones (s_time -reuse: a TLS 1.3 ticket). The handshake
+loops run on the load cores and may be what saturates first, so CPU per
+handshake is the figure that compares the gateways.
+
+Ratios are given to each peer and, round by round, to the better of the two.
+Installs nginx, HAProxy, wrk and h2load (nghttp2-client) from Debian's
+packages and oha with cargo when missing. Writes benches/load/results.md
+(results-pinned.md with --pin; results-tls*.md with --tls).
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -76,12 +90,19 @@ def wait_port(port, timeout=20):
     raise SystemExit(f"nothing listens on {port}")
 
 
+# Each tool the scripts run, and the Debian package it comes in.
+PACKAGES = {"nginx": "nginx", "wrk": "wrk", "haproxy": "haproxy", "h2load": "nghttp2-client"}
+
+
 def ensure_tools(need_oha=True):
-    missing = [p for p in ("nginx", "wrk") if not shutil.which(p) and not Path(f"/usr/sbin/{p}").exists()]
+    missing = [pkg for tool, pkg in PACKAGES.items() if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists()]
     if missing:
         print(f"installing {missing} from Debian's packages", file=sys.stderr)
         subprocess.run(["apt-get", "update"], check=True, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", *missing], check=True, capture_output=True)
+        # Debian starts the services it installs: the scripts run their own.
+        for tool in ("nginx", "haproxy"):
+            subprocess.run(["service", tool, "stop"], capture_output=True)
     oha = shutil.which("oha") or (TOOLS / "bin" / "oha")
     if not need_oha:
         return None
@@ -210,16 +231,22 @@ def upstream_tls_body(port, work):
   location / {{ default_type application/json; return 200 '{{"success":true,"data":[1,2,3]}}'; }} }}"""
 
 
-def gateway_nginx_body(port, upstream_port, token):
+def gateway_nginx_body(port, upstream_port, token, tls=None):
     # The same job as keygate: find the key, refuse unknown ones, check the
     # client IP, limit per key, strip the credential, add identity headers.
+    # With `tls` (certificate and key files) it terminates TLS, offering h2,
+    # with a session cache and tickets as keygate and HAProxy have.
+    listen = f"127.0.0.1:{port}"
+    if tls:
+        listen += (f" ssl http2; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};"
+                   " ssl_session_cache shared:SSL:10m; ssl_session_tickets on")
     return f"""
   map_hash_bucket_size 128;
   map $http_authorization $key_id {{ "Bearer {token}" "key_bench"; default ""; }}
   limit_req_zone $key_id zone=perkey:10m rate=100000000r/s;
   upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
   server {{
-    listen 127.0.0.1:{port};
+    listen {listen};
     location /api/ {{
       allow 127.0.0.0/8; deny all;
       if ($key_id = "") {{ return 401 '{{"success":false,"error":"the API key is not valid","code":"invalid_key"}}'; }}
@@ -234,6 +261,52 @@ def gateway_nginx_body(port, upstream_port, token):
     }}
   }}
 """
+
+
+def haproxy_conf(work, port, upstream_port, token, threads, tls=None):
+    """HAProxy doing keygate's job, as the nginx gateway above: a map of keys
+    (unknown: 401), an IP rule, a per-key rate (a stick table), the
+    credential stripped, identity headers, keep-alive upstream. With `tls`
+    (a PEM holding certificate and key) it terminates TLS, offering h2."""
+    w = Path(work)
+    (w / "keys.map").write_text(f"{token} key_bench\n")
+    bind = f"bind 127.0.0.1:{port}" + (f" ssl crt {tls} alpn h2,http/1.1" if tls else "")
+    conf = f"""
+global
+  nbthread {threads}
+  maxconn 8192
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 30s
+  option http-keep-alive
+  http-reuse always
+frontend gateway
+  {bind}
+  stick-table type string len 64 size 100k expire 60s store http_req_rate(60s)
+  http-request deny deny_status 403 unless {{ src 127.0.0.0/8 }}
+  http-request set-var(txn.key) req.hdr(authorization),field(2,\' \'),map_str({w}/keys.map) if {{ req.hdr(authorization) -m beg "Bearer " }}
+  http-request return status 401 content-type application/json string '{{"success":false,"error":"the API key is not valid","code":"invalid_key"}}' unless {{ var(txn.key) -m found }}
+  http-request track-sc0 var(txn.key)
+  http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt 100000000 }}
+  http-request del-header Authorization
+  http-request set-header X-Keygate-Key-Id %[var(txn.key)]
+  http-request set-header X-Keygate-Env live
+  option forwardfor
+  default_backend upstream
+backend upstream
+  server up 127.0.0.1:{upstream_port}
+"""
+    path = w / f"haproxy-{port}.cfg"
+    path.write_text(conf)
+    return path
+
+
+def haproxy_bin():
+    return shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
 # keygate-quotas's plan: a day and a month quota beside the minute limit,
@@ -287,6 +360,23 @@ permissions = ["lists.view"]
     return d / "gateway.toml"
 
 
+def start_peers(work, place, up_port, token, tls=None):
+    """nginx and HAProxy doing keygate's job, on the gateway cores:
+    {name: (url, Proc)}. With `tls` (certificate and key files), both
+    terminate TLS with that certificate, offering h2."""
+    scheme = "https" if tls else "http"
+    ng_port, hp_port = free_port(), free_port()
+    ng_conf = nginx_conf(work, ng_port, gateway_nginx_body(ng_port, up_port, token, tls), place.workers)
+    ng = Proc([*place.gateway, nginx_bin(), "-c", str(ng_conf), "-g", "daemon off;"], ng_port, include_children=True)
+    pem = None
+    if tls:
+        pem = Path(work) / "haproxy.pem"
+        pem.write_text(Path(tls[0]).read_text() + Path(tls[1]).read_text())
+    hp_conf = haproxy_conf(work, hp_port, up_port, token, place.workers, pem)
+    hp = Proc([*place.gateway, haproxy_bin(), "-f", str(hp_conf), "-db"], hp_port)
+    return {"nginx": (f"{scheme}://127.0.0.1:{ng_port}/api/lists", ng), "haproxy": (f"{scheme}://127.0.0.1:{hp_port}/api/lists", hp)}
+
+
 class Placement:
     """Which cores each side runs on: `gateway` and `load` are command
     prefixes (empty when not pinned), with the worker/thread counts that fit."""
@@ -330,25 +420,43 @@ def oha(oha_bin, url, token, rate, duration, conns, prefix=()):
     return pct["p50"] * 1000, pct["p99"] * 1000, pct["p99.9"] * 1000, non2xx
 
 
+PEERS = ("nginx", "haproxy")
+
+
+def per_round(a, b):
+    return [x / y for x, y in zip(a, b)]
+
+
+def better_peer(results, key):
+    """Round by round, the better of nginx's and HAProxy's figure (the
+    higher throughput, or with `key` "cpu" the lower CPU per request)."""
+    pick = min if key == "cpu" else max
+    return [pick(v) for v in zip(*(results[p][key] for p in PEERS if p in results))]
+
+
+def ratio_line(label, values, digits=2):
+    return f"{label} {', '.join(f'{x:.{digits}f}' for x in values)} (median {statistics.median(values):.{digits}f})"
+
+
 def paired_ratios(results, lat):
-    """Each keygate configuration against nginx round by round: the
+    """Each keygate configuration against the peers round by round: the
     machine's speed drifts over a run (by a third on a shared machine), and a
     ratio taken within one round cancels most of that drift. The p99 at the
     fixed rate moves by 2x between rounds, so its rounds are given too."""
     out = []
+    best_rps, best_cpu = better_peer(results, "rps"), better_peer(results, "cpu")
     for name, r in results.items():
         if not name.startswith("keygate") or not r["rps"]:
             continue
-        rps = [a / b for a, b in zip(r["rps"], results["nginx"]["rps"])]
-        cpu = [a / b for a, b in zip(r["cpu"], results["nginx"]["cpu"])]
-        line = (f"- {name} / nginx, round by round: throughput {', '.join(f'{x:.2f}' for x in rps)} "
-                f"(median {statistics.median(rps):.2f}); CPU per request {', '.join(f'{x:.2f}' for x in cpu)} "
-                f"(median {statistics.median(cpu):.2f})")
-        if name in lat and "nginx" in lat:
-            pairs = [(a[1], b[1]) for a, b in zip(lat[name], lat["nginx"])]
+        line = (f"- {name}: " + ratio_line("throughput / nginx", per_round(r["rps"], results["nginx"]["rps"]))
+                + "; " + ratio_line("/ the better peer", per_round(r["rps"], best_rps))
+                + "; " + ratio_line("CPU per request / the better peer", per_round(r["cpu"], best_cpu)))
+        if name in lat and all(p in lat for p in PEERS):
+            best = [min(a[1], b[1]) for a, b in zip(*(lat[p] for p in PEERS))]
+            pairs = list(zip((x[1] for x in lat[name]), best))
             below = sum(a <= b for a, b in pairs)
             line += (f"; p99 at the fixed rate {', '.join(f'{a:.2f}/{b:.2f}' for a, b in pairs)} ms "
-                     f"(at or below nginx's in {below} of {len(pairs)})")
+                     f"(at or below the better peer's in {below} of {len(pairs)})")
         out.append(line)
     return out
 
@@ -359,6 +467,76 @@ def rotated(configs, r):
     items = list(configs.items())
     k = r % len(items)
     return items[k:] + items[:k]
+
+
+def h2load(url, token, duration, conns, threads, prefix=()):
+    """HTTP/2 over TLS: `conns` connections, 10 streams each at once."""
+    out = sh(*prefix, "h2load", f"-c{conns}", "-m10", f"-t{min(threads, conns)}", f"-D{duration}",
+             "-H", f"Authorization: Bearer {token}", url).stdout
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
+    return rps, done, done - ok
+
+
+def handshakes(url, resumed, duration, parallel, prefix=()):
+    """TLS handshakes per second: `parallel` openssl s_time loops, each
+    connecting, asking one request and closing, again and again; with
+    `resumed`, each new connection resumes the session its first one got
+    (a TLS 1.3 ticket). Every gateway answers the keyless request alike."""
+    host = url.split("//")[1].split("/")[0]
+    cmd = [*prefix, "openssl", "s_time", "-connect", host, "-reuse" if resumed else "-new", "-time", str(duration), "-www", "/api/lists"]
+    start = time.time()
+    running = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(parallel)]
+    outs = [p.communicate()[0] for p in running]
+    elapsed = time.time() - start
+    total = sum(int(re.findall(r"(\d+) connections in [\d.]+ real seconds", o)[-1]) for o in outs)
+    return total / elapsed, total, 0
+
+
+def tls_rounds(args, place, configs, token):
+    """The TLS mode: every measure over every gateway, interleaved."""
+    conns, threads = args.connections, place.load_threads
+    measures = {
+        "HTTP/1.1 over TLS (wrk)": lambda url: wrk(url, token, args.duration, conns, threads, place.load),
+        "HTTP/2 (h2load -m 10)": lambda url: h2load(url, token, args.duration, conns, threads, place.load),
+        "full handshakes": lambda url: handshakes(url, False, args.duration, 4 * threads, place.load),
+        "resumed handshakes": lambda url: handshakes(url, True, args.duration, 4 * threads, place.load),
+    }
+    for url, _ in configs.values():
+        wrk(url, token, 2, conns, threads, place.load)
+        h2load(url, token, 2, conns, threads, place.load)
+    results = {m: {n: {"rps": [], "cpu": [], "non2xx": 0} for n in configs} for m in measures}
+    for r in range(args.rounds):
+        for measure, run_it in measures.items():
+            for name, (url, proc) in rotated(configs, r):
+                before = cpu_ticks(proc.pids())
+                rate, total, bad = run_it(url)
+                after = cpu_ticks(proc.pids())
+                res = results[measure][name]
+                res["rps"].append(rate)
+                res["non2xx"] += bad
+                res["cpu"].append((after - before) / CLK_TCK * 1e6 / max(total, 1))
+                print(f"round {r + 1} {measure} {name}: {rate:.0f}/s, {bad} non-2xx", file=sys.stderr)
+    lines = [
+        f"Machine: {os.cpu_count()} cores, {sh('uname', '-sr').stdout.strip()}; {args.rounds} interleaved rounds of {args.duration}s, "
+        f"{conns} connections (h2load: 10 streams each; handshakes: {4 * threads} s_time loops); gateway workers: {place.workers}; "
+        f"{place.text}; certificate key: {args.tls_key}, one certificate for all.",
+        "",
+        "| measure | gateway | per second (median) | vs nginx | vs HAProxy | non-2xx | CPU µs each |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    ratios = []
+    for measure, res in results.items():
+        med = {n: statistics.median(v["rps"]) for n, v in res.items()}
+        for name in configs:
+            cpu = statistics.median(res[name]["cpu"])
+            lines.append(f"| {measure} | {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {med[name] / med['haproxy']:.2f} "
+                         f"| {res[name]['non2xx']} | {cpu:.1f} |")
+        for name in (n for n in configs if n.startswith("keygate")):
+            ratios.append(f"- {measure}, {name}: " + ratio_line("/ the better peer", per_round(res[name]["rps"], better_peer(res, "rps")))
+                          + "; " + ratio_line("CPU each / the better peer", per_round(res[name]["cpu"], better_peer(res, "cpu"))))
+    publish("\n".join(lines + ["", *ratios]), "results-tls-pinned.md" if args.pin else "results-tls.md")
 
 
 def main():
@@ -375,6 +553,9 @@ def main():
     ap.add_argument("--keygate", help="a keygate binary to measure instead of building target/release/keygate")
     ap.add_argument("--baseline", help="another keygate binary (say, main before a change), measured as keygate-baseline "
                     "(SQLite, local limiter) in the same interleaved rounds, and the change's ratio to it given round by round")
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS termination instead: keygate-tls, nginx and HAProxy with one certificate, over HTTP/1.1 (wrk) and "
+                         "HTTP/2 (h2load -m 10), and full and resumed handshakes per second (openssl s_time)")
     ap.add_argument("--only", help="comma-separated configurations to measure (nginx is always kept: ratios are to it)")
     args = ap.parse_args()
     place = Placement(args.pin, args.workers)
@@ -393,10 +574,11 @@ def main():
         env = dict(os.environ, KEYGATE_LOG="warn", TOKIO_WORKER_THREADS=str(place.workers))
         configs = {}
         token = None
+        tls_listener = f'tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}'
         specs = [
             ("keygate", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
             ("keygate-redis", keygate, "", f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"', 'backend = "redis"'),
-            ("keygate-tls", keygate, f'tls = {{ cert = "{work}/cert.pem", key = "{work}/key.pem" }}', '[store]\npath = "keygate.db"', 'backend = "local"'),
+            ("keygate-tls", keygate, tls_listener, '[store]\npath = "keygate.db"', 'backend = "local"'),
             ("keygate-https-upstream", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
             ("keygate-quotas", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
             ("keygate-guarded", keygate, "", '[store]\npath = "keygate.db"', 'backend = "local"'),
@@ -405,6 +587,10 @@ def main():
         upstreams = {"keygate-https-upstream": f'url = "https://127.0.0.1:{up_tls_port}"\nserver_name = "localhost"\nca_file = "{work}/ca.pem"'}
         if args.baseline:
             specs.insert(1, ("keygate-baseline", args.baseline, "", '[store]\npath = "keygate.db"', 'backend = "local"'))
+        if args.tls:
+            # TLS mode: keygate-tls (and the baseline, over TLS) against the peers over TLS.
+            specs = [("keygate-tls" if n == "keygate-tls" else "keygate-tls-baseline", b, tls_listener, st, rt)
+                     for n, b, _, st, rt in specs if n in ("keygate-tls", "keygate-baseline")]
         for name, binary, extra, store, rate in specs:
             port, admin = free_port(), free_port()
             conf = keygate_conf(work, name, port, admin, upstreams.get(name, plain), extra, store, rate)
@@ -414,15 +600,15 @@ def main():
                 plan = ["--plan", "metered"] if name == "keygate-quotas" else []
                 sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader", *plan)
             procs.append(Proc([*place.gateway, binary, "--config", str(conf), "serve"], port, env=env))
-            scheme = "https" if name == "keygate-tls" else "http"
+            scheme = "https" if name.startswith("keygate-tls") else "http"
             configs[name] = (f"{scheme}://127.0.0.1:{port}/api/lists", procs[-1])
-        ng_port = free_port()
-        ng_conf = nginx_conf(work, ng_port, gateway_nginx_body(ng_port, up_port, token), place.workers)
-        ng = Proc([*place.gateway, nginx_bin(), "-c", str(ng_conf), "-g", "daemon off;"], ng_port, include_children=True)
-        procs.append(ng)
-        configs = {"direct": (f"http://127.0.0.1:{up_port}/api/lists", None), "nginx": (f"http://127.0.0.1:{ng_port}/api/lists", ng), **configs}
+        peers = start_peers(work, place, up_port, token, (f"{work}/cert.pem", f"{work}/key.pem") if args.tls else None)
+        procs += [p for _, p in peers.values()]
+        if args.tls:
+            return tls_rounds(args, place, {**peers, **configs}, token)
+        configs = {"direct": (f"http://127.0.0.1:{up_port}/api/lists", None), **peers, **configs}
         if args.only:
-            keep = set(args.only.split(",")) | {"nginx"}
+            keep = set(args.only.split(",")) | set(PEERS)
             configs = {n: c for n, c in configs.items() if n in keep}
 
         # Warm up every configuration (caches, pools, TLS sessions).
@@ -464,8 +650,8 @@ def main():
             f"wrk -t{place.load_threads} -c{args.connections}; gateway workers: {place.workers}; {place.text}; "
             f"open-loop rate {rate} req/s (50% of the slowest gateway); keygate-tls certificate key: {args.tls_key}.",
             "",
-            "| configuration | throughput (req/s, median) | vs nginx | vs direct | non-2xx | CPU µs/request | p50 ms | p99 ms | p99.9 ms | non-2xx at fixed rate |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| configuration | throughput (req/s, median) | vs nginx | vs HAProxy | vs direct | non-2xx | CPU µs/request | p50 ms | p99 ms | p99.9 ms | non-2xx at fixed rate |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name in configs:
             cpu = f"{statistics.median(results[name]['cpu']):.1f}" if results[name]["cpu"] else "-"
@@ -476,9 +662,11 @@ def main():
             else:
                 lcols = "- | - | - | -"
             vs_direct = f"{med[name] / med['direct']:.2f}" if "direct" in med else "-"
-            lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {vs_direct} | {results[name]['non2xx']} | {cpu} | {lcols} |")
+            lines.append(f"| {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {med[name] / med['haproxy']:.2f} | {vs_direct} "
+                         f"| {results[name]['non2xx']} | {cpu} | {lcols} |")
         lines += ["", *paired_ratios(results, lat)]
-        for a, b in [("keygate", "keygate-baseline"), ("keygate-quotas", "keygate")]:
+        for a, b in [("keygate", "keygate-baseline"), ("keygate-quotas", "keygate"), ("keygate-redis", "keygate"),
+                     ("keygate-https-upstream", "keygate")]:
             if a not in results or b not in results:
                 continue
             rps = [x / y for x, y in zip(results[a]["rps"], results[b]["rps"])]
