@@ -268,28 +268,17 @@ async fn a_tls_connection_keygate_closes_ends_with_close_notify() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
-    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_file.display(), key_file.display());
+    let (tls, connector) = self_signed_listener(dir.path(), &[b"http/1.1"]);
     let s = Setup::new(&up.url(), &tls, "");
     let (_, token) = s.create_key(&["--name", "tls", "--role", "read-only"]);
     let _gw = s.start();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let requests = [
         format!("GET /api/lists HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
         format!("GET /api/lists HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n"),
         "GET /api/lists HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n".to_string(),
     ];
     for request in requests {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.data_port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut stream = connector.connect(name, tcp).await.unwrap();
+        let mut stream = tls_connect(&connector, s.data_port).await;
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         // rustls reports a close without close_notify as UnexpectedEof.
@@ -306,22 +295,12 @@ async fn a_returning_tls_client_resumes_its_session() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
-    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_file.display(), key_file.display());
+    let (tls, connector) = self_signed_listener(dir.path(), &[]);
     let s = Setup::new(&up.url(), &tls, "");
     let _gw = s.start();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let mut kinds = Vec::new();
     for _ in 0..3 {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.data_port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut stream = connector.connect(name, tcp).await.unwrap();
+        let mut stream = tls_connect(&connector, s.data_port).await;
         kinds.push(stream.get_ref().1.handshake_kind());
         stream.write_all(b"GET /api/lists HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut answer = Vec::new();

@@ -130,20 +130,10 @@ async fn echo_with_the_key_in_each_place_and_the_token_never_reaches_the_upstrea
 async fn echo_over_tls() {
     let up = upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
-    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_file.display(), key_file.display());
+    let (tls, connector) = self_signed_listener(dir.path(), &[b"http/1.1"]);
     let (s, _, token) = setup(&up.url(), &tls, "");
     let _gw = s.start();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.data_port)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let stream = tls_connect(&connector, s.data_port).await;
     let url = format!("wss://localhost:{}/ws/live", s.data_port);
     let (mut ws, _) = open_over(stream, &url, &[("authorization", &format!("Bearer {token}"))]).await.unwrap();
     let seen = echo_round_trip(&mut ws).await;

@@ -403,3 +403,29 @@ pub async fn metric_value(s: &Setup, series: &str) -> String {
     let text = client().get(s.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines().find_map(|l| l.strip_prefix(series)).unwrap_or("absent").trim().to_string()
 }
+
+/// A self-signed certificate for `localhost`, written into `dir`, for a
+/// gateway's TLS listener: the `[server]` line that serves it, and a
+/// connector that trusts it and offers `alpn`.
+pub fn self_signed_listener(dir: &std::path::Path, alpn: &[&[u8]]) -> (String, tokio_rustls::TlsConnector) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let line = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_file.display(), key_file.display());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (line, tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+/// A TLS connection to `localhost` on a gateway's data port.
+pub async fn tls_connect(
+    connector: &tokio_rustls::TlsConnector,
+    port: u16,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
