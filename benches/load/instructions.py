@@ -17,7 +17,9 @@ Give --keygate several times to compare builds (e.g. before/after a change);
 --keygate-quotas PATH measures a binary with the key on a plan of three
 windows (minute, day and month quotas), as the load script's keygate-quotas;
 --keygate-guarded PATH with [abuse] failed_credentials, a server.deny
-list and an in-flight limit (rate_limit.max_in_flight) on.
+list and an in-flight limit (rate_limit.max_in_flight) on;
+--keygate-https-upstream PATH forwarding over TLS to the upstream's HTTPS
+port (a private CA, verified), as the load script's keygate-https-upstream.
 Needs valgrind (installed from Debian's packages if missing), nginx and wrk.
 """
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
@@ -77,6 +79,8 @@ def main():
     ap.add_argument("--keygate-quotas", action="append", default=[], help="a keygate binary measured with three windows (repeatable)")
     ap.add_argument("--keygate-guarded", action="append", default=[],
                     help="a keygate binary measured with the failed-credential guard and a deny list on (repeatable)")
+    ap.add_argument("--keygate-https-upstream", action="append", default=[],
+                    help="a keygate binary measured forwarding to the upstream over TLS (repeatable)")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--keep", help="a folder to copy each gateway's callgrind dump to, for callgrind_annotate")
     args = ap.parse_args()
@@ -86,26 +90,29 @@ def main():
     run.ensure_tools(need_oha=False)
     plain = (
         [str(Path(b).resolve()) for b in args.keygate]
-        if args.keygate or args.keygate_quotas or args.keygate_guarded
+        if args.keygate or args.keygate_quotas or args.keygate_guarded or args.keygate_https_upstream
         else [run.keygate_binary()]
     )
     binaries = (
         [(b, False) for b in plain]
         + [(str(Path(b).resolve()), True) for b in args.keygate_quotas]
         + [(str(Path(b).resolve()), "guarded") for b in args.keygate_guarded]
+        + [(str(Path(b).resolve()), "https") for b in args.keygate_https_upstream]
     )
     work = tempfile.mkdtemp(prefix="keygate-instr-")
     procs = []
     try:
-        up_port, _, upstream = run.start_upstream(work, 1)
+        up_port, up_tls_port, upstream = run.start_upstream(work, 1)
         procs.append(upstream)
         results = []
         token = None
         for i, (binary, quotas) in enumerate(binaries):
             port, admin = run.free_port(), run.free_port()
             # keygate_conf adds the three-window plan to the config of that name.
-            name = f"keygate-guarded{i}" if quotas == "guarded" else f"keygate-quotas{i}" if quotas else f"keygate{i}"
-            conf = run.keygate_conf(work, name, port, admin, f'url = "http://127.0.0.1:{up_port}"', extra_server="workers = 1")
+            name = {"guarded": f"keygate-guarded{i}", "https": f"keygate-https{i}", True: f"keygate-quotas{i}"}.get(quotas, f"keygate{i}")
+            upstream_line = (f'url = "https://127.0.0.1:{up_tls_port}"\nserver_name = "localhost"\nca_file = "{work}/ca.pem"'
+                             if quotas == "https" else f'url = "http://127.0.0.1:{up_port}"')
+            conf = run.keygate_conf(work, name, port, admin, upstream_line, extra_server="workers = 1")
             plan = ["--plan", "metered"] if quotas is True else []
             if token is None:
                 made = run.sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", *plan, "--json")
@@ -113,7 +120,7 @@ def main():
             else:
                 run.sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader", *plan)
             per, served = count(name, [binary, "--config", str(conf), "serve"], port, f"http://127.0.0.1:{port}/api/lists", token, work, args.duration, cwd=conf.parent)
-            label = {True: ", three windows", "guarded": ", guard, deny list and in-flight limit on"}.get(quotas, "")
+            label = {True: ", three windows", "guarded": ", guard, deny list and in-flight limit on", "https": ", upstream over TLS"}.get(quotas, "")
             results.append((f"keygate ({binary}{label})", per, served))
             print(f"keygate {binary}: {per:,.0f} instructions/request over {served} requests", file=sys.stderr)
         ng_port = run.free_port()
