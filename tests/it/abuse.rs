@@ -95,6 +95,7 @@ async fn an_address_guessing_credentials_is_blocked_even_with_a_good_key_then_le
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn guessing_across_two_redis_nodes_is_counted_once_and_an_operator_lifts_the_block() {
     let Some(redis) = crate::common::redis::RedisServer::start() else { return };
     let up = upstream::start().await;

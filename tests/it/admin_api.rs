@@ -250,6 +250,7 @@ async fn admin_api_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn admin_api_on_redis() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;

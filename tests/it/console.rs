@@ -15,6 +15,7 @@ fn missing(what: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_browser, ignore = "browser named in KEYGATE_TEST_SKIP")]
 async fn console_end_to_end_in_chromium() {
     let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     if !Path::new("/usr/bin/chromium").exists() && missing("chromium (apt-get install -y chromium)") {

@@ -61,6 +61,7 @@ fn metric_names(promql: &str) -> BTreeSet<String> {
 }
 
 #[test]
+#[cfg_attr(skip_promtool, ignore = "promtool named in KEYGATE_TEST_SKIP")]
 fn prometheus_config_and_alert_rules_pass_promtool() {
     if !have(&["promtool"], "promtool", "Debian's prometheus package") {
         return;
@@ -84,6 +85,8 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
+#[cfg_attr(skip_promtool, ignore = "promtool named in KEYGATE_TEST_SKIP")]
 async fn rules_and_dashboard_read_only_series_a_gateway_exports() {
     if !have(&["promtool"], "promtool", "Debian's prometheus package") {
         return;
@@ -156,6 +159,7 @@ fn the_committed_dashboard_is_the_generators_output() {
 }
 
 #[test]
+#[cfg_attr(skip_k8s, ignore = "k8s named in KEYGATE_TEST_SKIP")]
 fn kubernetes_manifests_pass_the_schema_and_match_the_config() {
     if !have(&K8S_VALIDATE, "k8s", "pip install kubernetes-validate") {
         return;

@@ -52,6 +52,7 @@ async fn a_key_a_plan_and_an_owner_each_hold_at_most_their_slots() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn two_redis_nodes_share_the_slots_and_a_killed_nodes_come_back() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;

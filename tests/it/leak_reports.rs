@@ -233,6 +233,7 @@ async fn a_key_github_rotated_in_is_fetched_once_and_a_thousand_tokens_are_answe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_report_to_one_redis_node_stops_the_key_on_every_node_within_a_second() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;

@@ -112,6 +112,7 @@ async fn disable_racing_an_edit(store: &str, s: &Setup) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_disable_racing_an_edit_sticks_on_both_stores() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -123,6 +124,7 @@ async fn a_disable_racing_an_edit_sticks_on_both_stores() {
 /// Requests served while an operator edits the key every 5 ms are all
 /// counted: no edit writes back the count it read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn usage_counted_under_an_edit_storm_equals_the_requests_served() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -174,6 +176,7 @@ async fn usage_counted_under_an_edit_storm_equals_the_requests_served() {
 /// refused. The same file again does not bring it back either, unless
 /// asked to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_key_deleted_during_a_long_import_stays_deleted() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -249,6 +252,7 @@ async fn a_key_deleted_during_a_long_import_stays_deleted() {
 /// `ETag` and `If-Match` on keys and roles: a change made for another
 /// version is 412 with the current one, and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn if_match_refuses_a_change_made_for_another_version() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;

@@ -201,6 +201,7 @@ async fn a_key_holds_a_bounded_number_of_streams_and_revocation_ends_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_key_disabled_through_one_redis_node_loses_its_streams_on_another() {
     let Some(redis) = crate::common::redis::RedisServer::start() else { return };
     let up = upstream::start().await;

@@ -46,6 +46,7 @@ fn counter() -> prometheus::IntCounterVec {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn store_limiter_and_gateway_on_a_three_master_cluster() {
     let Some(cluster) = Cluster::start() else { return };
     use keygate::store::redis_conn::RedisHandle;

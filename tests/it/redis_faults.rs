@@ -28,6 +28,7 @@ async fn keyed_gateway(redis: &RedisServer) -> Keyed {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
     let Some(redis) = RedisServer::start_with(&["--enable-debug-command", "yes"]) else { return };
     // Bound whole: its temporary folder and upstream must outlive the test.
@@ -70,6 +71,7 @@ async fn cached_keys_keep_working_while_a_restarted_redis_loads_its_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn changes_after_redis_came_back_from_an_older_snapshot_reach_every_node_within_a_second() {
     let Some(mut redis) = RedisServer::start() else { return };
     let k = keyed_gateway(&redis).await;
@@ -121,6 +123,7 @@ fn restore(url: &str, saved: &[(String, Vec<u8>)]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_revocation_in_a_restored_feed_that_already_passed_the_cursor_is_applied() {
     let Some(redis) = RedisServer::start() else { return };
     let k = keyed_gateway(&redis).await;

@@ -77,6 +77,7 @@ fn assert_every_counter_expires(redis: &RedisServer) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn bursts_of_ten_times_the_limit_over_three_and_five_nodes_never_exceed_it() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -102,6 +103,7 @@ async fn bursts_of_ten_times_the_limit_over_three_and_five_nodes_never_exceed_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_node_killed_mid_window_leaves_the_limit_whole() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -123,6 +125,7 @@ async fn a_node_killed_mid_window_leaves_the_limit_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_burst_across_a_window_edge_stays_within_each_window() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -185,6 +188,7 @@ async fn steady_load(cluster: &Cluster, for_how_long: Duration, at_least: usize)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_short_redis_stall_mid_burst_admits_no_more_than_the_bound() {
     let Some(redis) = RedisServer::start_with(&["--enable-debug-command", "yes"]) else { return };
     let up = upstream::start().await;

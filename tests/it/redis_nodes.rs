@@ -10,6 +10,7 @@ async fn get(url: &str, token: &str) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_burst_across_three_nodes_never_exceeds_the_limit() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -53,6 +54,7 @@ async fn a_burst_across_three_nodes_never_exceeds_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn revocation_reaches_every_node_fast() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -89,6 +91,7 @@ async fn revocation_reaches_every_node_fast() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn redis_down_slow_and_back() {
     let Some(mut redis) = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]) else { return };
     let up = upstream::start().await;

@@ -76,6 +76,7 @@ impl Nodes {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_day_quota_over_three_nodes_admits_exactly_its_limit_and_survives_restarts() {
     let Some(mut redis) = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]) else { return };
     let up = upstream::start().await;
@@ -97,6 +98,7 @@ async fn a_day_quota_over_three_nodes_admits_exactly_its_limit_and_survives_rest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn credits_shared_by_three_nodes_are_spent_exactly_and_topped_up_once() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;
@@ -129,6 +131,7 @@ async fn credits_shared_by_three_nodes_are_spent_exactly_and_topped_up_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_month_window_on_redis_resets_at_midnight_utc_on_the_first() {
     let Some(redis) = RedisServer::start() else { return };
     let metrics = keygate::metrics::Metrics::new().unwrap();
@@ -167,6 +170,7 @@ async fn a_month_window_on_redis_resets_at_midnight_utc_on_the_first() {
 /// windows their own): the credits still come from the store's one
 /// balance, so 10 credits admit 10 requests over both nodes, not 10 each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn credits_on_a_shared_store_are_exact_with_the_local_limiter_too() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;

@@ -24,6 +24,7 @@ fn tls_redis() -> Option<(RedisServer, u16, tempfile::TempDir)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn keys_and_limits_go_over_tls_to_a_trusted_redis() {
     let Some((redis, tls_port, certs)) = tls_redis() else { return };
     let up = upstream::start().await;

@@ -105,6 +105,7 @@ async fn a_reported_cost_is_settled_against_credits_windows_and_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_reported_cost_is_settled_across_two_redis_nodes() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn redis_store_conforms() {
     let Some(server) = crate::common::redis::RedisServer::start() else { return };
     let calls = prometheus::IntCounterVec::new(prometheus::Opts::new("calls", "calls"), &["op", "result"]).unwrap();

@@ -76,6 +76,7 @@ fn populated(s: &Setup) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_backup_restores_into_a_fresh_sqlite_and_into_redis_with_every_secret_working() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;

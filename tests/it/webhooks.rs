@@ -181,6 +181,7 @@ async fn a_gateway_killed_mid_delivery_sends_the_event_again_after_its_restart()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn two_redis_nodes_deliver_each_event_once_and_one_takes_over_from_the_other() {
     let Some(redis) = RedisServer::start() else { return };
     let up = upstream::start().await;

@@ -242,6 +242,7 @@ async fn a_key_holds_ten_connections_and_revocation_closes_them_with_1008() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_redis, ignore = "redis named in KEYGATE_TEST_SKIP")]
 async fn a_key_disabled_through_one_redis_node_has_its_socket_closed_on_another() {
     let Some(redis) = crate::common::redis::RedisServer::start() else { return };
     let up = upstream::start().await;
