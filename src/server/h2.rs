@@ -46,7 +46,10 @@ pub async fn serve<I, H, F, R>(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = service_activity.start_request();
         let req = req.map(|b| b.map_err(box_error).boxed());
-        let fut = handler(req, info.clone());
+        // Boxed: hyper moves each stream's future into a task of its own
+        // and on, and the request's future is kilobytes (HTTP/1.1 polls it
+        // in place instead).
+        let fut = Box::pin(handler(req, info.clone()));
         let activity = Arc::clone(&service_activity);
         async move {
             let resp = fut.await.into().into_response().map(|body| activity.watch(body));
