@@ -125,8 +125,7 @@ where
                 // The client may still be sending (the rest of a bad head, a
                 // body): a close with unread bytes would reset the 400 away.
                 conn.refuse(&e).await;
-                conn.linger().await;
-                return conn.close().await;
+                return conn.linger().await;
             }
         };
         first = false;
@@ -166,10 +165,7 @@ where
         // answer streams: a client gone ends it at once.
         match conn.respond(response, how, unread.is_none()).await {
             Ok(true) => {}
-            Ok(false) if unread.is_some() => {
-                conn.linger().await;
-                return conn.close().await;
-            }
+            Ok(false) if unread.is_some() => return conn.linger().await,
             _ => return conn.close().await,
         }
         if conn.out.capacity() > KEEP_OUT {
@@ -311,8 +307,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     /// [`LINGER`]. Closing with unread bytes would make the kernel reset the
     /// connection, and a client still sending its body could lose the
     /// answer with it.
-    async fn linger(&mut self) {
-        let Conn { io, buf, deadline, .. } = self;
+    async fn linger(mut self) -> Ended<I> {
+        let Conn { io, buf, deadline, .. } = &mut self;
         let drained = async {
             if io.shutdown().await.is_err() {
                 return;
@@ -327,6 +323,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             }
         };
         let _ = deadline.within(tokio::time::Instant::now() + LINGER, drained).await;
+        // Its sending side is shut already, as `close` would.
+        Ended::Closed
     }
 
     /// Reads and drops the rest of a body nobody read (at most
