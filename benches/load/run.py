@@ -669,11 +669,9 @@ def main():
                      ("keygate-https-upstream", "keygate")]:
             if a not in results or b not in results:
                 continue
-            rps = [x / y for x, y in zip(results[a]["rps"], results[b]["rps"])]
-            cpu = [x / y for x, y in zip(results[a]["cpu"], results[b]["cpu"])]
-            lines.append(f"- {a} / {b}, round by round: throughput {', '.join(f'{x:.3f}' for x in rps)} "
-                         f"(median {statistics.median(rps):.3f}); CPU per request {', '.join(f'{x:.3f}' for x in cpu)} "
-                         f"(median {statistics.median(cpu):.3f})")
+            lines.append(f"- {a} / {b}, round by round: "
+                         + ratio_line("throughput", per_round(results[a]["rps"], results[b]["rps"]), 3) + "; "
+                         + ratio_line("CPU per request", per_round(results[a]["cpu"], results[b]["cpu"]), 3))
         if light:
             lines += [
                 "",
