@@ -93,12 +93,6 @@ impl Named {
     }
 }
 
-/// [`is_hop_by_hop`] for a name as received, in any case.
-#[cfg(test)]
-fn is_hop_by_hop_any_case(name: &[u8]) -> bool {
-    Named::of(name).hop_by_hop()
-}
-
 /// Whether a field is this module's to write, never a caller's: the
 /// framing, `Host`, and the hop-by-hop fields.
 pub(crate) fn frames_or_hops(name: &[u8]) -> bool {
@@ -270,6 +264,11 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a name as received, in any case, is hop-by-hop.
+    fn is_hop_by_hop_any_case(name: &[u8]) -> bool {
+        Named::of(name).hop_by_hop()
+    }
 
     #[test]
     fn names_are_spelled_as_the_caller_lists_them_else_capitalised() {
