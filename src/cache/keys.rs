@@ -1,9 +1,10 @@
 //! The per-node key cache: a sharded map from a keyed hash of the token to
 //! the key it resolves to, so the hot path for a known key touches no
-//! store, no lock shared by every request, and no SHA-256. Misses are single-flight (one store call
-//! however many requests wait), unknown tokens are cached briefly
-//! (negative cache), and a store error is never cached: a cached key keeps
-//! working while the store is down, an uncached one gets 503.
+//! store, no lock shared by every request, and no SHA-256. Misses are
+//! single-flight (one store call however many requests wait), unknown
+//! tokens are cached briefly (negative cache), and a store error is never
+//! cached: a cached key keeps working while the store is down, an uncached
+//! one gets 503.
 
 use crate::keys::model::KeyLookup;
 use crate::keys::token::TokenHash;
