@@ -93,6 +93,8 @@ def main():
         if args.keygate or args.keygate_quotas or args.keygate_guarded or args.keygate_https_upstream
         else [run.keygate_binary()]
     )
+    # Each binary with what it is measured with: False (plain), True (three
+    # windows), "guarded" or "https".
     binaries = (
         [(b, False) for b in plain]
         + [(str(Path(b).resolve()), True) for b in args.keygate_quotas]
@@ -106,21 +108,21 @@ def main():
         procs.append(upstream)
         results = []
         token = None
-        for i, (binary, quotas) in enumerate(binaries):
+        for i, (binary, kind) in enumerate(binaries):
             port, admin = run.free_port(), run.free_port()
             # keygate_conf adds the three-window plan to the config of that name.
-            name = {"guarded": f"keygate-guarded{i}", "https": f"keygate-https{i}", True: f"keygate-quotas{i}"}.get(quotas, f"keygate{i}")
+            name = {"guarded": f"keygate-guarded{i}", "https": f"keygate-https{i}", True: f"keygate-kind{i}"}.get(kind, f"keygate{i}")
             upstream_line = (f'url = "https://127.0.0.1:{up_tls_port}"\nserver_name = "localhost"\nca_file = "{work}/ca.pem"'
-                             if quotas == "https" else f'url = "http://127.0.0.1:{up_port}"')
+                             if kind == "https" else f'url = "http://127.0.0.1:{up_port}"')
             conf = run.keygate_conf(work, name, port, admin, upstream_line, extra_server="workers = 1")
-            plan = ["--plan", "metered"] if quotas is True else []
+            plan = ["--plan", "metered"] if kind is True else []
             if token is None:
                 made = run.sh(binary, "--config", str(conf), "keys", "create", "--name", "bench", "--role", "reader", *plan, "--json")
                 token = json.loads(made.stdout)["data"]["apiKey"]
             else:
                 run.sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader", *plan)
             per, served = count(name, [binary, "--config", str(conf), "serve"], port, f"http://127.0.0.1:{port}/api/lists", token, work, args.duration, cwd=conf.parent)
-            label = {True: ", three windows", "guarded": ", guard, deny list and in-flight limit on", "https": ", upstream over TLS"}.get(quotas, "")
+            label = {True: ", three windows", "guarded": ", guard, deny list and in-flight limit on", "https": ", upstream over TLS"}.get(kind, "")
             results.append((f"keygate ({binary}{label})", per, served))
             print(f"keygate {binary}: {per:,.0f} instructions/request over {served} requests", file=sys.stderr)
         ng_port = run.free_port()
