@@ -289,24 +289,28 @@ async fn a_tls_connection_keygate_closes_ends_with_close_notify() {
 }
 
 /// A client that comes back resumes its TLS session (a ticket), so it
-/// skips the certificate and the signature.
+/// skips the certificate and the signature: with an ECDSA certificate,
+/// whose first flight runs on the worker's loop, and with an RSA one,
+/// whose first flight runs on a blocking thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_tls_client_resumes_its_session() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (tls, connector) = self_signed_listener(dir.path(), &[]);
-    let s = Setup::new(&up.url(), &tls, "");
-    let _gw = s.start();
-    let mut kinds = Vec::new();
-    for _ in 0..3 {
-        let mut stream = tls_connect(&connector, s.data_port).await;
-        kinds.push(stream.get_ref().1.handshake_kind());
-        stream.write_all(b"GET /api/lists HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer));
+    for listener in [self_signed_listener, rsa_listener] {
+        let dir = tempfile::tempdir().unwrap();
+        let (tls, connector) = listener(dir.path(), &[]);
+        let s = Setup::new(&up.url(), &tls, "");
+        let _gw = s.start();
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let mut stream = tls_connect(&connector, s.data_port).await;
+            kinds.push(stream.get_ref().1.handshake_kind());
+            stream.write_all(b"GET /api/lists HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            assert!(answer.starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer));
+        }
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)], "{tls}");
     }
-    use rustls::HandshakeKind::{Full, Resumed};
-    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
 }

@@ -404,17 +404,33 @@ pub async fn metric_value(s: &Setup, series: &str) -> String {
     text.lines().find_map(|l| l.strip_prefix(series)).unwrap_or("absent").trim().to_string()
 }
 
-/// A self-signed certificate for `localhost`, written into `dir`, for a
-/// gateway's TLS listener: the `[server]` line that serves it, and a
-/// connector that trusts it and offers `alpn`.
+/// A self-signed certificate for `localhost` (ECDSA P-256), written into
+/// `dir`, for a gateway's TLS listener: the `[server]` line that serves it,
+/// and a connector that trusts it and offers `alpn`.
 pub fn self_signed_listener(dir: &std::path::Path, alpn: &[&[u8]]) -> (String, tokio_rustls::TlsConnector) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    listener_with(dir, &cert.cert.pem(), &cert.key_pair.serialize_pem(), alpn)
+}
+
+/// [`self_signed_listener`] with the RSA-2048 certificate of
+/// `tests/it/fixtures` (rcgen makes no RSA keys).
+pub fn rsa_listener(dir: &std::path::Path, alpn: &[&[u8]]) -> (String, tokio_rustls::TlsConnector) {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures");
+    let cert = std::fs::read_to_string(fixtures.join("rsa-localhost.pem")).unwrap();
+    let key = std::fs::read_to_string(fixtures.join("rsa-localhost.key")).unwrap();
+    listener_with(dir, &cert, &key, alpn)
+}
+
+/// A listener line serving `cert_pem` with `key_pem` (written into `dir`),
+/// and a connector that trusts that certificate and offers `alpn`.
+fn listener_with(dir: &std::path::Path, cert_pem: &str, key_pem: &str, alpn: &[&[u8]]) -> (String, tokio_rustls::TlsConnector) {
     let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&cert_file, cert_pem).unwrap();
+    std::fs::write(&key_file, key_pem).unwrap();
     let line = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_file.display(), key_file.display());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes()).next().unwrap().unwrap();
+    roots.add(der).unwrap();
     let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     (line, tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
