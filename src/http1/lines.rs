@@ -44,7 +44,10 @@ impl FieldLines {
                 write_line(&mut text, name, value);
             }
         }
-        FieldLines(text.into())
+        // Exactly as long as the text: a cached key keeps these for as long
+        // as it is cached, and a `Vec` with room to spare would keep the room
+        // (and, made into `Bytes`, one more allocation to share it by).
+        FieldLines(text.into_boxed_slice().into())
     }
 
     /// The lines, `name: value\r\n` each.
