@@ -30,6 +30,13 @@ def token(i):
     return f"benchkey.{i:010d}-memory-test"
 
 
+# The columns written; every later column takes its default, so a column
+# added to the schema does not break the fill.
+KEY_COLUMNS = ("key_id, name, description, owner, role, permissions, plan, rate_limit, allowed_ips, env, enabled, expires_at, "
+               "created_at, last_used, usage_count, metadata, key_prefix")
+INSERT_KEYS = f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * len(KEY_COLUMNS.split(', ')))})"
+
+
 def fill_store(db, n):
     conn = sqlite3.connect(db)
     now = int(time.time())
@@ -40,11 +47,11 @@ def fill_store(db, n):
         batch_keys.append((key_id, f"bench key {i}", "", "bench", "reader", "[]", None, None, "[]", "live", 1, None, now, None, 0, "{}", "benchkey.****"))
         batch_secrets.append((hashlib.sha256(token(i).encode()).digest(), key_id))
         if len(batch_keys) == 50_000:
-            conn.executemany("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch_keys)
+            conn.executemany(INSERT_KEYS, batch_keys)
             conn.executemany("INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?, ?, NULL)", batch_secrets)
             batch_keys, batch_secrets = [], []
     if batch_keys:
-        conn.executemany("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch_keys)
+        conn.executemany(INSERT_KEYS, batch_keys)
         conn.executemany("INSERT INTO secrets (token_hash, key_id, expires_at) VALUES (?, ?, NULL)", batch_secrets)
     conn.commit()
     conn.close()
