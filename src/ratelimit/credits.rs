@@ -93,6 +93,27 @@ struct Balance {
     rate: RecentRate,
 }
 
+impl Balance {
+    /// Drops the lease if a refill came since it was taken (what was left
+    /// of the old balance is gone); whether one did.
+    fn refilled_since_lease(&mut self, refill: Option<u64>, period: i64) -> bool {
+        let refilled = refill.is_some() && self.taken_from.period != period;
+        if refilled {
+            self.lease = 0;
+        }
+        refilled
+    }
+
+    /// Notes the balance as the store left it after a take; a `set` since
+    /// the lease was taken makes the old lease worth nothing.
+    fn took_from(&mut self, after: CreditBalance) {
+        if self.taken_from.generation != after.generation {
+            self.lease = 0;
+        }
+        self.taken_from = after;
+    }
+}
+
 /// A shared balance's lease aims to last this long at the key's rate.
 const LEASE_HORIZON_MS: u64 = 100;
 /// A lease unused for this long is given back.
@@ -214,9 +235,7 @@ impl Credits {
         let (refill, period) = due(terms, now_ms);
         let rest = {
             let mut b = self.balances.entry(key_id.to_string()).or_default();
-            if b.taken_from.period != period && refill.is_some() {
-                b.lease = 0;
-            }
+            b.refilled_since_lease(refill, period);
             if delta < 0 {
                 // Back into the lease: spent by this node or given back with it.
                 b.lease += delta.unsigned_abs();
@@ -235,10 +254,7 @@ impl Credits {
             (granted, after) = store.take_credits(key_id, take).await?;
         }
         let mut b = self.balances.entry(key_id.to_string()).or_default();
-        if b.taken_from.generation != after.generation {
-            b.lease = 0;
-        }
-        b.taken_from = after;
+        b.took_from(after);
         if granted < rest {
             // Empty now: the next request asks the store, which says so.
             b.empty_until_ms = 0;
@@ -261,9 +277,7 @@ impl Credits {
         let refill_in = next_refill_in(terms, now_ms);
         let cost = u64::from(cost);
         let spend = |b: &mut Balance| {
-            if b.taken_from.period != period && refill.is_some() {
-                // A refill came: what was left of the old balance is gone.
-                b.lease = 0;
+            if b.refilled_since_lease(refill, period) {
                 b.empty_until_ms = 0;
             }
             b.rate.note(now_ms);
@@ -291,12 +305,8 @@ impl Credits {
         let want = need.max(rate * LEASE_HORIZON_MS / 1000 * cost);
         let (granted, after) = store.take_credits(key_id, CreditTake { need, want, nodes, refill, period }).await?;
         let mut b = self.balances.entry(key_id.to_string()).or_default();
-        if b.taken_from.generation != after.generation {
-            // A `set` came: the old lease is worth nothing.
-            b.lease = 0;
-        }
+        b.took_from(after);
         b.lease += granted;
-        b.taken_from = after;
         b.empty_until_ms = if granted < need { now_ms + EMPTY_RECHECK_MS } else { 0 };
         b.rate.unnote();
         Ok(spend(&mut b).0)
