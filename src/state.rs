@@ -40,7 +40,7 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for a validated config.
     pub fn new(config: Config, metrics: &Metrics) -> Runtime {
-        let forwarder = Forwarder::new(&config.upstreams, config.server.workers, metrics);
+        let forwarder = Forwarder::new(&config.upstreams, config.server.workers, config.realtime.idle_timeout, metrics);
         let upstream_histograms =
             config.upstreams.iter().map(|u| metrics.upstream_latency.with_label_values(&[u.name.as_str()])).collect();
         let github = config.leaks.github.as_ref().map(crate::scanning::GithubKeys::new);

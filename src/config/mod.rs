@@ -578,9 +578,6 @@ pub struct Upstream {
     pub tls: Option<crate::http1::TlsTarget>,
     pub balance: Balance,
     pub health: Health,
-    /// The longest pause inside an event stream's body (`text/event-stream`):
-    /// `[realtime] idle_timeout`, in place of `timeout`.
-    pub stream_pause: Duration,
 }
 
 /// How a request picks one of an upstream's targets.

@@ -28,6 +28,10 @@ pub struct Forwarder {
     groups: Vec<Group>,
     /// `pools[worker][upstream][target]`.
     pools: Vec<Vec<Vec<Arc<Pool>>>>,
+    /// The longest pause inside an event stream's body
+    /// (`text/event-stream`), in place of an upstream's `timeout`:
+    /// `[realtime] idle_timeout`.
+    stream_pause: Duration,
 }
 
 /// Why an exchange with an upstream failed (logged, answered 502).
@@ -43,13 +47,13 @@ pub(crate) enum ForwardError {
 
 impl Forwarder {
     /// Builds the (empty) pools of `workers` worker threads.
-    pub fn new(upstreams: &[Upstream], workers: usize, metrics: &Metrics) -> Forwarder {
+    pub fn new(upstreams: &[Upstream], workers: usize, stream_pause: Duration, metrics: &Metrics) -> Forwarder {
         // One in-flight count per target, shared by every worker's pool.
         let targets: Vec<Vec<Target>> = upstreams.iter().map(targets_of).collect();
         let pools = (0..workers.max(1))
             .map(|_| targets.iter().map(|ts| ts.iter().map(|t| Pool::new(t.clone())).collect()).collect())
             .collect();
-        Forwarder { groups: upstreams.iter().map(|u| Group::new(u, metrics)).collect(), pools }
+        Forwarder { groups: upstreams.iter().map(|u| Group::new(u, metrics)).collect(), pools, stream_pause }
     }
 
     /// Sends a request to upstream `index` from worker `worker` and waits
@@ -75,7 +79,7 @@ impl Forwarder {
             tried.add(t);
             let pool = &pools[t];
             head.host = Some(pool.target().host_header.clone());
-            let timing = Timing { deadline, pause: upstream.timeout, stream_pause: upstream.stream_pause };
+            let timing = Timing { deadline, pause: upstream.timeout, stream_pause: self.stream_pause };
             let result = exchange(pool, head, &mut body, now, &timing).await;
             let (outcome, answer) = match result {
                 Ok(resp) => (group.outcome_of(resp.response.status()), Ok(resp)),

@@ -178,7 +178,6 @@ mod tests {
             tls: None,
             balance: Balance::RoundRobin,
             health: Health { failures, eject: Duration::from_secs(10), statuses: crate::config::StatusSet::NONE },
-            stream_pause: Duration::from_secs(300),
         };
         Group::new(&upstream, &Metrics::new().unwrap())
     }

@@ -128,10 +128,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
     if stream_pause.is_zero() || stream_pause > MAX_STREAM_PAUSE {
         c.problem(raw.realtime.idle_timeout.as_ref(), "realtime.idle_timeout", "must be from 1ms to 24h");
     }
-    let mut upstreams = upstreams(&mut c, path, &raw.upstreams);
-    for u in &mut upstreams {
-        u.stream_pause = stream_pause;
-    }
+    let upstreams = upstreams(&mut c, path, &raw.upstreams);
     let catalogue = catalogue::catalogue(&mut c, &raw.modules);
     let cors = cors(&mut c, raw.cors.as_ref());
     let log_format = c.choice(&raw.log.format, "log.format", &LogFormat::CHOICES, LogFormat::Text);
@@ -582,7 +579,6 @@ fn upstreams(c: &mut Checker, path: &Path, raw: &[RawUpstream]) -> Vec<Upstream>
             tls,
             balance,
             health,
-            stream_pause: DEFAULT_STREAM_PAUSE,
         });
     }
     out
