@@ -112,6 +112,10 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     for (field, message) in cfg.warnings() {
         tracing::warn!(field, "config: {message}");
     }
+    // Before the listeners bind: a signal sent as soon as the port answers
+    // is then caught and drains, where the default action would end the
+    // process at once, usage unwritten.
+    let signals = Signals::install();
     let data = bind(cfg.server.listen, "server.listen").await?;
     let admin = bind(cfg.admin.listen, "admin.listen").await?;
     let data_addr = data.local_addr().map_err(|e| io_failure("data listener".into(), e))?;
@@ -127,7 +131,7 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     // data plane has drained, so `/readyz` can say `draining` meanwhile.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    tokio::spawn(handle_signals(Arc::clone(&app), stop_tx));
+    tokio::spawn(handle_signals(Arc::clone(&app), stop_tx, signals));
     // Each new TLS connection takes the running config's certificate, so a
     // reload rotates it; a reload that drops `[server.tls]` keeps the last
     // one (a listener changes between TLS and clear text only at a restart).
@@ -190,15 +194,34 @@ pub async fn serve(path: &Path, demo: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The signals `serve` acts on, listened for from when they are installed.
 #[cfg(unix)]
-async fn handle_signals(app: Arc<App>, stop: watch::Sender<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    /// `None` when they cannot be (then the default actions stay).
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let installed = (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        match installed {
+            (Ok(hup), Ok(term), Ok(int)) => Some(Signals { hup, term, int }),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                None
+            }
+        }
+    }
+}
+
+/// Reloads on SIGHUP; on SIGTERM or SIGINT, starts the drain.
+#[cfg(unix)]
+async fn handle_signals(app: Arc<App>, stop: watch::Sender<bool>, signals: Option<Signals>) {
+    let Some(Signals { mut hup, mut term, mut int }) = signals else { return };
     loop {
         tokio::select! {
             _ = hup.recv() => match app.reload().await {
@@ -215,7 +238,17 @@ async fn handle_signals(app: Arc<App>, stop: watch::Sender<bool>) {
 }
 
 #[cfg(not(unix))]
-async fn handle_signals(_app: Arc<App>, stop: watch::Sender<bool>) {
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Option<Signals> {
+        Some(Signals)
+    }
+}
+
+#[cfg(not(unix))]
+async fn handle_signals(_app: Arc<App>, stop: watch::Sender<bool>, _signals: Option<Signals>) {
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);
 }

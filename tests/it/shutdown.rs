@@ -85,3 +85,25 @@ fn the_process_ends_as_soon_as_it_says_it_stopped() {
     // parent takes (which is how "it exits a second late" was once seen).
     assert!(said.elapsed() < Duration::from_millis(500), "{:?} after saying it stopped", said.elapsed());
 }
+
+/// A SIGTERM that comes the instant the data port answers drains and
+/// stops like any other: keygate listens for signals before it binds, so
+/// the default action (an exit on the spot, usage unwritten, no "stopped")
+/// never applies. Signalled from this process within microseconds; a
+/// `kill` process would arrive too late to reach that window.
+#[test]
+fn a_sigterm_as_soon_as_the_port_answers_still_drains() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let s = Setup::new("http://127.0.0.1:9", "", "");
+    for trial in 0..10 {
+        let gw = Gateway::spawn(&s);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(gw.data).is_err() {
+            assert!(Instant::now() < deadline, "trial {trial}: keygate did not listen:\n{}", gw.log_text());
+        }
+        kill_process(Pid::from_child(gw.process()), Signal::TERM).unwrap();
+        assert!(soon(Duration::from_secs(10), || gw.log_text().contains("keygate stopped")), "trial {trial}:\n{}", gw.log_text());
+        let status = gw.wait_exit();
+        assert!(status.success(), "trial {trial}: {status}");
+    }
+}

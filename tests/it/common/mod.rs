@@ -258,6 +258,13 @@ pub struct Gateway {
 
 impl Gateway {
     fn start(setup: &Setup) -> Gateway {
+        let mut gw = Gateway::spawn(setup);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Starts `keygate serve` without waiting for it to listen.
+    pub fn spawn(setup: &Setup) -> Gateway {
         let log = setup.dir.path().join(format!("gateway-{}.log", free_port()));
         let child = Command::new(keygate_bin())
             .arg("--config")
@@ -270,14 +277,17 @@ impl Gateway {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut gw = Gateway {
+        Gateway {
             child,
             data: SocketAddr::from(([127, 0, 0, 1], setup.data_port)),
             admin: SocketAddr::from(([127, 0, 0, 1], setup.admin_port)),
             log,
-        };
-        gw.wait_ready();
-        gw
+        }
+    }
+
+    /// The process, to signal it without starting another (`kill`).
+    pub fn process(&self) -> &Child {
+        &self.child
     }
 
     fn wait_ready(&mut self) {
