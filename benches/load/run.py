@@ -494,6 +494,20 @@ def handshakes(url, resumed, duration, parallel, prefix=()):
     return total / elapsed, total, 0
 
 
+def measure(res, proc, run_it):
+    """Runs one measurement (`run_it()`: rate, count, errors) against a
+    gateway and records it in `res`: the rate, the errors and, for a
+    gateway process, its CPU per request or handshake (utime+stime)."""
+    before = cpu_ticks(proc.pids()) if proc else 0
+    rate, total, bad = run_it()
+    after = cpu_ticks(proc.pids()) if proc else 0
+    res["rps"].append(rate)
+    res["non2xx"] += bad
+    if proc and total:
+        res["cpu"].append((after - before) / CLK_TCK * 1e6 / total)
+    return rate, bad
+
+
 def tls_rounds(args, place, configs, token):
     """The TLS mode: every measure over every gateway, interleaved."""
     conns, threads = args.connections, place.load_threads
@@ -508,16 +522,10 @@ def tls_rounds(args, place, configs, token):
         h2load(url, token, 2, conns, threads, place.load)
     results = {m: {n: {"rps": [], "cpu": [], "non2xx": 0} for n in configs} for m in measures}
     for r in range(args.rounds):
-        for measure, run_it in measures.items():
+        for measure_name, run_it in measures.items():
             for name, (url, proc) in rotated(configs, r):
-                before = cpu_ticks(proc.pids())
-                rate, total, bad = run_it(url)
-                after = cpu_ticks(proc.pids())
-                res = results[measure][name]
-                res["rps"].append(rate)
-                res["non2xx"] += bad
-                res["cpu"].append((after - before) / CLK_TCK * 1e6 / max(total, 1))
-                print(f"round {r + 1} {measure} {name}: {rate:.0f}/s, {bad} non-2xx", file=sys.stderr)
+                rate, bad = measure(results[measure_name][name], proc, lambda: run_it(url))
+                print(f"round {r + 1} {measure_name} {name}: {rate:.0f}/s, {bad} non-2xx", file=sys.stderr)
     lines = [
         f"Machine: {os.cpu_count()} cores, {sh('uname', '-sr').stdout.strip()}; {args.rounds} interleaved rounds of {args.duration}s, "
         f"{conns} connections (h2load: 10 streams each; handshakes: {4 * threads} s_time loops); gateway workers: {place.workers}; "
@@ -527,14 +535,14 @@ def tls_rounds(args, place, configs, token):
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     ratios = []
-    for measure, res in results.items():
+    for measure_name, res in results.items():
         med = {n: statistics.median(v["rps"]) for n, v in res.items()}
         for name in configs:
-            cpu = statistics.median(res[name]["cpu"])
-            lines.append(f"| {measure} | {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {med[name] / med['haproxy']:.2f} "
-                         f"| {res[name]['non2xx']} | {cpu:.1f} |")
+            cpu = f"{statistics.median(res[name]['cpu']):.1f}" if res[name]["cpu"] else "-"
+            lines.append(f"| {measure_name} | {name} | {med[name]:.0f} | {med[name] / med['nginx']:.2f} | {med[name] / med['haproxy']:.2f} "
+                         f"| {res[name]['non2xx']} | {cpu} |")
         for name in (n for n in configs if n.startswith("keygate")):
-            ratios.append(f"- {measure}, {name}: " + ratio_line("/ the better peer", per_round(res[name]["rps"], better_peer(res, "rps")))
+            ratios.append(f"- {measure_name}, {name}: " + ratio_line("/ the better peer", per_round(res[name]["rps"], better_peer(res, "rps")))
                           + "; " + ratio_line("CPU each / the better peer", per_round(res[name]["cpu"], better_peer(res, "cpu"))))
     publish("\n".join(lines + ["", *ratios]), "results-tls-pinned.md" if args.pin else "results-tls.md")
 
@@ -618,13 +626,8 @@ def main():
         results = {name: {"rps": [], "cpu": [], "non2xx": 0} for name in configs}
         for r in range(args.rounds):
             for name, (url, proc) in rotated(configs, r):
-                before = cpu_ticks(proc.pids()) if proc else 0
-                rps, total, non2xx = wrk(url, token, args.duration, args.connections, place.load_threads, place.load)
-                after = cpu_ticks(proc.pids()) if proc else 0
-                results[name]["rps"].append(rps)
-                results[name]["non2xx"] += non2xx
-                if proc and total:
-                    results[name]["cpu"].append((after - before) / CLK_TCK * 1e6 / total)
+                rps, non2xx = measure(results[name], proc,
+                                      lambda: wrk(url, token, args.duration, args.connections, place.load_threads, place.load))
                 print(f"round {r + 1} {name}: {rps:.0f} req/s, {non2xx} non-2xx", file=sys.stderr)
 
         med = {n: statistics.median(v["rps"]) for n, v in results.items()}
