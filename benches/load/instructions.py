@@ -44,17 +44,10 @@ def ensure_valgrind():
 KEEP = None
 
 
-def wrk(url, token, seconds):
-    """Requests served by one wrk thread on 4 connections; errors abort the count."""
-    _, total, bad = run.wrk(url, token, seconds, 4, 1)
-    if bad:
-        raise SystemExit(f"{url} answered {bad} errors during the count")
-    return total
-
-
-def h2(url, token, seconds):
-    """Requests served over HTTP/2 by h2load on 4 connections; errors abort the count."""
-    _, total, bad = run.h2load(url, token, seconds, 4, 1)
+def answered(tool, url, token, seconds):
+    """Requests `tool` (run.wrk, or run.h2load over HTTP/2) had answered in
+    `seconds`, from one thread on 4 connections; errors abort the count."""
+    _, total, bad = tool(url, token, seconds, 4, 1)
     if bad:
         raise SystemExit(f"{url} answered {bad} errors during the count")
     return total
@@ -65,23 +58,23 @@ def total_instructions(out_file):
     return int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", text).group(1).replace(",", ""))
 
 
-def count(name, cmd, port, url, token, work, seconds, cwd=None, load=wrk):
-    """Runs `cmd` under callgrind while `load` sends requests; returns
+def count(name, cmd, port, url, token, work, seconds, cwd=None, tool=run.wrk):
+    """Runs `cmd` under callgrind while `tool` sends requests; returns
     instructions per request."""
     out = Path(work) / f"callgrind-{name}.out"
     proc = run.Proc(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], port,
                     env=dict(os.environ, KEYGATE_LOG="warn"), cwd=cwd)
     try:
         time.sleep(1)
-        load(url, token, 3)
+        answered(tool, url, token, 3)
         run.sh("callgrind_control", "-z", str(proc.p.pid))
-        served = load(url, token, seconds)
+        requests = answered(tool, url, token, seconds)
         run.sh("callgrind_control", "-d", str(proc.p.pid))
         time.sleep(1)
         dumps = sorted(Path(work).glob(f"callgrind-{name}.out.*"))
         if KEEP:
             shutil.copy(dumps[-1], Path(KEEP) / f"callgrind-{name}.out")
-        return total_instructions(str(dumps[-1])) / served, served
+        return total_instructions(str(dumps[-1])) / requests, requests
     finally:
         proc.stop()
 
@@ -142,9 +135,9 @@ def main():
                 token = json.loads(made.stdout)["data"]["apiKey"]
             else:
                 run.sh(binary, "--config", str(conf), "keys", "import", "--token", token, "--name", "bench", "--role", "reader", *plan)
-            scheme, load = ("https", h2) if kind == "h2" else ("http", wrk)
+            scheme, tool = ("https", run.h2load) if kind == "h2" else ("http", run.wrk)
             per, served = count(name, [binary, "--config", str(conf), "serve"], port, f"{scheme}://127.0.0.1:{port}/api/lists", token, work,
-                                args.duration, cwd=conf.parent, load=load)
+                                args.duration, cwd=conf.parent, tool=tool)
             label = {True: ", three windows", "guarded": ", guard, deny list and in-flight limit on", "https": ", upstream over TLS",
                      "h2": ", HTTP/2 over TLS"}.get(kind, "")
             results.append((f"keygate ({binary}{label})", per, served))
